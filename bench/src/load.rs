@@ -1,0 +1,255 @@
+//! The benchmark scenarios and their closed-loop load generator.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::json;
+
+use crate::cluster::{rss_mib, Etcd, Raftlord};
+
+/// Size of each written value (a task spec, or an etcd value), in bytes.
+const VALUE_BYTES: usize = 256;
+
+struct Stats {
+    ok: u64,
+    errors: u64,
+    elapsed: Duration,
+    latencies_us: Vec<u64>,
+}
+
+impl Stats {
+    fn rate(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+    fn pct(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies_us[i] as f64 / 1000.0
+    }
+    fn line(&self, name: &str) -> String {
+        format!(
+            "{name:<10} {:>9.0} writes/s   p50 {:>7.2} ms   p99 {:>7.2} ms   ({} ok, {} errors in {:.1} s)",
+            self.rate(),
+            self.pct(0.50),
+            self.pct(0.99),
+            self.ok,
+            self.errors,
+            self.elapsed.as_secs_f64()
+        )
+    }
+}
+
+/// Runs `clients` closed loops for `duration` (or until `total` successes); `op(client, n)`
+/// performs one write and says whether it succeeded.
+async fn closed_loop<F, Fut>(clients: usize, duration: Duration, total: Option<u64>, op: F) -> Stats
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let op = Arc::new(op);
+    let done = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut handles = Vec::new();
+    for c in 0..clients {
+        let (op, done) = (op.clone(), done.clone());
+        handles.push(tokio::spawn(async move {
+            let (mut lat, mut errors, mut n) = (Vec::new(), 0u64, 0u64);
+            while Instant::now() < deadline && total.is_none_or(|t| done.load(Ordering::Relaxed) < t) {
+                let t0 = Instant::now();
+                if op(c, n).await {
+                    lat.push(t0.elapsed().as_micros() as u64);
+                    done.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    errors += 1;
+                }
+                n += 1;
+            }
+            (lat, errors)
+        }));
+    }
+    let mut latencies_us = Vec::new();
+    let mut errors = 0;
+    for h in handles {
+        let (l, e) = h.await.expect("load task");
+        latencies_us.extend(l);
+        errors += e;
+    }
+    let elapsed = start.elapsed();
+    latencies_us.sort_unstable();
+    Stats { ok: latencies_us.len() as u64, errors, elapsed, latencies_us }
+}
+
+fn task_body(id: &str) -> String {
+    let base = json!({"type": "noop", "id": id, "dataSource": "bench", "context": {"pad": ""}}).to_string();
+    let pad = "x".repeat(VALUE_BYTES.saturating_sub(base.len()));
+    json!({"type": "noop", "id": id, "dataSource": "bench", "context": {"pad": pad}}).to_string()
+}
+
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder().pool_max_idle_per_host(256).timeout(Duration::from_secs(10)).build().unwrap()
+}
+
+async fn raftlord_load(leader_url: String, clients: usize, duration: Duration, total: Option<u64>, tag: &str) -> Stats {
+    let client = http_client();
+    let tag = tag.to_string();
+    closed_loop(clients, duration, total, move |c, n| {
+        let (client, url) = (client.clone(), format!("{leader_url}/druid/indexer/v1/task"));
+        let body = task_body(&format!("{tag}-c{c}-{n}"));
+        async move {
+            let r = client.post(url).header("content-type", "application/json").body(body).send().await;
+            matches!(r, Ok(r) if r.status() == 200)
+        }
+    })
+    .await
+}
+
+/// The client URL of etcd's current leader.
+async fn etcd_leader(etcd: &Etcd) -> anyhow::Result<String> {
+    let client = reqwest::Client::new();
+    for url in &etcd.client_urls {
+        let v: serde_json::Value = client.post(format!("{url}/v3/maintenance/status")).json(&json!({})).send().await?.json().await?;
+        if v["leader"] == v["header"]["member_id"] {
+            return Ok(url.clone());
+        }
+    }
+    anyhow::bail!("etcd reports no leader")
+}
+
+async fn etcd_load(url: String, clients: usize, duration: Duration) -> Stats {
+    let client = http_client();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let value = b64.encode("x".repeat(VALUE_BYTES));
+    closed_loop(clients, duration, None, move |c, n| {
+        let (client, url) = (client.clone(), format!("{url}/v3/kv/put"));
+        let body = json!({"key": b64.encode(format!("bench-c{c}-{n}")), "value": value}).to_string();
+        async move {
+            let r = client.post(url).header("content-type", "application/json").body(body).send().await;
+            matches!(r, Ok(r) if r.status() == 200)
+        }
+    })
+    .await
+}
+
+pub async fn submit(bin: &Path, clients: usize, seconds: u64, etcd: Option<String>) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let duration = Duration::from_secs(seconds);
+    println!("3 nodes on loopback, fsync on, {clients} concurrent clients, {VALUE_BYTES}-byte values, {seconds} s each");
+    let mut rl = Raftlord::start(bin, dir.path(), 3).await?;
+    let leader = rl.wait_leader(Duration::from_secs(30)).await?;
+    // Warm up connections and caches.
+    raftlord_load(rl.urls[&leader].clone(), clients, Duration::from_secs(2), None, "warm").await;
+    let ours = raftlord_load(rl.urls[&leader].clone(), clients, duration, None, "run").await;
+    rl.stop_all().await;
+    println!("{}", ours.line("raftlord"));
+    if let Some(etcd_bin) = etcd {
+        let e = Etcd::start(&etcd_bin, dir.path()).await?;
+        let url = etcd_leader(&e).await?;
+        etcd_load(url.clone(), clients, Duration::from_secs(2)).await;
+        let theirs = etcd_load(url, clients, duration).await;
+        e.stop().await;
+        println!("{}", theirs.line("etcd"));
+        println!("ratio raftlord/etcd: {:.2}x writes/s", ours.rate() / theirs.rate());
+    }
+    Ok(())
+}
+
+pub async fn failover(bin: &Path, rounds: usize) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut rl = Raftlord::start(bin, dir.path(), 3).await?;
+    let client = reqwest::Client::builder().timeout(Duration::from_millis(500)).build()?;
+    let mut times = Vec::new();
+    for round in 0..rounds {
+        let leader = rl.wait_leader(Duration::from_secs(30)).await?;
+        let survivors: Vec<String> = rl.urls.iter().filter(|(id, _)| **id != leader).map(|(_, u)| u.clone()).collect();
+        let killed_at = Instant::now();
+        rl.kill9(leader)?;
+        let mut attempt = 0usize;
+        loop {
+            let url = &survivors[attempt % survivors.len()];
+            let body = task_body(&format!("failover-{round}-{attempt}"));
+            attempt += 1;
+            let r = client.post(format!("{url}/druid/indexer/v1/task")).body(body).send().await;
+            if matches!(r, Ok(ref r) if r.status() == 200) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let took = killed_at.elapsed();
+        println!("round {:>2}: killed node {leader}; first acknowledged write after {:>6.0} ms", round + 1, took.as_secs_f64() * 1000.0);
+        times.push(took);
+        rl.spawn(leader)?;
+        // Let the restarted node rejoin before the next kill.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let up = client.get(format!("{}/status", rl.urls[&leader])).send().await.ok().map(|r| r.status() == 200);
+            if up == Some(true) || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    rl.stop_all().await;
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!("failover over {rounds} kills: median {:.0} ms, worst {:.0} ms", ms(times[times.len() / 2]), ms(*times.last().unwrap()));
+    Ok(())
+}
+
+pub async fn restart(bin: &Path, tasks: usize, clients: usize) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut rl = Raftlord::start(bin, dir.path(), 3).await?;
+    let leader = rl.wait_leader(Duration::from_secs(30)).await?;
+    let fill = raftlord_load(rl.urls[&leader].clone(), clients, Duration::from_secs(3600), Some(tasks as u64), "fill").await;
+    println!("stored {} tasks: {}", fill.ok, fill.line("fill"));
+    let rss_before: Vec<String> =
+        rl.urls.keys().filter_map(|id| rl.pid(*id).and_then(rss_mib).map(|m| format!("node {id} {m:.0} MiB"))).collect();
+    println!("resident memory before restart: {}", rss_before.join(", "));
+    rl.stop_all().await;
+    let size = dir_size(dir.path());
+    println!("data on disk: {:.0} MiB for 3 nodes", size as f64 / (1 << 20) as f64);
+
+    let started = Instant::now();
+    for id in 1..=3 {
+        rl.spawn(id)?;
+    }
+    let client = reqwest::Client::builder().timeout(Duration::from_millis(500)).build()?;
+    let probe = "fill-c0-0";
+    loop {
+        let leader = rl.wait_leader(Duration::from_secs(60)).await?;
+        let url = &rl.urls[&leader];
+        let r = client.get(format!("{url}/druid/indexer/v1/task/{probe}/status")).send().await;
+        let w = client.post(format!("{url}/druid/indexer/v1/task")).body(task_body("after-restart")).send().await;
+        if matches!(r, Ok(ref r) if r.status() == 200) && matches!(w, Ok(ref w) if w.status() == 200) {
+            break;
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(120), "not serving 120 s after restart");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!("restart to serving (read of an old task and a new write acknowledged): {:.2} s", started.elapsed().as_secs_f64());
+    let leader = rl.wait_leader(Duration::from_secs(10)).await?;
+    let status: serde_json::Value = client.get(format!("{}/status", rl.urls[&leader])).send().await?.json().await?;
+    println!("tasks after restart: {}", status["tasks"]["total"]);
+    let rss_after: Vec<String> =
+        rl.urls.keys().filter_map(|id| rl.pid(*id).and_then(rss_mib).map(|m| format!("node {id} {m:.0} MiB"))).collect();
+    println!("resident memory after restart: {}", rss_after.join(", "));
+    rl.stop_all().await;
+    Ok(())
+}
+
+fn dir_size(p: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            let path = e.path();
+            total += if path.is_dir() { dir_size(&path) } else { e.metadata().map(|m| m.len()).unwrap_or(0) };
+        }
+    }
+    total
+}

@@ -1,0 +1,78 @@
+//! raftlord benchmarks: load generators that start real clusters on loopback and measure them,
+//! side by side with a peer where there is one.
+//!
+//! - `submit`: task submissions per second and latency on three raftlord nodes, against PUTs of
+//!   the same size through etcd's HTTP gateway on three etcd members, same client, same
+//!   concurrency, in the same run;
+//! - `failover`: kill -9 the leader N times; time from the kill to the first acknowledged
+//!   submission through a surviving node;
+//! - `restart`: store N tasks, restart the cluster, time to serving and resident memory.
+//!
+//! Every cluster lives in a temp dir and on loopback ports, and is stopped at the end.
+
+mod cluster;
+mod load;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "raftlord-bench", about = "Benchmarks for raftlord")]
+struct Cli {
+    /// The raftlord binary; by default the one next to this benchmark.
+    #[arg(long, global = true)]
+    raftlord: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Submissions/s and p50/p99 on 3 raftlord nodes vs 3 etcd members.
+    Submit {
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Skip the etcd side (when etcd is not installed).
+        #[arg(long)]
+        no_etcd: bool,
+        /// The etcd binary.
+        #[arg(long, default_value = "etcd")]
+        etcd: String,
+    },
+    /// Leader kill -9 to first acknowledged write, N times.
+    Failover {
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+    },
+    /// Store N tasks, restart the cluster, measure time to serving and memory.
+    Restart {
+        #[arg(long, default_value_t = 100_000)]
+        tasks: usize,
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+    },
+}
+
+fn raftlord_path(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = given {
+        return Ok(p);
+    }
+    let exe = std::env::current_exe()?;
+    let p = exe.with_file_name("raftlord");
+    anyhow::ensure!(p.exists(), "no raftlord binary at {}; build it (cargo build) or pass --raftlord", p.display());
+    Ok(p)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let bin = raftlord_path(cli.raftlord)?;
+    match cli.command {
+        Cmd::Submit { clients, seconds, no_etcd, etcd } => load::submit(&bin, clients, seconds, (!no_etcd).then_some(etcd)).await,
+        Cmd::Failover { rounds } => load::failover(&bin, rounds).await,
+        Cmd::Restart { tasks, clients } => load::restart(&bin, tasks, clients).await,
+    }
+}

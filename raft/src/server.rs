@@ -1,0 +1,146 @@
+//! Raft RPCs and cluster management over HTTP: the server side.
+//!
+//! Every route here requires the cluster secret as `Authorization: Bearer <secret>`; a request
+//! without it is answered 401 and changes nothing.
+//!
+//! | route | what it does |
+//! |---|---|
+//! | `POST /raft/append`, `/raft/vote`, `/raft/snapshot` | openraft's RPCs |
+//! | `GET /internal/raft/state` | whether this node already belongs to a cluster (used to form one) |
+//! | `POST /internal/cluster/add-node` | `{"node_id", "url"}`: add as learner, catch up, then make a voter |
+//! | `POST /internal/cluster/remove-node` | `{"node_id"}`: remove from the voters |
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::node::{NodeError, RaftNode};
+use crate::state_machine::StateMachine;
+
+/// Largest Raft RPC body accepted (snapshot chunks and entry batches).
+const MAX_RPC_BODY: usize = 256 << 20;
+
+/// Routes for Raft RPCs and cluster management, behind the cluster secret.
+pub fn router<S: StateMachine>(node: Arc<RaftNode<S>>) -> Router {
+    let secret: Arc<str> = node.secret().into();
+    Router::new()
+        .route("/raft/append", post(append::<S>))
+        .route("/raft/vote", post(vote::<S>))
+        .route("/raft/snapshot", post(snapshot::<S>))
+        .route("/internal/raft/state", get(raft_state::<S>))
+        .route("/internal/cluster/add-node", post(add_node::<S>))
+        .route("/internal/cluster/remove-node", post(remove_node::<S>))
+        .layer(DefaultBodyLimit::max(MAX_RPC_BODY))
+        .layer(middleware::from_fn_with_state(secret, require_secret))
+        .with_state(node)
+}
+
+/// Rejects requests that do not carry the cluster secret.
+pub async fn require_secret(State(secret): State<Arc<str>>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(g) if constant_time_eq(g.as_bytes(), secret.as_bytes()) => next.run(req).await,
+        _ => (
+            StatusCode::UNAUTHORIZED,
+            Json(serde_json::json!({
+                "error": "unauthorized",
+                "message": "this route needs the cluster secret as 'Authorization: Bearer <secret>'"
+            })),
+        )
+            .into_response(),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+type Tc<S> = crate::types::TypeConfig<S>;
+
+async fn append<S: StateMachine>(
+    State(node): State<Arc<RaftNode<S>>>,
+    Json(req): Json<openraft::raft::AppendEntriesRequest<Tc<S>>>,
+) -> impl IntoResponse {
+    Json(node.raft.append_entries(req).await)
+}
+
+async fn vote<S: StateMachine>(
+    State(node): State<Arc<RaftNode<S>>>,
+    Json(req): Json<openraft::raft::VoteRequest<u64>>,
+) -> impl IntoResponse {
+    Json(node.raft.vote(req).await)
+}
+
+async fn snapshot<S: StateMachine>(
+    State(node): State<Arc<RaftNode<S>>>,
+    Json(req): Json<openraft::raft::InstallSnapshotRequest<Tc<S>>>,
+) -> impl IntoResponse {
+    Json(node.raft.install_snapshot(req).await)
+}
+
+/// Whether a node already belongs to a cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RaftState {
+    pub node_id: u64,
+    pub initialized: bool,
+}
+
+async fn raft_state<S: StateMachine>(State(node): State<Arc<RaftNode<S>>>) -> Response {
+    match node.raft.is_initialized().await {
+        Ok(initialized) => Json(RaftState { node_id: node.id, initialized }).into_response(),
+        Err(e) => node_error(NodeError::Raft(e.to_string())),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct AddNode {
+    node_id: u64,
+    url: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct RemoveNode {
+    node_id: u64,
+}
+
+async fn add_node<S: StateMachine>(State(node): State<Arc<RaftNode<S>>>, Json(req): Json<AddNode>) -> Response {
+    match node.add_node(req.node_id, req.url).await {
+        Ok(()) => Json(node.status().await).into_response(),
+        Err(e) => node_error(e),
+    }
+}
+
+async fn remove_node<S: StateMachine>(
+    State(node): State<Arc<RaftNode<S>>>,
+    Json(req): Json<RemoveNode>,
+) -> Response {
+    match node.remove_node(req.node_id).await {
+        Ok(()) => Json(node.status().await).into_response(),
+        Err(e) => node_error(e),
+    }
+}
+
+fn node_error(e: NodeError) -> Response {
+    let (status, kind) = match &e {
+        NodeError::NotLeader { .. } => (StatusCode::SERVICE_UNAVAILABLE, "notLeader"),
+        NodeError::InvalidMembership(_) => (StatusCode::BAD_REQUEST, "invalidMembership"),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+    };
+    let mut resp = (status, Json(serde_json::json!({"error": kind, "message": e.to_string()}))).into_response();
+    if let NodeError::NotLeader { leader: Some((_, url)) } = &e {
+        if let Ok(v) = header::HeaderValue::from_str(url) {
+            resp.headers_mut().insert("X-Raftlord-Leader", v);
+        }
+    }
+    resp
+}

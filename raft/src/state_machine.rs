@@ -1,0 +1,245 @@
+//! openraft's `RaftStateMachine` over an application [`StateMachine`].
+//!
+//! The application state lives in memory behind one lock, together with the last applied log id
+//! and membership, so that a snapshot built under that lock is a consistent point-in-time view
+//! (the snapshot metadata and the data always agree). Snapshots are written durably through
+//! [`SnapshotStore`]; on start the state is restored from the newest snapshot and openraft
+//! re-applies only the committed log tail after it, never the whole log.
+//!
+//! Every apply bumps a `watch` channel with the applied index, which is how in-process watchers
+//! (the leader's services, discovery listeners, blocking reads) learn that state changed.
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
+};
+use raftlord_storage::SnapshotStore;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{watch, RwLock, RwLockReadGuard};
+
+use crate::types::{NodeInfo, TypeConfig};
+
+/// Where an applied command sits in the log, and the time it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApplyContext {
+    /// Raft log index of the entry holding the command (usable as a fencing token).
+    pub index: u64,
+    /// Leader-stamped time in milliseconds since the Unix epoch, never lower than any earlier one.
+    pub time_ms: u64,
+}
+
+/// A deterministic application state machine.
+///
+/// `apply` must be pure: no IO, no wall clock, no randomness. Domain rejections belong in the
+/// reply, not in a panic.
+pub trait StateMachine: Default + Serialize + DeserializeOwned + Send + Sync + 'static {
+    type Command: Serialize + DeserializeOwned + std::fmt::Debug + Clone + Send + Sync + 'static;
+    type Reply: Serialize + DeserializeOwned + std::fmt::Debug + Clone + Send + Sync + 'static;
+
+    fn apply(&mut self, ctx: ApplyContext, command: &Self::Command) -> Self::Reply;
+}
+
+type NodeId = u64;
+type SResult<T> = Result<T, StorageError<NodeId>>;
+
+/// Application state plus the Raft bookkeeping that must move with it.
+#[derive(Default)]
+pub struct Applied<S> {
+    pub last_applied: Option<LogId<NodeId>>,
+    pub last_membership: StoredMembership<NodeId, NodeInfo>,
+    /// Highest time stamp applied so far.
+    pub last_time_ms: u64,
+    pub state: S,
+}
+
+/// Snapshot data: the application state and the clock floor.
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "S: Serialize + DeserializeOwned")]
+struct SnapshotData<S> {
+    last_time_ms: u64,
+    state: S,
+}
+
+/// Serialising view of [`SnapshotData`], borrowing the state.
+#[derive(Serialize)]
+struct SnapshotDataRef<'a, S> {
+    last_time_ms: u64,
+    state: &'a S,
+}
+
+/// The state machine shared between openraft and readers in the node.
+pub struct Shared<S> {
+    inner: RwLock<Applied<S>>,
+    applied_tx: watch::Sender<u64>,
+}
+
+impl<S: StateMachine> Shared<S> {
+    /// Read access to the applied state.
+    pub async fn read(&self) -> RwLockReadGuard<'_, Applied<S>> {
+        self.inner.read().await
+    }
+
+    /// A receiver that sees the applied index every time it moves.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.applied_tx.subscribe()
+    }
+}
+
+/// openraft's view of the state machine.
+pub struct StateMachineStore<S> {
+    shared: Arc<Shared<S>>,
+    snapshots: SnapshotStore,
+    current: Option<StoredSnapshotBytes>,
+}
+
+#[derive(Clone)]
+struct StoredSnapshotBytes {
+    meta: SnapshotMeta<NodeId, NodeInfo>,
+    data: Arc<Vec<u8>>,
+}
+
+impl<S: StateMachine> StateMachineStore<S> {
+    /// Restores the state from the newest durable snapshot, if any.
+    pub fn open(snapshots: SnapshotStore) -> Result<(Self, Arc<Shared<S>>), String> {
+        let mut applied = Applied::<S>::default();
+        let mut current = None;
+        if let Some(stored) = snapshots
+            .load::<SnapshotMeta<NodeId, NodeInfo>>()
+            .map_err(|e| format!("reading the stored snapshot: {e}"))?
+        {
+            let data: SnapshotData<S> = serde_json::from_slice(&stored.data)
+                .map_err(|e| format!("the stored snapshot cannot be decoded: {e}"))?;
+            applied = Applied {
+                last_applied: stored.meta.last_log_id,
+                last_membership: stored.meta.last_membership.clone(),
+                last_time_ms: data.last_time_ms,
+                state: data.state,
+            };
+            current = Some(StoredSnapshotBytes { meta: stored.meta, data: Arc::new(stored.data) });
+        }
+        let index = applied.last_applied.map(|l| l.index).unwrap_or(0);
+        let (applied_tx, _) = watch::channel(index);
+        let shared = Arc::new(Shared { inner: RwLock::new(applied), applied_tx });
+        Ok((StateMachineStore { shared: shared.clone(), snapshots, current }, shared))
+    }
+}
+
+fn read_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::read_state_machine(&e).into()
+}
+
+impl<S: StateMachine> RaftStateMachine<TypeConfig<S>> for StateMachineStore<S> {
+    type SnapshotBuilder = SnapshotBuilder<S>;
+
+    async fn applied_state(&mut self) -> SResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, NodeInfo>)> {
+        let g = self.shared.inner.read().await;
+        Ok((g.last_applied, g.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> SResult<Vec<Vec<S::Reply>>>
+    where
+        I: IntoIterator<Item = openraft::Entry<TypeConfig<S>>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut replies = Vec::new();
+        let mut g = self.shared.inner.write().await;
+        for entry in entries {
+            g.last_applied = Some(entry.log_id);
+            match entry.payload {
+                EntryPayload::Blank => replies.push(Vec::new()),
+                EntryPayload::Membership(m) => {
+                    g.last_membership = StoredMembership::new(Some(entry.log_id), m);
+                    replies.push(Vec::new());
+                }
+                EntryPayload::Normal(batch) => {
+                    let time_ms = batch.time_ms.max(g.last_time_ms);
+                    g.last_time_ms = time_ms;
+                    let ctx = ApplyContext { index: entry.log_id.index, time_ms };
+                    let out = batch.items.iter().map(|c| g.state.apply(ctx, c)).collect();
+                    replies.push(out);
+                }
+            }
+        }
+        let index = g.last_applied.map(|l| l.index).unwrap_or(0);
+        drop(g);
+        self.shared.applied_tx.send_replace(index);
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder { shared: self.shared.clone(), snapshots: self.snapshots.clone() }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> SResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, NodeInfo>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> SResult<()> {
+        let bytes = snapshot.into_inner();
+        let data: SnapshotData<S> = serde_json::from_slice(&bytes).map_err(read_err)?;
+        self.snapshots
+            .save(meta, &bytes)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        {
+            let mut g = self.shared.inner.write().await;
+            *g = Applied {
+                last_applied: meta.last_log_id,
+                last_membership: meta.last_membership.clone(),
+                last_time_ms: data.last_time_ms,
+                state: data.state,
+            };
+        }
+        self.shared.applied_tx.send_replace(meta.last_log_id.map(|l| l.index).unwrap_or(0));
+        self.current = Some(StoredSnapshotBytes { meta: meta.clone(), data: Arc::new(bytes) });
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> SResult<Option<Snapshot<TypeConfig<S>>>> {
+        // A snapshot built since this store was opened is newer than `current`.
+        let stored = self.snapshots.load::<SnapshotMeta<NodeId, NodeInfo>>().map_err(read_err)?;
+        Ok(stored.map(|s| Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }).or_else(|| {
+            self.current
+                .as_ref()
+                .map(|c| Snapshot { meta: c.meta.clone(), snapshot: Box::new(Cursor::new(c.data.to_vec())) })
+        }))
+    }
+}
+
+/// Builds a snapshot from a consistent view of the state.
+pub struct SnapshotBuilder<S> {
+    shared: Arc<Shared<S>>,
+    snapshots: SnapshotStore,
+}
+
+impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig<S>> for SnapshotBuilder<S> {
+    async fn build_snapshot(&mut self) -> SResult<Snapshot<TypeConfig<S>>> {
+        // Encode under the read lock: metadata and data describe the same log position.
+        let (meta, bytes) = {
+            let g = self.shared.inner.read().await;
+            let data = SnapshotDataRef { last_time_ms: g.last_time_ms, state: &g.state };
+            let bytes = serde_json::to_vec(&data).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+            let id = match g.last_applied {
+                Some(l) => format!("{}-{}-{}", l.leader_id, l.index, g.last_time_ms),
+                None => "empty".to_string(),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: g.last_applied,
+                last_membership: g.last_membership.clone(),
+                snapshot_id: id,
+            };
+            (meta, bytes)
+        };
+        self.snapshots
+            .save(&meta, &bytes)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
+    }
+}

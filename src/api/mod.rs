@@ -1,0 +1,106 @@
+//! The HTTP API: Druid's Overlord routes, raftlord's status and internal routes.
+//!
+//! Druid clients talk to any node. A node that is not the leader answers Druid routes with
+//! `307 Temporary Redirect` to the same path on the leader, or `503` with `Retry-After` while
+//! there is no leader (or the new leader has not yet applied its own term's first entry). Only
+//! `/druid/indexer/v1/leader` and `/isLeader`, `/status*` are answered by every node.
+//!
+//! Errors go through [`ApiError`], mapped to an HTTP status in exactly one place; the body is
+//! `{"error": "<kind>", "message": "<what was wrong>"}`.
+
+mod error;
+mod status;
+mod tasks;
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+
+pub use error::ApiError;
+
+use crate::config::NodeConfig;
+use crate::nodes::discovery::NodeDiscovery;
+use crate::sm::{Command, Reply};
+use crate::Raft;
+
+/// Longest a write waits for its commit before the client gets a 503.
+pub const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub raft: Arc<Raft>,
+    pub config: Arc<NodeConfig>,
+    pub discovery: NodeDiscovery,
+}
+
+impl AppState {
+    /// Proposes a command on this (leader) node and waits for its reply, for at most
+    /// [`WRITE_TIMEOUT`]: a leader cut off from its quorum answers 503 instead of hanging.
+    pub async fn propose(&self, command: Command) -> Result<Reply, ApiError> {
+        let result = tokio::time::timeout(WRITE_TIMEOUT, self.raft.proposer.propose(command)).await.map_err(|_| {
+            ApiError::Unavailable(format!(
+                "the write was not committed within {} s (no quorum?); it may still commit, and retrying is safe",
+                WRITE_TIMEOUT.as_secs()
+            ))
+        })?;
+        result.map_err(|e| match e {
+            raftlord_raft::ProposeError::NotLeader { .. } => ApiError::NoLeader,
+            raftlord_raft::ProposeError::Unavailable(m) => ApiError::Unavailable(m),
+        })
+    }
+}
+
+/// The whole HTTP surface of a node.
+pub fn router(state: AppState) -> Router {
+    let druid = Router::new()
+        .merge(tasks::routes())
+        .layer(middleware::from_fn_with_state(state.clone(), leader_only))
+        .merge(tasks::any_node_routes());
+    Router::new()
+        .merge(druid)
+        .merge(status::routes(state.clone()))
+        .with_state(state.clone())
+        .merge(raftlord_raft::server::router(state.raft.clone()))
+        .fallback(not_found)
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::NotFound(format!("no route for {} {}", req.method(), req.uri().path()))
+}
+
+/// The URL of the leader if this node is not it, or an error while there is no ready leader.
+pub fn leader_redirect(raft: &Raft) -> Result<Option<String>, ApiError> {
+    if raft.is_leader() {
+        return if raft.leader_ready() { Ok(None) } else { Err(ApiError::NoLeader) };
+    }
+    match raft.leader() {
+        Some((_, url)) => Ok(Some(url)),
+        None => Err(ApiError::NoLeader),
+    }
+}
+
+/// Serves leader-only routes on the leader; redirects elsewhere.
+async fn leader_only(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    match leader_redirect(&state.raft) {
+        Ok(None) => next.run(req).await,
+        Ok(Some(leader)) => {
+            let path_and_query = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            let location = format!("{}{}", leader.trim_end_matches('/'), path_and_query);
+            match HeaderValue::from_str(&location) {
+                Ok(v) => (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, v)]).into_response(),
+                Err(_) => ApiError::Unavailable(format!("the leader's URL is not usable: {leader}")).into_response(),
+            }
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The `/status` URL of the node at `base`.
+pub fn status_url(base: &str) -> String {
+    format!("{}/status", base.trim_end_matches('/'))
+}

@@ -1,0 +1,179 @@
+//! Druid's task routes under `/druid/indexer/v1`.
+
+use std::collections::BTreeMap;
+
+use axum::body::{to_bytes, Body};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use super::{leader_redirect, ApiError, AppState};
+use crate::clock::now_ms;
+use crate::sm::{Command, Reply};
+use crate::tasks::query::{StateFilter, TaskQuery};
+use crate::tasks::spec::parse_submission;
+use crate::tasks::{SubmitRejected, SHUTDOWN_BY_USER};
+
+const BASE: &str = "/druid/indexer/v1";
+
+/// Routes served only by the leader.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(&format!("{BASE}/task"), post(submit))
+        .route(&format!("{BASE}/task/{{id}}"), get(get_task))
+        .route(&format!("{BASE}/task/{{id}}/status"), get(task_status))
+        .route(&format!("{BASE}/task/{{id}}/shutdown"), post(shutdown))
+        .route(&format!("{BASE}/datasources/{{ds}}/shutdownAllTasks"), post(shutdown_all))
+        .route(&format!("{BASE}/tasks"), get(list))
+        .route(&format!("{BASE}/waitingTasks"), get(waiting))
+        .route(&format!("{BASE}/pendingTasks"), get(pending))
+        .route(&format!("{BASE}/runningTasks"), get(running))
+        .route(&format!("{BASE}/completeTasks"), get(complete))
+        .route(&format!("{BASE}/taskStatus"), post(task_statuses))
+}
+
+/// Routes every node answers itself.
+pub fn any_node_routes() -> Router<AppState> {
+    Router::new()
+        .route(&format!("{BASE}/leader"), get(leader))
+        .route(&format!("{BASE}/isLeader"), get(is_leader))
+}
+
+async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes, ApiError> {
+    let limit = state.config.limits.max_payload_bytes;
+    let too_large = || {
+        ApiError::PayloadTooLarge(format!(
+            "the task payload is larger than the limit of {limit} bytes (--max-task-payload-bytes)"
+        ))
+    };
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    to_bytes(body, limit).await.map_err(|_| too_large())
+}
+
+async fn submit(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let bytes = read_body(&state, &headers, body).await?;
+    let task = parse_submission(&bytes, now_ms(), &mut rand::rng()).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let max_active = state.config.limits.max_active_tasks;
+    match state.propose(Command::SubmitTask { task, max_active }).await? {
+        Reply::Submitted { id } => Ok(Json(json!({ "task": id })).into_response()),
+        Reply::SubmitRejected { id, rejected: SubmitRejected::AlreadyExists } => {
+            Err(ApiError::BadRequest(format!("Task [{id}] already exists")))
+        }
+        Reply::SubmitRejected { rejected: SubmitRejected::QueueFull { limit }, .. } => Err(ApiError::TooManyTasks(
+            format!("Too many tasks are in the queue (Limit = {limit}), try again after some time"),
+        )),
+        other => Err(ApiError::Unavailable(format!("unexpected reply to a submission: {other:?}"))),
+    }
+}
+
+async fn get_task(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let g = state.raft.shared.read().await;
+    let task = g.state.tasks.get(&id).ok_or(ApiError::TaskNotFound { id: id.clone(), field: "payload" })?;
+    // The payload is stored verbatim; splice it in without re-parsing.
+    let body = format!(r#"{{"task":{},"payload":{}}}"#, serde_json::to_string(&id).unwrap_or_default(), task.payload.get());
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+async fn task_status(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let g = state.raft.shared.read().await;
+    let task = g.state.tasks.get(&id).ok_or(ApiError::TaskNotFound { id: id.clone(), field: "status" })?;
+    Ok(Json(json!({ "task": id, "status": task.status_plus() })).into_response())
+}
+
+async fn shutdown(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    // Druid answers 200 even for unknown or finished tasks: shutdown is a no-op for them.
+    state.propose(Command::ShutdownTask { id: id.clone(), reason: SHUTDOWN_BY_USER.into() }).await?;
+    Ok(Json(json!({ "task": id })).into_response())
+}
+
+async fn shutdown_all(State(state): State<AppState>, Path(ds): Path<String>) -> Result<Response, ApiError> {
+    let has_active = state.raft.shared.read().await.state.tasks.active().any(|t| t.datasource == ds);
+    if !has_active {
+        return Err(ApiError::NotFound(format!("no active tasks for dataSource [{ds}]")));
+    }
+    let reason = SHUTDOWN_BY_USER.to_string();
+    state.propose(Command::ShutdownDatasourceTasks { datasource: ds.clone(), reason }).await?;
+    Ok(Json(json!({ "dataSource": ds })).into_response())
+}
+
+fn parse_query(raw: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
+    let raw = raw.unwrap_or("");
+    serde_urlencoded_pairs(raw).map_err(ApiError::BadRequest)
+}
+
+/// Decodes `a=b&c=d` with percent-decoding, using the URL parser reqwest already depends on.
+fn serde_urlencoded_pairs(raw: &str) -> Result<Vec<(String, String)>, String> {
+    let url = reqwest::Url::parse(&format!("http://q/?{raw}")).map_err(|e| format!("malformed query string: {e}"))?;
+    Ok(url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
+}
+
+async fn run_query(state: &AppState, params: &[(String, String)]) -> Result<Response, ApiError> {
+    let query = TaskQuery::from_params(params.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let g = state.raft.shared.read().await;
+    Ok(Json(query.run(&g.state.tasks)).into_response())
+}
+
+async fn list(State(state): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+    run_query(&state, &parse_query(q.as_deref())?).await
+}
+
+async fn with_state(state: AppState, q: Option<String>, filter: StateFilter) -> Result<Response, ApiError> {
+    let mut params = parse_query(q.as_deref())?;
+    params.retain(|(k, _)| k != "state");
+    let name = match filter {
+        StateFilter::Waiting => "waiting",
+        StateFilter::Pending => "pending",
+        StateFilter::Running => "running",
+        StateFilter::Complete => "complete",
+    };
+    params.push(("state".into(), name.into()));
+    run_query(&state, &params).await
+}
+
+async fn waiting(State(s): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+    with_state(s, q, StateFilter::Waiting).await
+}
+async fn pending(State(s): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+    with_state(s, q, StateFilter::Pending).await
+}
+async fn running(State(s): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+    with_state(s, q, StateFilter::Running).await
+}
+async fn complete(State(s): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+    with_state(s, q, StateFilter::Complete).await
+}
+
+async fn task_statuses(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let bytes = read_body(&state, &headers, body).await?;
+    let ids: Vec<String> = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::BadRequest(format!("expected a JSON array of task ids: {e}")))?;
+    if ids.is_empty() {
+        return Err(ApiError::BadRequest("No Task IDs provided.".into()));
+    }
+    let g = state.raft.shared.read().await;
+    let out: BTreeMap<&str, _> =
+        ids.iter().filter_map(|id| g.state.tasks.get(id).map(|t| (id.as_str(), t.status()))).collect();
+    Ok(Json(out).into_response())
+}
+
+async fn leader(State(state): State<AppState>) -> Result<Response, ApiError> {
+    match state.raft.leader() {
+        Some((_, url)) => Ok((StatusCode::OK, url).into_response()),
+        None => Err(ApiError::NoLeader),
+    }
+}
+
+async fn is_leader(State(state): State<AppState>) -> Response {
+    if matches!(leader_redirect(&state.raft), Ok(None)) {
+        (StatusCode::OK, Json(json!({"leader": true}))).into_response()
+    } else {
+        (StatusCode::NOT_FOUND, Json(json!({"leader": false}))).into_response()
+    }
+}

@@ -1,0 +1,240 @@
+//! The `raftlord` command line.
+//!
+//! - `raftlord dev`: one node with every role, for a laptop;
+//! - `raftlord server`: one member of a real cluster;
+//! - `raftlord bootstrap`: a local three-node (or N-node) cluster in child processes;
+//! - `raftlord cluster ...`, `raftlord task ...`: clients for a running cluster.
+
+mod bootstrap;
+mod client;
+mod serve;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Apache Druid's indexing service (Overlord, MiddleManager, Coordinator) on Raft, in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "raftlord", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one node with every role, data in ./raftlord-data, HTTP on 127.0.0.1:8090.
+    Dev(DevArgs),
+    /// Run one member of a cluster. Run the same --peers list on every member, in any order.
+    Server(ServerArgs),
+    /// Start a local cluster of N node processes, wait for a leader, print their URLs; Ctrl-C stops all.
+    Bootstrap(BootstrapArgs),
+    /// Inspect or change cluster membership.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Submit, inspect and stop tasks through Druid's task API.
+    #[command(subcommand)]
+    Task(TaskCommand),
+}
+
+/// Settings every node takes.
+#[derive(Debug, Clone, Args)]
+pub struct NodeArgs {
+    /// Largest task spec accepted, in bytes (Druid's default: 60 MiB).
+    #[arg(long, env = "RAFTLORD_MAX_TASK_PAYLOAD_BYTES", default_value_t = crate::config::DEFAULT_MAX_PAYLOAD_BYTES)]
+    pub max_task_payload_bytes: usize,
+    /// Most active tasks; submissions beyond it get HTTP 429. Unlimited when not set.
+    #[arg(long, env = "RAFTLORD_MAX_ACTIVE_TASKS")]
+    pub max_active_tasks: Option<u64>,
+    /// Raft heartbeat interval in milliseconds.
+    #[arg(long, env = "RAFTLORD_HEARTBEAT_MS", default_value_t = 100)]
+    pub heartbeat_ms: u64,
+    /// Minimum Raft election timeout in milliseconds (the maximum is twice this).
+    #[arg(long, env = "RAFTLORD_ELECTION_TIMEOUT_MS", default_value_t = 400)]
+    pub election_timeout_ms: u64,
+    /// Take a snapshot after this many Raft log entries.
+    #[arg(long, env = "RAFTLORD_SNAPSHOT_EVERY", default_value_t = 1000)]
+    pub snapshot_every: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Data directory.
+    #[arg(long, env = "RAFTLORD_DATA_DIR", default_value = "./raftlord-data")]
+    pub data_dir: PathBuf,
+    /// Address to serve HTTP on.
+    #[arg(long, env = "RAFTLORD_LISTEN", default_value = "127.0.0.1:8090")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// This member's Raft id (a positive integer, unique in the cluster).
+    #[arg(long, env = "RAFTLORD_NODE_ID")]
+    pub node_id: u64,
+    /// Address to serve HTTP (API and Raft) on.
+    #[arg(long, env = "RAFTLORD_LISTEN")]
+    pub listen: SocketAddr,
+    /// URL other nodes and clients reach this node at; defaults to http://<listen>.
+    #[arg(long, env = "RAFTLORD_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Every member as ID=URL, comma separated, the same on every member: 1=http://a:8090,2=...
+    #[arg(long, env = "RAFTLORD_PEERS", value_parser = parse_peers, conflicts_with = "join")]
+    pub peers: Option<BTreeMap<u64, String>>,
+    /// Start without forming a cluster and wait to be added with `raftlord cluster add-node`.
+    #[arg(long)]
+    pub join: bool,
+    /// Data directory.
+    #[arg(long, env = "RAFTLORD_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Shared secret that Raft RPCs and internal routes require.
+    #[arg(long, env = "RAFTLORD_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: String,
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BootstrapArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u64,
+    /// Parent data directory; node N keeps its data in DIR/node-N.
+    #[arg(long, env = "RAFTLORD_DATA_DIR", default_value = "./raftlord-cluster")]
+    pub data_dir: PathBuf,
+    /// HTTP port of node 1; node N listens on BASE_PORT + N - 1.
+    #[arg(long, default_value_t = 8091)]
+    pub base_port: u16,
+    /// Address the nodes listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Show members, leader, term and log positions.
+    Status(UrlArg),
+    /// Add a node: it joins as a learner, catches up, then votes. Start it first with `server --join`.
+    AddNode {
+        #[command(flatten)]
+        url: UrlArg,
+        /// Raft id of the new node.
+        #[arg(long)]
+        node_id: u64,
+        /// URL of the new node.
+        #[arg(long)]
+        node_url: String,
+        #[arg(long, env = "RAFTLORD_CLUSTER_SECRET", hide_env_values = true)]
+        cluster_secret: String,
+    },
+    /// Remove a node from the voters and the cluster.
+    RemoveNode {
+        #[command(flatten)]
+        url: UrlArg,
+        /// Raft id of the node to remove.
+        #[arg(long)]
+        node_id: u64,
+        #[arg(long, env = "RAFTLORD_CLUSTER_SECRET", hide_env_values = true)]
+        cluster_secret: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TaskCommand {
+    /// Submit the task spec in FILE (`-` reads standard input).
+    Submit {
+        file: PathBuf,
+        #[command(flatten)]
+        url: UrlArg,
+    },
+    /// Show a task's status.
+    Status {
+        id: String,
+        #[command(flatten)]
+        url: UrlArg,
+    },
+    /// List tasks.
+    List {
+        /// waiting, pending, running or complete.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        datasource: Option<String>,
+        #[command(flatten)]
+        url: UrlArg,
+    },
+    /// Stop a task.
+    Shutdown {
+        id: String,
+        #[command(flatten)]
+        url: UrlArg,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UrlArg {
+    /// Any node of the cluster; requests follow redirects to the leader.
+    #[arg(long, env = "RAFTLORD_URL", default_value = "http://127.0.0.1:8090")]
+    pub url: String,
+}
+
+fn parse_peers(s: &str) -> Result<BTreeMap<u64, String>, String> {
+    let mut peers = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, url) = part.split_once('=').ok_or_else(|| format!("'{part}' is not ID=URL"))?;
+        let id: u64 = id.trim().parse().map_err(|_| format!("'{id}' is not a node id (a positive integer)"))?;
+        let url = url.trim().trim_end_matches('/');
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!("peer URL '{url}' must start with http:// or https://"));
+        }
+        if id == 0 {
+            return Err("node ids start at 1".into());
+        }
+        if peers.insert(id, url.to_string()).is_some() {
+            return Err(format!("node {id} is listed twice"));
+        }
+    }
+    if peers.is_empty() {
+        return Err("the peer list is empty".into());
+    }
+    Ok(peers)
+}
+
+/// Runs the parsed command; returns the process exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Dev(args) => serve::dev(args).await,
+        Command::Server(args) => serve::server(args).await,
+        Command::Bootstrap(args) => bootstrap::run(args).await,
+        Command::Cluster(cmd) => client::cluster(cmd).await,
+        Command::Task(cmd) => client::task(cmd).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse_and_reject_mistakes() {
+        let p = parse_peers("1=http://a:1, 2=http://b:2/,3=https://c").unwrap();
+        assert_eq!(p.get(&2).unwrap(), "http://b:2");
+        assert!(parse_peers("1=http://a,1=http://b").is_err());
+        assert!(parse_peers("x=http://a").is_err());
+        assert!(parse_peers("1=a:80").is_err());
+        assert!(parse_peers("0=http://a").is_err());
+        assert!(parse_peers("").is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

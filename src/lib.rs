@@ -1,0 +1,27 @@
+//! raftlord: Apache Druid's indexing-service control plane on Raft, in one binary.
+//!
+//! The Overlord's state (tasks, and with later additions locks, segments, workers) is one
+//! replicated state machine ([`sm::State`]) driven by openraft through `raftlord-raft` and stored
+//! in RocksDB through `raftlord-storage`. Modules, by concept:
+//!
+//! - [`tasks`]: the task table, Druid's task JSON, id rules, status shapes and queries;
+//! - [`nodes`]: node announcements in the replicated state and in-process discovery;
+//! - [`sm`]: the command envelope, dispatch to each concept's `apply`, and replies;
+//! - [`api`]: Druid's HTTP API and raftlord's own routes, one error-to-status mapping;
+//! - [`leader`]: services that run only while this node leads;
+//! - [`node`]: wiring, start-up stages and orderly shutdown;
+//! - [`cli`]: the command line;
+//! - [`config`] and [`clock`] (the only reader of wall-clock time).
+
+pub mod api;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod leader;
+pub mod node;
+pub mod nodes;
+pub mod sm;
+pub mod tasks;
+
+/// The replicated Raft node for raftlord's state machine.
+pub type Raft = raftlord_raft::RaftNode<sm::State>;

@@ -1,0 +1,30 @@
+//! RocksDB storage for raftlord.
+//!
+//! One RocksDB database per node holds four keyspaces, each a column family:
+//!
+//! | column family | keys | values |
+//! |---|---|---|
+//! | `log` | Raft log index, 8 bytes big-endian (byte order is index order) | one log entry |
+//! | `meta` | `vote`, `committed`, `last_purged`, `format_version` | small records |
+//! | `snapshot` | `current` | the newest state-machine snapshot and its metadata |
+//! | `state` | reserved for application tables | |
+//!
+//! Every stored value starts with a one-byte encoding version, and the database records a
+//! data-format version that is checked on open: data written by a newer raftlord is refused with a
+//! clear message instead of being misread.
+//!
+//! Durability rules, which openraft relies on for safety:
+//! - [`LogStore`] acknowledges an append (the `LogFlushed` callback) only after a synced write;
+//! - the vote is written with sync before `save_vote` returns;
+//! - a snapshot is written with sync before it becomes the current one.
+//!
+//! The crate knows openraft only through the storage traits it implements and nothing of Druid.
+
+mod codec;
+mod engine;
+mod log_store;
+mod snapshot_store;
+
+pub use engine::{Engine, EngineError, FORMAT_VERSION};
+pub use log_store::LogStore;
+pub use snapshot_store::{SnapshotStore, StoredSnapshot};

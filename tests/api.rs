@@ -1,0 +1,214 @@
+//! Druid's task API on one node: the happy paths and every kind of bad input. Bad input must
+//! get a 4xx with a JSON body and change nothing stored.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{node_config, wait_for, SECRET};
+use raftlord::config::Limits;
+use raftlord::node::RunningNode;
+use raftlord_raft::network::Faults;
+use raftlord_raft::ClusterFormation;
+use reqwest::{Client, StatusCode};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+struct Dev {
+    node: RunningNode,
+    url: String,
+    client: Client,
+    _dir: tempfile::TempDir,
+}
+
+async fn start(limits: Limits) -> Dev {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = node_config(1, dir.path(), ClusterFormation::Single, 1000);
+    cfg.limits = limits;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let node = RunningNode::start_on(listener, cfg, Faults::default()).await.unwrap();
+    let url = node.url.clone();
+    let client = Client::new();
+    wait_for("the node to lead", Duration::from_secs(20), || async { node.raft.leader_ready().then_some(()) }).await;
+    Dev { node, url, client, _dir: dir }
+}
+
+impl Dev {
+    fn u(&self, path: &str) -> String {
+        format!("{}/druid/indexer/v1{}", self.url, path)
+    }
+
+    async fn submit(&self, body: &str) -> (StatusCode, Value) {
+        let r = self.client.post(self.u("/task")).header("content-type", "application/json").body(body.to_string());
+        let r = r.send().await.unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let r = self.client.get(self.u(path)).send().await.unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Everything stored about tasks, for before/after comparisons.
+    async fn stored(&self) -> String {
+        let g = self.node.raft.shared.read().await;
+        serde_json::to_string(&g.state.tasks).unwrap()
+    }
+
+    async fn expect_rejected(&self, body: &str, status: StatusCode, message_part: &str) {
+        let before = self.stored().await;
+        let (s, v) = self.submit(body).await;
+        assert_eq!(s, status, "body {body:.80}: {v}");
+        let msg = v["message"].as_str().unwrap_or_else(|| panic!("JSON error body expected, got {v}"));
+        assert!(msg.contains(message_part), "message {msg:?} should mention {message_part:?}");
+        assert!(v["error"].is_string());
+        assert_eq!(self.stored().await, before, "a rejected submission changed the state");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_get_status_list_and_shutdown() {
+    let d = start(Limits::default()).await;
+    let (s, v) = d.submit(r#"{"type":"noop","id":"t1","dataSource":"wiki","runTime":10}"#).await;
+    assert_eq!((s, v), (StatusCode::OK, json!({"task": "t1"})));
+
+    let (s, v) = d.get("/task/t1").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v, json!({"task": "t1", "payload": {"type":"noop","id":"t1","dataSource":"wiki","runTime":10}}));
+
+    let (s, v) = d.get("/task/t1/status").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["task"], "t1");
+    assert_eq!(v["status"]["statusCode"], "RUNNING");
+    assert_eq!(v["status"]["runnerStatusCode"], "WAITING");
+    assert_eq!(v["status"]["dataSource"], "wiki");
+
+    // A spec without an id gets one in Druid's format.
+    let (s, v) = d.submit(r#"{"type":"index_parallel","spec":{"dataSchema":{"dataSource":"logs"}}}"#).await;
+    assert_eq!(s, StatusCode::OK);
+    let generated = v["task"].as_str().unwrap().to_string();
+    assert!(generated.starts_with("index_parallel_logs_"), "{generated}");
+
+    let (_, waiting) = d.get("/waitingTasks").await;
+    assert_eq!(waiting.as_array().unwrap().len(), 2);
+    let (_, running) = d.get("/runningTasks").await;
+    assert_eq!(running, json!([]));
+    let (_, by_ds) = d.get("/tasks?datasource=logs").await;
+    assert_eq!(by_ds[0]["id"], generated.as_str());
+    let (_, by_type) = d.get("/tasks?type=noop&state=waiting").await;
+    assert_eq!(by_type.as_array().unwrap().len(), 1);
+
+    // Shutdown of a waiting task fails it with Druid's message.
+    let r = d.client.post(d.u("/task/t1/shutdown")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"task": "t1"}));
+    let (_, v) = d.get("/task/t1/status").await;
+    assert_eq!(v["status"]["statusCode"], "FAILED");
+    assert_eq!(v["status"]["runnerStatusCode"], "NONE");
+    assert_eq!(v["status"]["errorMsg"], "Shutdown request from user");
+    let (_, complete) = d.get("/completeTasks").await;
+    assert_eq!(complete[0]["id"], "t1");
+
+    // POST /taskStatus omits unknown ids.
+    let r = d.client.post(d.u("/taskStatus")).json(&json!(["t1", "nope"])).send().await.unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["t1"]["status"], "FAILED");
+    assert!(v.get("nope").is_none());
+
+    // shutdownAllTasks stops the datasource's active tasks; 404 when it has none.
+    let r = d.client.post(d.u("/datasources/logs/shutdownAllTasks")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"dataSource": "logs"}));
+    let r = d.client.post(d.u("/datasources/logs/shutdownAllTasks")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+    // Leader endpoints.
+    let r = d.client.get(d.u("/isLeader")).send().await.unwrap();
+    assert_eq!((r.status(), r.json::<Value>().await.unwrap()), (StatusCode::OK, json!({"leader": true})));
+    let leader = d.client.get(d.u("/leader")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(leader, d.url);
+    d.node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_submissions_get_a_clear_4xx_and_change_nothing() {
+    let d = start(Limits { max_payload_bytes: 4096, max_active_tasks: Some(3) }).await;
+    assert_eq!(d.submit(r#"{"type":"noop","id":"keep"}"#).await.0, StatusCode::OK);
+
+    d.expect_rejected("{not json", StatusCode::BAD_REQUEST, "not valid JSON").await;
+    d.expect_rejected("[1,2]", StatusCode::BAD_REQUEST, "must be a JSON object").await;
+    d.expect_rejected(r#""noop""#, StatusCode::BAD_REQUEST, "must be a JSON object").await;
+    d.expect_rejected(r#"{"id":"x"}"#, StatusCode::BAD_REQUEST, "no 'type'").await;
+    d.expect_rejected(r#"{"type":"noop","id":""}"#, StatusCode::BAD_REQUEST, "must not be empty").await;
+    d.expect_rejected(r#"{"type":"noop","id":".x"}"#, StatusCode::BAD_REQUEST, "must not start with '.'").await;
+    d.expect_rejected(r#"{"type":"noop","id":"a/b"}"#, StatusCode::BAD_REQUEST, "must not contain '/'").await;
+    d.expect_rejected(r#"{"type":"noop","id":"a\tb"}"#, StatusCode::BAD_REQUEST, "whitespace").await;
+    d.expect_rejected(r#"{"type":"noop","id":"a\u0001b"}"#, StatusCode::BAD_REQUEST, "control").await;
+    let long = format!(r#"{{"type":"noop","id":"{}"}}"#, "x".repeat(256));
+    d.expect_rejected(&long, StatusCode::BAD_REQUEST, "at most 255 bytes").await;
+    d.expect_rejected(r#"{"type":"noop","id":"keep"}"#, StatusCode::BAD_REQUEST, "Task [keep] already exists").await;
+    let big = format!(r#"{{"type":"noop","id":"big","pad":"{}"}}"#, "x".repeat(5000));
+    d.expect_rejected(&big, StatusCode::PAYLOAD_TOO_LARGE, "larger than the limit").await;
+
+    assert_eq!(d.submit(r#"{"type":"noop","id":"two"}"#).await.0, StatusCode::OK);
+    assert_eq!(d.submit(r#"{"type":"noop","id":"three"}"#).await.0, StatusCode::OK);
+    d.expect_rejected(r#"{"type":"noop","id":"four"}"#, StatusCode::TOO_MANY_REQUESTS, "Too many tasks").await;
+
+    // Unknown ids are 404 in Druid's shape; bad filters are 400.
+    let (s, v) = d.get("/task/missing").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!((v["task"].as_str(), v["payload"].is_null()), (Some("missing"), true));
+    let (s, v) = d.get("/task/missing/status").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(v["status"].is_null() && v["message"].is_string());
+    let (s, v) = d.get("/tasks?state=sleeping").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(v["message"].as_str().unwrap().contains("sleeping"));
+    let (s, v) = d.get("/tasks?createdTimeInterval=yesterday").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(v["message"].as_str().unwrap().contains("createdTimeInterval"));
+    let r = d.client.post(d.u("/taskStatus")).json(&json!([])).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    d.node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_routes_need_the_cluster_secret() {
+    let d = start(Limits::default()).await;
+    let before = d.stored().await;
+    let status_before = d.node.raft.status().await;
+    for path in ["/raft/vote", "/raft/append", "/raft/snapshot", "/internal/cluster/add-node", "/internal/nodes/announce"] {
+        let r = d.client.post(format!("{}{path}", d.url)).json(&json!({})).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{path}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"], "unauthorized");
+        let r = d.client.post(format!("{}{path}", d.url)).bearer_auth("wrong").json(&json!({})).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{path} with a wrong secret");
+    }
+    let r = d.client.get(format!("{}/internal/state/tasks", d.url)).bearer_auth(SECRET).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(d.stored().await, before);
+    let after = d.node.raft.status().await;
+    assert_eq!((after.term, after.members.len()), (status_before.term, status_before.members.len()));
+    d.node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_announces_itself_and_discovery_lists_it() {
+    let d = start(Limits::default()).await;
+    let nodes = wait_for("the announcement", Duration::from_secs(20), || async {
+        let v: Value = d.client.get(format!("{}/status/nodes", d.url)).send().await.ok()?.json().await.ok()?;
+        (v.as_array()?.len() == 1).then_some(v)
+    })
+    .await;
+    assert_eq!(nodes[0]["id"], "node-1");
+    assert_eq!(nodes[0]["url"], d.url.as_str());
+    assert_eq!(nodes[0]["roles"], json!(["overlord", "coordinator"]));
+    wait_for("discovery to list the node", Duration::from_secs(10), || async {
+        (d.node.discovery.nodes(Some(raftlord::nodes::NodeRole::Overlord)).len() == 1).then_some(())
+    })
+    .await;
+    d.node.stop().await;
+}

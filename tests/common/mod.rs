@@ -1,0 +1,203 @@
+//! Helpers shared by the integration tests: free ports, waiting on conditions with a deadline,
+//! in-process clusters and real node processes.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use raftlord::config::{Limits, NodeConfig};
+use raftlord::node::RunningNode;
+use raftlord::nodes::NodeRole;
+use raftlord_raft::network::Faults;
+use raftlord_raft::{ClusterFormation, RaftSettings};
+use tokio::net::TcpListener;
+
+pub const SECRET: &str = "test-secret";
+
+/// Polls `cond` until it returns `Some`, failing the test after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut cond: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = cond().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Blocking variant of [`wait_for`] for process tests.
+pub fn wait_for_blocking<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Fast Raft timing for tests on a loaded machine.
+pub fn test_settings(snapshot_every: u64) -> RaftSettings {
+    RaftSettings { heartbeat_ms: 50, election_min_ms: 300, election_max_ms: 600, snapshot_every, ..Default::default() }
+}
+
+pub fn node_config(id: u64, dir: &Path, formation: ClusterFormation, snapshot_every: u64) -> NodeConfig {
+    NodeConfig {
+        node_id: id,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        advertise: String::new(),
+        data_dir: dir.to_path_buf(),
+        formation,
+        cluster_secret: SECRET.into(),
+        roles: vec![NodeRole::Overlord, NodeRole::Coordinator],
+        raft: test_settings(snapshot_every),
+        limits: Limits::default(),
+    }
+}
+
+/// A cluster of in-process nodes sharing one fault injector.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub faults: Faults,
+    pub peers: BTreeMap<u64, String>,
+    pub nodes: BTreeMap<u64, RunningNode>,
+    listeners: BTreeMap<u64, std::net::SocketAddr>,
+    snapshot_every: u64,
+}
+
+impl Cluster {
+    /// Starts `n` nodes that form one cluster from a static peer list.
+    pub async fn start(n: u64, snapshot_every: u64) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let mut listeners = BTreeMap::new();
+        let mut bound = BTreeMap::new();
+        for id in 1..=n {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            listeners.insert(id, l.local_addr().unwrap());
+            bound.insert(id, l);
+        }
+        let peers: BTreeMap<u64, String> = listeners.iter().map(|(id, a)| (*id, format!("http://{a}"))).collect();
+        let mut c = Cluster { dir, faults: Faults::default(), peers, nodes: BTreeMap::new(), listeners, snapshot_every };
+        for (id, l) in bound {
+            c.start_node_on(id, l).await;
+        }
+        c
+    }
+
+    pub fn node_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node-{id}"))
+    }
+
+    async fn start_node_on(&mut self, id: u64, listener: TcpListener) {
+        let cfg = node_config(id, &self.node_dir(id), ClusterFormation::Peers(self.peers.clone()), self.snapshot_every);
+        let node = RunningNode::start_on(listener, cfg, self.faults.clone()).await.unwrap();
+        self.nodes.insert(id, node);
+    }
+
+    /// Restarts a stopped node on its old address.
+    pub async fn restart(&mut self, id: u64) {
+        let addr = self.listeners[&id];
+        let l = wait_for("the old port to be free", Duration::from_secs(10), || async { TcpListener::bind(addr).await.ok() }).await;
+        self.start_node_on(id, l).await;
+    }
+
+    pub async fn stop(&mut self, id: u64) {
+        if let Some(n) = self.nodes.remove(&id) {
+            n.stop().await;
+        }
+    }
+
+    /// Waits until the nodes in `among` agree on one ready leader that is among them.
+    pub async fn leader_among(&self, among: &[u64]) -> u64 {
+        wait_for("a ready leader", Duration::from_secs(20), || async {
+            let ready: Vec<u64> = among.iter().filter(|id| self.nodes[id].raft.leader_ready()).copied().collect();
+            let [leader] = ready[..] else { return None };
+            among.iter().all(|id| self.nodes[id].raft.leader().map(|l| l.0) == Some(leader)).then_some(leader)
+        })
+        .await
+    }
+
+    pub async fn leader(&self) -> u64 {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        self.leader_among(&ids).await
+    }
+
+    pub fn url(&self, id: u64) -> String {
+        self.peers[&id].clone()
+    }
+
+    pub async fn stop_all(mut self) {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.stop(id).await;
+        }
+    }
+}
+
+/// A free TCP port on loopback (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A `raftlord` process, killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn raftlord_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_raftlord")
+}
+
+/// Starts `raftlord server` as a child process.
+pub fn spawn_server(id: u64, port: u16, peers: &str, dir: &Path, extra: &[&str]) -> Proc {
+    let child = Command::new(raftlord_bin())
+        .args(["server", "--node-id", &id.to_string(), "--listen", &format!("127.0.0.1:{port}"), "--peers", peers])
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--heartbeat-ms", "50", "--election-timeout-ms", "300"])
+        .args(extra)
+        .env("RAFTLORD_CLUSTER_SECRET", SECRET)
+        .env("RAFTLORD_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawning raftlord");
+    Proc { child, url: format!("http://127.0.0.1:{port}") }
+}
+
+/// Sends SIGTERM and waits for the exit status.
+pub fn terminate(p: &mut Proc) -> std::process::ExitStatus {
+    let _ = Command::new("kill").args(["-TERM", &p.child.id().to_string()]).status();
+    wait_for_blocking("the process to exit", Duration::from_secs(20), || p.child.try_wait().ok().flatten())
+}
+
+/// A blocking HTTP client that does not follow redirects.
+pub fn http_no_redirect() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
+
+/// A blocking HTTP client that follows redirects.
+pub fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(5)).build().unwrap()
+}
