@@ -120,7 +120,7 @@ async fn lagging_follower_catches_up_through_a_snapshot() {
     c.faults.heal();
     wait_all_have(&c, &ids).await;
     let s = c.nodes[&lagging].raft.status().await;
-    assert!(s.snapshot_index.unwrap_or(0) > 0, "the follower caught up without a snapshot: {s:?}");
+    assert!(s.snapshots_installed > 0, "the follower caught up without a snapshot: {s:?}");
     c.stop_all().await;
 }
 
@@ -143,7 +143,7 @@ async fn new_node_joins_as_learner_catches_up_then_votes() {
     wait_all_have(&c, &ids).await;
     let status = c.nodes[&leader].raft.status().await;
     assert_eq!(status.members.iter().filter(|m| m.voter).count(), 4);
-    assert!(c.nodes[&4].raft.status().await.snapshot_index.unwrap_or(0) > 0);
+    assert!(c.nodes[&4].raft.status().await.snapshots_installed > 0, "the new node caught up without a snapshot");
 
     // Removing it again leaves three voters, and the cluster still commits.
     c.nodes[&leader].raft.remove_node(4).await.unwrap();

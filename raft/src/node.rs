@@ -90,6 +90,8 @@ pub struct ClusterStatus {
     pub committed_index: Option<u64>,
     pub applied_index: Option<u64>,
     pub snapshot_index: Option<u64>,
+    /// Snapshots this node received from a leader since it started.
+    pub snapshots_installed: u64,
     pub members: Vec<Member>,
 }
 
@@ -133,7 +135,6 @@ impl<S: StateMachine> RaftNode<S> {
             snapshot_max_chunk_size: 8 << 20,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_every),
             max_in_snapshot_log_to_keep: settings.snapshot_every,
-            purge_batch_size: 256,
             ..Default::default()
         };
         let config = Arc::new(config.validate().map_err(|e| NodeError::Raft(e.to_string()))?);
@@ -325,6 +326,7 @@ impl<S: StateMachine> RaftNode<S> {
             committed_index: committed,
             applied_index: m.last_applied.map(|l| l.index),
             snapshot_index: m.snapshot.map(|l| l.index),
+            snapshots_installed: self.shared.snapshots_installed(),
             members,
         }
     }

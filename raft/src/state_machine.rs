@@ -10,6 +10,7 @@
 //! (the leader's services, discovery listeners, blocking reads) learn that state changed.
 
 use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -75,12 +76,18 @@ struct SnapshotDataRef<'a, S> {
 pub struct Shared<S> {
     inner: RwLock<Applied<S>>,
     applied_tx: watch::Sender<u64>,
+    installed: AtomicU64,
 }
 
 impl<S: StateMachine> Shared<S> {
     /// Read access to the applied state.
     pub async fn read(&self) -> RwLockReadGuard<'_, Applied<S>> {
         self.inner.read().await
+    }
+
+    /// How many snapshots were installed from a leader since start.
+    pub fn snapshots_installed(&self) -> u64 {
+        self.installed.load(Ordering::Relaxed)
     }
 
     /// A receiver that sees the applied index every time it moves.
@@ -123,7 +130,7 @@ impl<S: StateMachine> StateMachineStore<S> {
         }
         let index = applied.last_applied.map(|l| l.index).unwrap_or(0);
         let (applied_tx, _) = watch::channel(index);
-        let shared = Arc::new(Shared { inner: RwLock::new(applied), applied_tx });
+        let shared = Arc::new(Shared { inner: RwLock::new(applied), applied_tx, installed: AtomicU64::new(0) });
         Ok((StateMachineStore { shared: shared.clone(), snapshots, current }, shared))
     }
 }
@@ -199,6 +206,7 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig<S>> for StateMachineStore<S> {
         }
         self.shared.applied_tx.send_replace(meta.last_log_id.map(|l| l.index).unwrap_or(0));
         self.current = Some(StoredSnapshotBytes { meta: meta.clone(), data: Arc::new(bytes) });
+        self.shared.installed.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 

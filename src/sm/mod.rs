@@ -21,13 +21,17 @@ pub struct State {
 }
 
 /// One change to the state.
+///
+/// Externally tagged (`{"submitTask": {...}}`): task payloads are kept as raw JSON, which serde
+/// can only read from an unbuffered enum representation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "cmd", rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub enum Command {
     /// Store a new task, unless its id exists or more than `max_active` tasks are active.
     #[serde(rename_all = "camelCase")]
     SubmitTask { task: NewTask, max_active: Option<u64> },
     /// Fail an active task with `reason`.
+    #[serde(rename_all = "camelCase")]
     ShutdownTask { id: String, reason: String },
     /// Fail every active task of a datasource with `reason`.
     ShutdownDatasourceTasks { datasource: String, reason: String },
