@@ -39,7 +39,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES, max_active_tasks: None }
+        Limits {
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            max_active_tasks: None,
+        }
     }
 }
 

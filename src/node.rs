@@ -61,13 +61,23 @@ impl RunningNode {
     pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         let listener = TcpListener::bind(config.listen)
             .await
-            .map_err(|source| StartError::Listen { addr: config.listen, source })?;
+            .map_err(|source| StartError::Listen {
+                addr: config.listen,
+                source,
+            })?;
         Self::start_on(listener, config, Faults::default()).await
     }
 
     /// Starts a node on an already bound listener; `faults` lets tests cut its Raft links.
-    pub async fn start_on(listener: TcpListener, mut config: NodeConfig, faults: Faults) -> Result<RunningNode, StartError> {
-        let local = listener.local_addr().map_err(|source| StartError::Listen { addr: config.listen, source })?;
+    pub async fn start_on(
+        listener: TcpListener,
+        mut config: NodeConfig,
+        faults: Faults,
+    ) -> Result<RunningNode, StartError> {
+        let local = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
         if config.advertise.is_empty() {
             config.advertise = format!("http://{local}");
         }
@@ -103,12 +113,18 @@ impl RunningNode {
 
         // 4. http, then cluster formation
         let config = Arc::new(config);
-        let state = AppState { raft: raft.clone(), config: config.clone(), discovery: discovery.clone() };
+        let state = AppState {
+            raft: raft.clone(),
+            config: config.clone(),
+            discovery: discovery.clone(),
+        };
         let http_stop = CancellationToken::new();
         let app = api::router(state);
         let stop = http_stop.clone();
         let http = tokio::spawn(async move {
-            let served = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
             if let Err(e) = served {
                 warn!(error = %e, "http server stopped with an error");
             }
@@ -127,9 +143,23 @@ impl RunningNode {
 
         // 5. announcement
         let announcement = announcement(&config, &url);
-        background.push(tokio::spawn(announce(raft.clone(), announcement, services_stop.child_token())));
+        background.push(tokio::spawn(announce(
+            raft.clone(),
+            announcement,
+            services_stop.child_token(),
+        )));
 
-        Ok(RunningNode { raft, url, discovery, config, engine, http_stop, services_stop, http, background })
+        Ok(RunningNode {
+            raft,
+            url,
+            discovery,
+            config,
+            engine,
+            http_stop,
+            services_stop,
+            http,
+            background,
+        })
     }
 
     /// Stops the node, components in reverse order of start.
@@ -164,7 +194,12 @@ fn announcement(config: &NodeConfig, url: &str) -> NodeAnnouncement {
 /// Sends a command to the leader: proposed directly when this node leads, else over HTTP.
 async fn send_to_leader(raft: &Raft, path: &str, body: &serde_json::Value, command: Command) -> Result<(), String> {
     if raft.leader_ready() {
-        return raft.proposer.propose(command).await.map(|_| ()).map_err(|e| e.to_string());
+        return raft
+            .proposer
+            .propose(command)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string());
     }
     let (_, leader) = raft.leader().ok_or("no leader yet")?;
     let resp = reqwest::Client::new()
@@ -186,7 +221,14 @@ async fn send_to_leader(raft: &Raft, path: &str, body: &serde_json::Value, comma
 async fn announce(raft: Arc<Raft>, node: NodeAnnouncement, cancel: CancellationToken) {
     let body = serde_json::to_value(&node).unwrap_or_default();
     loop {
-        match send_to_leader(&raft, "/internal/nodes/announce", &body, Command::AnnounceNode { node: node.clone() }).await {
+        match send_to_leader(
+            &raft,
+            "/internal/nodes/announce",
+            &body,
+            Command::AnnounceNode { node: node.clone() },
+        )
+        .await
+        {
             Ok(()) => {
                 info!(node = %node.id, "node announced");
                 return;
@@ -205,7 +247,12 @@ async fn announce(raft: Arc<Raft>, node: NodeAnnouncement, cancel: CancellationT
 async fn withdraw(raft: &Raft, id: &str) {
     let body = serde_json::json!({ "id": id });
     let cmd = Command::WithdrawNode { id: id.to_string() };
-    match tokio::time::timeout(Duration::from_secs(1), send_to_leader(raft, "/internal/nodes/withdraw", &body, cmd)).await {
+    match tokio::time::timeout(
+        Duration::from_secs(1),
+        send_to_leader(raft, "/internal/nodes/withdraw", &body, cmd),
+    )
+    .await
+    {
         Ok(Ok(())) => info!(node = %id, "announcement withdrawn"),
         _ => info!(node = %id, "announcement not withdrawn (no quorum); it is refreshed on the next start"),
     }

@@ -29,8 +29,16 @@ async fn start(limits: Limits) -> Dev {
     let node = RunningNode::start_on(listener, cfg, Faults::default()).await.unwrap();
     let url = node.url.clone();
     let client = Client::new();
-    wait_for("the node to lead", Duration::from_secs(20), || async { node.raft.leader_ready().then_some(()) }).await;
-    Dev { node, url, client, _dir: dir }
+    wait_for("the node to lead", Duration::from_secs(20), || async {
+        node.raft.leader_ready().then_some(())
+    })
+    .await;
+    Dev {
+        node,
+        url,
+        client,
+        _dir: dir,
+    }
 }
 
 impl Dev {
@@ -39,7 +47,11 @@ impl Dev {
     }
 
     async fn submit(&self, body: &str) -> (StatusCode, Value) {
-        let r = self.client.post(self.u("/task")).header("content-type", "application/json").body(body.to_string());
+        let r = self
+            .client
+            .post(self.u("/task"))
+            .header("content-type", "application/json")
+            .body(body.to_string());
         let r = r.send().await.unwrap();
         let status = r.status();
         (status, r.json().await.unwrap_or(Value::Null))
@@ -61,8 +73,13 @@ impl Dev {
         let before = self.stored().await;
         let (s, v) = self.submit(body).await;
         assert_eq!(s, status, "body {body:.80}: {v}");
-        let msg = v["message"].as_str().unwrap_or_else(|| panic!("JSON error body expected, got {v}"));
-        assert!(msg.contains(message_part), "message {msg:?} should mention {message_part:?}");
+        let msg = v["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("JSON error body expected, got {v}"));
+        assert!(
+            msg.contains(message_part),
+            "message {msg:?} should mention {message_part:?}"
+        );
         assert!(v["error"].is_string());
         assert_eq!(self.stored().await, before, "a rejected submission changed the state");
     }
@@ -71,12 +88,17 @@ impl Dev {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_get_status_list_and_shutdown() {
     let d = start(Limits::default()).await;
-    let (s, v) = d.submit(r#"{"type":"noop","id":"t1","dataSource":"wiki","runTime":10}"#).await;
+    let (s, v) = d
+        .submit(r#"{"type":"noop","id":"t1","dataSource":"wiki","runTime":10}"#)
+        .await;
     assert_eq!((s, v), (StatusCode::OK, json!({"task": "t1"})));
 
     let (s, v) = d.get("/task/t1").await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(v, json!({"task": "t1", "payload": {"type":"noop","id":"t1","dataSource":"wiki","runTime":10}}));
+    assert_eq!(
+        v,
+        json!({"task": "t1", "payload": {"type":"noop","id":"t1","dataSource":"wiki","runTime":10}})
+    );
 
     let (s, v) = d.get("/task/t1/status").await;
     assert_eq!(s, StatusCode::OK);
@@ -86,7 +108,9 @@ async fn submit_get_status_list_and_shutdown() {
     assert_eq!(v["status"]["dataSource"], "wiki");
 
     // A spec without an id gets one in Druid's format.
-    let (s, v) = d.submit(r#"{"type":"index_parallel","spec":{"dataSchema":{"dataSource":"logs"}}}"#).await;
+    let (s, v) = d
+        .submit(r#"{"type":"index_parallel","spec":{"dataSchema":{"dataSource":"logs"}}}"#)
+        .await;
     assert_eq!(s, StatusCode::OK);
     let generated = v["task"].as_str().unwrap().to_string();
     assert!(generated.starts_with("index_parallel_logs_"), "{generated}");
@@ -112,21 +136,40 @@ async fn submit_get_status_list_and_shutdown() {
     assert_eq!(complete[0]["id"], "t1");
 
     // POST /taskStatus omits unknown ids.
-    let r = d.client.post(d.u("/taskStatus")).json(&json!(["t1", "nope"])).send().await.unwrap();
+    let r = d
+        .client
+        .post(d.u("/taskStatus"))
+        .json(&json!(["t1", "nope"]))
+        .send()
+        .await
+        .unwrap();
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["t1"]["status"], "FAILED");
     assert!(v.get("nope").is_none());
 
     // shutdownAllTasks stops the datasource's active tasks; 404 when it has none.
-    let r = d.client.post(d.u("/datasources/logs/shutdownAllTasks")).send().await.unwrap();
+    let r = d
+        .client
+        .post(d.u("/datasources/logs/shutdownAllTasks"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.json::<Value>().await.unwrap(), json!({"dataSource": "logs"}));
-    let r = d.client.post(d.u("/datasources/logs/shutdownAllTasks")).send().await.unwrap();
+    let r = d
+        .client
+        .post(d.u("/datasources/logs/shutdownAllTasks"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 
     // Leader endpoints.
     let r = d.client.get(d.u("/isLeader")).send().await.unwrap();
-    assert_eq!((r.status(), r.json::<Value>().await.unwrap()), (StatusCode::OK, json!({"leader": true})));
+    assert_eq!(
+        (r.status(), r.json::<Value>().await.unwrap()),
+        (StatusCode::OK, json!({"leader": true}))
+    );
     let leader = d.client.get(d.u("/leader")).send().await.unwrap().text().await.unwrap();
     assert_eq!(leader, d.url);
     d.node.stop().await;
@@ -134,27 +177,64 @@ async fn submit_get_status_list_and_shutdown() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_submissions_get_a_clear_4xx_and_change_nothing() {
-    let d = start(Limits { max_payload_bytes: 4096, max_active_tasks: Some(3) }).await;
+    let d = start(Limits {
+        max_payload_bytes: 4096,
+        max_active_tasks: Some(3),
+    })
+    .await;
     assert_eq!(d.submit(r#"{"type":"noop","id":"keep"}"#).await.0, StatusCode::OK);
 
-    d.expect_rejected("{not json", StatusCode::BAD_REQUEST, "not valid JSON").await;
-    d.expect_rejected("[1,2]", StatusCode::BAD_REQUEST, "must be a JSON object").await;
-    d.expect_rejected(r#""noop""#, StatusCode::BAD_REQUEST, "must be a JSON object").await;
-    d.expect_rejected(r#"{"id":"x"}"#, StatusCode::BAD_REQUEST, "no 'type'").await;
-    d.expect_rejected(r#"{"type":"noop","id":""}"#, StatusCode::BAD_REQUEST, "must not be empty").await;
-    d.expect_rejected(r#"{"type":"noop","id":".x"}"#, StatusCode::BAD_REQUEST, "must not start with '.'").await;
-    d.expect_rejected(r#"{"type":"noop","id":"a/b"}"#, StatusCode::BAD_REQUEST, "must not contain '/'").await;
-    d.expect_rejected(r#"{"type":"noop","id":"a\tb"}"#, StatusCode::BAD_REQUEST, "whitespace").await;
-    d.expect_rejected(r#"{"type":"noop","id":"a\u0001b"}"#, StatusCode::BAD_REQUEST, "control").await;
+    d.expect_rejected("{not json", StatusCode::BAD_REQUEST, "not valid JSON")
+        .await;
+    d.expect_rejected("[1,2]", StatusCode::BAD_REQUEST, "must be a JSON object")
+        .await;
+    d.expect_rejected(r#""noop""#, StatusCode::BAD_REQUEST, "must be a JSON object")
+        .await;
+    d.expect_rejected(r#"{"id":"x"}"#, StatusCode::BAD_REQUEST, "no 'type'")
+        .await;
+    d.expect_rejected(
+        r#"{"type":"noop","id":""}"#,
+        StatusCode::BAD_REQUEST,
+        "must not be empty",
+    )
+    .await;
+    d.expect_rejected(
+        r#"{"type":"noop","id":".x"}"#,
+        StatusCode::BAD_REQUEST,
+        "must not start with '.'",
+    )
+    .await;
+    d.expect_rejected(
+        r#"{"type":"noop","id":"a/b"}"#,
+        StatusCode::BAD_REQUEST,
+        "must not contain '/'",
+    )
+    .await;
+    d.expect_rejected(r#"{"type":"noop","id":"a\tb"}"#, StatusCode::BAD_REQUEST, "whitespace")
+        .await;
+    d.expect_rejected(r#"{"type":"noop","id":"a\u0001b"}"#, StatusCode::BAD_REQUEST, "control")
+        .await;
     let long = format!(r#"{{"type":"noop","id":"{}"}}"#, "x".repeat(256));
-    d.expect_rejected(&long, StatusCode::BAD_REQUEST, "at most 255 bytes").await;
-    d.expect_rejected(r#"{"type":"noop","id":"keep"}"#, StatusCode::BAD_REQUEST, "Task [keep] already exists").await;
+    d.expect_rejected(&long, StatusCode::BAD_REQUEST, "at most 255 bytes")
+        .await;
+    d.expect_rejected(
+        r#"{"type":"noop","id":"keep"}"#,
+        StatusCode::BAD_REQUEST,
+        "Task [keep] already exists",
+    )
+    .await;
     let big = format!(r#"{{"type":"noop","id":"big","pad":"{}"}}"#, "x".repeat(5000));
-    d.expect_rejected(&big, StatusCode::PAYLOAD_TOO_LARGE, "larger than the limit").await;
+    d.expect_rejected(&big, StatusCode::PAYLOAD_TOO_LARGE, "larger than the limit")
+        .await;
 
     assert_eq!(d.submit(r#"{"type":"noop","id":"two"}"#).await.0, StatusCode::OK);
     assert_eq!(d.submit(r#"{"type":"noop","id":"three"}"#).await.0, StatusCode::OK);
-    d.expect_rejected(r#"{"type":"noop","id":"four"}"#, StatusCode::TOO_MANY_REQUESTS, "Too many tasks").await;
+    d.expect_rejected(
+        r#"{"type":"noop","id":"four"}"#,
+        StatusCode::TOO_MANY_REQUESTS,
+        "Too many tasks",
+    )
+    .await;
 
     // Unknown ids are 404 in Druid's shape; bad filters are 400.
     let (s, v) = d.get("/task/missing").await;
@@ -179,19 +259,47 @@ async fn internal_routes_need_the_cluster_secret() {
     let d = start(Limits::default()).await;
     let before = d.stored().await;
     let status_before = d.node.raft.status().await;
-    for path in ["/raft/vote", "/raft/append", "/raft/snapshot", "/internal/cluster/add-node", "/internal/nodes/announce"] {
-        let r = d.client.post(format!("{}{path}", d.url)).json(&json!({})).send().await.unwrap();
+    for path in [
+        "/raft/vote",
+        "/raft/append",
+        "/raft/snapshot",
+        "/internal/cluster/add-node",
+        "/internal/nodes/announce",
+    ] {
+        let r = d
+            .client
+            .post(format!("{}{path}", d.url))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{path}");
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["error"], "unauthorized");
-        let r = d.client.post(format!("{}{path}", d.url)).bearer_auth("wrong").json(&json!({})).send().await.unwrap();
+        let r = d
+            .client
+            .post(format!("{}{path}", d.url))
+            .bearer_auth("wrong")
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{path} with a wrong secret");
     }
-    let r = d.client.get(format!("{}/internal/state/tasks", d.url)).bearer_auth(SECRET).send().await.unwrap();
+    let r = d
+        .client
+        .get(format!("{}/internal/state/tasks", d.url))
+        .bearer_auth(SECRET)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(d.stored().await, before);
     let after = d.node.raft.status().await;
-    assert_eq!((after.term, after.members.len()), (status_before.term, status_before.members.len()));
+    assert_eq!(
+        (after.term, after.members.len()),
+        (status_before.term, status_before.members.len())
+    );
     d.node.stop().await;
 }
 
@@ -199,7 +307,15 @@ async fn internal_routes_need_the_cluster_secret() {
 async fn node_announces_itself_and_discovery_lists_it() {
     let d = start(Limits::default()).await;
     let nodes = wait_for("the announcement", Duration::from_secs(20), || async {
-        let v: Value = d.client.get(format!("{}/status/nodes", d.url)).send().await.ok()?.json().await.ok()?;
+        let v: Value = d
+            .client
+            .get(format!("{}/status/nodes", d.url))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
         (v.as_array()?.len() == 1).then_some(v)
     })
     .await;

@@ -28,14 +28,24 @@ fn submit(id: &str) -> Command {
 }
 
 async fn task_ids(node: &RunningNode) -> BTreeSet<String> {
-    node.raft.shared.read().await.state.tasks.all().map(|t| t.id.clone()).collect()
+    node.raft
+        .shared
+        .read()
+        .await
+        .state
+        .tasks
+        .all()
+        .map(|t| t.id.clone())
+        .collect()
 }
 
 async fn wait_all_have(c: &Cluster, ids: &BTreeSet<String>) {
     for (id, node) in &c.nodes {
-        wait_for(&format!("node {id} to apply every task"), Duration::from_secs(30), || async {
-            task_ids(node).await.is_superset(ids).then_some(())
-        })
+        wait_for(
+            &format!("node {id} to apply every task"),
+            Duration::from_secs(30),
+            || async { task_ids(node).await.is_superset(ids).then_some(()) },
+        )
         .await;
     }
 }
@@ -47,7 +57,10 @@ async fn three_nodes_form_one_cluster_and_followers_redirect() {
     let status = c.nodes[&leader].raft.status().await;
     assert_eq!(status.members.iter().filter(|m| m.voter).count(), 3);
 
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
     let follower = *c.nodes.keys().find(|id| **id != leader).unwrap();
     let r = http
         .post(format!("{}/druid/indexer/v1/task?x=1", c.url(follower)))
@@ -56,7 +69,10 @@ async fn three_nodes_form_one_cluster_and_followers_redirect() {
         .await
         .unwrap();
     assert_eq!(r.status(), reqwest::StatusCode::TEMPORARY_REDIRECT);
-    assert_eq!(r.headers()["location"], format!("{}/druid/indexer/v1/task?x=1", c.url(leader)).as_str());
+    assert_eq!(
+        r.headers()["location"],
+        format!("{}/druid/indexer/v1/task?x=1", c.url(leader)).as_str()
+    );
 
     // A client that follows redirects submits through any node.
     let follow = reqwest::Client::new();
@@ -68,7 +84,11 @@ async fn three_nodes_form_one_cluster_and_followers_redirect() {
         .unwrap();
     assert_eq!(r.status(), reqwest::StatusCode::OK);
     wait_all_have(&c, &BTreeSet::from(["via-follower".to_string()])).await;
-    let r = http.get(format!("{}/druid/indexer/v1/isLeader", c.url(follower))).send().await.unwrap();
+    let r = http
+        .get(format!("{}/druid/indexer/v1/isLeader", c.url(follower)))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), reqwest::StatusCode::NOT_FOUND);
     c.stop_all().await;
 }
@@ -81,8 +101,15 @@ async fn isolated_leader_cannot_commit_and_the_majority_elects_a_new_one() {
     c.faults.isolate(old, &others);
 
     // The old leader cannot commit while cut off.
-    let stuck = tokio::time::timeout(Duration::from_secs(2), c.nodes[&old].raft.proposer.propose(submit("lost"))).await;
-    assert!(!matches!(stuck, Ok(Ok(Reply::Submitted { .. }))), "an isolated leader committed: {stuck:?}");
+    let stuck = tokio::time::timeout(
+        Duration::from_secs(2),
+        c.nodes[&old].raft.proposer.propose(submit("lost")),
+    )
+    .await;
+    assert!(
+        !matches!(stuck, Ok(Ok(Reply::Submitted { .. }))),
+        "an isolated leader committed: {stuck:?}"
+    );
 
     let new = c.leader_among(&others).await;
     assert_ne!(new, old);
@@ -94,7 +121,10 @@ async fn isolated_leader_cannot_commit_and_the_majority_elects_a_new_one() {
     assert_ne!(leader, old, "the old leader's term is over");
     wait_all_have(&c, &BTreeSet::from(["kept".to_string()])).await;
     for node in c.nodes.values() {
-        assert!(!task_ids(node).await.contains("lost"), "a write from the isolated leader survived");
+        assert!(
+            !task_ids(node).await.contains("lost"),
+            "a write from the isolated leader survived"
+        );
     }
     c.stop_all().await;
 }
@@ -115,12 +145,18 @@ async fn lagging_follower_catches_up_through_a_snapshot() {
         ids.insert(id);
     }
     let leader_status = c.nodes[&leader].raft.status().await;
-    assert!(leader_status.snapshot_index.unwrap_or(0) > 0, "the leader took no snapshot");
+    assert!(
+        leader_status.snapshot_index.unwrap_or(0) > 0,
+        "the leader took no snapshot"
+    );
 
     c.faults.heal();
     wait_all_have(&c, &ids).await;
     let s = c.nodes[&lagging].raft.status().await;
-    assert!(s.snapshots_installed > 0, "the follower caught up without a snapshot: {s:?}");
+    assert!(
+        s.snapshots_installed > 0,
+        "the follower caught up without a snapshot: {s:?}"
+    );
     c.stop_all().await;
 }
 
@@ -143,14 +179,22 @@ async fn new_node_joins_as_learner_catches_up_then_votes() {
     wait_all_have(&c, &ids).await;
     let status = c.nodes[&leader].raft.status().await;
     assert_eq!(status.members.iter().filter(|m| m.voter).count(), 4);
-    assert!(c.nodes[&4].raft.status().await.snapshots_installed > 0, "the new node caught up without a snapshot");
+    assert!(
+        c.nodes[&4].raft.status().await.snapshots_installed > 0,
+        "the new node caught up without a snapshot"
+    );
 
     // Removing it again leaves three voters, and the cluster still commits.
     c.nodes[&leader].raft.remove_node(4).await.unwrap();
     c.stop(4).await;
     let leader = c.leader().await;
     assert_eq!(c.nodes[&leader].raft.status().await.members.len(), 3);
-    c.nodes[&leader].raft.proposer.propose(submit("after-remove")).await.unwrap();
+    c.nodes[&leader]
+        .raft
+        .proposer
+        .propose(submit("after-remove"))
+        .await
+        .unwrap();
     c.stop_all().await;
 }
 
@@ -176,9 +220,15 @@ async fn whole_cluster_restart_restores_from_snapshot_not_by_replaying_the_whole
         // The log up to `purged` is gone, so the tasks submitted before it can only have come
         // back from the snapshot (plus the log tail after it).
         let purged = node.raft.raft.metrics().borrow().purged.map(|l| l.index).unwrap_or(0);
-        assert!(purged > 0, "node {id} kept its whole log; a restart would replay all of it");
+        assert!(
+            purged > 0,
+            "node {id} kept its whole log; a restart would replay all of it"
+        );
         let s = node.raft.status().await;
-        assert!(s.snapshot_index.unwrap_or(0) >= purged, "node {id}: snapshot {s:?} is older than the purge point");
+        assert!(
+            s.snapshot_index.unwrap_or(0) >= purged,
+            "node {id}: snapshot {s:?} is older than the purge point"
+        );
     }
     wait_all_have(&c, &ids).await;
     c.stop_all().await;

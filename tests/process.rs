@@ -15,7 +15,9 @@ use serde_json::Value;
 
 fn leader_of(urls: &[String]) -> Option<(u64, String)> {
     for url in urls {
-        let Ok(r) = http().get(format!("{url}/status")).send() else { continue };
+        let Ok(r) = http().get(format!("{url}/status")).send() else {
+            continue;
+        };
         let Ok(v) = r.json::<Value>() else { continue };
         if let (Some(id), Some(u)) = (v["leader"].as_u64(), v["leader_url"].as_str()) {
             return Some((id, u.to_string()));
@@ -26,16 +28,32 @@ fn leader_of(urls: &[String]) -> Option<(u64, String)> {
 
 /// The task ids a node holds in its own replica.
 fn local_task_ids(url: &str) -> Option<Vec<String>> {
-    let v: Value = http().get(format!("{url}/internal/state/tasks")).bearer_auth(SECRET).send().ok()?.json().ok()?;
-    Some(v["tasks"].as_array()?.iter().map(|t| t["id"].as_str().unwrap_or_default().to_string()).collect())
+    let v: Value = http()
+        .get(format!("{url}/internal/state/tasks"))
+        .bearer_auth(SECRET)
+        .send()
+        .ok()?
+        .json()
+        .ok()?;
+    Some(
+        v["tasks"]
+            .as_array()?
+            .iter()
+            .map(|t| t["id"].as_str().unwrap_or_default().to_string())
+            .collect(),
+    )
 }
 
 fn assert_has_exactly_once(url: &str, acked: &BTreeSet<String>) {
-    let ids = wait_for_blocking(&format!("{url} to hold every acknowledged task"), Duration::from_secs(30), || {
-        let ids = local_task_ids(url)?;
-        let set: BTreeSet<&String> = ids.iter().collect();
-        acked.iter().all(|a| set.contains(a)).then_some(ids)
-    });
+    let ids = wait_for_blocking(
+        &format!("{url} to hold every acknowledged task"),
+        Duration::from_secs(30),
+        || {
+            let ids = local_task_ids(url)?;
+            let set: BTreeSet<&String> = ids.iter().collect();
+            acked.iter().all(|a| set.contains(a)).then_some(ids)
+        },
+    );
     let mut seen = BTreeSet::new();
     for id in &ids {
         assert!(seen.insert(id), "{url} holds task {id} twice");
@@ -53,8 +71,18 @@ impl ThreeNodes {
     fn start() -> ThreeNodes {
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let peers = ports.iter().enumerate().map(|(i, p)| format!("{}=http://127.0.0.1:{p}", i + 1)).collect::<Vec<_>>().join(",");
-        let mut t = ThreeNodes { dir, ports, peers, procs: BTreeMap::new() };
+        let peers = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("{}=http://127.0.0.1:{p}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut t = ThreeNodes {
+            dir,
+            ports,
+            peers,
+            procs: BTreeMap::new(),
+        };
         for id in 1..=3 {
             t.spawn(id);
         }
@@ -62,7 +90,13 @@ impl ThreeNodes {
     }
 
     fn spawn(&mut self, id: u64) {
-        let p = spawn_server(id, self.ports[id as usize - 1], &self.peers, &self.dir.path().join(format!("n{id}")), &[]);
+        let p = spawn_server(
+            id,
+            self.ports[id as usize - 1],
+            &self.peers,
+            &self.dir.path().join(format!("n{id}")),
+            &[],
+        );
         self.procs.insert(id, p);
     }
 
@@ -83,7 +117,10 @@ fn kill_9_leader_during_submissions_loses_no_acknowledged_task() {
     for w in 0..6 {
         let (acked, stop, urls) = (acked.clone(), stop.clone(), urls.clone());
         writers.push(std::thread::spawn(move || {
-            let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(3)).build().unwrap();
+            let client = reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(3))
+                .build()
+                .unwrap();
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
                 let id = format!("w{w}-{n}");
@@ -94,7 +131,10 @@ fn kill_9_leader_during_submissions_loses_no_acknowledged_task() {
                 loop {
                     let url = &urls[(n + attempt) % urls.len()];
                     attempt += 1;
-                    let resp = client.post(format!("{url}/druid/indexer/v1/task")).body(body.clone()).send();
+                    let resp = client
+                        .post(format!("{url}/druid/indexer/v1/task"))
+                        .body(body.clone())
+                        .send();
                     match resp.map(|r| (r.status().as_u16(), r.text().unwrap_or_default())) {
                         Ok((200, _)) => break,
                         Ok((400, text)) if attempt > 1 && text.contains("already exists") => break,
@@ -107,7 +147,9 @@ fn kill_9_leader_during_submissions_loses_no_acknowledged_task() {
             }
         }));
     }
-    wait_for_blocking("writes before the kill", Duration::from_secs(30), || (acked.lock().unwrap().len() >= 200).then_some(()));
+    wait_for_blocking("writes before the kill", Duration::from_secs(30), || {
+        (acked.lock().unwrap().len() >= 200).then_some(())
+    });
     let before_kill = acked.lock().unwrap().len();
     let mut killed = cluster.procs.remove(&leader_id).unwrap();
     killed.child.kill().unwrap(); // SIGKILL
@@ -144,7 +186,9 @@ fn kill_9_leader_during_submissions_loses_no_acknowledged_task() {
         cluster.spawn(id);
     }
     let urls = cluster.urls();
-    wait_for_blocking("a leader after the restart", Duration::from_secs(30), || leader_of(&urls));
+    wait_for_blocking("a leader after the restart", Duration::from_secs(30), || {
+        leader_of(&urls)
+    });
     for url in &urls {
         assert_has_exactly_once(url, &acked);
     }
@@ -167,15 +211,24 @@ fn dev_node_keeps_tasks_across_restart() {
     };
     let mut p = dev();
     let submit = |url: &str| -> Option<u16> {
-        let r = http().post(format!("{url}/druid/indexer/v1/task")).body(r#"{"type":"noop","id":"persist-me"}"#).send().ok()?;
+        let r = http()
+            .post(format!("{url}/druid/indexer/v1/task"))
+            .body(r#"{"type":"noop","id":"persist-me"}"#)
+            .send()
+            .ok()?;
         Some(r.status().as_u16())
     };
-    let status = wait_for_blocking("dev to accept a task", Duration::from_secs(30), || submit(&p.url).filter(|s| *s != 503));
+    let status = wait_for_blocking("dev to accept a task", Duration::from_secs(30), || {
+        submit(&p.url).filter(|s| *s != 503)
+    });
     assert_eq!(status, 200);
     assert!(terminate(&mut p).success());
     let p = dev();
     let v: Value = wait_for_blocking("dev to serve after restart", Duration::from_secs(30), || {
-        let r = http().get(format!("{}/druid/indexer/v1/task/persist-me/status", p.url)).send().ok()?;
+        let r = http()
+            .get(format!("{}/druid/indexer/v1/task/persist-me/status", p.url))
+            .send()
+            .ok()?;
         (r.status() == 200).then(|| r.json().ok()).flatten()
     });
     assert_eq!(v["status"]["id"], "persist-me");
@@ -190,7 +243,17 @@ fn bootstrap_starts_three_nodes_and_stops_them_on_sigterm() {
         .find(|p| *p < 65000 && (1..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()))
         .expect("three consecutive free ports");
     let mut child = Command::new(raftlord_bin())
-        .args(["bootstrap", "--nodes", "3", "--base-port", &base.to_string(), "--heartbeat-ms", "50", "--election-timeout-ms", "300"])
+        .args([
+            "bootstrap",
+            "--nodes",
+            "3",
+            "--base-port",
+            &base.to_string(),
+            "--heartbeat-ms",
+            "50",
+            "--election-timeout-ms",
+            "300",
+        ])
         .arg("--data-dir")
         .arg(dir.path())
         .env("RAFTLORD_LOG", "warn")
@@ -201,7 +264,12 @@ fn bootstrap_starts_three_nodes_and_stops_them_on_sigterm() {
     let mut urls = Vec::new();
     for line in lines.by_ref() {
         let line = line.unwrap();
-        if let Some(url) = line.trim().strip_prefix("node ").and_then(|l| l.split_once(": ")).map(|(_, u)| u.to_string()) {
+        if let Some(url) = line
+            .trim()
+            .strip_prefix("node ")
+            .and_then(|l| l.split_once(": "))
+            .map(|(_, u)| u.to_string())
+        {
             urls.push(url);
         }
         if line.contains("Ctrl-C") {
@@ -210,13 +278,23 @@ fn bootstrap_starts_three_nodes_and_stops_them_on_sigterm() {
     }
     assert_eq!(urls.len(), 3, "bootstrap printed {urls:?}");
     let leader = leader_of(&urls).expect("a leader once bootstrap says the cluster is up");
-    let r = http().post(format!("{}/druid/indexer/v1/task", urls[2])).body(r#"{"type":"noop","id":"b1"}"#).send().unwrap();
+    let r = http()
+        .post(format!("{}/druid/indexer/v1/task", urls[2]))
+        .body(r#"{"type":"noop","id":"b1"}"#)
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 200, "submission through node 3 (leader is {leader:?})");
 
-    let mut proc = Proc { child, url: String::new() };
+    let mut proc = Proc {
+        child,
+        url: String::new(),
+    };
     assert!(terminate(&mut proc).success());
     for url in &urls {
-        assert!(http().get(format!("{url}/status")).send().is_err(), "{url} still answers after bootstrap stopped");
+        assert!(
+            http().get(format!("{url}/status")).send().is_err(),
+            "{url} still answers after bootstrap stopped"
+        );
     }
 }
 
@@ -234,13 +312,27 @@ fn a_component_that_fails_to_start_stops_the_node_with_a_clear_message() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("http stage failed") && err.contains(&port.to_string()), "stderr: {err}");
+    assert!(
+        err.contains("http stage failed") && err.contains(&port.to_string()),
+        "stderr: {err}"
+    );
 
     let out = Command::new(raftlord_bin())
-        .args(["server", "--node-id", "1", "--listen", "127.0.0.1:0", "--data-dir", "/tmp/x"])
+        .args([
+            "server",
+            "--node-id",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            "/tmp/x",
+        ])
         .env("RAFTLORD_CLUSTER_SECRET", "s")
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--peers"), "a server with no peers explains what to give");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--peers"),
+        "a server with no peers explains what to give"
+    );
 }

@@ -12,7 +12,11 @@ use tokio::process::{Child, Command};
 pub const SECRET: &str = "bench-secret";
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Three (or N) raftlord server processes.
@@ -28,9 +32,23 @@ pub struct Raftlord {
 impl Raftlord {
     pub async fn start(bin: &Path, dir: &Path, n: u64) -> anyhow::Result<Raftlord> {
         let ports: BTreeMap<u64, u16> = (1..=n).map(|id| (id, free_port())).collect();
-        let urls: BTreeMap<u64, String> = ports.iter().map(|(id, p)| (*id, format!("http://127.0.0.1:{p}"))).collect();
-        let peers = urls.iter().map(|(id, u)| format!("{id}={u}")).collect::<Vec<_>>().join(",");
-        let mut c = Raftlord { urls, procs: BTreeMap::new(), peers, ports, dir: dir.to_path_buf(), bin: bin.to_path_buf() };
+        let urls: BTreeMap<u64, String> = ports
+            .iter()
+            .map(|(id, p)| (*id, format!("http://127.0.0.1:{p}")))
+            .collect();
+        let peers = urls
+            .iter()
+            .map(|(id, u)| format!("{id}={u}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = Raftlord {
+            urls,
+            procs: BTreeMap::new(),
+            peers,
+            ports,
+            dir: dir.to_path_buf(),
+            bin: bin.to_path_buf(),
+        };
         for id in 1..=n {
             c.spawn(id)?;
         }
@@ -40,7 +58,13 @@ impl Raftlord {
 
     pub fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
         let child = Command::new(&self.bin)
-            .args(["server", "--node-id", &id.to_string(), "--listen", &format!("127.0.0.1:{}", self.ports[&id])])
+            .args([
+                "server",
+                "--node-id",
+                &id.to_string(),
+                "--listen",
+                &format!("127.0.0.1:{}", self.ports[&id]),
+            ])
             .args(["--peers", &self.peers])
             .arg("--data-dir")
             .arg(self.dir.join(format!("node-{id}")))
@@ -116,7 +140,10 @@ impl Etcd {
     pub async fn start(etcd: &str, dir: &Path) -> anyhow::Result<Etcd> {
         let peer_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let client_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let initial = (0..3).map(|i| format!("e{i}=http://127.0.0.1:{}", peer_ports[i])).collect::<Vec<_>>().join(",");
+        let initial = (0..3)
+            .map(|i| format!("e{i}=http://127.0.0.1:{}", peer_ports[i]))
+            .collect::<Vec<_>>()
+            .join(",");
         let mut procs = Vec::new();
         for i in 0..3 {
             let child = Command::new(etcd)
@@ -124,10 +151,23 @@ impl Etcd {
                 .arg("--data-dir")
                 .arg(dir.join(format!("etcd-{i}")))
                 .args(["--listen-peer-urls", &format!("http://127.0.0.1:{}", peer_ports[i])])
-                .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{}", peer_ports[i])])
+                .args([
+                    "--initial-advertise-peer-urls",
+                    &format!("http://127.0.0.1:{}", peer_ports[i]),
+                ])
                 .args(["--listen-client-urls", &format!("http://127.0.0.1:{}", client_ports[i])])
-                .args(["--advertise-client-urls", &format!("http://127.0.0.1:{}", client_ports[i])])
-                .args(["--initial-cluster", &initial, "--initial-cluster-state", "new", "--initial-cluster-token", "bench"])
+                .args([
+                    "--advertise-client-urls",
+                    &format!("http://127.0.0.1:{}", client_ports[i]),
+                ])
+                .args([
+                    "--initial-cluster",
+                    &initial,
+                    "--initial-cluster-state",
+                    "new",
+                    "--initial-cluster-token",
+                    "bench",
+                ])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .kill_on_drop(true)
@@ -138,7 +178,12 @@ impl Etcd {
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let ok = client.get(format!("{}/health", client_urls[0])).send().await.ok().map(|r| r.status() == 200);
+            let ok = client
+                .get(format!("{}/health", client_urls[0]))
+                .send()
+                .await
+                .ok()
+                .map(|r| r.status() == 200);
             if ok == Some(true) {
                 break;
             }

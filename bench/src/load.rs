@@ -82,7 +82,12 @@ where
     }
     let elapsed = start.elapsed();
     latencies_us.sort_unstable();
-    Stats { ok: latencies_us.len() as u64, errors, elapsed, latencies_us }
+    Stats {
+        ok: latencies_us.len() as u64,
+        errors,
+        elapsed,
+        latencies_us,
+    }
 }
 
 fn task_body(id: &str) -> String {
@@ -92,7 +97,11 @@ fn task_body(id: &str) -> String {
 }
 
 fn http_client() -> reqwest::Client {
-    reqwest::Client::builder().pool_max_idle_per_host(256).timeout(Duration::from_secs(10)).build().unwrap()
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
 }
 
 async fn raftlord_load(leader_url: String, clients: usize, duration: Duration, total: Option<u64>, tag: &str) -> Stats {
@@ -102,7 +111,12 @@ async fn raftlord_load(leader_url: String, clients: usize, duration: Duration, t
         let (client, url) = (client.clone(), format!("{leader_url}/druid/indexer/v1/task"));
         let body = task_body(&format!("{tag}-c{c}-{n}"));
         async move {
-            let r = client.post(url).header("content-type", "application/json").body(body).send().await;
+            let r = client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await;
             matches!(r, Ok(r) if r.status() == 200)
         }
     })
@@ -113,7 +127,13 @@ async fn raftlord_load(leader_url: String, clients: usize, duration: Duration, t
 async fn etcd_leader(etcd: &Etcd) -> anyhow::Result<String> {
     let client = reqwest::Client::new();
     for url in &etcd.client_urls {
-        let v: serde_json::Value = client.post(format!("{url}/v3/maintenance/status")).json(&json!({})).send().await?.json().await?;
+        let v: serde_json::Value = client
+            .post(format!("{url}/v3/maintenance/status"))
+            .json(&json!({}))
+            .send()
+            .await?
+            .json()
+            .await?;
         if v["leader"] == v["header"]["member_id"] {
             return Ok(url.clone());
         }
@@ -129,7 +149,12 @@ async fn etcd_load(url: String, clients: usize, duration: Duration) -> Stats {
         let (client, url) = (client.clone(), format!("{url}/v3/kv/put"));
         let body = json!({"key": b64.encode(format!("bench-c{c}-{n}")), "value": value}).to_string();
         async move {
-            let r = client.post(url).header("content-type", "application/json").body(body).send().await;
+            let r = client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await;
             matches!(r, Ok(r) if r.status() == 200)
         }
     })
@@ -139,7 +164,9 @@ async fn etcd_load(url: String, clients: usize, duration: Duration) -> Stats {
 pub async fn submit(bin: &Path, clients: usize, seconds: u64, etcd: Option<String>) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let duration = Duration::from_secs(seconds);
-    println!("3 nodes on loopback, fsync on, {clients} concurrent clients, {VALUE_BYTES}-byte values, {seconds} s each");
+    println!(
+        "3 nodes on loopback, fsync on, {clients} concurrent clients, {VALUE_BYTES}-byte values, {seconds} s each"
+    );
     let mut rl = Raftlord::start(bin, dir.path(), 3).await?;
     let leader = rl.wait_leader(Duration::from_secs(30)).await?;
     // Warm up connections and caches.
@@ -166,7 +193,12 @@ pub async fn failover(bin: &Path, rounds: usize) -> anyhow::Result<()> {
     let mut times = Vec::new();
     for round in 0..rounds {
         let leader = rl.wait_leader(Duration::from_secs(30)).await?;
-        let survivors: Vec<String> = rl.urls.iter().filter(|(id, _)| **id != leader).map(|(_, u)| u.clone()).collect();
+        let survivors: Vec<String> = rl
+            .urls
+            .iter()
+            .filter(|(id, _)| **id != leader)
+            .map(|(_, u)| u.clone())
+            .collect();
         let killed_at = Instant::now();
         rl.kill9(leader)?;
         let mut attempt = 0usize;
@@ -174,20 +206,33 @@ pub async fn failover(bin: &Path, rounds: usize) -> anyhow::Result<()> {
             let url = &survivors[attempt % survivors.len()];
             let body = task_body(&format!("failover-{round}-{attempt}"));
             attempt += 1;
-            let r = client.post(format!("{url}/druid/indexer/v1/task")).body(body).send().await;
+            let r = client
+                .post(format!("{url}/druid/indexer/v1/task"))
+                .body(body)
+                .send()
+                .await;
             if matches!(r, Ok(ref r) if r.status() == 200) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let took = killed_at.elapsed();
-        println!("round {:>2}: killed node {leader}; first acknowledged write after {:>6.0} ms", round + 1, took.as_secs_f64() * 1000.0);
+        println!(
+            "round {:>2}: killed node {leader}; first acknowledged write after {:>6.0} ms",
+            round + 1,
+            took.as_secs_f64() * 1000.0
+        );
         times.push(took);
         rl.spawn(leader)?;
         // Let the restarted node rejoin before the next kill.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let up = client.get(format!("{}/status", rl.urls[&leader])).send().await.ok().map(|r| r.status() == 200);
+            let up = client
+                .get(format!("{}/status", rl.urls[&leader]))
+                .send()
+                .await
+                .ok()
+                .map(|r| r.status() == 200);
             if up == Some(true) || Instant::now() > deadline {
                 break;
             }
@@ -198,7 +243,11 @@ pub async fn failover(bin: &Path, rounds: usize) -> anyhow::Result<()> {
     rl.stop_all().await;
     times.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!("failover over {rounds} kills: median {:.0} ms, worst {:.0} ms", ms(times[times.len() / 2]), ms(*times.last().unwrap()));
+    println!(
+        "failover over {rounds} kills: median {:.0} ms, worst {:.0} ms",
+        ms(times[times.len() / 2]),
+        ms(*times.last().unwrap())
+    );
     Ok(())
 }
 
@@ -206,10 +255,20 @@ pub async fn restart(bin: &Path, tasks: usize, clients: usize) -> anyhow::Result
     let dir = tempfile::tempdir()?;
     let mut rl = Raftlord::start(bin, dir.path(), 3).await?;
     let leader = rl.wait_leader(Duration::from_secs(30)).await?;
-    let fill = raftlord_load(rl.urls[&leader].clone(), clients, Duration::from_secs(3600), Some(tasks as u64), "fill").await;
+    let fill = raftlord_load(
+        rl.urls[&leader].clone(),
+        clients,
+        Duration::from_secs(3600),
+        Some(tasks as u64),
+        "fill",
+    )
+    .await;
     println!("stored {} tasks: {}", fill.ok, fill.line("fill"));
-    let rss_before: Vec<String> =
-        rl.urls.keys().filter_map(|id| rl.pid(*id).and_then(rss_mib).map(|m| format!("node {id} {m:.0} MiB"))).collect();
+    let rss_before: Vec<String> = rl
+        .urls
+        .keys()
+        .filter_map(|id| rl.pid(*id).and_then(rss_mib).map(|m| format!("node {id} {m:.0} MiB")))
+        .collect();
     println!("resident memory before restart: {}", rss_before.join(", "));
     rl.stop_all().await;
     let size = dir_size(dir.path());
@@ -224,20 +283,41 @@ pub async fn restart(bin: &Path, tasks: usize, clients: usize) -> anyhow::Result
     loop {
         let leader = rl.wait_leader(Duration::from_secs(60)).await?;
         let url = &rl.urls[&leader];
-        let r = client.get(format!("{url}/druid/indexer/v1/task/{probe}/status")).send().await;
-        let w = client.post(format!("{url}/druid/indexer/v1/task")).body(task_body("after-restart")).send().await;
+        let r = client
+            .get(format!("{url}/druid/indexer/v1/task/{probe}/status"))
+            .send()
+            .await;
+        let w = client
+            .post(format!("{url}/druid/indexer/v1/task"))
+            .body(task_body("after-restart"))
+            .send()
+            .await;
         if matches!(r, Ok(ref r) if r.status() == 200) && matches!(w, Ok(ref w) if w.status() == 200) {
             break;
         }
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(120), "not serving 120 s after restart");
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(120),
+            "not serving 120 s after restart"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    println!("restart to serving (read of an old task and a new write acknowledged): {:.2} s", started.elapsed().as_secs_f64());
+    println!(
+        "restart to serving (read of an old task and a new write acknowledged): {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
     let leader = rl.wait_leader(Duration::from_secs(10)).await?;
-    let status: serde_json::Value = client.get(format!("{}/status", rl.urls[&leader])).send().await?.json().await?;
+    let status: serde_json::Value = client
+        .get(format!("{}/status", rl.urls[&leader]))
+        .send()
+        .await?
+        .json()
+        .await?;
     println!("tasks after restart: {}", status["tasks"]["total"]);
-    let rss_after: Vec<String> =
-        rl.urls.keys().filter_map(|id| rl.pid(*id).and_then(rss_mib).map(|m| format!("node {id} {m:.0} MiB"))).collect();
+    let rss_after: Vec<String> = rl
+        .urls
+        .keys()
+        .filter_map(|id| rl.pid(*id).and_then(rss_mib).map(|m| format!("node {id} {m:.0} MiB")))
+        .collect();
     println!("resident memory after restart: {}", rss_after.join(", "));
     rl.stop_all().await;
     Ok(())
@@ -248,7 +328,11 @@ fn dir_size(p: &Path) -> u64 {
     if let Ok(rd) = std::fs::read_dir(p) {
         for e in rd.flatten() {
             let path = e.path();
-            total += if path.is_dir() { dir_size(&path) } else { e.metadata().map(|m| m.len()).unwrap_or(0) };
+            total += if path.is_dir() {
+                dir_size(&path)
+            } else {
+                e.metadata().map(|m| m.len()).unwrap_or(0)
+            };
         }
     }
     total

@@ -62,7 +62,11 @@ fn raftlord_path(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     }
     let exe = std::env::current_exe()?;
     let p = exe.with_file_name("raftlord");
-    anyhow::ensure!(p.exists(), "no raftlord binary at {}; build it (cargo build) or pass --raftlord", p.display());
+    anyhow::ensure!(
+        p.exists(),
+        "no raftlord binary at {}; build it (cargo build) or pass --raftlord",
+        p.display()
+    );
     Ok(p)
 }
 
@@ -71,7 +75,12 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let bin = raftlord_path(cli.raftlord)?;
     match cli.command {
-        Cmd::Submit { clients, seconds, no_etcd, etcd } => load::submit(&bin, clients, seconds, (!no_etcd).then_some(etcd)).await,
+        Cmd::Submit {
+            clients,
+            seconds,
+            no_etcd,
+            etcd,
+        } => load::submit(&bin, clients, seconds, (!no_etcd).then_some(etcd)).await,
         Cmd::Failover { rounds } => load::failover(&bin, rounds).await,
         Cmd::Restart { tasks, clients } => load::restart(&bin, tasks, clients).await,
     }

@@ -67,7 +67,12 @@ impl HttpNetwork {
             .tcp_nodelay(true)
             .build()
             .expect("building the HTTP client");
-        HttpNetwork { id, client, secret: secret.into(), faults }
+        HttpNetwork {
+            id,
+            client,
+            secret: secret.into(),
+            faults,
+        }
     }
 }
 
@@ -123,7 +128,10 @@ impl PeerClient {
         E: std::error::Error + DeserializeOwned,
     {
         if self.faults.is_cut(self.from, self.target) {
-            return Err(RPCError::Unreachable(Unreachable::new(&LinkCut { from: self.from, to: self.target })));
+            return Err(RPCError::Unreachable(Unreachable::new(&LinkCut {
+                from: self.from,
+                to: self.target,
+            })));
         }
         let url = format!("{}/raft/{}", self.base, path);
         let resp = self
@@ -144,9 +152,15 @@ impl PeerClient {
         let status = resp.status();
         if !status.is_success() {
             let body = resp.text().await.unwrap_or_default();
-            return Err(RPCError::Network(NetworkError::new(&BadStatus { status: status.as_u16(), body })));
+            return Err(RPCError::Network(NetworkError::new(&BadStatus {
+                status: status.as_u16(),
+                body,
+            })));
         }
-        let result: Result<Resp, E> = resp.json().await.map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let result: Result<Resp, E> = resp
+            .json()
+            .await
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }

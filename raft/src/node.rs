@@ -150,7 +150,15 @@ impl<S: StateMachine> RaftNode<S> {
             .timeout(Duration::from_secs(5))
             .build()
             .expect("building the HTTP client");
-        Ok(Arc::new(RaftNode { id, url, raft, shared, proposer, secret, client }))
+        Ok(Arc::new(RaftNode {
+            id,
+            url,
+            raft,
+            shared,
+            proposer,
+            secret,
+            client,
+        }))
     }
 
     /// The cluster secret this node checks on internal routes.
@@ -177,8 +185,10 @@ impl<S: StateMachine> RaftNode<S> {
                     }
                     match self.peers_all_new(peers).await? {
                         Some(true) => {
-                            let members =
-                                peers.iter().map(|(id, url)| (*id, NodeInfo { url: url.clone() })).collect();
+                            let members = peers
+                                .iter()
+                                .map(|(id, url)| (*id, NodeInfo { url: url.clone() }))
+                                .collect();
                             return self.initialize(members).await;
                         }
                         // A peer already belongs to a cluster: the leader will bring us in.
@@ -195,7 +205,10 @@ impl<S: StateMachine> RaftNode<S> {
     }
 
     async fn is_initialized(&self) -> Result<bool, NodeError> {
-        self.raft.is_initialized().await.map_err(|e| NodeError::Raft(e.to_string()))
+        self.raft
+            .is_initialized()
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))
     }
 
     async fn initialize(&self, members: BTreeMap<u64, NodeInfo>) -> Result<(), NodeError> {
@@ -224,7 +237,11 @@ impl<S: StateMachine> RaftNode<S> {
             };
             match state {
                 Some(s) if s.node_id != id => {
-                    return Err(NodeError::WrongPeer { id, url: url.clone(), answered: s.node_id })
+                    return Err(NodeError::WrongPeer {
+                        id,
+                        url: url.clone(),
+                        answered: s.node_id,
+                    })
                 }
                 Some(s) if s.initialized => return Ok(Some(false)),
                 Some(_) => {}
@@ -275,7 +292,14 @@ impl<S: StateMachine> RaftNode<S> {
 
     /// Removes a node from the cluster.
     pub async fn remove_node(&self, id: u64) -> Result<(), NodeError> {
-        let voters: BTreeSet<u64> = self.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+        let voters: BTreeSet<u64> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
         if !voters.contains(&id) {
             return Err(NodeError::InvalidMembership(format!("node {id} is not a voter")));
         }
@@ -295,9 +319,9 @@ impl<S: StateMachine> RaftNode<S> {
 
     fn membership_error(&self, e: RaftError<u64, ClientWriteError<u64, NodeInfo>>) -> NodeError {
         match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-                NodeError::NotLeader { leader: f.leader_id.zip(f.leader_node.map(|n| n.url)) }
-            }
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => NodeError::NotLeader {
+                leader: f.leader_id.zip(f.leader_node.map(|n| n.url)),
+            },
             RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => match c {
                 ChangeMembershipError::InProgress(_) => NodeError::Raft(c.to_string()),
                 other => NodeError::InvalidMembership(other.to_string()),
@@ -313,14 +337,26 @@ impl<S: StateMachine> RaftNode<S> {
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
         let members = membership
             .nodes()
-            .map(|(id, n)| Member { id: *id, url: n.url.clone(), voter: voters.contains(id) })
+            .map(|(id, n)| Member {
+                id: *id,
+                url: n.url.clone(),
+                voter: voters.contains(id),
+            })
             .collect();
-        let committed = self.raft.with_raft_state(|st| st.committed.map(|l| l.index)).await.ok().flatten();
+        let committed = self
+            .raft
+            .with_raft_state(|st| st.committed.map(|l| l.index))
+            .await
+            .ok()
+            .flatten();
         ClusterStatus {
             node_id: self.id,
             state: format!("{:?}", m.state),
             leader: m.current_leader,
-            leader_url: m.current_leader.and_then(|id| membership.get_node(&id)).map(|n| n.url.clone()),
+            leader_url: m
+                .current_leader
+                .and_then(|id| membership.get_node(&id))
+                .map(|n| n.url.clone()),
             term: m.current_term,
             last_log_index: m.last_log_index,
             committed_index: committed,

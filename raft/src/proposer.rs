@@ -61,7 +61,8 @@ impl<S: StateMachine> Proposer<S> {
             .send(Pending { command, reply })
             .await
             .map_err(|_| ProposeError::Unavailable("the node is shutting down".into()))?;
-        rx.await.map_err(|_| ProposeError::Unavailable("the node is shutting down".into()))?
+        rx.await
+            .map_err(|_| ProposeError::Unavailable("the node is shutting down".into()))?
     }
 }
 
@@ -75,7 +76,9 @@ async fn run<S: StateMachine>(
     let slots = Arc::new(Semaphore::new(max_in_flight));
     let mut last_time = 0u64;
     while let Some(first) = rx.recv().await {
-        let Ok(permit) = slots.clone().acquire_owned().await else { break };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
         let mut pending = vec![first];
         while pending.len() < max_batch {
             match rx.try_recv() {

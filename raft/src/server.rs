@@ -97,7 +97,11 @@ pub struct RaftState {
 
 async fn raft_state<S: StateMachine>(State(node): State<Arc<RaftNode<S>>>) -> Response {
     match node.raft.is_initialized().await {
-        Ok(initialized) => Json(RaftState { node_id: node.id, initialized }).into_response(),
+        Ok(initialized) => Json(RaftState {
+            node_id: node.id,
+            initialized,
+        })
+        .into_response(),
         Err(e) => node_error(NodeError::Raft(e.to_string())),
     }
 }
@@ -120,10 +124,7 @@ async fn add_node<S: StateMachine>(State(node): State<Arc<RaftNode<S>>>, Json(re
     }
 }
 
-async fn remove_node<S: StateMachine>(
-    State(node): State<Arc<RaftNode<S>>>,
-    Json(req): Json<RemoveNode>,
-) -> Response {
+async fn remove_node<S: StateMachine>(State(node): State<Arc<RaftNode<S>>>, Json(req): Json<RemoveNode>) -> Response {
     match node.remove_node(req.node_id).await {
         Ok(()) => Json(node.status().await).into_response(),
         Err(e) => node_error(e),
@@ -136,7 +137,11 @@ fn node_error(e: NodeError) -> Response {
         NodeError::InvalidMembership(_) => (StatusCode::BAD_REQUEST, "invalidMembership"),
         _ => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
     };
-    let mut resp = (status, Json(serde_json::json!({"error": kind, "message": e.to_string()}))).into_response();
+    let mut resp = (
+        status,
+        Json(serde_json::json!({"error": kind, "message": e.to_string()})),
+    )
+        .into_response();
     if let NodeError::NotLeader { leader: Some((_, url)) } = &e {
         if let Ok(v) = header::HeaderValue::from_str(url) {
             resp.headers_mut().insert("X-Raftlord-Leader", v);

@@ -126,12 +126,26 @@ impl<S: StateMachine> StateMachineStore<S> {
                 last_time_ms: data.last_time_ms,
                 state: data.state,
             };
-            current = Some(StoredSnapshotBytes { meta: stored.meta, data: Arc::new(stored.data) });
+            current = Some(StoredSnapshotBytes {
+                meta: stored.meta,
+                data: Arc::new(stored.data),
+            });
         }
         let index = applied.last_applied.map(|l| l.index).unwrap_or(0);
         let (applied_tx, _) = watch::channel(index);
-        let shared = Arc::new(Shared { inner: RwLock::new(applied), applied_tx, installed: AtomicU64::new(0) });
-        Ok((StateMachineStore { shared: shared.clone(), snapshots, current }, shared))
+        let shared = Arc::new(Shared {
+            inner: RwLock::new(applied),
+            applied_tx,
+            installed: AtomicU64::new(0),
+        });
+        Ok((
+            StateMachineStore {
+                shared: shared.clone(),
+                snapshots,
+                current,
+            },
+            shared,
+        ))
     }
 }
 
@@ -165,7 +179,10 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig<S>> for StateMachineStore<S> {
                 EntryPayload::Normal(batch) => {
                     let time_ms = batch.time_ms.max(g.last_time_ms);
                     g.last_time_ms = time_ms;
-                    let ctx = ApplyContext { index: entry.log_id.index, time_ms };
+                    let ctx = ApplyContext {
+                        index: entry.log_id.index,
+                        time_ms,
+                    };
                     let out = batch.items.iter().map(|c| g.state.apply(ctx, c)).collect();
                     replies.push(out);
                 }
@@ -178,7 +195,10 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig<S>> for StateMachineStore<S> {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotBuilder { shared: self.shared.clone(), snapshots: self.snapshots.clone() }
+        SnapshotBuilder {
+            shared: self.shared.clone(),
+            snapshots: self.snapshots.clone(),
+        }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> SResult<Box<Cursor<Vec<u8>>>> {
@@ -204,20 +224,34 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig<S>> for StateMachineStore<S> {
                 state: data.state,
             };
         }
-        self.shared.applied_tx.send_replace(meta.last_log_id.map(|l| l.index).unwrap_or(0));
-        self.current = Some(StoredSnapshotBytes { meta: meta.clone(), data: Arc::new(bytes) });
+        self.shared
+            .applied_tx
+            .send_replace(meta.last_log_id.map(|l| l.index).unwrap_or(0));
+        self.current = Some(StoredSnapshotBytes {
+            meta: meta.clone(),
+            data: Arc::new(bytes),
+        });
         self.shared.installed.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> SResult<Option<Snapshot<TypeConfig<S>>>> {
         // A snapshot built since this store was opened is newer than `current`.
-        let stored = self.snapshots.load::<SnapshotMeta<NodeId, NodeInfo>>().map_err(read_err)?;
-        Ok(stored.map(|s| Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }).or_else(|| {
-            self.current
-                .as_ref()
-                .map(|c| Snapshot { meta: c.meta.clone(), snapshot: Box::new(Cursor::new(c.data.to_vec())) })
-        }))
+        let stored = self
+            .snapshots
+            .load::<SnapshotMeta<NodeId, NodeInfo>>()
+            .map_err(read_err)?;
+        Ok(stored
+            .map(|s| Snapshot {
+                meta: s.meta,
+                snapshot: Box::new(Cursor::new(s.data)),
+            })
+            .or_else(|| {
+                self.current.as_ref().map(|c| Snapshot {
+                    meta: c.meta.clone(),
+                    snapshot: Box::new(Cursor::new(c.data.to_vec())),
+                })
+            }))
     }
 }
 
@@ -232,7 +266,10 @@ impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig<S>> for SnapshotBuilder<S> 
         // Encode under the read lock: metadata and data describe the same log position.
         let (meta, bytes) = {
             let g = self.shared.inner.read().await;
-            let data = SnapshotDataRef { last_time_ms: g.last_time_ms, state: &g.state };
+            let data = SnapshotDataRef {
+                last_time_ms: g.last_time_ms,
+                state: &g.state,
+            };
             let bytes = serde_json::to_vec(&data).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
             let id = match g.last_applied {
                 Some(l) => format!("{}-{}-{}", l.leader_id, l.index, g.last_time_ms),
@@ -248,6 +285,9 @@ impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig<S>> for SnapshotBuilder<S> 
         self.snapshots
             .save(&meta, &bytes)
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
     }
 }

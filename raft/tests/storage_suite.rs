@@ -47,7 +47,10 @@ fn openraft_storage_suite_passes_on_rocksdb() {
 }
 
 fn entry(term: u64, index: u64, items: Vec<(String, String)>, time_ms: u64) -> Entry<C> {
-    Entry { log_id: LogId::new(openraft::CommittedLeaderId::new(term, 1), index), payload: EntryPayload::Normal(Batch { time_ms, items }) }
+    Entry {
+        log_id: LogId::new(openraft::CommittedLeaderId::new(term, 1), index),
+        payload: EntryPayload::Normal(Batch { time_ms, items }),
+    }
 }
 
 #[tokio::test]
@@ -58,7 +61,9 @@ async fn appended_entries_and_vote_survive_reopen() {
         let mut log = LogStore::<C>::new(engine);
         log.save_vote(&Vote::new(3, 2)).await.unwrap();
         use openraft::storage::RaftLogStorageExt;
-        log.blocking_append(vec![entry(1, 1, vec![("a".into(), "1".into())], 5)]).await.unwrap();
+        log.blocking_append(vec![entry(1, 1, vec![("a".into(), "1".into())], 5)])
+            .await
+            .unwrap();
     }
     let engine = Engine::open(dir.path()).unwrap();
     let mut log = LogStore::<C>::new(engine);
@@ -81,7 +86,10 @@ async fn apply_never_lets_time_run_backwards_and_snapshots_restore() {
         .await
         .unwrap();
     assert_eq!(replies, vec![vec![None], vec![Some("1".into()), None]]);
-    assert_eq!(shared.read().await.state.applied_at, vec![(1, 1000), (2, 1000), (2, 1000)]);
+    assert_eq!(
+        shared.read().await.state.applied_at,
+        vec![(1, 1000), (2, 1000), (2, 1000)]
+    );
     assert_eq!(*shared.subscribe().borrow(), 2);
 
     use openraft::RaftSnapshotBuilder;

@@ -42,12 +42,14 @@ impl AppState {
     /// Proposes a command on this (leader) node and waits for its reply, for at most
     /// [`WRITE_TIMEOUT`]: a leader cut off from its quorum answers 503 instead of hanging.
     pub async fn propose(&self, command: Command) -> Result<Reply, ApiError> {
-        let result = tokio::time::timeout(WRITE_TIMEOUT, self.raft.proposer.propose(command)).await.map_err(|_| {
-            ApiError::Unavailable(format!(
-                "the write was not committed within {} s (no quorum?); it may still commit, and retrying is safe",
-                WRITE_TIMEOUT.as_secs()
-            ))
-        })?;
+        let result = tokio::time::timeout(WRITE_TIMEOUT, self.raft.proposer.propose(command))
+            .await
+            .map_err(|_| {
+                ApiError::Unavailable(format!(
+                    "the write was not committed within {} s (no quorum?); it may still commit, and retrying is safe",
+                    WRITE_TIMEOUT.as_secs()
+                ))
+            })?;
         result.map_err(|e| match e {
             raftlord_raft::ProposeError::NotLeader { .. } => ApiError::NoLeader,
             raftlord_raft::ProposeError::Unavailable(m) => ApiError::Unavailable(m),
@@ -76,7 +78,11 @@ async fn not_found(req: Request) -> ApiError {
 /// The URL of the leader if this node is not it, or an error while there is no ready leader.
 pub fn leader_redirect(raft: &Raft) -> Result<Option<String>, ApiError> {
     if raft.is_leader() {
-        return if raft.leader_ready() { Ok(None) } else { Err(ApiError::NoLeader) };
+        return if raft.leader_ready() {
+            Ok(None)
+        } else {
+            Err(ApiError::NoLeader)
+        };
     }
     match raft.leader() {
         Some((_, url)) => Ok(Some(url)),

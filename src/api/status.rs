@@ -21,7 +21,10 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/internal/nodes/announce", post(announce))
         .route("/internal/nodes/withdraw", post(withdraw))
         .route("/internal/state/tasks", get(local_tasks))
-        .layer(middleware::from_fn_with_state(secret, raftlord_raft::server::require_secret));
+        .layer(middleware::from_fn_with_state(
+            secret,
+            raftlord_raft::server::require_secret,
+        ));
     Router::new()
         .route("/status", get(status))
         .route("/status/health", get(health))

@@ -26,7 +26,10 @@ pub fn routes() -> Router<AppState> {
         .route(&format!("{BASE}/task/{{id}}"), get(get_task))
         .route(&format!("{BASE}/task/{{id}}/status"), get(task_status))
         .route(&format!("{BASE}/task/{{id}}/shutdown"), post(shutdown))
-        .route(&format!("{BASE}/datasources/{{ds}}/shutdownAllTasks"), post(shutdown_all))
+        .route(
+            &format!("{BASE}/datasources/{{ds}}/shutdownAllTasks"),
+            post(shutdown_all),
+        )
         .route(&format!("{BASE}/tasks"), get(list))
         .route(&format!("{BASE}/waitingTasks"), get(waiting))
         .route(&format!("{BASE}/pendingTasks"), get(pending))
@@ -49,7 +52,10 @@ async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
             "the task payload is larger than the limit of {limit} bytes (--max-task-payload-bytes)"
         ))
     };
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
@@ -62,43 +68,77 @@ async fn submit(State(state): State<AppState>, headers: HeaderMap, body: Body) -
     let max_active = state.config.limits.max_active_tasks;
     match state.propose(Command::SubmitTask { task, max_active }).await? {
         Reply::Submitted { id } => Ok(Json(json!({ "task": id })).into_response()),
-        Reply::SubmitRejected { id, rejected: SubmitRejected::AlreadyExists } => {
-            Err(ApiError::BadRequest(format!("Task [{id}] already exists")))
-        }
-        Reply::SubmitRejected { rejected: SubmitRejected::QueueFull { limit }, .. } => Err(ApiError::TooManyTasks(
-            format!("Too many tasks are in the queue (Limit = {limit}), try again after some time"),
-        )),
-        other => Err(ApiError::Unavailable(format!("unexpected reply to a submission: {other:?}"))),
+        Reply::SubmitRejected {
+            id,
+            rejected: SubmitRejected::AlreadyExists,
+        } => Err(ApiError::BadRequest(format!("Task [{id}] already exists"))),
+        Reply::SubmitRejected {
+            rejected: SubmitRejected::QueueFull { limit },
+            ..
+        } => Err(ApiError::TooManyTasks(format!(
+            "Too many tasks are in the queue (Limit = {limit}), try again after some time"
+        ))),
+        other => Err(ApiError::Unavailable(format!(
+            "unexpected reply to a submission: {other:?}"
+        ))),
     }
 }
 
 async fn get_task(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let g = state.raft.shared.read().await;
-    let task = g.state.tasks.get(&id).ok_or(ApiError::TaskNotFound { id: id.clone(), field: "payload" })?;
+    let task = g.state.tasks.get(&id).ok_or(ApiError::TaskNotFound {
+        id: id.clone(),
+        field: "payload",
+    })?;
     // The payload is stored verbatim; splice it in without re-parsing.
-    let body = format!(r#"{{"task":{},"payload":{}}}"#, serde_json::to_string(&id).unwrap_or_default(), task.payload.get());
+    let body = format!(
+        r#"{{"task":{},"payload":{}}}"#,
+        serde_json::to_string(&id).unwrap_or_default(),
+        task.payload.get()
+    );
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 async fn task_status(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let g = state.raft.shared.read().await;
-    let task = g.state.tasks.get(&id).ok_or(ApiError::TaskNotFound { id: id.clone(), field: "status" })?;
+    let task = g.state.tasks.get(&id).ok_or(ApiError::TaskNotFound {
+        id: id.clone(),
+        field: "status",
+    })?;
     Ok(Json(json!({ "task": id, "status": task.status_plus() })).into_response())
 }
 
 async fn shutdown(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     // Druid answers 200 even for unknown or finished tasks: shutdown is a no-op for them.
-    state.propose(Command::ShutdownTask { id: id.clone(), reason: SHUTDOWN_BY_USER.into() }).await?;
+    state
+        .propose(Command::ShutdownTask {
+            id: id.clone(),
+            reason: SHUTDOWN_BY_USER.into(),
+        })
+        .await?;
     Ok(Json(json!({ "task": id })).into_response())
 }
 
 async fn shutdown_all(State(state): State<AppState>, Path(ds): Path<String>) -> Result<Response, ApiError> {
-    let has_active = state.raft.shared.read().await.state.tasks.active().any(|t| t.datasource == ds);
+    let has_active = state
+        .raft
+        .shared
+        .read()
+        .await
+        .state
+        .tasks
+        .active()
+        .any(|t| t.datasource == ds);
     if !has_active {
         return Err(ApiError::NotFound(format!("no active tasks for dataSource [{ds}]")));
     }
     let reason = SHUTDOWN_BY_USER.to_string();
-    state.propose(Command::ShutdownDatasourceTasks { datasource: ds.clone(), reason }).await?;
+    state
+        .propose(Command::ShutdownDatasourceTasks {
+            datasource: ds.clone(),
+            reason,
+        })
+        .await?;
     Ok(Json(json!({ "dataSource": ds })).into_response())
 }
 
@@ -110,7 +150,10 @@ fn parse_query(raw: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
 /// Decodes `a=b&c=d` with percent-decoding, using the URL parser reqwest already depends on.
 fn serde_urlencoded_pairs(raw: &str) -> Result<Vec<(String, String)>, String> {
     let url = reqwest::Url::parse(&format!("http://q/?{raw}")).map_err(|e| format!("malformed query string: {e}"))?;
-    Ok(url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
+    Ok(url
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect())
 }
 
 async fn run_query(state: &AppState, params: &[(String, String)]) -> Result<Response, ApiError> {
@@ -158,8 +201,10 @@ async fn task_statuses(State(state): State<AppState>, headers: HeaderMap, body: 
         return Err(ApiError::BadRequest("No Task IDs provided.".into()));
     }
     let g = state.raft.shared.read().await;
-    let out: BTreeMap<&str, _> =
-        ids.iter().filter_map(|id| g.state.tasks.get(id).map(|t| (id.as_str(), t.status()))).collect();
+    let out: BTreeMap<&str, _> = ids
+        .iter()
+        .filter_map(|id| g.state.tasks.get(id).map(|t| (id.as_str(), t.status())))
+        .collect();
     Ok(Json(out).into_response())
 }
 

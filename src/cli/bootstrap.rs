@@ -25,7 +25,11 @@ pub async fn run(args: BootstrapArgs) -> anyhow::Result<i32> {
     let peers: BTreeMap<u64, String> = (1..=args.nodes)
         .map(|id| (id, format!("http://{}:{}", args.host, args.base_port as u64 + id - 1)))
         .collect();
-    let peer_list = peers.iter().map(|(id, url)| format!("{id}={url}")).collect::<Vec<_>>().join(",");
+    let peer_list = peers
+        .iter()
+        .map(|(id, url)| format!("{id}={url}"))
+        .collect::<Vec<_>>()
+        .join(",");
     let exe = std::env::current_exe()?;
     let mut children: Vec<(u64, Child)> = Vec::new();
     for (id, url) in &peers {
@@ -38,8 +42,16 @@ pub async fn run(args: BootstrapArgs) -> anyhow::Result<i32> {
             .args(["--heartbeat-ms", &args.node.heartbeat_ms.to_string()])
             .args(["--election-timeout-ms", &args.node.election_timeout_ms.to_string()])
             .args(["--snapshot-every", &args.node.snapshot_every.to_string()])
-            .args(["--max-task-payload-bytes", &args.node.max_task_payload_bytes.to_string()])
-            .args(args.node.max_active_tasks.map(|m| vec!["--max-active-tasks".to_string(), m.to_string()]).unwrap_or_default())
+            .args([
+                "--max-task-payload-bytes",
+                &args.node.max_task_payload_bytes.to_string(),
+            ])
+            .args(
+                args.node
+                    .max_active_tasks
+                    .map(|m| vec!["--max-active-tasks".to_string(), m.to_string()])
+                    .unwrap_or_default(),
+            )
             .env("RAFTLORD_CLUSTER_SECRET", &secret)
             .stdin(Stdio::null())
             .kill_on_drop(true)
@@ -81,8 +93,12 @@ pub async fn run(args: BootstrapArgs) -> anyhow::Result<i32> {
 
 async fn find_leader(client: &reqwest::Client, peers: &BTreeMap<u64, String>) -> Option<u64> {
     for url in peers.values() {
-        let Ok(resp) = client.get(status_url(url)).send().await else { continue };
-        let Ok(v) = resp.json::<serde_json::Value>().await else { continue };
+        let Ok(resp) = client.get(status_url(url)).send().await else {
+            continue;
+        };
+        let Ok(v) = resp.json::<serde_json::Value>().await else {
+            continue;
+        };
         if let Some(leader) = v["leader"].as_u64() {
             return Some(leader);
         }

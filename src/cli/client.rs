@@ -39,17 +39,34 @@ pub async fn cluster(cmd: ClusterCommand) -> anyhow::Result<i32> {
     let c = client()?;
     match cmd {
         ClusterCommand::Status(u) => send(c.get(status_url(&u.url))).await,
-        ClusterCommand::AddNode { url, node_id, node_url, cluster_secret } => {
+        ClusterCommand::AddNode {
+            url,
+            node_id,
+            node_url,
+            cluster_secret,
+        } => {
             let leader = leader_of(&c, &url.url).await?;
             let body = serde_json::json!({ "node_id": node_id, "url": node_url.trim_end_matches('/') });
-            send(c.post(format!("{}/internal/cluster/add-node", base(&leader))).bearer_auth(cluster_secret).json(&body))
-                .await
+            send(
+                c.post(format!("{}/internal/cluster/add-node", base(&leader)))
+                    .bearer_auth(cluster_secret)
+                    .json(&body),
+            )
+            .await
         }
-        ClusterCommand::RemoveNode { url, node_id, cluster_secret } => {
+        ClusterCommand::RemoveNode {
+            url,
+            node_id,
+            cluster_secret,
+        } => {
             let leader = leader_of(&c, &url.url).await?;
             let body = serde_json::json!({ "node_id": node_id });
-            send(c.post(format!("{}/internal/cluster/remove-node", base(&leader))).bearer_auth(cluster_secret).json(&body))
-                .await
+            send(
+                c.post(format!("{}/internal/cluster/remove-node", base(&leader)))
+                    .bearer_auth(cluster_secret)
+                    .json(&body),
+            )
+            .await
         }
     }
 }
@@ -80,7 +97,12 @@ pub async fn task(cmd: TaskCommand) -> anyhow::Result<i32> {
             send(req).await
         }
         TaskCommand::Status { id, url } => {
-            send(c.get(format!("{}/druid/indexer/v1/task/{}/status", base(&url.url), encode(&id)))).await
+            send(c.get(format!(
+                "{}/druid/indexer/v1/task/{}/status",
+                base(&url.url),
+                encode(&id)
+            )))
+            .await
         }
         TaskCommand::List { state, datasource, url } => {
             let mut query = Vec::new();
@@ -90,10 +112,19 @@ pub async fn task(cmd: TaskCommand) -> anyhow::Result<i32> {
             if let Some(d) = datasource {
                 query.push(("datasource", d));
             }
-            send(c.get(format!("{}/druid/indexer/v1/tasks", base(&url.url))).query(&query)).await
+            send(
+                c.get(format!("{}/druid/indexer/v1/tasks", base(&url.url)))
+                    .query(&query),
+            )
+            .await
         }
         TaskCommand::Shutdown { id, url } => {
-            send(c.post(format!("{}/druid/indexer/v1/task/{}/shutdown", base(&url.url), encode(&id)))).await
+            send(c.post(format!(
+                "{}/druid/indexer/v1/task/{}/shutdown",
+                base(&url.url),
+                encode(&id)
+            )))
+            .await
         }
     }
 }

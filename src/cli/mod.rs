@@ -188,7 +188,10 @@ fn parse_peers(s: &str) -> Result<BTreeMap<u64, String>, String> {
     let mut peers = BTreeMap::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (id, url) = part.split_once('=').ok_or_else(|| format!("'{part}' is not ID=URL"))?;
-        let id: u64 = id.trim().parse().map_err(|_| format!("'{id}' is not a node id (a positive integer)"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{id}' is not a node id (a positive integer)"))?;
         let url = url.trim().trim_end_matches('/');
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(format!("peer URL '{url}' must start with http:// or https://"));

@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
-use rand::Rng;
 use raftlord_raft::{ClusterFormation, RaftSettings};
+use rand::Rng;
 
 use super::{DevArgs, NodeArgs, ServerArgs};
 use crate::config::{Limits, NodeConfig};
@@ -21,7 +21,10 @@ fn raft_settings(args: &NodeArgs) -> RaftSettings {
 }
 
 fn limits(args: &NodeArgs) -> Limits {
-    Limits { max_payload_bytes: args.max_task_payload_bytes, max_active_tasks: args.max_active_tasks }
+    Limits {
+        max_payload_bytes: args.max_task_payload_bytes,
+        max_active_tasks: args.max_active_tasks,
+    }
 }
 
 /// A new random cluster secret.

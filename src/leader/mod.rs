@@ -63,8 +63,15 @@ impl LeaderServices {
 async fn reconcile_membership(raft: Arc<Raft>, cancel: CancellationToken) {
     let mut applied = raft.shared.subscribe();
     loop {
-        let members: BTreeSet<u64> =
-            raft.raft.metrics().borrow().membership_config.membership().nodes().map(|(id, _)| *id).collect();
+        let members: BTreeSet<u64> = raft
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect();
         let stale: Vec<String> = {
             let g = raft.shared.read().await;
             g.state

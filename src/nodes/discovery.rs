@@ -61,7 +61,12 @@ impl NodeDiscovery {
     /// Nodes currently known, optionally of one role.
     pub fn nodes(&self, role: Option<NodeRole>) -> Vec<NodeAnnouncement> {
         let inner = self.inner.lock().expect("discovery lock");
-        inner.known.values().filter(|n| role.is_none_or(|r| n.roles.contains(&r))).cloned().collect()
+        inner
+            .known
+            .values()
+            .filter(|n| role.is_none_or(|r| n.roles.contains(&r)))
+            .cloned()
+            .collect()
     }
 
     /// Replaces the view with `now`, telling listeners what changed.

@@ -55,12 +55,21 @@ impl NodeTable {
     /// Records an announcement; an identical re-announcement changes nothing and returns false.
     pub fn apply_announce(&mut self, time_ms: u64, node: &NodeAnnouncement) -> bool {
         if let Some(existing) = self.nodes.get(&node.id) {
-            let same = NodeAnnouncement { announced_ms: existing.announced_ms, ..node.clone() };
+            let same = NodeAnnouncement {
+                announced_ms: existing.announced_ms,
+                ..node.clone()
+            };
             if &same == existing {
                 return false;
             }
         }
-        self.nodes.insert(node.id.clone(), NodeAnnouncement { announced_ms: time_ms, ..node.clone() });
+        self.nodes.insert(
+            node.id.clone(),
+            NodeAnnouncement {
+                announced_ms: time_ms,
+                ..node.clone()
+            },
+        );
         true
     }
 

@@ -61,17 +61,24 @@ impl StateMachine for State {
             Command::SubmitTask { task, max_active } => {
                 match self.tasks.apply_submit(ctx.index, ctx.time_ms, task, *max_active) {
                     Ok(()) => Reply::Submitted { id: task.id.clone() },
-                    Err(rejected) => Reply::SubmitRejected { id: task.id.clone(), rejected },
+                    Err(rejected) => Reply::SubmitRejected {
+                        id: task.id.clone(),
+                        rejected,
+                    },
                 }
             }
-            Command::ShutdownTask { id, reason } => {
-                Reply::Shutdown { outcome: self.tasks.apply_shutdown(ctx.time_ms, id, reason) }
-            }
+            Command::ShutdownTask { id, reason } => Reply::Shutdown {
+                outcome: self.tasks.apply_shutdown(ctx.time_ms, id, reason),
+            },
             Command::ShutdownDatasourceTasks { datasource, reason } => Reply::ShutdownDatasource {
                 stopped: self.tasks.apply_shutdown_datasource(ctx.time_ms, datasource, reason),
             },
-            Command::AnnounceNode { node } => Reply::NodeChanged { changed: self.nodes.apply_announce(ctx.time_ms, node) },
-            Command::WithdrawNode { id } => Reply::NodeChanged { changed: self.nodes.apply_withdraw(id) },
+            Command::AnnounceNode { node } => Reply::NodeChanged {
+                changed: self.nodes.apply_announce(ctx.time_ms, node),
+            },
+            Command::WithdrawNode { id } => Reply::NodeChanged {
+                changed: self.nodes.apply_withdraw(id),
+            },
         }
     }
 }

@@ -39,16 +39,25 @@ fn announcement() -> NodeAnnouncement {
 fn golden_json_of_every_command() {
     let cases = vec![
         (
-            Command::SubmitTask { task: new_task(), max_active: Some(10) },
+            Command::SubmitTask {
+                task: new_task(),
+                max_active: Some(10),
+            },
             json!({"submitTask": {"task": {"id": "t1", "type": "noop", "groupId": "t1", "datasource": "wiki",
                    "priority": 50, "payload": {"type": "noop", "id": "t1"}}, "maxActive": 10}}),
         ),
         (
-            Command::ShutdownTask { id: "t1".into(), reason: SHUTDOWN_BY_USER.into() },
+            Command::ShutdownTask {
+                id: "t1".into(),
+                reason: SHUTDOWN_BY_USER.into(),
+            },
             json!({"shutdownTask": {"id": "t1", "reason": "Shutdown request from user"}}),
         ),
         (
-            Command::ShutdownDatasourceTasks { datasource: "wiki".into(), reason: "r".into() },
+            Command::ShutdownDatasourceTasks {
+                datasource: "wiki".into(),
+                reason: "r".into(),
+            },
             json!({"shutdownDatasourceTasks": {"datasource": "wiki", "reason": "r"}}),
         ),
         (
@@ -56,7 +65,10 @@ fn golden_json_of_every_command() {
             json!({"announceNode": {"node": {"id": "node-1", "raftId": 1, "roles": ["overlord", "coordinator"],
                    "url": "http://127.0.0.1:8090", "version": "0.1.0", "announcedMs": 0}}}),
         ),
-        (Command::WithdrawNode { id: "node-1".into() }, json!({"withdrawNode": {"id": "node-1"}})),
+        (
+            Command::WithdrawNode { id: "node-1".into() },
+            json!({"withdrawNode": {"id": "node-1"}}),
+        ),
     ];
     for (cmd, golden) in cases {
         assert_eq!(serde_json::to_value(&cmd).unwrap(), golden, "{cmd:?}");
@@ -69,21 +81,40 @@ fn golden_json_of_every_command() {
 #[test]
 fn golden_json_of_every_reply() {
     let cases = vec![
-        (Reply::Submitted { id: "t1".into() }, json!({"reply": "submitted", "id": "t1"})),
         (
-            Reply::SubmitRejected { id: "t1".into(), rejected: SubmitRejected::QueueFull { limit: 3 } },
+            Reply::Submitted { id: "t1".into() },
+            json!({"reply": "submitted", "id": "t1"}),
+        ),
+        (
+            Reply::SubmitRejected {
+                id: "t1".into(),
+                rejected: SubmitRejected::QueueFull { limit: 3 },
+            },
             json!({"reply": "submitRejected", "id": "t1", "rejected": {"reason": "queueFull", "limit": 3}}),
         ),
         (
-            Reply::SubmitRejected { id: "t1".into(), rejected: SubmitRejected::AlreadyExists },
+            Reply::SubmitRejected {
+                id: "t1".into(),
+                rejected: SubmitRejected::AlreadyExists,
+            },
             json!({"reply": "submitRejected", "id": "t1", "rejected": {"reason": "alreadyExists"}}),
         ),
-        (Reply::Shutdown { outcome: ShutdownOutcome::Stopped }, json!({"reply": "shutdown", "outcome": "stopped"})),
         (
-            Reply::ShutdownDatasource { stopped: vec!["a".into()] },
+            Reply::Shutdown {
+                outcome: ShutdownOutcome::Stopped,
+            },
+            json!({"reply": "shutdown", "outcome": "stopped"}),
+        ),
+        (
+            Reply::ShutdownDatasource {
+                stopped: vec!["a".into()],
+            },
             json!({"reply": "shutdownDatasource", "stopped": ["a"]}),
         ),
-        (Reply::NodeChanged { changed: true }, json!({"reply": "nodeChanged", "changed": true})),
+        (
+            Reply::NodeChanged { changed: true },
+            json!({"reply": "nodeChanged", "changed": true}),
+        ),
     ];
     for (reply, golden) in cases {
         assert_eq!(serde_json::to_value(&reply).unwrap(), golden, "{reply:?}");
@@ -92,25 +123,51 @@ fn golden_json_of_every_reply() {
 
 #[test]
 fn apply_is_deterministic_across_replicas() {
-    let commands = vec![
+    let commands = [
         Command::AnnounceNode { node: announcement() },
-        Command::SubmitTask { task: new_task(), max_active: None },
-        Command::SubmitTask { task: new_task(), max_active: None },
-        Command::ShutdownTask { id: "t1".into(), reason: SHUTDOWN_BY_USER.into() },
-        Command::ShutdownDatasourceTasks { datasource: "wiki".into(), reason: "x".into() },
+        Command::SubmitTask {
+            task: new_task(),
+            max_active: None,
+        },
+        Command::SubmitTask {
+            task: new_task(),
+            max_active: None,
+        },
+        Command::ShutdownTask {
+            id: "t1".into(),
+            reason: SHUTDOWN_BY_USER.into(),
+        },
+        Command::ShutdownDatasourceTasks {
+            datasource: "wiki".into(),
+            reason: "x".into(),
+        },
     ];
     let run = || {
         let mut s = State::default();
-        let replies: Vec<Reply> =
-            commands.iter().enumerate().map(|(i, c)| s.apply(ctx(i as u64 + 1, 1000 + i as u64), c)).collect();
+        let replies: Vec<Reply> = commands
+            .iter()
+            .enumerate()
+            .map(|(i, c)| s.apply(ctx(i as u64 + 1, 1000 + i as u64), c))
+            .collect();
         (serde_json::to_string(&s).unwrap(), replies)
     };
     let (a, replies) = run();
     let (b, _) = run();
     assert_eq!(a, b);
     assert_eq!(replies[1], Reply::Submitted { id: "t1".into() });
-    assert_eq!(replies[2], Reply::SubmitRejected { id: "t1".into(), rejected: SubmitRejected::AlreadyExists });
-    assert_eq!(replies[3], Reply::Shutdown { outcome: ShutdownOutcome::Stopped });
+    assert_eq!(
+        replies[2],
+        Reply::SubmitRejected {
+            id: "t1".into(),
+            rejected: SubmitRejected::AlreadyExists
+        }
+    );
+    assert_eq!(
+        replies[3],
+        Reply::Shutdown {
+            outcome: ShutdownOutcome::Stopped
+        }
+    );
     assert_eq!(replies[4], Reply::ShutdownDatasource { stopped: vec![] });
 }
 
@@ -118,7 +175,13 @@ fn apply_is_deterministic_across_replicas() {
 fn snapshot_round_trip_keeps_every_table() {
     let mut s = State::default();
     s.apply(ctx(1, 5), &Command::AnnounceNode { node: announcement() });
-    s.apply(ctx(2, 6), &Command::SubmitTask { task: new_task(), max_active: None });
+    s.apply(
+        ctx(2, 6),
+        &Command::SubmitTask {
+            task: new_task(),
+            max_active: None,
+        },
+    );
     let bytes = serde_json::to_vec(&s).unwrap();
     let back: State = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(serde_json::to_vec(&back).unwrap(), bytes);

@@ -49,7 +49,11 @@ pub struct TaskLocation {
 
 impl TaskLocation {
     pub fn unknown() -> Self {
-        TaskLocation { host: None, port: -1, tls_port: -1 }
+        TaskLocation {
+            host: None,
+            port: -1,
+            tls_port: -1,
+        }
     }
 }
 
@@ -91,7 +95,11 @@ impl Task {
             queue_insertion_time: iso(self.created_ms),
             status_code: self.state,
             status: self.state,
-            runner_status_code: if self.is_active() { self.runner } else { RunnerState::None },
+            runner_status_code: if self.is_active() {
+                self.runner
+            } else {
+                RunnerState::None
+            },
             duration: self.duration_ms,
             location: self.location.clone(),
             data_source: self.datasource.clone(),
@@ -157,8 +165,21 @@ pub struct NewTask {
 
 impl PartialEq for NewTask {
     fn eq(&self, o: &Self) -> bool {
-        (&self.id, &self.task_type, &self.group_id, &self.datasource, self.priority, self.payload.get())
-            == (&o.id, &o.task_type, &o.group_id, &o.datasource, o.priority, o.payload.get())
+        (
+            &self.id,
+            &self.task_type,
+            &self.group_id,
+            &self.datasource,
+            self.priority,
+            self.payload.get(),
+        ) == (
+            &o.id,
+            &o.task_type,
+            &o.group_id,
+            &o.datasource,
+            o.priority,
+            o.payload.get(),
+        )
     }
 }
 
@@ -273,7 +294,11 @@ impl TaskTable {
 
     /// Fails every active task of `datasource`; returns the ids stopped.
     pub fn apply_shutdown_datasource(&mut self, time_ms: u64, datasource: &str, reason: &str) -> Vec<String> {
-        let ids: Vec<String> = self.active().filter(|t| t.datasource == datasource).map(|t| t.id.clone()).collect();
+        let ids: Vec<String> = self
+            .active()
+            .filter(|t| t.datasource == datasource)
+            .map(|t| t.id.clone())
+            .collect();
         for id in &ids {
             self.apply_shutdown(time_ms, id, reason);
         }
@@ -301,17 +326,26 @@ mod tests {
         let mut t = TaskTable::default();
         t.apply_submit(1, 1000, &new_task("a", "ds"), None).unwrap();
         let before = serde_json::to_string(&t).unwrap();
-        assert_eq!(t.apply_submit(2, 2000, &new_task("a", "other"), None), Err(SubmitRejected::AlreadyExists));
+        assert_eq!(
+            t.apply_submit(2, 2000, &new_task("a", "other"), None),
+            Err(SubmitRejected::AlreadyExists)
+        );
         assert_eq!(serde_json::to_string(&t).unwrap(), before);
         let task = t.get("a").unwrap();
-        assert_eq!((task.state, task.runner, task.created_ms), (TaskState::Running, RunnerState::Waiting, 1000));
+        assert_eq!(
+            (task.state, task.runner, task.created_ms),
+            (TaskState::Running, RunnerState::Waiting, 1000)
+        );
     }
 
     #[test]
     fn queue_limit_counts_active_tasks_only() {
         let mut t = TaskTable::default();
         t.apply_submit(1, 0, &new_task("a", "ds"), Some(1)).unwrap();
-        assert_eq!(t.apply_submit(2, 0, &new_task("b", "ds"), Some(1)), Err(SubmitRejected::QueueFull { limit: 1 }));
+        assert_eq!(
+            t.apply_submit(2, 0, &new_task("b", "ds"), Some(1)),
+            Err(SubmitRejected::QueueFull { limit: 1 })
+        );
         assert_eq!(t.apply_shutdown(5, "a", SHUTDOWN_BY_USER), ShutdownOutcome::Stopped);
         t.apply_submit(3, 0, &new_task("b", "ds"), Some(1)).unwrap();
     }

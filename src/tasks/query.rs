@@ -61,7 +61,10 @@ fn parse_time(s: &str) -> Option<u64> {
     } else if let Ok(n) = NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M") {
         n.and_utc()
     } else {
-        NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()?.and_hms_opt(0, 0, 0)?.and_utc()
+        NaiveDate::parse_from_str(s, "%Y-%m-%d")
+            .ok()?
+            .and_hms_opt(0, 0, 0)?
+            .and_utc()
     };
     u64::try_from(dt.timestamp_millis()).ok()
 }
@@ -150,8 +153,17 @@ mod tests {
     }
 
     fn ids(q: &str) -> Vec<String> {
-        let params: Vec<(&str, &str)> = q.split('&').filter(|p| !p.is_empty()).filter_map(|p| p.split_once('=')).collect();
-        TaskQuery::from_params(params).unwrap().run(&table()).into_iter().map(|s| s.id).collect()
+        let params: Vec<(&str, &str)> = q
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .filter_map(|p| p.split_once('='))
+            .collect();
+        TaskQuery::from_params(params)
+            .unwrap()
+            .run(&table())
+            .into_iter()
+            .map(|s| s.id)
+            .collect()
     }
 
     #[test]
@@ -163,19 +175,40 @@ mod tests {
         assert_eq!(ids("state=complete&max=1"), vec!["d"]);
         assert_eq!(ids("datasource=x"), vec!["a", "d", "c"]);
         assert_eq!(ids("type=index"), vec!["b"]);
-        assert_eq!(ids("createdTimeInterval=1970-01-01T00:00:01.500Z_1970-01-01T00:00:03.500Z"), vec!["b", "c"]);
+        assert_eq!(
+            ids("createdTimeInterval=1970-01-01T00:00:01.500Z_1970-01-01T00:00:03.500Z"),
+            vec!["b", "c"]
+        );
     }
 
     #[test]
     fn bad_filters_are_refused() {
-        assert!(matches!(TaskQuery::from_params([("state", "sleeping")]), Err(QueryError::UnknownState(_))));
-        for bad in ["yesterday", "2024-01-01", "2024-01-02_2024-01-01", "2024-13-01_2024-12-01", "a_b_c"] {
+        assert!(matches!(
+            TaskQuery::from_params([("state", "sleeping")]),
+            Err(QueryError::UnknownState(_))
+        ));
+        for bad in [
+            "yesterday",
+            "2024-01-01",
+            "2024-01-02_2024-01-01",
+            "2024-13-01_2024-12-01",
+            "a_b_c",
+        ] {
             assert!(
-                matches!(TaskQuery::from_params([("createdTimeInterval", bad)]), Err(QueryError::BadInterval(_))),
+                matches!(
+                    TaskQuery::from_params([("createdTimeInterval", bad)]),
+                    Err(QueryError::BadInterval(_))
+                ),
                 "{bad}"
             );
         }
-        assert!(matches!(TaskQuery::from_params([("max", "-1")]), Err(QueryError::BadNumber(_))));
-        assert_eq!(parse_interval("2024-01-01/2024-01-02").unwrap().1 - parse_interval("2024-01-01/2024-01-02").unwrap().0, 86_400_000);
+        assert!(matches!(
+            TaskQuery::from_params([("max", "-1")]),
+            Err(QueryError::BadNumber(_))
+        ));
+        assert_eq!(
+            parse_interval("2024-01-01/2024-01-02").unwrap().1 - parse_interval("2024-01-01/2024-01-02").unwrap().0,
+            86_400_000
+        );
     }
 }

@@ -22,7 +22,11 @@ pub enum SpecError {
     #[error("'{field}' must be a string")]
     NotAString { field: &'static str },
     #[error("invalid {what} [{value}]: {problem}")]
-    InvalidId { what: &'static str, value: String, problem: &'static str },
+    InvalidId {
+        what: &'static str,
+        value: String,
+        problem: &'static str,
+    },
     #[error("the task spec has no 'dataSource'")]
     MissingDataSource,
     #[error("'context.priority' must be an integer")]
@@ -51,7 +55,11 @@ pub fn validate_id(what: &'static str, value: &str) -> Result<(), SpecError> {
         None => Ok(()),
         Some(problem) => {
             let shown: String = value.chars().take(80).collect();
-            Err(SpecError::InvalidId { what, value: shown, problem })
+            Err(SpecError::InvalidId {
+                what,
+                value: shown,
+                problem,
+            })
         }
     }
 }
@@ -98,11 +106,18 @@ pub fn parse_submission(body: &[u8], now_ms: u64, rng: &mut impl Rng) -> Result<
     let Value::Object(mut obj) = value else {
         return Err(SpecError::NotAnObject(kind(&value)));
     };
-    let task_type = string_field(&obj, "type")?.filter(|t| !t.is_empty()).ok_or(SpecError::MissingType)?.to_string();
+    let task_type = string_field(&obj, "type")?
+        .filter(|t| !t.is_empty())
+        .ok_or(SpecError::MissingType)?
+        .to_string();
     validate_id("task type", &task_type)?;
     let datasource = match string_field(&obj, "dataSource")? {
         Some(ds) => ds.to_string(),
-        None => match obj.get("spec").and_then(|s| s.get("dataSchema")).and_then(|d| d.get("dataSource")) {
+        None => match obj
+            .get("spec")
+            .and_then(|s| s.get("dataSchema"))
+            .and_then(|d| d.get("dataSource"))
+        {
             Some(Value::String(ds)) => ds.clone(),
             _ if task_type == "noop" => "none".to_string(),
             _ => return Err(SpecError::MissingDataSource),
@@ -111,7 +126,10 @@ pub fn parse_submission(body: &[u8], now_ms: u64, rng: &mut impl Rng) -> Result<
     validate_id("dataSource", &datasource)?;
     let priority = match obj.get("context").and_then(|c| c.get("priority")) {
         None | Some(Value::Null) => default_priority(&task_type),
-        Some(Value::Number(n)) => n.as_i64().and_then(|n| i32::try_from(n).ok()).ok_or(SpecError::BadPriority)?,
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .and_then(|n| i32::try_from(n).ok())
+            .ok_or(SpecError::BadPriority)?,
         Some(_) => return Err(SpecError::BadPriority),
     };
     let (id, payload) = match string_field(&obj, "id")? {
@@ -119,8 +137,8 @@ pub fn parse_submission(body: &[u8], now_ms: u64, rng: &mut impl Rng) -> Result<
             validate_id("task id", id)?;
             // Keep the spec exactly as submitted.
             let text = std::str::from_utf8(body).map_err(|e| SpecError::MalformedJson(e.to_string()))?;
-            let raw = RawValue::from_string(text.trim().to_string())
-                .map_err(|e| SpecError::MalformedJson(e.to_string()))?;
+            let raw =
+                RawValue::from_string(text.trim().to_string()).map_err(|e| SpecError::MalformedJson(e.to_string()))?;
             (id.to_string(), raw)
         }
         None => {
@@ -132,7 +150,14 @@ pub fn parse_submission(body: &[u8], now_ms: u64, rng: &mut impl Rng) -> Result<
     };
     let group_id = string_field(&obj, "groupId")?.unwrap_or(&id).to_string();
     validate_id("groupId", &group_id)?;
-    Ok(NewTask { id, task_type, group_id, datasource, priority, payload })
+    Ok(NewTask {
+        id,
+        task_type,
+        group_id,
+        datasource,
+        priority,
+        payload,
+    })
 }
 
 #[cfg(test)]
@@ -156,7 +181,10 @@ mod tests {
         assert!(suffix.bytes().all(|b| (b'a'..=b'p').contains(&b)));
         let payload: Value = serde_json::from_str(t.payload.get()).unwrap();
         assert_eq!(payload["id"], Value::String(t.id.clone()));
-        assert_eq!((t.datasource.as_str(), t.priority, t.group_id == t.id), ("wiki", 50, true));
+        assert_eq!(
+            (t.datasource.as_str(), t.priority, t.group_id == t.id),
+            ("wiki", 50, true)
+        );
     }
 
     #[test]
@@ -164,7 +192,10 @@ mod tests {
         let body = r#"{"type":"noop","id":"my-task","context":{"priority":7},"zeta":1,"alpha":2}"#;
         let t = parse(body).unwrap();
         assert_eq!(t.payload.get(), body);
-        assert_eq!((t.id.as_str(), t.datasource.as_str(), t.priority), ("my-task", "none", 7));
+        assert_eq!(
+            (t.id.as_str(), t.datasource.as_str(), t.priority),
+            ("my-task", "none", 7)
+        );
     }
 
     #[test]
@@ -173,16 +204,35 @@ mod tests {
         assert_eq!(parse("[1]").unwrap_err(), SpecError::NotAnObject("an array"));
         assert_eq!(parse(r#"{"id":"x"}"#).unwrap_err(), SpecError::MissingType);
         assert_eq!(parse(r#"{"type":"index"}"#).unwrap_err(), SpecError::MissingDataSource);
-        assert_eq!(parse(r#"{"type":"noop","id":5}"#).unwrap_err(), SpecError::NotAString { field: "id" });
-        assert_eq!(parse(r#"{"type":"noop","context":{"priority":"hi"}}"#).unwrap_err(), SpecError::BadPriority);
+        assert_eq!(
+            parse(r#"{"type":"noop","id":5}"#).unwrap_err(),
+            SpecError::NotAString { field: "id" }
+        );
+        assert_eq!(
+            parse(r#"{"type":"noop","context":{"priority":"hi"}}"#).unwrap_err(),
+            SpecError::BadPriority
+        );
     }
 
     #[test]
     fn id_rules_follow_druid() {
-        for bad in ["", ".hidden", "a/b", "tab\there", "new\nline", "bell\u{7}", &"x".repeat(256)] {
+        for bad in [
+            "",
+            ".hidden",
+            "a/b",
+            "tab\there",
+            "new\nline",
+            "bell\u{7}",
+            &"x".repeat(256),
+        ] {
             assert!(validate_id("task id", bad).is_err(), "{bad:?} must be refused");
         }
-        for good in ["a b", "index_wiki_2024-01-01T00:00:00.000Z", "ünïcödé", &"x".repeat(255)] {
+        for good in [
+            "a b",
+            "index_wiki_2024-01-01T00:00:00.000Z",
+            "ünïcödé",
+            &"x".repeat(255),
+        ] {
             validate_id("task id", good).unwrap();
         }
     }

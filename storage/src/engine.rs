@@ -57,8 +57,10 @@ impl Engine {
         let cfs = [CF_LOG, CF_META, CF_SNAPSHOT, CF_STATE]
             .into_iter()
             .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
-        let db = DB::open_cf_descriptors(&opts, &path, cfs)
-            .map_err(|source| EngineError::Open { path: path.clone(), source })?;
+        let db = DB::open_cf_descriptors(&opts, &path, cfs).map_err(|source| EngineError::Open {
+            path: path.clone(),
+            source,
+        })?;
         let engine = Engine { db: Arc::new(db), path };
         engine.check_format()?;
         Ok(engine)
@@ -75,13 +77,19 @@ impl Engine {
             Some(bytes) => {
                 let found = <[u8; 4]>::try_from(bytes.as_slice())
                     .map(u32::from_be_bytes)
-                    .map_err(|_| EngineError::BadFormatRecord { path: self.path.clone() })?;
+                    .map_err(|_| EngineError::BadFormatRecord {
+                        path: self.path.clone(),
+                    })?;
                 if found > FORMAT_VERSION {
-                    return Err(EngineError::NewerFormat { path: self.path.clone(), found });
+                    return Err(EngineError::NewerFormat {
+                        path: self.path.clone(),
+                        found,
+                    });
                 }
             }
             None => {
-                self.db.put_cf_opt(meta, KEY_FORMAT, FORMAT_VERSION.to_be_bytes(), &synced())?;
+                self.db
+                    .put_cf_opt(meta, KEY_FORMAT, FORMAT_VERSION.to_be_bytes(), &synced())?;
             }
         }
         Ok(())
@@ -128,7 +136,10 @@ mod tests {
         {
             let engine = Engine::open(dir.path()).unwrap();
             let meta = engine.cf(CF_META);
-            engine.db.put_cf(meta, KEY_FORMAT, (FORMAT_VERSION + 1).to_be_bytes()).unwrap();
+            engine
+                .db
+                .put_cf(meta, KEY_FORMAT, (FORMAT_VERSION + 1).to_be_bytes())
+                .unwrap();
         }
         let err = Engine::open(dir.path()).unwrap_err();
         assert!(matches!(err, EngineError::NewerFormat { found, .. } if found == FORMAT_VERSION + 1));

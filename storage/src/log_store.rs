@@ -25,7 +25,10 @@ pub struct LogStore<C> {
 
 impl<C> Clone for LogStore<C> {
     fn clone(&self) -> Self {
-        LogStore { engine: self.engine.clone(), _c: PhantomData }
+        LogStore {
+            engine: self.engine.clone(),
+            _c: PhantomData,
+        }
     }
 }
 
@@ -37,7 +40,10 @@ where
     C::Entry: Serialize + DeserializeOwned,
 {
     pub fn new(engine: Engine) -> Self {
-        LogStore { engine, _c: PhantomData }
+        LogStore {
+            engine,
+            _c: PhantomData,
+        }
     }
 
     fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageIOError<C::NodeId>> {
@@ -50,23 +56,19 @@ where
 
     fn put_meta<T: Serialize>(&self, key: &[u8], value: &T, sync: bool) -> Result<(), StorageIOError<C::NodeId>> {
         let cf = self.engine.cf(CF_META);
-        let opts = if sync { synced() } else { rocksdb::WriteOptions::default() };
-        self.engine.db.put_cf_opt(cf, key, encode(value), &opts).map_err(|e| StorageIOError::write(&e))
+        let opts = if sync {
+            synced()
+        } else {
+            rocksdb::WriteOptions::default()
+        };
+        self.engine
+            .db
+            .put_cf_opt(cf, key, encode(value), &opts)
+            .map_err(|e| StorageIOError::write(&e))
     }
 
     fn last_purged(&self) -> SResult<Option<LogId<C::NodeId>>, C> {
         Ok(self.get_meta(KEY_LAST_PURGED)?)
-    }
-
-    /// True once this node has ever stored a vote or a log entry: it belongs to a cluster and
-    /// must never be initialised again.
-    pub fn has_state(&self) -> Result<bool, StorageIOError<C::NodeId>> {
-        if self.get_meta::<Vote<C::NodeId>>(KEY_VOTE)?.is_some() {
-            return Ok(true);
-        }
-        let cf = self.engine.cf(CF_LOG);
-        let mut it = self.engine.db.iterator_cf(cf, IteratorMode::Start);
-        Ok(it.next().is_some() || self.get_meta::<LogId<C::NodeId>>(KEY_LAST_PURGED)?.is_some())
     }
 }
 
@@ -137,7 +139,10 @@ where
             }
         };
         let last_log_id = last.or_else(|| last_purged_log_id.clone());
-        Ok(LogState { last_purged_log_id, last_log_id })
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -145,11 +150,13 @@ where
     }
 
     async fn save_vote(&mut self, vote: &Vote<C::NodeId>) -> SResult<(), C> {
-        self.put_meta(KEY_VOTE, vote, true).map_err(|e| StorageIOError::write_vote(&e).into())
+        self.put_meta(KEY_VOTE, vote, true)
+            .map_err(|e| StorageIOError::write_vote(&e).into())
     }
 
     async fn read_vote(&mut self) -> SResult<Option<Vote<C::NodeId>>, C> {
-        self.get_meta(KEY_VOTE).map_err(|e| StorageIOError::read_vote(&e).into())
+        self.get_meta(KEY_VOTE)
+            .map_err(|e| StorageIOError::read_vote(&e).into())
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<C::NodeId>>) -> SResult<(), C> {

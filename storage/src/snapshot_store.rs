@@ -43,9 +43,7 @@ impl SnapshotStore {
         let Some(meta) = self.engine.db.get_cf(cf, KEY_CURRENT)? else {
             return Ok(None);
         };
-        let meta = decode(&meta).map_err(|e| {
-            EngineError::Corrupt(format!("snapshot metadata: {e}"))
-        })?;
+        let meta = decode(&meta).map_err(|e| EngineError::Corrupt(format!("snapshot metadata: {e}")))?;
         let data = self.engine.db.get_cf(cf, KEY_CURRENT_DATA)?.unwrap_or_default();
         Ok(Some(StoredSnapshot { meta, data }))
     }

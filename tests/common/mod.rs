@@ -28,7 +28,10 @@ where
         if let Some(v) = cond().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -40,14 +43,23 @@ pub fn wait_for_blocking<T>(what: &str, timeout: Duration, mut cond: impl FnMut(
         if let Some(v) = cond() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 /// Fast Raft timing for tests on a loaded machine.
 pub fn test_settings(snapshot_every: u64) -> RaftSettings {
-    RaftSettings { heartbeat_ms: 50, election_min_ms: 300, election_max_ms: 600, snapshot_every, ..Default::default() }
+    RaftSettings {
+        heartbeat_ms: 50,
+        election_min_ms: 300,
+        election_max_ms: 600,
+        snapshot_every,
+        ..Default::default()
+    }
 }
 
 pub fn node_config(id: u64, dir: &Path, formation: ClusterFormation, snapshot_every: u64) -> NodeConfig {
@@ -86,7 +98,14 @@ impl Cluster {
             bound.insert(id, l);
         }
         let peers: BTreeMap<u64, String> = listeners.iter().map(|(id, a)| (*id, format!("http://{a}"))).collect();
-        let mut c = Cluster { dir, faults: Faults::default(), peers, nodes: BTreeMap::new(), listeners, snapshot_every };
+        let mut c = Cluster {
+            dir,
+            faults: Faults::default(),
+            peers,
+            nodes: BTreeMap::new(),
+            listeners,
+            snapshot_every,
+        };
         for (id, l) in bound {
             c.start_node_on(id, l).await;
         }
@@ -98,7 +117,12 @@ impl Cluster {
     }
 
     async fn start_node_on(&mut self, id: u64, listener: TcpListener) {
-        let cfg = node_config(id, &self.node_dir(id), ClusterFormation::Peers(self.peers.clone()), self.snapshot_every);
+        let cfg = node_config(
+            id,
+            &self.node_dir(id),
+            ClusterFormation::Peers(self.peers.clone()),
+            self.snapshot_every,
+        );
         let node = RunningNode::start_on(listener, cfg, self.faults.clone()).await.unwrap();
         self.nodes.insert(id, node);
     }
@@ -106,7 +130,10 @@ impl Cluster {
     /// Restarts a stopped node on its old address.
     pub async fn restart(&mut self, id: u64) {
         let addr = self.listeners[&id];
-        let l = wait_for("the old port to be free", Duration::from_secs(10), || async { TcpListener::bind(addr).await.ok() }).await;
+        let l = wait_for("the old port to be free", Duration::from_secs(10), || async {
+            TcpListener::bind(addr).await.ok()
+        })
+        .await;
         self.start_node_on(id, l).await;
     }
 
@@ -119,9 +146,16 @@ impl Cluster {
     /// Waits until the nodes in `among` agree on one ready leader that is among them.
     pub async fn leader_among(&self, among: &[u64]) -> u64 {
         wait_for("a ready leader", Duration::from_secs(20), || async {
-            let ready: Vec<u64> = among.iter().filter(|id| self.nodes[id].raft.leader_ready()).copied().collect();
+            let ready: Vec<u64> = among
+                .iter()
+                .filter(|id| self.nodes[id].raft.leader_ready())
+                .copied()
+                .collect();
             let [leader] = ready[..] else { return None };
-            among.iter().all(|id| self.nodes[id].raft.leader().map(|l| l.0) == Some(leader)).then_some(leader)
+            among
+                .iter()
+                .all(|id| self.nodes[id].raft.leader().map(|l| l.0) == Some(leader))
+                .then_some(leader)
         })
         .await
     }
@@ -145,7 +179,11 @@ impl Cluster {
 
 /// A free TCP port on loopback (bound and released; good enough for tests).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A `raftlord` process, killed when dropped.
@@ -168,7 +206,15 @@ pub fn raftlord_bin() -> &'static str {
 /// Starts `raftlord server` as a child process.
 pub fn spawn_server(id: u64, port: u16, peers: &str, dir: &Path, extra: &[&str]) -> Proc {
     let child = Command::new(raftlord_bin())
-        .args(["server", "--node-id", &id.to_string(), "--listen", &format!("127.0.0.1:{port}"), "--peers", peers])
+        .args([
+            "server",
+            "--node-id",
+            &id.to_string(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--peers",
+            peers,
+        ])
         .arg("--data-dir")
         .arg(dir)
         .args(["--heartbeat-ms", "50", "--election-timeout-ms", "300"])
@@ -179,13 +225,18 @@ pub fn spawn_server(id: u64, port: u16, peers: &str, dir: &Path, extra: &[&str])
         .stdout(Stdio::null())
         .spawn()
         .expect("spawning raftlord");
-    Proc { child, url: format!("http://127.0.0.1:{port}") }
+    Proc {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    }
 }
 
 /// Sends SIGTERM and waits for the exit status.
 pub fn terminate(p: &mut Proc) -> std::process::ExitStatus {
     let _ = Command::new("kill").args(["-TERM", &p.child.id().to_string()]).status();
-    wait_for_blocking("the process to exit", Duration::from_secs(20), || p.child.try_wait().ok().flatten())
+    wait_for_blocking("the process to exit", Duration::from_secs(20), || {
+        p.child.try_wait().ok().flatten()
+    })
 }
 
 /// A blocking HTTP client that does not follow redirects.
@@ -199,5 +250,8 @@ pub fn http_no_redirect() -> reqwest::blocking::Client {
 
 /// A blocking HTTP client that follows redirects.
 pub fn http() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder().timeout(Duration::from_secs(5)).build().unwrap()
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
 }
