@@ -49,14 +49,21 @@ pub struct NodeArgs {
     #[arg(long, env = "RAFTLORD_MAX_ACTIVE_TASKS")]
     pub max_active_tasks: Option<u64>,
     /// Raft heartbeat interval in milliseconds.
-    #[arg(long, env = "RAFTLORD_HEARTBEAT_MS", default_value_t = 100)]
+    #[arg(long, env = "RAFTLORD_HEARTBEAT_MS", default_value_t = 50)]
     pub heartbeat_ms: u64,
-    /// Minimum Raft election timeout in milliseconds (the maximum is twice this).
-    #[arg(long, env = "RAFTLORD_ELECTION_TIMEOUT_MS", default_value_t = 400)]
+    /// Minimum Raft election timeout T in milliseconds. Followers wait a random time in [T, 2T)
+    /// after the leader's lease (2T) runs out, so a dead leader is replaced after 3T to 4T.
+    #[arg(long, env = "RAFTLORD_ELECTION_TIMEOUT_MS", default_value_t = 200)]
     pub election_timeout_ms: u64,
     /// Take a snapshot after this many Raft log entries.
     #[arg(long, env = "RAFTLORD_SNAPSHOT_EVERY", default_value_t = 1000)]
     pub snapshot_every: u64,
+    /// Most commands the leader puts into one Raft entry.
+    #[arg(long, env = "RAFTLORD_PROPOSAL_BATCH", default_value_t = 512)]
+    pub proposal_batch: usize,
+    /// Most Raft entries the leader proposes concurrently.
+    #[arg(long, env = "RAFTLORD_PROPOSALS_IN_FLIGHT", default_value_t = 1)]
+    pub proposals_in_flight: usize,
 }
 
 #[derive(Debug, Args)]

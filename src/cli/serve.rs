@@ -16,7 +16,8 @@ fn raft_settings(args: &NodeArgs) -> RaftSettings {
         election_min_ms: args.election_timeout_ms,
         election_max_ms: args.election_timeout_ms * 2,
         snapshot_every: args.snapshot_every,
-        ..RaftSettings::default()
+        max_batch: args.proposal_batch,
+        max_in_flight: args.proposals_in_flight,
     }
 }
 
