@@ -29,7 +29,9 @@ pub struct RaftSettings {
     pub heartbeat_ms: u64,
     pub election_min_ms: u64,
     pub election_max_ms: u64,
-    /// Build a snapshot after this many log entries (each entry may hold many commands).
+    /// Build a snapshot once this many log entries were applied since the last one *and* the
+    /// log written since then is at least half the size of that snapshot (so the cost of
+    /// snapshotting stays proportional to what is written, however large the state grows).
     pub snapshot_every: u64,
     /// Most commands in one Raft entry.
     pub max_batch: usize,
@@ -135,18 +137,27 @@ impl<S: StateMachine> RaftNode<S> {
             election_timeout_max: settings.election_max_ms,
             install_snapshot_timeout: 10_000,
             snapshot_max_chunk_size: 8 << 20,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_every),
+            // Snapshots are scheduled by `schedule_snapshots`, which weighs the log against
+            // the size of the state.
+            snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: settings.snapshot_every,
             ..Default::default()
         };
         let config = Arc::new(config.validate().map_err(|e| NodeError::Raft(e.to_string()))?);
         let log = LogStore::<TypeConfig<S>>::new(engine.clone());
+        let log_bytes = log.appended_bytes();
         let (sm, shared) = StateMachineStore::<S>::open(SnapshotStore::new(engine)).map_err(NodeError::Storage)?;
         let network = HttpNetwork::new(id, &secret, faults);
         let raft = Raft::<S>::new(id, config, network, log, sm)
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
         let proposer = Proposer::start(raft.clone(), clock, settings.max_batch, settings.max_in_flight);
+        tokio::spawn(schedule_snapshots(
+            raft.clone(),
+            shared.clone(),
+            log_bytes,
+            settings.snapshot_every,
+        ));
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(500))
             .timeout(Duration::from_secs(5))
@@ -373,6 +384,41 @@ impl<S: StateMachine> RaftNode<S> {
     pub async fn shutdown(&self) {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft did not shut down cleanly");
+        }
+    }
+}
+
+/// Triggers snapshots. A snapshot costs time proportional to the whole state, so taking one
+/// every N entries would make each write cost more as the state grows. Instead a snapshot is
+/// due when at least `every` entries were applied since the last one and the log appended since
+/// then is at least half the size of the last snapshot: snapshot work stays within twice the log
+/// bytes written, and a restart replays a log tail no larger than about the snapshot itself.
+async fn schedule_snapshots<S: StateMachine>(
+    raft: Raft<S>,
+    shared: Arc<Shared<S>>,
+    log_bytes: Arc<std::sync::atomic::AtomicU64>,
+    every: u64,
+) {
+    use std::sync::atomic::Ordering;
+    let mut metrics = raft.metrics();
+    let mut bytes_at_last = log_bytes.load(Ordering::Relaxed);
+    let mut pending: Option<u64> = None;
+    loop {
+        let applied = metrics.borrow().last_applied.map(|l| l.index).unwrap_or(0);
+        let (snap_index, snap_bytes) = shared.last_snapshot();
+        if pending.is_some_and(|p| snap_index >= p) {
+            pending = None;
+        }
+        let written = log_bytes.load(Ordering::Relaxed).saturating_sub(bytes_at_last);
+        if pending.is_none() && applied.saturating_sub(snap_index) >= every && written >= snap_bytes / 2 {
+            if raft.trigger().snapshot().await.is_err() {
+                return;
+            }
+            pending = Some(applied);
+            bytes_at_last = log_bytes.load(Ordering::Relaxed);
+        }
+        if metrics.changed().await.is_err() {
+            return;
         }
     }
 }

@@ -77,6 +77,8 @@ pub struct Shared<S> {
     inner: RwLock<Applied<S>>,
     applied_tx: watch::Sender<u64>,
     installed: AtomicU64,
+    /// Log index and encoded size of the newest snapshot.
+    last_snapshot: std::sync::Mutex<(u64, u64)>,
 }
 
 impl<S: StateMachine> Shared<S> {
@@ -88,6 +90,15 @@ impl<S: StateMachine> Shared<S> {
     /// How many snapshots were installed from a leader since start.
     pub fn snapshots_installed(&self) -> u64 {
         self.installed.load(Ordering::Relaxed)
+    }
+
+    /// Log index and size in bytes of the newest snapshot (built or installed).
+    pub fn last_snapshot(&self) -> (u64, u64) {
+        *self.last_snapshot.lock().expect("snapshot record lock")
+    }
+
+    fn record_snapshot(&self, index: u64, bytes: usize) {
+        *self.last_snapshot.lock().expect("snapshot record lock") = (index, bytes as u64);
     }
 
     /// A receiver that sees the applied index every time it moves.
@@ -132,11 +143,13 @@ impl<S: StateMachine> StateMachineStore<S> {
             });
         }
         let index = applied.last_applied.map(|l| l.index).unwrap_or(0);
+        let snapshot_bytes = current.as_ref().map(|c| c.data.len() as u64).unwrap_or(0);
         let (applied_tx, _) = watch::channel(index);
         let shared = Arc::new(Shared {
             inner: RwLock::new(applied),
             applied_tx,
             installed: AtomicU64::new(0),
+            last_snapshot: std::sync::Mutex::new((index, snapshot_bytes)),
         });
         Ok((
             StateMachineStore {
@@ -232,6 +245,10 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig<S>> for StateMachineStore<S> {
             data: Arc::new(bytes),
         });
         self.shared.installed.fetch_add(1, Ordering::Relaxed);
+        self.shared.record_snapshot(
+            meta.last_log_id.map(|l| l.index).unwrap_or(0),
+            self.current.as_ref().map(|c| c.data.len()).unwrap_or(0),
+        );
         Ok(())
     }
 
@@ -285,6 +302,8 @@ impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig<S>> for SnapshotBuilder<S> 
         self.snapshots
             .save(&meta, &bytes)
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        self.shared
+            .record_snapshot(meta.last_log_id.map(|l| l.index).unwrap_or(0), bytes.len());
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(bytes)),

@@ -3,6 +3,8 @@
 use std::fmt::Debug;
 use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{LogId, RaftLogId, RaftTypeConfig, StorageError, StorageIOError, Vote};
@@ -20,6 +22,7 @@ const KEY_LAST_PURGED: &[u8] = b"last_purged";
 /// Raft log storage over an [`Engine`]. Clones share the database.
 pub struct LogStore<C> {
     engine: Engine,
+    appended: Arc<AtomicU64>,
     _c: PhantomData<fn() -> C>,
 }
 
@@ -27,6 +30,7 @@ impl<C> Clone for LogStore<C> {
     fn clone(&self) -> Self {
         LogStore {
             engine: self.engine.clone(),
+            appended: self.appended.clone(),
             _c: PhantomData,
         }
     }
@@ -42,8 +46,15 @@ where
     pub fn new(engine: Engine) -> Self {
         LogStore {
             engine,
+            appended: Arc::new(AtomicU64::new(0)),
             _c: PhantomData,
         }
+    }
+
+    /// A counter of the log bytes appended since this store was opened; snapshot scheduling
+    /// compares it with the size of the last snapshot.
+    pub fn appended_bytes(&self) -> Arc<AtomicU64> {
+        self.appended.clone()
     }
 
     fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageIOError<C::NodeId>> {
@@ -179,6 +190,7 @@ where
         for entry in entries {
             batch.put_cf(cf, index_key(entry.get_log_id().index), encode(&entry));
         }
+        self.appended.fetch_add(batch.size_in_bytes() as u64, Ordering::Relaxed);
         // One synced write for the whole batch: the entries are durable when it returns.
         let result = self.engine.db.write_opt(batch, &synced());
         match result {
