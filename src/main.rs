@@ -1,7 +1,13 @@
 //! The `raftlord` binary.
 
 use clap::Parser;
+use mimalloc::MiMalloc;
 use tracing_subscriber::EnvFilter;
+
+// Many small, short-lived allocations per request (JSON, HTTP): mimalloc handles them with less
+// CPU than the system allocator.
+#[global_allocator]
+static GLOBAL: MiMalloc = MiMalloc;
 
 #[tokio::main]
 async fn main() {

@@ -30,7 +30,7 @@ pub struct RaftSettings {
     pub election_min_ms: u64,
     pub election_max_ms: u64,
     /// Build a snapshot once this many log entries were applied since the last one *and* the
-    /// log written since then is at least half the size of that snapshot (so the cost of
+    /// log written since then is at least as large as that snapshot (so the cost of
     /// snapshotting stays proportional to what is written, however large the state grows).
     pub snapshot_every: u64,
     /// Most commands in one Raft entry.
@@ -114,6 +114,8 @@ pub struct RaftNode<S: StateMachine> {
     pub raft: Raft<S>,
     pub shared: Arc<Shared<S>>,
     pub proposer: Proposer<S>,
+    /// Raft metrics, read without copying on every request's leader check.
+    metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, NodeInfo>>,
     secret: String,
     client: reqwest::Client,
 }
@@ -163,12 +165,14 @@ impl<S: StateMachine> RaftNode<S> {
             .timeout(Duration::from_secs(5))
             .build()
             .expect("building the HTTP client");
+        let metrics = raft.metrics();
         Ok(Arc::new(RaftNode {
             id,
             url,
             raft,
             shared,
             proposer,
+            metrics,
             secret,
             client,
         }))
@@ -266,7 +270,7 @@ impl<S: StateMachine> RaftNode<S> {
 
     /// The current leader's id and URL, as this node knows it.
     pub fn leader(&self) -> Option<(u64, String)> {
-        let m = self.raft.metrics().borrow().clone();
+        let m = self.metrics.borrow();
         let id = m.current_leader?;
         let url = m.membership_config.membership().get_node(&id)?.url.clone();
         Some((id, url))
@@ -274,14 +278,14 @@ impl<S: StateMachine> RaftNode<S> {
 
     /// Whether this node is the leader right now (from metrics; not a quorum check).
     pub fn is_leader(&self) -> bool {
-        let m = self.raft.metrics().borrow().clone();
+        let m = self.metrics.borrow();
         m.current_leader == Some(self.id) && m.state == ServerState::Leader
     }
 
     /// Whether this node leads *and* has applied an entry of its own term, so its state holds
     /// every write acknowledged by any earlier leader.
     pub fn leader_ready(&self) -> bool {
-        let m = self.raft.metrics().borrow().clone();
+        let m = self.metrics.borrow();
         m.state == ServerState::Leader
             && m.current_leader == Some(self.id)
             && m.last_applied.is_some_and(|l| l.leader_id.term == m.current_term)
@@ -391,8 +395,8 @@ impl<S: StateMachine> RaftNode<S> {
 /// Triggers snapshots. A snapshot costs time proportional to the whole state, so taking one
 /// every N entries would make each write cost more as the state grows. Instead a snapshot is
 /// due when at least `every` entries were applied since the last one and the log appended since
-/// then is at least half the size of the last snapshot: snapshot work stays within twice the log
-/// bytes written, and a restart replays a log tail no larger than about the snapshot itself.
+/// then is at least as large as the last snapshot: snapshot work stays within the log bytes
+/// written, and a restart replays a log tail no larger than about the snapshot itself.
 async fn schedule_snapshots<S: StateMachine>(
     raft: Raft<S>,
     shared: Arc<Shared<S>>,
@@ -410,7 +414,7 @@ async fn schedule_snapshots<S: StateMachine>(
             pending = None;
         }
         let written = log_bytes.load(Ordering::Relaxed).saturating_sub(bytes_at_last);
-        if pending.is_none() && applied.saturating_sub(snap_index) >= every && written >= snap_bytes / 2 {
+        if pending.is_none() && applied.saturating_sub(snap_index) >= every && written >= snap_bytes {
             if raft.trigger().snapshot().await.is_err() {
                 return;
             }

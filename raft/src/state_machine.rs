@@ -41,7 +41,7 @@ pub trait StateMachine: Default + Serialize + DeserializeOwned + Send + Sync + '
     type Command: Serialize + DeserializeOwned + std::fmt::Debug + Clone + Send + Sync + 'static;
     type Reply: Serialize + DeserializeOwned + std::fmt::Debug + Clone + Send + Sync + 'static;
 
-    fn apply(&mut self, ctx: ApplyContext, command: &Self::Command) -> Self::Reply;
+    fn apply(&mut self, ctx: ApplyContext, command: Self::Command) -> Self::Reply;
 }
 
 type NodeId = u64;
@@ -196,7 +196,7 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig<S>> for StateMachineStore<S> {
                         index: entry.log_id.index,
                         time_ms,
                     };
-                    let out = batch.items.iter().map(|c| g.state.apply(ctx, c)).collect();
+                    let out = batch.items.into_iter().map(|c| g.state.apply(ctx, c)).collect();
                     replies.push(out);
                 }
             }

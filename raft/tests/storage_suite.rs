@@ -22,9 +22,9 @@ impl StateMachine for Kv {
     type Command = (String, String);
     type Reply = Option<String>;
 
-    fn apply(&mut self, ctx: ApplyContext, (k, v): &Self::Command) -> Option<String> {
+    fn apply(&mut self, ctx: ApplyContext, (k, v): Self::Command) -> Option<String> {
         self.applied_at.push((ctx.index, ctx.time_ms));
-        self.map.insert(k.clone(), v.clone())
+        self.map.insert(k, v)
     }
 }
 

@@ -55,7 +55,8 @@ pub struct NodeArgs {
     /// after the leader's lease (2T) runs out, so a dead leader is replaced after 3T to 4T.
     #[arg(long, env = "RAFTLORD_ELECTION_TIMEOUT_MS", default_value_t = 200)]
     pub election_timeout_ms: u64,
-    /// Take a snapshot after this many Raft log entries.
+    /// Take a snapshot once this many Raft log entries were applied since the last one and the
+    /// log written since then is at least as large as that snapshot.
     #[arg(long, env = "RAFTLORD_SNAPSHOT_EVERY", default_value_t = 1000)]
     pub snapshot_every: u64,
     /// Most commands the leader puts into one Raft entry.

@@ -56,28 +56,26 @@ impl StateMachine for State {
     type Command = Command;
     type Reply = Reply;
 
-    fn apply(&mut self, ctx: ApplyContext, command: &Command) -> Reply {
+    fn apply(&mut self, ctx: ApplyContext, command: Command) -> Reply {
         match command {
             Command::SubmitTask { task, max_active } => {
-                match self.tasks.apply_submit(ctx.index, ctx.time_ms, task, *max_active) {
-                    Ok(()) => Reply::Submitted { id: task.id.clone() },
-                    Err(rejected) => Reply::SubmitRejected {
-                        id: task.id.clone(),
-                        rejected,
-                    },
+                let id = task.id.clone();
+                match self.tasks.apply_submit(ctx.index, ctx.time_ms, task, max_active) {
+                    Ok(()) => Reply::Submitted { id },
+                    Err(rejected) => Reply::SubmitRejected { id, rejected },
                 }
             }
             Command::ShutdownTask { id, reason } => Reply::Shutdown {
-                outcome: self.tasks.apply_shutdown(ctx.time_ms, id, reason),
+                outcome: self.tasks.apply_shutdown(ctx.time_ms, &id, &reason),
             },
             Command::ShutdownDatasourceTasks { datasource, reason } => Reply::ShutdownDatasource {
-                stopped: self.tasks.apply_shutdown_datasource(ctx.time_ms, datasource, reason),
+                stopped: self.tasks.apply_shutdown_datasource(ctx.time_ms, &datasource, &reason),
             },
             Command::AnnounceNode { node } => Reply::NodeChanged {
-                changed: self.nodes.apply_announce(ctx.time_ms, node),
+                changed: self.nodes.apply_announce(ctx.time_ms, &node),
             },
             Command::WithdrawNode { id } => Reply::NodeChanged {
-                changed: self.nodes.apply_withdraw(id),
+                changed: self.nodes.apply_withdraw(&id),
             },
         }
     }

@@ -147,7 +147,7 @@ fn apply_is_deterministic_across_replicas() {
         let replies: Vec<Reply> = commands
             .iter()
             .enumerate()
-            .map(|(i, c)| s.apply(ctx(i as u64 + 1, 1000 + i as u64), c))
+            .map(|(i, c)| s.apply(ctx(i as u64 + 1, 1000 + i as u64), c.clone()))
             .collect();
         (serde_json::to_string(&s).unwrap(), replies)
     };
@@ -174,10 +174,10 @@ fn apply_is_deterministic_across_replicas() {
 #[test]
 fn snapshot_round_trip_keeps_every_table() {
     let mut s = State::default();
-    s.apply(ctx(1, 5), &Command::AnnounceNode { node: announcement() });
+    s.apply(ctx(1, 5), Command::AnnounceNode { node: announcement() });
     s.apply(
         ctx(2, 6),
-        &Command::SubmitTask {
+        Command::SubmitTask {
             task: new_task(),
             max_active: None,
         },

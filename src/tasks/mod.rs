@@ -245,7 +245,7 @@ impl TaskTable {
         &mut self,
         index: u64,
         time_ms: u64,
-        task: &NewTask,
+        task: NewTask,
         max_active: Option<u64>,
     ) -> Result<(), SubmitRejected> {
         if self.tasks.contains_key(&task.id) {
@@ -256,13 +256,21 @@ impl TaskTable {
                 return Err(SubmitRejected::QueueFull { limit });
             }
         }
+        let NewTask {
+            id,
+            task_type,
+            group_id,
+            datasource,
+            priority,
+            payload,
+        } = task;
         let stored = Task {
-            id: task.id.clone(),
-            task_type: task.task_type.clone(),
-            group_id: task.group_id.clone(),
-            datasource: task.datasource.clone(),
-            priority: task.priority,
-            payload: task.payload.clone(),
+            id: id.clone(),
+            task_type,
+            group_id,
+            datasource,
+            priority,
+            payload,
             created_ms: time_ms,
             state: TaskState::Running,
             runner: RunnerState::Waiting,
@@ -271,8 +279,8 @@ impl TaskTable {
             location: TaskLocation::unknown(),
             created_index: index,
         };
-        self.active.insert(task.id.clone());
-        self.tasks.insert(task.id.clone(), stored);
+        self.active.insert(id.clone());
+        self.tasks.insert(id, stored);
         Ok(())
     }
 
@@ -324,10 +332,10 @@ mod tests {
     #[test]
     fn submit_then_duplicate_is_rejected_without_change() {
         let mut t = TaskTable::default();
-        t.apply_submit(1, 1000, &new_task("a", "ds"), None).unwrap();
+        t.apply_submit(1, 1000, new_task("a", "ds"), None).unwrap();
         let before = serde_json::to_string(&t).unwrap();
         assert_eq!(
-            t.apply_submit(2, 2000, &new_task("a", "other"), None),
+            t.apply_submit(2, 2000, new_task("a", "other"), None),
             Err(SubmitRejected::AlreadyExists)
         );
         assert_eq!(serde_json::to_string(&t).unwrap(), before);
@@ -341,19 +349,19 @@ mod tests {
     #[test]
     fn queue_limit_counts_active_tasks_only() {
         let mut t = TaskTable::default();
-        t.apply_submit(1, 0, &new_task("a", "ds"), Some(1)).unwrap();
+        t.apply_submit(1, 0, new_task("a", "ds"), Some(1)).unwrap();
         assert_eq!(
-            t.apply_submit(2, 0, &new_task("b", "ds"), Some(1)),
+            t.apply_submit(2, 0, new_task("b", "ds"), Some(1)),
             Err(SubmitRejected::QueueFull { limit: 1 })
         );
         assert_eq!(t.apply_shutdown(5, "a", SHUTDOWN_BY_USER), ShutdownOutcome::Stopped);
-        t.apply_submit(3, 0, &new_task("b", "ds"), Some(1)).unwrap();
+        t.apply_submit(3, 0, new_task("b", "ds"), Some(1)).unwrap();
     }
 
     #[test]
     fn shutdown_fails_active_task_once() {
         let mut t = TaskTable::default();
-        t.apply_submit(1, 1000, &new_task("a", "ds"), None).unwrap();
+        t.apply_submit(1, 1000, new_task("a", "ds"), None).unwrap();
         assert_eq!(t.apply_shutdown(1500, "a", SHUTDOWN_BY_USER), ShutdownOutcome::Stopped);
         let task = t.get("a").unwrap();
         assert_eq!(task.state, TaskState::Failed);
@@ -369,7 +377,7 @@ mod tests {
     fn shutdown_datasource_stops_only_its_active_tasks() {
         let mut t = TaskTable::default();
         for (id, ds) in [("a", "x"), ("b", "x"), ("c", "y")] {
-            t.apply_submit(1, 0, &new_task(id, ds), None).unwrap();
+            t.apply_submit(1, 0, new_task(id, ds), None).unwrap();
         }
         assert_eq!(t.apply_shutdown_datasource(10, "x", SHUTDOWN_BY_USER), vec!["a", "b"]);
         assert!(t.get("c").unwrap().is_active());
@@ -378,7 +386,7 @@ mod tests {
     #[test]
     fn status_plus_has_druids_field_names() {
         let mut t = TaskTable::default();
-        t.apply_submit(1, 0, &new_task("a", "ds"), None).unwrap();
+        t.apply_submit(1, 0, new_task("a", "ds"), None).unwrap();
         let v = serde_json::to_value(t.get("a").unwrap().status_plus()).unwrap();
         assert_eq!(
             v,

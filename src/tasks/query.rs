@@ -143,10 +143,10 @@ mod tests {
 
     fn table() -> TaskTable {
         let mut t = TaskTable::default();
-        t.apply_submit(1, 1_000, &task("a", "x", "noop"), None).unwrap();
-        t.apply_submit(2, 2_000, &task("b", "y", "index"), None).unwrap();
-        t.apply_submit(3, 3_000, &task("c", "x", "noop"), None).unwrap();
-        t.apply_submit(4, 4_000, &task("d", "x", "noop"), None).unwrap();
+        t.apply_submit(1, 1_000, task("a", "x", "noop"), None).unwrap();
+        t.apply_submit(2, 2_000, task("b", "y", "index"), None).unwrap();
+        t.apply_submit(3, 3_000, task("c", "x", "noop"), None).unwrap();
+        t.apply_submit(4, 4_000, task("d", "x", "noop"), None).unwrap();
         t.apply_shutdown(5_000, "c", SHUTDOWN_BY_USER);
         t.apply_shutdown(5_000, "d", SHUTDOWN_BY_USER);
         t
