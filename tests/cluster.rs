@@ -233,3 +233,37 @@ async fn whole_cluster_restart_restores_from_snapshot_not_by_replaying_the_whole
     wait_all_have(&c, &ids).await;
     c.stop_all().await;
 }
+
+/// Found a bug: without openraft's `loosen-follower-log-revert`, the leader panicked when a
+/// member came back with an empty log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_survives_a_member_restarted_with_a_wiped_data_dir_and_it_rejoins() {
+    let mut c = Cluster::start(3, 20).await;
+    let leader = c.leader().await;
+    let mut ids = BTreeSet::new();
+    for i in 0..40 {
+        let id = format!("t{i}");
+        c.nodes[&leader].raft.proposer.propose(submit(&id)).await.unwrap();
+        ids.insert(id);
+    }
+    wait_all_have(&c, &ids).await;
+    let wiped = *c.nodes.keys().find(|id| **id != leader).unwrap();
+    c.stop(wiped).await;
+    std::fs::remove_dir_all(c.node_dir(wiped)).unwrap();
+    c.restart(wiped).await;
+
+    // It must not form a cluster of its own: it waits for the existing leader and catches up.
+    wait_all_have(&c, &ids).await;
+    let leader = c.leader().await;
+    let status = c.nodes[&wiped].raft.status().await;
+    assert_eq!(status.leader, Some(leader));
+    assert_eq!(status.members.iter().filter(|m| m.voter).count(), 3);
+    c.nodes[&leader]
+        .raft
+        .proposer
+        .propose(submit("after-wipe"))
+        .await
+        .unwrap();
+    wait_all_have(&c, &BTreeSet::from(["after-wipe".to_string()])).await;
+    c.stop_all().await;
+}

@@ -6,6 +6,11 @@
 //! documents as safe. Restarting a member never initialises again (its log and vote say it is a
 //! member), and a node with an empty data directory whose peers already form a cluster just
 //! waits to be brought up to date by the leader.
+//!
+//! openraft is built with `loosen-follower-log-revert`: without it, a follower whose log went
+//! backwards (a member restarted with an emptied data directory) makes the *leader* panic, so
+//! one lost disk would take down the node that is serving the cluster. With it, the leader
+//! resets its view of that follower and catches it up.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -209,7 +214,15 @@ impl<S: StateMachine> RaftNode<S> {
                             return self.initialize(members).await;
                         }
                         // A peer already belongs to a cluster: the leader will bring us in.
-                        Some(false) => return Ok(()),
+                        Some(false) => {
+                            tracing::warn!(
+                                node_id = self.id,
+                                "this node has no Raft state but its peers already form a cluster: it will be \
+                                 caught up by the leader. If it was a member whose data was lost, the safer \
+                                 procedure is `raftlord cluster remove-node` and then `add-node` with --join"
+                            );
+                            return Ok(());
+                        }
                         None => {}
                     }
                     tokio::select! {
