@@ -336,3 +336,116 @@ fn a_component_that_fails_to_start_stops_the_node_with_a_clear_message() {
         "a server with no peers explains what to give"
     );
 }
+
+fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(raftlord_bin())
+        .args(args)
+        .env("RAFTLORD_CLUSTER_SECRET", SECRET)
+        .env("RAFTLORD_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn cli_submits_lists_stops_tasks_and_changes_membership_through_any_node() {
+    let mut cluster = ThreeNodes::start();
+    let urls = cluster.urls();
+    let (leader, _) = wait_for_blocking("a leader", Duration::from_secs(30), || leader_of(&urls));
+    let follower = cluster
+        .procs
+        .iter()
+        .find(|(id, _)| **id != leader)
+        .unwrap()
+        .1
+        .url
+        .clone();
+
+    let spec = cluster.dir.path().join("spec.json");
+    std::fs::write(&spec, r#"{"type":"noop","id":"cli-task","dataSource":"wiki"}"#).unwrap();
+    let (ok, out, err) = cli(&["task", "submit", spec.to_str().unwrap(), "--url", &follower]);
+    assert!(ok, "submit failed: {err}");
+    assert!(out.contains("\"cli-task\""), "{out}");
+    let (ok, out, _) = cli(&["task", "list", "--state", "waiting", "--url", &follower]);
+    assert!(ok && out.contains("cli-task"), "{out}");
+    let (ok, _, _) = cli(&["task", "shutdown", "cli-task", "--url", &follower]);
+    assert!(ok);
+    let (ok, out, _) = cli(&["task", "status", "cli-task", "--url", &follower]);
+    assert!(
+        ok && out.contains("FAILED") && out.contains("Shutdown request from user"),
+        "{out}"
+    );
+    let (ok, _, err) = cli(&["task", "status", "no-such-task", "--url", &follower]);
+    assert!(!ok && err.contains("404"), "{err}");
+
+    // A fourth node started with --join becomes a voter through `cluster add-node`.
+    let port = free_port();
+    let dir4 = cluster.dir.path().join("n4");
+    let node4 = Proc {
+        child: Command::new(raftlord_bin())
+            .args([
+                "server",
+                "--node-id",
+                "4",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--join",
+            ])
+            .arg("--data-dir")
+            .arg(&dir4)
+            .args(["--heartbeat-ms", "50", "--election-timeout-ms", "300"])
+            .env("RAFTLORD_CLUSTER_SECRET", SECRET)
+            .env("RAFTLORD_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    wait_for_blocking("node 4 to serve", Duration::from_secs(30), || {
+        http()
+            .get(format!("{}/status", node4.url))
+            .send()
+            .ok()
+            .filter(|r| r.status() == 200)
+    });
+    let (ok, _, err) = cli(&[
+        "cluster",
+        "add-node",
+        "--url",
+        &follower,
+        "--node-id",
+        "4",
+        "--node-url",
+        &node4.url,
+    ]);
+    assert!(ok, "add-node failed: {err}");
+    wait_for_blocking(
+        "node 4 to see itself as one of four voters",
+        Duration::from_secs(30),
+        || {
+            let (ok, out, _) = cli(&["cluster", "status", "--url", &node4.url]);
+            let status: Value = serde_json::from_str(&out).ok()?;
+            let voters = status["members"]
+                .as_array()?
+                .iter()
+                .filter(|m| m["voter"] == true)
+                .count();
+            (ok && voters == 4).then_some(())
+        },
+    );
+    assert_has_exactly_once(&node4.url, &BTreeSet::from(["cli-task".to_string()]));
+
+    let (ok, _, err) = cli(&["cluster", "remove-node", "--url", &follower, "--node-id", "4"]);
+    assert!(ok, "remove-node failed: {err}");
+    let (_, out, _) = cli(&["cluster", "status", "--url", &follower]);
+    let status: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["members"].as_array().unwrap().len(), 3, "{out}");
+    let (ok, _, err) = cli(&["cluster", "remove-node", "--url", &follower, "--node-id", "9"]);
+    assert!(!ok && err.contains("not a voter"), "{err}");
+    drop(node4);
+    cluster.procs.clear();
+}
