@@ -39,6 +39,18 @@ async fn task_ids(node: &RunningNode) -> BTreeSet<String> {
         .collect()
 }
 
+/// Submits tasks `t0..t{n-1}` through `leader`, one at a time so each is its own log entry
+/// (and the log grows past snapshots), returning their ids.
+async fn submit_one_by_one(c: &Cluster, leader: u64, n: usize) -> BTreeSet<String> {
+    let mut ids = BTreeSet::new();
+    for i in 0..n {
+        let id = format!("t{i}");
+        c.nodes[&leader].raft.proposer.propose(submit(&id)).await.unwrap();
+        ids.insert(id);
+    }
+    ids
+}
+
 async fn wait_all_have(c: &Cluster, ids: &BTreeSet<String>) {
     for (id, node) in &c.nodes {
         wait_for(
@@ -111,6 +123,13 @@ async fn isolated_leader_cannot_commit_and_the_majority_elects_a_new_one() {
         "an isolated leader committed: {stuck:?}"
     );
 
+    // Nor does it keep serving reads once its lease has run out.
+    wait_for(
+        "the isolated leader to stop serving",
+        Duration::from_secs(10),
+        || async { (!c.nodes[&old].raft.leader_ready()).then_some(()) },
+    )
+    .await;
     let new = c.leader_among(&others).await;
     assert_ne!(new, old);
     let reply = c.nodes[&new].raft.proposer.propose(submit("kept")).await.unwrap();
@@ -137,13 +156,7 @@ async fn lagging_follower_catches_up_through_a_snapshot() {
     let rest: Vec<u64> = c.nodes.keys().copied().filter(|id| *id != lagging).collect();
     c.faults.isolate(lagging, &rest);
 
-    let mut ids = BTreeSet::new();
-    for i in 0..150 {
-        let id = format!("t{i}");
-        // One at a time so each is its own log entry and the log gets purged past the snapshot.
-        c.nodes[&leader].raft.proposer.propose(submit(&id)).await.unwrap();
-        ids.insert(id);
-    }
+    let ids = submit_one_by_one(&c, leader, 150).await;
     let leader_status = c.nodes[&leader].raft.status().await;
     assert!(
         leader_status.snapshot_index.unwrap_or(0) > 0,
@@ -164,12 +177,7 @@ async fn lagging_follower_catches_up_through_a_snapshot() {
 async fn new_node_joins_as_learner_catches_up_then_votes() {
     let mut c = Cluster::start(3, 20).await;
     let leader = c.leader().await;
-    let mut ids = BTreeSet::new();
-    for i in 0..60 {
-        let id = format!("t{i}");
-        c.nodes[&leader].raft.proposer.propose(submit(&id)).await.unwrap();
-        ids.insert(id);
-    }
+    let ids = submit_one_by_one(&c, leader, 60).await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let cfg = node_config(4, &c.dir.path().join("node-4"), ClusterFormation::Join, 20);
@@ -202,12 +210,7 @@ async fn new_node_joins_as_learner_catches_up_then_votes() {
 async fn whole_cluster_restart_restores_from_snapshot_not_by_replaying_the_whole_log() {
     let mut c = Cluster::start(3, 20).await;
     let leader = c.leader().await;
-    let mut ids = BTreeSet::new();
-    for i in 0..80 {
-        let id = format!("t{i}");
-        c.nodes[&leader].raft.proposer.propose(submit(&id)).await.unwrap();
-        ids.insert(id);
-    }
+    let ids = submit_one_by_one(&c, leader, 80).await;
     wait_all_have(&c, &ids).await;
     for id in [1, 2, 3] {
         c.stop(id).await;
@@ -240,12 +243,7 @@ async fn whole_cluster_restart_restores_from_snapshot_not_by_replaying_the_whole
 async fn leader_survives_a_member_restarted_with_a_wiped_data_dir_and_it_rejoins() {
     let mut c = Cluster::start(3, 20).await;
     let leader = c.leader().await;
-    let mut ids = BTreeSet::new();
-    for i in 0..40 {
-        let id = format!("t{i}");
-        c.nodes[&leader].raft.proposer.propose(submit(&id)).await.unwrap();
-        ids.insert(id);
-    }
+    let ids = submit_one_by_one(&c, leader, 40).await;
     wait_all_have(&c, &ids).await;
     let wiped = *c.nodes.keys().find(|id| **id != leader).unwrap();
     c.stop(wiped).await;

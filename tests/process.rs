@@ -139,7 +139,7 @@ fn kill_9_leader_during_submissions_loses_no_acknowledged_task() {
                         Ok((200, _)) => break,
                         Ok((400, text)) if attempt > 1 && text.contains("already exists") => break,
                         _ if stop.load(Ordering::Relaxed) && attempt > 50 => return,
-                        _ => std::thread::sleep(Duration::from_millis(20)),
+                        _ => std::thread::sleep(Duration::from_millis(20)), // retry pause, as a client would
                     }
                 }
                 acked.lock().unwrap().insert(id);

@@ -104,21 +104,24 @@ fn http_client() -> reqwest::Client {
         .unwrap()
 }
 
+/// One write: POST `body` as JSON; true when the answer is 200.
+async fn post_json(client: reqwest::Client, url: String, body: String) -> bool {
+    let r = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await;
+    matches!(r, Ok(r) if r.status() == 200)
+}
+
 async fn raftlord_load(leader_url: String, clients: usize, duration: Duration, total: Option<u64>, tag: &str) -> Stats {
     let client = http_client();
     let tag = tag.to_string();
     closed_loop(clients, duration, total, move |c, n| {
         let (client, url) = (client.clone(), format!("{leader_url}/druid/indexer/v1/task"));
         let body = task_body(&format!("{tag}-c{c}-{n}"));
-        async move {
-            let r = client
-                .post(url)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await;
-            matches!(r, Ok(r) if r.status() == 200)
-        }
+        post_json(client, url, body)
     })
     .await
 }
@@ -148,15 +151,7 @@ async fn etcd_load(url: String, clients: usize, duration: Duration) -> Stats {
     closed_loop(clients, duration, None, move |c, n| {
         let (client, url) = (client.clone(), format!("{url}/v3/kv/put"));
         let body = json!({"key": b64.encode(format!("bench-c{c}-{n}")), "value": value}).to_string();
-        async move {
-            let r = client
-                .post(url)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await;
-            matches!(r, Ok(r) if r.status() == 200)
-        }
+        post_json(client, url, body)
     })
     .await
 }

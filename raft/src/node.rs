@@ -121,6 +121,8 @@ pub struct RaftNode<S: StateMachine> {
     pub proposer: Proposer<S>,
     /// Raft metrics, read without copying on every request's leader check.
     metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, NodeInfo>>,
+    /// No follower calls an election before this many ms without hearing from the leader.
+    lease_ms: u64,
     secret: String,
     client: reqwest::Client,
 }
@@ -178,6 +180,7 @@ impl<S: StateMachine> RaftNode<S> {
             shared,
             proposer,
             metrics,
+            lease_ms: settings.election_max_ms,
             secret,
             client,
         }))
@@ -296,12 +299,16 @@ impl<S: StateMachine> RaftNode<S> {
     }
 
     /// Whether this node leads *and* has applied an entry of its own term, so its state holds
-    /// every write acknowledged by any earlier leader.
+    /// every write acknowledged by any earlier leader, *and* a quorum acknowledged it within the
+    /// leader lease, so a leader cut off from its followers stops serving (possibly stale) reads
+    /// before a new leader can have been elected.
     pub fn leader_ready(&self) -> bool {
         let m = self.metrics.borrow();
-        m.state == ServerState::Leader
+        let leads = m.state == ServerState::Leader
             && m.current_leader == Some(self.id)
-            && m.last_applied.is_some_and(|l| l.leader_id.term == m.current_term)
+            && m.last_applied.is_some_and(|l| l.leader_id.term == m.current_term);
+        let alone = m.membership_config.membership().voter_ids().count() <= 1;
+        leads && (alone || m.millis_since_quorum_ack.is_some_and(|ms| ms < self.lease_ms))
     }
 
     /// Adds a node: as a learner first (it catches up, by snapshot if needed), then as a voter.
