@@ -156,27 +156,47 @@ async fn etcd_load(url: String, clients: usize, duration: Duration) -> Stats {
     .await
 }
 
-pub async fn submit(bin: &Path, clients: usize, seconds: u64, etcd: Option<String>) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
+/// Alternates raftlord and etcd `rounds` times (fresh clusters each time, so neither gains from
+/// running second on a warm disk) and reports every round and the median ratio.
+pub async fn submit(
+    bin: &Path,
+    clients: usize,
+    seconds: u64,
+    etcd: Option<String>,
+    rounds: usize,
+) -> anyhow::Result<()> {
     let duration = Duration::from_secs(seconds);
     println!(
-        "3 nodes on loopback, fsync on, {clients} concurrent clients, {VALUE_BYTES}-byte values, {seconds} s each"
+        "3 nodes on loopback, fsync on, {clients} concurrent clients, {VALUE_BYTES}-byte values, {seconds} s per run"
     );
-    let mut rl = Raftlord::start(bin, dir.path(), 3).await?;
-    let leader = rl.wait_leader(Duration::from_secs(30)).await?;
-    // Warm up connections and caches.
-    raftlord_load(rl.urls[&leader].clone(), clients, Duration::from_secs(2), None, "warm").await;
-    let ours = raftlord_load(rl.urls[&leader].clone(), clients, duration, None, "run").await;
-    rl.stop_all().await;
-    println!("{}", ours.line("raftlord"));
-    if let Some(etcd_bin) = etcd {
-        let e = Etcd::start(&etcd_bin, dir.path()).await?;
-        let url = etcd_leader(&e).await?;
-        etcd_load(url.clone(), clients, Duration::from_secs(2)).await;
-        let theirs = etcd_load(url, clients, duration).await;
-        e.stop().await;
-        println!("{}", theirs.line("etcd"));
-        println!("ratio raftlord/etcd: {:.2}x writes/s", ours.rate() / theirs.rate());
+    let mut ratios = Vec::new();
+    for round in 1..=rounds.max(1) {
+        let dir = tempfile::tempdir()?;
+        let mut rl = Raftlord::start(bin, dir.path(), 3).await?;
+        let leader = rl.wait_leader(Duration::from_secs(30)).await?;
+        // Warm up connections and caches.
+        raftlord_load(rl.urls[&leader].clone(), clients, Duration::from_secs(2), None, "warm").await;
+        let ours = raftlord_load(rl.urls[&leader].clone(), clients, duration, None, "run").await;
+        rl.stop_all().await;
+        println!("round {round}: {}", ours.line("raftlord"));
+        if let Some(etcd_bin) = &etcd {
+            let e = Etcd::start(etcd_bin, dir.path()).await?;
+            let url = etcd_leader(&e).await?;
+            etcd_load(url.clone(), clients, Duration::from_secs(2)).await;
+            let theirs = etcd_load(url, clients, duration).await;
+            e.stop().await;
+            println!("round {round}: {}", theirs.line("etcd"));
+            ratios.push(ours.rate() / theirs.rate());
+        }
+    }
+    if !ratios.is_empty() {
+        let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.2}x")).collect();
+        ratios.sort_by(f64::total_cmp);
+        println!(
+            "ratio raftlord/etcd writes/s: median {:.2}x (rounds: {})",
+            ratios[ratios.len() / 2],
+            shown.join(", ")
+        );
     }
     Ok(())
 }

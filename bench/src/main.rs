@@ -41,6 +41,9 @@ enum Cmd {
         /// The etcd binary.
         #[arg(long, default_value = "etcd")]
         etcd: String,
+        /// Alternate raftlord and etcd this many times.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// Leader kill -9 to first acknowledged write, N times.
     Failover {
@@ -80,7 +83,8 @@ async fn main() -> anyhow::Result<()> {
             seconds,
             no_etcd,
             etcd,
-        } => load::submit(&bin, clients, seconds, (!no_etcd).then_some(etcd)).await,
+            rounds,
+        } => load::submit(&bin, clients, seconds, (!no_etcd).then_some(etcd), rounds).await,
         Cmd::Failover { rounds } => load::failover(&bin, rounds).await,
         Cmd::Restart { tasks, clients } => load::restart(&bin, tasks, clients).await,
     }
