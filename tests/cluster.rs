@@ -35,7 +35,7 @@ async fn task_ids(node: &RunningNode) -> BTreeSet<String> {
         .state
         .tasks
         .all()
-        .map(|t| t.id.clone())
+        .map(|t| t.spec.id.clone())
         .collect()
 }
 

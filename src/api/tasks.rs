@@ -94,7 +94,7 @@ async fn get_task(State(state): State<AppState>, Path(id): Path<String>) -> Resu
     let body = format!(
         r#"{{"task":{},"payload":{}}}"#,
         serde_json::to_string(&id).unwrap_or_default(),
-        task.payload.get()
+        task.spec.payload.get()
     );
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
@@ -128,7 +128,7 @@ async fn shutdown_all(State(state): State<AppState>, Path(ds): Path<String>) -> 
         .state
         .tasks
         .active()
-        .any(|t| t.datasource == ds);
+        .any(|t| t.spec.datasource == ds);
     if !has_active {
         return Err(ApiError::NotFound(format!("no active tasks for dataSource [{ds}]")));
     }

@@ -57,18 +57,11 @@ impl TaskLocation {
     }
 }
 
-/// One task as stored in the replicated state.
+/// One task as stored in the replicated state: its submitted spec and its lifecycle.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Task {
-    pub id: String,
-    #[serde(rename = "type")]
-    pub task_type: String,
-    pub group_id: String,
-    pub datasource: String,
-    pub priority: i32,
-    /// The submitted spec, byte for byte, with `id` filled in.
-    pub payload: Box<RawValue>,
+    pub spec: NewTask,
     pub created_ms: u64,
     pub state: TaskState,
     pub runner: RunnerState,
@@ -88,9 +81,9 @@ impl Task {
     /// Druid's `TaskStatusPlus`, the shape of `/tasks` rows and `/task/{id}/status`.
     pub fn status_plus(&self) -> TaskStatusPlus {
         TaskStatusPlus {
-            id: self.id.clone(),
-            group_id: self.group_id.clone(),
-            task_type: self.task_type.clone(),
+            id: self.spec.id.clone(),
+            group_id: self.spec.group_id.clone(),
+            task_type: self.spec.task_type.clone(),
             created_time: iso(self.created_ms),
             queue_insertion_time: iso(self.created_ms),
             status_code: self.state,
@@ -102,7 +95,7 @@ impl Task {
             },
             duration: self.duration_ms,
             location: self.location.clone(),
-            data_source: self.datasource.clone(),
+            data_source: self.spec.datasource.clone(),
             error_msg: self.error_msg.clone(),
         }
     }
@@ -110,7 +103,7 @@ impl Task {
     /// Druid's `TaskStatus`, the shape of `POST /taskStatus` values.
     pub fn status(&self) -> TaskStatus {
         TaskStatus {
-            id: self.id.clone(),
+            id: self.spec.id.clone(),
             status: self.state,
             duration: self.duration_ms,
             error_msg: self.error_msg.clone(),
@@ -150,7 +143,7 @@ pub struct TaskStatus {
     pub location: TaskLocation,
 }
 
-/// A validated task, ready to be stored by [`TaskTable::apply_submit`].
+/// A validated task spec, as submitted: what [`TaskTable::apply_submit`] stores.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NewTask {
@@ -160,6 +153,7 @@ pub struct NewTask {
     pub group_id: String,
     pub datasource: String,
     pub priority: i32,
+    /// The submitted spec, byte for byte (with `id` filled in when it was generated).
     pub payload: Box<RawValue>,
 }
 
@@ -256,21 +250,9 @@ impl TaskTable {
                 return Err(SubmitRejected::QueueFull { limit });
             }
         }
-        let NewTask {
-            id,
-            task_type,
-            group_id,
-            datasource,
-            priority,
-            payload,
-        } = task;
+        let id = task.id.clone();
         let stored = Task {
-            id: id.clone(),
-            task_type,
-            group_id,
-            datasource,
-            priority,
-            payload,
+            spec: task,
             created_ms: time_ms,
             state: TaskState::Running,
             runner: RunnerState::Waiting,
@@ -304,8 +286,8 @@ impl TaskTable {
     pub fn apply_shutdown_datasource(&mut self, time_ms: u64, datasource: &str, reason: &str) -> Vec<String> {
         let ids: Vec<String> = self
             .active()
-            .filter(|t| t.datasource == datasource)
-            .map(|t| t.id.clone())
+            .filter(|t| t.spec.datasource == datasource)
+            .map(|t| t.spec.id.clone())
             .collect();
         for id in &ids {
             self.apply_shutdown(time_ms, id, reason);

@@ -100,8 +100,8 @@ impl TaskQuery {
     /// Runs the query: active tasks first (oldest first), then complete tasks (newest first).
     pub fn run(&self, table: &TaskTable) -> Vec<TaskStatusPlus> {
         let matches = |t: &super::Task| {
-            self.datasource.as_deref().is_none_or(|d| d == t.datasource)
-                && self.task_type.as_deref().is_none_or(|ty| ty == t.task_type)
+            self.datasource.as_deref().is_none_or(|d| d == t.spec.datasource)
+                && self.task_type.as_deref().is_none_or(|ty| ty == t.spec.task_type)
                 && self.created.is_none_or(|(s, e)| t.created_ms >= s && t.created_ms < e)
         };
         let want_runner = |r: RunnerState| match self.state {
