@@ -10,7 +10,6 @@ pub const FORMAT_VERSION: u32 = 1;
 
 pub(crate) const CF_LOG: &str = "log";
 pub(crate) const CF_META: &str = "meta";
-pub(crate) const CF_SNAPSHOT: &str = "snapshot";
 pub(crate) const CF_STATE: &str = "state";
 const KEY_FORMAT: &[u8] = b"format_version";
 
@@ -30,6 +29,8 @@ pub enum EngineError {
     Write(#[from] rocksdb::Error),
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
+    #[error("{0}")]
+    Io(String),
 }
 
 /// A handle on one node's RocksDB database. Cheap to clone.
@@ -46,18 +47,22 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// Opens (creating if needed) the database under `dir`, checking its data-format version.
+    /// Opens (creating if needed) the storage under `dir`: the database in `dir/db` and
+    /// snapshots in `dir/snapshots`; checks the data-format version.
     pub fn open(dir: &Path) -> Result<Engine, EngineError> {
         let path = dir.to_path_buf();
+        let snapshots = path.join("snapshots");
+        std::fs::create_dir_all(&snapshots)
+            .map_err(|e| EngineError::Io(format!("cannot create {}: {e}", snapshots.display())))?;
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         // Keep recovery bounded and the write-ahead log small: values are also in memtables.
         opts.set_max_total_wal_size(256 << 20);
-        let cfs = [CF_LOG, CF_META, CF_SNAPSHOT, CF_STATE]
+        let cfs = [CF_LOG, CF_META, CF_STATE]
             .into_iter()
             .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
-        let db = DB::open_cf_descriptors(&opts, &path, cfs).map_err(|source| EngineError::Open {
+        let db = DB::open_cf_descriptors(&opts, path.join("db"), cfs).map_err(|source| EngineError::Open {
             path: path.clone(),
             source,
         })?;
@@ -66,9 +71,14 @@ impl Engine {
         Ok(engine)
     }
 
-    /// The directory the database lives in.
+    /// The storage directory.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Where snapshot files live.
+    pub(crate) fn snapshot_dir(&self) -> PathBuf {
+        self.path.join("snapshots")
     }
 
     fn check_format(&self) -> Result<(), EngineError> {
@@ -102,7 +112,7 @@ impl Engine {
     /// Flushes memtables and the write-ahead log; called on orderly shutdown.
     pub fn flush(&self) -> Result<(), EngineError> {
         self.db.flush_wal(true)?;
-        for cf in [CF_LOG, CF_META, CF_SNAPSHOT, CF_STATE] {
+        for cf in [CF_LOG, CF_META, CF_STATE] {
             self.db.flush_cf(self.cf(cf))?;
         }
         Ok(())

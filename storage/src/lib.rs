@@ -1,12 +1,13 @@
 //! RocksDB storage for raftlord.
 //!
-//! One RocksDB database per node holds four keyspaces, each a column family:
+//! A node's storage directory holds a RocksDB database (`db/`) with three keyspaces, each a
+//! column family, and the newest snapshot as a file (`snapshots/current.snap`, see
+//! [`SnapshotStore`]):
 //!
 //! | column family | keys | values |
 //! |---|---|---|
 //! | `log` | Raft log index, 8 bytes big-endian (byte order is index order) | one log entry |
 //! | `meta` | `vote`, `committed`, `last_purged`, `format_version` | small records |
-//! | `snapshot` | `current` | the newest state-machine snapshot and its metadata |
 //! | `state` | reserved for application tables | |
 //!
 //! Every stored value starts with a one-byte encoding version, and the database records a
@@ -16,7 +17,8 @@
 //! Durability rules, which openraft relies on for safety:
 //! - [`LogStore`] acknowledges an append (the `LogFlushed` callback) only after a synced write;
 //! - the vote is written with sync before `save_vote` returns;
-//! - a snapshot is written with sync before it becomes the current one.
+//! - a snapshot file is synced, renamed into place and its directory synced before it becomes
+//!   the current one.
 //!
 //! The crate knows openraft only through the storage traits it implements and nothing of Druid.
 

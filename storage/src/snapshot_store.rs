@@ -1,50 +1,127 @@
-//! The newest state-machine snapshot, stored durably in its own column family.
+//! The newest state-machine snapshot, kept as one file beside the database.
+//!
+//! Snapshots are large, written once and read whole, so they live in a plain file rather than
+//! in RocksDB (where a big value would be written to the write-ahead log, the memtable and
+//! then again to a table file). The file is `snapshots/current.snap`:
+//!
+//! ```text
+//! "RLSNAP01"  8 bytes, magic and layout version
+//! u32 BE      length of the metadata record
+//! metadata    versioned record (one version byte + JSON)
+//! data        the snapshot bytes, to the end of the file
+//! ```
+//!
+//! A new snapshot is written to a temporary file, synced, renamed over the current one, and the
+//! directory is synced: a crash leaves either the old snapshot or the new one, never a mix.
 
-use serde::{Deserialize, Serialize};
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::PathBuf;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use crate::codec::{decode, encode};
-use crate::engine::{synced, Engine, EngineError, CF_SNAPSHOT};
+use crate::engine::{Engine, EngineError};
 
-const KEY_CURRENT: &[u8] = b"current";
-const KEY_CURRENT_DATA: &[u8] = b"current_data";
+const MAGIC: &[u8; 8] = b"RLSNAP01";
+const CURRENT: &str = "current.snap";
+const TEMP: &str = "current.snap.tmp";
 
-/// A snapshot as stored: the metadata (opaque JSON to this crate) and the data bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A snapshot as stored: its metadata and its data bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredSnapshot<M> {
     pub meta: M,
-    #[serde(skip)]
     pub data: Vec<u8>,
 }
 
 /// Reads and replaces the current snapshot.
 #[derive(Clone, Debug)]
 pub struct SnapshotStore {
-    engine: Engine,
+    dir: PathBuf,
 }
 
 impl SnapshotStore {
+    /// The snapshot store of `engine`'s data directory.
     pub fn new(engine: Engine) -> Self {
-        SnapshotStore { engine }
+        SnapshotStore {
+            dir: engine.snapshot_dir(),
+        }
     }
 
-    /// Makes `snapshot` the current one; durable when this returns.
+    /// Makes the snapshot (`meta`, `data`) the current one; durable when this returns.
     pub fn save<M: Serialize>(&self, meta: &M, data: &[u8]) -> Result<(), EngineError> {
-        let cf = self.engine.cf(CF_SNAPSHOT);
-        let mut batch = rocksdb::WriteBatch::default();
-        batch.put_cf(cf, KEY_CURRENT, encode(meta));
-        batch.put_cf(cf, KEY_CURRENT_DATA, data);
-        self.engine.db.write_opt(batch, &synced())?;
+        let io = |e: std::io::Error| EngineError::Io(format!("writing a snapshot in {}: {e}", self.dir.display()));
+        let meta = encode(meta);
+        let meta_len =
+            u32::try_from(meta.len()).map_err(|_| EngineError::Corrupt("snapshot metadata too large".into()))?;
+        let temp = self.dir.join(TEMP);
+        let mut f = File::create(&temp).map_err(io)?;
+        f.write_all(MAGIC).map_err(io)?;
+        f.write_all(&meta_len.to_be_bytes()).map_err(io)?;
+        f.write_all(&meta).map_err(io)?;
+        f.write_all(data).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        drop(f);
+        fs::rename(&temp, self.dir.join(CURRENT)).map_err(io)?;
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io)?;
         Ok(())
     }
 
     /// The current snapshot, if one was ever saved.
-    pub fn load<M: serde::de::DeserializeOwned>(&self) -> Result<Option<StoredSnapshot<M>>, EngineError> {
-        let cf = self.engine.cf(CF_SNAPSHOT);
-        let Some(meta) = self.engine.db.get_cf(cf, KEY_CURRENT)? else {
-            return Ok(None);
+    pub fn load<M: DeserializeOwned>(&self) -> Result<Option<StoredSnapshot<M>>, EngineError> {
+        let path = self.dir.join(CURRENT);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(EngineError::Io(format!("reading {}: {e}", path.display()))),
         };
-        let meta = decode(&meta).map_err(|e| EngineError::Corrupt(format!("snapshot metadata: {e}")))?;
-        let data = self.engine.db.get_cf(cf, KEY_CURRENT_DATA)?.unwrap_or_default();
-        Ok(Some(StoredSnapshot { meta, data }))
+        let corrupt = |what: &str| EngineError::Corrupt(format!("snapshot file {}: {what}", path.display()));
+        let rest = bytes
+            .strip_prefix(MAGIC.as_slice())
+            .ok_or_else(|| corrupt("unknown layout"))?;
+        let (len, rest) = rest.split_first_chunk::<4>().ok_or_else(|| corrupt("truncated"))?;
+        let len = u32::from_be_bytes(*len) as usize;
+        if rest.len() < len {
+            return Err(corrupt("truncated metadata"));
+        }
+        let meta = decode(&rest[..len]).map_err(|e| corrupt(&e.to_string()))?;
+        Ok(Some(StoredSnapshot {
+            meta,
+            data: rest[len..].to_vec(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn save_replaces_and_load_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::new(Engine::open(dir.path()).unwrap());
+        assert_eq!(store.load::<String>().unwrap(), None);
+        store.save(&"first".to_string(), b"one").unwrap();
+        store.save(&"second".to_string(), b"two").unwrap();
+        let s = store.load::<String>().unwrap().unwrap();
+        assert_eq!((s.meta.as_str(), s.data.as_slice()), ("second", &b"two"[..]));
+        // A reopened engine finds the same snapshot.
+        let reopened = SnapshotStore::new(Engine::open(dir.path()).unwrap());
+        assert_eq!(reopened.load::<String>().unwrap().unwrap().data, b"two");
+    }
+
+    #[test]
+    fn a_damaged_file_is_reported_not_misread() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path()).unwrap();
+        let store = SnapshotStore::new(engine.clone());
+        store.save(&"m".to_string(), b"data").unwrap();
+        let path = engine.snapshot_dir().join(CURRENT);
+        let bytes = fs::read(&path).unwrap();
+        fs::write(&path, &bytes[..10]).unwrap();
+        assert!(matches!(store.load::<String>(), Err(EngineError::Corrupt(_))));
+        fs::write(&path, b"garbage!").unwrap();
+        assert!(matches!(store.load::<String>(), Err(EngineError::Corrupt(_))));
     }
 }
