@@ -1,6 +1,7 @@
 //! Turning a submitted task spec into a [`NewTask`]: Druid's validation and id rules.
 
 use rand::Rng;
+use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
@@ -91,64 +92,121 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-fn string_field<'a>(obj: &'a Map<String, Value>, field: &'static str) -> Result<Option<&'a str>, SpecError> {
-    match obj.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(SpecError::NotAString { field }),
+/// The top-level fields a submission is validated on, borrowed from the request body: the rest
+/// of the spec is stored as submitted and never parsed into a tree.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(rename = "type", borrow, default)]
+    task_type: Option<&'a RawValue>,
+    /// `Some` whenever the key is there, even as `null` (which must then be replaced, not
+    /// duplicated, when an id is generated).
+    #[serde(borrow, default, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+    #[serde(rename = "dataSource", borrow, default)]
+    data_source: Option<&'a RawValue>,
+    #[serde(rename = "groupId", borrow, default)]
+    group_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    context: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    spec: Option<&'a RawValue>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// `{"priority": ...}` inside `context`.
+#[derive(Deserialize)]
+struct Context<'a> {
+    #[serde(borrow, default)]
+    priority: Option<&'a RawValue>,
+}
+
+/// `{"dataSchema": {"dataSource": ...}}` inside `spec` (index and index_parallel tasks).
+#[derive(Deserialize)]
+struct IngestionSpec<'a> {
+    #[serde(rename = "dataSchema", borrow, default)]
+    data_schema: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct DataSchema<'a> {
+    #[serde(rename = "dataSource", borrow, default)]
+    data_source: Option<&'a RawValue>,
+}
+
+/// A field that must be a string when present; JSON `null` counts as absent.
+fn string_field(raw: Option<&RawValue>, field: &'static str) -> Result<Option<String>, SpecError> {
+    match raw.map(RawValue::get) {
+        None | Some("null") => Ok(None),
+        Some(text) => serde_json::from_str::<String>(text)
+            .map(Some)
+            .map_err(|_| SpecError::NotAString { field }),
     }
+}
+
+/// Parses an optional nested object, treating anything that is not an object as absent.
+fn nested<'a, T: Deserialize<'a>>(raw: Option<&'a RawValue>) -> Option<T> {
+    raw.and_then(|r| serde_json::from_str(r.get()).ok())
 }
 
 /// Parses and validates a submitted spec. When the spec has no id, one is generated in Druid's
 /// format and written into the stored payload.
 pub fn parse_submission(body: &[u8], now_ms: u64, rng: &mut impl Rng) -> Result<NewTask, SpecError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| SpecError::MalformedJson(e.to_string()))?;
-    let Value::Object(mut obj) = value else {
+    let malformed = |e: &dyn std::fmt::Display| SpecError::MalformedJson(e.to_string());
+    // One validating pass copies the spec as submitted; the fields below borrow from it.
+    let payload: Box<RawValue> = serde_json::from_slice(body).map_err(|e| malformed(&e))?;
+    let text = payload.get();
+    if !text.starts_with('{') {
+        let value: Value = serde_json::from_str(text).map_err(|e| malformed(&e))?;
         return Err(SpecError::NotAnObject(kind(&value)));
-    };
-    let task_type = string_field(&obj, "type")?
+    }
+    let head: Head = serde_json::from_str(text).map_err(|e| malformed(&e))?;
+    let task_type = string_field(head.task_type, "type")?
         .filter(|t| !t.is_empty())
-        .ok_or(SpecError::MissingType)?
-        .to_string();
+        .ok_or(SpecError::MissingType)?;
     validate_id("task type", &task_type)?;
-    let datasource = match string_field(&obj, "dataSource")? {
-        Some(ds) => ds.to_string(),
-        None => match obj
-            .get("spec")
-            .and_then(|s| s.get("dataSchema"))
-            .and_then(|d| d.get("dataSource"))
-        {
-            Some(Value::String(ds)) => ds.clone(),
-            _ if task_type == "noop" => "none".to_string(),
-            _ => return Err(SpecError::MissingDataSource),
+    let nested_datasource = || {
+        let spec: IngestionSpec = nested(head.spec)?;
+        let schema: DataSchema = nested(spec.data_schema)?;
+        string_field(schema.data_source, "spec.dataSchema.dataSource")
+            .ok()
+            .flatten()
+    };
+    let datasource = match string_field(head.data_source, "dataSource")? {
+        Some(ds) => ds,
+        None => match nested_datasource() {
+            Some(ds) => ds,
+            None if task_type == "noop" => "none".to_string(),
+            None => return Err(SpecError::MissingDataSource),
         },
     };
     validate_id("dataSource", &datasource)?;
-    let priority = match obj.get("context").and_then(|c| c.get("priority")) {
-        None | Some(Value::Null) => default_priority(&task_type),
-        Some(Value::Number(n)) => n
-            .as_i64()
+    let priority = match nested::<Context>(head.context)
+        .and_then(|c| c.priority)
+        .map(RawValue::get)
+    {
+        None | Some("null") => default_priority(&task_type),
+        Some(n) => n
+            .parse::<i64>()
+            .ok()
             .and_then(|n| i32::try_from(n).ok())
             .ok_or(SpecError::BadPriority)?,
-        Some(_) => return Err(SpecError::BadPriority),
     };
-    let (id, payload) = match string_field(&obj, "id")? {
+    let given_id = string_field(head.id, "id")?;
+    let group_id = string_field(head.group_id, "groupId")?;
+    let (id, payload) = match given_id {
         Some(id) => {
-            validate_id("task id", id)?;
-            // Keep the spec exactly as submitted.
-            let text = std::str::from_utf8(body).map_err(|e| SpecError::MalformedJson(e.to_string()))?;
-            let raw =
-                RawValue::from_string(text.trim().to_string()).map_err(|e| SpecError::MalformedJson(e.to_string()))?;
-            (id.to_string(), raw)
+            validate_id("task id", &id)?;
+            (id, payload)
         }
         None => {
             let id = new_task_id(&task_type, &datasource, now_ms, rng);
-            obj.insert("id".into(), Value::String(id.clone()));
-            let raw = serde_json::value::to_raw_value(&obj).map_err(|e| SpecError::MalformedJson(e.to_string()))?;
-            (id, raw)
+            (id.clone(), with_id(text, head.id.is_some(), &id)?)
         }
     };
-    let group_id = string_field(&obj, "groupId")?.unwrap_or(&id).to_string();
+    let group_id = group_id.unwrap_or_else(|| id.clone());
     validate_id("groupId", &group_id)?;
     Ok(NewTask {
         id,
@@ -158,6 +216,25 @@ pub fn parse_submission(body: &[u8], now_ms: u64, rng: &mut impl Rng) -> Result<
         priority,
         payload,
     })
+}
+
+/// The spec `text` (a JSON object) with `"id": id` set.
+fn with_id(text: &str, has_null_id: bool, id: &str) -> Result<Box<RawValue>, SpecError> {
+    let malformed = |e: serde_json::Error| SpecError::MalformedJson(e.to_string());
+    if has_null_id {
+        // `"id": null` is replaced in place; rare enough to go through a tree.
+        let mut obj: Map<String, Value> = serde_json::from_str(text).map_err(malformed)?;
+        obj.insert("id".into(), Value::String(id.to_string()));
+        return serde_json::value::to_raw_value(&obj).map_err(malformed);
+    }
+    let rest = text[1..].trim_start();
+    let quoted = serde_json::to_string(id).map_err(malformed)?;
+    let spliced = if rest.starts_with('}') {
+        format!("{{\"id\":{quoted}}}")
+    } else {
+        format!("{{\"id\":{quoted},{rest}")
+    };
+    RawValue::from_string(spliced).map_err(malformed)
 }
 
 #[cfg(test)]
@@ -185,6 +262,23 @@ mod tests {
             (t.datasource.as_str(), t.priority, t.group_id == t.id),
             ("wiki", 50, true)
         );
+    }
+
+    #[test]
+    fn generated_id_is_spliced_into_any_object_shape() {
+        for body in [
+            r#"{"type":"noop"}"#,
+            r#"  { "type" : "noop" , "x": [1, {"id": 2}] }  "#,
+            r#"{"type":"noop","id":null}"#,
+        ] {
+            let t = parse(body).unwrap();
+            let payload: Value = serde_json::from_str(t.payload.get()).unwrap();
+            assert_eq!(payload["id"], Value::String(t.id.clone()), "{body}");
+            assert_eq!(payload["type"], "noop");
+        }
+        let t = parse(r#"{"type":"noop","x":[1,{"id":2}]}"#).unwrap();
+        let payload: Value = serde_json::from_str(t.payload.get()).unwrap();
+        assert_eq!(payload["x"][1]["id"], 2, "nested ids are left alone");
     }
 
     #[test]
