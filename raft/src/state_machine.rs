@@ -36,8 +36,9 @@ pub struct ApplyContext {
 /// A deterministic application state machine.
 ///
 /// `apply` must be pure: no IO, no wall clock, no randomness. Domain rejections belong in the
-/// reply, not in a panic.
-pub trait StateMachine: Default + Serialize + DeserializeOwned + Send + Sync + 'static {
+/// reply, not in a panic. `clone` should be cheap (persistent collections): snapshots clone the
+/// state under the lock and encode the copy outside it.
+pub trait StateMachine: Default + Clone + Serialize + DeserializeOwned + Send + Sync + 'static {
     type Command: Serialize + DeserializeOwned + std::fmt::Debug + Clone + Send + Sync + 'static;
     type Reply: Serialize + DeserializeOwned + std::fmt::Debug + Clone + Send + Sync + 'static;
 
@@ -108,23 +109,18 @@ impl<S: StateMachine> Shared<S> {
 }
 
 /// openraft's view of the state machine.
+///
+/// The newest snapshot is kept only in its file and read back when a follower needs it.
 pub struct StateMachineStore<S> {
     shared: Arc<Shared<S>>,
     snapshots: SnapshotStore,
-    current: Option<StoredSnapshotBytes>,
-}
-
-#[derive(Clone)]
-struct StoredSnapshotBytes {
-    meta: SnapshotMeta<NodeId, NodeInfo>,
-    data: Arc<Vec<u8>>,
 }
 
 impl<S: StateMachine> StateMachineStore<S> {
     /// Restores the state from the newest durable snapshot, if any.
     pub fn open(snapshots: SnapshotStore) -> Result<(Self, Arc<Shared<S>>), String> {
         let mut applied = Applied::<S>::default();
-        let mut current = None;
+        let mut snapshot_bytes = 0;
         if let Some(stored) = snapshots
             .load::<SnapshotMeta<NodeId, NodeInfo>>()
             .map_err(|e| format!("reading the stored snapshot: {e}"))?
@@ -137,13 +133,9 @@ impl<S: StateMachine> StateMachineStore<S> {
                 last_time_ms: data.last_time_ms,
                 state: data.state,
             };
-            current = Some(StoredSnapshotBytes {
-                meta: stored.meta,
-                data: Arc::new(stored.data),
-            });
+            snapshot_bytes = stored.data.len() as u64;
         }
         let index = applied.last_applied.map(|l| l.index).unwrap_or(0);
-        let snapshot_bytes = current.as_ref().map(|c| c.data.len() as u64).unwrap_or(0);
         let (applied_tx, _) = watch::channel(index);
         let shared = Arc::new(Shared {
             inner: RwLock::new(applied),
@@ -155,7 +147,6 @@ impl<S: StateMachine> StateMachineStore<S> {
             StateMachineStore {
                 shared: shared.clone(),
                 snapshots,
-                current,
             },
             shared,
         ))
@@ -240,35 +231,21 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig<S>> for StateMachineStore<S> {
         self.shared
             .applied_tx
             .send_replace(meta.last_log_id.map(|l| l.index).unwrap_or(0));
-        self.current = Some(StoredSnapshotBytes {
-            meta: meta.clone(),
-            data: Arc::new(bytes),
-        });
         self.shared.installed.fetch_add(1, Ordering::Relaxed);
-        self.shared.record_snapshot(
-            meta.last_log_id.map(|l| l.index).unwrap_or(0),
-            self.current.as_ref().map(|c| c.data.len()).unwrap_or(0),
-        );
+        self.shared
+            .record_snapshot(meta.last_log_id.map(|l| l.index).unwrap_or(0), bytes.len());
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> SResult<Option<Snapshot<TypeConfig<S>>>> {
-        // A snapshot built since this store was opened is newer than `current`.
         let stored = self
             .snapshots
             .load::<SnapshotMeta<NodeId, NodeInfo>>()
             .map_err(read_err)?;
-        Ok(stored
-            .map(|s| Snapshot {
-                meta: s.meta,
-                snapshot: Box::new(Cursor::new(s.data)),
-            })
-            .or_else(|| {
-                self.current.as_ref().map(|c| Snapshot {
-                    meta: c.meta.clone(),
-                    snapshot: Box::new(Cursor::new(c.data.to_vec())),
-                })
-            }))
+        Ok(stored.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.data)),
+        }))
     }
 }
 
@@ -280,14 +257,10 @@ pub struct SnapshotBuilder<S> {
 
 impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig<S>> for SnapshotBuilder<S> {
     async fn build_snapshot(&mut self) -> SResult<Snapshot<TypeConfig<S>>> {
-        // Encode under the read lock: metadata and data describe the same log position.
-        let (meta, bytes) = {
+        // Copy the state under the read lock (cheap for persistent collections) so metadata and
+        // data describe the same log position, then encode without holding up writes.
+        let (meta, state, last_time_ms) = {
             let g = self.shared.inner.read().await;
-            let data = SnapshotDataRef {
-                last_time_ms: g.last_time_ms,
-                state: &g.state,
-            };
-            let bytes = serde_json::to_vec(&data).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
             let id = match g.last_applied {
                 Some(l) => format!("{}-{}-{}", l.leader_id, l.index, g.last_time_ms),
                 None => "empty".to_string(),
@@ -297,8 +270,14 @@ impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig<S>> for SnapshotBuilder<S> 
                 last_membership: g.last_membership.clone(),
                 snapshot_id: id,
             };
-            (meta, bytes)
+            (meta, g.state.clone(), g.last_time_ms)
         };
+        let data = SnapshotDataRef {
+            last_time_ms,
+            state: &state,
+        };
+        let bytes = serde_json::to_vec(&data).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        drop(state);
         self.snapshots
             .save(&meta, &bytes)
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;

@@ -12,7 +12,7 @@ use raftlord_storage::{Engine, LogStore, SnapshotStore};
 use serde::{Deserialize, Serialize};
 
 /// A tiny key-value state machine for exercising the glue.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct Kv {
     map: BTreeMap<String, String>,
     applied_at: Vec<(u64, u64)>,

@@ -12,7 +12,7 @@
 pub mod query;
 pub mod spec;
 
-use std::collections::{BTreeMap, BTreeSet};
+use imbl::{OrdMap, OrdSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -201,10 +201,14 @@ pub enum ShutdownOutcome {
 pub const SHUTDOWN_BY_USER: &str = "Shutdown request from user";
 
 /// All tasks, by id, plus the set of active ones.
+///
+/// Persistent (copy-on-write) maps: cloning the table is O(1), so a snapshot takes a
+/// point-in-time copy under the state lock and encodes it after releasing the lock, without
+/// holding up writes for time proportional to the table.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct TaskTable {
-    tasks: BTreeMap<String, Task>,
-    active: BTreeSet<String>,
+    tasks: OrdMap<String, Task>,
+    active: OrdSet<String>,
 }
 
 impl TaskTable {
