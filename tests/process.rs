@@ -260,7 +260,13 @@ fn bootstrap_starts_three_nodes_and_stops_them_on_sigterm() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let stdout = child.stdout.take().unwrap();
+    // Owned from here on, so a failing assertion still stops bootstrap and its nodes.
+    let mut proc = Proc {
+        child,
+        url: String::new(),
+    };
+    let mut lines = BufReader::new(stdout).lines();
     let mut urls = Vec::new();
     for line in lines.by_ref() {
         let line = line.unwrap();
@@ -278,17 +284,17 @@ fn bootstrap_starts_three_nodes_and_stops_them_on_sigterm() {
     }
     assert_eq!(urls.len(), 3, "bootstrap printed {urls:?}");
     let leader = leader_of(&urls).expect("a leader once bootstrap says the cluster is up");
-    let r = http()
-        .post(format!("{}/druid/indexer/v1/task", urls[2]))
-        .body(r#"{"type":"noop","id":"b1"}"#)
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200, "submission through node 3 (leader is {leader:?})");
+    // A client retries while the cluster answers 503 (a loaded machine can delay heartbeats).
+    let status = wait_for_blocking("an answer other than 503", Duration::from_secs(30), || {
+        let r = http()
+            .post(format!("{}/druid/indexer/v1/task", urls[2]))
+            .body(r#"{"type":"noop","id":"b1"}"#)
+            .send()
+            .ok()?;
+        (r.status() != 503).then_some(r.status())
+    });
+    assert_eq!(status, 200, "submission through node 3 (leader is {leader:?})");
 
-    let mut proc = Proc {
-        child,
-        url: String::new(),
-    };
     assert!(terminate(&mut proc).success());
     for url in &urls {
         assert!(

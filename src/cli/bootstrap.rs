@@ -14,7 +14,6 @@ use tokio::process::{Child, Command};
 
 use super::serve::{secret_in, wait_for_stop_signal};
 use super::BootstrapArgs;
-use crate::api::status_url;
 
 pub async fn run(args: BootstrapArgs) -> anyhow::Result<i32> {
     if args.nodes == 0 {
@@ -34,28 +33,22 @@ pub async fn run(args: BootstrapArgs) -> anyhow::Result<i32> {
     let mut children: Vec<(u64, Child)> = Vec::new();
     for (id, url) in &peers {
         let listen = url.trim_start_matches("http://").to_string();
-        let child = Command::new(&exe)
+        let mut command = Command::new(&exe);
+        command
             .arg("server")
             .args(["--node-id", &id.to_string(), "--listen", &listen, "--peers", &peer_list])
             .arg("--data-dir")
             .arg(args.data_dir.join(format!("node-{id}")))
-            .args(["--heartbeat-ms", &args.node.heartbeat_ms.to_string()])
-            .args(["--election-timeout-ms", &args.node.election_timeout_ms.to_string()])
-            .args(["--snapshot-every", &args.node.snapshot_every.to_string()])
-            .args([
-                "--max-task-payload-bytes",
-                &args.node.max_task_payload_bytes.to_string(),
-            ])
-            .args(
-                args.node
-                    .max_active_tasks
-                    .map(|m| vec!["--max-active-tasks".to_string(), m.to_string()])
-                    .unwrap_or_default(),
-            )
+            .args(args.node.to_flags())
             .env("RAFTLORD_CLUSTER_SECRET", &secret)
             .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()?;
+            .kill_on_drop(true);
+        // If this process dies without stopping them (SIGKILL), the nodes get SIGTERM.
+        // SAFETY: the closure only makes one async-signal-safe system call.
+        unsafe {
+            command.pre_exec(|| nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from));
+        }
+        let child = command.spawn()?;
         children.push((*id, child));
     }
 
@@ -91,16 +84,14 @@ pub async fn run(args: BootstrapArgs) -> anyhow::Result<i32> {
     Ok(if leader.is_some() { 0 } else { 1 })
 }
 
+/// The node that answers `isLeader` with 200: elected and ready to serve Druid's API.
 async fn find_leader(client: &reqwest::Client, peers: &BTreeMap<u64, String>) -> Option<u64> {
-    for url in peers.values() {
-        let Ok(resp) = client.get(status_url(url)).send().await else {
-            continue;
-        };
-        let Ok(v) = resp.json::<serde_json::Value>().await else {
-            continue;
-        };
-        if let Some(leader) = v["leader"].as_u64() {
-            return Some(leader);
+    for (id, url) in peers {
+        let is_leader = format!("{}/druid/indexer/v1/isLeader", url.trim_end_matches('/'));
+        if let Ok(resp) = client.get(is_leader).send().await {
+            if resp.status().is_success() {
+                return Some(*id);
+            }
         }
     }
     None

@@ -13,9 +13,29 @@ fn client() -> anyhow::Result<Client> {
     Ok(Client::builder().timeout(Duration::from_secs(120)).build()?)
 }
 
-/// Sends the request, prints the body, and turns a non-2xx answer into exit code 1.
+/// How long the CLI keeps retrying while the cluster answers 503 (no leader yet).
+const RETRY_FOR: Duration = Duration::from_secs(30);
+
+/// Sends the request (again after `Retry-After` while the cluster has no leader), prints the
+/// body, and turns a non-2xx answer into exit code 1.
 async fn send(req: RequestBuilder) -> anyhow::Result<i32> {
-    let resp = req.send().await?;
+    let deadline = std::time::Instant::now() + RETRY_FOR;
+    let resp = loop {
+        let attempt = req
+            .try_clone()
+            .ok_or_else(|| anyhow::anyhow!("request cannot be retried"))?;
+        let resp = attempt.send().await?;
+        if resp.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE || std::time::Instant::now() > deadline {
+            break resp;
+        }
+        let wait = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(1);
+        tokio::time::sleep(Duration::from_secs(wait.clamp(1, 5))).await;
+    };
     let status = resp.status();
     let text = resp.text().await?;
     let pretty = serde_json::from_str::<serde_json::Value>(&text)

@@ -67,6 +67,24 @@ pub struct NodeArgs {
     pub proposals_in_flight: usize,
 }
 
+impl NodeArgs {
+    /// The same settings as command-line flags, for starting node processes.
+    pub fn to_flags(&self) -> Vec<String> {
+        let mut flags = vec![
+            format!("--max-task-payload-bytes={}", self.max_task_payload_bytes),
+            format!("--heartbeat-ms={}", self.heartbeat_ms),
+            format!("--election-timeout-ms={}", self.election_timeout_ms),
+            format!("--snapshot-every={}", self.snapshot_every),
+            format!("--proposal-batch={}", self.proposal_batch),
+            format!("--proposals-in-flight={}", self.proposals_in_flight),
+        ];
+        if let Some(m) = self.max_active_tasks {
+            flags.push(format!("--max-active-tasks={m}"));
+        }
+        flags
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct DevArgs {
     /// Data directory.
@@ -241,6 +259,21 @@ mod tests {
         assert!(parse_peers("1=a:80").is_err());
         assert!(parse_peers("0=http://a").is_err());
         assert!(parse_peers("").is_err());
+    }
+
+    #[test]
+    fn node_settings_survive_a_round_trip_through_flags() {
+        let cli = Cli::parse_from(["raftlord", "dev", "--max-active-tasks", "7", "--heartbeat-ms", "33"]);
+        let Command::Dev(dev) = cli.command else {
+            panic!("parsed as another command")
+        };
+        let mut argv = vec!["raftlord".to_string(), "dev".to_string()];
+        argv.extend(dev.node.to_flags());
+        let Command::Dev(again) = Cli::parse_from(argv).command else {
+            panic!("parsed as another command")
+        };
+        assert_eq!(again.node.to_flags(), dev.node.to_flags());
+        assert_eq!((again.node.max_active_tasks, again.node.heartbeat_ms), (Some(7), 33));
     }
 
     #[test]
