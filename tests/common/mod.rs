@@ -32,7 +32,7 @@ where
             Instant::now() < deadline,
             "timed out after {timeout:?} waiting for {what}"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await; // poll interval under the deadline above
     }
 }
 
@@ -47,7 +47,7 @@ pub fn wait_for_blocking<T>(what: &str, timeout: Duration, mut cond: impl FnMut(
             Instant::now() < deadline,
             "timed out after {timeout:?} waiting for {what}"
         );
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20)); // poll interval under the deadline above
     }
 }
 
