@@ -189,3 +189,58 @@ fn snapshot_round_trip_keeps_every_table() {
     assert_eq!((t.state, t.created_ms, t.created_index), (TaskState::Running, 6, 2));
     assert_eq!(back.nodes.get("node-1").unwrap().announced_ms, 5);
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn command() -> impl Strategy<Value = Command> {
+        let id = (0u8..12).prop_map(|i| format!("t{i}"));
+        let ds = prop_oneof![Just("wiki".to_string()), Just("logs".to_string())];
+        prop_oneof![
+            4 => (id.clone(), ds.clone(), proptest::option::of(1u64..6)).prop_map(|(id, ds, max_active)| {
+                Command::SubmitTask {
+                    task: NewTask {
+                        payload: RawValue::from_string(format!(r#"{{"type":"noop","id":"{id}"}}"#)).unwrap(),
+                        group_id: id.clone(),
+                        id,
+                        task_type: "noop".into(),
+                        datasource: ds,
+                        priority: 0,
+                    },
+                    max_active,
+                }
+            }),
+            2 => id.prop_map(|id| Command::ShutdownTask { id, reason: SHUTDOWN_BY_USER.into() }),
+            1 => ds.prop_map(|datasource| Command::ShutdownDatasourceTasks { datasource, reason: "r".into() }),
+        ]
+    }
+
+    proptest! {
+        /// Replicas that apply the same commands end in the same state with the same replies,
+        /// and the task table's invariants hold after every step.
+        #[test]
+        fn replicas_agree_and_invariants_hold(commands in proptest::collection::vec(command(), 1..60)) {
+            let (mut a, mut b) = (State::default(), State::default());
+            for (i, c) in commands.into_iter().enumerate() {
+                let cx = ctx(i as u64 + 1, 1_000 + i as u64);
+                let limit = match &c { Command::SubmitTask { max_active, .. } => *max_active, _ => None };
+                let active_before = a.tasks.active_count() as u64;
+                let (ra, rb) = (a.apply(cx, c.clone()), b.apply(cx, c));
+                prop_assert_eq!(&ra, &rb);
+                if let (Reply::Submitted { .. }, Some(limit)) = (&ra, limit) {
+                    prop_assert!(active_before < limit, "a submission went past the queue limit");
+                }
+                let active: Vec<String> = a.tasks.active().map(|t| t.spec.id.clone()).collect();
+                let running: Vec<String> =
+                    a.tasks.all().filter(|t| t.state == TaskState::Running).map(|t| t.spec.id.clone()).collect();
+                prop_assert_eq!(active, running, "the active set is exactly the RUNNING tasks");
+                for t in a.tasks.all().filter(|t| t.state == TaskState::Failed) {
+                    prop_assert!(t.error_msg.is_some() && t.duration_ms >= 0);
+                }
+            }
+            prop_assert_eq!(serde_json::to_string(&a).unwrap(), serde_json::to_string(&b).unwrap());
+        }
+    }
+}
