@@ -10,7 +10,6 @@ pub const FORMAT_VERSION: u32 = 1;
 
 pub(crate) const CF_LOG: &str = "log";
 pub(crate) const CF_META: &str = "meta";
-pub(crate) const CF_STATE: &str = "state";
 const KEY_FORMAT: &[u8] = b"format_version";
 
 /// Errors from opening or using the storage engine.
@@ -59,7 +58,7 @@ impl Engine {
         opts.create_missing_column_families(true);
         // Keep recovery bounded and the write-ahead log small: values are also in memtables.
         opts.set_max_total_wal_size(256 << 20);
-        let cfs = [CF_LOG, CF_META, CF_STATE]
+        let cfs = [CF_LOG, CF_META]
             .into_iter()
             .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&opts, path.join("db"), cfs).map_err(|source| EngineError::Open {
@@ -112,20 +111,10 @@ impl Engine {
     /// Flushes memtables and the write-ahead log; called on orderly shutdown.
     pub fn flush(&self) -> Result<(), EngineError> {
         self.db.flush_wal(true)?;
-        for cf in [CF_LOG, CF_META, CF_STATE] {
+        for cf in [CF_LOG, CF_META] {
             self.db.flush_cf(self.cf(cf))?;
         }
         Ok(())
-    }
-
-    /// Reads a small record from the application keyspace.
-    pub fn get_state(&self, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
-        Ok(self.db.get_cf(self.cf(CF_STATE), key)?)
-    }
-
-    /// Writes a small record to the application keyspace, synced.
-    pub fn put_state(&self, key: &[u8], value: &[u8]) -> Result<(), EngineError> {
-        Ok(self.db.put_cf_opt(self.cf(CF_STATE), key, value, &synced())?)
     }
 }
 
@@ -157,10 +146,10 @@ mod tests {
     }
 
     #[test]
-    fn reopen_keeps_application_records() {
+    fn reopen_of_current_format_succeeds_and_lays_out_the_directory() {
         let dir = tempfile::tempdir().unwrap();
-        Engine::open(dir.path()).unwrap().put_state(b"k", b"v").unwrap();
+        drop(Engine::open(dir.path()).unwrap());
         let engine = Engine::open(dir.path()).unwrap();
-        assert_eq!(engine.get_state(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+        assert!(dir.path().join("db").is_dir() && engine.snapshot_dir().is_dir());
     }
 }

@@ -1,6 +1,6 @@
 //! RocksDB storage for raftlord.
 //!
-//! A node's storage directory holds a RocksDB database (`db/`) with three keyspaces, each a
+//! A node's storage directory holds a RocksDB database (`db/`) with two keyspaces, each a
 //! column family, and the newest snapshot as a file (`snapshots/current.snap`, see
 //! [`SnapshotStore`]):
 //!
@@ -8,7 +8,6 @@
 //! |---|---|---|
 //! | `log` | Raft log index, 8 bytes big-endian (byte order is index order) | one log entry |
 //! | `meta` | `vote`, `committed`, `last_purged`, `format_version` | small records |
-//! | `state` | reserved for application tables | |
 //!
 //! Every stored value starts with a one-byte encoding version, and the database records a
 //! data-format version that is checked on open: data written by a newer raftlord is refused with a
