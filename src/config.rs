@@ -4,9 +4,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use std::time::Duration;
+
 use raftlord_raft::{ClusterFormation, RaftSettings};
 
+use crate::leader::OverlordSettings;
 use crate::nodes::NodeRole;
+use crate::worker::WorkerTiming;
 
 /// Druid's default `druid.indexer.queue.maxTaskPayloadSize`: 60 MiB.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 60 << 20;
@@ -26,6 +30,27 @@ pub struct NodeConfig {
     pub roles: Vec<NodeRole>,
     pub raft: RaftSettings,
     pub limits: Limits,
+    pub overlord: OverlordSettings,
+    /// Where finished tasks' logs and reports are kept; every node reads it.
+    pub task_log_dir: PathBuf,
+    /// Set when this node is also a worker.
+    pub worker: Option<WorkerSettings>,
+}
+
+/// A worker's size and how it runs peons.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Task slots.
+    pub capacity: u32,
+    pub category: String,
+    pub version: String,
+    /// Parent of the task directories.
+    pub base_dir: PathBuf,
+    /// Peon command; the task directory is appended. Empty: this binary's `peon`.
+    pub peon_command: Vec<String>,
+    /// Time a peon gets between SIGTERM and SIGKILL.
+    pub graceful_stop: Duration,
+    pub timing: WorkerTiming,
 }
 
 /// Limits on what clients may submit.
@@ -51,4 +76,17 @@ impl NodeConfig {
     pub fn node_name(&self) -> String {
         format!("node-{}", self.node_id)
     }
+}
+
+/// Everything a worker-only node needs: no Raft, no replicated state.
+#[derive(Debug, Clone)]
+pub struct WorkerNodeConfig {
+    pub listen: SocketAddr,
+    /// Base URL the cluster reaches this worker at; defaults to `http://<listen>`.
+    pub advertise: String,
+    /// Nodes of the cluster to reach the leader through.
+    pub seeds: Vec<String>,
+    pub cluster_secret: String,
+    pub task_log_dir: PathBuf,
+    pub worker: WorkerSettings,
 }

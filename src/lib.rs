@@ -5,6 +5,9 @@
 //! in RocksDB through `raftlord-storage`. Modules, by concept:
 //!
 //! - [`tasks`]: the task table, Druid's task JSON, id rules, status shapes and queries;
+//! - [`workers`]: workers (MiddleManagers) in the replicated state, select strategies, the
+//!   assigner's plan;
+//! - [`worker`]: the MiddleManager itself: runs assigned tasks in forked peon processes;
 //! - [`nodes`]: node announcements in the replicated state and in-process discovery;
 //! - [`sm`]: the command envelope, dispatch to each concept's `apply`, and replies;
 //! - [`api`]: Druid's HTTP API and raftlord's own routes, one error-to-status mapping;
@@ -22,6 +25,8 @@ pub mod node;
 pub mod nodes;
 pub mod sm;
 pub mod tasks;
+pub mod worker;
+pub mod workers;
 
 /// The replicated Raft node for raftlord's state machine.
 pub type Raft = raftlord_raft::RaftNode<sm::State>;

@@ -25,11 +25,16 @@ use tracing::{info, warn};
 
 use crate::api::{self, AppState};
 use crate::clock::now_ms;
-use crate::config::NodeConfig;
-use crate::leader::LeaderServices;
+use crate::config::{NodeConfig, WorkerNodeConfig, WorkerSettings};
+use crate::leader::{Heartbeats, LeaderServices};
 use crate::nodes::discovery::NodeDiscovery;
-use crate::nodes::NodeAnnouncement;
+use crate::nodes::{NodeAnnouncement, NodeRole};
 use crate::sm::Command;
+use crate::tasks::TaskLocation;
+use crate::worker::protocol::LeaderClient;
+use crate::worker::runner::{PeonRunner, RunnerConfig};
+use crate::worker::WorkerService;
+use crate::workers::Worker;
 use crate::Raft;
 
 /// Why a node could not start; the message names the stage.
@@ -41,6 +46,8 @@ pub enum StartError {
     Raft(String),
     #[error("http stage failed: cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("worker stage failed: {0}")]
+    Worker(String),
 }
 
 /// A started node.
@@ -48,6 +55,8 @@ pub struct RunningNode {
     pub raft: Arc<Raft>,
     pub url: String,
     pub discovery: NodeDiscovery,
+    /// This node's worker, when it is one.
+    pub worker: Option<WorkerService>,
     config: Arc<NodeConfig>,
     engine: Engine,
     http_stop: CancellationToken,
@@ -106,10 +115,29 @@ impl RunningNode {
         // 3. services
         let services_stop = CancellationToken::new();
         let discovery = NodeDiscovery::default();
+        let heartbeats = Heartbeats::default();
         let mut background = vec![
             tokio::spawn(discovery.clone().run(raft.clone(), services_stop.child_token())),
-            tokio::spawn(LeaderServices::new(raft.clone()).run(services_stop.child_token())),
+            tokio::spawn(
+                LeaderServices::new(raft.clone(), heartbeats.clone(), config.overlord.clone())
+                    .run(services_stop.child_token()),
+            ),
         ];
+        let worker = match &config.worker {
+            Some(settings) => {
+                let w = start_worker(
+                    settings,
+                    &url,
+                    &config.task_log_dir,
+                    vec![url.clone()],
+                    &config.cluster_secret,
+                )?;
+                background.push(tokio::spawn(w.clone().run(services_stop.child_token())));
+                config.roles.push(NodeRole::MiddleManager);
+                Some(w)
+            }
+            None => None,
+        };
 
         // 4. http, then cluster formation
         let config = Arc::new(config);
@@ -117,9 +145,14 @@ impl RunningNode {
             raft: raft.clone(),
             config: config.clone(),
             discovery: discovery.clone(),
+            heartbeats,
+            http: reqwest::Client::new(),
         };
         let http_stop = CancellationToken::new();
-        let app = api::router(state);
+        let mut app = api::router(state);
+        if let Some(w) = &worker {
+            app = app.merge(crate::worker::http::routes(w.clone(), &config.cluster_secret));
+        }
         let stop = http_stop.clone();
         let http = tokio::spawn(async move {
             let served = axum::serve(listener, app)
@@ -153,6 +186,7 @@ impl RunningNode {
             raft,
             url,
             discovery,
+            worker,
             config,
             engine,
             http_stop,
@@ -255,5 +289,189 @@ async fn withdraw(raft: &Raft, id: &str) {
     {
         Ok(Ok(())) => info!(node = %id, "announcement withdrawn"),
         _ => info!(node = %id, "announcement not withdrawn (no quorum); it is refreshed on the next start"),
+    }
+}
+
+/// The worker identity of a node reachable at `url`: Druid's `host` is `host:port`.
+fn worker_identity(settings: &WorkerSettings, url: &str) -> Result<Worker, StartError> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| StartError::Worker(format!("bad URL {url}: {e}")))?;
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| StartError::Worker(format!("URL {url} has no host")))?
+        .to_string();
+    let port = parsed
+        .port_or_known_default()
+        .ok_or_else(|| StartError::Worker(format!("URL {url} has no port")))?;
+    Ok(Worker {
+        scheme: parsed.scheme().to_string(),
+        host: format!("{host}:{port}"),
+        ip: host,
+        capacity: settings.capacity,
+        version: settings.version.clone(),
+        category: settings.category.clone(),
+    })
+}
+
+/// Opens the worker's task directories (adopting peons left by an earlier process) and builds
+/// its service; the caller runs it.
+fn start_worker(
+    settings: &WorkerSettings,
+    url: &str,
+    task_log_dir: &std::path::Path,
+    seeds: Vec<String>,
+    secret: &str,
+) -> Result<WorkerService, StartError> {
+    let worker = worker_identity(settings, url)?;
+    let peon_command = if settings.peon_command.is_empty() {
+        let exe = std::env::current_exe()
+            .map_err(|e| StartError::Worker(format!("cannot find this binary to run peons: {e}")))?;
+        vec![exe.to_string_lossy().into_owned(), "peon".to_string()]
+    } else {
+        settings.peon_command.clone()
+    };
+    let port = worker
+        .host
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or(-1);
+    let runner = PeonRunner::open(RunnerConfig {
+        base_dir: settings.base_dir.clone(),
+        log_dir: task_log_dir.to_path_buf(),
+        peon_command,
+        graceful_stop: settings.graceful_stop,
+        location: TaskLocation {
+            host: Some(worker.ip.clone()),
+            port,
+            tls_port: -1,
+        },
+    })
+    .map_err(|e| {
+        StartError::Worker(format!(
+            "cannot open task directories under {}: {e}",
+            settings.base_dir.display()
+        ))
+    })?;
+    info!(worker = %worker.host, capacity = worker.capacity, "worker ready");
+    Ok(WorkerService::new(
+        worker,
+        runner,
+        LeaderClient::new(seeds, secret.to_string()),
+        settings.timing.clone(),
+    ))
+}
+
+/// A worker-only node: runs peons for a cluster it reaches over HTTP; no Raft, no state.
+pub struct RunningWorkerNode {
+    pub url: String,
+    pub worker: WorkerService,
+    http_stop: CancellationToken,
+    services_stop: CancellationToken,
+    http: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
+    announcement_id: String,
+}
+
+impl RunningWorkerNode {
+    /// Starts a worker-only node on `config.listen`.
+    pub async fn start(config: WorkerNodeConfig) -> Result<RunningWorkerNode, StartError> {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let local = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+        let url = if config.advertise.is_empty() {
+            format!("http://{local}")
+        } else {
+            config.advertise.trim_end_matches('/').to_string()
+        };
+        // storage (task directories) and the worker service
+        let worker = start_worker(
+            &config.worker,
+            &url,
+            &config.task_log_dir,
+            config.seeds.clone(),
+            &config.cluster_secret,
+        )?;
+        let services_stop = CancellationToken::new();
+        let mut background = vec![tokio::spawn(worker.clone().run(services_stop.child_token()))];
+        // http
+        let http_stop = CancellationToken::new();
+        let app = crate::worker::http::routes(worker.clone(), &config.cluster_secret)
+            .route("/status/health", axum::routing::get(|| async { axum::Json(true) }));
+        let stop = http_stop.clone();
+        let http = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+            {
+                warn!(error = %e, "http server stopped with an error");
+            }
+        });
+        info!(url = %url, "worker serving http");
+        // announcement
+        let announcement_id = format!("worker-{}", worker.worker.host);
+        let node = NodeAnnouncement {
+            id: announcement_id.clone(),
+            raft_id: None,
+            roles: vec![NodeRole::MiddleManager],
+            url: url.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            announced_ms: 0,
+        };
+        let w = worker.clone();
+        let cancel = services_stop.child_token();
+        background.push(tokio::spawn(async move {
+            let body = serde_json::to_vec(&node).unwrap_or_default();
+            loop {
+                let sent: Result<serde_json::Value, _> = w
+                    .client()
+                    .call("/internal/nodes/announce", Some(&body), Duration::from_secs(5))
+                    .await;
+                if sent.is_ok() {
+                    info!(node = %node.id, "node announced");
+                    return;
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
+        }));
+        Ok(RunningWorkerNode {
+            url,
+            worker,
+            http_stop,
+            services_stop,
+            http,
+            background,
+            announcement_id,
+        })
+    }
+
+    /// Stops the node; its peons keep running and are adopted by the next start.
+    pub async fn stop(self) {
+        self.services_stop.cancel();
+        let body = serde_json::to_vec(&serde_json::json!({ "id": self.announcement_id })).unwrap_or_default();
+        let withdrawn: Result<Result<serde_json::Value, _>, _> = tokio::time::timeout(
+            Duration::from_secs(1),
+            self.worker
+                .client()
+                .call("/internal/nodes/withdraw", Some(&body), Duration::from_secs(1)),
+        )
+        .await;
+        if !matches!(withdrawn, Ok(Ok(_))) {
+            info!("announcement not withdrawn; it is refreshed on the next start");
+        }
+        self.http_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.http).await;
+        for task in self.background {
+            task.abort();
+        }
+        info!("worker stopped");
     }
 }

@@ -22,6 +22,8 @@ fn submit(id: &str) -> Command {
             datasource: "wiki".into(),
             priority: 0,
             payload: RawValue::from_string(format!(r#"{{"type":"noop","id":"{id}"}}"#)).unwrap(),
+            resource: Default::default(),
+            readiness: Default::default(),
         },
         max_active: None,
     }

@@ -11,6 +11,7 @@
 mod error;
 mod status;
 mod tasks;
+mod workers;
 
 use std::sync::Arc;
 
@@ -23,6 +24,7 @@ use axum::Router;
 pub use error::ApiError;
 
 use crate::config::NodeConfig;
+use crate::leader::Heartbeats;
 use crate::nodes::discovery::NodeDiscovery;
 use crate::sm::{Command, Reply};
 use crate::Raft;
@@ -36,6 +38,10 @@ pub struct AppState {
     pub raft: Arc<Raft>,
     pub config: Arc<NodeConfig>,
     pub discovery: NodeDiscovery,
+    /// Worker heartbeats received while this node leads.
+    pub heartbeats: Heartbeats,
+    /// Client for fetching logs and reports from workers.
+    pub http: reqwest::Client,
 }
 
 impl AppState {
@@ -59,10 +65,20 @@ impl AppState {
 
 /// The whole HTTP surface of a node.
 pub fn router(state: AppState) -> Router {
+    let secret: Arc<str> = state.config.cluster_secret.as_str().into();
+    let internal = workers::internal_routes()
+        .layer(middleware::from_fn_with_state(state.clone(), leader_only))
+        .layer(middleware::from_fn_with_state(
+            secret,
+            raftlord_raft::server::require_secret,
+        ));
     let druid = Router::new()
         .merge(tasks::routes())
+        .merge(workers::routes())
         .layer(middleware::from_fn_with_state(state.clone(), leader_only))
-        .merge(tasks::any_node_routes());
+        .merge(tasks::any_node_routes())
+        .merge(workers::any_node_routes())
+        .merge(internal);
     Router::new()
         .merge(druid)
         .merge(status::routes(state.clone()))

@@ -21,6 +21,12 @@ pub async fn run(args: BootstrapArgs) -> anyhow::Result<i32> {
     }
     std::fs::create_dir_all(&args.data_dir)?;
     let secret = secret_in(&args.data_dir)?;
+    // Every node reads finished tasks' logs from one shared directory.
+    let mut node_args = args.node.clone();
+    if node_args.task_log_dir.is_none() {
+        node_args.task_log_dir = Some(args.data_dir.join("task-logs"));
+    }
+    let node_flags = node_args.to_flags();
     let peers: BTreeMap<u64, String> = (1..=args.nodes)
         .map(|id| (id, format!("http://{}:{}", args.host, args.base_port as u64 + id - 1)))
         .collect();
@@ -39,7 +45,7 @@ pub async fn run(args: BootstrapArgs) -> anyhow::Result<i32> {
             .args(["--node-id", &id.to_string(), "--listen", &listen, "--peers", &peer_list])
             .arg("--data-dir")
             .arg(args.data_dir.join(format!("node-{id}")))
-            .args(args.node.to_flags())
+            .args(node_flags.clone())
             .env("RAFTLORD_CLUSTER_SECRET", &secret)
             .stdin(Stdio::null())
             .kill_on_drop(true);

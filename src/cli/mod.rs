@@ -37,6 +37,17 @@ pub enum Command {
     /// Submit, inspect and stop tasks through Druid's task API.
     #[command(subcommand)]
     Task(TaskCommand),
+    /// Run one task from its task directory (started by a worker, not by hand).
+    Peon {
+        /// The task directory, holding task.json.
+        task_dir: PathBuf,
+    },
+}
+
+/// Druid's default worker capacity: one slot per CPU but one, at least one.
+pub fn default_worker_capacity() -> u32 {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cpus.saturating_sub(1).max(1) as u32
 }
 
 /// Settings every node takes.
@@ -65,6 +76,36 @@ pub struct NodeArgs {
     /// Most Raft entries the leader proposes concurrently.
     #[arg(long, env = "RAFTLORD_PROPOSALS_IN_FLIGHT", default_value_t = 1)]
     pub proposals_in_flight: usize,
+    /// Task slots of this node's worker; 0: not a worker. Default: CPUs - 1 (at least 1).
+    #[arg(long, env = "RAFTLORD_WORKER_CAPACITY", default_value_t = default_worker_capacity())]
+    pub worker_capacity: u32,
+    /// Worker category, for the category select strategies.
+    #[arg(long, env = "RAFTLORD_WORKER_CATEGORY", default_value = crate::workers::DEFAULT_CATEGORY)]
+    pub worker_category: String,
+    /// Worker version, as Druid's `druid.worker.version`.
+    #[arg(long, env = "RAFTLORD_WORKER_VERSION", default_value = "0")]
+    pub worker_version: String,
+    /// Command that runs a peon, split on spaces; the task directory is appended.
+    /// Default: this binary's `peon` subcommand.
+    #[arg(long, env = "RAFTLORD_PEON_COMMAND")]
+    pub peon_command: Option<String>,
+    /// Milliseconds a peon gets between SIGTERM and SIGKILL when its task is stopped.
+    #[arg(long, env = "RAFTLORD_PEON_GRACEFUL_STOP_MS", default_value_t = 10_000)]
+    pub peon_graceful_stop_ms: u64,
+    /// Milliseconds between a worker's heartbeats to the leader.
+    #[arg(long, env = "RAFTLORD_WORKER_HEARTBEAT_MS", default_value_t = 1_000)]
+    pub worker_heartbeat_ms: u64,
+    /// Milliseconds without a heartbeat after which the leader declares a worker lost and
+    /// fails its tasks.
+    #[arg(long, env = "RAFTLORD_WORKER_TIMEOUT_MS", default_value_t = 30_000)]
+    pub worker_timeout_ms: u64,
+    /// Milliseconds a worker has to start an assigned task before the leader takes it back.
+    #[arg(long, env = "RAFTLORD_ASSIGN_TIMEOUT_MS", default_value_t = 60_000)]
+    pub assign_timeout_ms: u64,
+    /// Directory for finished tasks' logs and reports; every node serves from it, so share it
+    /// between nodes where possible. Default: DATA_DIR/task-logs.
+    #[arg(long, env = "RAFTLORD_TASK_LOG_DIR")]
+    pub task_log_dir: Option<PathBuf>,
 }
 
 impl NodeArgs {
@@ -77,9 +118,22 @@ impl NodeArgs {
             format!("--snapshot-every={}", self.snapshot_every),
             format!("--proposal-batch={}", self.proposal_batch),
             format!("--proposals-in-flight={}", self.proposals_in_flight),
+            format!("--worker-capacity={}", self.worker_capacity),
+            format!("--worker-category={}", self.worker_category),
+            format!("--worker-version={}", self.worker_version),
+            format!("--peon-graceful-stop-ms={}", self.peon_graceful_stop_ms),
+            format!("--worker-heartbeat-ms={}", self.worker_heartbeat_ms),
+            format!("--worker-timeout-ms={}", self.worker_timeout_ms),
+            format!("--assign-timeout-ms={}", self.assign_timeout_ms),
         ];
         if let Some(m) = self.max_active_tasks {
             flags.push(format!("--max-active-tasks={m}"));
+        }
+        if let Some(c) = &self.peon_command {
+            flags.push(format!("--peon-command={c}"));
+        }
+        if let Some(d) = &self.task_log_dir {
+            flags.push(format!("--task-log-dir={}", d.display()));
         }
         flags
     }
@@ -97,11 +151,34 @@ pub struct DevArgs {
     pub node: NodeArgs,
 }
 
+/// What a `server` node does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// Druid's Overlord: task queue and assignment (a Raft member).
+    Overlord,
+    /// Druid's Coordinator: segment metadata and duties (a Raft member).
+    Coordinator,
+    /// Druid's MiddleManager: runs tasks in peon processes.
+    #[value(alias = "middleManager")]
+    Worker,
+}
+
 #[derive(Debug, Args)]
 pub struct ServerArgs {
-    /// This member's Raft id (a positive integer, unique in the cluster).
+    /// Roles, comma separated. `worker` alone makes a worker-only node: no Raft, no state; it
+    /// needs `--join URL`.
+    #[arg(
+        long,
+        env = "RAFTLORD_ROLES",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "overlord,coordinator,worker"
+    )]
+    pub roles: Vec<Role>,
+    /// This member's Raft id (a positive integer, unique in the cluster). Not needed for a
+    /// worker-only node.
     #[arg(long, env = "RAFTLORD_NODE_ID")]
-    pub node_id: u64,
+    pub node_id: Option<u64>,
     /// Address to serve HTTP (API and Raft) on.
     #[arg(long, env = "RAFTLORD_LISTEN")]
     pub listen: SocketAddr,
@@ -111,9 +188,10 @@ pub struct ServerArgs {
     /// Every member as ID=URL, comma separated, the same on every member: 1=http://a:8090,2=...
     #[arg(long, env = "RAFTLORD_PEERS", value_parser = parse_peers, conflicts_with = "join")]
     pub peers: Option<BTreeMap<u64, String>>,
-    /// Start without forming a cluster and wait to be added with `raftlord cluster add-node`.
-    #[arg(long)]
-    pub join: bool,
+    /// Join an existing cluster instead of forming one. A Raft member waits to be added with
+    /// `raftlord cluster add-node`; a worker-only node gives any cluster node's URL here.
+    #[arg(long, num_args = 0..=1, value_name = "URL")]
+    pub join: Option<Option<String>>,
     /// Data directory.
     #[arg(long, env = "RAFTLORD_DATA_DIR")]
     pub data_dir: PathBuf,
@@ -243,6 +321,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Bootstrap(args) => bootstrap::run(args).await,
         Command::Cluster(cmd) => client::cluster(cmd).await,
         Command::Task(cmd) => client::task(cmd).await,
+        Command::Peon { task_dir } => Ok(crate::worker::peon::run(&task_dir).await),
     }
 }
 

@@ -1,14 +1,17 @@
 //! `raftlord dev` and `raftlord server`: run a node until SIGTERM or Ctrl-C.
 
 use std::path::Path;
+use std::time::Duration;
 
 use raftlord_raft::{ClusterFormation, RaftSettings};
 use rand::Rng;
 
-use super::{DevArgs, NodeArgs, ServerArgs};
-use crate::config::{Limits, NodeConfig};
-use crate::node::RunningNode;
+use super::{DevArgs, NodeArgs, Role, ServerArgs};
+use crate::config::{Limits, NodeConfig, WorkerNodeConfig, WorkerSettings};
+use crate::leader::OverlordSettings;
+use crate::node::{RunningNode, RunningWorkerNode};
 use crate::nodes::NodeRole;
+use crate::worker::WorkerTiming;
 
 fn raft_settings(args: &NodeArgs) -> RaftSettings {
     RaftSettings {
@@ -26,6 +29,37 @@ fn limits(args: &NodeArgs) -> Limits {
         max_payload_bytes: args.max_task_payload_bytes,
         max_active_tasks: args.max_active_tasks,
     }
+}
+
+fn overlord_settings(args: &NodeArgs) -> OverlordSettings {
+    OverlordSettings {
+        worker_timeout: Duration::from_millis(args.worker_timeout_ms),
+        assign_timeout: Duration::from_millis(args.assign_timeout_ms),
+    }
+}
+
+fn task_log_dir(args: &NodeArgs, data_dir: &Path) -> std::path::PathBuf {
+    args.task_log_dir.clone().unwrap_or_else(|| data_dir.join("task-logs"))
+}
+
+/// The worker settings, or `None` when the capacity is 0.
+fn worker_settings(args: &NodeArgs, data_dir: &Path) -> Option<WorkerSettings> {
+    (args.worker_capacity > 0).then(|| WorkerSettings {
+        capacity: args.worker_capacity,
+        category: args.worker_category.clone(),
+        version: args.worker_version.clone(),
+        base_dir: data_dir.join("worker"),
+        peon_command: args
+            .peon_command
+            .as_deref()
+            .map(|c| c.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_default(),
+        graceful_stop: Duration::from_millis(args.peon_graceful_stop_ms),
+        timing: WorkerTiming {
+            heartbeat: Duration::from_millis(args.worker_heartbeat_ms.max(10)),
+            ..WorkerTiming::default()
+        },
+    })
 }
 
 /// A new random cluster secret.
@@ -65,34 +99,50 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<i32> {
         roles: vec![NodeRole::Overlord, NodeRole::Coordinator],
         raft: raft_settings(&args.node),
         limits: limits(&args.node),
+        overlord: overlord_settings(&args.node),
+        task_log_dir: task_log_dir(&args.node, &args.data_dir),
+        worker: worker_settings(&args.node, &args.data_dir),
     };
     run_until_signal(config).await
 }
 
 pub async fn server(args: ServerArgs) -> anyhow::Result<i32> {
-    if args.node_id == 0 {
-        anyhow::bail!("--node-id must be a positive integer");
-    }
     if args.cluster_secret.is_empty() {
         anyhow::bail!("--cluster-secret (or RAFTLORD_CLUSTER_SECRET) must not be empty");
     }
-    let formation = match (&args.peers, args.join) {
+    let controller = args
+        .roles
+        .iter()
+        .any(|r| matches!(r, Role::Overlord | Role::Coordinator));
+    if !controller {
+        return worker_only(args).await;
+    }
+    let node_id = match args.node_id {
+        Some(0) | None => anyhow::bail!("--node-id must be a positive integer for an overlord or coordinator"),
+        Some(id) => id,
+    };
+    let formation = match (&args.peers, &args.join) {
         (Some(peers), _) => {
-            if !peers.contains_key(&args.node_id) {
-                anyhow::bail!("--peers does not list this node's id {}", args.node_id);
+            if !peers.contains_key(&node_id) {
+                anyhow::bail!("--peers does not list this node's id {node_id}");
             }
             ClusterFormation::Peers(peers.clone())
         }
-        (None, true) => ClusterFormation::Join,
-        (None, false) => anyhow::bail!("give --peers (to form or rejoin a cluster) or --join (to be added to one)"),
+        (None, Some(_)) => ClusterFormation::Join,
+        (None, None) => anyhow::bail!("give --peers (to form or rejoin a cluster) or --join (to be added to one)"),
     };
     let advertise = match (&args.advertise, &args.peers) {
         (Some(a), _) => a.trim_end_matches('/').to_string(),
-        (None, Some(peers)) => peers[&args.node_id].clone(),
+        (None, Some(peers)) => peers[&node_id].clone(),
         (None, None) => format!("http://{}", args.listen),
     };
+    let worker = if args.roles.contains(&Role::Worker) {
+        worker_settings(&args.node, &args.data_dir)
+    } else {
+        None
+    };
     let config = NodeConfig {
-        node_id: args.node_id,
+        node_id,
         listen: args.listen,
         advertise,
         data_dir: args.data_dir.clone(),
@@ -101,8 +151,49 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<i32> {
         roles: vec![NodeRole::Overlord, NodeRole::Coordinator],
         raft: raft_settings(&args.node),
         limits: limits(&args.node),
+        overlord: overlord_settings(&args.node),
+        task_log_dir: task_log_dir(&args.node, &args.data_dir),
+        worker,
     };
     run_until_signal(config).await
+}
+
+/// `server --roles worker --join URL`: a worker for an existing cluster.
+async fn worker_only(args: ServerArgs) -> anyhow::Result<i32> {
+    let Some(Some(seed)) = &args.join else {
+        anyhow::bail!("a worker-only node needs --join URL (any node of the cluster)");
+    };
+    if args.peers.is_some() {
+        anyhow::bail!("a worker-only node is not a Raft member: give --join URL, not --peers");
+    }
+    let Some(worker) = worker_settings(&args.node, &args.data_dir) else {
+        anyhow::bail!("a worker-only node needs --worker-capacity of at least 1");
+    };
+    let config = WorkerNodeConfig {
+        listen: args.listen,
+        advertise: args
+            .advertise
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", args.listen)),
+        seeds: seed
+            .split(',')
+            .map(|s| s.trim().trim_end_matches('/').to_string())
+            .collect(),
+        cluster_secret: args.cluster_secret.clone(),
+        task_log_dir: task_log_dir(&args.node, &args.data_dir),
+        worker,
+    };
+    let node = match RunningWorkerNode::start(config).await {
+        Ok(node) => node,
+        Err(e) => {
+            eprintln!("raftlord: {e}");
+            return Ok(1);
+        }
+    };
+    println!("raftlord worker {} serving on {}", node.worker.worker.host, node.url);
+    wait_for_stop_signal().await;
+    node.stop().await;
+    Ok(0)
 }
 
 async fn run_until_signal(config: NodeConfig) -> anyhow::Result<i32> {

@@ -5,13 +5,19 @@
 //! them. Services reload everything from the replicated state when they start, so nothing needs
 //! handing over between leaders.
 //!
-//! Services today:
+//! Services:
 //! - **membership reconciliation**: a node removed from the Raft membership loses its
-//!   announcement, so discovery never lists a member that is gone.
+//!   announcement, so discovery never lists a member that is gone;
+//! - [`assigner`]: waiting tasks x free worker slots -> `AssignTasks` commands;
+//! - [`worker_monitor`]: workers silent past the timeout -> `WorkerLost`; assignments not
+//!   accepted in time -> `UnassignTask`.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::time::Duration;
+pub mod assigner;
+pub mod worker_monitor;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
@@ -19,14 +25,54 @@ use tracing::{debug, info};
 use crate::sm::Command;
 use crate::Raft;
 
+/// When the leader gives up on workers and assignments.
+#[derive(Debug, Clone)]
+pub struct OverlordSettings {
+    /// A worker with no heartbeat for this long is lost and its tasks fail.
+    pub worker_timeout: Duration,
+    /// An assignment the worker has not accepted within this time is taken back.
+    pub assign_timeout: Duration,
+}
+
+impl Default for OverlordSettings {
+    fn default() -> Self {
+        OverlordSettings {
+            worker_timeout: Duration::from_secs(30),
+            assign_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Worker heartbeats, in the leader's memory only (never replicated).
+#[derive(Debug, Clone, Default)]
+pub struct Heartbeats(Arc<Mutex<HashMap<String, Instant>>>);
+
+impl Heartbeats {
+    pub fn beat(&self, host: &str) {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        g.insert(host.to_string(), Instant::now());
+    }
+
+    /// The last heartbeat from `host`, if one reached this node.
+    pub fn last(&self, host: &str) -> Option<Instant> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(host).copied()
+    }
+}
+
 /// Starts and stops leader-only services with leadership.
 pub struct LeaderServices {
     raft: Arc<Raft>,
+    heartbeats: Heartbeats,
+    settings: OverlordSettings,
 }
 
 impl LeaderServices {
-    pub fn new(raft: Arc<Raft>) -> Self {
-        LeaderServices { raft }
+    pub fn new(raft: Arc<Raft>, heartbeats: Heartbeats, settings: OverlordSettings) -> Self {
+        LeaderServices {
+            raft,
+            heartbeats,
+            settings,
+        }
     }
 
     pub async fn run(self, cancel: CancellationToken) {
@@ -39,6 +85,13 @@ impl LeaderServices {
                     info!(node_id = self.raft.id, "became leader: starting leader services");
                     let token = cancel.child_token();
                     tokio::spawn(reconcile_membership(self.raft.clone(), token.clone()));
+                    tokio::spawn(assigner::run(self.raft.clone(), token.clone()));
+                    tokio::spawn(worker_monitor::run(
+                        self.raft.clone(),
+                        self.heartbeats.clone(),
+                        self.settings.clone(),
+                        token.clone(),
+                    ));
                     term = Some(token);
                 }
                 (Some(token), false) => {

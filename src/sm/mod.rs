@@ -12,12 +12,23 @@ use serde::{Deserialize, Serialize};
 
 use crate::nodes::{NodeAnnouncement, NodeTable};
 use crate::tasks::{NewTask, ShutdownOutcome, SubmitRejected, TaskTable};
+use crate::workers::{AuditInfo, Refused, TaskUpdate, UpdatesApplied, Worker, WorkerBehaviorConfig, WorkerTable};
 
 /// Everything raftlord replicates.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct State {
     pub tasks: TaskTable,
     pub nodes: NodeTable,
+    #[serde(default)]
+    pub workers: WorkerTable,
+}
+
+/// One placement in an [`Command::AssignTasks`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskAssignment {
+    pub task: String,
+    /// The worker's host (`host:port`).
+    pub worker: String,
 }
 
 /// One change to the state.
@@ -39,17 +50,69 @@ pub enum Command {
     AnnounceNode { node: NodeAnnouncement },
     /// Remove a node's announcement.
     WithdrawNode { id: String },
+    /// A worker joined, came back, or changed its size or version.
+    RegisterWorker { worker: Worker },
+    /// Enable or disable a worker (a disabled worker keeps its tasks and gets no new ones).
+    SetWorkerEnabled { host: String, enabled: bool },
+    /// A worker stopped heartbeating: fail its active tasks with `reason`, free its slots.
+    WorkerLost { host: String, reason: String },
+    /// Place waiting tasks on workers; each placement is checked again when applied.
+    AssignTasks { assignments: Vec<TaskAssignment> },
+    /// Take back an assignment the worker has not accepted (identified by the index of the
+    /// entry that made it).
+    #[serde(rename_all = "camelCase")]
+    UnassignTask {
+        task: String,
+        worker: String,
+        assigned_index: u64,
+    },
+    /// A worker's reports: tasks it runs and tasks whose peon ended.
+    ReportTasks { worker: String, updates: Vec<TaskUpdate> },
+    /// Replace the worker behaviour config (audited).
+    SetWorkerConfig {
+        config: WorkerBehaviorConfig,
+        audit: AuditInfo,
+    },
 }
 
 /// The result of one command.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "camelCase")]
 pub enum Reply {
-    Submitted { id: String },
-    SubmitRejected { id: String, rejected: SubmitRejected },
-    Shutdown { outcome: ShutdownOutcome },
-    ShutdownDatasource { stopped: Vec<String> },
-    NodeChanged { changed: bool },
+    Submitted {
+        id: String,
+    },
+    SubmitRejected {
+        id: String,
+        rejected: SubmitRejected,
+    },
+    Shutdown {
+        outcome: ShutdownOutcome,
+    },
+    ShutdownDatasource {
+        stopped: Vec<String>,
+    },
+    NodeChanged {
+        changed: bool,
+    },
+    /// `changed` is `None` when the worker is unknown.
+    WorkerChanged {
+        changed: Option<bool>,
+    },
+    /// `failed` is `None` when the worker is unknown or already lost.
+    WorkerLost {
+        failed: Option<Vec<String>>,
+    },
+    Assigned {
+        refused: Vec<Refused>,
+    },
+    Unassigned {
+        done: bool,
+    },
+    Reported {
+        applied: UpdatesApplied,
+    },
+    ConfigSet,
 }
 
 impl StateMachine for State {
@@ -77,6 +140,41 @@ impl StateMachine for State {
             Command::WithdrawNode { id } => Reply::NodeChanged {
                 changed: self.nodes.apply_withdraw(&id),
             },
+            Command::RegisterWorker { worker } => Reply::WorkerChanged {
+                changed: Some(self.workers.apply_register(ctx.time_ms, worker)),
+            },
+            Command::SetWorkerEnabled { host, enabled } => Reply::WorkerChanged {
+                changed: self.workers.apply_set_enabled(&host, enabled),
+            },
+            Command::WorkerLost { host, reason } => Reply::WorkerLost {
+                failed: self.workers.apply_lost(&mut self.tasks, ctx.time_ms, &host, &reason),
+            },
+            Command::AssignTasks { assignments } => {
+                let pairs: Vec<(String, String)> = assignments.into_iter().map(|a| (a.task, a.worker)).collect();
+                Reply::Assigned {
+                    refused: self
+                        .workers
+                        .apply_assign(&mut self.tasks, ctx.index, ctx.time_ms, &pairs),
+                }
+            }
+            Command::UnassignTask {
+                task,
+                worker,
+                assigned_index,
+            } => Reply::Unassigned {
+                done: self
+                    .workers
+                    .apply_unassign(&mut self.tasks, &task, &worker, assigned_index),
+            },
+            Command::ReportTasks { worker, updates } => Reply::Reported {
+                applied: self
+                    .workers
+                    .apply_updates(&mut self.tasks, ctx.time_ms, &worker, &updates),
+            },
+            Command::SetWorkerConfig { config, audit } => {
+                self.workers.apply_set_config(ctx.time_ms, config, audit);
+                Reply::ConfigSet
+            }
         }
     }
 }

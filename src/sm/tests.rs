@@ -20,6 +20,8 @@ fn new_task() -> NewTask {
         datasource: "wiki".into(),
         priority: 50,
         payload: RawValue::from_string(r#"{"type":"noop","id":"t1"}"#.into()).unwrap(),
+        resource: Default::default(),
+        readiness: Default::default(),
     }
 }
 
@@ -203,6 +205,8 @@ mod properties {
                 Command::SubmitTask {
                     task: NewTask {
                         payload: RawValue::from_string(format!(r#"{{"type":"noop","id":"{id}"}}"#)).unwrap(),
+            resource: Default::default(),
+            readiness: Default::default(),
                         group_id: id.clone(),
                         id,
                         task_type: "noop".into(),

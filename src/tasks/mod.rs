@@ -28,6 +28,12 @@ pub enum TaskState {
     Failed,
 }
 
+impl TaskState {
+    pub fn is_complete(self) -> bool {
+        self != TaskState::Running
+    }
+}
+
 /// Druid's `RunnerTaskState`: where an active task is in the runner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -71,6 +77,34 @@ pub struct Task {
     pub location: TaskLocation,
     /// Raft log index of the entry that created the task.
     pub created_index: u64,
+    /// The worker the task was given to, once the assigner has placed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignment: Option<Assignment>,
+}
+
+/// A task's place on a worker. The task holds a slot there until the worker reports that its
+/// peon is gone (`released`), even after the task completed by a shutdown request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Assignment {
+    /// The worker's `host` (`host:port`).
+    pub worker: String,
+    /// Raft index of the entry that assigned it: identifies this assignment.
+    pub index: u64,
+    /// Leader time of the assignment.
+    pub assigned_ms: u64,
+    /// The worker has reported the task (its peon started).
+    pub accepted: bool,
+    /// The worker no longer runs the task; the slot is free.
+    pub released: bool,
+}
+
+/// Order in which waiting tasks are offered to workers: higher priority first, then oldest.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct WaitKey {
+    pub neg_priority: i64,
+    pub created_index: u64,
+    pub id: String,
 }
 
 impl Task {
@@ -155,6 +189,82 @@ pub struct NewTask {
     pub priority: i32,
     /// The submitted spec, byte for byte (with `id` filled in when it was generated).
     pub payload: Box<RawValue>,
+    /// Druid's `TaskResource`: which slots the task needs on a worker.
+    #[serde(default, skip_serializing_if = "TaskResource::is_default")]
+    pub resource: TaskResource,
+    /// When the task is ready to run (Druid's `isReady`).
+    #[serde(default, skip_serializing_if = "Readiness::is_default")]
+    pub readiness: Readiness,
+}
+
+impl NewTask {
+    /// The availability group: a worker never runs two tasks of one group. Druid's default is
+    /// the task id.
+    pub fn availability_group(&self) -> &str {
+        self.resource.availability_group.as_deref().unwrap_or(&self.id)
+    }
+
+    /// Worker slots the task occupies (at least one).
+    pub fn required_capacity(&self) -> u32 {
+        self.resource.required_capacity.unwrap_or(1).max(1)
+    }
+}
+
+/// Druid's `TaskResource` (`{"availabilityGroup", "requiredCapacity"}`), as submitted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskResource {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub availability_group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub required_capacity: Option<u32>,
+}
+
+impl TaskResource {
+    fn is_default(&self) -> bool {
+        *self == TaskResource::default()
+    }
+}
+
+/// What a task's readiness check answers (Druid's `isReady`; the `noop` task's
+/// `isReadyResult` and `isReadyTime` choose it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Readiness {
+    /// Not ready until this many milliseconds after submission.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub after_ms: u64,
+    #[serde(default, skip_serializing_if = "ReadyResult::is_yes")]
+    pub result: ReadyResult,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+impl Readiness {
+    fn is_default(&self) -> bool {
+        *self == Readiness::default()
+    }
+}
+
+/// Druid's `NoopTask.IsReadyResult`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ReadyResult {
+    /// Ready (after `after_ms`).
+    #[default]
+    Yes,
+    /// Never ready: the task waits until it is shut down.
+    No,
+    /// The readiness check fails: the task ends FAILED.
+    Exception,
+}
+
+impl ReadyResult {
+    fn is_yes(&self) -> bool {
+        *self == ReadyResult::Yes
+    }
 }
 
 impl PartialEq for NewTask {
@@ -166,6 +276,8 @@ impl PartialEq for NewTask {
             &self.datasource,
             self.priority,
             self.payload.get(),
+            &self.resource,
+            &self.readiness,
         ) == (
             &o.id,
             &o.task_type,
@@ -173,6 +285,8 @@ impl PartialEq for NewTask {
             &o.datasource,
             o.priority,
             o.payload.get(),
+            &o.resource,
+            &o.readiness,
         )
     }
 }
@@ -197,6 +311,20 @@ pub enum ShutdownOutcome {
     Unknown,
 }
 
+/// Druid keeps at most this many characters of a failed task's `errorMsg` (the full error
+/// belongs in the task's log and report).
+pub const MAX_ERROR_MSG_CHARS: usize = 100;
+
+/// Cuts an error message to Druid's limit, marking the cut with `...`.
+pub fn truncate_error(msg: &str) -> String {
+    if msg.chars().count() <= MAX_ERROR_MSG_CHARS {
+        return msg.to_string();
+    }
+    let mut cut: String = msg.chars().take(MAX_ERROR_MSG_CHARS - 3).collect();
+    cut.push_str("...");
+    cut
+}
+
 /// Druid's message for a task stopped by `POST /task/{id}/shutdown`.
 pub const SHUTDOWN_BY_USER: &str = "Shutdown request from user";
 
@@ -206,9 +334,38 @@ pub const SHUTDOWN_BY_USER: &str = "Shutdown request from user";
 /// point-in-time copy under the state lock and encodes it after releasing the lock, without
 /// holding up writes for time proportional to the table.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(from = "StoredTaskTable")]
 pub struct TaskTable {
     tasks: OrdMap<String, Task>,
     active: OrdSet<String>,
+    /// Active tasks without a worker, in the order the assigner offers them: an index
+    /// derived from `tasks`, rebuilt when a snapshot is read rather than stored.
+    #[serde(skip)]
+    waiting: OrdSet<WaitKey>,
+}
+
+/// The stored form of [`TaskTable`]: the tables, without derived indexes.
+#[derive(Deserialize)]
+struct StoredTaskTable {
+    tasks: OrdMap<String, Task>,
+    active: OrdSet<String>,
+}
+
+impl From<StoredTaskTable> for TaskTable {
+    fn from(s: StoredTaskTable) -> Self {
+        let waiting = s
+            .active
+            .iter()
+            .filter_map(|id| s.tasks.get(id))
+            .filter(|t| t.assignment.is_none())
+            .map(TaskTable::wait_key)
+            .collect();
+        TaskTable {
+            tasks: s.tasks,
+            active: s.active,
+            waiting,
+        }
+    }
 }
 
 impl TaskTable {
@@ -238,6 +395,138 @@ impl TaskTable {
         self.tasks.values()
     }
 
+    /// Active tasks that no worker has, highest priority first, then oldest first.
+    pub fn waiting_in_order(&self) -> impl Iterator<Item = &Task> {
+        self.waiting.iter().filter_map(|k| self.tasks.get(&k.id))
+    }
+
+    pub fn waiting_count(&self) -> usize {
+        self.waiting.len()
+    }
+
+    fn wait_key(task: &Task) -> WaitKey {
+        WaitKey {
+            neg_priority: -(task.spec.priority as i64),
+            created_index: task.created_index,
+            id: task.spec.id.clone(),
+        }
+    }
+
+    /// Gives a waiting task to `worker`; false (and no change) if it is not waiting.
+    pub fn apply_assign(&mut self, index: u64, time_ms: u64, id: &str, worker: &str) -> bool {
+        let Some(task) = self.tasks.get_mut(id) else {
+            return false;
+        };
+        if !task.is_active() || task.assignment.is_some() {
+            return false;
+        }
+        task.assignment = Some(Assignment {
+            worker: worker.to_string(),
+            index,
+            assigned_ms: time_ms,
+            accepted: false,
+            released: false,
+        });
+        task.runner = RunnerState::Pending;
+        let key = Self::wait_key(task);
+        self.waiting.remove(&key);
+        true
+    }
+
+    /// Takes a not yet accepted assignment back: the task waits again. False if the task is
+    /// not pending under the assignment made at `assigned_index`.
+    pub fn apply_unassign(&mut self, id: &str, assigned_index: u64) -> bool {
+        let Some(task) = self.tasks.get_mut(id) else {
+            return false;
+        };
+        let pending = matches!(&task.assignment, Some(a) if a.index == assigned_index && !a.accepted && !a.released);
+        if !task.is_active() || !pending {
+            return false;
+        }
+        task.assignment = None;
+        task.runner = RunnerState::Waiting;
+        task.location = TaskLocation::unknown();
+        let key = Self::wait_key(task);
+        self.waiting.insert(key);
+        true
+    }
+
+    /// The worker runs the task at `location`. False if the task is not active on `worker`.
+    pub fn apply_running(&mut self, id: &str, worker: &str, location: &TaskLocation) -> bool {
+        let Some(task) = self.tasks.get_mut(id) else {
+            return false;
+        };
+        if !task.is_active() {
+            return false;
+        }
+        let Some(a) = task.assignment.as_mut().filter(|a| a.worker == worker && !a.released) else {
+            return false;
+        };
+        let changed = !a.accepted || task.runner != RunnerState::Running || task.location != *location;
+        a.accepted = true;
+        task.runner = RunnerState::Running;
+        task.location = location.clone();
+        changed
+    }
+
+    /// The worker's peon for the task is gone: frees the slot and, when the task is still
+    /// active, completes it with the reported outcome. A task already complete (stopped by a
+    /// shutdown request) keeps its status, as in Druid. Returns whether the task was completed
+    /// by this report, or `None` when it does not hold a slot on `worker`.
+    pub fn apply_finished(
+        &mut self,
+        id: &str,
+        worker: &str,
+        state: TaskState,
+        duration_ms: i64,
+        error_msg: Option<String>,
+    ) -> Option<bool> {
+        let task = self.tasks.get_mut(id)?;
+        let a = task.assignment.as_mut().filter(|a| a.worker == worker && !a.released)?;
+        a.released = true;
+        a.accepted = true;
+        if !task.is_active() {
+            return Some(false);
+        }
+        let (state, error_msg) = match state {
+            TaskState::Running => (
+                TaskState::Failed,
+                Some("the worker reported an unfinished task as finished".into()),
+            ),
+            s => (s, error_msg),
+        };
+        task.state = state;
+        task.runner = RunnerState::None;
+        task.duration_ms = duration_ms.max(0);
+        task.error_msg = error_msg.map(|m| truncate_error(&m));
+        self.active.remove(id);
+        Some(true)
+    }
+
+    /// Releases the slot of every task in `ids` held on `worker` (a lost worker), failing the
+    /// active ones with `reason`. Returns the ids failed.
+    pub fn apply_worker_lost(&mut self, time_ms: u64, ids: &[String], worker: &str, reason: &str) -> Vec<String> {
+        let mut failed = Vec::new();
+        for id in ids {
+            let Some(task) = self.tasks.get_mut(id.as_str()) else {
+                continue;
+            };
+            let Some(a) = task.assignment.as_mut().filter(|a| a.worker == worker && !a.released) else {
+                continue;
+            };
+            a.released = true;
+            if task.is_active() {
+                task.state = TaskState::Failed;
+                task.runner = RunnerState::None;
+                task.duration_ms = time_ms.saturating_sub(task.created_ms) as i64;
+                task.error_msg = Some(truncate_error(reason));
+                self.active.remove(id.as_str());
+                failed.push(id.clone());
+            }
+        }
+        failed
+    }
+
     /// Stores a new task as active and waiting, unless its id exists or the queue is full.
     pub fn apply_submit(
         &mut self,
@@ -264,8 +553,10 @@ impl TaskTable {
             error_msg: None,
             location: TaskLocation::unknown(),
             created_index: index,
+            assignment: None,
         };
         self.active.insert(id.clone());
+        self.waiting.insert(Self::wait_key(&stored));
         self.tasks.insert(id, stored);
         Ok(())
     }
@@ -281,8 +572,10 @@ impl TaskTable {
         task.state = TaskState::Failed;
         task.runner = RunnerState::None;
         task.duration_ms = time_ms.saturating_sub(task.created_ms) as i64;
-        task.error_msg = Some(reason.to_string());
+        task.error_msg = Some(truncate_error(reason));
+        let key = Self::wait_key(task);
         self.active.remove(id);
+        self.waiting.remove(&key);
         ShutdownOutcome::Stopped
     }
 
@@ -312,6 +605,8 @@ mod tests {
             datasource: ds.into(),
             priority: 0,
             payload: RawValue::from_string(format!(r#"{{"type":"noop","id":"{id}"}}"#)).unwrap(),
+            resource: Default::default(),
+            readiness: Default::default(),
         }
     }
 

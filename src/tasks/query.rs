@@ -138,6 +138,8 @@ mod tests {
             datasource: ds.into(),
             priority: 0,
             payload: RawValue::from_string("{}".into()).unwrap(),
+            resource: Default::default(),
+            readiness: Default::default(),
         }
     }
 

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::NewTask;
+use super::{NewTask, Readiness, ReadyResult, TaskResource};
 use crate::clock::iso;
 
 /// Longest id accepted, in bytes: ids become file and directory names.
@@ -32,7 +32,37 @@ pub enum SpecError {
     MissingDataSource,
     #[error("'context.priority' must be an integer")]
     BadPriority,
+    #[error("Could not resolve type id '{0}' as a subtype of Task: known type ids = [{known}]", known = KNOWN_TASK_TYPES.join(", "))]
+    UnknownType(String),
+    #[error("invalid '{field}': {problem}")]
+    InvalidField { field: &'static str, problem: String },
 }
+
+/// Task types Druid knows (core and the bundled extensions); any other `type` is refused at
+/// submission, as Druid's JSON binding refuses it.
+pub const KNOWN_TASK_TYPES: &[&str] = &[
+    "archive",
+    "compact",
+    "index",
+    "index_hadoop",
+    "index_kafka",
+    "index_kinesis",
+    "index_parallel",
+    "index_realtime",
+    "index_realtime_appenderator",
+    "kill",
+    "move",
+    "noop",
+    "partial_dimension_cardinality",
+    "partial_dimension_distribution",
+    "partial_index_generate",
+    "partial_index_generic_merge",
+    "partial_range_index_generate",
+    "query_controller",
+    "query_worker",
+    "restore",
+    "single_phase_sub_task",
+];
 
 /// Checks an id (or datasource name) against Druid's `IdUtils.validateId` rules, plus a length
 /// limit: ids become file names on workers.
@@ -110,6 +140,65 @@ struct Head<'a> {
     context: Option<&'a RawValue>,
     #[serde(borrow, default)]
     spec: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    resource: Option<&'a RawValue>,
+    #[serde(rename = "runTime", borrow, default)]
+    run_time: Option<&'a RawValue>,
+    #[serde(rename = "isReadyTime", borrow, default)]
+    is_ready_time: Option<&'a RawValue>,
+    #[serde(rename = "isReadyResult", borrow, default)]
+    is_ready_result: Option<&'a RawValue>,
+}
+
+/// A non-negative whole number of milliseconds, when present and not `null`.
+fn millis_field(raw: Option<&RawValue>, field: &'static str) -> Result<Option<u64>, SpecError> {
+    match raw.map(RawValue::get) {
+        None | Some("null") => Ok(None),
+        Some(text) => text.parse::<u64>().map(Some).map_err(|_| SpecError::InvalidField {
+            field,
+            problem: format!("must be a non-negative whole number of milliseconds, got {text}"),
+        }),
+    }
+}
+
+/// The `noop` task's readiness fields (`isReadyTime`, `isReadyResult`), validated; `runTime`
+/// is checked too, although only the peon reads it.
+fn noop_readiness(head: &Head) -> Result<Readiness, SpecError> {
+    millis_field(head.run_time, "runTime")?;
+    let after_ms = millis_field(head.is_ready_time, "isReadyTime")?.unwrap_or(0);
+    let result = match string_field(head.is_ready_result, "isReadyResult")? {
+        None => ReadyResult::Yes,
+        Some(r) => match r.to_ascii_uppercase().as_str() {
+            "YES" => ReadyResult::Yes,
+            "NO" => ReadyResult::No,
+            "EXCEPTION" => ReadyResult::Exception,
+            _ => {
+                return Err(SpecError::InvalidField {
+                    field: "isReadyResult",
+                    problem: format!("must be YES, NO or EXCEPTION, got \"{r}\""),
+                })
+            }
+        },
+    };
+    Ok(Readiness { after_ms, result })
+}
+
+/// Druid's `{"availabilityGroup": ..., "requiredCapacity": ...}`.
+fn task_resource(raw: Option<&RawValue>) -> Result<TaskResource, SpecError> {
+    let Some(text) = raw.map(RawValue::get).filter(|t| *t != "null") else {
+        return Ok(TaskResource::default());
+    };
+    let resource: TaskResource = serde_json::from_str(text).map_err(|e| SpecError::InvalidField {
+        field: "resource",
+        problem: format!("expected {{\"availabilityGroup\": string, \"requiredCapacity\": positive integer}}: {e}"),
+    })?;
+    if resource.required_capacity == Some(0) {
+        return Err(SpecError::InvalidField {
+            field: "resource.requiredCapacity",
+            problem: "must be at least 1".into(),
+        });
+    }
+    Ok(resource)
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
@@ -167,6 +256,15 @@ pub fn parse_submission(body: &[u8], now_ms: u64, rng: &mut impl Rng) -> Result<
         .filter(|t| !t.is_empty())
         .ok_or(SpecError::MissingType)?;
     validate_id("task type", &task_type)?;
+    if !KNOWN_TASK_TYPES.contains(&task_type.as_str()) {
+        return Err(SpecError::UnknownType(task_type));
+    }
+    let readiness = if task_type == "noop" {
+        noop_readiness(&head)?
+    } else {
+        Readiness::default()
+    };
+    let resource = task_resource(head.resource)?;
     let nested_datasource = || {
         let spec: IngestionSpec = nested(head.spec)?;
         let schema: DataSchema = nested(spec.data_schema)?;
@@ -215,6 +313,8 @@ pub fn parse_submission(body: &[u8], now_ms: u64, rng: &mut impl Rng) -> Result<
         datasource,
         priority,
         payload,
+        resource,
+        readiness,
     })
 }
 

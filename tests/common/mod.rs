@@ -73,6 +73,9 @@ pub fn node_config(id: u64, dir: &Path, formation: ClusterFormation, snapshot_ev
         roles: vec![NodeRole::Overlord, NodeRole::Coordinator],
         raft: test_settings(snapshot_every),
         limits: Limits::default(),
+        overlord: Default::default(),
+        task_log_dir: dir.join("task-logs"),
+        worker: None,
     }
 }
 

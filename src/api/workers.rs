@@ -1,0 +1,332 @@
+//! Druid's worker routes on the Overlord (`/workers`, `/worker`, `/totalWorkerCapacity`, task
+//! logs and reports) and the internal worker protocol (`/internal/workers/{sync,report}`, see
+//! [`crate::worker::protocol`]).
+
+use std::hash::{Hash, Hasher};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{ApiError, AppState};
+use crate::sm::{Command, Reply};
+use crate::tasks::spec::validate_id;
+use crate::worker::http::{no_log, no_report, serve_log, serve_report, Offset};
+use crate::worker::protocol::{AssignedTask, Report, SyncResponse};
+use crate::worker::runner::{log_file, report_file};
+use crate::workers::{AuditInfo, Classified, UpdatesApplied, WorkerBehaviorConfig};
+
+const BASE: &str = "/druid/indexer/v1";
+
+/// Longest a sync may wait.
+const MAX_SYNC_WAIT: Duration = Duration::from_secs(30);
+
+/// Overlord routes served by the leader.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(&format!("{BASE}/workers"), get(workers))
+        .route(&format!("{BASE}/worker/{{host}}/enable"), post(enable))
+        .route(&format!("{BASE}/worker/{{host}}/disable"), post(disable))
+        .route(&format!("{BASE}/worker"), get(get_config).post(set_config))
+        .route(&format!("{BASE}/worker/history"), get(history))
+        .route(&format!("{BASE}/totalWorkerCapacity"), get(total_capacity))
+}
+
+/// Routes every node answers from its own replica (logs and reports are read from the task log
+/// directory or fetched from the worker).
+pub fn any_node_routes() -> Router<AppState> {
+    Router::new()
+        .route(&format!("{BASE}/task/{{id}}/log"), get(task_log))
+        .route(&format!("{BASE}/task/{{id}}/reports"), get(task_reports))
+}
+
+/// The worker protocol, served by the leader, behind the cluster secret.
+pub fn internal_routes() -> Router<AppState> {
+    Router::new()
+        .route("/internal/workers/sync", get(sync))
+        .route("/internal/workers/report", post(report))
+}
+
+async fn workers(State(state): State<AppState>) -> Response {
+    let g = state.raft.shared.read().await;
+    let rows: Vec<serde_json::Value> = g
+        .state
+        .workers
+        .all()
+        .filter(|r| !r.lost)
+        .map(|r| r.info(&g.state.tasks))
+        .collect();
+    Json(rows).into_response()
+}
+
+async fn set_enabled(state: &AppState, host: String, enabled: bool) -> Result<Response, ApiError> {
+    let reply = state
+        .propose(Command::SetWorkerEnabled {
+            host: host.clone(),
+            enabled,
+        })
+        .await?;
+    match reply {
+        Reply::WorkerChanged { changed: Some(_) } => {
+            let word = if enabled { "enabled" } else { "disabled" };
+            Ok(Json(json!({ host: word })).into_response())
+        }
+        _ => Err(ApiError::NotFound(format!("Worker [{host}] not found"))),
+    }
+}
+
+async fn enable(State(state): State<AppState>, Path(host): Path<String>) -> Result<Response, ApiError> {
+    set_enabled(&state, host, true).await
+}
+
+async fn disable(State(state): State<AppState>, Path(host): Path<String>) -> Result<Response, ApiError> {
+    set_enabled(&state, host, false).await
+}
+
+async fn get_config(State(state): State<AppState>) -> Response {
+    let g = state.raft.shared.read().await;
+    Json(g.state.workers.config.clone()).into_response()
+}
+
+fn header_text(headers: &HeaderMap, name: &str) -> String {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+async fn set_config(State(state): State<AppState>, headers: HeaderMap, body: String) -> Result<Response, ApiError> {
+    let config: WorkerBehaviorConfig = serde_json::from_str(&body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid worker behavior config: {e}")))?;
+    if config.auto_scaler.as_ref().is_some_and(|a| !a.is_null()) {
+        return Err(ApiError::BadRequest(
+            "autoScaler is not supported; set it to null or leave it out".into(),
+        ));
+    }
+    let audit = AuditInfo {
+        author: header_text(&headers, "X-Druid-Author"),
+        comment: header_text(&headers, "X-Druid-Comment"),
+        ip: header_text(&headers, "X-Forwarded-For"),
+    };
+    state.propose(Command::SetWorkerConfig { config, audit }).await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct HistoryQuery {
+    count: Option<usize>,
+}
+
+async fn history(State(state): State<AppState>, Query(q): Query<HistoryQuery>) -> Result<Response, ApiError> {
+    if q.count == Some(0) {
+        return Err(ApiError::BadRequest("count must be a positive integer".into()));
+    }
+    let g = state.raft.shared.read().await;
+    let all = g.state.workers.history();
+    let skip = q.count.map_or(0, |c| all.len().saturating_sub(c));
+    Ok(Json(&all[skip..]).into_response())
+}
+
+async fn total_capacity(State(state): State<AppState>) -> Response {
+    let g = state.raft.shared.read().await;
+    let (capacity, used) = g.state.workers.capacity(&g.state.tasks);
+    Json(json!({
+        "currentClusterCapacity": capacity,
+        "maximumCapacityWithAutoScale": capacity,
+        "usedClusterCapacity": used,
+    }))
+    .into_response()
+}
+
+/// Where to look for a task's log or report: the shared directory, then the worker.
+async fn worker_of(state: &AppState, id: &str) -> Result<Option<String>, ApiError> {
+    let g = state.raft.shared.read().await;
+    let task = g.state.tasks.get(id).ok_or_else(|| no_log(id))?;
+    Ok(task
+        .assignment
+        .as_ref()
+        .and_then(|a| g.state.workers.get(&a.worker))
+        .map(|r| r.worker.url()))
+}
+
+async fn proxy(state: &AppState, url: String) -> Option<Response> {
+    let resp = state.http.get(url).timeout(Duration::from_secs(30)).send().await.ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    let content_type = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .cloned()
+        .unwrap_or(header::HeaderValue::from_static("text/plain"));
+    let body = Body::from_stream(resp.bytes_stream());
+    Some(([(header::CONTENT_TYPE, content_type)], body).into_response())
+}
+
+async fn task_log(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<Offset>,
+) -> Result<Response, ApiError> {
+    validate_id("task id", &id).map_err(|_| no_log(&id))?;
+    let worker = worker_of(&state, &id).await?;
+    if let Ok(path) = log_file(&state.config.task_log_dir, &id) {
+        if path.exists() {
+            return serve_log(&path, q.offset);
+        }
+    }
+    if let Some(url) = worker {
+        let url = format!("{url}/druid/worker/v1/task/{id}/log?offset={}", q.offset);
+        if let Some(resp) = proxy(&state, url).await {
+            return Ok(resp);
+        }
+    }
+    Err(no_log(&id))
+}
+
+async fn task_reports(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    validate_id("task id", &id).map_err(|_| no_report(&id))?;
+    let worker = worker_of(&state, &id).await.map_err(|_| no_report(&id))?;
+    if let Ok(path) = report_file(&state.config.task_log_dir, &id) {
+        if path.exists() {
+            return serve_report(&path);
+        }
+    }
+    if let Some(url) = worker {
+        if let Some(resp) = proxy(&state, format!("{url}/druid/worker/v1/task/{id}/reports")).await {
+            return Ok(resp);
+        }
+    }
+    Err(no_report(&id))
+}
+
+#[derive(Debug, Deserialize)]
+struct SyncQuery {
+    host: String,
+    #[serde(default)]
+    hash: u64,
+    #[serde(default)]
+    term: u64,
+    timeout: i64,
+}
+
+fn current_term(state: &AppState) -> u64 {
+    state.raft.raft.metrics().borrow().current_term
+}
+
+/// This worker's view of the state, and its hash.
+async fn view(state: &AppState, host: &str, term: u64) -> SyncResponse {
+    let g = state.raft.shared.read().await;
+    let record = g.state.workers.get(host).filter(|r| !r.lost);
+    let mut assignments = Vec::new();
+    if let Some(r) = record {
+        for id in r.tasks.iter() {
+            let Some(task) = g.state.tasks.get(id) else { continue };
+            let accepted = task.assignment.as_ref().is_some_and(|a| a.accepted);
+            let stop = !task.is_active();
+            assignments.push(AssignedTask {
+                id: id.clone(),
+                accepted,
+                stop,
+                payload: (!accepted && !stop).then(|| task.spec.payload.clone()),
+            });
+        }
+    }
+    let registered = record.is_some();
+    let disabled = record.is_some_and(|r| r.disabled);
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (term, registered, disabled).hash(&mut h);
+    for a in &assignments {
+        (&a.id, a.accepted, a.stop).hash(&mut h);
+    }
+    SyncResponse {
+        term,
+        hash: h.finish(),
+        reset_counter: false,
+        registered,
+        disabled,
+        assignments,
+    }
+}
+
+/// Long poll: answers when the worker's view differs from what it last saw, or at the timeout.
+async fn sync(State(state): State<AppState>, Query(q): Query<SyncQuery>) -> Result<Response, ApiError> {
+    if q.timeout <= 0 {
+        return Err(ApiError::BadRequest(
+            "timeout must be a positive number of milliseconds".into(),
+        ));
+    }
+    let wait = Duration::from_millis(q.timeout as u64).min(MAX_SYNC_WAIT);
+    let deadline = Instant::now() + wait;
+    let mut applied = state.raft.shared.subscribe();
+    loop {
+        state.heartbeats.beat(&q.host);
+        let term = current_term(&state);
+        let mut v = view(&state, &q.host, term).await;
+        let changed_leader = q.term != term;
+        if v.hash != q.hash || changed_leader || Instant::now() >= deadline {
+            v.reset_counter = changed_leader && q.term != 0;
+            return Ok(Json(v).into_response());
+        }
+        tokio::select! {
+            _ = applied.changed() => {}
+            _ = tokio::time::sleep_until(deadline.into()) => {}
+        }
+        if !state.raft.is_leader() {
+            return Err(ApiError::NoLeader);
+        }
+    }
+}
+
+async fn report(State(state): State<AppState>, Json(r): Json<Report>) -> Result<Response, ApiError> {
+    let w = &r.worker;
+    if w.host.is_empty() || w.capacity == 0 || !(w.scheme == "http" || w.scheme == "https") {
+        return Err(ApiError::BadRequest(
+            "a worker needs a host, a capacity of at least 1 and scheme http or https".into(),
+        ));
+    }
+    state.heartbeats.beat(&w.host);
+    let needs_register = {
+        let g = state.raft.shared.read().await;
+        g.state
+            .workers
+            .get(&w.host)
+            .is_none_or(|rec| rec.lost || rec.worker != *w)
+    };
+    if needs_register {
+        state.propose(Command::RegisterWorker { worker: w.clone() }).await?;
+    }
+    let mut answer = UpdatesApplied::default();
+    let mut needed = Vec::new();
+    {
+        let g = state.raft.shared.read().await;
+        for u in &r.tasks {
+            match g.state.workers.classify(&g.state.tasks, &w.host, u) {
+                Classified::Apply => needed.push(u.clone()),
+                Classified::Finished => answer.finished.push(u.id.clone()),
+                Classified::NotAssigned => answer.not_assigned.push(u.id.clone()),
+                Classified::Unchanged => {}
+            }
+        }
+    }
+    if !needed.is_empty() {
+        let reply = state
+            .propose(Command::ReportTasks {
+                worker: w.host.clone(),
+                updates: needed,
+            })
+            .await?;
+        if let Reply::Reported { applied } = reply {
+            answer.finished.extend(applied.finished);
+            answer.not_assigned.extend(applied.not_assigned);
+        }
+    }
+    Ok(Json(answer).into_response())
+}

@@ -1,0 +1,197 @@
+//! The MiddleManager: a worker that runs the tasks the leader assigns to it, each in a forked
+//! peon process.
+//!
+//! Druid's `WorkerTaskManager` keeps a notices queue (run, status); here two loops do the same
+//! job against the replicated state, both level-triggered:
+//!
+//! - **sync**: long-polls the leader for this worker's assignments ([`protocol`]) and makes the
+//!   peons match them: start what is assigned and not yet started, stop what was shut down or
+//!   is no longer this worker's.
+//! - **report**: whenever a peon starts or ends, and at least every heartbeat interval, sends
+//!   the full list of its tasks to the leader (which doubles as the heartbeat), then forgets the
+//!   finished tasks the leader has stored and stops any the leader says are not its own.
+//!
+//! - [`runner`]: forking, watching, stopping and re-adopting peons;
+//! - [`peon`]: the peon process itself;
+//! - [`protocol`]: the wire shapes and the client that finds the leader;
+//! - [`http`]: the worker's own routes (`/druid/worker/v1/...`).
+
+pub mod http;
+pub mod peon;
+pub mod protocol;
+pub mod runner;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::workers::Worker;
+use protocol::{LeaderClient, Report, ReportResponse, SyncResponse};
+use runner::PeonRunner;
+
+/// How a worker talks to the leader.
+#[derive(Debug, Clone)]
+pub struct WorkerTiming {
+    /// Longest a sync request waits on the leader for a change.
+    pub sync_timeout: Duration,
+    /// Longest time between two reports (the heartbeat).
+    pub heartbeat: Duration,
+}
+
+impl Default for WorkerTiming {
+    fn default() -> Self {
+        WorkerTiming {
+            sync_timeout: Duration::from_secs(2),
+            heartbeat: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A running worker.
+#[derive(Clone)]
+pub struct WorkerService {
+    pub worker: Worker,
+    pub runner: PeonRunner,
+    client: Arc<LeaderClient>,
+    timing: WorkerTiming,
+    /// Last `disabled` flag seen from the leader.
+    disabled: Arc<AtomicBool>,
+}
+
+impl WorkerService {
+    pub fn new(worker: Worker, runner: PeonRunner, client: LeaderClient, timing: WorkerTiming) -> Self {
+        WorkerService {
+            worker,
+            runner,
+            client: Arc::new(client),
+            timing,
+            disabled: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Whether the leader last said this worker is disabled.
+    pub fn disabled(&self) -> bool {
+        self.disabled.load(Ordering::Relaxed)
+    }
+
+    pub fn client(&self) -> &LeaderClient {
+        &self.client
+    }
+
+    /// Runs the sync and report loops until `cancel`. Peons keep running afterwards.
+    pub async fn run(self, cancel: CancellationToken) {
+        info!(worker = %self.worker.host, capacity = self.worker.capacity, "worker started");
+        let report = tokio::spawn(self.clone().report_loop(cancel.clone()));
+        self.sync_loop(cancel).await;
+        let _ = report.await;
+    }
+
+    async fn sync_loop(self, cancel: CancellationToken) {
+        let mut hash = 0u64;
+        let mut term = 0u64;
+        loop {
+            let path = format!(
+                "/internal/workers/sync?host={}&hash={hash}&term={term}&timeout={}",
+                urlencode(&self.worker.host),
+                self.timing.sync_timeout.as_millis()
+            );
+            let call = self
+                .client
+                .call::<SyncResponse>(&path, None, self.timing.sync_timeout + Duration::from_secs(5));
+            let result = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = call => r,
+            };
+            match result {
+                Ok(view) => {
+                    hash = view.hash;
+                    term = view.term;
+                    self.disabled.store(view.disabled, Ordering::Relaxed);
+                    if view.registered {
+                        self.apply_view(&view);
+                    }
+                }
+                Err(e) => {
+                    debug!(error = %e, "worker sync failed; retrying");
+                    hash = 0;
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Makes the peons match the leader's view.
+    fn apply_view(&self, view: &SyncResponse) {
+        let assigned: std::collections::BTreeSet<&str> = view.assignments.iter().map(|a| a.id.as_str()).collect();
+        for a in &view.assignments {
+            if a.stop {
+                self.runner.stop(&a.id, "the task was shut down");
+            } else if !self.runner.knows(&a.id) {
+                match (&a.payload, a.accepted) {
+                    (Some(payload), false) => self.runner.start(&a.id, payload.get()),
+                    // Accepted earlier, but this worker has no trace of it (its task directory
+                    // is gone): it cannot be running here.
+                    _ => self.runner.finish_without_peon(
+                        &a.id,
+                        "the worker has no record of this task (its task directory is gone)",
+                    ),
+                }
+            }
+        }
+        for id in self.runner.running() {
+            if !assigned.contains(id.as_str()) {
+                self.runner.stop(&id, "the task is no longer assigned to this worker");
+            }
+        }
+    }
+
+    async fn report_loop(self, cancel: CancellationToken) {
+        let mut changes = self.runner.subscribe();
+        loop {
+            let report = Report {
+                worker: self.worker.clone(),
+                tasks: self.runner.report(),
+            };
+            match serde_json::to_vec(&report) {
+                Ok(body) => match self
+                    .client
+                    .call::<ReportResponse>("/internal/workers/report", Some(&body), Duration::from_secs(15))
+                    .await
+                {
+                    Ok(resp) => {
+                        for id in &resp.finished {
+                            self.runner.forget(id);
+                        }
+                        for id in &resp.not_assigned {
+                            self.runner
+                                .stop(id, "the leader says the task is not assigned to this worker");
+                        }
+                    }
+                    Err(e) => debug!(error = %e, "worker report failed; retrying"),
+                },
+                Err(e) => warn!(error = %e, "cannot encode the worker report"),
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(self.timing.heartbeat) => {}
+            }
+        }
+    }
+}
+
+/// Percent-encodes a query value (hosts are `host:port`; IPv6 hosts have brackets).
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

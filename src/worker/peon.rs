@@ -1,0 +1,104 @@
+//! `raftlord peon TASK_DIR`: runs one task, as Druid's peon (`CliPeon` + `ExecutorLifecycle`).
+//!
+//! Reads `TASK_DIR/task.json`, runs the task, writes `report.json` and then `status.json`
+//! (Druid's `TaskStatus`), each atomically, and exits 0. Its standard output is the task log.
+//! SIGTERM (a shutdown request) ends the task FAILED.
+//!
+//! Task types the peon runs: `noop` (Druid's `NoopTask`: waits `runTime` milliseconds, 2500
+//! when absent or 0, then succeeds). Every other type ends FAILED with a message saying it is
+//! not supported by this peon.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::json;
+
+use super::runner::write_atomic;
+use crate::clock::{iso, now_ms};
+
+/// Druid's `NoopTask` default run time, used when `runTime` is absent or 0.
+pub const NOOP_DEFAULT_RUN_MS: u64 = 2500;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TaskHead {
+    id: String,
+    #[serde(rename = "type")]
+    task_type: String,
+    #[serde(default)]
+    run_time: Option<u64>,
+}
+
+/// Runs the task in `dir`; returns the process exit code.
+pub async fn run(dir: &Path) -> i32 {
+    let started = Instant::now();
+    let spec = match std::fs::read(dir.join("task.json")) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("peon: cannot read {}: {e}", dir.join("task.json").display());
+            return 2;
+        }
+    };
+    let head: TaskHead = match serde_json::from_slice(&spec) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("peon: task.json is not a task spec: {e}");
+            return 2;
+        }
+    };
+    println!(
+        "{} INFO peon starting task [{}] of type [{}]",
+        iso(now_ms()),
+        head.id,
+        head.task_type
+    );
+    let result: Result<(), String> = match head.task_type.as_str() {
+        "noop" => run_noop(&head).await,
+        other => Err(format!(
+            "this raftlord peon cannot run '{other}' tasks yet; only 'noop' tasks run"
+        )),
+    };
+    let duration = started.elapsed().as_millis() as i64;
+    let (status, error) = match &result {
+        Ok(()) => ("SUCCESS", None),
+        Err(e) => ("FAILED", Some(e.clone())),
+    };
+    println!(
+        "{} INFO task [{}] finished with status [{status}]{}",
+        iso(now_ms()),
+        head.id,
+        error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+    );
+    // Druid's report map; a noop task produces no reports.
+    if let Err(e) = write_atomic(&dir.join("report.json"), b"{}") {
+        eprintln!("peon: cannot write report.json: {e}");
+        return 3;
+    }
+    let status = json!({
+        "id": head.id,
+        "status": status,
+        "duration": duration,
+        "errorMsg": error,
+        "location": {"host": null, "port": -1, "tlsPort": -1},
+    });
+    if let Err(e) = write_atomic(&dir.join("status.json"), status.to_string().as_bytes()) {
+        eprintln!("peon: cannot write status.json: {e}");
+        return 3;
+    }
+    0
+}
+
+async fn run_noop(head: &TaskHead) -> Result<(), String> {
+    let run_ms = match head.run_time {
+        None | Some(0) => NOOP_DEFAULT_RUN_MS,
+        Some(ms) => ms,
+    };
+    println!("{} INFO noop task running for {run_ms} ms", iso(now_ms()));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("cannot install the SIGTERM handler: {e}"))?;
+    tokio::select! {
+        _ = tokio::time::sleep(Duration::from_millis(run_ms)) => Ok(()),
+        _ = term.recv() => Err("the task was stopped (SIGTERM) before it finished".to_string()),
+    }
+}
