@@ -216,6 +216,42 @@ async fn bad_submissions_get_a_clear_4xx_and_change_nothing() {
         .await;
     d.expect_rejected(r#"{"type":"noop","id":"a\u0001b"}"#, StatusCode::BAD_REQUEST, "control")
         .await;
+    d.expect_rejected(
+        r#"{"type":"no_such_type"}"#,
+        StatusCode::BAD_REQUEST,
+        "Could not resolve type id 'no_such_type'",
+    )
+    .await;
+    d.expect_rejected(
+        r#"{"type":"noop","runTime":"soon"}"#,
+        StatusCode::BAD_REQUEST,
+        "invalid 'runTime'",
+    )
+    .await;
+    d.expect_rejected(
+        r#"{"type":"noop","runTime":-1}"#,
+        StatusCode::BAD_REQUEST,
+        "invalid 'runTime'",
+    )
+    .await;
+    d.expect_rejected(
+        r#"{"type":"noop","isReadyTime":1.5}"#,
+        StatusCode::BAD_REQUEST,
+        "invalid 'isReadyTime'",
+    )
+    .await;
+    d.expect_rejected(
+        r#"{"type":"noop","isReadyResult":"MAYBE"}"#,
+        StatusCode::BAD_REQUEST,
+        "YES, NO or EXCEPTION",
+    )
+    .await;
+    d.expect_rejected(
+        r#"{"type":"noop","resource":{"availabilityGroup":"g","requiredCapacity":0}}"#,
+        StatusCode::BAD_REQUEST,
+        "requiredCapacity",
+    )
+    .await;
     let long = format!(r#"{{"type":"noop","id":"{}"}}"#, "x".repeat(256));
     d.expect_rejected(&long, StatusCode::BAD_REQUEST, "at most 255 bytes")
         .await;
