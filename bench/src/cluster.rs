@@ -41,10 +41,17 @@ pub struct Raftlord {
     ports: BTreeMap<u64, u16>,
     dir: std::path::PathBuf,
     bin: std::path::PathBuf,
+    extra: Vec<String>,
 }
 
 impl Raftlord {
+    /// Starts `n` nodes that are not workers: submissions only.
     pub async fn start(bin: &Path, dir: &Path, n: u64) -> anyhow::Result<Raftlord> {
+        Self::start_with(bin, dir, n, &["--worker-capacity", "0"]).await
+    }
+
+    /// Starts `n` nodes with extra command-line flags.
+    pub async fn start_with(bin: &Path, dir: &Path, n: u64, extra: &[&str]) -> anyhow::Result<Raftlord> {
         let ports: BTreeMap<u64, u16> = (1..=n).map(|id| (id, free_port())).collect();
         let urls: BTreeMap<u64, String> = ports
             .iter()
@@ -62,6 +69,7 @@ impl Raftlord {
             ports,
             dir: dir.to_path_buf(),
             bin: bin.to_path_buf(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         for id in 1..=n {
             c.spawn(id)?;
@@ -82,6 +90,7 @@ impl Raftlord {
             .args(["--peers", &self.peers])
             .arg("--data-dir")
             .arg(self.dir.join(format!("node-{id}")))
+            .args(&self.extra)
             .env("RAFTLORD_CLUSTER_SECRET", SECRET)
             .env("RAFTLORD_LOG", "warn")
             .stdout(Stdio::null())

@@ -352,3 +352,132 @@ fn dir_size(p: &Path) -> u64 {
     }
     total
 }
+
+/// Polls a task's status until `runnerStatusCode` is RUNNING (or it completed); returns when.
+async fn wait_running(client: &reqwest::Client, url: &str, id: &str) -> anyhow::Result<Instant> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v: serde_json::Value = client
+            .get(format!("{url}/druid/indexer/v1/task/{id}/status"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let s = &v["status"];
+        if s["runnerStatusCode"] == "RUNNING" || s["statusCode"] != "RUNNING" {
+            anyhow::ensure!(s["statusCode"] != "FAILED", "task {id} failed: {}", s["errorMsg"]);
+            return Ok(Instant::now());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "task {id} did not start within 30 s");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+pub async fn tasks(
+    bin: &Path,
+    samples: usize,
+    total: usize,
+    slots: u32,
+    run_time_ms: u64,
+    clients: usize,
+    node_flags: &[String],
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let slots_arg = format!("--worker-capacity={slots}");
+    let mut flags: Vec<&str> = vec![&slots_arg];
+    flags.extend(node_flags.iter().map(String::as_str));
+    let mut rl = Raftlord::start_with(bin, dir.path(), 3, &flags).await?;
+    let leader = rl.wait_leader(Duration::from_secs(30)).await?;
+    let url = rl.urls[&leader].clone();
+    let client = http_client();
+    // All three workers registered.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let w: Vec<serde_json::Value> = client
+            .get(format!("{url}/druid/indexer/v1/workers"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        if w.len() == 3 {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "workers did not register");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // 1. Latency with free slots: one task at a time, each long enough to be seen RUNNING.
+    let mut lat = Vec::new();
+    for i in 0..samples {
+        let id = format!("latency-{i}");
+        let body = json!({"type": "noop", "id": id, "runTime": 50}).to_string();
+        let t0 = Instant::now();
+        anyhow::ensure!(
+            post_json(client.clone(), format!("{url}/druid/indexer/v1/task"), body).await,
+            "submit failed"
+        );
+        let running = wait_running(&client, &url, &id).await?;
+        lat.push(running - t0);
+    }
+    lat.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "submit -> RUNNING over {samples} tasks (free slots): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        ms(lat[lat.len() / 2]),
+        ms(lat[((lat.len() as f64 - 1.0) * 0.99).round() as usize]),
+        ms(*lat.last().unwrap())
+    );
+
+    // 2. A batch of noop tasks through 3 workers x `slots` slots, to all SUCCESS.
+    let started = Instant::now();
+    let submitted = closed_loop(clients, Duration::from_secs(3600), Some(total as u64), {
+        let (client, url) = (client.clone(), url.clone());
+        move |c, n| {
+            let body = json!({"type": "noop", "id": format!("batch-c{c}-{n}"), "runTime": run_time_ms}).to_string();
+            post_json(client.clone(), format!("{url}/druid/indexer/v1/task"), body)
+        }
+    })
+    .await;
+    println!(
+        "submitted {} tasks in {:.2} s ({} errors)",
+        submitted.ok,
+        submitted.elapsed.as_secs_f64(),
+        submitted.errors
+    );
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        let v: serde_json::Value = client.get(format!("{url}/status")).send().await?.json().await?;
+        if v["tasks"]["active"] == 0 {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "tasks did not finish: {}", v["tasks"]);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let wall = started.elapsed();
+    let done: Vec<serde_json::Value> = client
+        .get(format!("{url}/druid/indexer/v1/tasks?state=complete&datasource=none"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let batch = done
+        .iter()
+        .filter(|t| t["id"].as_str().is_some_and(|i| i.starts_with("batch-")));
+    let (mut succeeded, mut failed) = (0, 0);
+    for t in batch {
+        if t["statusCode"] == "SUCCESS" {
+            succeeded += 1;
+        } else {
+            failed += 1;
+        }
+    }
+    let n = succeeded + failed;
+    println!(
+        "{n} noop tasks (runTime {run_time_ms} ms) on 3 workers x {slots} slots: all done in {:.2} s \
+         ({succeeded} SUCCESS, {failed} FAILED) = {:.0} tasks/s",
+        wall.as_secs_f64(),
+        n as f64 / wall.as_secs_f64()
+    );
+    rl.stop_all().await;
+    Ok(())
+}

@@ -6,7 +6,9 @@
 //!   concurrency, in the same run;
 //! - `failover`: kill -9 the leader N times; time from the kill to the first acknowledged
 //!   submission through a surviving node;
-//! - `restart`: store N tasks, restart the cluster, time to serving and resident memory.
+//! - `restart`: store N tasks, restart the cluster, time to serving and resident memory;
+//! - `tasks`: tasks actually run: submit -> peon running latency with free slots, and the wall
+//!   time for a batch of noop tasks to all succeed on three workers.
 //!
 //! Every cluster lives in a temp dir and on loopback ports, and is stopped at the end.
 
@@ -57,6 +59,28 @@ enum Cmd {
         #[arg(long, default_value_t = 64)]
         clients: usize,
     },
+    /// Submit -> RUNNING latency (one task at a time, free slots), then N noop tasks to all
+    /// SUCCESS, on 3 nodes that are each a worker.
+    Tasks {
+        /// Latency samples.
+        #[arg(long, default_value_t = 100)]
+        samples: usize,
+        /// Tasks in the throughput batch.
+        #[arg(long, default_value_t = 1000)]
+        tasks: usize,
+        /// Slots per worker.
+        #[arg(long, default_value_t = 4)]
+        slots: u32,
+        /// Noop runTime in ms (Druid treats 0 as its 2500 ms default, so 1 is the shortest).
+        #[arg(long, default_value_t = 1)]
+        run_time_ms: u64,
+        /// Concurrent submitters for the batch.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Extra flags for every raftlord node, e.g. `--node-flag=--proposals-in-flight=2`.
+        #[arg(long = "node-flag")]
+        node_flags: Vec<String>,
+    },
 }
 
 fn raftlord_path(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
@@ -87,5 +111,13 @@ async fn main() -> anyhow::Result<()> {
         } => load::submit(&bin, clients, seconds, (!no_etcd).then_some(etcd), rounds).await,
         Cmd::Failover { rounds } => load::failover(&bin, rounds).await,
         Cmd::Restart { tasks, clients } => load::restart(&bin, tasks, clients).await,
+        Cmd::Tasks {
+            samples,
+            tasks,
+            slots,
+            run_time_ms,
+            clients,
+            node_flags,
+        } => load::tasks(&bin, samples, tasks, slots, run_time_ms, clients, &node_flags).await,
     }
 }

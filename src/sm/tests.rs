@@ -25,6 +25,17 @@ fn new_task() -> NewTask {
     }
 }
 
+fn worker() -> crate::workers::Worker {
+    crate::workers::Worker {
+        scheme: "http".into(),
+        host: "mm1:8091".into(),
+        ip: "mm1".into(),
+        capacity: 4,
+        version: "0".into(),
+        category: crate::workers::DEFAULT_CATEGORY.into(),
+    }
+}
+
 fn announcement() -> NodeAnnouncement {
     NodeAnnouncement {
         id: "node-1".into(),
@@ -71,6 +82,68 @@ fn golden_json_of_every_command() {
             Command::WithdrawNode { id: "node-1".into() },
             json!({"withdrawNode": {"id": "node-1"}}),
         ),
+        (
+            Command::RegisterWorker { worker: worker() },
+            json!({"registerWorker": {"worker": {"scheme": "http", "host": "mm1:8091", "ip": "mm1",
+                   "capacity": 4, "version": "0", "category": "_default_worker_category"}}}),
+        ),
+        (
+            Command::SetWorkerEnabled {
+                host: "mm1:8091".into(),
+                enabled: false,
+            },
+            json!({"setWorkerEnabled": {"host": "mm1:8091", "enabled": false}}),
+        ),
+        (
+            Command::WorkerLost {
+                host: "mm1:8091".into(),
+                reason: "worker lost".into(),
+            },
+            json!({"workerLost": {"host": "mm1:8091", "reason": "worker lost"}}),
+        ),
+        (
+            Command::AssignTasks {
+                assignments: vec![TaskAssignment {
+                    task: "t1".into(),
+                    worker: "mm1:8091".into(),
+                }],
+            },
+            json!({"assignTasks": {"assignments": [{"task": "t1", "worker": "mm1:8091"}]}}),
+        ),
+        (
+            Command::UnassignTask {
+                task: "t1".into(),
+                worker: "mm1:8091".into(),
+                assigned_index: 7,
+            },
+            json!({"unassignTask": {"task": "t1", "worker": "mm1:8091", "assignedIndex": 7}}),
+        ),
+        (
+            Command::ReportTasks {
+                worker: "mm1:8091".into(),
+                updates: vec![crate::workers::TaskUpdate {
+                    id: "t1".into(),
+                    status: TaskState::Failed,
+                    location: None,
+                    duration: 12,
+                    error_msg: Some("boom".into()),
+                }],
+            },
+            json!({"reportTasks": {"worker": "mm1:8091", "updates": [{"id": "t1", "status": "FAILED",
+                   "location": null, "duration": 12, "errorMsg": "boom"}]}}),
+        ),
+        (
+            Command::SetWorkerConfig {
+                config: Default::default(),
+                audit: crate::workers::AuditInfo {
+                    author: "ops".into(),
+                    comment: "c".into(),
+                    ip: "".into(),
+                },
+            },
+            json!({"setWorkerConfig": {"config": {"type": "default", "selectStrategy": {"type": "equalDistribution"},
+                   "autoScaler": null}, "audit": {"author": "ops", "comment": "c", "ip": ""}}}),
+        ),
     ];
     for (cmd, golden) in cases {
         assert_eq!(serde_json::to_value(&cmd).unwrap(), golden, "{cmd:?}");
@@ -78,6 +151,108 @@ fn golden_json_of_every_command() {
         let back: Command = serde_json::from_str(&golden.to_string()).unwrap();
         assert_eq!(serde_json::to_value(&back).unwrap(), golden);
     }
+}
+
+/// Assignment lifecycle through commands: slots are held from assignment until the worker
+/// reports the peon gone, even when a shutdown completed the task first; a lost worker fails
+/// what it ran.
+#[test]
+fn assignment_holds_a_slot_until_the_worker_reports_the_end() {
+    let mut s = State::default();
+    s.apply(ctx(1, 10), Command::RegisterWorker { worker: worker() });
+    for (i, id) in ["a", "b"].iter().enumerate() {
+        let mut t = new_task();
+        t.id = id.to_string();
+        t.group_id = id.to_string();
+        s.apply(
+            ctx(2 + i as u64, 20),
+            Command::SubmitTask {
+                task: t,
+                max_active: None,
+            },
+        );
+    }
+    let assign = |task: &str| Command::AssignTasks {
+        assignments: vec![TaskAssignment {
+            task: task.into(),
+            worker: "mm1:8091".into(),
+        }],
+    };
+    assert_eq!(s.apply(ctx(4, 30), assign("a")), Reply::Assigned { refused: vec![] });
+    // Applying the same assignment again changes nothing.
+    let Reply::Assigned { refused } = s.apply(ctx(5, 31), assign("a")) else {
+        panic!()
+    };
+    assert_eq!(refused.len(), 1);
+    s.apply(
+        ctx(6, 40),
+        Command::ShutdownTask {
+            id: "a".into(),
+            reason: SHUTDOWN_BY_USER.into(),
+        },
+    );
+    assert_eq!(
+        s.workers.get("mm1:8091").unwrap().used(&s.tasks),
+        1,
+        "the peon may still run"
+    );
+    let end = crate::workers::TaskUpdate {
+        id: "a".into(),
+        status: TaskState::Failed,
+        location: None,
+        duration: 5,
+        error_msg: Some("stopped".into()),
+    };
+    let Reply::Reported { applied } = s.apply(
+        ctx(7, 50),
+        Command::ReportTasks {
+            worker: "mm1:8091".into(),
+            updates: vec![end],
+        },
+    ) else {
+        panic!()
+    };
+    assert_eq!(applied.finished, vec!["a".to_string()]);
+    let a = s.tasks.get("a").unwrap();
+    assert_eq!(
+        a.error_msg.as_deref(),
+        Some(SHUTDOWN_BY_USER),
+        "the first outcome stays"
+    );
+    assert_eq!(s.workers.get("mm1:8091").unwrap().used(&s.tasks), 0);
+    // b runs, then the worker is lost: b fails with the reason and the slot is freed.
+    s.apply(ctx(8, 60), assign("b"));
+    let Reply::WorkerLost { failed } = s.apply(
+        ctx(9, 70),
+        Command::WorkerLost {
+            host: "mm1:8091".into(),
+            reason: "worker lost: gone".into(),
+        },
+    ) else {
+        panic!()
+    };
+    assert_eq!(failed, Some(vec!["b".to_string()]));
+    assert_eq!(
+        s.tasks.get("b").unwrap().error_msg.as_deref(),
+        Some("worker lost: gone")
+    );
+    assert_eq!(s.workers.get("mm1:8091").unwrap().tasks.len(), 0);
+    // A lost worker gets nothing until it registers again.
+    let mut c = new_task();
+    c.id = "c".into();
+    s.apply(
+        ctx(10, 80),
+        Command::SubmitTask {
+            task: c,
+            max_active: None,
+        },
+    );
+    let Reply::Assigned { refused } = s.apply(ctx(11, 90), assign("c")) else {
+        panic!()
+    };
+    assert_eq!(refused.len(), 1);
+    s.apply(ctx(12, 95), Command::RegisterWorker { worker: worker() });
+    assert_eq!(s.apply(ctx(13, 99), assign("c")), Reply::Assigned { refused: vec![] });
 }
 
 #[test]

@@ -130,6 +130,10 @@ impl WorkerService {
     fn apply_view(&self, view: &SyncResponse) {
         let assigned: std::collections::BTreeSet<&str> = view.assignments.iter().map(|a| a.id.as_str()).collect();
         for a in &view.assignments {
+            if self.runner.recently_forgotten(&a.id) {
+                // Finished here and stored; this view predates that.
+                continue;
+            }
             if a.stop {
                 self.runner.stop(&a.id, "the task was shut down");
             } else if !self.runner.knows(&a.id) {
@@ -169,8 +173,10 @@ impl WorkerService {
                             self.runner.forget(id);
                         }
                         for id in &resp.not_assigned {
+                            // Stop it if it runs; once stopped, forget it: it is not ours.
                             self.runner
                                 .stop(id, "the leader says the task is not assigned to this worker");
+                            self.runner.forget(id);
                         }
                     }
                     Err(e) => debug!(error = %e, "worker report failed; retrying"),
