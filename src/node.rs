@@ -68,12 +68,7 @@ pub struct RunningNode {
 impl RunningNode {
     /// Starts a node on `config.listen`.
     pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: config.listen,
-                source,
-            })?;
+        let (listener, _) = bind(config.listen).await?;
         Self::start_on(listener, config, Faults::default()).await
     }
 
@@ -153,15 +148,7 @@ impl RunningNode {
         if let Some(w) = &worker {
             app = app.merge(crate::worker::http::routes(w.clone(), &config.cluster_secret));
         }
-        let stop = http_stop.clone();
-        let http = tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
-            if let Err(e) = served {
-                warn!(error = %e, "http server stopped with an error");
-            }
-        });
+        let http = serve(listener, app, http_stop.clone());
         info!(url = %url, "serving http");
         {
             let raft = raft.clone();
@@ -212,6 +199,26 @@ impl RunningNode {
         }
         info!(node_id = self.config.node_id, "stopped");
     }
+}
+
+/// Binds the HTTP port; returns the listener and the address it got.
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let listen_error = |source| StartError::Listen { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(listen_error)?;
+    let local = listener.local_addr().map_err(listen_error)?;
+    Ok((listener, local))
+}
+
+/// Serves `app` on `listener` until `stop` is cancelled, finishing requests in flight.
+fn serve(listener: TcpListener, app: axum::Router, stop: CancellationToken) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            warn!(error = %e, "http server stopped with an error");
+        }
+    })
 }
 
 fn announcement(config: &NodeConfig, url: &str) -> NodeAnnouncement {
@@ -374,16 +381,7 @@ pub struct RunningWorkerNode {
 impl RunningWorkerNode {
     /// Starts a worker-only node on `config.listen`.
     pub async fn start(config: WorkerNodeConfig) -> Result<RunningWorkerNode, StartError> {
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: config.listen,
-                source,
-            })?;
-        let local = listener.local_addr().map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
-        })?;
+        let (listener, local) = bind(config.listen).await?;
         let url = if config.advertise.is_empty() {
             format!("http://{local}")
         } else {
@@ -403,15 +401,7 @@ impl RunningWorkerNode {
         let http_stop = CancellationToken::new();
         let app = crate::worker::http::routes(worker.clone(), &config.cluster_secret)
             .route("/status/health", axum::routing::get(|| async { axum::Json(true) }));
-        let stop = http_stop.clone();
-        let http = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-            {
-                warn!(error = %e, "http server stopped with an error");
-            }
-        });
+        let http = serve(listener, app, http_stop.clone());
         info!(url = %url, "worker serving http");
         // announcement
         let announcement_id = format!("worker-{}", worker.worker.host);

@@ -311,7 +311,7 @@ fn peon_that_writes_a_bad_status_or_none_fails_with_a_message() {
 }
 
 #[test]
-fn killed_worker_fails_its_tasks_and_a_restarted_worker_readopts_its_peons() {
+fn restarted_worker_readopts_peons_and_a_lost_worker_fails_its_tasks_then_resyncs() {
     let dir = tempfile::tempdir().unwrap();
     let (ctl_dir, w1_dir, w2_dir) = (dir.path().join("ctl"), dir.path().join("w1"), dir.path().join("w2"));
     let _reaper = PeonReaper(vec![w1_dir.clone(), w2_dir.clone()]);
@@ -359,8 +359,8 @@ fn killed_worker_fails_its_tasks_and_a_restarted_worker_readopts_its_peons() {
     wait_status(&ctl.url, &a, "SUCCESS", "NONE", Duration::from_secs(30));
     assert_eq!(log_of(&ctl.url, &a).matches("peon starting").count(), 1);
 
-    // Worker 2 dies for good while its tasks run: they fail as "worker lost" after the timeout
-    // and its slots are no longer counted.
+    // Worker 2 goes silent (SIGSTOP) while its tasks run: they fail as "worker lost" after the
+    // timeout and its slots are no longer counted.
     let lost: Vec<String> = (0..2)
         .map(|i| {
             submit(
@@ -372,7 +372,12 @@ fn killed_worker_fails_its_tasks_and_a_restarted_worker_readopts_its_peons() {
     for id in &lost {
         wait_status(&ctl.url, id, "RUNNING", "RUNNING", Duration::from_secs(10));
     }
-    drop(w2);
+    let peons: Vec<i32> = lost
+        .iter()
+        .map(|id| peon_pid_in(&w2_dir.join("worker/tasks").join(id)).unwrap())
+        .collect();
+    let w2_pid = nix::unistd::Pid::from_raw(w2.child.id() as i32);
+    nix::sys::signal::kill(w2_pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
     for id in &lost {
         let s = wait_status(&ctl.url, id, "FAILED", "NONE", Duration::from_secs(20));
         assert!(s["errorMsg"].as_str().unwrap().starts_with("worker lost"), "{s}");
@@ -392,6 +397,21 @@ fn killed_worker_fails_its_tasks_and_a_restarted_worker_readopts_its_peons() {
         ),
         (Some(2), Some(0))
     );
+
+    // It comes back: it registers again, learns its tasks are no longer its own and stops
+    // their peons, so nothing runs that the state says failed. The outcomes stay as stored.
+    nix::sys::signal::kill(w2_pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    wait_workers(&ctl.url, 2);
+    for pid in peons {
+        wait_for_blocking("the orphaned peon to be stopped", Duration::from_secs(20), || {
+            (!alive(pid)).then_some(())
+        });
+    }
+    for id in &lost {
+        let s = status(&ctl.url, id).unwrap();
+        assert!(s["errorMsg"].as_str().unwrap().starts_with("worker lost"), "{s}");
+    }
+    drop(w2);
 }
 
 #[test]
