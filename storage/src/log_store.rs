@@ -191,18 +191,17 @@ where
             batch.put_cf(cf, index_key(entry.get_log_id().index), encode(&entry));
         }
         self.appended.fetch_add(batch.size_in_bytes() as u64, Ordering::Relaxed);
-        // One synced write for the whole batch: the entries are durable when it returns.
-        let result = self.engine.db.write_opt(batch, &synced());
-        match result {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(StorageIOError::write_logs(&e).into())
-            }
-        }
+        // One synced write for the whole batch, on a blocking thread: the fsync must not hold
+        // an async worker thread. openraft waits for the callback, which is only called once
+        // the entries are durable, before it relies on them.
+        let db = self.engine.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = db
+                .write_opt(batch, &synced())
+                .map_err(|e| std::io::Error::other(e.to_string()));
+            callback.log_io_completed(result);
+        });
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<C::NodeId>) -> SResult<(), C> {
