@@ -255,6 +255,62 @@ fn assignment_holds_a_slot_until_the_worker_reports_the_end() {
     assert_eq!(s.apply(ctx(13, 99), assign("c")), Reply::Assigned { refused: vec![] });
 }
 
+/// An assignment the worker has not accepted can be taken back, once, and only that
+/// assignment: a stale take-back (older assignment index) or one after acceptance does nothing.
+#[test]
+fn unaccepted_assignment_is_taken_back_exactly_once() {
+    let mut s = State::default();
+    s.apply(ctx(1, 10), Command::RegisterWorker { worker: worker() });
+    s.apply(
+        ctx(2, 20),
+        Command::SubmitTask {
+            task: new_task(),
+            max_active: None,
+        },
+    );
+    let assign = Command::AssignTasks {
+        assignments: vec![TaskAssignment {
+            task: "t1".into(),
+            worker: "mm1:8091".into(),
+        }],
+    };
+    let unassign = |index| Command::UnassignTask {
+        task: "t1".into(),
+        worker: "mm1:8091".into(),
+        assigned_index: index,
+    };
+    s.apply(ctx(3, 30), assign.clone());
+    assert_eq!(s.tasks.get("t1").unwrap().runner, crate::tasks::RunnerState::Pending);
+    assert_eq!(s.apply(ctx(4, 40), unassign(99)), Reply::Unassigned { done: false });
+    assert_eq!(s.apply(ctx(5, 41), unassign(3)), Reply::Unassigned { done: true });
+    let t = s.tasks.get("t1").unwrap();
+    assert_eq!(
+        (t.runner, t.assignment.is_none()),
+        (crate::tasks::RunnerState::Waiting, true)
+    );
+    assert_eq!(s.tasks.waiting_count(), 1);
+    assert_eq!(s.workers.get("mm1:8091").unwrap().tasks.len(), 0);
+    assert_eq!(s.apply(ctx(6, 42), unassign(3)), Reply::Unassigned { done: false });
+    // Assigned again and accepted (the worker reported it running): no take-back.
+    s.apply(ctx(7, 50), assign);
+    let running = crate::workers::TaskUpdate {
+        id: "t1".into(),
+        status: TaskState::Running,
+        location: Some(crate::tasks::TaskLocation::unknown()),
+        duration: -1,
+        error_msg: None,
+    };
+    s.apply(
+        ctx(8, 60),
+        Command::ReportTasks {
+            worker: "mm1:8091".into(),
+            updates: vec![running],
+        },
+    );
+    assert_eq!(s.tasks.get("t1").unwrap().runner, crate::tasks::RunnerState::Running);
+    assert_eq!(s.apply(ctx(9, 70), unassign(7)), Reply::Unassigned { done: false });
+}
+
 #[test]
 fn golden_json_of_every_reply() {
     let cases = vec![
@@ -292,6 +348,39 @@ fn golden_json_of_every_reply() {
             Reply::NodeChanged { changed: true },
             json!({"reply": "nodeChanged", "changed": true}),
         ),
+        (
+            Reply::WorkerChanged { changed: None },
+            json!({"reply": "workerChanged", "changed": null}),
+        ),
+        (
+            Reply::WorkerLost {
+                failed: Some(vec!["t1".into()]),
+            },
+            json!({"reply": "workerLost", "failed": ["t1"]}),
+        ),
+        (
+            Reply::Assigned {
+                refused: vec![crate::workers::Refused {
+                    task: "t1".into(),
+                    reason: "r".into(),
+                }],
+            },
+            json!({"reply": "assigned", "refused": [{"task": "t1", "reason": "r"}]}),
+        ),
+        (
+            Reply::Unassigned { done: true },
+            json!({"reply": "unassigned", "done": true}),
+        ),
+        (
+            Reply::Reported {
+                applied: crate::workers::UpdatesApplied {
+                    finished: vec!["t1".into()],
+                    not_assigned: vec!["t2".into()],
+                },
+            },
+            json!({"reply": "reported", "applied": {"finished": ["t1"], "notAssigned": ["t2"]}}),
+        ),
+        (Reply::ConfigSet, json!({"reply": "configSet"})),
     ];
     for (reply, golden) in cases {
         assert_eq!(serde_json::to_value(&reply).unwrap(), golden, "{reply:?}");
