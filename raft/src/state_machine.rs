@@ -272,15 +272,32 @@ impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig<S>> for SnapshotBuilder<S> 
             };
             (meta, g.state.clone(), g.last_time_ms)
         };
-        let data = SnapshotDataRef {
-            last_time_ms,
-            state: &state,
+        // Encoding and writing take time proportional to the whole state: do them on a
+        // blocking thread, into a buffer sized from the previous snapshot so it is not
+        // regrown (and copied) as it fills.
+        let (_, previous_bytes) = self.shared.last_snapshot();
+        let capacity = previous_bytes as usize + previous_bytes as usize / 8 + 4096;
+        let snapshots = self.snapshots.clone();
+        let signature = meta.signature();
+        let to_save = meta.clone();
+        let encoded = tokio::task::spawn_blocking(move || -> SResult<Vec<u8>> {
+            let data = SnapshotDataRef {
+                last_time_ms,
+                state: &state,
+            };
+            let mut bytes = Vec::with_capacity(capacity);
+            serde_json::to_writer(&mut bytes, &data).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+            drop(state);
+            snapshots
+                .save(&to_save, &bytes)
+                .map_err(|e| StorageIOError::write_snapshot(Some(signature), &e))?;
+            Ok(bytes)
+        })
+        .await;
+        let bytes = match encoded {
+            Ok(result) => result?,
+            Err(e) => return Err(StorageIOError::write_snapshot(None, &std::io::Error::other(e.to_string())).into()),
         };
-        let bytes = serde_json::to_vec(&data).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-        drop(state);
-        self.snapshots
-            .save(&meta, &bytes)
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         self.shared
             .record_snapshot(meta.last_log_id.map(|l| l.index).unwrap_or(0), bytes.len());
         Ok(Snapshot {

@@ -27,7 +27,8 @@ pub struct Cli {
 pub enum Command {
     /// Run one node with every role, data in ./raftlord-data, HTTP on 127.0.0.1:8090.
     Dev(DevArgs),
-    /// Run one member of a cluster. Run the same --peers list on every member, in any order.
+    /// Run one node of a cluster: a Raft member (the same --peers list on every member, any
+    /// order), or a worker-only node (--roles worker --join URL).
     Server(ServerArgs),
     /// Start a local cluster of N node processes, wait for a leader, print their URLs; Ctrl-C stops all.
     Bootstrap(BootstrapArgs),
