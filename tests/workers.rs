@@ -119,6 +119,10 @@ fn wait_workers(url: &str, n: usize) -> Vec<Value> {
     })
 }
 
+fn get_json<T: serde::de::DeserializeOwned>(url: &str) -> T {
+    http().get(url).send().unwrap().json().unwrap()
+}
+
 fn log_of(url: &str, id: &str) -> String {
     http()
         .get(format!("{url}{API}/task/{id}/log"))
@@ -148,19 +152,9 @@ fn noop_task_runs_in_a_peon_with_log_report_and_worker_apis() {
         json!({"host": "127.0.0.1", "port": port, "tlsPort": -1})
     );
     // While it runs: the worker lists it, the log streams from the worker.
-    let on_worker: Vec<String> = http()
-        .get(format!("{url}/druid/worker/v1/tasks"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let on_worker: Vec<String> = get_json(&format!("{url}/druid/worker/v1/tasks"));
     assert_eq!(on_worker, vec![id.clone()]);
-    let w: Vec<Value> = http()
-        .get(format!("{url}{API}/workers"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let w: Vec<Value> = get_json(&format!("{url}{API}/workers"));
     assert_eq!(w[0]["currCapacityUsed"], 1);
     assert_eq!(w[0]["runningTasks"], json!([id]));
     assert!(log_of(&url, &id).contains("peon starting task [noop-1]"));
@@ -179,12 +173,7 @@ fn noop_task_runs_in_a_peon_with_log_report_and_worker_apis() {
         .unwrap();
     assert_eq!(tail.len(), 20);
     assert!(log.ends_with(&tail));
-    let report: Value = http()
-        .get(format!("{url}{API}/task/{id}/reports"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let report: Value = get_json(&format!("{url}{API}/task/{id}/reports"));
     assert_eq!(report, json!({}));
     let missing = http().get(format!("{url}{API}/task/nope/log")).send().unwrap();
     assert_eq!(missing.status(), 404);
@@ -225,12 +214,7 @@ fn noop_task_runs_in_a_peon_with_log_report_and_worker_apis() {
         .unwrap();
     assert_eq!(r, json!({ host.clone(): "enabled" }));
     wait_status(&url, &waiting, "SUCCESS", "NONE", Duration::from_secs(20));
-    let cap: Value = http()
-        .get(format!("{url}{API}/totalWorkerCapacity"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let cap: Value = get_json(&format!("{url}{API}/totalWorkerCapacity"));
     assert_eq!(cap["currentClusterCapacity"], 2);
 }
 
@@ -335,12 +319,7 @@ fn restarted_worker_readopts_peons_and_a_lost_worker_fails_its_tasks_then_resync
         .send()
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let history: Vec<Value> = http()
-        .get(format!("{}{API}/worker/history", ctl.url))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let history: Vec<Value> = get_json(&format!("{}{API}/worker/history", ctl.url));
     assert_eq!(history.last().unwrap()["auditInfo"]["author"], "test");
 
     // Worker 1 restarts (kill -9) while its task runs: the peon is adopted, the task
@@ -384,12 +363,7 @@ fn restarted_worker_readopts_peons_and_a_lost_worker_fails_its_tasks_then_resync
     }
     let workers = wait_workers(&ctl.url, 1);
     assert_eq!(workers[0]["worker"]["host"], format!("127.0.0.1:{p1}").as_str());
-    let cap: Value = http()
-        .get(format!("{}{API}/totalWorkerCapacity", ctl.url))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let cap: Value = get_json(&format!("{}{API}/totalWorkerCapacity", ctl.url));
     assert_eq!(
         (
             cap["currentClusterCapacity"].as_u64(),
