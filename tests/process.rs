@@ -198,17 +198,7 @@ fn kill_9_leader_during_submissions_loses_no_acknowledged_task() {
 fn dev_node_keeps_tasks_across_restart() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let dev = || Proc {
-        child: Command::new(raftlord_bin())
-            .args(["dev", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--data-dir")
-            .arg(dir.path())
-            .env("RAFTLORD_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-        url: format!("http://127.0.0.1:{port}"),
-    };
+    let dev = || spawn_dev(dir.path(), port, &[]);
     let mut p = dev();
     let submit = |url: &str| -> Option<u16> {
         let r = http()

@@ -7,29 +7,25 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{free_port, http, http_no_redirect, raftlord_bin, spawn_server, wait_for_blocking, Proc, SECRET};
+use common::{
+    free_port, http, http_no_redirect, raftlord_bin, spawn_dev, spawn_server, wait_for_blocking, Proc, SECRET,
+};
 use serde_json::{json, Value};
 
 const API: &str = "/druid/indexer/v1";
 
-/// Starts `raftlord dev` with a fast worker timeout.
-fn spawn_dev(dir: &Path, port: u16, extra: &[&str]) -> Proc {
-    let child = Command::new(raftlord_bin())
-        .args(["dev", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(dir)
-        .args(["--worker-timeout-ms", "2000", "--worker-heartbeat-ms", "200"])
-        .args(["--peon-graceful-stop-ms", "2000"])
-        .args(extra)
-        .env("RAFTLORD_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawning raftlord dev");
-    Proc {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-    }
+/// Starts `raftlord dev` with a fast worker timeout and heartbeat.
+fn spawn_fast_dev(dir: &Path, port: u16, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "--worker-timeout-ms",
+        "2000",
+        "--worker-heartbeat-ms",
+        "200",
+        "--peon-graceful-stop-ms",
+        "2000",
+    ];
+    args.extend_from_slice(extra);
+    spawn_dev(dir, port, &args)
 }
 
 /// Starts a worker-only node for the cluster at `join`.
@@ -137,7 +133,7 @@ fn noop_task_runs_in_a_peon_with_log_report_and_worker_apis() {
     let dir = tempfile::tempdir().unwrap();
     let _reaper = PeonReaper(vec![dir.path().to_path_buf()]);
     let port = free_port();
-    let dev = spawn_dev(dir.path(), port, &["--worker-capacity", "2"]);
+    let dev = spawn_fast_dev(dir.path(), port, &["--worker-capacity", "2"]);
     let url = dev.url.clone();
     wait_healthy(&url);
     let workers = wait_workers(&url, 1);
@@ -203,8 +199,12 @@ fn noop_task_runs_in_a_peon_with_log_report_and_worker_apis() {
         (v[&host] == false).then_some(v)
     });
     assert_eq!(enabled, json!({ host.clone(): false }));
-    // A disabled worker gets nothing new: the task waits.
+    // A disabled worker gets nothing new: the task waits. The assigner fails a task whose
+    // readiness check throws in the same plan, after committing that plan's placements, so
+    // once that task is FAILED the plan has seen the waiting one.
     let waiting = submit(&url, json!({"type": "noop", "runTime": 10}));
+    let probe = submit(&url, json!({"type": "noop", "isReadyResult": "EXCEPTION"}));
+    wait_status(&url, &probe, "FAILED", "NONE", Duration::from_secs(10));
     assert_eq!(status(&url, &waiting).unwrap()["runnerStatusCode"], "WAITING");
     let r: Value = http()
         .post(format!("{url}{API}/worker/{host}/enable"))
@@ -222,7 +222,7 @@ fn noop_task_runs_in_a_peon_with_log_report_and_worker_apis() {
 fn shutdown_stops_a_running_peon_and_frees_its_slot() {
     let dir = tempfile::tempdir().unwrap();
     let _reaper = PeonReaper(vec![dir.path().to_path_buf()]);
-    let dev = spawn_dev(dir.path(), free_port(), &["--worker-capacity", "1"]);
+    let dev = spawn_fast_dev(dir.path(), free_port(), &["--worker-capacity", "1"]);
     wait_healthy(&dev.url);
     let id = submit(&dev.url, json!({"type": "noop", "id": "long-1", "runTime": 600000}));
     wait_status(&dev.url, &id, "RUNNING", "RUNNING", Duration::from_secs(10));
@@ -249,7 +249,7 @@ fn shutdown_stops_a_running_peon_and_frees_its_slot() {
 fn killed_peon_fails_with_the_signal_in_error_msg() {
     let dir = tempfile::tempdir().unwrap();
     let _reaper = PeonReaper(vec![dir.path().to_path_buf()]);
-    let dev = spawn_dev(dir.path(), free_port(), &["--worker-capacity", "1"]);
+    let dev = spawn_fast_dev(dir.path(), free_port(), &["--worker-capacity", "1"]);
     wait_healthy(&dev.url);
     let id = submit(&dev.url, json!({"type": "noop", "id": "victim", "runTime": 600000}));
     wait_status(&dev.url, &id, "RUNNING", "RUNNING", Duration::from_secs(10));
@@ -274,7 +274,7 @@ fn peon_that_writes_a_bad_status_or_none_fails_with_a_message() {
     )
     .unwrap();
     let cmd = format!("sh {}", script.display());
-    let dev = spawn_dev(
+    let dev = spawn_fast_dev(
         dir.path(),
         free_port(),
         &["--worker-capacity", "2", "--peon-command", &cmd],
@@ -299,7 +299,7 @@ fn restarted_worker_readopts_peons_and_a_lost_worker_fails_its_tasks_then_resync
     let dir = tempfile::tempdir().unwrap();
     let (ctl_dir, w1_dir, w2_dir) = (dir.path().join("ctl"), dir.path().join("w1"), dir.path().join("w2"));
     let _reaper = PeonReaper(vec![w1_dir.clone(), w2_dir.clone()]);
-    let ctl = spawn_dev(&ctl_dir, free_port(), &["--worker-capacity", "0"]);
+    let ctl = spawn_fast_dev(&ctl_dir, free_port(), &["--worker-capacity", "0"]);
     wait_healthy(&ctl.url);
     let secret = std::fs::read_to_string(ctl_dir.join("cluster-secret")).unwrap();
     let (p1, p2) = (free_port(), free_port());

@@ -18,7 +18,7 @@ use super::{ApiError, AppState};
 use crate::sm::{Command, Reply};
 use crate::tasks::spec::validate_id;
 use crate::worker::http::{no_log, no_report, serve_log, serve_report, Offset};
-use crate::worker::protocol::{AssignedTask, Report, SyncResponse};
+use crate::worker::protocol::{AssignedTask, Report, ReportResponse, SyncResponse};
 use crate::worker::runner::{log_file, report_file};
 use crate::workers::{AuditInfo, Classified, UpdatesApplied, WorkerBehaviorConfig};
 
@@ -224,6 +224,7 @@ fn current_term(state: &AppState) -> u64 {
 /// This worker's view of the state, and its hash.
 async fn view(state: &AppState, host: &str, term: u64) -> SyncResponse {
     let g = state.raft.shared.read().await;
+    let index = g.last_applied.map_or(0, |l| l.index);
     let record = g.state.workers.get(host).filter(|r| !r.lost);
     let mut assignments = Vec::new();
     if let Some(r) = record {
@@ -248,6 +249,7 @@ async fn view(state: &AppState, host: &str, term: u64) -> SyncResponse {
     }
     SyncResponse {
         term,
+        index,
         hash: h.finish(),
         reset_counter: false,
         registered,
@@ -305,7 +307,7 @@ async fn report(State(state): State<AppState>, Json(r): Json<Report>) -> Result<
     }
     let mut answer = UpdatesApplied::default();
     let mut needed = Vec::new();
-    {
+    let mut index = {
         let g = state.raft.shared.read().await;
         for u in &r.tasks {
             match g.state.workers.classify(&g.state.tasks, &w.host, u) {
@@ -315,7 +317,8 @@ async fn report(State(state): State<AppState>, Json(r): Json<Report>) -> Result<
                 Classified::Unchanged => {}
             }
         }
-    }
+        g.last_applied.map_or(0, |l| l.index)
+    };
     if !needed.is_empty() {
         let reply = state
             .propose(Command::ReportTasks {
@@ -327,6 +330,8 @@ async fn report(State(state): State<AppState>, Json(r): Json<Report>) -> Result<
             answer.finished.extend(applied.finished);
             answer.not_assigned.extend(applied.not_assigned);
         }
+        // The reply comes after the command applied: this index is at or past it.
+        index = state.raft.shared.read().await.last_applied.map_or(0, |l| l.index);
     }
-    Ok(Json(answer).into_response())
+    Ok(Json(ReportResponse { applied: answer, index }).into_response())
 }

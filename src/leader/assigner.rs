@@ -27,10 +27,6 @@ pub async fn run(raft: Arc<Raft>, cancel: CancellationToken) {
             let g = raft.shared.read().await;
             plan(&g.state.tasks, &g.state.workers, now)
         };
-        for (id, reason) in p.failures {
-            info!(task_id = %id, "task failed its readiness check");
-            let _ = raft.proposer.propose(Command::ShutdownTask { id, reason }).await;
-        }
         if !p.assignments.is_empty() {
             let assignments: Vec<TaskAssignment> = p
                 .assignments
@@ -48,6 +44,12 @@ pub async fn run(raft: Arc<Raft>, cancel: CancellationToken) {
                 Ok(_) => {}
                 Err(e) => debug!(error = %e, "assignment not proposed"),
             }
+        }
+        // After the assignments of the same plan, so that a failure seen by a client means
+        // that plan's placements are committed too.
+        for (id, reason) in p.failures {
+            info!(task_id = %id, "task failed its readiness check");
+            let _ = raft.proposer.propose(Command::ShutdownTask { id, reason }).await;
         }
         let wait = p
             .next_ready_ms

@@ -280,12 +280,12 @@ fn unaccepted_assignment_is_taken_back_exactly_once() {
         assigned_index: index,
     };
     s.apply(ctx(3, 30), assign.clone());
-    assert_eq!(s.tasks.get("t1").unwrap().runner, crate::tasks::RunnerState::Pending);
+    assert_eq!(s.tasks.get("t1").unwrap().runner(), crate::tasks::RunnerState::Pending);
     assert_eq!(s.apply(ctx(4, 40), unassign(99)), Reply::Unassigned { done: false });
     assert_eq!(s.apply(ctx(5, 41), unassign(3)), Reply::Unassigned { done: true });
     let t = s.tasks.get("t1").unwrap();
     assert_eq!(
-        (t.runner, t.assignment.is_none()),
+        (t.runner(), t.assignment.is_none()),
         (crate::tasks::RunnerState::Waiting, true)
     );
     assert_eq!(s.tasks.waiting_count(), 1);
@@ -307,7 +307,7 @@ fn unaccepted_assignment_is_taken_back_exactly_once() {
             updates: vec![running],
         },
     );
-    assert_eq!(s.tasks.get("t1").unwrap().runner, crate::tasks::RunnerState::Running);
+    assert_eq!(s.tasks.get("t1").unwrap().runner(), crate::tasks::RunnerState::Running);
     assert_eq!(s.apply(ctx(9, 70), unassign(7)), Reply::Unassigned { done: false });
 }
 

@@ -70,7 +70,6 @@ pub struct Task {
     pub spec: NewTask,
     pub created_ms: u64,
     pub state: TaskState,
-    pub runner: RunnerState,
     /// Run time in milliseconds once complete; -1 while active.
     pub duration_ms: i64,
     pub error_msg: Option<String>,
@@ -112,6 +111,18 @@ impl Task {
         self.state == TaskState::Running
     }
 
+    /// Where an active task is in its run, from its assignment: no worker yet (`WAITING`),
+    /// given to a worker that has not started it (`PENDING`), started (`RUNNING`); `NONE` once
+    /// complete.
+    pub fn runner(&self) -> RunnerState {
+        match (&self.assignment, self.is_active()) {
+            (_, false) => RunnerState::None,
+            (None, true) => RunnerState::Waiting,
+            (Some(a), true) if a.accepted => RunnerState::Running,
+            (Some(_), true) => RunnerState::Pending,
+        }
+    }
+
     /// Druid's `TaskStatusPlus`, the shape of `/tasks` rows and `/task/{id}/status`.
     pub fn status_plus(&self) -> TaskStatusPlus {
         TaskStatusPlus {
@@ -122,11 +133,7 @@ impl Task {
             queue_insertion_time: iso(self.created_ms),
             status_code: self.state,
             status: self.state,
-            runner_status_code: if self.is_active() {
-                self.runner
-            } else {
-                RunnerState::None
-            },
+            runner_status_code: self.runner(),
             duration: self.duration_ms,
             location: self.location.clone(),
             data_source: self.spec.datasource.clone(),
@@ -427,7 +434,6 @@ impl TaskTable {
             accepted: false,
             released: false,
         });
-        task.runner = RunnerState::Pending;
         let key = Self::wait_key(task);
         self.waiting.remove(&key);
         true
@@ -444,7 +450,6 @@ impl TaskTable {
             return false;
         }
         task.assignment = None;
-        task.runner = RunnerState::Waiting;
         task.location = TaskLocation::unknown();
         let key = Self::wait_key(task);
         self.waiting.insert(key);
@@ -462,9 +467,8 @@ impl TaskTable {
         let Some(a) = task.assignment.as_mut().filter(|a| a.worker == worker && !a.released) else {
             return false;
         };
-        let changed = !a.accepted || task.runner != RunnerState::Running || task.location != *location;
+        let changed = !a.accepted || task.location != *location;
         a.accepted = true;
-        task.runner = RunnerState::Running;
         task.location = location.clone();
         changed
     }
@@ -496,7 +500,6 @@ impl TaskTable {
             s => (s, error_msg),
         };
         task.state = state;
-        task.runner = RunnerState::None;
         task.duration_ms = duration_ms.max(0);
         task.error_msg = error_msg.map(|m| truncate_error(&m));
         self.active.remove(id);
@@ -517,7 +520,6 @@ impl TaskTable {
             a.released = true;
             if task.is_active() {
                 task.state = TaskState::Failed;
-                task.runner = RunnerState::None;
                 task.duration_ms = time_ms.saturating_sub(task.created_ms) as i64;
                 task.error_msg = Some(truncate_error(reason));
                 self.active.remove(id.as_str());
@@ -548,7 +550,6 @@ impl TaskTable {
             spec: task,
             created_ms: time_ms,
             state: TaskState::Running,
-            runner: RunnerState::Waiting,
             duration_ms: -1,
             error_msg: None,
             location: TaskLocation::unknown(),
@@ -570,7 +571,6 @@ impl TaskTable {
             return ShutdownOutcome::AlreadyComplete;
         }
         task.state = TaskState::Failed;
-        task.runner = RunnerState::None;
         task.duration_ms = time_ms.saturating_sub(task.created_ms) as i64;
         task.error_msg = Some(truncate_error(reason));
         let key = Self::wait_key(task);
@@ -622,7 +622,7 @@ mod tests {
         assert_eq!(serde_json::to_string(&t).unwrap(), before);
         let task = t.get("a").unwrap();
         assert_eq!(
-            (task.state, task.runner, task.created_ms),
+            (task.state, task.runner(), task.created_ms),
             (TaskState::Running, RunnerState::Waiting, 1000)
         );
     }

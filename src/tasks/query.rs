@@ -111,7 +111,10 @@ impl TaskQuery {
             Some(StateFilter::Running) => r == RunnerState::Running,
             Some(StateFilter::Complete) => false,
         };
-        let mut active: Vec<_> = table.active().filter(|t| want_runner(t.runner) && matches(t)).collect();
+        let mut active: Vec<_> = table
+            .active()
+            .filter(|t| want_runner(t.runner()) && matches(t))
+            .collect();
         active.sort_by_key(|t| (t.created_ms, t.created_index));
         let mut out: Vec<TaskStatusPlus> = active.iter().map(|t| t.status_plus()).collect();
         if matches!(self.state, None | Some(StateFilter::Complete)) {

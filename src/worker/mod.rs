@@ -21,8 +21,9 @@ pub mod peon;
 pub mod protocol;
 pub mod runner;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -59,6 +60,9 @@ pub struct WorkerService {
     timing: WorkerTiming,
     /// Last `disabled` flag seen from the leader.
     disabled: Arc<AtomicBool>,
+    /// Tasks forgotten after the leader stored their outcome, with the applied index that
+    /// answer held at; a view read before that index is stale for them.
+    forgotten: Arc<Mutex<HashMap<String, u64>>>,
 }
 
 impl WorkerService {
@@ -69,6 +73,7 @@ impl WorkerService {
             client: Arc::new(client),
             timing,
             disabled: Arc::new(AtomicBool::new(false)),
+            forgotten: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -129,9 +134,15 @@ impl WorkerService {
     /// Makes the peons match the leader's view.
     fn apply_view(&self, view: &SyncResponse) {
         let assigned: std::collections::BTreeSet<&str> = view.assignments.iter().map(|a| a.id.as_str()).collect();
+        let stale: std::collections::BTreeSet<String> = {
+            let mut f = self.forgotten.lock().unwrap_or_else(|p| p.into_inner());
+            // A view at or after the index an outcome was stored at reflects it: forget those.
+            f.retain(|_, stored_at| *stored_at > view.index);
+            f.keys().cloned().collect()
+        };
         for a in &view.assignments {
-            if self.runner.recently_forgotten(&a.id) {
-                // Finished here and stored; this view predates that.
+            if stale.contains(&a.id) {
+                // Finished here and stored after this view was read.
                 continue;
             }
             if a.stop {
@@ -169,10 +180,15 @@ impl WorkerService {
                     .await
                 {
                     Ok(resp) => {
-                        for id in &resp.finished {
+                        let mut f = self.forgotten.lock().unwrap_or_else(|p| p.into_inner());
+                        for id in &resp.applied.finished {
+                            f.insert(id.clone(), resp.index);
+                        }
+                        drop(f);
+                        for id in &resp.applied.finished {
                             self.runner.forget(id);
                         }
-                        for id in &resp.not_assigned {
+                        for id in &resp.applied.not_assigned {
                             // Stop it if it runs; once stopped, forget it: it is not ours.
                             self.runner
                                 .stop(id, "the leader says the task is not assigned to this worker");
@@ -192,12 +208,7 @@ impl WorkerService {
     }
 }
 
-/// Percent-encodes a query value (hosts are `host:port`; IPv6 hosts have brackets).
+/// Percent-encodes a value for a URL (hosts are `host:port`; IPv6 hosts have brackets).
 pub fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }

@@ -13,7 +13,9 @@
 //!   knows (running, or finished and not yet acknowledged). The leader registers the worker when
 //!   needed and turns changes into one `ReportTasks` command; it answers which final reports are
 //!   stored (the worker may forget them) and which tasks are not this worker's (it must stop
-//!   them).
+//!   them), with the applied index the answer holds at. A sync view read at an older index can
+//!   still list a task the worker has since forgotten; the worker compares the two indexes
+//!   and ignores such a view for that task.
 //!
 //! Both requests count as heartbeats. Both need the cluster secret.
 
@@ -47,6 +49,8 @@ pub struct AssignedTask {
 pub struct SyncResponse {
     /// Leader term the view comes from.
     pub term: u64,
+    /// Applied index of the state the view was read from.
+    pub index: u64,
     pub hash: u64,
     pub reset_counter: bool,
     /// The worker is unknown to the state: it must report (register) first.
@@ -63,7 +67,16 @@ pub struct Report {
     pub tasks: Vec<TaskUpdate>,
 }
 
-pub type ReportResponse = UpdatesApplied;
+/// The answer to a report.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportResponse {
+    #[serde(flatten)]
+    pub applied: UpdatesApplied,
+    /// Applied index at which the answer holds: a sync view computed before it may still
+    /// list the tasks in `finished`.
+    pub index: u64,
+}
 
 /// Errors talking to the leader. All are retried by the caller after a pause.
 #[derive(Debug, thiserror::Error)]

@@ -14,7 +14,7 @@
 //! normally, otherwise its exit code or signal. On completion the log and report are copied to
 //! the task log directory, which every node reads.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -74,16 +74,11 @@ enum Local {
     Done(TaskUpdate),
 }
 
-/// How long a forgotten task is remembered: a sync answer computed before the leader stored
-/// the task's outcome can still arrive in this window, and must not resurrect it.
-const FORGOTTEN_FOR: Duration = Duration::from_secs(60);
-
 /// The peons of one worker.
 #[derive(Clone)]
 pub struct PeonRunner {
     cfg: Arc<RunnerConfig>,
     tasks: Arc<Mutex<BTreeMap<String, Local>>>,
-    forgotten: Arc<Mutex<HashMap<String, Instant>>>,
     changed: watch::Sender<u64>,
 }
 
@@ -95,7 +90,6 @@ impl PeonRunner {
         let runner = PeonRunner {
             cfg: Arc::new(cfg),
             tasks: Arc::new(Mutex::new(BTreeMap::new())),
-            forgotten: Arc::new(Mutex::new(HashMap::new())),
             changed: watch::channel(0).0,
         };
         runner.adopt()?;
@@ -122,13 +116,6 @@ impl PeonRunner {
 
     pub fn knows(&self, id: &str) -> bool {
         self.lock().contains_key(id)
-    }
-
-    /// Whether the task finished here and the leader has stored its outcome (within the last
-    /// minute): a view that still lists it is older than that.
-    pub fn recently_forgotten(&self, id: &str) -> bool {
-        let g = self.forgotten.lock().unwrap_or_else(|p| p.into_inner());
-        g.get(id).is_some_and(|t| t.elapsed() < FORGOTTEN_FOR)
     }
 
     /// Ids of the tasks this worker has (running or finished and unacknowledged).
@@ -284,10 +271,6 @@ impl PeonRunner {
             }
         };
         if removed {
-            let mut f = self.forgotten.lock().unwrap_or_else(|p| p.into_inner());
-            f.retain(|_, t| t.elapsed() < FORGOTTEN_FOR);
-            f.insert(id.to_string(), Instant::now());
-            drop(f);
             if let Ok(dir) = self.task_dir(id) {
                 let _ = std::fs::remove_dir_all(dir);
             }

@@ -334,8 +334,7 @@ impl WorkerTable {
             return Classified::Apply;
         }
         let location = u.location.clone().unwrap_or_else(TaskLocation::unknown);
-        let accepted = task.assignment.as_ref().is_some_and(|a| a.accepted);
-        let stale = !accepted || task.runner != RunnerState::Running || task.location != location;
+        let stale = task.runner() != RunnerState::Running || task.location != location;
         if task.is_active() && stale {
             Classified::Apply
         } else {

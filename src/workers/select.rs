@@ -185,8 +185,10 @@ pub fn plan(tasks: &TaskTable, workers: &WorkerTable, now_ms: u64) -> Plan {
             out.next_ready_ms = Some(out.next_ready_ms.map_or(ready_at, |t| t.min(ready_at)));
             continue;
         }
+        // Readiness is checked for every waiting task, as Druid's queue does, even when no
+        // worker has room: a task whose check fails must fail now, not when a slot frees up.
         if slots.iter().all(|s| s.used >= s.capacity) {
-            break;
+            continue;
         }
         if let Some(i) = select_worker(strategy, task, &slots) {
             let s = &mut slots[i];

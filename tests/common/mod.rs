@@ -248,6 +248,24 @@ pub fn spawn_server(id: u64, port: u16, peers: &str, dir: &Path, extra: &[&str])
     }
 }
 
+/// Starts `raftlord dev` as a child process on `port`, data in `dir`.
+pub fn spawn_dev(dir: &Path, port: u16, extra: &[&str]) -> Proc {
+    let child = Command::new(raftlord_bin())
+        .args(["dev", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir)
+        .args(extra)
+        .env("RAFTLORD_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawning raftlord dev");
+    Proc {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    }
+}
+
 /// Sends SIGTERM and waits for the exit status.
 pub fn terminate(p: &mut Proc) -> std::process::ExitStatus {
     let _ = Command::new("kill").args(["-TERM", &p.child.id().to_string()]).status();

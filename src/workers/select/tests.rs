@@ -132,6 +132,25 @@ fn readiness_no_waits_exception_fails_and_ready_time_delays() {
     assert_eq!(p.assignments, vec![("later".to_string(), "a:1".to_string())]);
 }
 
+/// Found by the worker process test: with no worker free, the plan stopped at the first
+/// waiting task and never ran the readiness check of the ones behind it.
+#[test]
+fn readiness_failures_are_found_even_when_no_worker_has_room() {
+    let mut w = World::new(&[worker("a:1", 1, DEFAULT_CATEGORY)]);
+    w.submit(task("fills-the-slot", "ds", 50));
+    w.step(2000);
+    w.submit(task("waits", "ds", 50));
+    let mut broken = task("broken", "ds", 50);
+    broken.readiness.result = crate::tasks::ReadyResult::Exception;
+    w.submit(broken);
+    let p = plan(&w.tasks, &w.workers, 2000);
+    assert!(p.assignments.is_empty());
+    assert_eq!(p.failures, vec![("broken".to_string(), NOT_READY_FAILURE.to_string())]);
+    // The same with no usable worker at all.
+    w.workers.apply_set_enabled("a:1", false);
+    assert_eq!(plan(&w.tasks, &w.workers, 2000).failures.len(), 1);
+}
+
 #[test]
 fn affinity_strong_waits_weak_falls_back_others_avoid_affinity_workers() {
     let affinity = |strong| AffinityConfig {
