@@ -349,6 +349,10 @@ pub struct TaskTable {
     /// derived from `tasks`, rebuilt when a snapshot is read rather than stored.
     #[serde(skip)]
     waiting: OrdSet<WaitKey>,
+    /// The waiting tasks whose readiness is not plain "ready now" (derived, like `waiting`):
+    /// the ones the assigner must look at even when no worker has room.
+    #[serde(skip)]
+    gated: OrdSet<WaitKey>,
 }
 
 /// The stored form of [`TaskTable`]: the tables, without derived indexes.
@@ -360,18 +364,21 @@ struct StoredTaskTable {
 
 impl From<StoredTaskTable> for TaskTable {
     fn from(s: StoredTaskTable) -> Self {
-        let waiting = s
-            .active
-            .iter()
-            .filter_map(|id| s.tasks.get(id))
-            .filter(|t| t.assignment.is_none())
-            .map(TaskTable::wait_key)
-            .collect();
-        TaskTable {
+        let mut table = TaskTable {
             tasks: s.tasks,
             active: s.active,
-            waiting,
+            waiting: OrdSet::new(),
+            gated: OrdSet::new(),
+        };
+        let unassigned: Vec<(WaitKey, bool)> = table
+            .active()
+            .filter(|t| t.assignment.is_none())
+            .map(|t| (TaskTable::wait_key(t), TaskTable::is_gated(t)))
+            .collect();
+        for (key, gated) in unassigned {
+            table.add_waiting(key, gated);
         }
+        table
     }
 }
 
@@ -411,6 +418,27 @@ impl TaskTable {
         self.waiting.len()
     }
 
+    /// Waiting tasks whose readiness is gated (not ready at once, or never), in offer order.
+    pub fn gated_in_order(&self) -> impl Iterator<Item = &Task> {
+        self.gated.iter().filter_map(|k| self.tasks.get(&k.id))
+    }
+
+    fn is_gated(task: &Task) -> bool {
+        task.spec.readiness != Readiness::default()
+    }
+
+    fn add_waiting(&mut self, key: WaitKey, gated: bool) {
+        if gated {
+            self.gated.insert(key.clone());
+        }
+        self.waiting.insert(key);
+    }
+
+    fn remove_waiting(&mut self, key: &WaitKey) {
+        self.gated.remove(key);
+        self.waiting.remove(key);
+    }
+
     fn wait_key(task: &Task) -> WaitKey {
         WaitKey {
             neg_priority: -(task.spec.priority as i64),
@@ -435,7 +463,7 @@ impl TaskTable {
             released: false,
         });
         let key = Self::wait_key(task);
-        self.waiting.remove(&key);
+        self.remove_waiting(&key);
         true
     }
 
@@ -451,8 +479,8 @@ impl TaskTable {
         }
         task.assignment = None;
         task.location = TaskLocation::unknown();
-        let key = Self::wait_key(task);
-        self.waiting.insert(key);
+        let (key, gated) = (Self::wait_key(task), Self::is_gated(task));
+        self.add_waiting(key, gated);
         true
     }
 
@@ -557,7 +585,7 @@ impl TaskTable {
             assignment: None,
         };
         self.active.insert(id.clone());
-        self.waiting.insert(Self::wait_key(&stored));
+        self.add_waiting(Self::wait_key(&stored), Self::is_gated(&stored));
         self.tasks.insert(id, stored);
         Ok(())
     }
@@ -575,7 +603,7 @@ impl TaskTable {
         task.error_msg = Some(truncate_error(reason));
         let key = Self::wait_key(task);
         self.active.remove(id);
-        self.waiting.remove(&key);
+        self.remove_waiting(&key);
         ShutdownOutcome::Stopped
     }
 

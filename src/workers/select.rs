@@ -172,22 +172,10 @@ pub fn plan(tasks: &TaskTable, workers: &WorkerTable, now_ms: u64) -> Plan {
     let strategy = &workers.config.select_strategy;
     let mut out = Plan::default();
     for task in tasks.waiting_in_order() {
-        match task.spec.readiness.result {
-            ReadyResult::No => continue,
-            ReadyResult::Exception => {
-                out.failures.push((task.spec.id.clone(), NOT_READY_FAILURE.to_string()));
-                continue;
-            }
-            ReadyResult::Yes => {}
-        }
-        let ready_at = task.created_ms.saturating_add(task.spec.readiness.after_ms);
-        if ready_at > now_ms {
-            out.next_ready_ms = Some(out.next_ready_ms.map_or(ready_at, |t| t.min(ready_at)));
-            continue;
-        }
-        // Readiness is checked for every waiting task, as Druid's queue does, even when no
-        // worker has room: a task whose check fails must fail now, not when a slot frees up.
         if slots.iter().all(|s| s.used >= s.capacity) {
+            break;
+        }
+        if !matches!(readiness(task, now_ms), Readiness::Ready) {
             continue;
         }
         if let Some(i) = select_worker(strategy, task, &slots) {
@@ -197,7 +185,41 @@ pub fn plan(tasks: &TaskTable, workers: &WorkerTable, now_ms: u64) -> Plan {
             out.assignments.push((task.spec.id.clone(), s.host.clone()));
         }
     }
+    // Readiness is checked for every waiting task, as Druid's queue does, even when no worker
+    // has room: a task whose check fails must fail now, not when a slot frees up. Only tasks
+    // with a readiness gate can fail it or become ready later, and the table indexes those.
+    for task in tasks.gated_in_order() {
+        match readiness(task, now_ms) {
+            Readiness::Fails => out.failures.push((task.spec.id.clone(), NOT_READY_FAILURE.to_string())),
+            Readiness::At(at) => out.next_ready_ms = Some(out.next_ready_ms.map_or(at, |t| t.min(at))),
+            Readiness::Ready | Readiness::Never => {}
+        }
+    }
     out
+}
+
+/// What Druid's `isReady` answers for a task at a time.
+enum Readiness {
+    Ready,
+    /// Ready from this leader time on.
+    At(u64),
+    Never,
+    Fails,
+}
+
+fn readiness(task: &Task, now_ms: u64) -> Readiness {
+    match task.spec.readiness.result {
+        ReadyResult::No => Readiness::Never,
+        ReadyResult::Exception => Readiness::Fails,
+        ReadyResult::Yes => {
+            let at = task.created_ms.saturating_add(task.spec.readiness.after_ms);
+            if at > now_ms {
+                Readiness::At(at)
+            } else {
+                Readiness::Ready
+            }
+        }
+    }
 }
 
 /// Druid's `WorkerSelectUtils.selectWorker`: affinity or category first, then the strategy's
