@@ -1,8 +1,6 @@
 //! The filters of `GET /druid/indexer/v1/tasks` (`state`, `datasource`, `type`, `max`,
 //! `createdTimeInterval`), parsed strictly and applied to the task table.
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
-
 use super::{RunnerState, TaskStatusPlus, TaskTable};
 
 /// Which tasks `state=` selects.
@@ -54,19 +52,9 @@ pub struct TaskQuery {
 }
 
 fn parse_time(s: &str) -> Option<u64> {
-    let dt: DateTime<Utc> = if let Ok(d) = DateTime::parse_from_rfc3339(s) {
-        d.with_timezone(&Utc)
-    } else if let Ok(n) = NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f") {
-        n.and_utc()
-    } else if let Ok(n) = NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M") {
-        n.and_utc()
-    } else {
-        NaiveDate::parse_from_str(s, "%Y-%m-%d")
-            .ok()?
-            .and_hms_opt(0, 0, 0)?
-            .and_utc()
-    };
-    u64::try_from(dt.timestamp_millis()).ok()
+    crate::interval::parse_instant(s)
+        .ok()
+        .and_then(|ms| u64::try_from(ms).ok())
 }
 
 /// Parses `start_end` or `start/end`.

@@ -1,0 +1,269 @@
+//! Segment metadata: Druid's `druid_segments` and `druid_dataSource` tables as replicated state.
+//!
+//! Each datasource holds its segments ordered by interval start, version and partition, each
+//! used or unused with the leader time the flag last changed, plus its commit metadata for
+//! exactly-once stream publishing. Overshadowing is computed from the used segments on demand
+//! ([`timeline`]), so a publish is visible to every query at once.
+//!
+//! - [`segment`]: the `DataSegment` JSON, shard specs and segment ids;
+//! - [`timeline`]: which segments are overshadowed;
+//! - [`metadata`]: the commit-metadata compare-and-swap;
+//! - this module: the table, its `apply_*` functions and queries.
+
+pub mod metadata;
+pub mod segment;
+pub mod timeline;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use imbl::OrdMap;
+use serde::{Deserialize, Serialize};
+
+use crate::interval::Interval;
+pub use segment::{DataSegment, DataSegmentJson, SegmentKey, ShardSpec, StoredSegment};
+
+/// Checks a datasource name: not empty, no `/`, no control characters, at most 255 bytes.
+pub fn validate_datasource(ds: &str) -> Result<(), String> {
+    if ds.is_empty() {
+        return Err("invalid datasource name: it is empty".into());
+    }
+    if ds.contains('/') {
+        return Err(format!("invalid datasource name [{ds}]: it contains '/'"));
+    }
+    if ds.chars().any(char::is_control) || ds.starts_with('.') || ds.len() > 255 {
+        return Err(format!(
+            "invalid datasource name [{ds}]: no control characters, no leading '.', at most 255 bytes"
+        ));
+    }
+    Ok(())
+}
+
+/// One datasource's segments and commit metadata.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Datasource {
+    segments: OrdMap<SegmentKey, Arc<StoredSegment>>,
+    used: u64,
+    /// The longest segment interval ever stored: bounds the range scan of an interval query.
+    max_span_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    metadata: Option<serde_json::Value>,
+}
+
+impl Datasource {
+    pub fn used_count(&self) -> u64 {
+        self.used
+    }
+
+    pub fn total_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    pub fn metadata(&self) -> Option<&serde_json::Value> {
+        self.metadata.as_ref()
+    }
+
+    pub fn get(&self, key: &SegmentKey) -> Option<&StoredSegment> {
+        self.segments.get(key).map(|s| &**s)
+    }
+
+    /// Every segment in key order.
+    pub fn all(&self) -> impl Iterator<Item = (&SegmentKey, &StoredSegment)> {
+        self.segments.iter().map(|(k, s)| (k, &**s))
+    }
+
+    pub fn used(&self) -> impl Iterator<Item = (&SegmentKey, &StoredSegment)> {
+        self.all().filter(|(_, s)| s.used)
+    }
+
+    /// Segments overlapping `iv` (used and unused), in key order.
+    pub fn overlapping<'a>(&'a self, iv: &Interval) -> impl Iterator<Item = (&'a SegmentKey, &'a StoredSegment)> + 'a {
+        let iv = *iv;
+        let lo = SegmentKey {
+            start: iv.start.saturating_sub(self.max_span_ms),
+            end: i64::MIN,
+            version: "".into(),
+            partition: 0,
+        };
+        self.segments
+            .range(lo..)
+            .take_while(move |(k, _)| k.start < iv.end || (k.start == iv.end && iv.start == iv.end))
+            .filter(move |(k, _)| k.interval().overlaps(&iv))
+            .map(|(k, s)| (k, &**s))
+    }
+
+    /// Keys of the used segments that are fully overshadowed.
+    pub fn overshadowed(&self) -> HashSet<SegmentKey> {
+        timeline::overshadowed(self.used().map(|(k, s)| (k, &s.shard_spec)))
+    }
+
+    /// Newest version of the segments overlapping `iv` that reads as a time, in ms.
+    pub fn newest_time_version(&self, iv: &Interval) -> Option<i64> {
+        self.overlapping(iv)
+            .filter_map(|(k, _)| crate::interval::parse_instant(&k.version).ok())
+            .max()
+    }
+
+    fn set_used(&mut self, key: &SegmentKey, used: bool, time_ms: u64) -> bool {
+        let Some(seg) = self.segments.get_mut(key) else {
+            return false;
+        };
+        if seg.used == used {
+            return false;
+        }
+        let s = Arc::make_mut(seg);
+        s.used = used;
+        s.used_updated_ms = time_ms;
+        if used {
+            self.used += 1;
+        } else {
+            self.used -= 1;
+        }
+        true
+    }
+}
+
+/// Which segments a mark-used or mark-unused request means (Druid's `SegmentsToUpdateFilter`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum SegmentFilter {
+    /// Every segment of the datasource.
+    All,
+    /// Segments lying inside the interval, optionally only of these versions.
+    Interval {
+        interval: Interval,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        versions: Option<Vec<String>>,
+    },
+    /// These segments.
+    Keys { keys: Vec<SegmentKey> },
+}
+
+/// Every datasource's segments and metadata.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SegmentTable {
+    datasources: OrdMap<String, Datasource>,
+}
+
+impl SegmentTable {
+    pub fn datasource(&self, ds: &str) -> Option<&Datasource> {
+        self.datasources.get(ds)
+    }
+
+    /// Every datasource, by name.
+    pub fn datasources(&self) -> impl Iterator<Item = (&String, &Datasource)> {
+        self.datasources.iter()
+    }
+
+    pub fn total_count(&self) -> usize {
+        self.datasources.values().map(|d| d.total_count()).sum()
+    }
+
+    /// Inserts segments as used (all of one datasource). Ids already stored are left as they
+    /// are, as Druid does. Returns the inserted ones.
+    pub fn apply_insert(&mut self, time_ms: u64, segments: Vec<DataSegment>) -> Vec<DataSegment> {
+        let mut inserted = Vec::with_capacity(segments.len());
+        for seg in segments {
+            let d = self.datasources.entry(seg.datasource.clone()).or_default();
+            if d.segments.contains_key(&seg.key) {
+                continue;
+            }
+            d.max_span_ms = d.max_span_ms.max(seg.key.interval().duration_ms());
+            d.used += 1;
+            d.segments
+                .insert(seg.key.clone(), Arc::new(seg.clone().into_stored(time_ms)));
+            inserted.push(seg);
+        }
+        inserted
+    }
+
+    /// Marks the matching used segments unused. Returns the keys changed.
+    pub fn apply_mark_unused(&mut self, time_ms: u64, ds: &str, filter: &SegmentFilter) -> Vec<SegmentKey> {
+        let Some(d) = self.datasources.get_mut(ds) else {
+            return vec![];
+        };
+        let keys: Vec<SegmentKey> = matching(d, filter)
+            .filter(|(_, s)| s.used)
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.into_iter().filter(|k| d.set_used(k, false, time_ms)).collect()
+    }
+
+    /// Marks the matching unused segments used, except those that used segments (or others
+    /// being marked) would overshadow. Returns the keys changed.
+    pub fn apply_mark_used(&mut self, time_ms: u64, ds: &str, filter: &SegmentFilter) -> Vec<SegmentKey> {
+        let Some(d) = self.datasources.get_mut(ds) else {
+            return vec![];
+        };
+        let candidates: HashSet<SegmentKey> = matching(d, filter)
+            .filter(|(_, s)| !s.used)
+            .map(|(k, _)| k.clone())
+            .collect();
+        if candidates.is_empty() {
+            return vec![];
+        }
+        let hidden = timeline::overshadowed(
+            d.all()
+                .filter(|(k, s)| s.used || candidates.contains(*k))
+                .map(|(k, s)| (k, &s.shard_spec)),
+        );
+        let mut keys: Vec<SegmentKey> = candidates.into_iter().filter(|k| !hidden.contains(k)).collect();
+        keys.sort();
+        keys.into_iter().filter(|k| d.set_used(k, true, time_ms)).collect()
+    }
+
+    /// Sets (or with `None`, deletes) a datasource's commit metadata.
+    pub fn apply_set_metadata(&mut self, ds: &str, metadata: Option<serde_json::Value>) -> bool {
+        match metadata {
+            Some(m) => {
+                self.datasources.entry(ds.to_string()).or_default().metadata = Some(m);
+                true
+            }
+            None => self
+                .datasources
+                .get_mut(ds)
+                .is_some_and(|d| d.metadata.take().is_some()),
+        }
+    }
+
+    /// Resolves a segment id of `ds` to the stored key it names.
+    pub fn find_id(&self, ds: &str, id: &str) -> Option<(SegmentKey, &StoredSegment)> {
+        let d = self.datasources.get(ds)?;
+        SegmentKey::parse_id(ds, id)
+            .into_iter()
+            .find_map(|k| d.get(&k).map(|s| (k.clone(), s)))
+    }
+
+    /// Resolves a segment id without knowing its datasource: tries every datasource that is a
+    /// prefix of the id.
+    pub fn find_any_id(&self, id: &str) -> Option<(String, SegmentKey, &StoredSegment)> {
+        self.datasources
+            .keys()
+            .filter(|ds| id.starts_with(ds.as_str()) && id[ds.len()..].starts_with('_'))
+            .find_map(|ds| self.find_id(ds, id).map(|(k, s)| (ds.clone(), k, s)))
+    }
+}
+
+fn matching<'a>(
+    d: &'a Datasource,
+    filter: &'a SegmentFilter,
+) -> Box<dyn Iterator<Item = (&'a SegmentKey, &'a StoredSegment)> + 'a> {
+    match filter {
+        SegmentFilter::All => Box::new(d.all()),
+        SegmentFilter::Interval { interval, versions } => Box::new(
+            d.overlapping(interval)
+                .filter(move |(k, _)| interval.contains(&k.interval()))
+                .filter(move |(k, _)| versions.as_ref().is_none_or(|v| v.iter().any(|v| **v == *k.version))),
+        ),
+        SegmentFilter::Keys { keys } => Box::new(
+            keys.iter()
+                .filter_map(|k| d.segments.get_key_value(k))
+                .map(|(k, s)| (k, &**s)),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests;
