@@ -17,6 +17,7 @@
 //! - [`config`] and [`clock`] (the only reader of wall-clock time).
 
 pub mod api;
+pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod config;

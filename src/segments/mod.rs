@@ -43,6 +43,8 @@ pub fn validate_datasource(ds: &str) -> Result<(), String> {
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Datasource {
+    /// Stored as a list of `[key, segment]` pairs: JSON map keys must be strings.
+    #[serde(with = "pairs")]
     segments: OrdMap<SegmentKey, Arc<StoredSegment>>,
     used: u64,
     /// The longest segment interval ever stored: bounds the range scan of an interval query.
@@ -121,6 +123,28 @@ impl Datasource {
             self.used -= 1;
         }
         true
+    }
+}
+
+/// Serde for a map with structured keys, as a sequence of pairs.
+mod pairs {
+    use imbl::OrdMap;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<K: Serialize + Ord + Clone, V: Serialize + Clone, S: Serializer>(
+        m: &OrdMap<K, V>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(m.iter())
+    }
+
+    pub fn deserialize<'de, K, V, D>(d: D) -> Result<OrdMap<K, V>, D::Error>
+    where
+        K: Deserialize<'de> + Ord + Clone,
+        V: Deserialize<'de> + Clone,
+        D: Deserializer<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(d)?.into_iter().collect())
     }
 }
 

@@ -390,3 +390,15 @@ impl<'a> DataSegmentJson<'a> {
         }
     }
 }
+
+impl Serialize for DataSegment {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        DataSegmentJson::of(self).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for DataSegment {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        DataSegment::from_input(DataSegmentIn::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}

@@ -7,10 +7,17 @@
 //! out may still commit): a repeated submit is refused as a duplicate, a repeated shutdown finds
 //! the task complete, a repeated announcement changes nothing.
 
+mod locking;
+pub mod publish;
+
 use raftlord_raft::{ApplyContext, StateMachine};
 use serde::{Deserialize, Serialize};
 
+use crate::audit::AuditTrail;
+use crate::interval::Interval;
+use crate::locks::{LockOutcome, LockRequest, LockTable};
 use crate::nodes::{NodeAnnouncement, NodeTable};
+use crate::segments::{SegmentFilter, SegmentTable};
 use crate::tasks::{NewTask, ShutdownOutcome, SubmitRejected, TaskTable};
 use crate::workers::{AuditInfo, Refused, TaskUpdate, UpdatesApplied, Worker, WorkerBehaviorConfig, WorkerTable};
 
@@ -21,7 +28,16 @@ pub struct State {
     pub nodes: NodeTable,
     #[serde(default)]
     pub workers: WorkerTable,
+    #[serde(default)]
+    pub locks: LockTable,
+    #[serde(default)]
+    pub segments: SegmentTable,
+    /// Lock and segment changes.
+    #[serde(default)]
+    pub audit: AuditTrail,
 }
+
+pub use publish::{Publish, PublishKind, PublishOutcome};
 
 /// One placement in an [`Command::AssignTasks`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +89,24 @@ pub enum Command {
         config: WorkerBehaviorConfig,
         audit: AuditInfo,
     },
+    /// Try to grant a lock to an active task (Druid's `tryLock`).
+    AcquireLock { task: String, request: LockRequest },
+    /// Release a task's locks on exactly `interval`.
+    ReleaseLock { task: String, interval: Interval },
+    /// Publish segments for a task: lock check, metadata compare-and-swap and insert, all or
+    /// nothing.
+    PublishSegments { task: String, publish: Publish },
+    /// Mark the segments of a datasource matching `filter` used or unused.
+    MarkSegments {
+        datasource: String,
+        filter: SegmentFilter,
+        used: bool,
+    },
+    /// Set, or with `null` delete, a datasource's commit metadata (Druid's reset).
+    SetDatasourceMetadata {
+        datasource: String,
+        metadata: Option<serde_json::Value>,
+    },
 }
 
 /// The result of one command.
@@ -113,6 +147,21 @@ pub enum Reply {
         applied: UpdatesApplied,
     },
     ConfigSet,
+    Lock {
+        outcome: LockOutcome,
+    },
+    LockReleased {
+        count: usize,
+    },
+    Published {
+        outcome: PublishOutcome,
+    },
+    SegmentsMarked {
+        count: usize,
+    },
+    MetadataSet {
+        changed: bool,
+    },
 }
 
 impl StateMachine for State {
@@ -120,6 +169,17 @@ impl StateMachine for State {
     type Reply = Reply;
 
     fn apply(&mut self, ctx: ApplyContext, command: Command) -> Reply {
+        let reply = self.dispatch(ctx, command);
+        // Completing a task releases its locks in the same command.
+        for id in self.tasks.take_completed() {
+            self.release_task_locks(ctx, &id);
+        }
+        reply
+    }
+}
+
+impl State {
+    fn dispatch(&mut self, ctx: ApplyContext, command: Command) -> Reply {
         match command {
             Command::SubmitTask { task, max_active } => {
                 let id = task.id.clone();
@@ -175,9 +235,31 @@ impl StateMachine for State {
                 self.workers.apply_set_config(ctx.time_ms, config, audit);
                 Reply::ConfigSet
             }
+            Command::AcquireLock { task, request } => Reply::Lock {
+                outcome: self.acquire_lock(ctx, &task, &request),
+            },
+            Command::ReleaseLock { task, interval } => Reply::LockReleased {
+                count: self.release_lock(ctx, &task, &interval),
+            },
+            Command::PublishSegments { task, publish } => Reply::Published {
+                outcome: self.publish(ctx, &task, publish),
+            },
+            Command::MarkSegments {
+                datasource,
+                filter,
+                used,
+            } => Reply::SegmentsMarked {
+                count: self.mark_segments(ctx, &datasource, &filter, used),
+            },
+            Command::SetDatasourceMetadata { datasource, metadata } => Reply::MetadataSet {
+                changed: self.set_metadata(ctx, &datasource, metadata),
+            },
         }
     }
 }
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod publish_tests;

@@ -353,6 +353,10 @@ pub struct TaskTable {
     /// the ones the assigner must look at even when no worker has room.
     #[serde(skip)]
     gated: OrdSet<WaitKey>,
+    /// Tasks completed by the command being applied, drained by the state machine to release
+    /// their locks in the same command.
+    #[serde(skip)]
+    completed: Vec<String>,
 }
 
 /// The stored form of [`TaskTable`]: the tables, without derived indexes.
@@ -369,6 +373,7 @@ impl From<StoredTaskTable> for TaskTable {
             active: s.active,
             waiting: OrdSet::new(),
             gated: OrdSet::new(),
+            completed: Vec::new(),
         };
         let unassigned: Vec<(WaitKey, bool)> = table
             .active()
@@ -385,6 +390,17 @@ impl From<StoredTaskTable> for TaskTable {
 impl TaskTable {
     pub fn get(&self, id: &str) -> Option<&Task> {
         self.tasks.get(id)
+    }
+
+    /// The tasks completed since the last call (by any `apply_*`).
+    pub fn take_completed(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.completed)
+    }
+
+    fn complete(&mut self, id: &str) {
+        if self.active.remove(id).is_some() {
+            self.completed.push(id.to_string());
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -530,7 +546,7 @@ impl TaskTable {
         task.state = state;
         task.duration_ms = duration_ms.max(0);
         task.error_msg = error_msg.map(|m| truncate_error(&m));
-        self.active.remove(id);
+        self.complete(id);
         Some(true)
     }
 
@@ -550,7 +566,7 @@ impl TaskTable {
                 task.state = TaskState::Failed;
                 task.duration_ms = time_ms.saturating_sub(task.created_ms) as i64;
                 task.error_msg = Some(truncate_error(reason));
-                self.active.remove(id.as_str());
+                self.complete(id.as_str());
                 failed.push(id.clone());
             }
         }
@@ -602,7 +618,7 @@ impl TaskTable {
         task.duration_ms = time_ms.saturating_sub(task.created_ms) as i64;
         task.error_msg = Some(truncate_error(reason));
         let key = Self::wait_key(task);
-        self.active.remove(id);
+        self.complete(id);
         self.remove_waiting(&key);
         ShutdownOutcome::Stopped
     }

@@ -1,0 +1,209 @@
+//! Publishing segments as one atomic command: the task is active, its locks cover every segment
+//! and are not revoked (nor older than the fencing tokens it presents), the datasource's commit
+//! metadata compares and swaps, then the segments are inserted, the overwritten ones marked
+//! unused and the change audited. Any failed check leaves the state as it was.
+
+use raftlord_raft::ApplyContext;
+use serde::{Deserialize, Serialize};
+
+use super::State;
+use crate::audit::AuditRecord;
+use crate::locks::{LockType, TaskLock};
+use crate::segments::metadata::compare_and_advance;
+use crate::segments::{DataSegment, SegmentFilter, SegmentKey};
+
+/// Which Druid action publishes: they differ in the locks they need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PublishKind {
+    /// `segmentTransactionalInsert`: any non-APPEND time-chunk lock.
+    Insert,
+    /// `segmentTransactionalAppend`: APPEND locks.
+    Append,
+    /// `segmentTransactionalReplace`: REPLACE locks.
+    Replace,
+}
+
+/// What a publish carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Publish {
+    pub kind: PublishKind,
+    pub segments: Vec<DataSegment>,
+    /// Segments this publish replaces (Druid's `segmentsToBeOverwritten`): marked unused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overwritten: Vec<SegmentKey>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_metadata: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_metadata: Option<serde_json::Value>,
+    /// Fencing tokens of the locks the task believes it holds; when given, every covering lock
+    /// must carry one of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fencing_tokens: Option<Vec<u64>>,
+}
+
+/// Druid's `SegmentPublishResult`, as data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "camelCase")]
+pub enum PublishOutcome {
+    /// Stored; `inserted` are the ids new to the table (ids already stored are skipped).
+    Published { inserted: Vec<String> },
+    /// Nothing changed. `retryable`: the metadata was ahead, an earlier publish may be in flight.
+    Rejected { message: String, retryable: bool },
+}
+
+/// Druid's message for a publish whose lock was revoked.
+pub const REVOKED_LOCKS: &str =
+    "Invalid task locks. Maybe they are revoked by a higher priority task. Please check the overlord log for details.";
+
+fn reject(message: String) -> PublishOutcome {
+    PublishOutcome::Rejected {
+        message,
+        retryable: false,
+    }
+}
+
+impl State {
+    pub(super) fn publish(&mut self, ctx: ApplyContext, task_id: &str, p: Publish) -> PublishOutcome {
+        let Some(task) = self.tasks.get(task_id).filter(|t| t.is_active()) else {
+            return reject(format!(
+                "Task [{task_id}] is not active; only active tasks can publish segments"
+            ));
+        };
+        let ds = task.spec.datasource.clone();
+        if let Some(other) = p.segments.iter().find(|s| s.datasource != ds) {
+            return reject(format!(
+                "segment [{}] is of datasource [{}], but task [{task_id}] is of datasource [{ds}]",
+                other.id(),
+                other.datasource
+            ));
+        }
+        if p.start_metadata.is_some() != p.end_metadata.is_some() {
+            return reject("startMetadata and endMetadata must either be both null or both non-null".into());
+        }
+        let locks = self.locks.locks_of(task_id);
+        let covering = |iv: &crate::interval::Interval, version: &str| -> Option<&TaskLock> {
+            locks.iter().find(|l| {
+                l.data_source == ds
+                    && l.interval.contains(iv)
+                    && match p.kind {
+                        PublishKind::Insert => l.lock_type != LockType::Append && *l.version >= *version,
+                        PublishKind::Append => l.lock_type == LockType::Append,
+                        PublishKind::Replace => l.lock_type == LockType::Replace && *l.version >= *version,
+                    }
+            })
+        };
+        let overwritten_keys: Vec<&SegmentKey> = p.overwritten.iter().collect();
+        let all_keys = p.segments.iter().map(|s| &s.key).chain(overwritten_keys);
+        let mut uncovered = Vec::new();
+        let mut used_locks: Vec<&TaskLock> = Vec::new();
+        for key in all_keys {
+            match covering(&key.interval(), &key.version) {
+                Some(l) => used_locks.push(l),
+                None => uncovered.push(key.id(&ds)),
+            }
+        }
+        if !uncovered.is_empty() {
+            let held: Vec<String> = locks
+                .iter()
+                .map(|l| format!("{:?}:{}:{}", l.lock_type, l.interval, l.version))
+                .collect();
+            return reject(format!(
+                "Segments[{}] are not covered by locks[{}] for task[{task_id}]",
+                uncovered.join(", "),
+                held.join(", ")
+            ));
+        }
+        if used_locks.iter().any(|l| l.revoked) {
+            return reject(REVOKED_LOCKS.into());
+        }
+        if let Some(tokens) = &p.fencing_tokens {
+            if let Some(stale) = used_locks.iter().find(|l| !tokens.contains(&l.fencing_token)) {
+                return reject(format!(
+                    "stale fencing token: the lock on [{}] was granted at index {}, the publish presented {tokens:?}",
+                    stale.interval, stale.fencing_token
+                ));
+            }
+        }
+        let new_metadata = match (&p.start_metadata, &p.end_metadata) {
+            (Some(start), Some(end)) => {
+                let stored = self.segments.datasource(&ds).and_then(|d| d.metadata());
+                match compare_and_advance(stored, start, end) {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        return PublishOutcome::Rejected {
+                            message: e.message,
+                            retryable: e.retryable,
+                        }
+                    }
+                }
+            }
+            _ => None,
+        };
+
+        // Every check passed: apply.
+        let inserted: Vec<String> = self
+            .segments
+            .apply_insert(ctx.time_ms, p.segments)
+            .iter()
+            .map(DataSegment::id)
+            .collect();
+        let mut record = AuditRecord::new(ctx.index, ctx.time_ms, "segments.published", &ds).task(task_id);
+        record.segments = inserted.clone();
+        self.audit.push(record);
+        if !p.overwritten.is_empty() {
+            let dropped = self.segments.apply_mark_unused(
+                ctx.time_ms,
+                &ds,
+                &SegmentFilter::Keys {
+                    keys: p.overwritten.clone(),
+                },
+            );
+            let mut record = AuditRecord::new(ctx.index, ctx.time_ms, "segments.markedUnused", &ds).task(task_id);
+            record.segments = dropped.iter().map(|k| k.id(&ds)).collect();
+            self.audit.push(record);
+        }
+        if let Some(m) = new_metadata {
+            self.segments.apply_set_metadata(&ds, Some(m.clone()));
+            let mut record = AuditRecord::new(ctx.index, ctx.time_ms, "datasourceMetadata.set", &ds).task(task_id);
+            record.metadata = Some(m);
+            self.audit.push(record);
+        }
+        PublishOutcome::Published { inserted }
+    }
+
+    pub(super) fn mark_segments(&mut self, ctx: ApplyContext, ds: &str, filter: &SegmentFilter, used: bool) -> usize {
+        let changed = if used {
+            self.segments.apply_mark_used(ctx.time_ms, ds, filter)
+        } else {
+            self.segments.apply_mark_unused(ctx.time_ms, ds, filter)
+        };
+        if !changed.is_empty() {
+            let kind = if used {
+                "segments.markedUsed"
+            } else {
+                "segments.markedUnused"
+            };
+            let mut record = AuditRecord::new(ctx.index, ctx.time_ms, kind, ds);
+            record.segments = changed.iter().map(|k| k.id(ds)).collect();
+            self.audit.push(record);
+        }
+        changed.len()
+    }
+
+    pub(super) fn set_metadata(&mut self, ctx: ApplyContext, ds: &str, metadata: Option<serde_json::Value>) -> bool {
+        let kind = if metadata.is_some() {
+            "datasourceMetadata.set"
+        } else {
+            "datasourceMetadata.deleted"
+        };
+        let changed = self.segments.apply_set_metadata(ds, metadata.clone());
+        if changed {
+            let mut record = AuditRecord::new(ctx.index, ctx.time_ms, kind, ds);
+            record.metadata = metadata;
+            self.audit.push(record);
+        }
+        changed
+    }
+}
