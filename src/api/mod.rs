@@ -8,7 +8,9 @@
 //! Errors go through [`ApiError`], mapped to an HTTP status in exactly one place; the body is
 //! `{"error": "<kind>", "message": "<what was wrong>"}`.
 
+mod actions;
 mod error;
+mod segments;
 mod status;
 mod tasks;
 mod workers;
@@ -75,6 +77,8 @@ pub fn router(state: AppState) -> Router {
     let druid = Router::new()
         .merge(tasks::routes())
         .merge(workers::routes())
+        .merge(actions::routes())
+        .merge(segments::routes())
         .layer(middleware::from_fn_with_state(state.clone(), leader_only))
         .merge(tasks::any_node_routes())
         .merge(workers::any_node_routes())

@@ -45,7 +45,11 @@ pub fn any_node_routes() -> Router<AppState> {
         .route(&format!("{BASE}/isLeader"), get(is_leader))
 }
 
-async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes, ApiError> {
+pub(super) async fn read_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<axum::body::Bytes, ApiError> {
     let limit = state.config.limits.max_payload_bytes;
     let too_large = || {
         ApiError::PayloadTooLarge(format!(

@@ -95,6 +95,25 @@ impl Datasource {
             .map(|(k, s)| (k, &**s))
     }
 
+    /// Used segments overlapping `iv` that are not fully overshadowed. Only segments overlapping
+    /// the span of those found can overshadow them, so only those are swept.
+    pub fn visible_overlapping(&self, iv: &Interval) -> Vec<(&SegmentKey, &StoredSegment)> {
+        let used: Vec<(&SegmentKey, &StoredSegment)> = self.overlapping(iv).filter(|(_, s)| s.used).collect();
+        let (Some(start), Some(end)) = (
+            used.iter().map(|(k, _)| k.start).min(),
+            used.iter().map(|(k, _)| k.end).max(),
+        ) else {
+            return used;
+        };
+        let span = Interval { start, end };
+        let hidden = timeline::overshadowed(
+            self.overlapping(&span)
+                .filter(|(_, s)| s.used)
+                .map(|(k, s)| (k, &s.shard_spec)),
+        );
+        used.into_iter().filter(|(k, _)| !hidden.contains(*k)).collect()
+    }
+
     /// Keys of the used segments that are fully overshadowed.
     pub fn overshadowed(&self) -> HashSet<SegmentKey> {
         timeline::overshadowed(self.used().map(|(k, s)| (k, &s.shard_spec)))

@@ -153,11 +153,13 @@ mod tests {
         assert_eq!(run(&segs), HashSet::from([key(0, 10, "v1", 0)]));
     }
 
+    type Chunks = Vec<(u32, Option<u32>)>;
+
     /// Brute force: at each instant, the visible version is the highest complete one covering
     /// it; an entry is overshadowed when no instant of it shows its version.
     fn brute(segs: &[(SegmentKey, ShardSpec)]) -> HashSet<SegmentKey> {
         let entry_of = |k: &SegmentKey| (k.start, k.end, k.version.to_string());
-        let mut entries: BTreeMap<(i64, i64, String), Vec<(u32, Option<u32>)>> = BTreeMap::new();
+        let mut entries: BTreeMap<(i64, i64, String), Chunks> = BTreeMap::new();
         for (k, s) in segs {
             entries
                 .entry(entry_of(k))

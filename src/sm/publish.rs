@@ -49,13 +49,22 @@ pub struct Publish {
 pub enum PublishOutcome {
     /// Stored; `inserted` are the ids new to the table (ids already stored are skipped).
     Published { inserted: Vec<String> },
-    /// Nothing changed. `retryable`: the metadata was ahead, an earlier publish may be in flight.
+    /// Refused by a rule the task could not know of (a revoked lock, a stale fencing token,
+    /// the metadata compare-and-swap); nothing changed. Druid answers these with
+    /// `success: false`. `retryable`: the metadata was ahead, an earlier publish may be in flight.
     Rejected { message: String, retryable: bool },
+    /// The publish itself is wrong (segments outside the task's locks, of another datasource,
+    /// from an inactive task); nothing changed.
+    Invalid { message: String },
 }
 
 /// Druid's message for a publish whose lock was revoked.
 pub const REVOKED_LOCKS: &str =
     "Invalid task locks. Maybe they are revoked by a higher priority task. Please check the overlord log for details.";
+
+fn invalid(message: String) -> PublishOutcome {
+    PublishOutcome::Invalid { message }
+}
 
 fn reject(message: String) -> PublishOutcome {
     PublishOutcome::Rejected {
@@ -67,20 +76,20 @@ fn reject(message: String) -> PublishOutcome {
 impl State {
     pub(super) fn publish(&mut self, ctx: ApplyContext, task_id: &str, p: Publish) -> PublishOutcome {
         let Some(task) = self.tasks.get(task_id).filter(|t| t.is_active()) else {
-            return reject(format!(
+            return invalid(format!(
                 "Task [{task_id}] is not active; only active tasks can publish segments"
             ));
         };
         let ds = task.spec.datasource.clone();
         if let Some(other) = p.segments.iter().find(|s| s.datasource != ds) {
-            return reject(format!(
+            return invalid(format!(
                 "segment [{}] is of datasource [{}], but task [{task_id}] is of datasource [{ds}]",
                 other.id(),
                 other.datasource
             ));
         }
         if p.start_metadata.is_some() != p.end_metadata.is_some() {
-            return reject("startMetadata and endMetadata must either be both null or both non-null".into());
+            return invalid("startMetadata and endMetadata must either be both null or both non-null".into());
         }
         let locks = self.locks.locks_of(task_id);
         let covering = |iv: &crate::interval::Interval, version: &str| -> Option<&TaskLock> {
@@ -109,7 +118,7 @@ impl State {
                 .iter()
                 .map(|l| format!("{:?}:{}:{}", l.lock_type, l.interval, l.version))
                 .collect();
-            return reject(format!(
+            return invalid(format!(
                 "Segments[{}] are not covered by locks[{}] for task[{task_id}]",
                 uncovered.join(", "),
                 held.join(", ")

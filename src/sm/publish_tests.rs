@@ -263,14 +263,14 @@ fn publish_is_refused_without_cover_after_revocation_and_with_a_stale_token() {
     // No lock at all.
     let e = apply_publish(&mut s, 3, "low", publish(vec![segment("v1", 0)]));
     assert!(
-        matches!(&e, PublishOutcome::Rejected { message, .. } if message.contains("are not covered by locks")),
+        matches!(&e, PublishOutcome::Invalid { message } if message.contains("are not covered by locks")),
         "{e:?}"
     );
     let v_low = granted_version(&lock(&mut s, 4, "low", LockType::Exclusive));
     // A version newer than the lock's is not covered.
     let e = apply_publish(&mut s, 5, "low", publish(vec![segment("9999", 0)]));
     assert!(
-        matches!(&e, PublishOutcome::Rejected { message, .. } if message.contains("not covered")),
+        matches!(&e, PublishOutcome::Invalid { message } if message.contains("not covered")),
         "{e:?}"
     );
     // A stale fencing token.
@@ -309,7 +309,7 @@ fn publish_is_refused_without_cover_after_revocation_and_with_a_stale_token() {
     );
     assert!(matches!(
         apply_publish(&mut s, 11, "high", publish(vec![segment(&v_high, 0)])),
-        PublishOutcome::Rejected { .. }
+        PublishOutcome::Invalid { .. }
     ));
 }
 

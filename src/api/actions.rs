@@ -1,0 +1,381 @@
+//! `POST /druid/indexer/v1/action`: Druid's task actions, the peon's way to take locks and
+//! publish segments (`{"task": <task JSON>, "action": <action JSON>}` -> `{"result": ...}`).
+//!
+//! The task is named by the `id` in its JSON and must be stored and active. Each action becomes
+//! at most one command; a blocking `lockAcquire` proposes again only when a lock was released or
+//! revoked (the state machine's release counter moved), never on a timer. A publish that breaks
+//! a rule answers 200 with Druid's `SegmentPublishResult` (`success: false`, `errorMsg`,
+//! `retryable`), as Druid does; malformed actions are 400.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+use super::tasks::read_body;
+use super::{ApiError, AppState};
+use crate::interval::Interval;
+use crate::locks::{LockOutcome, LockRequest, LockType};
+use crate::segments::segment::SegmentKey;
+use crate::segments::{DataSegment, DataSegmentJson};
+use crate::sm::{Command, Publish, PublishKind, PublishOutcome, Reply};
+
+/// Druid's default `taskLockTimeout` (5 minutes).
+pub const DEFAULT_LOCK_TIMEOUT_MS: u64 = 300_000;
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/druid/indexer/v1/action", post(action))
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    task: Box<RawValue>,
+    action: Box<RawValue>,
+}
+
+#[derive(Deserialize)]
+struct TaskRef {
+    id: Option<String>,
+    #[serde(default)]
+    context: Option<serde_json::Map<String, Value>>,
+}
+
+#[derive(Deserialize)]
+struct ActionType {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LockAction {
+    #[serde(default)]
+    lock_type: Option<LockType>,
+    interval: Interval,
+    #[serde(default)]
+    timeout_ms: u64,
+    #[serde(default)]
+    preferred_version: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ReleaseAction {
+    interval: Interval,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PublishAction {
+    segments: Box<RawValue>,
+    #[serde(default)]
+    segments_to_be_overwritten: Option<Box<RawValue>>,
+    #[serde(default)]
+    start_metadata: Option<Value>,
+    #[serde(default)]
+    end_metadata: Option<Value>,
+    #[serde(default)]
+    fencing_tokens: Option<Vec<u64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UsedAction {
+    data_source: String,
+    #[serde(default)]
+    intervals: Option<Vec<Interval>>,
+    #[serde(default)]
+    interval: Option<Interval>,
+    #[serde(default)]
+    visibility: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UnusedAction {
+    data_source: String,
+    interval: Interval,
+    #[serde(default)]
+    versions: Option<Vec<String>>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+fn parse<'a, T: Deserialize<'a>>(raw: &'a RawValue, what: &str) -> Result<T, ApiError> {
+    serde_json::from_str(raw.get()).map_err(|e| ApiError::BadRequest(format!("invalid {what} action: {e}")))
+}
+
+async fn action(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let bytes = read_body(&state, &headers, body).await?;
+    let env: Envelope = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::BadRequest(format!("expected {{\"task\": <task>, \"action\": <action>}}: {e}")))?;
+    let task: TaskRef = serde_json::from_str(env.task.get())
+        .map_err(|e| ApiError::BadRequest(format!("'task' must be the task's JSON: {e}")))?;
+    let id = task
+        .id
+        .ok_or_else(|| ApiError::BadRequest("'task' has no 'id'".into()))?;
+    let datasource = {
+        let g = state.raft.shared.read().await;
+        match g.state.tasks.get(&id) {
+            Some(t) if t.is_active() => t.spec.datasource.clone(),
+            Some(_) => return Err(ApiError::BadRequest(format!("Task [{id}] is not active"))),
+            None => return Err(ApiError::TaskNotFound { id, field: "result" }),
+        }
+    };
+    let kind: ActionType = parse(&env.action, "task")?;
+    let result = match kind.kind.as_str() {
+        "lockAcquire" | "lockTryAcquire" => {
+            let a: LockAction = parse(&env.action, &kind.kind)?;
+            let request = LockRequest {
+                lock_type: a.lock_type.unwrap_or(LockType::Exclusive),
+                interval: a.interval,
+                preferred_version: a.preferred_version,
+            };
+            let timeout = (kind.kind == "lockAcquire").then(|| {
+                let from_context = task
+                    .context
+                    .as_ref()
+                    .and_then(|c| c.get("taskLockTimeout"))
+                    .and_then(Value::as_u64);
+                Duration::from_millis(if a.timeout_ms > 0 {
+                    a.timeout_ms
+                } else {
+                    from_context.unwrap_or(DEFAULT_LOCK_TIMEOUT_MS)
+                })
+            });
+            match acquire(&state, &id, request, timeout).await? {
+                LockOutcome::Granted { lock, .. } => json!(lock),
+                _ => Value::Null,
+            }
+        }
+        "lockList" => {
+            let g = state.raft.shared.read().await;
+            json!(g.state.locks.locks_of(&id))
+        }
+        "lockRelease" => {
+            let a: ReleaseAction = parse(&env.action, "lockRelease")?;
+            state
+                .propose(Command::ReleaseLock {
+                    task: id.clone(),
+                    interval: a.interval,
+                })
+                .await?;
+            Value::Null
+        }
+        "segmentTransactionalInsert" | "segmentTransactionalAppend" | "segmentTransactionalReplace" => {
+            let publish_kind = match kind.kind.as_str() {
+                "segmentTransactionalInsert" => PublishKind::Insert,
+                "segmentTransactionalAppend" => PublishKind::Append,
+                _ => PublishKind::Replace,
+            };
+            let a: PublishAction = parse(&env.action, &kind.kind)?;
+            publish(&state, &id, &datasource, publish_kind, a).await?
+        }
+        "retrieveUsedSegments" | "segmentListUsed" => {
+            let a: UsedAction = parse(&env.action, &kind.kind)?;
+            let intervals = a.intervals.or(a.interval.map(|i| vec![i])).unwrap_or_default();
+            if intervals.is_empty() {
+                return Err(ApiError::BadRequest("retrieveUsedSegments needs 'intervals'".into()));
+            }
+            let include_overshadowed = a
+                .visibility
+                .as_deref()
+                .is_some_and(|v| v.eq_ignore_ascii_case("INCLUDING_OVERSHADOWED"));
+            used_segments(&state, &a.data_source, &intervals, include_overshadowed).await
+        }
+        "retrieveUnusedSegments" | "segmentListUnused" => {
+            let a: UnusedAction = parse(&env.action, &kind.kind)?;
+            let g = state.raft.shared.read().await;
+            let list: Vec<Value> = g
+                .state
+                .segments
+                .datasource(&a.data_source)
+                .into_iter()
+                .flat_map(|d| d.overlapping(&a.interval).map(move |(k, s)| (d, k, s)))
+                .filter(|(_, k, s)| !s.used && a.interval.contains(&k.interval()))
+                .filter(|(_, k, _)| a.versions.as_ref().is_none_or(|v| v.iter().any(|v| **v == *k.version)))
+                .take(a.limit.unwrap_or(usize::MAX))
+                .map(|(_, k, s)| json!(DataSegmentJson::new(&a.data_source, k, s)))
+                .collect();
+            json!(list)
+        }
+        "markSegmentsAsUnused" => {
+            let a: UnusedAction = parse(&env.action, "markSegmentsAsUnused")?;
+            if a.data_source != datasource {
+                return Err(ApiError::BadRequest(format!(
+                    "task [{id}] of datasource [{datasource}] cannot mark segments of [{}]",
+                    a.data_source
+                )));
+            }
+            let reply = state
+                .propose(Command::MarkSegments {
+                    datasource,
+                    filter: crate::segments::SegmentFilter::Interval {
+                        interval: a.interval,
+                        versions: a.versions,
+                    },
+                    used: false,
+                })
+                .await?;
+            match reply {
+                Reply::SegmentsMarked { count } => json!(count),
+                other => return Err(unexpected(other)),
+            }
+        }
+        "segmentAllocate" => return Err(ApiError::BadRequest(
+            "segmentAllocate is not supported by this version of raftlord: pending segments are not implemented yet"
+                .into(),
+        )),
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "unknown task action type [{other}]; supported: lockAcquire, lockTryAcquire, lockList, lockRelease, \
+                 segmentTransactionalInsert, segmentTransactionalAppend, segmentTransactionalReplace, \
+                 retrieveUsedSegments, retrieveUnusedSegments, markSegmentsAsUnused"
+            )))
+        }
+    };
+    Ok(Json(json!({ "result": result })).into_response())
+}
+
+fn unexpected(reply: Reply) -> ApiError {
+    ApiError::Unavailable(format!("unexpected reply from the state machine: {reply:?}"))
+}
+
+/// Tries the lock; with a timeout, tries again each time a lock is released or revoked until it
+/// is granted, revoked, or the time is up.
+async fn acquire(
+    state: &AppState,
+    task: &str,
+    request: LockRequest,
+    timeout: Option<Duration>,
+) -> Result<LockOutcome, ApiError> {
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut applied = state.raft.shared.subscribe();
+    loop {
+        let seen = state.raft.shared.read().await.state.locks.release_seq();
+        let reply = state
+            .propose(Command::AcquireLock {
+                task: task.to_string(),
+                request: request.clone(),
+            })
+            .await?;
+        let outcome = match reply {
+            Reply::Lock { outcome } => outcome,
+            other => return Err(unexpected(other)),
+        };
+        let Some(deadline) = deadline else {
+            return Ok(outcome);
+        };
+        if !matches!(outcome, LockOutcome::Refused { .. }) {
+            return Ok(outcome);
+        }
+        // Wait until a release or revocation is applied (or the task ends), or time runs out.
+        loop {
+            let changed = tokio::time::timeout_at(deadline, applied.changed()).await;
+            match changed {
+                Err(_) => return Ok(outcome),
+                Ok(Err(_)) => return Err(ApiError::Unavailable("the node is shutting down".into())),
+                Ok(Ok(())) => {}
+            }
+            let g = state.raft.shared.read().await;
+            if !g.state.tasks.get(task).is_some_and(|t| t.is_active()) {
+                return Ok(outcome);
+            }
+            if g.state.locks.release_seq() != seen {
+                break;
+            }
+        }
+    }
+}
+
+async fn publish(
+    state: &AppState,
+    task: &str,
+    datasource: &str,
+    kind: PublishKind,
+    a: PublishAction,
+) -> Result<Value, ApiError> {
+    let segments = DataSegment::parse_list(&a.segments).map_err(ApiError::BadRequest)?;
+    let overwritten: Vec<SegmentKey> = match &a.segments_to_be_overwritten {
+        Some(raw) if raw.get() != "null" => DataSegment::parse_list(raw)
+            .map_err(ApiError::BadRequest)?
+            .into_iter()
+            .map(|s| {
+                if s.datasource == datasource {
+                    Ok(s.key)
+                } else {
+                    Err(ApiError::BadRequest(format!(
+                        "segmentsToBeOverwritten has segment [{}] of another datasource",
+                        s.id()
+                    )))
+                }
+            })
+            .collect::<Result<_, _>>()?,
+        _ => vec![],
+    };
+    for m in [&a.start_metadata, &a.end_metadata].into_iter().flatten() {
+        crate::segments::metadata::validate(m).map_err(ApiError::BadRequest)?;
+    }
+    let echo: Vec<Value> = segments.iter().map(|s| json!(DataSegmentJson::of(s))).collect();
+    let reply = state
+        .propose(Command::PublishSegments {
+            task: task.to_string(),
+            publish: Publish {
+                kind,
+                segments,
+                overwritten,
+                start_metadata: a.start_metadata,
+                end_metadata: a.end_metadata,
+                fencing_tokens: a.fencing_tokens,
+            },
+        })
+        .await?;
+    Ok(match reply {
+        Reply::Published {
+            outcome: PublishOutcome::Published { inserted },
+        } => {
+            let segments: Vec<&Value> = echo
+                .iter()
+                .filter(|s| inserted.iter().any(|i| Some(i.as_str()) == s["identifier"].as_str()))
+                .collect();
+            json!({"segments": segments, "success": true, "errorMsg": null, "retryable": false})
+        }
+        Reply::Published {
+            outcome: PublishOutcome::Rejected { message, retryable },
+        } => json!({"segments": [], "success": false, "errorMsg": message, "retryable": retryable}),
+        Reply::Published {
+            outcome: PublishOutcome::Invalid { message },
+        } => return Err(ApiError::BadRequest(message)),
+        other => return Err(unexpected(other)),
+    })
+}
+
+/// Used segments of `ds` overlapping any of `intervals`, without the overshadowed ones unless
+/// asked, as Druid's `DataSegment` JSON.
+pub async fn used_segments(state: &AppState, ds: &str, intervals: &[Interval], include_overshadowed: bool) -> Value {
+    let g = state.raft.shared.read().await;
+    let Some(d) = g.state.segments.datasource(ds) else {
+        return json!([]);
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for iv in intervals {
+        let found = if include_overshadowed {
+            d.overlapping(iv).filter(|(_, s)| s.used).collect()
+        } else {
+            d.visible_overlapping(iv)
+        };
+        for (k, s) in found {
+            if seen.insert(k.clone()) {
+                out.push(json!(DataSegmentJson::new(ds, k, s)));
+            }
+        }
+    }
+    json!(out)
+}

@@ -1,0 +1,584 @@
+//! Lock and segment routes: the Overlord's `lockedIntervals`, `activeLocks` and
+//! `datasources/{ds}` mark-used / mark-unused routes, the Coordinator's metadata and datasource
+//! views (`/druid/coordinator/v1/...`), datasource commit metadata, and the audit trail.
+
+use std::collections::BTreeMap;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::tasks::read_body;
+use super::{ApiError, AppState};
+use crate::interval::{iso, Interval};
+use crate::locks::LockFilterPolicy;
+use crate::segments::{validate_datasource, DataSegmentJson, SegmentFilter, SegmentKey};
+use crate::sm::{Command, Reply};
+
+const OVERLORD: &str = "/druid/indexer/v1";
+const COORDINATOR: &str = "/druid/coordinator/v1";
+
+/// Routes served by the leader.
+pub fn routes() -> Router<AppState> {
+    let mut r = Router::new()
+        .route(&format!("{OVERLORD}/lockedIntervals"), post(locked_intervals_v1))
+        .route(&format!("{OVERLORD}/lockedIntervals/v2"), post(locked_intervals_v2))
+        .route(&format!("{OVERLORD}/activeLocks"), post(active_locks))
+        .route(&format!("{OVERLORD}/audit"), get(audit))
+        .route(
+            &format!("{OVERLORD}/datasources/{{ds}}/metadata"),
+            get(get_metadata).delete(reset_metadata),
+        )
+        .route(
+            &format!("{COORDINATOR}/metadata/datasources"),
+            get(metadata_datasources),
+        )
+        .route(
+            &format!("{COORDINATOR}/metadata/datasources/{{ds}}"),
+            get(metadata_datasource),
+        )
+        .route(
+            &format!("{COORDINATOR}/metadata/datasources/{{ds}}/segments"),
+            get(metadata_segments_of).post(metadata_segments_in),
+        )
+        .route(
+            &format!("{COORDINATOR}/metadata/datasources/{{ds}}/segments/{{id}}"),
+            get(metadata_segment),
+        )
+        .route(
+            &format!("{COORDINATOR}/metadata/datasources/{{ds}}/unusedSegments"),
+            get(unused_segments),
+        )
+        .route(&format!("{COORDINATOR}/metadata/segments"), get(metadata_all_segments))
+        .route(&format!("{COORDINATOR}/datasources"), get(coordinator_datasources))
+        .route(
+            &format!("{COORDINATOR}/datasources/{{ds}}/intervals"),
+            get(datasource_intervals),
+        );
+    // Mark used / unused: the Overlord's routes and the Coordinator's older ones.
+    for base in [OVERLORD, COORDINATOR] {
+        let ds_route = format!("{base}/datasources/{{ds}}");
+        r = r
+            .route(&format!("{base}/datasources/{{ds}}/markUsed"), post(mark_used))
+            .route(&format!("{base}/datasources/{{ds}}/markUnused"), post(mark_unused))
+            .route(
+                &format!("{base}/datasources/{{ds}}/segments/{{id}}"),
+                post(mark_segment_used).delete(mark_segment_unused),
+            );
+        r = if base == OVERLORD {
+            r.route(&ds_route, post(mark_all_used).delete(mark_all_unused))
+        } else {
+            r.route(
+                &ds_route,
+                get(coordinator_datasource).post(mark_all_used).delete(mark_all_unused),
+            )
+        };
+    }
+    r
+}
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError::BadRequest(msg.into())
+}
+
+fn check_ds(ds: &str) -> Result<(), ApiError> {
+    validate_datasource(ds).map_err(ApiError::BadRequest)
+}
+
+async fn json_body<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    what: &str,
+) -> Result<T, ApiError> {
+    let bytes = read_body(state, headers, body).await?;
+    serde_json::from_slice(&bytes).map_err(|e| bad(format!("invalid {what}: {e}")))
+}
+
+// ---- locks ----
+
+async fn locked_intervals_v1(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let min: BTreeMap<String, i32> =
+        json_body(&state, &headers, body, "body: expected {\"datasource\": minPriority}").await?;
+    let policies: Vec<LockFilterPolicy> = min
+        .into_iter()
+        .map(|(datasource, priority)| LockFilterPolicy {
+            datasource,
+            priority,
+            intervals: None,
+            context: None,
+        })
+        .collect();
+    let g = state.raft.shared.read().await;
+    Ok(Json(g.state.locks.locked_intervals(&policies)).into_response())
+}
+
+async fn policies(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Vec<LockFilterPolicy>, ApiError> {
+    let p: Vec<LockFilterPolicy> = json_body(state, headers, body, "lock filter policies").await?;
+    if p.is_empty() {
+        return Err(bad("No filter provided"));
+    }
+    Ok(p)
+}
+
+async fn locked_intervals_v2(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let p = policies(&state, &headers, body).await?;
+    let g = state.raft.shared.read().await;
+    Ok(Json(g.state.locks.locked_intervals(&p)).into_response())
+}
+
+async fn active_locks(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let p = policies(&state, &headers, body).await?;
+    let g = state.raft.shared.read().await;
+    Ok(Json(json!({"datasourceToLocks": g.state.locks.active_locks(&p)})).into_response())
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    datasource: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    count: Option<usize>,
+}
+
+async fn audit(State(state): State<AppState>, Query(q): Query<AuditQuery>) -> Result<Response, ApiError> {
+    if q.count == Some(0) {
+        return Err(bad("count must be a positive integer"));
+    }
+    let g = state.raft.shared.read().await;
+    let rows: Vec<_> = g
+        .state
+        .audit
+        .newest(q.datasource.as_deref(), q.kind.as_deref(), q.count.unwrap_or(100))
+        .collect();
+    Ok(Json(rows).into_response())
+}
+
+// ---- datasource commit metadata ----
+
+async fn get_metadata(State(state): State<AppState>, Path(ds): Path<String>) -> Result<Response, ApiError> {
+    check_ds(&ds)?;
+    let g = state.raft.shared.read().await;
+    match g.state.segments.datasource(&ds).and_then(|d| d.metadata()) {
+        Some(m) => Ok(Json(m).into_response()),
+        None => Err(ApiError::NotFound(format!("no metadata stored for datasource [{ds}]"))),
+    }
+}
+
+async fn reset_metadata(State(state): State<AppState>, Path(ds): Path<String>) -> Result<Response, ApiError> {
+    check_ds(&ds)?;
+    match state
+        .propose(Command::SetDatasourceMetadata {
+            datasource: ds.clone(),
+            metadata: None,
+        })
+        .await?
+    {
+        Reply::MetadataSet { changed: true } => Ok(Json(json!({"dataSource": ds, "reset": true})).into_response()),
+        _ => Err(ApiError::NotFound(format!("no metadata stored for datasource [{ds}]"))),
+    }
+}
+
+// ---- mark used / unused ----
+
+/// Druid's `SegmentsToUpdateFilter`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct UpdateFilter {
+    interval: Option<Interval>,
+    segment_ids: Option<Vec<String>>,
+    versions: Option<Vec<String>>,
+}
+
+async fn mark(state: &AppState, ds: String, filter: SegmentFilter, used: bool) -> Result<usize, ApiError> {
+    match state
+        .propose(Command::MarkSegments {
+            datasource: ds,
+            filter,
+            used,
+        })
+        .await?
+    {
+        Reply::SegmentsMarked { count } => Ok(count),
+        other => Err(ApiError::Unavailable(format!("unexpected reply: {other:?}"))),
+    }
+}
+
+async fn filter_from_body(
+    state: &AppState,
+    ds: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<SegmentFilter, ApiError> {
+    let f: UpdateFilter = json_body(
+        state,
+        headers,
+        body,
+        "segment filter (expected {\"interval\"} or {\"segmentIds\"})",
+    )
+    .await?;
+    match (f.interval, f.segment_ids, f.versions) {
+        (Some(interval), None, versions) => Ok(SegmentFilter::Interval { interval, versions }),
+        (None, Some(ids), None) if !ids.is_empty() => {
+            let g = state.raft.shared.read().await;
+            let mut keys = Vec::with_capacity(ids.len());
+            for id in &ids {
+                let parsed = SegmentKey::parse_id(ds, id);
+                if parsed.is_empty() {
+                    return Err(bad(format!("Could not parse segment id [{id}] of datasource [{ds}]")));
+                }
+                // An id with two readings: take the stored one, else the first.
+                let stored = g.state.segments.find_id(ds, id).map(|(k, _)| k);
+                keys.push(stored.unwrap_or_else(|| parsed[0].clone()));
+            }
+            Ok(SegmentFilter::Keys { keys })
+        }
+        (None, Some(_), Some(_)) => Err(bad("'versions' can only be given with 'interval'")),
+        _ => Err(bad(
+            "Exactly one of interval or segmentIds must be specified (segmentIds not empty)",
+        )),
+    }
+}
+
+async fn mark_used(
+    State(state): State<AppState>,
+    Path(ds): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    check_ds(&ds)?;
+    let filter = filter_from_body(&state, &ds, &headers, body).await?;
+    let n = mark(&state, ds, filter, true).await?;
+    Ok(Json(json!({"numChangedSegments": n})).into_response())
+}
+
+async fn mark_unused(
+    State(state): State<AppState>,
+    Path(ds): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    check_ds(&ds)?;
+    let filter = filter_from_body(&state, &ds, &headers, body).await?;
+    let n = mark(&state, ds, filter, false).await?;
+    Ok(Json(json!({"numChangedSegments": n})).into_response())
+}
+
+async fn mark_all_used(State(state): State<AppState>, Path(ds): Path<String>) -> Result<Response, ApiError> {
+    check_ds(&ds)?;
+    let n = mark(&state, ds, SegmentFilter::All, true).await?;
+    Ok(Json(json!({"numChangedSegments": n})).into_response())
+}
+
+async fn mark_all_unused(State(state): State<AppState>, Path(ds): Path<String>) -> Result<Response, ApiError> {
+    check_ds(&ds)?;
+    let n = mark(&state, ds, SegmentFilter::All, false).await?;
+    Ok(Json(json!({"numChangedSegments": n})).into_response())
+}
+
+async fn one_segment(state: &AppState, ds: &str, id: &str) -> Result<SegmentKey, ApiError> {
+    check_ds(ds)?;
+    if SegmentKey::parse_id(ds, id).is_empty() {
+        return Err(bad(format!("Could not parse segment id [{id}] of datasource [{ds}]")));
+    }
+    let g = state.raft.shared.read().await;
+    g.state
+        .segments
+        .find_id(ds, id)
+        .map(|(k, _)| k)
+        .ok_or_else(|| ApiError::NotFound(format!("Segment [{id}] of datasource [{ds}] not found")))
+}
+
+async fn mark_segment_used(
+    State(state): State<AppState>,
+    Path((ds, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let key = one_segment(&state, &ds, &id).await?;
+    let n = mark(&state, ds, SegmentFilter::Keys { keys: vec![key] }, true).await?;
+    Ok(Json(json!({"numChangedSegments": n, "segmentStateChanged": n > 0})).into_response())
+}
+
+async fn mark_segment_unused(
+    State(state): State<AppState>,
+    Path((ds, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let key = one_segment(&state, &ds, &id).await?;
+    let n = mark(&state, ds, SegmentFilter::Keys { keys: vec![key] }, false).await?;
+    Ok(Json(json!({"numChangedSegments": n, "segmentStateChanged": n > 0})).into_response())
+}
+
+// ---- Coordinator metadata views ----
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct ViewQuery {
+    full: Option<String>,
+    simple: Option<String>,
+    include_unused: Option<String>,
+    interval: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Druid's `ImmutableDruidDataSource` of the used segments of `ds`.
+fn druid_datasource(state: &crate::sm::State, ds: &str) -> Option<Value> {
+    let d = state.segments.datasource(ds).filter(|d| d.used_count() > 0)?;
+    let segments: Vec<Value> = d.used().map(|(k, s)| json!(DataSegmentJson::new(ds, k, s))).collect();
+    Some(json!({"name": ds, "properties": {}, "segments": segments}))
+}
+
+async fn metadata_datasources(State(state): State<AppState>, Query(q): Query<ViewQuery>) -> Response {
+    let g = state.raft.shared.read().await;
+    let names: Vec<&String> = g
+        .state
+        .segments
+        .datasources()
+        .filter(|(_, d)| d.used_count() > 0 || (q.include_unused.is_some() && d.total_count() > 0))
+        .map(|(n, _)| n)
+        .collect();
+    if q.full.is_some() {
+        let full: Vec<Value> = names.iter().filter_map(|n| druid_datasource(&g.state, n)).collect();
+        return Json(full).into_response();
+    }
+    Json(names).into_response()
+}
+
+async fn metadata_datasource(State(state): State<AppState>, Path(ds): Path<String>) -> Result<Response, ApiError> {
+    check_ds(&ds)?;
+    let g = state.raft.shared.read().await;
+    druid_datasource(&g.state, &ds)
+        .map(|v| Json(v).into_response())
+        .ok_or_else(|| ApiError::NotFound(format!("datasource [{ds}] has no used segments")))
+}
+
+fn segments_view(state: &crate::sm::State, ds: &str, intervals: Option<&[Interval]>, full: bool) -> Value {
+    let Some(d) = state.segments.datasource(ds) else {
+        return json!([]);
+    };
+    let render = |k: &SegmentKey, s| {
+        if full {
+            json!(DataSegmentJson::new(ds, k, s))
+        } else {
+            json!(k.id(ds))
+        }
+    };
+    match intervals {
+        None => json!(d.used().map(|(k, s)| render(k, s)).collect::<Vec<_>>()),
+        Some(ivs) => {
+            let mut seen = std::collections::HashSet::new();
+            let list: Vec<Value> = ivs
+                .iter()
+                .flat_map(|iv| d.overlapping(iv))
+                .filter(|(k, s)| s.used && seen.insert((*k).clone()))
+                .map(|(k, s)| render(k, s))
+                .collect();
+            json!(list)
+        }
+    }
+}
+
+async fn metadata_segments_of(
+    State(state): State<AppState>,
+    Path(ds): Path<String>,
+    Query(q): Query<ViewQuery>,
+) -> Result<Response, ApiError> {
+    check_ds(&ds)?;
+    let g = state.raft.shared.read().await;
+    Ok(Json(segments_view(&g.state, &ds, None, q.full.is_some())).into_response())
+}
+
+async fn metadata_segments_in(
+    State(state): State<AppState>,
+    Path(ds): Path<String>,
+    Query(q): Query<ViewQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    check_ds(&ds)?;
+    let intervals: Vec<Interval> =
+        json_body(&state, &headers, body, "body: expected a JSON array of intervals").await?;
+    let g = state.raft.shared.read().await;
+    Ok(Json(segments_view(&g.state, &ds, Some(&intervals), q.full.is_some())).into_response())
+}
+
+async fn metadata_segment(
+    State(state): State<AppState>,
+    Path((ds, id)): Path<(String, String)>,
+    Query(q): Query<ViewQuery>,
+) -> Result<Response, ApiError> {
+    check_ds(&ds)?;
+    if SegmentKey::parse_id(&ds, &id).is_empty() {
+        return Err(bad(format!("Could not parse segment id [{id}] of datasource [{ds}]")));
+    }
+    let g = state.raft.shared.read().await;
+    match g.state.segments.find_id(&ds, &id) {
+        Some((k, s)) if s.used || q.include_unused.is_some() => {
+            Ok(Json(json!(DataSegmentJson::new(&ds, &k, s))).into_response())
+        }
+        _ => Err(ApiError::NotFound(format!("Segment [{id}] not found"))),
+    }
+}
+
+async fn unused_segments(
+    State(state): State<AppState>,
+    Path(ds): Path<String>,
+    Query(q): Query<ViewQuery>,
+) -> Result<Response, ApiError> {
+    check_ds(&ds)?;
+    let interval = match &q.interval {
+        Some(i) => Interval::parse_with(i, '/')
+            .or_else(|_| Interval::parse_with(i, '_'))
+            .map_err(|e| bad(e.to_string()))?,
+        None => Interval::ETERNITY,
+    };
+    let g = state.raft.shared.read().await;
+    let rows: Vec<Value> = g
+        .state
+        .segments
+        .datasource(&ds)
+        .into_iter()
+        .flat_map(|d| d.overlapping(&interval))
+        .filter(|(k, s)| !s.used && interval.contains(&k.interval()))
+        .take(q.limit.unwrap_or(usize::MAX))
+        .map(|(k, s)| {
+            json!({
+                "dataSegment": DataSegmentJson::new(&ds, k, s),
+                "createdDate": iso(s.created_ms as i64),
+                "usedStatusLastUpdatedDate": iso(s.used_updated_ms as i64),
+                "used": false
+            })
+        })
+        .collect();
+    Ok(Json(rows).into_response())
+}
+
+async fn metadata_all_segments(
+    State(state): State<AppState>,
+    axum::extract::RawQuery(raw): axum::extract::RawQuery,
+) -> Result<Response, ApiError> {
+    let mut wanted: Vec<String> = Vec::new();
+    let mut with_status = false;
+    let mut realtime = false;
+    for (k, v) in url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+        match k.as_ref() {
+            "datasources" => wanted.push(v.into_owned()),
+            "includeOvershadowedStatus" => with_status = true,
+            "includeRealtimeSegments" => realtime = true,
+            _ => {}
+        }
+    }
+    if realtime && !with_status {
+        return Err(bad(
+            "includeRealtimeSegments is only supported together with includeOvershadowedStatus",
+        ));
+    }
+    let g = state.raft.shared.read().await;
+    let mut rows = Vec::new();
+    for (ds, d) in g.state.segments.datasources() {
+        if !wanted.is_empty() && !wanted.contains(ds) {
+            continue;
+        }
+        let hidden = if with_status {
+            d.overshadowed()
+        } else {
+            Default::default()
+        };
+        for (k, s) in d.used() {
+            let mut v = json!(DataSegmentJson::new(ds, k, s));
+            if with_status {
+                v["overshadowed"] = json!(hidden.contains(k));
+                v["replicationFactor"] = Value::Null;
+                v["numRows"] = Value::Null;
+                v["realtime"] = json!(false);
+            }
+            rows.push(v);
+        }
+    }
+    Ok(Json(rows).into_response())
+}
+
+/// Summary of a datasource's used segments: `{count, size, minTime, maxTime}`.
+fn summary(d: &crate::segments::Datasource) -> Value {
+    let (mut count, mut size, mut min, mut max) = (0u64, 0u64, i64::MAX, i64::MIN);
+    for (k, s) in d.used() {
+        count += 1;
+        size += s.size;
+        min = min.min(k.start);
+        max = max.max(k.end);
+    }
+    if count == 0 {
+        return json!({"count": 0, "size": 0});
+    }
+    json!({"count": count, "size": size, "minTime": iso(min), "maxTime": iso(max)})
+}
+
+async fn coordinator_datasources(State(state): State<AppState>, Query(q): Query<ViewQuery>) -> Response {
+    let g = state.raft.shared.read().await;
+    let used = g.state.segments.datasources().filter(|(_, d)| d.used_count() > 0);
+    if q.simple.is_some() || q.full.is_some() {
+        let rows: Vec<Value> = used
+            .map(|(n, d)| json!({"name": n, "properties": {"tiers": {}, "segments": summary(d)}}))
+            .collect();
+        return Json(rows).into_response();
+    }
+    Json(used.map(|(n, _)| n).collect::<Vec<_>>()).into_response()
+}
+
+async fn coordinator_datasource(State(state): State<AppState>, Path(ds): Path<String>) -> Result<Response, ApiError> {
+    check_ds(&ds)?;
+    let g = state.raft.shared.read().await;
+    match g.state.segments.datasource(&ds).filter(|d| d.used_count() > 0) {
+        Some(d) => Ok(Json(json!({"tiers": {}, "segments": summary(d)})).into_response()),
+        None => Err(ApiError::NotFound(format!("datasource [{ds}] has no used segments"))),
+    }
+}
+
+async fn datasource_intervals(
+    State(state): State<AppState>,
+    Path(ds): Path<String>,
+    Query(q): Query<ViewQuery>,
+) -> Result<Response, ApiError> {
+    check_ds(&ds)?;
+    let g = state.raft.shared.read().await;
+    let Some(d) = g.state.segments.datasource(&ds).filter(|d| d.used_count() > 0) else {
+        return Err(ApiError::NotFound(format!("datasource [{ds}] has no used segments")));
+    };
+    // Newest interval first, as Druid lists them.
+    let mut by_interval: BTreeMap<std::cmp::Reverse<Interval>, (u64, u64, Vec<String>)> = BTreeMap::new();
+    for (k, s) in d.used() {
+        let e = by_interval.entry(std::cmp::Reverse(k.interval())).or_default();
+        e.0 += 1;
+        e.1 += s.size;
+        e.2.push(k.id(&ds));
+    }
+    if q.simple.is_some() || q.full.is_some() {
+        let map: serde_json::Map<String, Value> = by_interval
+            .into_iter()
+            .map(|(iv, (count, size, ids))| {
+                let v = if q.full.is_some() {
+                    json!(ids
+                        .into_iter()
+                        .map(|id| (id, json!({"servers": []})))
+                        .collect::<serde_json::Map<_, _>>())
+                } else {
+                    json!({"count": count, "size": size})
+                };
+                (iv.0.to_string(), v)
+            })
+            .collect();
+        return Ok(Json(map).into_response());
+    }
+    Ok(Json(by_interval.keys().map(|iv| iv.0.to_string()).collect::<Vec<_>>()).into_response())
+}
