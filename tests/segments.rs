@@ -371,3 +371,43 @@ async fn bad_actions_and_segment_requests_are_4xx_and_change_nothing() {
     .await;
     d.node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segment_allocate_and_pending_segment_deletion() {
+    let d = start().await;
+    d.submit("a", 50).await;
+    let alloc = |seq: &str, granularity: Value, shard: &str| {
+        json!({"type": "segmentAllocate", "dataSource": "wiki", "timestamp": "2024-01-01T05:00:00Z",
+               "queryGranularity": "NONE", "preferredSegmentGranularity": granularity, "sequenceName": seq,
+               "previousSegmentId": null, "skipSegmentLineageCheck": false,
+               "partialShardSpec": {"type": shard}, "lockGranularity": "TIME_CHUNK"})
+    };
+    let (s, v) = d.action("a", alloc("s0", json!("DAY"), "numbered")).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let id = v["result"].clone();
+    assert_eq!(
+        (id["interval"].as_str(), id["shardSpec"].clone()),
+        (
+            Some(DAY),
+            json!({"type": "numbered", "partitionNum": 0, "partitions": 0})
+        )
+    );
+    let (_, again) = d.action("a", alloc("s0", json!("DAY"), "numbered")).await;
+    assert_eq!(again["result"], id, "a retry gets the same segment");
+    let (_, other) = d
+        .action("a", alloc("s1", json!({"type": "period", "period": "P1D"}), "numbered"))
+        .await;
+    assert_eq!(other["result"]["shardSpec"]["partitionNum"], 1);
+    d.expect_bad(
+        d.action("a", alloc("s2", json!("FORTNIGHT"), "numbered")),
+        "unknown granularity",
+    )
+    .await;
+    d.expect_bad(d.action("a", alloc("s2", json!("DAY"), "hashed")), "not supported")
+        .await;
+    let (s, v) = d
+        .send(reqwest::Method::DELETE, "/druid/indexer/v1/pendingSegments/wiki", None)
+        .await;
+    assert_eq!((s, v), (StatusCode::OK, json!({"numDeleted": 2})));
+    d.node.stop().await;
+}

@@ -25,7 +25,7 @@ use crate::interval::Interval;
 use crate::locks::{LockOutcome, LockRequest, LockType};
 use crate::segments::segment::SegmentKey;
 use crate::segments::{DataSegment, DataSegmentJson};
-use crate::sm::{Command, Publish, PublishKind, PublishOutcome, Reply};
+use crate::sm::{AllocateOutcome, AllocateRequest, Command, Publish, PublishKind, PublishOutcome, Reply};
 
 /// Druid's default `taskLockTimeout` (5 minutes).
 pub const DEFAULT_LOCK_TIMEOUT_MS: u64 = 300_000;
@@ -105,6 +105,25 @@ struct UnusedAction {
     versions: Option<Vec<String>>,
     #[serde(default)]
     limit: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AllocateAction {
+    data_source: String,
+    timestamp: String,
+    preferred_segment_granularity: Value,
+    sequence_name: String,
+    #[serde(default)]
+    previous_segment_id: Option<String>,
+    #[serde(default)]
+    skip_segment_lineage_check: bool,
+    #[serde(default, alias = "shardSpecFactory")]
+    partial_shard_spec: Option<Value>,
+    #[serde(default)]
+    lock_granularity: Option<String>,
+    #[serde(default)]
+    task_lock_type: Option<LockType>,
 }
 
 fn parse<'a, T: Deserialize<'a>>(raw: &'a RawValue, what: &str) -> Result<T, ApiError> {
@@ -228,19 +247,69 @@ async fn action(State(state): State<AppState>, headers: HeaderMap, body: Body) -
                 other => return Err(unexpected(other)),
             }
         }
-        "segmentAllocate" => return Err(ApiError::BadRequest(
-            "segmentAllocate is not supported by this version of raftlord: pending segments are not implemented yet"
-                .into(),
-        )),
+        "segmentAllocate" => {
+            let a: AllocateAction = parse(&env.action, "segmentAllocate")?;
+            allocate(&state, &id, &datasource, a).await?
+        }
         other => {
             return Err(ApiError::BadRequest(format!(
                 "unknown task action type [{other}]; supported: lockAcquire, lockTryAcquire, lockList, lockRelease, \
                  segmentTransactionalInsert, segmentTransactionalAppend, segmentTransactionalReplace, \
-                 retrieveUsedSegments, retrieveUnusedSegments, markSegmentsAsUnused"
+                 segmentAllocate, retrieveUsedSegments, retrieveUnusedSegments, markSegmentsAsUnused"
             )))
         }
     };
     Ok(Json(json!({ "result": result })).into_response())
+}
+
+async fn allocate(state: &AppState, task: &str, datasource: &str, a: AllocateAction) -> Result<Value, ApiError> {
+    if a.data_source != datasource {
+        return Err(ApiError::BadRequest(format!(
+            "task [{task}] of datasource [{datasource}] cannot allocate segments of [{}]",
+            a.data_source
+        )));
+    }
+    let timestamp = crate::interval::parse_instant(&a.timestamp).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let granularity = crate::segments::granularity::Granularity::parse(&a.preferred_segment_granularity)
+        .map_err(|e| ApiError::BadRequest(format!("invalid preferredSegmentGranularity: {e}")))?;
+    if let Some(kind) = a
+        .partial_shard_spec
+        .as_ref()
+        .and_then(|p| p.get("type"))
+        .and_then(Value::as_str)
+    {
+        if kind != "numbered" {
+            return Err(ApiError::BadRequest(format!(
+                "partialShardSpec type [{kind}] is not supported; raftlord allocates numbered segments"
+            )));
+        }
+    }
+    if a.lock_granularity.as_deref().is_some_and(|g| g != "TIME_CHUNK") {
+        return Err(ApiError::BadRequest(
+            "only lockGranularity TIME_CHUNK is supported (segment locks are deprecated in Druid)".into(),
+        ));
+    }
+    let request = AllocateRequest {
+        timestamp,
+        preferred_interval: granularity.bucket(timestamp),
+        sequence_name: a.sequence_name,
+        previous_segment_id: a.previous_segment_id.filter(|p| !p.is_empty()),
+        skip_lineage_check: a.skip_segment_lineage_check,
+        lock_type: a.task_lock_type.unwrap_or(LockType::Exclusive),
+    };
+    match state
+        .propose(Command::AllocateSegment {
+            task: task.to_string(),
+            request,
+        })
+        .await?
+    {
+        Reply::Allocated {
+            outcome: AllocateOutcome::Allocated { segment },
+        } => Ok(segment.id_with_shard_spec(datasource)),
+        Reply::Allocated { .. } => Ok(Value::Null),
+        other => Err(unexpected(other)),
+    }
 }
 
 fn unexpected(reply: Reply) -> ApiError {

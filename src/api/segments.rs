@@ -31,6 +31,10 @@ pub fn routes() -> Router<AppState> {
         .route(&format!("{OVERLORD}/activeLocks"), post(active_locks))
         .route(&format!("{OVERLORD}/audit"), get(audit))
         .route(
+            &format!("{OVERLORD}/pendingSegments/{{ds}}"),
+            axum::routing::delete(delete_pending),
+        )
+        .route(
             &format!("{OVERLORD}/datasources/{{ds}}/metadata"),
             get(get_metadata).delete(reset_metadata),
         )
@@ -165,6 +169,38 @@ async fn audit(State(state): State<AppState>, Query(q): Query<AuditQuery>) -> Re
         .newest(q.datasource.as_deref(), q.kind.as_deref(), q.count.unwrap_or(100))
         .collect();
     Ok(Json(rows).into_response())
+}
+
+#[derive(Deserialize)]
+struct PendingQuery {
+    interval: Option<String>,
+}
+
+/// `DELETE /pendingSegments/{ds}?interval=`: deletes pending segments created in the interval.
+async fn delete_pending(
+    State(state): State<AppState>,
+    Path(ds): Path<String>,
+    Query(q): Query<PendingQuery>,
+) -> Result<Response, ApiError> {
+    check_ds(&ds)?;
+    let created = match &q.interval {
+        Some(i) => Some(
+            Interval::parse_with(i, '/')
+                .or_else(|_| Interval::parse_with(i, '_'))
+                .map_err(|e| bad(e.to_string()))?,
+        ),
+        None => None,
+    };
+    match state
+        .propose(Command::DeletePendingSegments {
+            datasource: ds,
+            created,
+        })
+        .await?
+    {
+        Reply::PendingDeleted { count } => Ok(Json(json!({"numDeleted": count})).into_response()),
+        other => Err(ApiError::Unavailable(format!("unexpected reply: {other:?}"))),
+    }
 }
 
 // ---- datasource commit metadata ----

@@ -10,6 +10,7 @@
 //! - [`metadata`]: the commit-metadata compare-and-swap;
 //! - this module: the table, its `apply_*` functions and queries.
 
+pub mod granularity;
 pub mod metadata;
 pub mod segment;
 pub mod timeline;
@@ -51,6 +52,37 @@ pub struct Datasource {
     max_span_ms: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     metadata: Option<serde_json::Value>,
+    /// Pending segments (allocated, not yet published), by segment id.
+    #[serde(default, skip_serializing_if = "OrdMap::is_empty")]
+    pending: OrdMap<String, PendingSegment>,
+}
+
+/// A segment id handed out by `segmentAllocate` and not yet published (Druid's
+/// `druid_pendingSegments` row).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingSegment {
+    pub key: SegmentKey,
+    /// Core partitions of the set the segment joins (0 for a new set).
+    pub core_partitions: u32,
+    pub sequence_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_segment_id: Option<String>,
+    /// The task that allocated it; its completion deletes it.
+    pub task_allocator_id: String,
+    pub created_ms: u64,
+}
+
+impl PendingSegment {
+    /// Druid's `SegmentIdWithShardSpec` JSON.
+    pub fn id_with_shard_spec(&self, datasource: &str) -> serde_json::Value {
+        serde_json::json!({
+            "dataSource": datasource,
+            "interval": self.key.interval(),
+            "version": &*self.key.version,
+            "shardSpec": {"type": "numbered", "partitionNum": self.key.partition, "partitions": self.core_partitions},
+        })
+    }
 }
 
 impl Datasource {
@@ -112,6 +144,11 @@ impl Datasource {
                 .map(|(k, s)| (k, &s.shard_spec)),
         );
         used.into_iter().filter(|(k, _)| !hidden.contains(*k)).collect()
+    }
+
+    /// Pending segments, by id.
+    pub fn pending(&self) -> impl Iterator<Item = &PendingSegment> {
+        self.pending.values()
     }
 
     /// Keys of the used segments that are fully overshadowed.
@@ -269,6 +306,56 @@ impl SegmentTable {
                 .get_mut(ds)
                 .is_some_and(|d| d.metadata.take().is_some()),
         }
+    }
+
+    /// Stores a pending segment.
+    pub fn apply_add_pending(&mut self, ds: &str, p: PendingSegment) {
+        let id = p.key.id(ds);
+        self.datasources
+            .entry(ds.to_string())
+            .or_default()
+            .pending
+            .insert(id, p);
+    }
+
+    /// Deletes the pending segments `task` allocated. Returns how many.
+    pub fn apply_delete_pending_of_task(&mut self, task: &str) -> usize {
+        let mut n = 0;
+        let affected: Vec<String> = self
+            .datasources
+            .iter()
+            .filter(|(_, d)| d.pending.values().any(|p| p.task_allocator_id == task))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in affected {
+            if let Some(d) = self.datasources.get_mut(&name) {
+                let before = d.pending.len();
+                d.pending = d
+                    .pending
+                    .clone()
+                    .into_iter()
+                    .filter(|(_, p)| p.task_allocator_id != task)
+                    .collect();
+                n += before - d.pending.len();
+            }
+        }
+        n
+    }
+
+    /// Deletes `ds`'s pending segments created within `created` (all when `None`). Returns
+    /// how many.
+    pub fn apply_delete_pending(&mut self, ds: &str, created: Option<Interval>) -> usize {
+        let Some(d) = self.datasources.get_mut(ds) else {
+            return 0;
+        };
+        let before = d.pending.len();
+        d.pending = d
+            .pending
+            .clone()
+            .into_iter()
+            .filter(|(_, p)| created.is_some_and(|iv| !iv.contains_instant(p.created_ms as i64)))
+            .collect();
+        before - d.pending.len()
     }
 
     /// Resolves a segment id of `ds` to the stored key it names.

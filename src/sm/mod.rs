@@ -7,6 +7,7 @@
 //! out may still commit): a repeated submit is refused as a duplicate, a repeated shutdown finds
 //! the task complete, a repeated announcement changes nothing.
 
+mod allocate;
 mod locking;
 pub mod publish;
 
@@ -37,6 +38,7 @@ pub struct State {
     pub audit: AuditTrail,
 }
 
+pub use allocate::{AllocateOutcome, AllocateRequest};
 pub use publish::{Publish, PublishKind, PublishOutcome};
 
 /// One placement in an [`Command::AssignTasks`].
@@ -102,6 +104,15 @@ pub enum Command {
         filter: SegmentFilter,
         used: bool,
     },
+    /// Allocate a pending segment for an active task (Druid's `segmentAllocate`), taking the
+    /// lock on its time chunk.
+    AllocateSegment { task: String, request: AllocateRequest },
+    /// Delete a datasource's pending segments created within `created` (all when absent).
+    DeletePendingSegments {
+        datasource: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        created: Option<Interval>,
+    },
     /// Set, or with `null` delete, a datasource's commit metadata (Druid's reset).
     SetDatasourceMetadata {
         datasource: String,
@@ -162,6 +173,12 @@ pub enum Reply {
     MetadataSet {
         changed: bool,
     },
+    Allocated {
+        outcome: AllocateOutcome,
+    },
+    PendingDeleted {
+        count: usize,
+    },
 }
 
 impl StateMachine for State {
@@ -173,6 +190,7 @@ impl StateMachine for State {
         // Completing a task releases its locks in the same command.
         for id in self.tasks.take_completed() {
             self.release_task_locks(ctx, &id);
+            self.segments.apply_delete_pending_of_task(&id);
         }
         reply
     }
@@ -250,6 +268,12 @@ impl State {
                 used,
             } => Reply::SegmentsMarked {
                 count: self.mark_segments(ctx, &datasource, &filter, used),
+            },
+            Command::AllocateSegment { task, request } => Reply::Allocated {
+                outcome: self.allocate(ctx, &task, &request),
+            },
+            Command::DeletePendingSegments { datasource, created } => Reply::PendingDeleted {
+                count: self.delete_pending(ctx, &datasource, created),
             },
             Command::SetDatasourceMetadata { datasource, metadata } => Reply::MetadataSet {
                 changed: self.set_metadata(ctx, &datasource, metadata),

@@ -201,6 +201,21 @@ impl State {
         changed.len()
     }
 
+    pub(super) fn delete_pending(
+        &mut self,
+        ctx: ApplyContext,
+        ds: &str,
+        created: Option<crate::interval::Interval>,
+    ) -> usize {
+        let n = self.segments.apply_delete_pending(ds, created);
+        if n > 0 {
+            let mut record = AuditRecord::new(ctx.index, ctx.time_ms, "pendingSegments.deleted", ds);
+            record.interval = created;
+            self.audit.push(record);
+        }
+        n
+    }
+
     pub(super) fn set_metadata(&mut self, ctx: ApplyContext, ds: &str, metadata: Option<serde_json::Value>) -> bool {
         let kind = if metadata.is_some() {
             "datasourceMetadata.set"

@@ -361,3 +361,119 @@ fn state_with_segments_and_locks_round_trips_through_snapshot_json() {
     assert_eq!(back.segments.datasource("wiki").unwrap().used_count(), 2);
     assert_eq!(back.locks.locks_of("a").len(), 1);
 }
+
+fn allocate(s: &mut State, index: u64, task: &str, sequence: &str, previous: Option<&str>) -> AllocateOutcome {
+    let Reply::Allocated { outcome } = s.apply(
+        ctx(index, 10_000 + index),
+        Command::AllocateSegment {
+            task: task.into(),
+            request: AllocateRequest {
+                timestamp: day().start + 3_600_000,
+                preferred_interval: day(),
+                sequence_name: sequence.into(),
+                previous_segment_id: previous.map(Into::into),
+                skip_lineage_check: false,
+                lock_type: LockType::Exclusive,
+            },
+        },
+    ) else {
+        panic!()
+    };
+    outcome
+}
+
+fn allocated(o: &AllocateOutcome) -> &crate::segments::PendingSegment {
+    match o {
+        AllocateOutcome::Allocated { segment } => segment,
+        o => panic!("{o:?}"),
+    }
+}
+
+#[test]
+fn allocation_takes_the_lock_numbers_partitions_and_repeats_itself() {
+    let mut s = State::default();
+    submit(&mut s, 1, "a", 50);
+    let first = allocated(&allocate(&mut s, 2, "a", "seq0", None)).clone();
+    assert_eq!(
+        (first.key.interval(), first.key.partition, first.core_partitions),
+        (day(), 0, 0)
+    );
+    let held = &s.locks.locks_of("a")[0];
+    assert_eq!((&*first.key.version, held.interval), (held.version.as_str(), day()));
+    // Same sequence and previous id: the same segment; a new previous id: the next partition.
+    assert_eq!(allocated(&allocate(&mut s, 3, "a", "seq0", None)), &first);
+    let second = allocated(&allocate(&mut s, 4, "a", "seq0", Some("prev"))).clone();
+    assert_eq!(second.key.partition, 1);
+    assert_eq!(
+        second.id_with_shard_spec("wiki")["shardSpec"],
+        json!({"type": "numbered", "partitionNum": 1, "partitions": 0})
+    );
+    // Another task cannot allocate in the locked chunk.
+    submit(&mut s, 5, "b", 50);
+    assert!(matches!(
+        allocate(&mut s, 6, "b", "x", None),
+        AllocateOutcome::Refused { .. }
+    ));
+    // Completion deletes the task's pending segments and releases the lock.
+    s.apply(
+        ctx(7, 20_000),
+        Command::ShutdownTask {
+            id: "a".into(),
+            reason: "done".into(),
+        },
+    );
+    assert_eq!(s.segments.datasource("wiki").unwrap().pending().count(), 0);
+    // b now appends after published segments of an existing version, keeping their core count.
+    let v = granted_version(&lock(&mut s, 8, "b", LockType::Exclusive));
+    apply_publish(&mut s, 9, "b", publish(vec![segment(&v, 0), segment(&v, 1)]));
+    let next = allocated(&allocate(&mut s, 10, "b", "y", None)).clone();
+    assert_eq!(
+        (&*next.key.version, next.key.partition, next.core_partitions),
+        (v.as_str(), 2, 2)
+    );
+    let Reply::PendingDeleted { count } = s.apply(
+        ctx(11, 30_000),
+        Command::DeletePendingSegments {
+            datasource: "wiki".into(),
+            created: None,
+        },
+    ) else {
+        panic!()
+    };
+    assert_eq!(count, 1);
+}
+
+#[test]
+fn golden_json_of_allocation_commands() {
+    let cmd = Command::AllocateSegment {
+        task: "t".into(),
+        request: AllocateRequest {
+            timestamp: 0,
+            preferred_interval: Interval::new(0, 3_600_000).unwrap(),
+            sequence_name: "s".into(),
+            previous_segment_id: None,
+            skip_lineage_check: true,
+            lock_type: LockType::Append,
+        },
+    };
+    let golden = json!({"allocateSegment": {"task": "t", "request": {"timestamp": 0,
+        "preferredInterval": "1970-01-01T00:00:00.000Z/1970-01-01T01:00:00.000Z", "sequenceName": "s",
+        "skipLineageCheck": true, "lockType": "APPEND"}}});
+    assert_eq!(serde_json::to_value(&cmd).unwrap(), golden);
+    assert_eq!(serde_json::from_value::<Command>(golden).unwrap(), cmd);
+    let del = Command::DeletePendingSegments {
+        datasource: "wiki".into(),
+        created: None,
+    };
+    assert_eq!(
+        serde_json::to_value(&del).unwrap(),
+        json!({"deletePendingSegments": {"datasource": "wiki"}})
+    );
+    let reply = Reply::Allocated {
+        outcome: AllocateOutcome::Refused { reason: "r".into() },
+    };
+    assert_eq!(
+        serde_json::to_value(&reply).unwrap(),
+        json!({"reply": "allocated", "outcome": {"outcome": "refused", "reason": "r"}})
+    );
+}

@@ -1,0 +1,192 @@
+//! Druid's segment granularities, as far as segment allocation needs them: the bucket (UTC)
+//! holding an instant.
+//!
+//! Accepted: the names `SECOND`, `MINUTE`, `FIVE_MINUTE`, `TEN_MINUTE`, `FIFTEEN_MINUTE`,
+//! `THIRTY_MINUTE`, `HOUR`, `SIX_HOUR`, `EIGHT_HOUR`, `DAY`, `WEEK`, `MONTH`, `QUARTER`, `YEAR`,
+//! `ALL` (any case), `{"type": "<name>"}`, `{"type": "period", "period": "PT1H" | "P1D" | ...}`
+//! for the periods those names stand for (UTC only), and `{"type": "duration", "duration": ms}`.
+
+use chrono::{Datelike, NaiveDate, TimeZone, Utc};
+use serde_json::Value;
+
+use crate::interval::Interval;
+
+/// A bucketing of time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Granularity {
+    /// Fixed length in milliseconds, aligned to the epoch.
+    Fixed(i64),
+    Week,
+    Month,
+    Quarter,
+    Year,
+    All,
+}
+
+const MINUTE: i64 = 60_000;
+const HOUR: i64 = 60 * MINUTE;
+const DAY: i64 = 24 * HOUR;
+
+impl Granularity {
+    pub fn parse(v: &Value) -> Result<Granularity, String> {
+        match v {
+            Value::String(s) => Granularity::by_name(s),
+            Value::Object(o) => match o.get("type").and_then(Value::as_str) {
+                Some("period") => {
+                    if o.get("timeZone").and_then(Value::as_str).is_some_and(|z| z != "UTC") {
+                        return Err("only UTC period granularities are supported".into());
+                    }
+                    let p = o
+                        .get("period")
+                        .and_then(Value::as_str)
+                        .ok_or("period granularity needs 'period'")?;
+                    Granularity::by_period(p)
+                }
+                Some("duration") => match o.get("duration").and_then(Value::as_i64) {
+                    Some(ms) if ms > 0 => Ok(Granularity::Fixed(ms)),
+                    _ => Err("duration granularity needs a positive 'duration' in ms".into()),
+                },
+                Some(name) => Granularity::by_name(name),
+                None => Err("granularity object needs a 'type'".into()),
+            },
+            _ => Err(format!("invalid granularity {v}")),
+        }
+    }
+
+    fn by_name(s: &str) -> Result<Granularity, String> {
+        Ok(match s.to_ascii_uppercase().as_str() {
+            "SECOND" => Granularity::Fixed(1000),
+            "MINUTE" => Granularity::Fixed(MINUTE),
+            "FIVE_MINUTE" => Granularity::Fixed(5 * MINUTE),
+            "TEN_MINUTE" => Granularity::Fixed(10 * MINUTE),
+            "FIFTEEN_MINUTE" => Granularity::Fixed(15 * MINUTE),
+            "THIRTY_MINUTE" => Granularity::Fixed(30 * MINUTE),
+            "HOUR" => Granularity::Fixed(HOUR),
+            "SIX_HOUR" => Granularity::Fixed(6 * HOUR),
+            "EIGHT_HOUR" => Granularity::Fixed(8 * HOUR),
+            "DAY" => Granularity::Fixed(DAY),
+            "WEEK" => Granularity::Week,
+            "MONTH" => Granularity::Month,
+            "QUARTER" => Granularity::Quarter,
+            "YEAR" => Granularity::Year,
+            "ALL" => Granularity::All,
+            _ => return Err(format!("unknown granularity [{s}]")),
+        })
+    }
+
+    fn by_period(p: &str) -> Result<Granularity, String> {
+        Ok(match p {
+            "PT1S" => Granularity::Fixed(1000),
+            "PT1M" => Granularity::Fixed(MINUTE),
+            "PT5M" => Granularity::Fixed(5 * MINUTE),
+            "PT10M" => Granularity::Fixed(10 * MINUTE),
+            "PT15M" => Granularity::Fixed(15 * MINUTE),
+            "PT30M" => Granularity::Fixed(30 * MINUTE),
+            "PT1H" => Granularity::Fixed(HOUR),
+            "PT6H" => Granularity::Fixed(6 * HOUR),
+            "PT8H" => Granularity::Fixed(8 * HOUR),
+            "P1D" => Granularity::Fixed(DAY),
+            "P1W" => Granularity::Week,
+            "P1M" => Granularity::Month,
+            "P3M" => Granularity::Quarter,
+            "P1Y" => Granularity::Year,
+            _ => return Err(format!("unsupported period granularity [{p}]")),
+        })
+    }
+
+    /// The bucket holding `t`.
+    pub fn bucket(&self, t: i64) -> Interval {
+        let month_start = |y: i32, m: u32| {
+            NaiveDate::from_ymd_opt(y, m, 1)
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+                .map(|d| d.and_utc().timestamp_millis())
+                .unwrap_or(t)
+        };
+        let months = |step: u32| {
+            let d = Utc.timestamp_millis_opt(t).single().unwrap_or_default();
+            let first = (d.month0() / step) * step;
+            let (y, m) = (d.year(), first + 1);
+            let (ny, nm) = if m + step > 12 {
+                (y + 1, m + step - 12)
+            } else {
+                (y, m + step)
+            };
+            Interval {
+                start: month_start(y, m),
+                end: month_start(ny, nm),
+            }
+        };
+        match *self {
+            Granularity::Fixed(len) => {
+                let start = t.div_euclid(len) * len;
+                Interval {
+                    start,
+                    end: start + len,
+                }
+            }
+            Granularity::Week => {
+                // Weeks start on Monday; 1970-01-05 was a Monday.
+                let monday = 4 * DAY;
+                let start = (t - monday).div_euclid(7 * DAY) * 7 * DAY + monday;
+                Interval {
+                    start,
+                    end: start + 7 * DAY,
+                }
+            }
+            Granularity::Month => months(1),
+            Granularity::Quarter => months(3),
+            Granularity::Year => months(12),
+            Granularity::All => Interval::ETERNITY,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::interval::parse_instant;
+
+    fn bucket(g: Value, t: &str) -> String {
+        Granularity::parse(&g)
+            .unwrap()
+            .bucket(parse_instant(t).unwrap())
+            .to_string()
+    }
+
+    #[test]
+    fn buckets_match_druids_utc_granularities() {
+        let t = "2024-05-15T13:45:10.000Z";
+        assert_eq!(
+            bucket(json!("HOUR"), t),
+            "2024-05-15T13:00:00.000Z/2024-05-15T14:00:00.000Z"
+        );
+        assert_eq!(
+            bucket(json!("day"), t),
+            "2024-05-15T00:00:00.000Z/2024-05-16T00:00:00.000Z"
+        );
+        assert_eq!(
+            bucket(json!("WEEK"), t),
+            "2024-05-13T00:00:00.000Z/2024-05-20T00:00:00.000Z"
+        );
+        assert_eq!(
+            bucket(json!("MONTH"), t),
+            "2024-05-01T00:00:00.000Z/2024-06-01T00:00:00.000Z"
+        );
+        assert_eq!(
+            bucket(json!("QUARTER"), t),
+            "2024-04-01T00:00:00.000Z/2024-07-01T00:00:00.000Z"
+        );
+        assert_eq!(
+            bucket(json!({"type": "period", "period": "P1Y"}), t),
+            "2024-01-01T00:00:00.000Z/2025-01-01T00:00:00.000Z"
+        );
+        assert_eq!(
+            bucket(json!("MONTH"), "2024-12-31T23:00:00Z"),
+            "2024-12-01T00:00:00.000Z/2025-01-01T00:00:00.000Z"
+        );
+        assert!(Granularity::parse(&json!("FORTNIGHT")).is_err());
+        assert!(Granularity::parse(&json!({"type": "period", "period": "P2D"})).is_err());
+    }
+}

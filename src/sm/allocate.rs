@@ -1,0 +1,139 @@
+//! Segment allocation (Druid's `segmentAllocate`) as one command: find the time chunk, take the
+//! task's lock on it, and hand out the next partition of the chunk's version as a pending
+//! segment. Asking again with the same sequence name and previous segment id returns the same
+//! segment, so a peon that retries after a lost reply gets what it was given.
+//!
+//! The chunk is the interval of the used segments already holding the timestamp, else the
+//! bucket of the preferred granularity. The version is that of the chunk's used segments, else
+//! the lock's (for an APPEND lock, whose version is the epoch, the entry's time). Partition
+//! numbers continue after the used and pending segments of that version; the core partition
+//! count of an existing set is kept, a new set has none (Druid's `numbered` appending form).
+//! Concurrent allocations from many peons are batched into one Raft entry by the proposer, the
+//! role of Druid's allocation queue.
+
+use raftlord_raft::ApplyContext;
+use serde::{Deserialize, Serialize};
+
+use super::State;
+use crate::audit::AuditRecord;
+use crate::interval::{iso, Interval};
+use crate::locks::{LockOutcome, LockRequest, LockType, EPOCH_VERSION};
+use crate::segments::{PendingSegment, SegmentKey};
+
+/// What a `segmentAllocate` action asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AllocateRequest {
+    /// The row timestamp, ms.
+    pub timestamp: i64,
+    /// The bucket of the preferred segment granularity holding the timestamp.
+    pub preferred_interval: Interval,
+    pub sequence_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_segment_id: Option<String>,
+    #[serde(default)]
+    pub skip_lineage_check: bool,
+    pub lock_type: LockType,
+}
+
+/// The outcome of an allocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "camelCase")]
+pub enum AllocateOutcome {
+    Allocated {
+        segment: PendingSegment,
+    },
+    /// No segment: the lock was not granted (or was revoked), or the task is not active.
+    Refused {
+        reason: String,
+    },
+}
+
+impl State {
+    pub(super) fn allocate(&mut self, ctx: ApplyContext, task_id: &str, req: &AllocateRequest) -> AllocateOutcome {
+        let Some(task) = self.tasks.get(task_id).filter(|t| t.is_active()) else {
+            return AllocateOutcome::Refused {
+                reason: format!("Task [{task_id}] is not active"),
+            };
+        };
+        let ds = task.spec.datasource.clone();
+        let at = Interval {
+            start: req.timestamp,
+            end: req.timestamp.saturating_add(1),
+        };
+        let d = self.segments.datasource(&ds);
+        // The same request again: the same answer.
+        if let Some(p) = d.into_iter().flat_map(|d| d.pending()).find(|p| {
+            p.sequence_name == req.sequence_name
+                && (req.skip_lineage_check || p.previous_segment_id == req.previous_segment_id)
+                && p.key.interval().contains(&at)
+        }) {
+            return AllocateOutcome::Allocated { segment: p.clone() };
+        }
+        let existing = d.and_then(|d| {
+            d.overlapping(&at)
+                .filter(|(_, s)| s.used)
+                .max_by(|a, b| a.0.version.cmp(&b.0.version))
+                .map(|(k, _)| k.clone())
+        });
+        let interval = existing.as_ref().map_or(req.preferred_interval, SegmentKey::interval);
+        let lock = match self.acquire_lock(
+            ctx,
+            task_id,
+            &LockRequest {
+                lock_type: req.lock_type,
+                interval,
+                preferred_version: None,
+            },
+        ) {
+            LockOutcome::Granted { lock, .. } => lock,
+            LockOutcome::Revoked { .. } => {
+                return AllocateOutcome::Refused {
+                    reason: format!("the lock on [{interval}] was revoked"),
+                }
+            }
+            LockOutcome::Refused { reason } => return AllocateOutcome::Refused { reason },
+        };
+        let version: std::sync::Arc<str> = match &existing {
+            Some(k) => k.version.clone(),
+            None if lock.version == EPOCH_VERSION => iso(ctx.time_ms as i64).into(),
+            None => lock.version.as_str().into(),
+        };
+        let d = self.segments.datasource(&ds);
+        let same_set = |k: &SegmentKey| k.interval() == interval && k.version == version;
+        let used_max = d
+            .into_iter()
+            .flat_map(|d| d.overlapping(&interval))
+            .filter(|(k, s)| s.used && same_set(k))
+            .map(|(k, s)| (k.partition, s.shard_spec.core_partitions.unwrap_or(0)))
+            .max();
+        let pending_max = d
+            .into_iter()
+            .flat_map(|d| d.pending())
+            .filter(|p| same_set(&p.key))
+            .map(|p| p.key.partition)
+            .max();
+        let partition = match (used_max.map(|(p, _)| p), pending_max) {
+            (None, None) => 0,
+            (a, b) => a.max(b).map_or(0, |p| p + 1),
+        };
+        let segment = PendingSegment {
+            key: SegmentKey {
+                start: interval.start,
+                end: interval.end,
+                version,
+                partition,
+            },
+            core_partitions: used_max.map_or(0, |(_, core)| core),
+            sequence_name: req.sequence_name.clone(),
+            previous_segment_id: req.previous_segment_id.clone(),
+            task_allocator_id: task_id.to_string(),
+            created_ms: ctx.time_ms,
+        };
+        self.segments.apply_add_pending(&ds, segment.clone());
+        let mut record = AuditRecord::new(ctx.index, ctx.time_ms, "pendingSegment.allocated", &ds).task(task_id);
+        record.segments = vec![segment.key.id(&ds)];
+        self.audit.push(record);
+        AllocateOutcome::Allocated { segment }
+    }
+}
