@@ -127,6 +127,14 @@ impl Raftlord {
         Ok(())
     }
 
+    /// Kills a node with SIGKILL and waits until it is gone.
+    pub async fn kill9_and_wait(&mut self, id: u64) -> anyhow::Result<()> {
+        if let Some(mut c) = self.procs.remove(&id) {
+            c.kill().await?;
+        }
+        Ok(())
+    }
+
     pub fn pid(&self, id: u64) -> Option<u32> {
         self.procs.get(&id).and_then(|c| c.id())
     }
@@ -149,6 +157,14 @@ impl Raftlord {
 pub fn rss_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Peak resident memory of a process, in MiB.
+pub fn hwm_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
 }

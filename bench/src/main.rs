@@ -8,12 +8,15 @@
 //!   submission through a surviving node;
 //! - `restart`: store N tasks, restart the cluster, time to serving and resident memory;
 //! - `tasks`: tasks actually run: submit -> peon running latency with free slots, and the wall
-//!   time for a batch of noop tasks to all succeed on three workers.
+//!   time for a batch of noop tasks to all succeed on three workers;
+//! - `segments`: a million segments published through task actions: publish rate, memory,
+//!   query latency, snapshot size, restart and snapshot catch-up times, overshadow pass.
 //!
 //! Every cluster lives in a temp dir and on loopback ports, and is stopped at the end.
 
 mod cluster;
 mod load;
+mod segments;
 
 use std::path::PathBuf;
 
@@ -81,6 +84,20 @@ enum Cmd {
         #[arg(long = "node-flag")]
         node_flags: Vec<String>,
     },
+    /// Publish N segments across datasources through task actions; memory, query p99,
+    /// snapshot, restart and catch-up times, overshadow pass.
+    Segments {
+        #[arg(long, default_value_t = 1_000_000)]
+        segments: usize,
+        #[arg(long, default_value_t = 100)]
+        datasources: usize,
+        /// Segments per publish action.
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        /// Concurrent publishers.
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+    },
 }
 
 fn raftlord_path(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
@@ -119,5 +136,11 @@ async fn main() -> anyhow::Result<()> {
             clients,
             node_flags,
         } => load::tasks(&bin, samples, tasks, slots, run_time_ms, clients, &node_flags).await,
+        Cmd::Segments {
+            segments,
+            datasources,
+            batch,
+            clients,
+        } => segments::run(&bin, segments, datasources, batch, clients).await,
     }
 }

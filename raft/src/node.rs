@@ -146,6 +146,10 @@ impl<S: StateMachine> RaftNode<S> {
             election_timeout_max: settings.election_max_ms,
             install_snapshot_timeout: 10_000,
             snapshot_max_chunk_size: 8 << 20,
+            // openraft gives each AppendEntries one heartbeat interval to complete; entries can
+            // be large (a publish of hundreds of segments), so a lagging follower is sent a
+            // bounded number per request rather than openraft's default of 300.
+            max_payload_entries: 32,
             // Snapshots are scheduled by `schedule_snapshots`, which weighs the log against
             // the size of the state.
             snapshot_policy: SnapshotPolicy::Never,

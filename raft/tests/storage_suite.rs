@@ -101,3 +101,34 @@ async fn apply_never_lets_time_run_backwards_and_snapshots_restore() {
     assert_eq!(applied.map(|l| l.index), Some(2));
     assert_eq!(shared2.read().await.state.map.get("b").map(String::as_str), Some("3"));
 }
+
+/// Found a bug: openraft gives each AppendEntries one heartbeat interval, and a restarted
+/// cluster whose log held large entries sent followers dozens of them per request, timed out
+/// every time and never caught up. Replication reads are bounded by bytes, never empty.
+#[tokio::test]
+async fn replication_reads_are_bounded_by_bytes_so_large_entries_still_replicate() {
+    use openraft::storage::RaftLogStorageExt;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path()).unwrap();
+    let mut log = LogStore::<C>::new(engine);
+    let big = "x".repeat(300 << 10);
+    let entries: Vec<Entry<C>> = (1..=20)
+        .map(|i| entry(1, i, vec![(format!("k{i}"), big.clone())], i))
+        .collect();
+    log.blocking_append(entries).await.unwrap();
+    let limit = raftlord_storage::MAX_REPLICATION_BYTES;
+    let first = log.limited_get_log_entries(1, 21).await.unwrap();
+    assert!(!first.is_empty() && first.len() < 20, "got {} entries", first.len());
+    let bytes: usize = first.iter().map(|e| serde_json::to_vec(e).unwrap().len()).sum();
+    assert!(bytes <= limit + (400 << 10), "{bytes} bytes in one read");
+    // One entry larger than the budget is still returned alone.
+    let huge = "y".repeat(limit + 1);
+    log.blocking_append(vec![entry(1, 21, vec![("h".into(), huge)], 21)])
+        .await
+        .unwrap();
+    let alone = log.limited_get_log_entries(21, 22).await.unwrap();
+    assert_eq!(alone.len(), 1);
+    // Small entries come many at a time, up to the end of the range.
+    let all_small = log.limited_get_log_entries(1, 3).await.unwrap();
+    assert_eq!(all_small.len(), 2);
+}

@@ -36,6 +36,13 @@ async fn status(State(state): State<AppState>) -> Response {
     let mut v = serde_json::to_value(state.raft.status().await).unwrap_or_default();
     let g = state.raft.shared.read().await;
     v["tasks"] = json!({ "total": g.state.tasks.len(), "active": g.state.tasks.active_count() });
+    v["segments"] = json!({
+        "total": g.state.segments.total_count(),
+        "datasources": g.state.segments.datasources().count(),
+    });
+    v["locks"] = json!(g.state.locks.posses().count());
+    let (snapshot_index, snapshot_bytes) = state.raft.shared.last_snapshot();
+    v["snapshot"] = json!({ "index": snapshot_index, "bytes": snapshot_bytes });
     v["version"] = json!(env!("CARGO_PKG_VERSION"));
     Json(v).into_response()
 }

@@ -30,5 +30,5 @@ mod log_store;
 mod snapshot_store;
 
 pub use engine::{Engine, EngineError, FORMAT_VERSION};
-pub use log_store::LogStore;
+pub use log_store::{LogStore, MAX_REPLICATION_BYTES};
 pub use snapshot_store::{SnapshotStore, StoredSnapshot};

@@ -125,7 +125,34 @@ where
         }
         Ok(out)
     }
+
+    /// Entries from `start`, at most [`MAX_REPLICATION_BYTES`] of them by stored size (always
+    /// at least one). openraft gives an AppendEntries one heartbeat interval to complete, so a
+    /// follower catching up over large entries must be sent them a few at a time.
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> SResult<Vec<C::Entry>, C> {
+        let cf = self.engine.cf(CF_LOG);
+        let iter = self
+            .engine
+            .db
+            .iterator_cf(cf, IteratorMode::From(&index_key(start), Direction::Forward));
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for item in iter {
+            let (key, value) = item.map_err(|e| StorageIOError::read_logs(&e))?;
+            let index = key_index(&key).ok_or_else(|| StorageIOError::read_logs(&BadKey))?;
+            if index >= end || (!out.is_empty() && bytes + value.len() > MAX_REPLICATION_BYTES) {
+                break;
+            }
+            bytes += value.len();
+            out.push(decode(&value).map_err(|e| StorageIOError::read_log_at_index(index, &e))?);
+        }
+        Ok(out)
+    }
 }
+
+/// Most bytes of log entries sent to a follower in one AppendEntries (see
+/// `limited_get_log_entries`).
+pub const MAX_REPLICATION_BYTES: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 #[error("a log key is not an 8-byte index")]
