@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,19 +12,6 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
-
-fn leader_of(urls: &[String]) -> Option<(u64, String)> {
-    for url in urls {
-        let Ok(r) = http().get(format!("{url}/status")).send() else {
-            continue;
-        };
-        let Ok(v) = r.json::<Value>() else { continue };
-        if let (Some(id), Some(u)) = (v["leader"].as_u64(), v["leader_url"].as_str()) {
-            return Some((id, u.to_string()));
-        }
-    }
-    None
-}
 
 /// The task ids a node holds in its own replica.
 fn local_task_ids(url: &str) -> Option<Vec<String>> {
@@ -60,54 +47,9 @@ fn assert_has_exactly_once(url: &str, acked: &BTreeSet<String>) {
     }
 }
 
-struct ThreeNodes {
-    dir: tempfile::TempDir,
-    ports: Vec<u16>,
-    peers: String,
-    procs: BTreeMap<u64, Proc>,
-}
-
-impl ThreeNodes {
-    fn start() -> ThreeNodes {
-        let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let peers = ports
-            .iter()
-            .enumerate()
-            .map(|(i, p)| format!("{}=http://127.0.0.1:{p}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut t = ThreeNodes {
-            dir,
-            ports,
-            peers,
-            procs: BTreeMap::new(),
-        };
-        for id in 1..=3 {
-            t.spawn(id);
-        }
-        t
-    }
-
-    fn spawn(&mut self, id: u64) {
-        let p = spawn_server(
-            id,
-            self.ports[id as usize - 1],
-            &self.peers,
-            &self.dir.path().join(format!("n{id}")),
-            &[],
-        );
-        self.procs.insert(id, p);
-    }
-
-    fn urls(&self) -> Vec<String> {
-        self.procs.values().map(|p| p.url.clone()).collect()
-    }
-}
-
 #[test]
 fn kill_9_leader_during_submissions_loses_no_acknowledged_task() {
-    let mut cluster = ThreeNodes::start();
+    let mut cluster = ThreeNodes::start(&[]);
     let urls = cluster.urls();
     let (leader_id, _) = wait_for_blocking("a leader", Duration::from_secs(30), || leader_of(&urls));
 
@@ -349,7 +291,7 @@ fn cli(args: &[&str]) -> (bool, String, String) {
 
 #[test]
 fn cli_submits_lists_stops_tasks_and_changes_membership_through_any_node() {
-    let mut cluster = ThreeNodes::start();
+    let mut cluster = ThreeNodes::start(&[]);
     let urls = cluster.urls();
     let (leader, _) = wait_for_blocking("a leader", Duration::from_secs(30), || leader_of(&urls));
     let follower = cluster

@@ -97,6 +97,9 @@ enum Cmd {
         /// Concurrent publishers.
         #[arg(long, default_value_t = 8)]
         clients: usize,
+        /// Extra flags for every raftlord node, e.g. `--node-flag=--snapshot-every=100`.
+        #[arg(long = "node-flag")]
+        node_flags: Vec<String>,
     },
 }
 
@@ -141,6 +144,7 @@ async fn main() -> anyhow::Result<()> {
             datasources,
             batch,
             clients,
-        } => segments::run(&bin, segments, datasources, batch, clients).await,
+            node_flags,
+        } => segments::run(&bin, segments, datasources, batch, clients, &node_flags).await,
     }
 }

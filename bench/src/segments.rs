@@ -90,9 +90,18 @@ fn memory(rl: &Raftlord) -> String {
         .join(", ")
 }
 
-pub async fn run(bin: &Path, total: usize, datasources: usize, batch: usize, clients: usize) -> anyhow::Result<()> {
+pub async fn run(
+    bin: &Path,
+    total: usize,
+    datasources: usize,
+    batch: usize,
+    clients: usize,
+    node_flags: &[String],
+) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut rl = Raftlord::start(bin, dir.path(), 3).await?;
+    let mut flags = vec!["--worker-capacity", "0"];
+    flags.extend(node_flags.iter().map(String::as_str));
+    let mut rl = Raftlord::start_with(bin, dir.path(), 3, &flags).await?;
     let leader = rl.wait_leader(Duration::from_secs(30)).await?;
     let url = rl.urls[&leader].clone();
     let client = reqwest::Client::builder().timeout(Duration::from_secs(120)).build()?;

@@ -1,6 +1,7 @@
 //! raftlord's own routes: `/status` (Raft view), `/status/health`, `/status/nodes` (announced
 //! nodes), the internal announcement routes nodes use to register with the leader, and
-//! `/internal/state/tasks`, a replica's own task table.
+//! `/internal/state/tasks` and `/internal/state/segments`, a replica's own task table and
+//! segment metadata.
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -21,6 +22,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/internal/nodes/announce", post(announce))
         .route("/internal/nodes/withdraw", post(withdraw))
         .route("/internal/state/tasks", get(local_tasks))
+        .route("/internal/state/segments", get(local_segments))
         .layer(middleware::from_fn_with_state(
             secret,
             raftlord_raft::server::require_secret,
@@ -64,6 +66,27 @@ async fn local_tasks(State(state): State<AppState>) -> Response {
     let applied = g.last_applied.map(|l| l.index);
     let tasks: Vec<_> = g.state.tasks.all().map(|t| t.status()).collect();
     Json(json!({ "appliedIndex": applied, "tasks": tasks })).into_response()
+}
+
+/// This node's own copy of segment metadata and locks, per datasource: used and total segment
+/// counts, every segment id, the commit metadata, and the locks.
+async fn local_segments(State(state): State<AppState>) -> Response {
+    let g = state.raft.shared.read().await;
+    let applied = g.last_applied.map(|l| l.index);
+    let datasources: serde_json::Map<String, serde_json::Value> = g
+        .state
+        .segments
+        .datasources()
+        .map(|(name, d)| {
+            let ids: Vec<String> = d.all().map(|(k, _)| k.id(name)).collect();
+            (
+                name.clone(),
+                json!({ "used": d.used_count(), "ids": ids, "metadata": d.metadata() }),
+            )
+        })
+        .collect();
+    let locks: Vec<_> = g.state.locks.posses().map(|p| &p.lock).collect();
+    Json(json!({ "appliedIndex": applied, "datasources": datasources, "locks": locks })).into_response()
 }
 
 /// Writes go to the leader; a follower points the caller there.

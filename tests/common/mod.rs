@@ -290,3 +290,66 @@ pub fn http() -> reqwest::blocking::Client {
         .build()
         .unwrap()
 }
+
+/// The leader (id, URL) as the first answering node reports it.
+pub fn leader_of(urls: &[String]) -> Option<(u64, String)> {
+    for url in urls {
+        let Ok(r) = http().get(format!("{url}/status")).send() else {
+            continue;
+        };
+        let Ok(v) = r.json::<serde_json::Value>() else { continue };
+        if let (Some(id), Some(u)) = (v["leader"].as_u64(), v["leader_url"].as_str()) {
+            return Some((id, u.to_string()));
+        }
+    }
+    None
+}
+
+/// Three `raftlord server` processes forming one cluster, each started with `extra` flags.
+pub struct ThreeNodes {
+    pub dir: tempfile::TempDir,
+    pub ports: Vec<u16>,
+    pub peers: String,
+    pub procs: BTreeMap<u64, Proc>,
+    pub extra: Vec<String>,
+}
+
+impl ThreeNodes {
+    pub fn start(extra: &[&str]) -> ThreeNodes {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let peers = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("{}=http://127.0.0.1:{p}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut t = ThreeNodes {
+            dir,
+            ports,
+            peers,
+            procs: BTreeMap::new(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        for id in 1..=3 {
+            t.spawn(id);
+        }
+        t
+    }
+
+    pub fn spawn(&mut self, id: u64) {
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let p = spawn_server(
+            id,
+            self.ports[id as usize - 1],
+            &self.peers,
+            &self.dir.path().join(format!("n{id}")),
+            &extra,
+        );
+        self.procs.insert(id, p);
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.procs.values().map(|p| p.url.clone()).collect()
+    }
+}
