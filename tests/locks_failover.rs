@@ -136,10 +136,7 @@ fn kill_9_leader_between_lock_grant_and_publish_lands_once_or_is_rejected() {
     action(&survivors, json!({"type": "lockRelease", "interval": DAY}));
     let again = action(&survivors, json!({"type": "lockTryAcquire", "interval": DAY}));
     assert!(again["fencingToken"].as_u64().unwrap() > token);
-    let stale = action(
-        &survivors,
-        publish(&again["version"].as_str().unwrap().to_string(), 2, 2, 3, token),
-    );
+    let stale = action(&survivors, publish(again["version"].as_str().unwrap(), 2, 2, 3, token));
     assert_eq!(stale["success"], false);
     assert!(
         stale["errorMsg"].as_str().unwrap().contains("stale fencing token"),
