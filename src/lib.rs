@@ -1,12 +1,16 @@
 //! raftlord: Apache Druid's indexing-service control plane on Raft, in one binary.
 //!
-//! The Overlord's state (tasks, and with later additions locks, segments, workers) is one
+//! The Overlord's and Coordinator's state (tasks, workers, locks, segments, nodes) is one
 //! replicated state machine ([`sm::State`]) driven by openraft through `raftlord-raft` and stored
 //! in RocksDB through `raftlord-storage`. Modules, by concept:
 //!
 //! - [`tasks`]: the task table, Druid's task JSON, id rules, status shapes and queries;
 //! - [`workers`]: workers (MiddleManagers) in the replicated state, select strategies, the
 //!   assigner's plan;
+//! - [`locks`]: task locks with Druid's lockbox rules and fencing tokens;
+//! - [`segments`]: segment metadata, the versioned timeline, commit metadata, pending segments;
+//! - [`audit`]: the trail of lock and segment changes;
+//! - [`interval`]: Druid's ISO-8601 intervals;
 //! - [`worker`]: the MiddleManager itself: runs assigned tasks in forked peon processes;
 //! - [`nodes`]: node announcements in the replicated state and in-process discovery;
 //! - [`sm`]: the command envelope, dispatch to each concept's `apply`, and replies;

@@ -24,6 +24,7 @@ fn submit(id: &str) -> Command {
             payload: RawValue::from_string(format!(r#"{{"type":"noop","id":"{id}"}}"#)).unwrap(),
             resource: Default::default(),
             readiness: Default::default(),
+            locks: vec![],
         },
         max_active: None,
     }

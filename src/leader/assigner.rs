@@ -25,7 +25,7 @@ pub async fn run(raft: Arc<Raft>, cancel: CancellationToken) {
         let now = now_ms();
         let p = {
             let g = raft.shared.read().await;
-            plan(&g.state.tasks, &g.state.workers, now)
+            plan(&g.state.tasks, &g.state.workers, &g.state.locks, now)
         };
         if !p.assignments.is_empty() {
             let assignments: Vec<TaskAssignment> = p

@@ -244,6 +244,32 @@ impl LockTable {
         LockOutcome::Granted { lock, revoked }
     }
 
+    /// Grants every request to `task`, or none: on the first one not granted, the table is
+    /// left as it was and the reason returned.
+    pub fn apply_acquire_all(
+        &mut self,
+        index: u64,
+        time_ms: u64,
+        task: &Requester<'_>,
+        reqs: &[LockRequest],
+    ) -> Result<Vec<LockOutcome>, String> {
+        let before = self.clone();
+        let mut granted = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            match self.apply_acquire(index, time_ms, task, req, None) {
+                o @ LockOutcome::Granted { .. } => granted.push(o),
+                other => {
+                    *self = before;
+                    return Err(match other {
+                        LockOutcome::Refused { reason } => format!("lock on [{}] {reason}", req.interval),
+                        _ => format!("the task's lock on [{}] was revoked", req.interval),
+                    });
+                }
+            }
+        }
+        Ok(granted)
+    }
+
     fn join(&mut self, id: u64, task: &Requester<'_>) -> LockOutcome {
         let posse = self.posses.get_mut(&id).expect("posse exists");
         if posse.lock.revoked {

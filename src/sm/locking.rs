@@ -7,8 +7,34 @@ use super::State;
 use crate::audit::AuditRecord;
 use crate::interval::Interval;
 use crate::locks::{LockOutcome, LockRequest, Requester};
+use crate::workers::Refused;
 
 impl State {
+    /// Places tasks on workers; a task that needs locks gets them all with its placement, or
+    /// stays waiting (Druid's `isReady`).
+    pub(super) fn assign(&mut self, ctx: ApplyContext, pairs: &[(String, String)]) -> Vec<Refused> {
+        let mut refused = self
+            .workers
+            .apply_assign(&mut self.tasks, ctx.index, ctx.time_ms, pairs);
+        for (task, worker) in pairs {
+            if refused.iter().any(|r| r.task == *task) {
+                continue;
+            }
+            let needs = match self.tasks.get(task) {
+                Some(t) if !t.spec.locks.is_empty() => t.spec.locks.clone(),
+                _ => continue,
+            };
+            if let Err(reason) = self.acquire_all(ctx, task, &needs) {
+                self.workers.apply_unassign(&mut self.tasks, task, worker, ctx.index);
+                refused.push(Refused {
+                    task: task.clone(),
+                    reason,
+                });
+            }
+        }
+        refused
+    }
+
     pub(super) fn acquire_lock(&mut self, ctx: ApplyContext, task_id: &str, req: &LockRequest) -> LockOutcome {
         let Some(task) = self.tasks.get(task_id).filter(|t| t.is_active()) else {
             return LockOutcome::Refused {
@@ -39,6 +65,28 @@ impl State {
             );
         }
         outcome
+    }
+
+    /// Grants all of `reqs` to the task or none (the task's readiness): state and audit are
+    /// left unchanged when one is not granted.
+    pub(super) fn acquire_all(&mut self, ctx: ApplyContext, task_id: &str, reqs: &[LockRequest]) -> Result<(), String> {
+        let (locks, audit) = (self.locks.clone(), self.audit.clone());
+        for req in reqs {
+            match self.acquire_lock(ctx, task_id, req) {
+                LockOutcome::Granted { .. } => {}
+                other => {
+                    self.locks = locks;
+                    self.audit = audit;
+                    return Err(match other {
+                        LockOutcome::Refused { reason } => {
+                            format!("waiting for a lock on [{}]: {reason}", req.interval)
+                        }
+                        _ => format!("its lock on [{}] was revoked", req.interval),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn release_lock(&mut self, ctx: ApplyContext, task: &str, interval: &Interval) -> usize {

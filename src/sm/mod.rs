@@ -230,9 +230,7 @@ impl State {
             Command::AssignTasks { assignments } => {
                 let pairs: Vec<(String, String)> = assignments.into_iter().map(|a| (a.task, a.worker)).collect();
                 Reply::Assigned {
-                    refused: self
-                        .workers
-                        .apply_assign(&mut self.tasks, ctx.index, ctx.time_ms, &pairs),
+                    refused: self.assign(ctx, &pairs),
                 }
             }
             Command::UnassignTask {

@@ -23,6 +23,7 @@ fn task(id: &str, priority: i32) -> NewTask {
         payload: RawValue::from_string(format!(r#"{{"type":"index","id":"{id}"}}"#)).unwrap(),
         resource: Default::default(),
         readiness: Default::default(),
+        locks: vec![],
     }
 }
 
@@ -476,4 +477,78 @@ fn golden_json_of_allocation_commands() {
         serde_json::to_value(&reply).unwrap(),
         json!({"reply": "allocated", "outcome": {"outcome": "refused", "reason": "r"}})
     );
+}
+
+fn worker() -> crate::workers::Worker {
+    crate::workers::Worker {
+        scheme: "http".into(),
+        host: "mm:8091".into(),
+        ip: "mm".into(),
+        capacity: 4,
+        version: "0".into(),
+        category: crate::workers::DEFAULT_CATEGORY.into(),
+    }
+}
+
+fn kill_task(id: &str) -> NewTask {
+    let mut t = task(id, 0);
+    t.task_type = "kill".into();
+    t.locks = vec![LockRequest {
+        lock_type: LockType::Exclusive,
+        interval: day(),
+        preferred_version: None,
+    }];
+    t
+}
+
+#[test]
+fn a_task_is_placed_only_with_all_its_locks_and_waits_otherwise() {
+    let mut s = State::default();
+    s.apply(ctx(1, 0), Command::RegisterWorker { worker: worker() });
+    for (i, id) in ["a", "b"].iter().enumerate() {
+        s.apply(
+            ctx(2 + i as u64, 0),
+            Command::SubmitTask {
+                task: kill_task(id),
+                max_active: None,
+            },
+        );
+    }
+    let assign = |task: &str| Command::AssignTasks {
+        assignments: vec![TaskAssignment {
+            task: task.into(),
+            worker: "mm:8091".into(),
+        }],
+    };
+    assert_eq!(s.apply(ctx(4, 10), assign("a")), Reply::Assigned { refused: vec![] });
+    assert_eq!(s.locks.locks_of("a").len(), 1);
+    // b needs the same day: refused, still waiting, no slot taken, no lock, nothing audited.
+    let audit_before = s.audit.len();
+    let Reply::Assigned { refused } = s.apply(ctx(5, 20), assign("b")) else {
+        panic!()
+    };
+    assert!(refused[0].reason.contains("waiting for a lock"), "{refused:?}");
+    let b = s.tasks.get("b").unwrap();
+    assert_eq!(b.runner(), crate::tasks::RunnerState::Waiting);
+    assert_eq!(s.workers.get("mm:8091").unwrap().used(&s.tasks), 1);
+    assert!(s.locks.locks_of("b").is_empty());
+    assert_eq!(s.audit.len(), audit_before);
+    // a ends: its lock goes with it, and b can be placed.
+    let done = crate::workers::TaskUpdate {
+        id: "a".into(),
+        status: crate::tasks::TaskState::Success,
+        location: None,
+        duration: 5,
+        error_msg: None,
+    };
+    s.apply(
+        ctx(6, 30),
+        Command::ReportTasks {
+            worker: "mm:8091".into(),
+            updates: vec![done],
+        },
+    );
+    assert!(s.locks.locks_of("a").is_empty());
+    assert_eq!(s.apply(ctx(7, 40), assign("b")), Reply::Assigned { refused: vec![] });
+    assert_eq!(s.locks.locks_of("b")[0].fencing_token, 7);
 }

@@ -22,6 +22,7 @@ fn new_task() -> NewTask {
         payload: RawValue::from_string(r#"{"type":"noop","id":"t1"}"#.into()).unwrap(),
         resource: Default::default(),
         readiness: Default::default(),
+        locks: vec![],
     }
 }
 
@@ -471,6 +472,7 @@ mod properties {
                         payload: RawValue::from_string(format!(r#"{{"type":"noop","id":"{id}"}}"#)).unwrap(),
             resource: Default::default(),
             readiness: Default::default(),
+            locks: vec![],
                         group_id: id.clone(),
                         id,
                         task_type: "noop".into(),

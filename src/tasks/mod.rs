@@ -9,6 +9,7 @@
 //! - [`query`]: the filters of `GET /druid/indexer/v1/tasks`;
 //! - this module: the table, its `apply_*` functions and the JSON shapes Druid clients read.
 
+pub mod lock_needs;
 pub mod query;
 pub mod spec;
 
@@ -202,6 +203,10 @@ pub struct NewTask {
     /// When the task is ready to run (Druid's `isReady`).
     #[serde(default, skip_serializing_if = "Readiness::is_default")]
     pub readiness: Readiness,
+    /// Locks the task must hold before it runs (what Druid's `isReady` acquires), taken
+    /// together when it is assigned.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub locks: Vec<crate::locks::LockRequest>,
 }
 
 impl NewTask {
@@ -285,6 +290,7 @@ impl PartialEq for NewTask {
             self.payload.get(),
             &self.resource,
             &self.readiness,
+            &self.locks,
         ) == (
             &o.id,
             &o.task_type,
@@ -294,6 +300,7 @@ impl PartialEq for NewTask {
             o.payload.get(),
             &o.resource,
             &o.readiness,
+            &o.locks,
         )
     }
 }
@@ -651,6 +658,7 @@ mod tests {
             payload: RawValue::from_string(format!(r#"{{"type":"noop","id":"{id}"}}"#)).unwrap(),
             resource: Default::default(),
             readiness: Default::default(),
+            locks: vec![],
         }
     }
 

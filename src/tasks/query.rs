@@ -131,6 +131,7 @@ mod tests {
             payload: RawValue::from_string("{}".into()).unwrap(),
             resource: Default::default(),
             readiness: Default::default(),
+            locks: vec![],
         }
     }
 

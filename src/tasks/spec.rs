@@ -265,6 +265,10 @@ pub fn parse_submission(body: &[u8], now_ms: u64, rng: &mut impl Rng) -> Result<
         Readiness::default()
     };
     let resource = task_resource(head.resource)?;
+    let locks = super::lock_needs::lock_needs(&task_type, text).map_err(|problem| SpecError::InvalidField {
+        field: "interval",
+        problem,
+    })?;
     let nested_datasource = || {
         let spec: IngestionSpec = nested(head.spec)?;
         let schema: DataSchema = nested(spec.data_schema)?;
@@ -315,6 +319,7 @@ pub fn parse_submission(body: &[u8], now_ms: u64, rng: &mut impl Rng) -> Result<
         payload,
         resource,
         readiness,
+        locks,
     })
 }
 

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::{WorkerTable, DEFAULT_CATEGORY};
+use crate::locks::{LockTable, Requester};
 use crate::tasks::{ReadyResult, Task, TaskTable};
 
 /// Druid's `AffinityConfig`: datasources pinned to workers (`host:port`).
@@ -152,7 +153,9 @@ pub const NOT_READY_FAILURE: &str =
     "Failed while waiting for the task to be ready to run. See overlord logs for more details.";
 
 /// Plans assignments for the waiting tasks (see the module docs).
-pub fn plan(tasks: &TaskTable, workers: &WorkerTable, now_ms: u64) -> Plan {
+pub fn plan(tasks: &TaskTable, workers: &WorkerTable, locks: &LockTable, now_ms: u64) -> Plan {
+    // Locks granted by this plan so far, so two waiting tasks that conflict are not both placed.
+    let mut locks = locks.clone();
     let mut slots: Vec<Slots> = workers
         .all()
         .filter(|r| r.usable())
@@ -179,6 +182,20 @@ pub fn plan(tasks: &TaskTable, workers: &WorkerTable, now_ms: u64) -> Plan {
             continue;
         }
         if let Some(i) = select_worker(strategy, task, &slots) {
+            if !task.spec.locks.is_empty() {
+                let requester = Requester {
+                    id: &task.spec.id,
+                    group_id: &task.spec.group_id,
+                    datasource: &task.spec.datasource,
+                    priority: task.spec.priority,
+                };
+                if locks
+                    .apply_acquire_all(0, now_ms, &requester, &task.spec.locks)
+                    .is_err()
+                {
+                    continue;
+                }
+            }
             let s = &mut slots[i];
             s.used += task.spec.required_capacity();
             s.groups.insert(task.spec.availability_group().to_string());

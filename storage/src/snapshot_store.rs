@@ -15,7 +15,7 @@
 //! directory is synced: a crash leaves either the old snapshot or the new one, never a mix.
 
 use std::fs::{self, File};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 
 use serde::de::DeserializeOwned;
@@ -68,28 +68,34 @@ impl SnapshotStore {
         Ok(())
     }
 
-    /// The current snapshot, if one was ever saved.
+    /// The current snapshot, if one was ever saved. The data is read straight into one buffer
+    /// of its exact size: snapshots can be hundreds of megabytes, and a second copy would
+    /// double the memory a restart needs.
     pub fn load<M: DeserializeOwned>(&self) -> Result<Option<StoredSnapshot<M>>, EngineError> {
         let path = self.dir.join(CURRENT);
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
+        let mut f = match File::open(&path) {
+            Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(EngineError::Io(format!("reading {}: {e}", path.display()))),
         };
         let corrupt = |what: &str| EngineError::Corrupt(format!("snapshot file {}: {what}", path.display()));
-        let rest = bytes
-            .strip_prefix(MAGIC.as_slice())
-            .ok_or_else(|| corrupt("unknown layout"))?;
-        let (len, rest) = rest.split_first_chunk::<4>().ok_or_else(|| corrupt("truncated"))?;
-        let len = u32::from_be_bytes(*len) as usize;
-        if rest.len() < len {
-            return Err(corrupt("truncated metadata"));
+        let io = |e: std::io::Error| EngineError::Io(format!("reading {}: {e}", path.display()));
+        let total = f.metadata().map_err(io)?.len();
+        let mut head = [0u8; 12];
+        f.read_exact(&mut head).map_err(|_| corrupt("truncated"))?;
+        if &head[..8] != MAGIC.as_slice() {
+            return Err(corrupt("unknown layout"));
         }
-        let meta = decode(&rest[..len]).map_err(|e| corrupt(&e.to_string()))?;
-        Ok(Some(StoredSnapshot {
-            meta,
-            data: rest[len..].to_vec(),
-        }))
+        let len = u32::from_be_bytes([head[8], head[9], head[10], head[11]]) as u64;
+        let data_len = total
+            .checked_sub(12 + len)
+            .ok_or_else(|| corrupt("truncated metadata"))?;
+        let mut meta = vec![0u8; len as usize];
+        f.read_exact(&mut meta).map_err(|_| corrupt("truncated metadata"))?;
+        let meta = decode(&meta).map_err(|e| corrupt(&e.to_string()))?;
+        let mut data = Vec::with_capacity(data_len as usize);
+        f.read_to_end(&mut data).map_err(io)?;
+        Ok(Some(StoredSnapshot { meta, data }))
     }
 }
 

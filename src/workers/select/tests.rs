@@ -29,6 +29,7 @@ fn task(id: &str, ds: &str, priority: i32) -> NewTask {
         payload: RawValue::from_string(format!(r#"{{"type":"noop","id":"{id}"}}"#)).unwrap(),
         resource: TaskResource::default(),
         readiness: Readiness::default(),
+        locks: vec![],
     }
 }
 
@@ -58,7 +59,7 @@ impl World {
 
     /// Plans and applies; returns the placements.
     fn step(&mut self, now: u64) -> Vec<(String, String)> {
-        let p = plan(&self.tasks, &self.workers, now);
+        let p = plan(&self.tasks, &self.workers, &Default::default(), now);
         self.index += 1;
         let refused = self
             .workers
@@ -124,11 +125,11 @@ fn readiness_no_waits_exception_fails_and_ready_time_delays() {
     w.submit(never);
     w.submit(broken);
     w.submit(later);
-    let p = plan(&w.tasks, &w.workers, 1200);
+    let p = plan(&w.tasks, &w.workers, &Default::default(), 1200);
     assert!(p.assignments.is_empty());
     assert_eq!(p.failures, vec![("broken".to_string(), NOT_READY_FAILURE.to_string())]);
     assert_eq!(p.next_ready_ms, Some(1500));
-    let p = plan(&w.tasks, &w.workers, 1500);
+    let p = plan(&w.tasks, &w.workers, &Default::default(), 1500);
     assert_eq!(p.assignments, vec![("later".to_string(), "a:1".to_string())]);
 }
 
@@ -143,12 +144,12 @@ fn readiness_failures_are_found_even_when_no_worker_has_room() {
     let mut broken = task("broken", "ds", 50);
     broken.readiness.result = crate::tasks::ReadyResult::Exception;
     w.submit(broken);
-    let p = plan(&w.tasks, &w.workers, 2000);
+    let p = plan(&w.tasks, &w.workers, &Default::default(), 2000);
     assert!(p.assignments.is_empty());
     assert_eq!(p.failures, vec![("broken".to_string(), NOT_READY_FAILURE.to_string())]);
     // The same with no usable worker at all.
     w.workers.apply_set_enabled("a:1", false);
-    assert_eq!(plan(&w.tasks, &w.workers, 2000).failures.len(), 1);
+    assert_eq!(plan(&w.tasks, &w.workers, &Default::default(), 2000).failures.len(), 1);
 }
 
 #[test]
@@ -311,7 +312,7 @@ proptest! {
                 }
             }
             // Re-planning proposes nothing.
-            prop_assert!(plan(&w.tasks, &w.workers, 2000).assignments.is_empty());
+            prop_assert!(plan(&w.tasks, &w.workers, &Default::default(), 2000).assignments.is_empty());
             // Some tasks finish, freeing slots for the next batch.
             let running: Vec<(String, String)> = w.workers.all()
                 .flat_map(|r| r.tasks.iter().map(|id| (id.clone(), r.worker.host.clone())).collect::<Vec<_>>())
@@ -324,4 +325,46 @@ proptest! {
             }
         }
     }
+}
+
+fn locking(id: &str, priority: i32, day: i64) -> NewTask {
+    let mut t = task(id, "wiki", priority);
+    t.locks = vec![crate::locks::LockRequest {
+        lock_type: crate::locks::LockType::Exclusive,
+        interval: crate::interval::Interval::new(day * 86_400_000, (day + 1) * 86_400_000).unwrap(),
+        preferred_version: None,
+    }];
+    t
+}
+
+#[test]
+fn tasks_whose_locks_cannot_be_had_wait_and_higher_priority_preempts() {
+    let mut w = World::new(&[worker("a:1", 4, DEFAULT_CATEGORY)]);
+    w.submit(locking("first", 50, 0));
+    w.submit(locking("same-day", 50, 0));
+    w.submit(locking("other-day", 50, 1));
+    let p = plan(&w.tasks, &w.workers, &Default::default(), 2000);
+    let planned: Vec<&str> = p.assignments.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        planned,
+        vec!["first", "other-day"],
+        "two conflicting waiting tasks are not both placed"
+    );
+
+    // With `first`'s lock held, an equal priority task waits; a higher one would preempt it.
+    let mut held = crate::locks::LockTable::default();
+    let first = w.tasks.get("first").unwrap().spec.clone();
+    let requester = crate::locks::Requester {
+        id: &first.id,
+        group_id: &first.group_id,
+        datasource: &first.datasource,
+        priority: first.priority,
+    };
+    held.apply_acquire_all(1, 1000, &requester, &first.locks).unwrap();
+    let mut w2 = World::new(&[worker("a:1", 4, DEFAULT_CATEGORY)]);
+    w2.submit(locking("same-day", 50, 0));
+    w2.submit(locking("urgent", 75, 0));
+    let p = plan(&w2.tasks, &w2.workers, &held, 2000);
+    let planned: Vec<&str> = p.assignments.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(planned, vec!["urgent"]);
 }
