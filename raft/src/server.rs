@@ -81,11 +81,15 @@ async fn vote<S: StateMachine>(
     Json(node.raft.vote(req).await)
 }
 
-async fn snapshot<S: StateMachine>(
-    State(node): State<Arc<RaftNode<S>>>,
-    Json(req): Json<openraft::raft::InstallSnapshotRequest<Tc<S>>>,
-) -> impl IntoResponse {
-    Json(node.raft.install_snapshot(req).await)
+async fn snapshot<S: StateMachine>(State(node): State<Arc<RaftNode<S>>>, body: axum::body::Bytes) -> Response {
+    match crate::network::decode_snapshot_chunk::<Tc<S>>(&body) {
+        Ok(req) => Json(node.raft.install_snapshot(req).await).into_response(),
+        Err(message) => (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({"error": "invalidInput", "message": message})),
+        )
+            .into_response(),
+    }
 }
 
 /// Whether a node already belongs to a cluster.
