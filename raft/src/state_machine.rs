@@ -273,36 +273,34 @@ impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig<S>> for SnapshotBuilder<S> 
             (meta, g.state.clone(), g.last_time_ms)
         };
         // Encoding and writing take time proportional to the whole state: do them on a
-        // blocking thread, into a buffer sized from the previous snapshot so it is not
-        // regrown (and copied) as it fills.
-        let (_, previous_bytes) = self.shared.last_snapshot();
-        let capacity = previous_bytes as usize + previous_bytes as usize / 8 + 4096;
+        // blocking thread, streaming into the file so the encoded snapshot is never held in
+        // memory beside the state.
         let snapshots = self.snapshots.clone();
         let signature = meta.signature();
         let to_save = meta.clone();
-        let encoded = tokio::task::spawn_blocking(move || -> SResult<Vec<u8>> {
+        let written = tokio::task::spawn_blocking(move || -> SResult<u64> {
             let data = SnapshotDataRef {
                 last_time_ms,
                 state: &state,
             };
-            let mut bytes = Vec::with_capacity(capacity);
-            serde_json::to_writer(&mut bytes, &data).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-            drop(state);
             snapshots
-                .save(&to_save, &bytes)
-                .map_err(|e| StorageIOError::write_snapshot(Some(signature), &e))?;
-            Ok(bytes)
+                .save_with(&to_save, |w| {
+                    serde_json::to_writer(w, &data).map_err(std::io::Error::other)
+                })
+                .map_err(|e| StorageIOError::write_snapshot(Some(signature), &e).into())
         })
         .await;
-        let bytes = match encoded {
+        let bytes = match written {
             Ok(result) => result?,
             Err(e) => return Err(StorageIOError::write_snapshot(None, &std::io::Error::other(e.to_string())).into()),
         };
         self.shared
-            .record_snapshot(meta.last_log_id.map(|l| l.index).unwrap_or(0), bytes.len());
+            .record_snapshot(meta.last_log_id.map(|l| l.index).unwrap_or(0), bytes as usize);
+        // openraft keeps only the metadata of a built snapshot; followers are sent the file
+        // through `get_current_snapshot`.
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(bytes)),
+            snapshot: Box::new(Cursor::new(Vec::new())),
         })
     }
 }

@@ -179,13 +179,22 @@ async fn action(State(state): State<AppState>, headers: HeaderMap, body: Body) -
         }
         "lockRelease" => {
             let a: ReleaseAction = parse(&env.action, "lockRelease")?;
-            state
+            match state
                 .propose(Command::ReleaseLock {
                     task: id.clone(),
                     interval: a.interval,
                 })
-                .await?;
-            Value::Null
+                .await?
+            {
+                Reply::LockReleased { count: 0 } => {
+                    return Err(ApiError::BadRequest(format!(
+                        "task [{id}] holds no lock on interval [{}]",
+                        a.interval
+                    )))
+                }
+                Reply::LockReleased { .. } => Value::Null,
+                other => return Err(unexpected(other)),
+            }
         }
         "segmentTransactionalInsert" | "segmentTransactionalAppend" | "segmentTransactionalReplace" => {
             let publish_kind = match kind.kind.as_str() {

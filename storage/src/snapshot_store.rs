@@ -51,21 +51,33 @@ impl SnapshotStore {
 
     /// Makes the snapshot (`meta`, `data`) the current one; durable when this returns.
     pub fn save<M: Serialize>(&self, meta: &M, data: &[u8]) -> Result<(), EngineError> {
+        self.save_with(meta, |w| w.write_all(data)).map(|_| ())
+    }
+
+    /// Like [`save`](Self::save), with the data written by `write` straight to the file, so a
+    /// large snapshot is never held in memory whole. Returns the data's size in bytes.
+    pub fn save_with<M: Serialize>(
+        &self,
+        meta: &M,
+        write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+    ) -> Result<u64, EngineError> {
         let io = |e: std::io::Error| EngineError::Io(format!("writing a snapshot in {}: {e}", self.dir.display()));
         let meta = encode(meta);
         let meta_len =
             u32::try_from(meta.len()).map_err(|_| EngineError::Corrupt("snapshot metadata too large".into()))?;
         let temp = self.dir.join(TEMP);
-        let mut f = File::create(&temp).map_err(io)?;
+        let mut f = std::io::BufWriter::with_capacity(1 << 20, File::create(&temp).map_err(io)?);
         f.write_all(MAGIC).map_err(io)?;
         f.write_all(&meta_len.to_be_bytes()).map_err(io)?;
         f.write_all(&meta).map_err(io)?;
-        f.write_all(data).map_err(io)?;
+        write(&mut f).map_err(io)?;
+        let f = f.into_inner().map_err(|e| io(e.into_error()))?;
         f.sync_all().map_err(io)?;
+        let data_len = f.metadata().map_err(io)?.len() - 12 - meta.len() as u64;
         drop(f);
         fs::rename(&temp, self.dir.join(CURRENT)).map_err(io)?;
         File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io)?;
-        Ok(())
+        Ok(data_len)
     }
 
     /// The current snapshot, if one was ever saved. The data is read straight into one buffer
