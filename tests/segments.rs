@@ -411,3 +411,83 @@ async fn segment_allocate_and_pending_segment_deletion() {
     assert_eq!((s, v), (StatusCode::OK, json!({"numDeleted": 2})));
     d.node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_replace_unused_and_mark_actions() {
+    let d = start().await;
+    d.submit("stream", 50).await;
+    d.submit("compact", 50).await;
+    let (_, r) = d
+        .action(
+            "compact",
+            json!({"type": "lockTryAcquire", "lockType": "REPLACE", "interval": DAY}),
+        )
+        .await;
+    let replace_version = r["result"]["version"].as_str().unwrap().to_string();
+    let (_, a) = d
+        .action(
+            "stream",
+            json!({"type": "lockTryAcquire", "lockType": "APPEND", "interval": DAY}),
+        )
+        .await;
+    assert_eq!(a["result"]["version"], "1970-01-01T00:00:00.000Z", "{a}");
+    let (_, v) = d
+        .action(
+            "stream",
+            json!({"type": "segmentTransactionalAppend", "segments": [segment("1970-01-01T00:00:01.000Z", 0, 1)]}),
+        )
+        .await;
+    assert_eq!(v["result"]["success"], true, "{v}");
+    let (_, v) = d
+        .action(
+            "compact",
+            json!({"type": "segmentTransactionalReplace", "segments": [segment(&replace_version, 0, 1)]}),
+        )
+        .await;
+    assert_eq!(v["result"]["success"], true, "{v}");
+    // Visible: the replace's segment and the append upgraded into the replace's version.
+    let (_, used) = d
+        .action(
+            "compact",
+            json!({"type": "retrieveUsedSegments", "dataSource": "wiki", "intervals": [DAY]}),
+        )
+        .await;
+    let versions: Vec<&str> = used["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(versions, vec![replace_version.as_str(), replace_version.as_str()]);
+    let (_, all) = d
+        .action(
+            "compact",
+            json!({"type": "retrieveUsedSegments", "dataSource": "wiki", "intervals": [DAY], "visibility": "INCLUDING_OVERSHADOWED"}),
+        )
+        .await;
+    assert_eq!(all["result"].as_array().unwrap().len(), 3);
+    // markSegmentsAsUnused and retrieveUnusedSegments.
+    let (_, n) = d
+        .action(
+            "compact",
+            json!({"type": "markSegmentsAsUnused", "dataSource": "wiki", "interval": DAY}),
+        )
+        .await;
+    assert_eq!(n["result"], 3);
+    let (_, unused) = d
+        .action(
+            "compact",
+            json!({"type": "retrieveUnusedSegments", "dataSource": "wiki", "interval": DAY, "limit": 2}),
+        )
+        .await;
+    assert_eq!(unused["result"].as_array().unwrap().len(), 2);
+    d.expect_bad(
+        d.action(
+            "stream",
+            json!({"type": "lockRelease", "interval": "2030-01-01/2030-01-02"}),
+        ),
+        "holds no lock",
+    )
+    .await;
+    d.node.stop().await;
+}

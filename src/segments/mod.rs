@@ -55,6 +55,16 @@ pub struct Datasource {
     /// Pending segments (allocated, not yet published), by segment id.
     #[serde(default, skip_serializing_if = "OrdMap::is_empty")]
     pending: OrdMap<String, PendingSegment>,
+    /// Segments appended under an APPEND lock while a REPLACE lock covered them, by that
+    /// REPLACE lock ([`upgrade_key`]): copied into the replace's version when it publishes
+    /// (Druid's `druid_upgradeSegments`).
+    #[serde(default, skip_serializing_if = "OrdMap::is_empty")]
+    upgrades: OrdMap<String, Vec<SegmentKey>>,
+}
+
+/// Identifies a REPLACE lock across commands: its fencing token and interval.
+pub fn upgrade_key(fencing_token: u64, interval: &Interval) -> String {
+    format!("{fencing_token}:{}:{}", interval.start, interval.end)
 }
 
 /// A segment id handed out by `segmentAllocate` and not yet published (Druid's
@@ -306,6 +316,59 @@ impl SegmentTable {
                 .get_mut(ds)
                 .is_some_and(|d| d.metadata.take().is_some()),
         }
+    }
+
+    /// Records that `appended` must be upgraded when the REPLACE lock `key` publishes.
+    pub fn apply_record_upgrade(&mut self, ds: &str, key: String, appended: SegmentKey) {
+        let d = self.datasources.entry(ds.to_string()).or_default();
+        let list = d.upgrades.entry(key).or_default();
+        if !list.contains(&appended) {
+            list.push(appended);
+        }
+    }
+
+    /// Takes the segments recorded for the REPLACE lock `key`.
+    pub fn apply_take_upgrades(&mut self, ds: &str, key: &str) -> Vec<SegmentKey> {
+        self.datasources
+            .get_mut(ds)
+            .and_then(|d| d.upgrades.remove(key))
+            .unwrap_or_default()
+    }
+
+    /// Copies the used segment `from` into `version` as the next partition of its interval in
+    /// that version (a non-core partition of a set with `core` core partitions). Returns the
+    /// new key, or `None` when `from` is not a used segment.
+    pub fn apply_upgrade(
+        &mut self,
+        time_ms: u64,
+        ds: &str,
+        from: &SegmentKey,
+        version: &str,
+        core: u32,
+    ) -> Option<SegmentKey> {
+        let d = self.datasources.get_mut(ds)?;
+        let source = d.segments.get(from).filter(|s| s.used)?.clone();
+        let interval = from.interval();
+        let next = d
+            .overlapping(&interval)
+            .filter(|(k, _)| k.interval() == interval && *k.version == *version)
+            .map(|(k, _)| k.partition + 1)
+            .max()
+            .unwrap_or(0)
+            .max(core);
+        let key = SegmentKey {
+            start: from.start,
+            end: from.end,
+            version: version.into(),
+            partition: next,
+        };
+        let mut copy = (*source).clone();
+        copy.shard_spec = ShardSpec::numbered(next, core);
+        copy.used_updated_ms = time_ms;
+        copy.created_ms = time_ms;
+        d.used += 1;
+        d.segments.insert(key.clone(), Arc::new(copy));
+        Some(key)
     }
 
     /// Stores a pending segment.

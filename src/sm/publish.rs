@@ -10,7 +10,7 @@ use super::State;
 use crate::audit::AuditRecord;
 use crate::locks::{LockType, TaskLock};
 use crate::segments::metadata::compare_and_advance;
-use crate::segments::{DataSegment, SegmentFilter, SegmentKey};
+use crate::segments::{upgrade_key, DataSegment, SegmentFilter, SegmentKey};
 
 /// Which Druid action publishes: they differ in the locks they need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,15 +152,27 @@ impl State {
         };
 
         // Every check passed: apply.
-        let inserted: Vec<String> = self
-            .segments
-            .apply_insert(ctx.time_ms, p.segments)
+        let replace_locks: Vec<TaskLock> = used_locks
             .iter()
-            .map(DataSegment::id)
+            .filter(|l| l.lock_type == LockType::Replace)
+            .map(|l| (*l).clone())
             .collect();
+        let inserted_segments = self.segments.apply_insert(ctx.time_ms, p.segments);
+        let inserted: Vec<String> = inserted_segments.iter().map(DataSegment::id).collect();
         let mut record = AuditRecord::new(ctx.index, ctx.time_ms, "segments.published", &ds).task(task_id);
         record.segments = inserted.clone();
         self.audit.push(record);
+        let group = task.spec.group_id.clone();
+        let upgraded = match p.kind {
+            PublishKind::Append => self.upgrade_appended(ctx, &ds, &group, &inserted_segments),
+            PublishKind::Replace => self.upgrade_for_replace(ctx, &ds, &replace_locks, &inserted_segments),
+            PublishKind::Insert => vec![],
+        };
+        if !upgraded.is_empty() {
+            let mut record = AuditRecord::new(ctx.index, ctx.time_ms, "segments.upgraded", &ds).task(task_id);
+            record.segments = upgraded.iter().map(|k| k.id(&ds)).collect();
+            self.audit.push(record);
+        }
         if !p.overwritten.is_empty() {
             let dropped = self.segments.apply_mark_unused(
                 ctx.time_ms,
@@ -180,6 +192,76 @@ impl State {
             self.audit.push(record);
         }
         PublishOutcome::Published { inserted }
+    }
+
+    /// Appended segments under a live REPLACE lock of another group are recorded for upgrade
+    /// when that lock publishes; appended segments that a newer version (published by a
+    /// REPLACE since the append allocated them) would overshadow are copied into it now. Either
+    /// way concurrent appends are not lost to a concurrent replace.
+    fn upgrade_appended(
+        &mut self,
+        ctx: ApplyContext,
+        ds: &str,
+        group: &str,
+        appended: &[DataSegment],
+    ) -> Vec<SegmentKey> {
+        let replace_locks: Vec<TaskLock> = self
+            .locks
+            .posses()
+            .map(|p| &p.lock)
+            .filter(|l| l.data_source == ds && l.lock_type == LockType::Replace && !l.revoked && l.group_id != group)
+            .cloned()
+            .collect();
+        let mut upgraded = Vec::new();
+        for seg in appended {
+            let iv = seg.interval();
+            for l in replace_locks.iter().filter(|l| l.interval.contains(&iv)) {
+                self.segments
+                    .apply_record_upgrade(ds, upgrade_key(l.fencing_token, &l.interval), seg.key.clone());
+            }
+            let newer = self.segments.datasource(ds).and_then(|d| {
+                d.overlapping(&iv)
+                    .filter(|(k, s)| s.used && k.interval().contains(&iv) && *k.version > *seg.key.version)
+                    .map(|(k, s)| (k.version.clone(), s.shard_spec.core_partitions.unwrap_or(0)))
+                    .max()
+            });
+            if let Some((version, core)) = newer {
+                upgraded.extend(self.segments.apply_upgrade(ctx.time_ms, ds, &seg.key, &version, core));
+            }
+        }
+        upgraded
+    }
+
+    /// A REPLACE publish copies the segments appended under its locks into its version, as
+    /// non-core partitions after its own.
+    fn upgrade_for_replace(
+        &mut self,
+        ctx: ApplyContext,
+        ds: &str,
+        replace_locks: &[TaskLock],
+        published: &[DataSegment],
+    ) -> Vec<SegmentKey> {
+        let mut upgraded = Vec::new();
+        let mut seen = Vec::new();
+        for l in replace_locks {
+            let key = upgrade_key(l.fencing_token, &l.interval);
+            if seen.contains(&key) {
+                continue;
+            }
+            seen.push(key.clone());
+            for appended in self.segments.apply_take_upgrades(ds, &key) {
+                let set = published
+                    .iter()
+                    .filter(|s| s.interval().contains(&appended.interval()))
+                    .max_by(|a, b| a.key.version.cmp(&b.key.version));
+                let (version, core) = match set {
+                    Some(s) => (s.key.version.to_string(), s.shard_spec.core_partitions.unwrap_or(0)),
+                    None => (l.version.clone(), 0),
+                };
+                upgraded.extend(self.segments.apply_upgrade(ctx.time_ms, ds, &appended, &version, core));
+            }
+        }
+        upgraded
     }
 
     pub(super) fn mark_segments(&mut self, ctx: ApplyContext, ds: &str, filter: &SegmentFilter, used: bool) -> usize {

@@ -6,7 +6,7 @@ use serde_json::value::RawValue;
 
 use super::*;
 use crate::locks::LockType;
-use crate::segments::DataSegment;
+use crate::segments::{DataSegment, SegmentKey};
 use crate::tasks::{NewTask, SHUTDOWN_BY_USER};
 
 fn ctx(index: u64, time_ms: u64) -> ApplyContext {
@@ -551,4 +551,94 @@ fn a_task_is_placed_only_with_all_its_locks_and_waits_otherwise() {
     assert!(s.locks.locks_of("a").is_empty());
     assert_eq!(s.apply(ctx(7, 40), assign("b")), Reply::Assigned { refused: vec![] });
     assert_eq!(s.locks.locks_of("b")[0].fencing_token, 7);
+}
+
+fn submit_with_lock(s: &mut State, index: u64, id: &str, lock_type: LockType) -> crate::locks::TaskLock {
+    submit(s, index, id, 50);
+    match lock(s, index + 100, id, lock_type) {
+        LockOutcome::Granted { lock, .. } => lock,
+        o => panic!("{o:?}"),
+    }
+}
+
+fn publish_kind(s: &mut State, index: u64, id: &str, kind: PublishKind, segments: Vec<DataSegment>) -> PublishOutcome {
+    apply_publish(
+        s,
+        index,
+        id,
+        Publish {
+            kind,
+            ..publish(segments)
+        },
+    )
+}
+
+fn one(version: &str) -> DataSegment {
+    DataSegment::parse(
+        &json!({"dataSource": "wiki", "interval": "2024-01-01/2024-01-02", "version": version,
+                "shardSpec": {"type": "numbered", "partitionNum": 0, "partitions": 1}, "size": 1})
+        .to_string(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn appends_during_a_concurrent_replace_are_upgraded_into_its_version() {
+    // The replace holds its lock while the append commits: recorded, upgraded at its publish.
+    let mut s = State::default();
+    let replace = submit_with_lock(&mut s, 1, "compact", LockType::Replace);
+    submit_with_lock(&mut s, 2, "stream", LockType::Append);
+    let appended = one("1970-01-01T00:00:01.000Z");
+    assert!(matches!(
+        publish_kind(&mut s, 3, "stream", PublishKind::Append, vec![appended.clone()]),
+        PublishOutcome::Published { .. }
+    ));
+    let compacted = one(&replace.version);
+    assert!(matches!(
+        publish_kind(&mut s, 4, "compact", PublishKind::Replace, vec![compacted.clone()]),
+        PublishOutcome::Published { .. }
+    ));
+    let d = s.segments.datasource("wiki").unwrap();
+    let upgraded = SegmentKey {
+        partition: 1,
+        ..compacted.key.clone()
+    };
+    let copy = d.get(&upgraded).expect("the appended segment, upgraded");
+    assert!(copy.used);
+    assert_eq!(copy.shard_spec.core_partitions, Some(1));
+    assert_eq!(
+        d.overshadowed(),
+        std::collections::HashSet::from([appended.key.clone()])
+    );
+    assert!(s.audit.newest(None, Some("segments.upgraded"), 1).count() == 1);
+
+    // The replace published first: an append at an older version is upgraded at once.
+    let mut s = State::default();
+    let replace = submit_with_lock(&mut s, 1, "compact", LockType::Replace);
+    submit_with_lock(&mut s, 2, "stream", LockType::Append);
+    publish_kind(&mut s, 3, "compact", PublishKind::Replace, vec![one(&replace.version)]);
+    publish_kind(
+        &mut s,
+        4,
+        "stream",
+        PublishKind::Append,
+        vec![one("1970-01-01T00:00:01.000Z")],
+    );
+    let d = s.segments.datasource("wiki").unwrap();
+    assert_eq!(d.used_count(), 3);
+    assert_eq!(
+        d.visible_overlapping(&day()).len(),
+        2,
+        "the replace's segment and the upgraded append"
+    );
+}
+
+#[test]
+fn append_and_replace_publishes_need_their_lock_types() {
+    let mut s = State::default();
+    let excl = submit_with_lock(&mut s, 1, "batch", LockType::Exclusive);
+    let e = publish_kind(&mut s, 2, "batch", PublishKind::Append, vec![one(&excl.version)]);
+    assert!(matches!(e, PublishOutcome::Invalid { .. }), "{e:?}");
+    let e = publish_kind(&mut s, 3, "batch", PublishKind::Replace, vec![one(&excl.version)]);
+    assert!(matches!(e, PublishOutcome::Invalid { .. }), "{e:?}");
 }
