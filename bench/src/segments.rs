@@ -75,6 +75,41 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
+/// p50 and p99 of 1,000 used-segment queries: one datasource, one week, full segments.
+async fn query_latency(
+    client: &reqwest::Client,
+    url: &str,
+    datasources: usize,
+    days: i64,
+    when: &str,
+) -> anyhow::Result<()> {
+    let mut lat = Vec::new();
+    for q in 0..1000usize {
+        let ds = format!("ds{:03}", q % datasources);
+        let day = (q * 37) as i64 % (days - 7).max(1);
+        let t = Instant::now();
+        let v: Value = client
+            .post(format!(
+                "{url}/druid/coordinator/v1/metadata/datasources/{ds}/segments?full"
+            ))
+            .json(&json!([interval(day, 7)]))
+            .send()
+            .await?
+            .json()
+            .await?;
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        anyhow::ensure!(v.as_array().is_some_and(|a| !a.is_empty()), "empty query result");
+    }
+    lat.sort_by(f64::total_cmp);
+    println!(
+        "used-segment query (one datasource, one week, {} segments, over HTTP), {when}: p50 {:.2} ms, p99 {:.2} ms",
+        7 * PARTITIONS,
+        pct(&lat, 0.5),
+        pct(&lat, 0.99)
+    );
+    Ok(())
+}
+
 fn memory(rl: &Raftlord) -> String {
     rl.urls
         .keys()
@@ -195,31 +230,14 @@ pub async fn run(
     );
     println!("resident memory after publishing: {}", memory(&rl));
 
-    // Query latency: one datasource, one week, full segments.
-    let mut lat = Vec::new();
-    for q in 0..1000usize {
-        let ds = format!("ds{:03}", q % datasources);
-        let day = (q * 37) as i64 % (days - 7).max(1);
-        let t = Instant::now();
-        let v: Value = client
-            .post(format!(
-                "{url}/druid/coordinator/v1/metadata/datasources/{ds}/segments?full"
-            ))
-            .json(&json!([interval(day, 7)]))
-            .send()
-            .await?
-            .json()
-            .await?;
-        lat.push(t.elapsed().as_secs_f64() * 1000.0);
-        anyhow::ensure!(v.as_array().is_some_and(|a| !a.is_empty()), "empty query result");
-    }
-    lat.sort_by(f64::total_cmp);
-    println!(
-        "used-segment query (one datasource, one week, {} segments, over HTTP): p50 {:.2} ms, p99 {:.2} ms",
-        7 * PARTITIONS,
-        pct(&lat, 0.5),
-        pct(&lat, 0.99)
-    );
+    query_latency(
+        &client,
+        &url,
+        datasources,
+        days,
+        "just after publishing (snapshots may be being built)",
+    )
+    .await?;
 
     let status: Value = client.get(format!("{url}/status")).send().await?.json().await?;
     println!(
@@ -259,6 +277,15 @@ pub async fn run(
         started.elapsed().as_secs_f64()
     );
     println!("resident memory after restart: {}", memory(&rl));
+    let leader = rl.wait_leader(Duration::from_secs(30)).await?;
+    query_latency(
+        &client,
+        &rl.urls[&leader],
+        datasources,
+        days,
+        "after the restart, cluster idle",
+    )
+    .await?;
 
     // Wipe a follower and time its catch-up through a snapshot.
     let leader = rl.wait_leader(Duration::from_secs(30)).await?;

@@ -457,3 +457,121 @@ pub async fn used_segments(state: &AppState, ds: &str, intervals: &[Interval], i
     }
     json!(out)
 }
+
+#[cfg(test)]
+mod tests {
+    //! Druid's JSON for every action this endpoint takes, as Druid's peons send it, parsed into
+    //! what the handler reads.
+
+    use serde_json::json;
+
+    use super::*;
+
+    const DAY: &str = "2024-01-01T00:00:00.000Z/2024-01-02T00:00:00.000Z";
+
+    fn raw(v: Value) -> Box<RawValue> {
+        RawValue::from_string(v.to_string()).unwrap()
+    }
+
+    fn day() -> Interval {
+        Interval::parse(DAY).unwrap()
+    }
+
+    fn segment() -> Value {
+        json!({"dataSource": "wiki", "interval": DAY, "version": "v1", "loadSpec": {"type": "local", "path": "/x"},
+               "dimensions": "a,b", "metrics": "count", "shardSpec": {"type": "numbered", "partitionNum": 0, "partitions": 1},
+               "binaryVersion": 9, "size": 10, "identifier": "wiki_2024-01-01T00:00:00.000Z_2024-01-02T00:00:00.000Z_v1"})
+    }
+
+    #[test]
+    fn lock_actions() {
+        let r = raw(json!({"type": "lockAcquire", "lockType": "EXCLUSIVE", "interval": DAY, "timeoutMs": 60000}));
+        let a: LockAction = parse(&r, "lockAcquire").unwrap();
+        assert_eq!(
+            (a.lock_type, a.interval, a.timeout_ms),
+            (Some(LockType::Exclusive), day(), 60000)
+        );
+        let r = raw(json!({"type": "lockTryAcquire", "lockType": "SHARED", "interval": DAY}));
+        let a: LockAction = parse(&r, "lockTryAcquire").unwrap();
+        assert_eq!((a.lock_type, a.timeout_ms), (Some(LockType::Shared), 0));
+        let r = raw(json!({"type": "lockRelease", "interval": DAY}));
+        assert_eq!(parse::<ReleaseAction>(&r, "lockRelease").unwrap().interval, day());
+        let r = raw(json!({"type": "lockList"}));
+        assert_eq!(parse::<ActionType>(&r, "task").unwrap().kind, "lockList");
+    }
+
+    #[test]
+    fn segment_allocate() {
+        let r = raw(
+            json!({"type": "segmentAllocate", "dataSource": "wiki", "timestamp": "2024-01-01T05:00:00.000Z",
+            "queryGranularity": {"type": "none"}, "preferredSegmentGranularity": "HOUR",
+            "sequenceName": "index_kafka_wiki_0", "previousSegmentId": null, "skipSegmentLineageCheck": true,
+            "shardSpecFactory": {"type": "numbered"}, "lockGranularity": "TIME_CHUNK", "taskLockType": "APPEND"}),
+        );
+        let a: AllocateAction = parse(&r, "segmentAllocate").unwrap();
+        assert_eq!(
+            (a.data_source.as_str(), a.timestamp.as_str(), a.sequence_name.as_str()),
+            ("wiki", "2024-01-01T05:00:00.000Z", "index_kafka_wiki_0")
+        );
+        assert_eq!((a.previous_segment_id, a.skip_segment_lineage_check), (None, true));
+        assert_eq!(a.preferred_segment_granularity, json!("HOUR"));
+        assert_eq!(a.partial_shard_spec, Some(json!({"type": "numbered"})));
+        assert_eq!(
+            (a.lock_granularity.as_deref(), a.task_lock_type),
+            (Some("TIME_CHUNK"), Some(LockType::Append))
+        );
+    }
+
+    #[test]
+    fn publish_actions() {
+        let start = json!({"type": "kafka", "partitions": {"type": "start", "stream": "wiki", "partitionSequenceNumberMap": {"0": 5}}});
+        let end = json!({"type": "kafka", "partitions": {"type": "end", "stream": "wiki", "partitionSequenceNumberMap": {"0": 9}}});
+        for kind in [
+            "segmentTransactionalInsert",
+            "segmentTransactionalAppend",
+            "segmentTransactionalReplace",
+        ] {
+            let r = raw(
+                json!({"type": kind, "segments": [segment()], "segmentsToBeOverwritten": null,
+                "startMetadata": start, "endMetadata": end, "dataSource": "wiki"}),
+            );
+            let a: PublishAction = parse(&r, kind).unwrap();
+            let segments = DataSegment::parse_list(&a.segments).unwrap();
+            assert_eq!(segments[0].id(), segment()["identifier"].as_str().unwrap());
+            assert_eq!(
+                (a.start_metadata, a.end_metadata),
+                (Some(start.clone()), Some(end.clone()))
+            );
+            assert!(a.segments_to_be_overwritten.is_none_or(|r| r.get() == "null"));
+        }
+    }
+
+    #[test]
+    fn retrieval_and_mark_actions() {
+        let r = raw(
+            json!({"type": "retrieveUsedSegments", "dataSource": "wiki", "intervals": [DAY], "visibility": "ONLY_VISIBLE"}),
+        );
+        let a: UsedAction = parse(&r, "retrieveUsedSegments").unwrap();
+        assert_eq!(
+            (a.data_source.as_str(), a.intervals, a.visibility.as_deref()),
+            ("wiki", Some(vec![day()]), Some("ONLY_VISIBLE"))
+        );
+        let r = raw(
+            json!({"type": "retrieveUnusedSegments", "dataSource": "wiki", "interval": DAY, "versions": ["v1"],
+            "limit": 10, "maxUsedStatusLastUpdatedTime": null}),
+        );
+        let a: UnusedAction = parse(&r, "retrieveUnusedSegments").unwrap();
+        assert_eq!(
+            (a.interval, a.versions, a.limit),
+            (day(), Some(vec!["v1".to_string()]), Some(10))
+        );
+        let r = raw(json!({"type": "markSegmentsAsUnused", "dataSource": "wiki", "interval": DAY}));
+        let a: UnusedAction = parse(&r, "markSegmentsAsUnused").unwrap();
+        assert_eq!((a.data_source.as_str(), a.interval), ("wiki", day()));
+        let bad = raw(json!({"type": "retrieveUsedSegments", "intervals": [DAY]}));
+        assert!(
+            parse::<UsedAction>(&bad, "retrieveUsedSegments").is_err(),
+            "dataSource is required"
+        );
+    }
+}
