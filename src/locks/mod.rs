@@ -5,8 +5,9 @@
 //! it). The rules are Druid's (`TaskLockbox.createOrFindLockPosse` and `canXLockCoexist`):
 //!
 //! - a request that overlaps no lock gets a new posse;
-//! - a request inside a lock of the same type and group reuses that posse (a revoked one
-//!   answers "revoked": the holder learns of a revocation on its next acquire);
+//! - a request inside a lock of the same type and group reuses that posse (the narrowest live
+//!   one when there are several; a revoked one answers "revoked": the holder learns of a
+//!   revocation on its next acquire);
 //! - otherwise a new posse is granted when the request can coexist with every overlapping
 //!   non-revoked lock ([`compatible`]), or when every incompatible one has a strictly lower
 //!   priority, in which case all of them are revoked (all or nothing). Revoked locks stay until
@@ -162,19 +163,15 @@ impl LockTable {
                 l.lock_type == req.lock_type && l.group_id == task.group_id && l.interval.contains(&req.interval)
             })
             .collect();
-        match reusable.as_slice() {
-            [id] => return self.join(*id, task),
-            [] => {}
-            _ => {
-                return LockOutcome::Refused {
-                    reason: format!(
-                        "found {} locks of group [{}] that could be reused for interval [{}]; expected at most one",
-                        reusable.len(),
-                        task.group_id,
-                        req.interval
-                    ),
-                }
-            }
+        // Druid expects at most one; two APPEND posses of a group can both contain a request,
+        // so take the narrowest live one, and report a revocation only when all are revoked.
+        let live_reusable = reusable
+            .iter()
+            .copied()
+            .filter(|id| !self.posses[id].lock.revoked)
+            .min_by_key(|id| (self.posses[id].lock.interval.duration_ms(), *id));
+        if let Some(id) = live_reusable.or(reusable.first().copied()) {
+            return self.join(id, task);
         }
         let live: Vec<&TaskLock> = overlapping
             .iter()

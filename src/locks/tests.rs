@@ -141,6 +141,24 @@ fn a_wider_append_lock_supersedes_the_tasks_narrower_one() {
     assert_eq!(held, vec![iv(0, 20)]);
 }
 
+/// Found by the property test: two APPEND locks of one group that both contain a request made
+/// it fail as ambiguous, even with both revoked (the holder must learn of the revocation).
+#[test]
+fn overlapping_append_locks_of_a_group_are_reused_or_report_revocation() {
+    let mut t = LockTable::default();
+    granted(&t.apply_acquire(1, 0, &task("a", "g", 50), &req(Append, 5, 8), None));
+    granted(&t.apply_acquire(2, 0, &task("a", "g", 50), &req(Append, 4, 7), None));
+    // Both contain [5, 6): the narrower live one is reused.
+    let l = granted(&t.apply_acquire(3, 0, &task("b", "g", 50), &req(Append, 5, 6), None)).clone();
+    assert_eq!(l.interval, iv(5, 8));
+    granted(&t.apply_acquire(4, 0, &task("x", "x", 75), &req(Exclusive, 7, 8), None));
+    granted(&t.apply_acquire(5, 0, &task("x", "x", 75), &req(Exclusive, 1, 5), None));
+    assert!(matches!(
+        t.apply_acquire(6, 0, &task("a", "g", 50), &req(Append, 5, 6), None),
+        LockOutcome::Revoked { .. }
+    ));
+}
+
 #[test]
 fn locked_intervals_filter_by_priority_and_ignore_append_for_replace() {
     let mut t = LockTable::default();
