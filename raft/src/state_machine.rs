@@ -121,21 +121,19 @@ impl<S: StateMachine> StateMachineStore<S> {
     pub fn open(snapshots: SnapshotStore) -> Result<(Self, Arc<Shared<S>>), String> {
         let mut applied = Applied::<S>::default();
         let mut snapshot_bytes = 0;
-        // Decoded straight from the file: a snapshot can be hundreds of megabytes, and holding
-        // its bytes beside the state it decodes into would double what a restart needs.
-        if let Some((meta, data_len, reader)) = snapshots
-            .open_data::<SnapshotMeta<NodeId, NodeInfo>>()
+        if let Some(stored) = snapshots
+            .load::<SnapshotMeta<NodeId, NodeInfo>>()
             .map_err(|e| format!("reading the stored snapshot: {e}"))?
         {
-            let data: SnapshotData<S> =
-                serde_json::from_reader(reader).map_err(|e| format!("the stored snapshot cannot be decoded: {e}"))?;
+            let data: SnapshotData<S> = serde_json::from_slice(&stored.data)
+                .map_err(|e| format!("the stored snapshot cannot be decoded: {e}"))?;
             applied = Applied {
-                last_applied: meta.last_log_id,
-                last_membership: meta.last_membership.clone(),
+                last_applied: stored.meta.last_log_id,
+                last_membership: stored.meta.last_membership.clone(),
                 last_time_ms: data.last_time_ms,
                 state: data.state,
             };
-            snapshot_bytes = data_len;
+            snapshot_bytes = stored.data.len() as u64;
         }
         let index = applied.last_applied.map(|l| l.index).unwrap_or(0);
         let (applied_tx, _) = watch::channel(index);

@@ -81,22 +81,9 @@ impl SnapshotStore {
     }
 
     /// The current snapshot, if one was ever saved. The data is read straight into one buffer
-    /// of its exact size.
+    /// of its exact size: snapshots can be hundreds of megabytes, and a second copy would
+    /// double the memory a restart needs.
     pub fn load<M: DeserializeOwned>(&self) -> Result<Option<StoredSnapshot<M>>, EngineError> {
-        let Some((meta, data_len, mut reader)) = self.open_data::<M>()? else {
-            return Ok(None);
-        };
-        let path = self.dir.join(CURRENT);
-        let mut data = Vec::with_capacity(data_len as usize);
-        reader
-            .read_to_end(&mut data)
-            .map_err(|e| EngineError::Io(format!("reading {}: {e}", path.display())))?;
-        Ok(Some(StoredSnapshot { meta, data }))
-    }
-
-    /// The current snapshot's metadata, the size of its data and a buffered reader positioned
-    /// at the data: for decoding a large snapshot without holding its bytes in memory.
-    pub fn open_data<M: DeserializeOwned>(&self) -> Result<Option<(M, u64, impl Read)>, EngineError> {
         let path = self.dir.join(CURRENT);
         let mut f = match File::open(&path) {
             Ok(f) => f,
@@ -118,7 +105,9 @@ impl SnapshotStore {
         let mut meta = vec![0u8; len as usize];
         f.read_exact(&mut meta).map_err(|_| corrupt("truncated metadata"))?;
         let meta = decode(&meta).map_err(|e| corrupt(&e.to_string()))?;
-        Ok(Some((meta, data_len, std::io::BufReader::with_capacity(1 << 20, f))))
+        let mut data = Vec::with_capacity(data_len as usize);
+        f.read_to_end(&mut data).map_err(io)?;
+        Ok(Some(StoredSnapshot { meta, data }))
     }
 }
 
