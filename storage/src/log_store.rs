@@ -226,6 +226,9 @@ where
             let result = db
                 .write_opt(batch, &synced())
                 .map_err(|e| std::io::Error::other(e.to_string()));
+            // Let go of the database before reporting: whoever waits on the callback may close
+            // and reopen it (a restart in the same process), which needs every handle gone.
+            drop(db);
             callback.log_io_completed(result);
         });
         Ok(())
