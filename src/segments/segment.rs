@@ -69,9 +69,10 @@ impl ShardKind {
     }
 }
 
-/// A shard spec: its JSON as given plus what the timeline needs from it.
+/// A shard spec: its JSON as given plus what the timeline needs from it. Stored as the JSON
+/// alone; the rest is read from it again when a snapshot is loaded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(into = "RawJson", try_from = "RawJson")]
 pub struct ShardSpec {
     pub raw: RawJson,
     pub kind: ShardKind,
@@ -90,6 +91,19 @@ struct ShardFields {
     partition_id: Option<u32>,
     partitions: Option<u32>,
     num_core_partitions: Option<u32>,
+}
+
+impl From<ShardSpec> for RawJson {
+    fn from(s: ShardSpec) -> RawJson {
+        s.raw
+    }
+}
+
+impl TryFrom<RawJson> for ShardSpec {
+    type Error = String;
+    fn try_from(raw: RawJson) -> Result<ShardSpec, String> {
+        ShardSpec::parse(raw.0)
+    }
 }
 
 impl ShardSpec {
@@ -134,13 +148,32 @@ impl ShardSpec {
 }
 
 /// What identifies a segment within its datasource: interval, version, partition. Ordered by
-/// interval start first, so interval queries are range scans.
+/// interval start first, so interval queries are range scans. Stored as
+/// `[start, end, version, partition]`: there is one per segment in every snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(into = "(i64, i64, Arc<str>, u32)", from = "(i64, i64, Arc<str>, u32)")]
 pub struct SegmentKey {
     pub start: i64,
     pub end: i64,
     pub version: Arc<str>,
     pub partition: u32,
+}
+
+impl From<SegmentKey> for (i64, i64, Arc<str>, u32) {
+    fn from(k: SegmentKey) -> Self {
+        (k.start, k.end, k.version, k.partition)
+    }
+}
+
+impl From<(i64, i64, Arc<str>, u32)> for SegmentKey {
+    fn from((start, end, version, partition): (i64, i64, Arc<str>, u32)) -> Self {
+        SegmentKey {
+            start,
+            end,
+            version,
+            partition,
+        }
+    }
 }
 
 impl SegmentKey {
@@ -195,22 +228,30 @@ impl SegmentKey {
     }
 }
 
-/// A segment as stored, without what its key and datasource already say.
+/// A segment as stored, without what its key and datasource already say. The stored field
+/// names are short: there is one set per segment in every snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
 pub struct StoredSegment {
+    #[serde(rename = "l")]
     pub load_spec: RawJson,
+    #[serde(rename = "d")]
     pub dimensions: Box<str>,
+    #[serde(rename = "m")]
     pub metrics: Box<str>,
+    #[serde(rename = "s")]
     pub shard_spec: ShardSpec,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "c", default, skip_serializing_if = "Option::is_none")]
     pub last_compaction_state: Option<RawJson>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "b", default, skip_serializing_if = "Option::is_none")]
     pub binary_version: Option<i32>,
+    #[serde(rename = "z")]
     pub size: u64,
+    #[serde(rename = "u")]
     pub used: bool,
     /// Leader time the used flag last changed.
+    #[serde(rename = "ut")]
     pub used_updated_ms: u64,
+    #[serde(rename = "ct")]
     pub created_ms: u64,
 }
 

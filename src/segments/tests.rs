@@ -154,3 +154,23 @@ proptest! {
         prop_assert_eq!(got, want);
     }
 }
+
+/// The stored forms are part of the snapshot format: one per segment, so compact.
+#[test]
+fn stored_segment_and_key_forms_are_compact_and_read_back() {
+    let s = seg("w", "2024-01-01/2024-01-02", "v1", 1, 2);
+    let key = serde_json::to_string(&s.key).unwrap();
+    assert_eq!(key, r#"[1704067200000,1704153600000,"v1",1]"#);
+    assert_eq!(serde_json::from_str::<SegmentKey>(&key).unwrap(), s.key);
+    let stored = s.clone().into_stored(5);
+    let text = serde_json::to_string(&stored).unwrap();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&text).unwrap(),
+        json!({"l": {"type": "local", "path": "/tmp/x.zip"}, "d": "page,user", "m": "count",
+               "s": {"type": "numbered", "partitionNum": 1, "partitions": 2}, "b": 9, "z": 1024,
+               "u": true, "ut": 5, "ct": 5})
+    );
+    let back: StoredSegment = serde_json::from_str(&text).unwrap();
+    assert_eq!(back, stored);
+    assert_eq!(back.shard_spec.core_partitions, Some(2));
+}
