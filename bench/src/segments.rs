@@ -277,13 +277,37 @@ pub async fn run(
         started.elapsed().as_secs_f64()
     );
     println!("resident memory after restart: {}", memory(&rl));
+    // Steady state: every node has loaded its snapshot and applied the leader's log.
     let leader = rl.wait_leader(Duration::from_secs(30)).await?;
+    let target: Value = client
+        .get(format!("{}/status", rl.urls[&leader]))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let target = target["applied_index"].as_u64().unwrap_or(0);
+    for url in rl.urls.values() {
+        loop {
+            let applied = match probe.get(format!("{url}/status")).send().await {
+                Ok(r) => r.json::<Value>().await.ok().and_then(|v| v["applied_index"].as_u64()),
+                Err(_) => None,
+            };
+            if applied.is_some_and(|a| a >= target) {
+                break;
+            }
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(300),
+                "{url} did not catch up after the restart"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     query_latency(
         &client,
         &rl.urls[&leader],
         datasources,
         days,
-        "after the restart, cluster idle",
+        "after the restart, every node caught up",
     )
     .await?;
 
