@@ -67,6 +67,11 @@ impl Interval {
         Interval::new(start, end).ok_or_else(|| IntervalError::EndBeforeStart(s.to_string()))
     }
 
+    /// Parses `start/end` or, as URL parameters write it, `start_end`.
+    pub fn parse_url(s: &str) -> Result<Interval, IntervalError> {
+        Interval::parse(s).or_else(|e| Interval::parse_with(s, '_').map_err(|_| e))
+    }
+
     pub fn overlaps(&self, o: &Interval) -> bool {
         self.start < o.end && o.start < self.end
     }

@@ -5,14 +5,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{node_config, wait_for, SECRET};
+use common::{start_single_node, wait_for, SECRET};
 use raftlord::config::Limits;
 use raftlord::node::RunningNode;
-use raftlord_raft::network::Faults;
-use raftlord_raft::ClusterFormation;
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
 
 struct Dev {
     node: RunningNode,
@@ -22,21 +19,11 @@ struct Dev {
 }
 
 async fn start(limits: Limits) -> Dev {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = node_config(1, dir.path(), ClusterFormation::Single, 1000);
-    cfg.limits = limits;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let node = RunningNode::start_on(listener, cfg, Faults::default()).await.unwrap();
-    let url = node.url.clone();
-    let client = Client::new();
-    wait_for("the node to lead", Duration::from_secs(20), || async {
-        node.raft.leader_ready().then_some(())
-    })
-    .await;
+    let (node, dir) = start_single_node(limits).await;
     Dev {
+        url: node.url.clone(),
         node,
-        url,
-        client,
+        client: Client::new(),
         _dir: dir,
     }
 }

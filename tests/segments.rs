@@ -6,13 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{node_config, wait_for};
+use common::{start_single_node, wait_for};
 use raftlord::node::RunningNode;
-use raftlord_raft::network::Faults;
-use raftlord_raft::ClusterFormation;
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
 
 struct Dev {
     node: RunningNode,
@@ -24,18 +21,10 @@ struct Dev {
 const DAY: &str = "2024-01-01T00:00:00.000Z/2024-01-02T00:00:00.000Z";
 
 async fn start() -> Dev {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = node_config(1, dir.path(), ClusterFormation::Single, 1000);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let node = RunningNode::start_on(listener, cfg, Faults::default()).await.unwrap();
-    let url = node.url.clone();
-    wait_for("the node to lead", Duration::from_secs(20), || async {
-        node.raft.leader_ready().then_some(())
-    })
-    .await;
+    let (node, dir) = start_single_node(Default::default()).await;
     Dev {
+        url: node.url.clone(),
         node,
-        url,
         client: Client::new(),
         _dir: dir,
     }
@@ -309,33 +298,21 @@ async fn bad_actions_and_segment_requests_are_4xx_and_change_nothing() {
     .await;
     d.expect_bad(d.action("nobody", json!({"type": "lockList"})), "not found")
         .await;
-    let outside = json!({"dataSource": "wiki", "interval": "2024-02-01/2024-02-02", "version": version});
-    d.expect_bad(
-        d.action(
-            "t",
-            json!({"type": "segmentTransactionalInsert", "segments": [outside]}),
+    let bad_publishes = [
+        (
+            json!({"dataSource": "wiki", "interval": "2024-02-01/2024-02-02", "version": version}),
+            "are not covered by locks",
         ),
-        "are not covered by locks",
-    )
-    .await;
-    let other_ds = json!({"dataSource": "other", "interval": DAY, "version": version});
-    d.expect_bad(
-        d.action(
-            "t",
-            json!({"type": "segmentTransactionalInsert", "segments": [other_ds]}),
+        (
+            json!({"dataSource": "other", "interval": DAY, "version": version}),
+            "datasource",
         ),
-        "datasource",
-    )
-    .await;
-    let empty_ds = json!({"dataSource": "", "interval": DAY, "version": version});
-    d.expect_bad(
-        d.action(
-            "t",
-            json!({"type": "segmentTransactionalInsert", "segments": [empty_ds]}),
-        ),
-        "empty",
-    )
-    .await;
+        (json!({"dataSource": "", "interval": DAY, "version": version}), "empty"),
+    ];
+    for (segment, part) in bad_publishes {
+        let publish = json!({"type": "segmentTransactionalInsert", "segments": [segment]});
+        d.expect_bad(d.action("t", publish), part).await;
+    }
     d.expect_bad(
         d.post(
             "/druid/indexer/v1/datasources/wiki/markUnused",

@@ -153,6 +153,27 @@ impl Raftlord {
     }
 }
 
+/// Calls `check` every 20 ms until it yields a value; an error after `timeout`.
+pub async fn poll<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A node's `GET /status`, if it answers.
+pub async fn status(client: &reqwest::Client, url: &str) -> Option<serde_json::Value> {
+    client.get(format!("{url}/status")).send().await.ok()?.json().await.ok()
+}
+
 /// Resident memory of a process, in MiB.
 pub fn rss_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

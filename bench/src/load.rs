@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::json;
 
-use crate::cluster::{rss_mib, Etcd, Raftlord};
+use crate::cluster::{poll, rss_mib, Etcd, Raftlord};
 
 /// Size of each written value (a task spec, or an etcd value), in bytes.
 const VALUE_BYTES: usize = 256;
@@ -295,27 +295,31 @@ pub async fn restart(bin: &Path, tasks: usize, clients: usize) -> anyhow::Result
     }
     let client = reqwest::Client::builder().timeout(Duration::from_millis(500)).build()?;
     let probe = "fill-c0-0";
-    loop {
-        let leader = rl.wait_leader(Duration::from_secs(60)).await?;
-        let url = &rl.urls[&leader];
-        let r = client
-            .get(format!("{url}/druid/indexer/v1/task/{probe}/status"))
-            .send()
-            .await;
-        let w = client
-            .post(format!("{url}/druid/indexer/v1/task"))
-            .body(task_body("after-restart"))
-            .send()
-            .await;
-        if matches!(r, Ok(ref r) if r.status() == 200) && matches!(w, Ok(ref w) if w.status() == 200) {
-            break;
+    // Each try writes a new task: a write that landed while the read failed must not turn
+    // every later try into a duplicate.
+    let (client_ref, rl_ref) = (&client, &rl);
+    let mut attempt = 0u32;
+    poll("serving after the restart", Duration::from_secs(120), || {
+        attempt += 1;
+        let id = format!("after-restart-{attempt}");
+        async move {
+            let leader = rl_ref.wait_leader(Duration::from_secs(60)).await.ok()?;
+            let url = &rl_ref.urls[&leader];
+            let read = client_ref
+                .get(format!("{url}/druid/indexer/v1/task/{probe}/status"))
+                .send()
+                .await
+                .ok()?;
+            let write = client_ref
+                .post(format!("{url}/druid/indexer/v1/task"))
+                .body(task_body(&id))
+                .send()
+                .await
+                .ok()?;
+            (read.status() == 200 && write.status() == 200).then_some(())
         }
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(120),
-            "not serving 120 s after restart"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    })
+    .await?;
     println!(
         "restart to serving (read of an old task and a new write acknowledged): {:.2} s",
         started.elapsed().as_secs_f64()

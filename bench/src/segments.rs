@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::cluster::{hwm_mib, rss_mib, Raftlord};
+use crate::cluster::{hwm_mib, poll, rss_mib, status, Raftlord};
 
 const DAY_MS: i64 = 86_400_000;
 /// 2000-01-01T00:00:00Z.
@@ -239,12 +239,12 @@ pub async fn run(
     )
     .await?;
 
-    let status: Value = client.get(format!("{url}/status")).send().await?.json().await?;
+    let st = status(&client, &url).await.unwrap_or_default();
     println!(
         "snapshot: {:.0} MiB at index {} (segments stored: {})",
-        status["snapshot"]["bytes"].as_f64().unwrap_or(0.0) / (1 << 20) as f64,
-        status["snapshot"]["index"],
-        status["segments"]["total"]
+        st["snapshot"]["bytes"].as_f64().unwrap_or(0.0) / (1 << 20) as f64,
+        st["snapshot"]["index"],
+        st["segments"]["total"]
     );
 
     // Restart the whole cluster.
@@ -254,24 +254,13 @@ pub async fn run(
         rl.spawn(id)?;
     }
     let probe = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
-    loop {
-        let leader = rl.wait_leader(Duration::from_secs(120)).await?;
-        let r = probe
-            .get(format!(
-                "{}/druid/coordinator/v1/metadata/datasources/ds000",
-                rl.urls[&leader]
-            ))
-            .send()
-            .await;
-        if matches!(r, Ok(ref r) if r.status() == 200) {
-            break;
-        }
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(300),
-            "not serving 300 s after restart"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll("serving after the restart", Duration::from_secs(300), || async {
+        let leader = rl.wait_leader(Duration::from_secs(120)).await.ok()?;
+        let url = format!("{}/druid/coordinator/v1/metadata/datasources/ds000", rl.urls[&leader]);
+        let r = probe.get(url).send().await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await?;
     println!(
         "restart to serving (leader elected, segment metadata answered): {:.2} s",
         started.elapsed().as_secs_f64()
@@ -279,28 +268,20 @@ pub async fn run(
     println!("resident memory after restart: {}", memory(&rl));
     // Steady state: every node has loaded its snapshot and applied the leader's log.
     let leader = rl.wait_leader(Duration::from_secs(30)).await?;
-    let target: Value = client
-        .get(format!("{}/status", rl.urls[&leader]))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let target = target["applied_index"].as_u64().unwrap_or(0);
+    let target = status(&client, &rl.urls[&leader])
+        .await
+        .and_then(|v| v["applied_index"].as_u64());
+    let target = target.unwrap_or(0);
     for url in rl.urls.values() {
-        loop {
-            let applied = match probe.get(format!("{url}/status")).send().await {
-                Ok(r) => r.json::<Value>().await.ok().and_then(|v| v["applied_index"].as_u64()),
-                Err(_) => None,
-            };
-            if applied.is_some_and(|a| a >= target) {
-                break;
-            }
-            anyhow::ensure!(
-                started.elapsed() < Duration::from_secs(300),
-                "{url} did not catch up after the restart"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        poll(
+            &format!("{url} catching up after the restart"),
+            Duration::from_secs(300),
+            || async {
+                let applied = status(&probe, url).await?["applied_index"].as_u64()?;
+                (applied >= target).then_some(())
+            },
+        )
+        .await?;
     }
     query_latency(
         &client,
@@ -316,29 +297,17 @@ pub async fn run(
     let victim = (1..=3).find(|id| *id != leader).expect("a follower");
     rl.kill9_and_wait(victim).await?;
     std::fs::remove_dir_all(dir.path().join(format!("node-{victim}")))?;
-    let target: Value = client
-        .get(format!("{}/status", rl.urls[&leader]))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let target = target["applied_index"].as_u64().unwrap_or(0);
+    let target = status(&client, &rl.urls[&leader])
+        .await
+        .and_then(|v| v["applied_index"].as_u64());
+    let target = target.unwrap_or(0);
     let started = Instant::now();
     rl.spawn(victim)?;
-    let installed = loop {
-        if let Ok(r) = probe.get(format!("{}/status", rl.urls[&victim])).send().await {
-            if let Ok(v) = r.json::<Value>().await {
-                if v["applied_index"].as_u64().unwrap_or(0) >= target {
-                    break v["snapshots_installed"].as_u64().unwrap_or(0);
-                }
-            }
-        }
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(300),
-            "the wiped node did not catch up in 300 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let installed = poll("the wiped node catching up", Duration::from_secs(300), || async {
+        let v = status(&probe, &rl.urls[&victim]).await?;
+        (v["applied_index"].as_u64()? >= target).then(|| v["snapshots_installed"].as_u64().unwrap_or(0))
+    })
+    .await?;
     println!(
         "wiped follower caught up to the leader's applied index: {:.2} s ({installed} snapshot(s) installed)",
         started.elapsed().as_secs_f64()

@@ -436,26 +436,18 @@ async fn publish(
 
 /// Used segments of `ds` overlapping any of `intervals`, without the overshadowed ones unless
 /// asked, as Druid's `DataSegment` JSON.
-pub async fn used_segments(state: &AppState, ds: &str, intervals: &[Interval], include_overshadowed: bool) -> Value {
+async fn used_segments(state: &AppState, ds: &str, intervals: &[Interval], include_overshadowed: bool) -> Value {
     let g = state.raft.shared.read().await;
-    let Some(d) = g.state.segments.datasource(ds) else {
-        return json!([]);
-    };
-    let mut seen = std::collections::HashSet::new();
-    let mut out = Vec::new();
-    for iv in intervals {
-        let found = if include_overshadowed {
-            d.overlapping(iv).filter(|(_, s)| s.used).collect()
-        } else {
-            d.visible_overlapping(iv)
-        };
-        for (k, s) in found {
-            if seen.insert(k.clone()) {
-                out.push(json!(DataSegmentJson::new(ds, k, s)));
-            }
-        }
-    }
-    json!(out)
+    let found = g
+        .state
+        .segments
+        .datasource(ds)
+        .map(|d| d.used_in(intervals, include_overshadowed));
+    json!(found
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, s)| json!(DataSegmentJson::new(ds, k, s)))
+        .collect::<Vec<_>>())
 }
 
 #[cfg(test)]

@@ -66,22 +66,30 @@ pub fn routes() -> Router<AppState> {
         );
     // Mark used / unused: the Overlord's routes and the Coordinator's older ones.
     for base in [OVERLORD, COORDINATOR] {
-        let ds_route = format!("{base}/datasources/{{ds}}");
-        r = r
-            .route(&format!("{base}/datasources/{{ds}}/markUsed"), post(mark_used))
-            .route(&format!("{base}/datasources/{{ds}}/markUnused"), post(mark_unused))
-            .route(
-                &format!("{base}/datasources/{{ds}}/segments/{{id}}"),
-                post(mark_segment_used).delete(mark_segment_unused),
-            );
-        r = if base == OVERLORD {
-            r.route(&ds_route, post(mark_all_used).delete(mark_all_unused))
-        } else {
-            r.route(
-                &ds_route,
-                get(coordinator_datasource).post(mark_all_used).delete(mark_all_unused),
+        let by_filter = |used| {
+            post(
+                move |State(s): State<AppState>, Path(ds): Path<String>, h: HeaderMap, b: Body| {
+                    mark_by_filter(s, ds, h, b, used)
+                },
             )
         };
+        let one =
+            |used| move |State(s): State<AppState>, Path((ds, id)): Path<(String, String)>| mark_one(s, ds, id, used);
+        let all = |used| move |State(s): State<AppState>, Path(ds): Path<String>| mark_all(s, ds, used);
+        r = r
+            .route(&format!("{base}/datasources/{{ds}}/markUsed"), by_filter(true))
+            .route(&format!("{base}/datasources/{{ds}}/markUnused"), by_filter(false))
+            .route(
+                &format!("{base}/datasources/{{ds}}/segments/{{id}}"),
+                post(one(true)).delete(one(false)),
+            );
+        let ds_route = post(all(true)).delete(all(false));
+        let ds_route = if base == COORDINATOR {
+            ds_route.get(coordinator_datasource)
+        } else {
+            ds_route
+        };
+        r = r.route(&format!("{base}/datasources/{{ds}}"), ds_route);
     }
     r
 }
@@ -92,6 +100,25 @@ fn bad(msg: impl Into<String>) -> ApiError {
 
 fn check_ds(ds: &str) -> Result<(), ApiError> {
     validate_datasource(ds).map_err(ApiError::BadRequest)
+}
+
+/// A datasource name and a segment id of it that parses.
+fn check_segment_id(ds: &str, id: &str) -> Result<(), ApiError> {
+    check_ds(ds)?;
+    if SegmentKey::parse_id(ds, id).is_empty() {
+        return Err(bad(format!("Could not parse segment id [{id}] of datasource [{ds}]")));
+    }
+    Ok(())
+}
+
+/// A datasource that has used segments (the Coordinator's views 404 the others).
+fn with_used<'a>(state: &'a crate::sm::State, ds: &str) -> Result<&'a crate::segments::Datasource, ApiError> {
+    check_ds(ds)?;
+    state
+        .segments
+        .datasource(ds)
+        .filter(|d| d.used_count() > 0)
+        .ok_or_else(|| ApiError::NotFound(format!("datasource [{ds}] has no used segments")))
 }
 
 async fn json_body<T: serde::de::DeserializeOwned>(
@@ -184,11 +211,7 @@ async fn delete_pending(
 ) -> Result<Response, ApiError> {
     check_ds(&ds)?;
     let created = match &q.interval {
-        Some(i) => Some(
-            Interval::parse_with(i, '/')
-                .or_else(|_| Interval::parse_with(i, '_'))
-                .map_err(|e| bad(e.to_string()))?,
-        ),
+        Some(i) => Some(Interval::parse_url(i).map_err(|e| bad(e.to_string()))?),
         None => None,
     };
     match state
@@ -289,70 +312,39 @@ async fn filter_from_body(
     }
 }
 
-async fn mark_used(
-    State(state): State<AppState>,
-    Path(ds): Path<String>,
+/// `POST /datasources/{ds}/markUsed` and `/markUnused`.
+async fn mark_by_filter(
+    state: AppState,
+    ds: String,
     headers: HeaderMap,
     body: Body,
+    used: bool,
 ) -> Result<Response, ApiError> {
     check_ds(&ds)?;
     let filter = filter_from_body(&state, &ds, &headers, body).await?;
-    let n = mark(&state, ds, filter, true).await?;
+    let n = mark(&state, ds, filter, used).await?;
     Ok(Json(json!({"numChangedSegments": n})).into_response())
 }
 
-async fn mark_unused(
-    State(state): State<AppState>,
-    Path(ds): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
+/// `POST` and `DELETE /datasources/{ds}`: every segment.
+async fn mark_all(state: AppState, ds: String, used: bool) -> Result<Response, ApiError> {
     check_ds(&ds)?;
-    let filter = filter_from_body(&state, &ds, &headers, body).await?;
-    let n = mark(&state, ds, filter, false).await?;
+    let n = mark(&state, ds, SegmentFilter::All, used).await?;
     Ok(Json(json!({"numChangedSegments": n})).into_response())
 }
 
-async fn mark_all_used(State(state): State<AppState>, Path(ds): Path<String>) -> Result<Response, ApiError> {
-    check_ds(&ds)?;
-    let n = mark(&state, ds, SegmentFilter::All, true).await?;
-    Ok(Json(json!({"numChangedSegments": n})).into_response())
-}
-
-async fn mark_all_unused(State(state): State<AppState>, Path(ds): Path<String>) -> Result<Response, ApiError> {
-    check_ds(&ds)?;
-    let n = mark(&state, ds, SegmentFilter::All, false).await?;
-    Ok(Json(json!({"numChangedSegments": n})).into_response())
-}
-
-async fn one_segment(state: &AppState, ds: &str, id: &str) -> Result<SegmentKey, ApiError> {
-    check_ds(ds)?;
-    if SegmentKey::parse_id(ds, id).is_empty() {
-        return Err(bad(format!("Could not parse segment id [{id}] of datasource [{ds}]")));
-    }
-    let g = state.raft.shared.read().await;
-    g.state
-        .segments
-        .find_id(ds, id)
-        .map(|(k, _)| k)
-        .ok_or_else(|| ApiError::NotFound(format!("Segment [{id}] of datasource [{ds}] not found")))
-}
-
-async fn mark_segment_used(
-    State(state): State<AppState>,
-    Path((ds, id)): Path<(String, String)>,
-) -> Result<Response, ApiError> {
-    let key = one_segment(&state, &ds, &id).await?;
-    let n = mark(&state, ds, SegmentFilter::Keys { keys: vec![key] }, true).await?;
-    Ok(Json(json!({"numChangedSegments": n, "segmentStateChanged": n > 0})).into_response())
-}
-
-async fn mark_segment_unused(
-    State(state): State<AppState>,
-    Path((ds, id)): Path<(String, String)>,
-) -> Result<Response, ApiError> {
-    let key = one_segment(&state, &ds, &id).await?;
-    let n = mark(&state, ds, SegmentFilter::Keys { keys: vec![key] }, false).await?;
+/// `POST` and `DELETE /datasources/{ds}/segments/{id}`: one stored segment.
+async fn mark_one(state: AppState, ds: String, id: String, used: bool) -> Result<Response, ApiError> {
+    check_segment_id(&ds, &id)?;
+    let key = {
+        let g = state.raft.shared.read().await;
+        g.state
+            .segments
+            .find_id(&ds, &id)
+            .map(|(k, _)| k)
+            .ok_or_else(|| ApiError::NotFound(format!("Segment [{id}] of datasource [{ds}] not found")))?
+    };
+    let n = mark(&state, ds, SegmentFilter::Keys { keys: vec![key] }, used).await?;
     Ok(Json(json!({"numChangedSegments": n, "segmentStateChanged": n > 0})).into_response())
 }
 
@@ -369,10 +361,10 @@ struct ViewQuery {
 }
 
 /// Druid's `ImmutableDruidDataSource` of the used segments of `ds`.
-fn druid_datasource(state: &crate::sm::State, ds: &str) -> Option<Value> {
-    let d = state.segments.datasource(ds).filter(|d| d.used_count() > 0)?;
+fn druid_datasource(state: &crate::sm::State, ds: &str) -> Result<Value, ApiError> {
+    let d = with_used(state, ds)?;
     let segments: Vec<Value> = d.used().map(|(k, s)| json!(DataSegmentJson::new(ds, k, s))).collect();
-    Some(json!({"name": ds, "properties": {}, "segments": segments}))
+    Ok(json!({"name": ds, "properties": {}, "segments": segments}))
 }
 
 async fn metadata_datasources(State(state): State<AppState>, Query(q): Query<ViewQuery>) -> Response {
@@ -385,18 +377,18 @@ async fn metadata_datasources(State(state): State<AppState>, Query(q): Query<Vie
         .map(|(n, _)| n)
         .collect();
     if q.full.is_some() {
-        let full: Vec<Value> = names.iter().filter_map(|n| druid_datasource(&g.state, n)).collect();
+        let full: Vec<Value> = names
+            .iter()
+            .filter_map(|n| druid_datasource(&g.state, n).ok())
+            .collect();
         return Json(full).into_response();
     }
     Json(names).into_response()
 }
 
 async fn metadata_datasource(State(state): State<AppState>, Path(ds): Path<String>) -> Result<Response, ApiError> {
-    check_ds(&ds)?;
     let g = state.raft.shared.read().await;
-    druid_datasource(&g.state, &ds)
-        .map(|v| Json(v).into_response())
-        .ok_or_else(|| ApiError::NotFound(format!("datasource [{ds}] has no used segments")))
+    Ok(Json(druid_datasource(&g.state, &ds)?).into_response())
 }
 
 fn segments_view(state: &crate::sm::State, ds: &str, intervals: Option<&[Interval]>, full: bool) -> Value {
@@ -412,16 +404,12 @@ fn segments_view(state: &crate::sm::State, ds: &str, intervals: Option<&[Interva
     };
     match intervals {
         None => json!(d.used().map(|(k, s)| render(k, s)).collect::<Vec<_>>()),
-        Some(ivs) => {
-            let mut seen = std::collections::HashSet::new();
-            let list: Vec<Value> = ivs
-                .iter()
-                .flat_map(|iv| d.overlapping(iv))
-                .filter(|(k, s)| s.used && seen.insert((*k).clone()))
-                .map(|(k, s)| render(k, s))
-                .collect();
-            json!(list)
-        }
+        // Druid lists overshadowed used segments here too.
+        Some(ivs) => json!(d
+            .used_in(ivs, true)
+            .into_iter()
+            .map(|(k, s)| render(k, s))
+            .collect::<Vec<_>>()),
     }
 }
 
@@ -454,10 +442,7 @@ async fn metadata_segment(
     Path((ds, id)): Path<(String, String)>,
     Query(q): Query<ViewQuery>,
 ) -> Result<Response, ApiError> {
-    check_ds(&ds)?;
-    if SegmentKey::parse_id(&ds, &id).is_empty() {
-        return Err(bad(format!("Could not parse segment id [{id}] of datasource [{ds}]")));
-    }
+    check_segment_id(&ds, &id)?;
     let g = state.raft.shared.read().await;
     match g.state.segments.find_id(&ds, &id) {
         Some((k, s)) if s.used || q.include_unused.is_some() => {
@@ -474,9 +459,7 @@ async fn unused_segments(
 ) -> Result<Response, ApiError> {
     check_ds(&ds)?;
     let interval = match &q.interval {
-        Some(i) => Interval::parse_with(i, '/')
-            .or_else(|_| Interval::parse_with(i, '_'))
-            .map_err(|e| bad(e.to_string()))?,
+        Some(i) => Interval::parse_url(i).map_err(|e| bad(e.to_string()))?,
         None => Interval::ETERNITY,
     };
     let g = state.raft.shared.read().await;
@@ -573,12 +556,9 @@ async fn coordinator_datasources(State(state): State<AppState>, Query(q): Query<
 }
 
 async fn coordinator_datasource(State(state): State<AppState>, Path(ds): Path<String>) -> Result<Response, ApiError> {
-    check_ds(&ds)?;
     let g = state.raft.shared.read().await;
-    match g.state.segments.datasource(&ds).filter(|d| d.used_count() > 0) {
-        Some(d) => Ok(Json(json!({"tiers": {}, "segments": summary(d)})).into_response()),
-        None => Err(ApiError::NotFound(format!("datasource [{ds}] has no used segments"))),
-    }
+    let d = with_used(&g.state, &ds)?;
+    Ok(Json(json!({"tiers": {}, "segments": summary(d)})).into_response())
 }
 
 async fn datasource_intervals(
@@ -586,11 +566,8 @@ async fn datasource_intervals(
     Path(ds): Path<String>,
     Query(q): Query<ViewQuery>,
 ) -> Result<Response, ApiError> {
-    check_ds(&ds)?;
     let g = state.raft.shared.read().await;
-    let Some(d) = g.state.segments.datasource(&ds).filter(|d| d.used_count() > 0) else {
-        return Err(ApiError::NotFound(format!("datasource [{ds}] has no used segments")));
-    };
+    let d = with_used(&g.state, &ds)?;
     // Newest interval first, as Druid lists them.
     let mut by_interval: BTreeMap<std::cmp::Reverse<Interval>, (u64, u64, Vec<String>)> = BTreeMap::new();
     for (k, s) in d.used() {

@@ -78,6 +78,17 @@ pub struct Requester<'a> {
     pub priority: i32,
 }
 
+impl<'a> From<&'a crate::tasks::NewTask> for Requester<'a> {
+    fn from(spec: &'a crate::tasks::NewTask) -> Self {
+        Requester {
+            id: &spec.id,
+            group_id: &spec.group_id,
+            datasource: &spec.datasource,
+            priority: spec.priority,
+        }
+    }
+}
+
 /// Druid's `LockResult`, as data.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "camelCase")]
@@ -242,24 +253,28 @@ impl LockTable {
     }
 
     /// Grants every request to `task`, or none: on the first one not granted, the table is
-    /// left as it was and the reason returned.
+    /// left as it was and the reason returned. `segment_floor` gives each request's
+    /// `segment_floor_ms` (see [`apply_acquire`](Self::apply_acquire)).
     pub fn apply_acquire_all(
         &mut self,
         index: u64,
         time_ms: u64,
         task: &Requester<'_>,
         reqs: &[LockRequest],
+        segment_floor: impl Fn(&Interval) -> Option<i64>,
     ) -> Result<Vec<LockOutcome>, String> {
         let before = self.clone();
         let mut granted = Vec::with_capacity(reqs.len());
         for req in reqs {
-            match self.apply_acquire(index, time_ms, task, req, None) {
+            match self.apply_acquire(index, time_ms, task, req, segment_floor(&req.interval)) {
                 o @ LockOutcome::Granted { .. } => granted.push(o),
                 other => {
                     *self = before;
                     return Err(match other {
-                        LockOutcome::Refused { reason } => format!("lock on [{}] {reason}", req.interval),
-                        _ => format!("the task's lock on [{}] was revoked", req.interval),
+                        LockOutcome::Refused { reason } => {
+                            format!("waiting for a lock on [{}]: {reason}", req.interval)
+                        }
+                        _ => format!("its lock on [{}] was revoked", req.interval),
                     });
                 }
             }

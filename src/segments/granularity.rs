@@ -27,6 +27,25 @@ const MINUTE: i64 = 60_000;
 const HOUR: i64 = 60 * MINUTE;
 const DAY: i64 = 24 * HOUR;
 
+/// Druid's granularity names, the ISO period each stands for, and the bucketing.
+const NAMED: [(&str, &str, Granularity); 15] = [
+    ("SECOND", "PT1S", Granularity::Fixed(1000)),
+    ("MINUTE", "PT1M", Granularity::Fixed(MINUTE)),
+    ("FIVE_MINUTE", "PT5M", Granularity::Fixed(5 * MINUTE)),
+    ("TEN_MINUTE", "PT10M", Granularity::Fixed(10 * MINUTE)),
+    ("FIFTEEN_MINUTE", "PT15M", Granularity::Fixed(15 * MINUTE)),
+    ("THIRTY_MINUTE", "PT30M", Granularity::Fixed(30 * MINUTE)),
+    ("HOUR", "PT1H", Granularity::Fixed(HOUR)),
+    ("SIX_HOUR", "PT6H", Granularity::Fixed(6 * HOUR)),
+    ("EIGHT_HOUR", "PT8H", Granularity::Fixed(8 * HOUR)),
+    ("DAY", "P1D", Granularity::Fixed(DAY)),
+    ("WEEK", "P1W", Granularity::Week),
+    ("MONTH", "P1M", Granularity::Month),
+    ("QUARTER", "P3M", Granularity::Quarter),
+    ("YEAR", "P1Y", Granularity::Year),
+    ("ALL", "", Granularity::All),
+];
+
 impl Granularity {
     pub fn parse(v: &Value) -> Result<Granularity, String> {
         match v {
@@ -54,44 +73,19 @@ impl Granularity {
     }
 
     fn by_name(s: &str) -> Result<Granularity, String> {
-        Ok(match s.to_ascii_uppercase().as_str() {
-            "SECOND" => Granularity::Fixed(1000),
-            "MINUTE" => Granularity::Fixed(MINUTE),
-            "FIVE_MINUTE" => Granularity::Fixed(5 * MINUTE),
-            "TEN_MINUTE" => Granularity::Fixed(10 * MINUTE),
-            "FIFTEEN_MINUTE" => Granularity::Fixed(15 * MINUTE),
-            "THIRTY_MINUTE" => Granularity::Fixed(30 * MINUTE),
-            "HOUR" => Granularity::Fixed(HOUR),
-            "SIX_HOUR" => Granularity::Fixed(6 * HOUR),
-            "EIGHT_HOUR" => Granularity::Fixed(8 * HOUR),
-            "DAY" => Granularity::Fixed(DAY),
-            "WEEK" => Granularity::Week,
-            "MONTH" => Granularity::Month,
-            "QUARTER" => Granularity::Quarter,
-            "YEAR" => Granularity::Year,
-            "ALL" => Granularity::All,
-            _ => return Err(format!("unknown granularity [{s}]")),
-        })
+        NAMED
+            .iter()
+            .find(|(name, _, _)| name.eq_ignore_ascii_case(s))
+            .map(|(_, _, g)| *g)
+            .ok_or_else(|| format!("unknown granularity [{s}]"))
     }
 
     fn by_period(p: &str) -> Result<Granularity, String> {
-        Ok(match p {
-            "PT1S" => Granularity::Fixed(1000),
-            "PT1M" => Granularity::Fixed(MINUTE),
-            "PT5M" => Granularity::Fixed(5 * MINUTE),
-            "PT10M" => Granularity::Fixed(10 * MINUTE),
-            "PT15M" => Granularity::Fixed(15 * MINUTE),
-            "PT30M" => Granularity::Fixed(30 * MINUTE),
-            "PT1H" => Granularity::Fixed(HOUR),
-            "PT6H" => Granularity::Fixed(6 * HOUR),
-            "PT8H" => Granularity::Fixed(8 * HOUR),
-            "P1D" => Granularity::Fixed(DAY),
-            "P1W" => Granularity::Week,
-            "P1M" => Granularity::Month,
-            "P3M" => Granularity::Quarter,
-            "P1Y" => Granularity::Year,
-            _ => return Err(format!("unsupported period granularity [{p}]")),
-        })
+        NAMED
+            .iter()
+            .find(|(_, period, _)| !period.is_empty() && *period == p)
+            .map(|(_, _, g)| *g)
+            .ok_or_else(|| format!("unsupported period granularity [{p}]"))
     }
 
     /// The bucket holding `t`.

@@ -89,53 +89,48 @@ fn is_valid_start(v: &Value) -> bool {
     partitions(v).and_then(|p| p.get("type")).and_then(Value::as_str) == Some("start")
 }
 
+/// Partition id -> offset or sequence number.
+type Offsets = Map<String, Value>;
+
+/// The offsets of two stream metadata values of the same stream.
+fn same_stream_offsets<'a>(a: &'a Value, b: &'a Value) -> Option<(&'a Offsets, &'a Offsets)> {
+    let (a, b) = (partitions(a)?, partitions(b)?);
+    if stream(a) != stream(b) {
+        return None;
+    }
+    Some((offsets(a)?, offsets(b)?))
+}
+
 fn matches(start: &Value, stored: &Value) -> bool {
     if is_object(start) || is_object(stored) {
         return start.get("type") == stored.get("type") && start.get("theObject") == stored.get("theObject");
     }
-    let (Some(a), Some(b)) = (partitions(start), partitions(stored)) else {
-        return false;
-    };
-    if stream(a) != stream(b) {
-        return false;
-    }
-    let (Some(ao), Some(bo)) = (offsets(a), offsets(b)) else {
-        return false;
-    };
-    ao.iter()
-        .all(|(k, v)| bo.get(k).is_none_or(|w| compare(v, w) == Some(Ordering::Equal)))
+    same_stream_offsets(start, stored).is_some_and(|(ao, bo)| {
+        ao.iter()
+            .all(|(k, v)| bo.get(k).is_none_or(|w| compare(v, w) == Some(Ordering::Equal)))
+    })
 }
 
 /// Druid's `compareTo(...) > 0`: any shared partition's start offset is past the stored one.
 fn ahead(start: &Value, stored: &Value) -> bool {
-    let (Some(a), Some(b)) = (partitions(start), partitions(stored)) else {
-        return false;
-    };
-    if stream(a) != stream(b) {
-        return false;
-    }
-    let (Some(ao), Some(bo)) = (offsets(a), offsets(b)) else {
-        return false;
-    };
-    ao.iter()
-        .any(|(k, v)| bo.get(k).is_some_and(|w| compare(v, w) == Some(Ordering::Greater)))
+    same_stream_offsets(start, stored).is_some_and(|(ao, bo)| {
+        ao.iter()
+            .any(|(k, v)| bo.get(k).is_some_and(|w| compare(v, w) == Some(Ordering::Greater)))
+    })
 }
 
 /// `stored.plus(end)`: the union of offsets, the end's winning, as end metadata.
 fn plus(stored: &Value, end: &Value) -> Value {
-    let (Some(a), Some(b)) = (partitions(stored), partitions(end)) else {
+    let Some((old, new)) = same_stream_offsets(stored, end) else {
         return end.clone();
     };
-    if stream(a) != stream(b) {
-        return end.clone();
-    }
-    let key = if b.contains_key("partitionSequenceNumberMap") {
+    let key = if partitions(end).is_some_and(|p| p.contains_key("partitionSequenceNumberMap")) {
         "partitionSequenceNumberMap"
     } else {
         "partitionOffsetMap"
     };
-    let mut merged = offsets(a).cloned().unwrap_or_default();
-    for (k, v) in offsets(b).into_iter().flatten() {
+    let mut merged = old.clone();
+    for (k, v) in new {
         merged.insert(k.clone(), v.clone());
     }
     let mut out = end.clone();

@@ -161,6 +161,22 @@ impl Datasource {
         self.pending.values()
     }
 
+    /// Used segments overlapping any of `intervals`, each once, without the overshadowed ones
+    /// unless asked for.
+    pub fn used_in(&self, intervals: &[Interval], include_overshadowed: bool) -> Vec<(&SegmentKey, &StoredSegment)> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for iv in intervals {
+            let found = if include_overshadowed {
+                self.overlapping(iv).filter(|(_, s)| s.used).collect()
+            } else {
+                self.visible_overlapping(iv)
+            };
+            out.extend(found.into_iter().filter(|(k, _)| seen.insert((*k).clone())));
+        }
+        out
+    }
+
     /// Keys of the used segments that are fully overshadowed.
     pub fn overshadowed(&self) -> HashSet<SegmentKey> {
         timeline::overshadowed(self.used().map(|(k, s)| (k, &s.shard_spec)))
@@ -383,41 +399,32 @@ impl SegmentTable {
 
     /// Deletes the pending segments `task` allocated. Returns how many.
     pub fn apply_delete_pending_of_task(&mut self, task: &str) -> usize {
-        let mut n = 0;
         let affected: Vec<String> = self
             .datasources
             .iter()
             .filter(|(_, d)| d.pending.values().any(|p| p.task_allocator_id == task))
             .map(|(name, _)| name.clone())
             .collect();
-        for name in affected {
-            if let Some(d) = self.datasources.get_mut(&name) {
-                let before = d.pending.len();
-                d.pending = d
-                    .pending
-                    .clone()
-                    .into_iter()
-                    .filter(|(_, p)| p.task_allocator_id != task)
-                    .collect();
-                n += before - d.pending.len();
-            }
-        }
-        n
+        affected
+            .iter()
+            .map(|ds| self.delete_pending_where(ds, |p| p.task_allocator_id == task))
+            .sum()
     }
 
     /// Deletes `ds`'s pending segments created within `created` (all when `None`). Returns
     /// how many.
     pub fn apply_delete_pending(&mut self, ds: &str, created: Option<Interval>) -> usize {
+        self.delete_pending_where(ds, |p| {
+            created.is_none_or(|iv| iv.contains_instant(p.created_ms as i64))
+        })
+    }
+
+    fn delete_pending_where(&mut self, ds: &str, doomed: impl Fn(&PendingSegment) -> bool) -> usize {
         let Some(d) = self.datasources.get_mut(ds) else {
             return 0;
         };
         let before = d.pending.len();
-        d.pending = d
-            .pending
-            .clone()
-            .into_iter()
-            .filter(|(_, p)| created.is_some_and(|iv| !iv.contains_instant(p.created_ms as i64)))
-            .collect();
+        d.pending = d.pending.clone().into_iter().filter(|(_, p)| !doomed(p)).collect();
         before - d.pending.len()
     }
 
@@ -427,15 +434,6 @@ impl SegmentTable {
         SegmentKey::parse_id(ds, id)
             .into_iter()
             .find_map(|k| d.get(&k).map(|s| (k.clone(), s)))
-    }
-
-    /// Resolves a segment id without knowing its datasource: tries every datasource that is a
-    /// prefix of the id.
-    pub fn find_any_id(&self, id: &str) -> Option<(String, SegmentKey, &StoredSegment)> {
-        self.datasources
-            .keys()
-            .filter(|ds| id.starts_with(ds.as_str()) && id[ds.len()..].starts_with('_'))
-            .find_map(|ds| self.find_id(ds, id).map(|(k, s)| (ds.clone(), k, s)))
     }
 }
 

@@ -91,7 +91,7 @@ fn segment_ids_parse_back_even_with_underscores() {
     let mut t = SegmentTable::default();
     t.apply_insert(0, vec![s.clone(), p.clone()]);
     assert_eq!(t.find_id("my_ds", &p.id()).unwrap().0, p.key);
-    assert_eq!(t.find_any_id(&s.id()).unwrap().1, s.key);
+    assert_eq!(t.find_id("my_ds", &s.id()).unwrap().0, s.key);
 }
 
 #[test]

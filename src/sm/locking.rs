@@ -9,6 +9,25 @@ use crate::interval::Interval;
 use crate::locks::{LockOutcome, LockRequest, Requester};
 use crate::workers::Refused;
 
+/// Druid's refusal for a task that is not active.
+fn inactive(task_id: &str) -> String {
+    format!("Unable to grant lock to inactive Task [{task_id}]")
+}
+
+/// Audits a grant and the revocations it made.
+fn audit_grant(audit: &mut crate::audit::AuditTrail, ctx: ApplyContext, task_id: &str, outcome: &LockOutcome) {
+    if let LockOutcome::Granted { lock, revoked } = outcome {
+        for r in revoked {
+            audit.push(AuditRecord::new(ctx.index, ctx.time_ms, "lock.revoked", &r.data_source).lock(r));
+        }
+        audit.push(
+            AuditRecord::new(ctx.index, ctx.time_ms, "lock.granted", &lock.data_source)
+                .task(task_id)
+                .lock(lock),
+        );
+    }
+}
+
 impl State {
     /// Places tasks on workers; a task that needs locks gets them all with its placement, or
     /// stays waiting (Druid's `isReady`).
@@ -38,7 +57,7 @@ impl State {
     pub(super) fn acquire_lock(&mut self, ctx: ApplyContext, task_id: &str, req: &LockRequest) -> LockOutcome {
         let Some(task) = self.tasks.get(task_id).filter(|t| t.is_active()) else {
             return LockOutcome::Refused {
-                reason: format!("Unable to grant lock to inactive Task [{task_id}]"),
+                reason: inactive(task_id),
             };
         };
         let spec = &task.spec;
@@ -46,45 +65,28 @@ impl State {
             .segments
             .datasource(&spec.datasource)
             .and_then(|d| d.newest_time_version(&req.interval));
-        let requester = Requester {
-            id: &spec.id,
-            group_id: &spec.group_id,
-            datasource: &spec.datasource,
-            priority: spec.priority,
-        };
-        let outcome = self.locks.apply_acquire(ctx.index, ctx.time_ms, &requester, req, floor);
-        if let LockOutcome::Granted { lock, revoked } = &outcome {
-            for r in revoked {
-                self.audit
-                    .push(AuditRecord::new(ctx.index, ctx.time_ms, "lock.revoked", &r.data_source).lock(r));
-            }
-            self.audit.push(
-                AuditRecord::new(ctx.index, ctx.time_ms, "lock.granted", &lock.data_source)
-                    .task(task_id)
-                    .lock(lock),
-            );
-        }
+        let outcome = self
+            .locks
+            .apply_acquire(ctx.index, ctx.time_ms, &Requester::from(spec), req, floor);
+        audit_grant(&mut self.audit, ctx, task_id, &outcome);
         outcome
     }
 
-    /// Grants all of `reqs` to the task or none (the task's readiness): state and audit are
+    /// Grants all of `reqs` to the task or none (the task's readiness): locks and audit are
     /// left unchanged when one is not granted.
     pub(super) fn acquire_all(&mut self, ctx: ApplyContext, task_id: &str, reqs: &[LockRequest]) -> Result<(), String> {
-        let (locks, audit) = (self.locks.clone(), self.audit.clone());
-        for req in reqs {
-            match self.acquire_lock(ctx, task_id, req) {
-                LockOutcome::Granted { .. } => {}
-                other => {
-                    self.locks = locks;
-                    self.audit = audit;
-                    return Err(match other {
-                        LockOutcome::Refused { reason } => {
-                            format!("waiting for a lock on [{}]: {reason}", req.interval)
-                        }
-                        _ => format!("its lock on [{}] was revoked", req.interval),
-                    });
-                }
-            }
+        let Some(task) = self.tasks.get(task_id).filter(|t| t.is_active()) else {
+            return Err(inactive(task_id));
+        };
+        let spec = &task.spec;
+        let datasource = self.segments.datasource(&spec.datasource);
+        let granted = self
+            .locks
+            .apply_acquire_all(ctx.index, ctx.time_ms, &Requester::from(spec), reqs, |iv| {
+                datasource.and_then(|d| d.newest_time_version(iv))
+            })?;
+        for outcome in &granted {
+            audit_grant(&mut self.audit, ctx, task_id, outcome);
         }
         Ok(())
     }

@@ -51,20 +51,12 @@ pub struct TaskQuery {
     pub created: Option<(u64, u64)>,
 }
 
-fn parse_time(s: &str) -> Option<u64> {
-    crate::interval::parse_instant(s)
-        .ok()
-        .and_then(|ms| u64::try_from(ms).ok())
-}
-
-/// Parses `start_end` or `start/end`.
+/// Parses `start_end` or `start/end` (times before the epoch are refused: tasks have none).
 pub fn parse_interval(s: &str) -> Result<(u64, u64), QueryError> {
     let bad = || QueryError::BadInterval(s.to_string());
-    let (a, b) = s.split_once('/').or_else(|| s.split_once('_')).ok_or_else(bad)?;
-    let (start, end) = (parse_time(a).ok_or_else(bad)?, parse_time(b).ok_or_else(bad)?);
-    if end < start {
-        return Err(bad());
-    }
+    let iv = crate::interval::Interval::parse_url(s).map_err(|_| bad())?;
+    let start = u64::try_from(iv.start).map_err(|_| bad())?;
+    let end = u64::try_from(iv.end).map_err(|_| bad())?;
     Ok((start, end))
 }
 

@@ -183,14 +183,9 @@ pub fn plan(tasks: &TaskTable, workers: &WorkerTable, locks: &LockTable, now_ms:
         }
         if let Some(i) = select_worker(strategy, task, &slots) {
             if !task.spec.locks.is_empty() {
-                let requester = Requester {
-                    id: &task.spec.id,
-                    group_id: &task.spec.group_id,
-                    datasource: &task.spec.datasource,
-                    priority: task.spec.priority,
-                };
+                let requester = Requester::from(&task.spec);
                 if locks
-                    .apply_acquire_all(0, now_ms, &requester, &task.spec.locks)
+                    .apply_acquire_all(0, now_ms, &requester, &task.spec.locks, |_| None)
                     .is_err()
                 {
                     continue;

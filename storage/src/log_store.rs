@@ -108,28 +108,29 @@ where
         &mut self,
         range: RB,
     ) -> SResult<Vec<C::Entry>, C> {
-        let start = bound_start(range.start_bound());
-        let cf = self.engine.cf(CF_LOG);
-        let iter = self
-            .engine
-            .db
-            .iterator_cf(cf, IteratorMode::From(&index_key(start), Direction::Forward));
-        let mut out = Vec::new();
-        for item in iter {
-            let (key, value) = item.map_err(|e| StorageIOError::read_logs(&e))?;
-            let index = key_index(&key).ok_or_else(|| StorageIOError::read_logs(&BadKey))?;
-            if !in_end(range.end_bound(), index) {
-                break;
-            }
-            out.push(decode(&value).map_err(|e| StorageIOError::read_log_at_index(index, &e))?);
-        }
-        Ok(out)
+        self.read_entries(
+            bound_start(range.start_bound()),
+            |index| in_end(range.end_bound(), index),
+            usize::MAX,
+        )
     }
 
     /// Entries from `start`, at most [`MAX_REPLICATION_BYTES`] of them by stored size (always
     /// at least one). openraft gives an AppendEntries one heartbeat interval to complete, so a
     /// follower catching up over large entries must be sent them a few at a time.
     async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> SResult<Vec<C::Entry>, C> {
+        self.read_entries(start, |index| index < end, MAX_REPLICATION_BYTES)
+    }
+}
+
+impl<C> LogStore<C>
+where
+    C: RaftTypeConfig,
+    C::Entry: Serialize + DeserializeOwned,
+{
+    /// Entries from `start` while `in_range(index)`, stopping before the stored bytes would
+    /// pass `max_bytes` (but always returning the first entry in range).
+    fn read_entries(&self, start: u64, in_range: impl Fn(u64) -> bool, max_bytes: usize) -> SResult<Vec<C::Entry>, C> {
         let cf = self.engine.cf(CF_LOG);
         let iter = self
             .engine
@@ -140,10 +141,10 @@ where
         for item in iter {
             let (key, value) = item.map_err(|e| StorageIOError::read_logs(&e))?;
             let index = key_index(&key).ok_or_else(|| StorageIOError::read_logs(&BadKey))?;
-            if index >= end || (!out.is_empty() && bytes + value.len() > MAX_REPLICATION_BYTES) {
+            if !in_range(index) || (!out.is_empty() && bytes.saturating_add(value.len()) > max_bytes) {
                 break;
             }
-            bytes += value.len();
+            bytes = bytes.saturating_add(value.len());
             out.push(decode(&value).map_err(|e| StorageIOError::read_log_at_index(index, &e))?);
         }
         Ok(out)

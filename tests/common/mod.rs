@@ -353,3 +353,18 @@ impl ThreeNodes {
         self.procs.values().map(|p| p.url.clone()).collect()
     }
 }
+
+/// One in-process node forming a single-node cluster, leading; its data dir lives as long as
+/// the returned temp dir.
+pub async fn start_single_node(limits: Limits) -> (RunningNode, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = node_config(1, dir.path(), ClusterFormation::Single, 1000);
+    cfg.limits = limits;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let node = RunningNode::start_on(listener, cfg, Faults::default()).await.unwrap();
+    wait_for("the node to lead", Duration::from_secs(20), || async {
+        node.raft.leader_ready().then_some(())
+    })
+    .await;
+    (node, dir)
+}

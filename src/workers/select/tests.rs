@@ -354,13 +354,9 @@ fn tasks_whose_locks_cannot_be_had_wait_and_higher_priority_preempts() {
     // With `first`'s lock held, an equal priority task waits; a higher one would preempt it.
     let mut held = crate::locks::LockTable::default();
     let first = w.tasks.get("first").unwrap().spec.clone();
-    let requester = crate::locks::Requester {
-        id: &first.id,
-        group_id: &first.group_id,
-        datasource: &first.datasource,
-        priority: first.priority,
-    };
-    held.apply_acquire_all(1, 1000, &requester, &first.locks).unwrap();
+    let requester = crate::locks::Requester::from(&first);
+    held.apply_acquire_all(1, 1000, &requester, &first.locks, |_| None)
+        .unwrap();
     let mut w2 = World::new(&[worker("a:1", 4, DEFAULT_CATEGORY)]);
     w2.submit(locking("same-day", 50, 0));
     w2.submit(locking("urgent", 75, 0));
