@@ -17,6 +17,10 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = raftlord::cli::Cli::parse();
+    if let raftlord::cli::Command::PeonLauncher = &cli.command {
+        // Forks peons: must stay single-threaded, so it runs before any runtime exists.
+        std::process::exit(raftlord::worker::launcher::serve());
+    }
     if let raftlord::cli::Command::Peon { task_dir } = &cli.command {
         // A peon runs one task: a single-threaded runtime is enough, and it leaves without
         // running the static destructors of the linked C++ code, which a peon never used.

@@ -329,12 +329,12 @@ fn start_worker(
     secret: &str,
 ) -> Result<WorkerService, StartError> {
     let worker = worker_identity(settings, url)?;
-    let peon_command = if settings.peon_command.is_empty() {
+    let (peon_command, launcher) = if settings.peon_command.is_empty() {
         let exe = std::env::current_exe()
             .map_err(|e| StartError::Worker(format!("cannot find this binary to run peons: {e}")))?;
-        vec![exe.to_string_lossy().into_owned(), "peon".to_string()]
+        (vec![exe.to_string_lossy().into_owned(), "peon".to_string()], Some(exe))
     } else {
-        settings.peon_command.clone()
+        (settings.peon_command.clone(), None)
     };
     let port = worker
         .host
@@ -345,6 +345,7 @@ fn start_worker(
         base_dir: settings.base_dir.clone(),
         log_dir: task_log_dir.to_path_buf(),
         peon_command,
+        launcher,
         graceful_stop: settings.graceful_stop,
         location: TaskLocation {
             host: Some(worker.ip.clone()),

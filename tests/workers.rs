@@ -262,6 +262,59 @@ fn killed_peon_fails_with_the_signal_in_error_msg() {
     assert!(msg.contains("SIGKILL"), "{msg}");
 }
 
+/// The peon launchers among the children of process `parent`.
+fn launchers_of(parent: u32) -> Vec<i32> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split(' ').nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if ppid == Some(parent) && String::from_utf8_lossy(&cmdline).contains("peon-launcher") && alive(pid) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+#[test]
+fn peons_outlive_their_launcher_and_the_next_task_gets_a_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let _reaper = PeonReaper(vec![dir.path().to_path_buf()]);
+    let dev = spawn_fast_dev(dir.path(), free_port(), &["--worker-capacity", "2"]);
+    wait_healthy(&dev.url);
+    let id = submit(&dev.url, json!({"type": "noop", "id": "orphan-1", "runTime": 3000}));
+    wait_status(&dev.url, &id, "RUNNING", "RUNNING", Duration::from_secs(10));
+    let peon = wait_for_blocking("the peon pid file", Duration::from_secs(5), || {
+        peon_pid_in(&dir.path().join("worker/tasks/orphan-1"))
+    });
+    let launchers = launchers_of(dev.child.id());
+    assert_eq!(launchers.len(), 1, "one launcher per worker: {launchers:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(launchers[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // The peon keeps running; the worker watches it and judges it by its status.json.
+    assert!(alive(peon), "killing the launcher must not kill its peons");
+    let s = wait_status(&dev.url, &id, "SUCCESS", "NONE", Duration::from_secs(20));
+    assert!(s["duration"].as_i64().unwrap() >= 3000, "{s}");
+    assert!(log_of(&dev.url, &id).contains("finished with status [SUCCESS]"));
+    // The next task starts a new launcher.
+    let next = submit(&dev.url, json!({"type": "noop", "runTime": 10}));
+    wait_status(&dev.url, &next, "SUCCESS", "NONE", Duration::from_secs(20));
+    let now = launchers_of(dev.child.id());
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_ne!(now[0], launchers[0]);
+}
+
 #[test]
 fn peon_that_writes_a_bad_status_or_none_fails_with_a_message() {
     let dir = tempfile::tempdir().unwrap();

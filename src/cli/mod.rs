@@ -43,6 +43,9 @@ pub enum Command {
         /// The task directory, holding task.json.
         task_dir: PathBuf,
     },
+    /// Fork peons on request from a worker over standard input (started by a worker, not by hand).
+    #[command(hide = true)]
+    PeonLauncher,
 }
 
 /// Druid's default worker capacity: one slot per CPU but one, at least one.
@@ -323,6 +326,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Cluster(cmd) => client::cluster(cmd).await,
         Command::Task(cmd) => client::task(cmd).await,
         Command::Peon { task_dir } => Ok(crate::worker::peon::run(&task_dir).await),
+        Command::PeonLauncher => Ok(2),
     }
 }
 

@@ -17,6 +17,7 @@
 //! - [`http`]: the worker's own routes (`/druid/worker/v1/...`).
 
 pub mod http;
+pub mod launcher;
 pub mod peon;
 pub mod protocol;
 pub mod runner;
@@ -134,14 +135,14 @@ impl WorkerService {
     /// Makes the peons match the leader's view.
     fn apply_view(&self, view: &SyncResponse) {
         let assigned: std::collections::BTreeSet<&str> = view.assignments.iter().map(|a| a.id.as_str()).collect();
-        let stale: std::collections::BTreeSet<String> = {
-            let mut f = self.forgotten.lock().unwrap_or_else(|p| p.into_inner());
-            // A view at or after the index an outcome was stored at reflects it: forget those.
-            f.retain(|_, stored_at| *stored_at > view.index);
-            f.keys().cloned().collect()
-        };
+        // Held through the whole pass: the report loop records a stored outcome and forgets
+        // its task under this lock, so a task cannot be forgotten between reading the stale
+        // set and looking the task up (it would look like a task whose directory is gone).
+        let mut forgotten = self.forgotten.lock().unwrap_or_else(|p| p.into_inner());
+        // A view at or after the index an outcome was stored at reflects it: forget those.
+        forgotten.retain(|_, stored_at| *stored_at > view.index);
         for a in &view.assignments {
-            if stale.contains(&a.id) {
+            if forgotten.contains_key(&a.id) {
                 // Finished here and stored after this view was read.
                 continue;
             }
@@ -159,6 +160,7 @@ impl WorkerService {
                 }
             }
         }
+        drop(forgotten);
         for id in self.runner.running() {
             if !assigned.contains(id.as_str()) {
                 self.runner.stop(&id, "the task is no longer assigned to this worker");
@@ -183,11 +185,9 @@ impl WorkerService {
                         let mut f = self.forgotten.lock().unwrap_or_else(|p| p.into_inner());
                         for id in &resp.applied.finished {
                             f.insert(id.clone(), resp.index);
-                        }
-                        drop(f);
-                        for id in &resp.applied.finished {
                             self.runner.forget(id);
                         }
+                        drop(f);
                         for id in &resp.applied.not_assigned {
                             // Stop it if it runs; once stopped, forget it: it is not ours.
                             self.runner

@@ -6,13 +6,15 @@
 //! - `log`: the peon's standard output and error;
 //! - `peon.pid`: the peon's pid and its start time (to tell it from a reused pid);
 //! - `status.json`, `report.json`: written by the peon;
-//! - `final.json`: the outcome the worker reports, kept until the leader has stored it.
+//! - `final.json`: the outcome of a peon that did not exit 0 (its exit status is not on disk
+//!   otherwise), kept until the leader has stored it.
 //!
-//! A peon runs in its own process group, with its output going straight to its log file, so a
-//! worker that stops or crashes leaves it running; the next worker process adopts it through
-//! `peon.pid` and watches it until it ends. The outcome is `status.json` when the peon exited
-//! normally, otherwise its exit code or signal. On completion the log and report are copied to
-//! the task log directory, which every node reads.
+//! Peons are forked by the worker's peon launcher ([`super::launcher`]), or exec'd with a
+//! configured peon command. A peon runs in its own process group, with its output going
+//! straight to its log file, so a worker that stops or crashes leaves it running; the next
+//! worker process adopts it through `peon.pid` and watches it until it ends. The outcome is
+//! `status.json` when the peon exited normally, otherwise its exit code or signal. On completion
+//! the log and report are linked (or copied) into the task log directory, which every node reads.
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
@@ -26,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use super::launcher::Launcher;
 use crate::tasks::spec::validate_id;
 use crate::tasks::{TaskLocation, TaskState};
 use crate::workers::TaskUpdate;
@@ -39,6 +42,9 @@ pub struct RunnerConfig {
     pub log_dir: PathBuf,
     /// The peon command; the task directory is appended. Default: this binary's `peon`.
     pub peon_command: Vec<String>,
+    /// This binary, when peons are forked by a peon launcher (see [`super::launcher`]) rather
+    /// than exec'd with `peon_command`: the default, and much cheaper per task.
+    pub launcher: Option<PathBuf>,
     /// How long a peon gets after SIGTERM before SIGKILL.
     pub graceful_stop: Duration,
     /// Where the worker serves HTTP: the location reported for its tasks.
@@ -70,7 +76,16 @@ struct PidFile {
 
 #[derive(Debug, Clone)]
 enum Local {
-    Running { pid: i32, stopping: bool },
+    /// Its directory is being written and its peon forked (on a blocking thread: creating
+    /// files can take milliseconds on a busy file system). `stop` is set when a stop came in
+    /// meanwhile; the peon is then signalled as soon as it exists.
+    Starting {
+        stop: bool,
+    },
+    Running {
+        pid: i32,
+        stopping: bool,
+    },
     Done(TaskUpdate),
 }
 
@@ -80,6 +95,7 @@ pub struct PeonRunner {
     cfg: Arc<RunnerConfig>,
     tasks: Arc<Mutex<BTreeMap<String, Local>>>,
     changed: watch::Sender<u64>,
+    launcher: Arc<tokio::sync::Mutex<Option<Arc<Launcher>>>>,
 }
 
 impl PeonRunner {
@@ -91,6 +107,7 @@ impl PeonRunner {
             cfg: Arc::new(cfg),
             tasks: Arc::new(Mutex::new(BTreeMap::new())),
             changed: watch::channel(0).0,
+            launcher: Arc::new(tokio::sync::Mutex::new(None)),
         };
         runner.adopt()?;
         Ok(runner)
@@ -128,7 +145,7 @@ impl PeonRunner {
         self.lock()
             .iter()
             .map(|(id, l)| match l {
-                Local::Running { .. } => TaskUpdate {
+                Local::Starting { .. } | Local::Running { .. } => TaskUpdate {
                     id: id.clone(),
                     status: TaskState::Running,
                     location: Some(self.cfg.location.clone()),
@@ -144,26 +161,93 @@ impl PeonRunner {
     pub fn running(&self) -> Vec<String> {
         self.lock()
             .iter()
-            .filter(|(_, l)| matches!(l, Local::Running { .. }))
+            .filter(|(_, l)| matches!(l, Local::Starting { .. } | Local::Running { .. }))
             .map(|(id, _)| id.clone())
             .collect()
     }
 
-    /// Starts a peon for a task (once: a task already known is left alone).
+    /// Starts a peon for a task (once: a task already known is left alone): through the peon
+    /// launcher, or else by writing its directory and exec'ing the peon command on a blocking
+    /// thread.
     pub fn start(&self, id: &str, payload: &str) {
-        if self.knows(id) {
-            return;
-        }
-        let dir = match self.task_dir(id) {
-            Ok(d) => d,
-            Err(e) => {
-                self.finish_without_peon(id, &e.to_string());
+        {
+            let mut g = self.lock();
+            if g.contains_key(id) {
                 return;
             }
+            g.insert(id.to_string(), Local::Starting { stop: false });
+        }
+        let runner = self.clone();
+        let id = id.to_string();
+        let payload = payload.to_string();
+        let dir = match self.task_dir(&id) {
+            Ok(d) => d,
+            Err(e) => return self.finish_without_peon(&id, &e.to_string()),
         };
-        match self.spawn(id, &dir, payload) {
-            Ok(()) => {}
-            Err(e) => self.finish_without_peon(id, &format!("the worker could not start a peon: {e}")),
+        if let Some(exe) = self.cfg.launcher.clone() {
+            tokio::spawn(async move {
+                if let Err(why) = runner.launch(&exe, &id, &dir, &payload).await {
+                    runner.finish_without_peon(&id, &format!("the worker could not start a peon: {why}"));
+                }
+            });
+        } else {
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = runner.spawn(&id, &dir, &payload) {
+                    runner.finish_without_peon(&id, &format!("the worker could not start a peon: {e}"));
+                }
+            });
+        }
+    }
+
+    /// Starts a peon through the launcher (starting the launcher first if there is none or
+    /// it died), then waits for its exit status in the background.
+    async fn launch(&self, exe: &Path, id: &str, dir: &Path, payload: &str) -> Result<(), String> {
+        let launcher = {
+            let mut slot = self.launcher.lock().await;
+            match slot.as_ref().filter(|l| !l.is_gone()) {
+                Some(l) => l.clone(),
+                None => {
+                    let l = Arc::new(Launcher::start(exe).map_err(|e| format!("cannot start the peon launcher: {e}"))?);
+                    *slot = Some(l.clone());
+                    l
+                }
+            }
+        };
+        let (pid, exit) = launcher.launch(id, dir, payload).await?;
+        let start_time = process_start_time(pid);
+        self.started(id, pid);
+        let runner = self.clone();
+        let id = id.to_string();
+        let started = Instant::now();
+        tokio::spawn(async move {
+            let how = match exit.await {
+                Ok(status) => PeonExit::Child(Some(status)),
+                Err(_) => {
+                    // The launcher died first: watch the peon like an adopted one.
+                    if let Some(t) = start_time {
+                        watch_until_gone(pid, t).await;
+                    }
+                    PeonExit::Adopted
+                }
+            };
+            let ran_for = started.elapsed();
+            let _ = tokio::task::spawn_blocking(move || runner.finish(&id, how, ran_for)).await;
+        });
+        Ok(())
+    }
+
+    /// Records a peon as running; stops it at once if a stop came in while it was starting.
+    fn started(&self, id: &str, pid: i32) {
+        let stop_now = {
+            let mut g = self.lock();
+            let stop = matches!(g.get(id), Some(Local::Starting { stop: true }));
+            g.insert(id.to_string(), Local::Running { pid, stopping: false });
+            stop
+        };
+        info!(task_id = %id, pid, "peon started");
+        self.bump();
+        if stop_now {
+            self.stop(id, "the task was stopped while its peon was starting");
         }
     }
 
@@ -205,21 +289,16 @@ impl PeonRunner {
         let pid = child
             .id()
             .ok_or_else(|| std::io::Error::other("the peon exited at once"))? as i32;
-        let pid_file = PidFile {
-            pid,
-            start_time: process_start_time(pid).unwrap_or(0),
-        };
-        write_atomic(&dir.join("peon.pid"), &serde_json::to_vec(&pid_file)?)?;
-        self.lock()
-            .insert(id.to_string(), Local::Running { pid, stopping: false });
-        info!(task_id = %id, pid, "peon started");
-        self.bump();
+        write_pid_file(dir, pid)?;
+        self.started(id, pid);
         let runner = self.clone();
-        let id = id.to_string();
+        let owned_id = id.to_string();
         let started = Instant::now();
         tokio::spawn(async move {
             let exit = child.wait().await;
-            runner.finish(&id, PeonExit::Child(exit.ok()), started.elapsed());
+            let ran_for = started.elapsed();
+            let _ = tokio::task::spawn_blocking(move || runner.finish(&owned_id, PeonExit::Child(exit.ok()), ran_for))
+                .await;
         });
         Ok(())
     }
@@ -237,6 +316,10 @@ impl PeonRunner {
                     }
                     *stopping = true;
                     *pid
+                }
+                Some(Local::Starting { stop }) => {
+                    *stop = true;
+                    return;
                 }
                 Some(Local::Done(_)) => return,
                 None => {
@@ -261,7 +344,8 @@ impl PeonRunner {
         });
     }
 
-    /// Forgets a finished task whose outcome the leader has stored, deleting its directory.
+    /// Forgets a finished task whose outcome the leader has stored, deleting its directory in
+    /// the background.
     pub fn forget(&self, id: &str) {
         let removed = {
             let mut g = self.lock();
@@ -272,7 +356,7 @@ impl PeonRunner {
         };
         if removed {
             if let Ok(dir) = self.task_dir(id) {
-                let _ = std::fs::remove_dir_all(dir);
+                tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir));
             }
             self.bump();
         }
@@ -287,9 +371,14 @@ impl PeonRunner {
         if let Err(e) = push_logs(&dir, &self.cfg.log_dir, id) {
             warn!(task_id = %id, error = %e, "could not copy the task's log to the task log directory");
         }
-        if let Ok(bytes) = serde_json::to_vec(&update) {
-            if let Err(e) = write_atomic(&dir.join("final.json"), &bytes) {
-                warn!(task_id = %id, error = %e, "could not write final.json");
+        // A peon that exited 0 is judged by its `status.json` alone, which a restarted worker
+        // reads the same way; any other end is kept, since its exit status would be lost.
+        let clean_exit = matches!(&exit, PeonExit::Child(Some(s)) if s.success());
+        if !clean_exit {
+            if let Ok(bytes) = serde_json::to_vec(&update) {
+                if let Err(e) = write_atomic(&dir.join("final.json"), &bytes) {
+                    warn!(task_id = %id, error = %e, "could not write final.json");
+                }
             }
         }
         info!(task_id = %id, status = ?update.status, error = ?update.error_msg, "peon ended");
@@ -328,10 +417,7 @@ impl PeonRunner {
                     let runner = self.clone();
                     let started = Instant::now();
                     tokio::spawn(async move {
-                        // Not our child: watch the process until it is gone.
-                        while process_start_time(p.pid) == Some(p.start_time) {
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
+                        watch_until_gone(p.pid, p.start_time).await;
                         runner.finish(&id, PeonExit::Adopted, started.elapsed());
                     });
                 }
@@ -447,10 +533,32 @@ fn push_logs(dir: &Path, log_dir: &Path, id: &str) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Puts `from` at `to` atomically: as a hard link when both are on one file system (no copy,
+/// and no new inode, which matters on a worker creating and deleting thousands of task files),
+/// else as a copy.
 fn copy_atomic(from: &Path, to: &Path) -> std::io::Result<()> {
     let tmp = to.with_extension("tmp");
-    std::fs::copy(from, &tmp)?;
+    let _ = std::fs::remove_file(&tmp);
+    if std::fs::hard_link(from, &tmp).is_err() {
+        std::fs::copy(from, &tmp)?;
+    }
     std::fs::rename(&tmp, to)
+}
+
+/// Writes `peon.pid`: the peon's pid and start time, by which a restarted worker finds it.
+pub fn write_pid_file(dir: &Path, pid: i32) -> std::io::Result<()> {
+    let pid_file = PidFile {
+        pid,
+        start_time: process_start_time(pid).unwrap_or(0),
+    };
+    write_atomic(&dir.join("peon.pid"), &serde_json::to_vec(&pid_file)?)
+}
+
+/// Waits until process `pid`, started at `start_time`, is gone (or a zombie).
+async fn watch_until_gone(pid: i32, start_time: u64) {
+    while process_start_time(pid) == Some(start_time) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Writes a file so that readers see the old content or the new, never a part.
