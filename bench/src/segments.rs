@@ -291,6 +291,34 @@ pub async fn run(
         "after the restart, every node caught up",
     )
     .await?;
+    // Quiescent: no node encoding a snapshot (the restart's replay can start one, which takes
+    // a core for seconds on this state).
+    let calm = std::cell::Cell::new(0);
+    poll("no node building a snapshot", Duration::from_secs(300), || {
+        let (rl, probe) = (&rl, &probe);
+        let idle = async move {
+            for url in rl.urls.values() {
+                if status(probe, url).await?["snapshot"]["building"] != false {
+                    return Some(false);
+                }
+            }
+            Some(true)
+        };
+        let calm = &calm;
+        async move {
+            calm.set(if idle.await == Some(true) { calm.get() + 1 } else { 0 });
+            (calm.get() >= 5).then_some(())
+        }
+    })
+    .await?;
+    query_latency(
+        &client,
+        &rl.urls[&leader],
+        datasources,
+        days,
+        "quiescent (every node caught up, no snapshot being built)",
+    )
+    .await?;
 
     // Wipe a follower and time its catch-up through a snapshot.
     let leader = rl.wait_leader(Duration::from_secs(30)).await?;

@@ -10,7 +10,7 @@
 //! (the leader's services, discovery listeners, blocking reads) learn that state changed.
 
 use std::io::Cursor;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -80,6 +80,8 @@ pub struct Shared<S> {
     installed: AtomicU64,
     /// Log index and encoded size of the newest snapshot.
     last_snapshot: std::sync::Mutex<(u64, u64)>,
+    /// Whether a snapshot is being encoded and written right now.
+    building: AtomicBool,
 }
 
 impl<S: StateMachine> Shared<S> {
@@ -91,6 +93,11 @@ impl<S: StateMachine> Shared<S> {
     /// How many snapshots were installed from a leader since start.
     pub fn snapshots_installed(&self) -> u64 {
         self.installed.load(Ordering::Relaxed)
+    }
+
+    /// Whether this node is building a snapshot right now (seconds of CPU on a large state).
+    pub fn building_snapshot(&self) -> bool {
+        self.building.load(Ordering::Relaxed)
     }
 
     /// Log index and size in bytes of the newest snapshot (built or installed).
@@ -142,6 +149,7 @@ impl<S: StateMachine> StateMachineStore<S> {
             applied_tx,
             installed: AtomicU64::new(0),
             last_snapshot: std::sync::Mutex::new((index, snapshot_bytes)),
+            building: AtomicBool::new(false),
         });
         Ok((
             StateMachineStore {
@@ -269,6 +277,22 @@ pub struct SnapshotBuilder<S> {
 
 impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig<S>> for SnapshotBuilder<S> {
     async fn build_snapshot(&mut self) -> SResult<Snapshot<TypeConfig<S>>> {
+        /// Clears the flag however the build ends.
+        struct Building<'a>(&'a AtomicBool);
+        impl Drop for Building<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Relaxed);
+            }
+        }
+        let shared = self.shared.clone();
+        shared.building.store(true, Ordering::Relaxed);
+        let _building = Building(&shared.building);
+        self.build().await
+    }
+}
+
+impl<S: StateMachine> SnapshotBuilder<S> {
+    async fn build(&mut self) -> SResult<Snapshot<TypeConfig<S>>> {
         // Copy the state under the read lock (cheap for persistent collections) so metadata and
         // data describe the same log position, then encode without holding up writes.
         let (meta, state, last_time_ms) = {

@@ -44,7 +44,11 @@ async fn status(State(state): State<AppState>) -> Response {
     });
     v["locks"] = json!(g.state.locks.posses().count());
     let (snapshot_index, snapshot_bytes) = state.raft.shared.last_snapshot();
-    v["snapshot"] = json!({ "index": snapshot_index, "bytes": snapshot_bytes });
+    v["snapshot"] = json!({
+        "index": snapshot_index,
+        "bytes": snapshot_bytes,
+        "building": state.raft.shared.building_snapshot(),
+    });
     v["version"] = json!(env!("CARGO_PKG_VERSION"));
     Json(v).into_response()
 }
