@@ -285,15 +285,20 @@ fn launchers_of(parent: u32) -> Vec<i32> {
 }
 
 #[test]
-fn peons_outlive_their_launcher_and_the_next_task_gets_a_new_one() {
+fn peons_outlive_their_launcher_and_the_next_task_gets_a_new_one_while_they_run() {
     let dir = tempfile::tempdir().unwrap();
     let _reaper = PeonReaper(vec![dir.path().to_path_buf()]);
-    let dev = spawn_fast_dev(dir.path(), free_port(), &["--worker-capacity", "2"]);
+    let dev = spawn_fast_dev(dir.path(), free_port(), &["--worker-capacity", "3"]);
     wait_healthy(&dev.url);
-    let id = submit(&dev.url, json!({"type": "noop", "id": "orphan-1", "runTime": 3000}));
-    wait_status(&dev.url, &id, "RUNNING", "RUNNING", Duration::from_secs(10));
-    let peon = wait_for_blocking("the peon pid file", Duration::from_secs(5), || {
-        peon_pid_in(&dir.path().join("worker/tasks/orphan-1"))
+    let long = submit(
+        &dev.url,
+        json!({"type": "noop", "id": "orphan-long", "runTime": 600000}),
+    );
+    let short = submit(&dev.url, json!({"type": "noop", "id": "orphan-short", "runTime": 3000}));
+    wait_status(&dev.url, &long, "RUNNING", "RUNNING", Duration::from_secs(10));
+    wait_status(&dev.url, &short, "RUNNING", "RUNNING", Duration::from_secs(10));
+    let long_pid = wait_for_blocking("the long peon's pid file", Duration::from_secs(5), || {
+        peon_pid_in(&dir.path().join("worker/tasks/orphan-long"))
     });
     let launchers = launchers_of(dev.child.id());
     assert_eq!(launchers.len(), 1, "one launcher per worker: {launchers:?}");
@@ -302,17 +307,29 @@ fn peons_outlive_their_launcher_and_the_next_task_gets_a_new_one() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    // The peon keeps running; the worker watches it and judges it by its status.json.
-    assert!(alive(peon), "killing the launcher must not kill its peons");
-    let s = wait_status(&dev.url, &id, "SUCCESS", "NONE", Duration::from_secs(20));
-    assert!(s["duration"].as_i64().unwrap() >= 3000, "{s}");
-    assert!(log_of(&dev.url, &id).contains("finished with status [SUCCESS]"));
-    // The next task starts a new launcher.
+    assert!(alive(long_pid), "killing the launcher must not kill its peons");
+    // While the orphaned peons still run, the next task starts through a new launcher (a peon
+    // holding the old launcher's socket open would hide its death and stall this start).
     let next = submit(&dev.url, json!({"type": "noop", "runTime": 10}));
     wait_status(&dev.url, &next, "SUCCESS", "NONE", Duration::from_secs(20));
+    assert_eq!(status(&dev.url, &long).unwrap()["statusCode"], "RUNNING");
+    assert!(alive(long_pid));
     let now = launchers_of(dev.child.id());
     assert_eq!(now.len(), 1, "{now:?}");
     assert_ne!(now[0], launchers[0]);
+    // An orphaned peon that ends is judged by its status.json.
+    let s = wait_status(&dev.url, &short, "SUCCESS", "NONE", Duration::from_secs(20));
+    assert!(s["duration"].as_i64().unwrap() >= 3000, "{s}");
+    assert!(log_of(&dev.url, &short).contains("finished with status [SUCCESS]"));
+    // One still running is stopped by a shutdown as any peon is.
+    let resp = http()
+        .post(format!("{}{API}/task/{long}/shutdown", dev.url))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    wait_for_blocking("the orphaned peon to stop", Duration::from_secs(10), || {
+        (!alive(long_pid)).then_some(())
+    });
 }
 
 #[test]

@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -125,8 +125,11 @@ fn serve_inner() -> std::io::Result<()> {
             pending.extend_from_slice(&buf[..n]);
             while let Some(end) = pending.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=end).collect();
+                // A peon must not keep the worker's socket or the signalfd open: the worker
+                // learns that the launcher died from the socket closing.
+                let inherited = [sock.as_raw_fd(), out.as_raw_fd(), sfd.as_raw_fd()];
                 let event = match serde_json::from_slice::<Launch>(&line) {
-                    Ok(req) => launch(&req, &old_mask),
+                    Ok(req) => launch(&req, &old_mask, &inherited),
                     Err(e) => {
                         eprintln!("raftlord peon-launcher: ignoring a malformed request: {e}");
                         continue;
@@ -167,8 +170,8 @@ fn reap(out: &mut UnixStream) -> std::io::Result<()> {
     }
 }
 
-/// Writes the task directory and forks the peon.
-fn launch(req: &Launch, old_mask: &SigSet) -> Event {
+/// Writes the task directory and forks the peon; the child closes `inherited`.
+fn launch(req: &Launch, old_mask: &SigSet, inherited: &[RawFd]) -> Event {
     let refused = |e: std::io::Error| Event::Refused {
         id: req.id.clone(),
         error: e.to_string(),
@@ -193,6 +196,11 @@ fn launch(req: &Launch, old_mask: &SigSet) -> Event {
             pid: child.as_raw(),
         },
         Ok(ForkResult::Child) => {
+            for fd in inherited {
+                // SAFETY: these descriptors belong to the launcher's socket and signalfd, whose
+                // owners are never used or dropped in this child (it ends with `_exit`).
+                let _ = nix::unistd::close(unsafe { std::os::fd::OwnedFd::from_raw_fd(*fd) });
+            }
             let code = peon_child(&req.dir, &log, old_mask);
             let _ = std::io::stdout().flush();
             // SAFETY: ends the forked child at once, without running the launcher's exit
