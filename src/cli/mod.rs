@@ -90,7 +90,7 @@ pub struct NodeArgs {
     #[arg(long, env = "RAFTLORD_WORKER_VERSION", default_value = "0")]
     pub worker_version: String,
     /// Command that runs a peon, split on spaces; the task directory is appended.
-    /// Default: this binary's `peon` subcommand.
+    /// Default: peons are forked from this binary by a peon launcher process.
     #[arg(long, env = "RAFTLORD_PEON_COMMAND")]
     pub peon_command: Option<String>,
     /// Milliseconds a peon gets between SIGTERM and SIGKILL when its task is stopped.

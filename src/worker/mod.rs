@@ -11,8 +11,9 @@
 //!   the full list of its tasks to the leader (which doubles as the heartbeat), then forgets the
 //!   finished tasks the leader has stored and stops any the leader says are not its own.
 //!
-//! - [`runner`]: forking, watching, stopping and re-adopting peons;
-//! - [`peon`]: the peon process itself;
+//! - [`runner`]: starting, watching, stopping and re-adopting peons;
+//! - [`launcher`]: the small process that forks peons for the runner;
+//! - [`peon`]: the peon code, run in each forked peon (or by `raftlord peon TASK_DIR`);
 //! - [`protocol`]: the wire shapes and the client that finds the leader;
 //! - [`http`]: the worker's own routes (`/druid/worker/v1/...`).
 
