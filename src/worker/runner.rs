@@ -76,9 +76,9 @@ struct PidFile {
 
 #[derive(Debug, Clone)]
 enum Local {
-    /// Its directory is being written and its peon forked (on a blocking thread: creating
-    /// files can take milliseconds on a busy file system). `stop` is set when a stop came in
-    /// meanwhile; the peon is then signalled as soon as it exists.
+    /// Its peon is being started (by the launcher, or on a blocking thread: creating files can
+    /// take milliseconds on a busy file system). `stop` is set when a stop came in meanwhile;
+    /// the peon is then signalled as soon as it exists.
     Starting {
         stop: bool,
     },
