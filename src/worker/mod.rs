@@ -126,7 +126,7 @@ impl WorkerService {
                     hash = 0;
                     tokio::select! {
                         _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        _ = tokio::time::sleep(RETRY_AFTER) => {}
                     }
                 }
             }
@@ -172,6 +172,9 @@ impl WorkerService {
     async fn report_loop(self, cancel: CancellationToken) {
         let mut changes = self.runner.subscribe();
         loop {
+            // After a failed report (no leader yet, or a leader change), try again soon rather
+            // than a heartbeat later: registration and outcomes wait on it.
+            let mut wait = self.timing.heartbeat;
             let report = Report {
                 worker: self.worker.clone(),
                 tasks: self.runner.report(),
@@ -196,18 +199,24 @@ impl WorkerService {
                             self.runner.forget(id);
                         }
                     }
-                    Err(e) => debug!(error = %e, "worker report failed; retrying"),
+                    Err(e) => {
+                        debug!(error = %e, "worker report failed; retrying");
+                        wait = wait.min(RETRY_AFTER);
+                    }
                 },
                 Err(e) => warn!(error = %e, "cannot encode the worker report"),
             }
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = changes.changed() => {}
-                _ = tokio::time::sleep(self.timing.heartbeat) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
         }
     }
 }
+
+/// How soon a failed sync or report is tried again.
+const RETRY_AFTER: Duration = Duration::from_millis(200);
 
 /// Percent-encodes a value for a URL (hosts are `host:port`; IPv6 hosts have brackets).
 pub fn urlencode(s: &str) -> String {
