@@ -5,28 +5,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{start_single_node, wait_for, SECRET};
+use common::{wait_for, SingleNode, SECRET};
 use raftlord::config::Limits;
-use raftlord::node::RunningNode;
-use reqwest::{Client, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-struct Dev {
-    node: RunningNode,
-    url: String,
-    client: Client,
-    _dir: tempfile::TempDir,
-}
-
-async fn start(limits: Limits) -> Dev {
-    let (node, dir) = start_single_node(limits).await;
-    Dev {
-        url: node.url.clone(),
-        node,
-        client: Client::new(),
-        _dir: dir,
-    }
-}
+type Dev = SingleNode;
 
 impl Dev {
     fn u(&self, path: &str) -> String {
@@ -74,7 +58,7 @@ impl Dev {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_get_status_list_and_shutdown() {
-    let d = start(Limits::default()).await;
+    let d = Dev::start(Limits::default()).await;
     let (s, v) = d
         .submit(r#"{"type":"noop","id":"t1","dataSource":"wiki","runTime":10}"#)
         .await;
@@ -166,7 +150,7 @@ async fn submit_get_status_list_and_shutdown() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_submissions_get_a_clear_4xx_and_change_nothing() {
-    let d = start(Limits {
+    let d = Dev::start(Limits {
         max_payload_bytes: 4096,
         max_active_tasks: Some(3),
     })
@@ -281,7 +265,7 @@ async fn bad_submissions_get_a_clear_4xx_and_change_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn internal_routes_need_the_cluster_secret() {
-    let d = start(Limits::default()).await;
+    let d = Dev::start(Limits::default()).await;
     let before = d.stored().await;
     let status_before = d.node.raft.status().await;
     for path in [
@@ -330,7 +314,7 @@ async fn internal_routes_need_the_cluster_secret() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_announces_itself_and_discovery_lists_it() {
-    let d = start(Limits::default()).await;
+    let d = Dev::start(Limits::default()).await;
     let nodes = wait_for("the announcement", Duration::from_secs(20), || async {
         let v: Value = d
             .client

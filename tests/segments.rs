@@ -6,29 +6,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{start_single_node, wait_for};
-use raftlord::node::RunningNode;
-use reqwest::{Client, StatusCode};
+use common::{wait_for, SingleNode};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-struct Dev {
-    node: RunningNode,
-    url: String,
-    client: Client,
-    _dir: tempfile::TempDir,
-}
+type Dev = SingleNode;
 
 const DAY: &str = "2024-01-01T00:00:00.000Z/2024-01-02T00:00:00.000Z";
-
-async fn start() -> Dev {
-    let (node, dir) = start_single_node(Default::default()).await;
-    Dev {
-        url: node.url.clone(),
-        node,
-        client: Client::new(),
-        _dir: dir,
-    }
-}
 
 impl Dev {
     async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
@@ -91,7 +75,7 @@ fn segment(version: &str, partition: u32, partitions: u32) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn locks_publish_and_segment_views_over_http() {
-    let d = start().await;
+    let d = Dev::start(Default::default()).await;
     d.submit("low", 25).await;
     d.submit("mid", 25).await;
     d.submit("high", 75).await;
@@ -276,7 +260,7 @@ async fn locks_publish_and_segment_views_over_http() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_actions_and_segment_requests_are_4xx_and_change_nothing() {
-    let d = start().await;
+    let d = Dev::start(Default::default()).await;
     d.submit("t", 50).await;
     let (_, v) = d.action("t", json!({"type": "lockTryAcquire", "interval": DAY})).await;
     let version = v["result"]["version"].as_str().unwrap().to_string();
@@ -351,7 +335,7 @@ async fn bad_actions_and_segment_requests_are_4xx_and_change_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn segment_allocate_and_pending_segment_deletion() {
-    let d = start().await;
+    let d = Dev::start(Default::default()).await;
     d.submit("a", 50).await;
     let alloc = |seq: &str, granularity: Value, shard: &str| {
         json!({"type": "segmentAllocate", "dataSource": "wiki", "timestamp": "2024-01-01T05:00:00Z",
@@ -391,7 +375,7 @@ async fn segment_allocate_and_pending_segment_deletion() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn append_replace_unused_and_mark_actions() {
-    let d = start().await;
+    let d = Dev::start(Default::default()).await;
     d.submit("stream", 50).await;
     d.submit("compact", 50).await;
     let (_, r) = d

@@ -77,6 +77,14 @@ fn peon_pid_in(task_dir: &Path) -> Option<i32> {
     v["pid"].as_i64().map(|p| p as i32)
 }
 
+/// Waits for the `peon.pid` of task `id` on the worker whose data dir is `data`.
+fn wait_peon_pid(data: &Path, id: &str) -> i32 {
+    let dir = data.join("worker/tasks").join(id);
+    wait_for_blocking(&format!("the pid file of task {id}"), Duration::from_secs(5), || {
+        peon_pid_in(&dir)
+    })
+}
+
 fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
 }
@@ -226,9 +234,7 @@ fn shutdown_stops_a_running_peon_and_frees_its_slot() {
     wait_healthy(&dev.url);
     let id = submit(&dev.url, json!({"type": "noop", "id": "long-1", "runTime": 600000}));
     wait_status(&dev.url, &id, "RUNNING", "RUNNING", Duration::from_secs(10));
-    let pid = wait_for_blocking("the peon pid file", Duration::from_secs(5), || {
-        peon_pid_in(&dir.path().join("worker/tasks/long-1"))
-    });
+    let pid = wait_peon_pid(dir.path(), "long-1");
     assert!(alive(pid));
     let resp = http()
         .post(format!("{}{API}/task/{id}/shutdown", dev.url))
@@ -253,9 +259,7 @@ fn killed_peon_fails_with_the_signal_in_error_msg() {
     wait_healthy(&dev.url);
     let id = submit(&dev.url, json!({"type": "noop", "id": "victim", "runTime": 600000}));
     wait_status(&dev.url, &id, "RUNNING", "RUNNING", Duration::from_secs(10));
-    let pid = wait_for_blocking("the peon pid file", Duration::from_secs(5), || {
-        peon_pid_in(&dir.path().join("worker/tasks/victim"))
-    });
+    let pid = wait_peon_pid(dir.path(), "victim");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
     let s = wait_status(&dev.url, &id, "FAILED", "NONE", Duration::from_secs(10));
     let msg = s["errorMsg"].as_str().unwrap();
@@ -297,9 +301,7 @@ fn peons_outlive_their_launcher_and_the_next_task_gets_a_new_one_while_they_run(
     let short = submit(&dev.url, json!({"type": "noop", "id": "orphan-short", "runTime": 3000}));
     wait_status(&dev.url, &long, "RUNNING", "RUNNING", Duration::from_secs(10));
     wait_status(&dev.url, &short, "RUNNING", "RUNNING", Duration::from_secs(10));
-    let long_pid = wait_for_blocking("the long peon's pid file", Duration::from_secs(5), || {
-        peon_pid_in(&dir.path().join("worker/tasks/orphan-long"))
-    });
+    let long_pid = wait_peon_pid(dir.path(), "orphan-long");
     let launchers = launchers_of(dev.child.id());
     assert_eq!(launchers.len(), 1, "one launcher per worker: {launchers:?}");
     nix::sys::signal::kill(

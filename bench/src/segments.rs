@@ -75,6 +75,17 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
+/// Whether every node answers `/status` and none is building a snapshot.
+async fn no_snapshot_building(rl: &Raftlord, probe: &reqwest::Client) -> bool {
+    for url in rl.urls.values() {
+        match status(probe, url).await {
+            Some(v) if v["snapshot"]["building"] == false => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
 /// p50 and p99 of 1,000 used-segment queries: one datasource, one week, full segments.
 async fn query_latency(
     client: &reqwest::Client,
@@ -294,21 +305,10 @@ pub async fn run(
     // Quiescent: no node encoding a snapshot (the restart's replay can start one, which takes
     // a core for seconds on this state).
     let calm = std::cell::Cell::new(0);
-    poll("no node building a snapshot", Duration::from_secs(300), || {
-        let (rl, probe) = (&rl, &probe);
-        let idle = async move {
-            for url in rl.urls.values() {
-                if status(probe, url).await?["snapshot"]["building"] != false {
-                    return Some(false);
-                }
-            }
-            Some(true)
-        };
-        let calm = &calm;
-        async move {
-            calm.set(if idle.await == Some(true) { calm.get() + 1 } else { 0 });
-            (calm.get() >= 5).then_some(())
-        }
+    poll("no node building a snapshot", Duration::from_secs(300), || async {
+        let idle = no_snapshot_building(&rl, &probe).await;
+        calm.set(if idle { calm.get() + 1 } else { 0 });
+        (calm.get() >= 5).then_some(())
     })
     .await?;
     query_latency(

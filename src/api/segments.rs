@@ -198,6 +198,14 @@ async fn audit(State(state): State<AppState>, Query(q): Query<AuditQuery>) -> Re
     Ok(Json(rows).into_response())
 }
 
+/// An interval given in a URL (`start/end` or `start_end`), if any.
+fn url_interval(given: &Option<String>) -> Result<Option<Interval>, ApiError> {
+    given
+        .as_deref()
+        .map(|i| Interval::parse_url(i).map_err(|e| bad(e.to_string())))
+        .transpose()
+}
+
 #[derive(Deserialize)]
 struct PendingQuery {
     interval: Option<String>,
@@ -210,10 +218,7 @@ async fn delete_pending(
     Query(q): Query<PendingQuery>,
 ) -> Result<Response, ApiError> {
     check_ds(&ds)?;
-    let created = match &q.interval {
-        Some(i) => Some(Interval::parse_url(i).map_err(|e| bad(e.to_string()))?),
-        None => None,
-    };
+    let created = url_interval(&q.interval)?;
     match state
         .propose(Command::DeletePendingSegments {
             datasource: ds,
@@ -458,10 +463,7 @@ async fn unused_segments(
     Query(q): Query<ViewQuery>,
 ) -> Result<Response, ApiError> {
     check_ds(&ds)?;
-    let interval = match &q.interval {
-        Some(i) => Interval::parse_url(i).map_err(|e| bad(e.to_string()))?,
-        None => Interval::ETERNITY,
-    };
+    let interval = url_interval(&q.interval)?.unwrap_or(Interval::ETERNITY);
     let g = state.raft.shared.read().await;
     let rows: Vec<Value> = g
         .state

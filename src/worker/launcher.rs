@@ -365,50 +365,29 @@ fn deliver(waiters: &Mutex<Waiters>, event: Event) {
 mod tests {
     use super::*;
 
+    /// Registers a launch of task `id` and returns the receiver of its start reply.
+    fn pending(waiters: &Mutex<Waiters>, id: &str) -> oneshot::Receiver<StartReply> {
+        let (tx, rx) = oneshot::channel();
+        lock(waiters).starts.insert(id.into(), tx);
+        rx
+    }
+
+    /// The exit status delivered for a launch of `id` as `pid` that ended with `code`/`signal`.
+    fn ended(id: &str, pid: i32, code: Option<i32>, signal: Option<i32>) -> ExitStatus {
+        let waiters = Mutex::new(Waiters::default());
+        let mut start = pending(&waiters, id);
+        deliver(&waiters, Event::Started { id: id.into(), pid });
+        let (started, mut exit) = start.try_recv().unwrap().unwrap();
+        assert_eq!(started, pid);
+        deliver(&waiters, Event::Exited { pid, code, signal });
+        exit.try_recv().unwrap()
+    }
+
     #[test]
     fn exit_statuses_rebuild_as_the_process_reported_them() {
-        let waiters = Mutex::new(Waiters::default());
-        let (tx, mut rx) = oneshot::channel();
-        lock(&waiters).starts.insert("t".into(), tx);
-        deliver(
-            &waiters,
-            Event::Started {
-                id: "t".into(),
-                pid: 42,
-            },
-        );
-        let (pid, mut exit) = rx.try_recv().unwrap().unwrap();
-        assert_eq!(pid, 42);
-        deliver(
-            &waiters,
-            Event::Exited {
-                pid: 42,
-                code: Some(3),
-                signal: None,
-            },
-        );
-        let status = exit.try_recv().unwrap();
+        let status = ended("t", 42, Some(3), None);
         assert_eq!(status.code(), Some(3));
-
-        let (tx, mut rx) = oneshot::channel();
-        lock(&waiters).starts.insert("k".into(), tx);
-        deliver(
-            &waiters,
-            Event::Started {
-                id: "k".into(),
-                pid: 43,
-            },
-        );
-        let (_, mut exit) = rx.try_recv().unwrap().unwrap();
-        deliver(
-            &waiters,
-            Event::Exited {
-                pid: 43,
-                code: None,
-                signal: Some(9),
-            },
-        );
-        let status = exit.try_recv().unwrap();
+        let status = ended("k", 43, None, Some(9));
         assert_eq!(status.signal(), Some(9));
         assert_eq!(status.code(), None);
     }
@@ -416,15 +395,9 @@ mod tests {
     #[test]
     fn a_refused_launch_reaches_its_caller() {
         let waiters = Mutex::new(Waiters::default());
-        let (tx, mut rx) = oneshot::channel();
-        lock(&waiters).starts.insert("t".into(), tx);
-        deliver(
-            &waiters,
-            Event::Refused {
-                id: "t".into(),
-                error: "disk full".into(),
-            },
-        );
-        assert_eq!(rx.try_recv().unwrap().unwrap_err(), "disk full");
+        let mut start = pending(&waiters, "t");
+        let error = "disk full".to_string();
+        deliver(&waiters, Event::Refused { id: "t".into(), error });
+        assert_eq!(start.try_recv().unwrap().unwrap_err(), "disk full");
     }
 }

@@ -354,17 +354,31 @@ impl ThreeNodes {
     }
 }
 
-/// One in-process node forming a single-node cluster, leading; its data dir lives as long as
-/// the returned temp dir.
-pub async fn start_single_node(limits: Limits) -> (RunningNode, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = node_config(1, dir.path(), ClusterFormation::Single, 1000);
-    cfg.limits = limits;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let node = RunningNode::start_on(listener, cfg, Faults::default()).await.unwrap();
-    wait_for("the node to lead", Duration::from_secs(20), || async {
-        node.raft.leader_ready().then_some(())
-    })
-    .await;
-    (node, dir)
+/// One in-process node forming a single-node cluster, leading, with an HTTP client for it; its
+/// data dir lives as long as the value.
+pub struct SingleNode {
+    pub node: RunningNode,
+    pub url: String,
+    pub client: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl SingleNode {
+    pub async fn start(limits: Limits) -> SingleNode {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = node_config(1, dir.path(), ClusterFormation::Single, 1000);
+        cfg.limits = limits;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let node = RunningNode::start_on(listener, cfg, Faults::default()).await.unwrap();
+        wait_for("the node to lead", Duration::from_secs(20), || async {
+            node.raft.leader_ready().then_some(())
+        })
+        .await;
+        SingleNode {
+            url: node.url.clone(),
+            node,
+            client: reqwest::Client::new(),
+            _dir: dir,
+        }
+    }
 }
