@@ -125,6 +125,8 @@ pub struct RaftNode<S: StateMachine> {
     lease_ms: u64,
     secret: String,
     client: reqwest::Client,
+    /// A handle on the log store openraft owns, to store the committed id on shutdown.
+    log: LogStore<TypeConfig<S>>,
 }
 
 impl<S: StateMachine> RaftNode<S> {
@@ -161,6 +163,7 @@ impl<S: StateMachine> RaftNode<S> {
         let log_bytes = log.appended_bytes();
         let (sm, shared) = StateMachineStore::<S>::open(SnapshotStore::new(engine)).map_err(NodeError::Storage)?;
         let network = HttpNetwork::new(id, &secret, faults);
+        let log_handle = log.clone();
         let raft = Raft::<S>::new(id, config, network, log, sm)
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
@@ -187,6 +190,7 @@ impl<S: StateMachine> RaftNode<S> {
             lease_ms: settings.election_max_ms,
             secret,
             client,
+            log: log_handle,
         }))
     }
 
@@ -408,10 +412,14 @@ impl<S: StateMachine> RaftNode<S> {
         }
     }
 
-    /// Stops Raft; pending proposals fail.
+    /// Stops Raft; pending proposals fail. Stores the committed log id, so a restart applies
+    /// every committed entry without waiting for a leader.
     pub async fn shutdown(&self) {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft did not shut down cleanly");
+        }
+        if let Err(e) = self.log.persist_committed() {
+            tracing::warn!(error = %e, "storing the committed log id on shutdown failed");
         }
     }
 }

@@ -134,3 +134,32 @@ async fn replication_reads_are_bounded_by_bytes_so_large_entries_still_replicate
     let all_small = log.limited_get_log_entries(1, 3).await.unwrap();
     assert_eq!(all_small.len(), 2);
 }
+
+/// The committed id is not written when openraft reports it (that write queued behind the
+/// running log fsync and stalled openraft's core at every commit); it is written with the next
+/// append, or on shutdown. After a crash in between, the older stored id comes back.
+#[tokio::test]
+async fn committed_id_is_stored_with_the_next_append_or_on_shutdown() {
+    use openraft::storage::RaftLogStorageExt;
+    let dir = tempfile::tempdir().unwrap();
+    let id = |i| Some(LogId::new(openraft::CommittedLeaderId::new(1, 1), i));
+    let reopen = || LogStore::<C>::new(Engine::open(dir.path()).unwrap());
+    {
+        let mut log = reopen();
+        log.blocking_append(vec![entry(1, 1, vec![], 1)]).await.unwrap();
+        log.save_committed(id(1)).await.unwrap();
+        assert_eq!(log.read_committed().await.unwrap(), id(1));
+        // Stored in the same write as entry 2.
+        log.blocking_append(vec![entry(1, 2, vec![], 2)]).await.unwrap();
+        log.save_committed(id(2)).await.unwrap();
+        // A crash now: nothing stored id 2.
+    }
+    {
+        let mut log = reopen();
+        assert_eq!(log.read_committed().await.unwrap(), id(1));
+        log.save_committed(id(2)).await.unwrap();
+        log.persist_committed().unwrap();
+    }
+    let mut log = reopen();
+    assert_eq!(log.read_committed().await.unwrap(), id(2));
+}

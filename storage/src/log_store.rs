@@ -25,7 +25,23 @@ pub struct LogStore<C: RaftTypeConfig> {
     engine: Engine,
     appended: Arc<AtomicU64>,
     recent: Arc<Mutex<Recent<C::Entry>>>,
+    committed: Arc<Mutex<Committed<C::NodeId>>>,
     _c: PhantomData<fn() -> C>,
+}
+
+/// The newest committed log id openraft reported, and whether it is written yet.
+///
+/// openraft calls `save_committed` on its core task at every commit. A RocksDB write there,
+/// even an unsynced one, queues behind whatever synced log append is in progress, so each
+/// commit stalled the core (and the reply to the next AppendEntries) for up to an fsync.
+/// Instead the id is kept here and written in the same batch as the next append, and by
+/// [`LogStore::persist_committed`] on shutdown. A stored committed id that is older than the
+/// real one is safe: it only says how far a restarting node may apply on its own; the rest it
+/// learns from the leader, as after a crash.
+#[derive(Debug)]
+struct Committed<NID: openraft::NodeId> {
+    id: Option<LogId<NID>>,
+    stored: bool,
 }
 
 impl<C: RaftTypeConfig> Clone for LogStore<C> {
@@ -34,6 +50,7 @@ impl<C: RaftTypeConfig> Clone for LogStore<C> {
             engine: self.engine.clone(),
             appended: self.appended.clone(),
             recent: self.recent.clone(),
+            committed: self.committed.clone(),
             _c: PhantomData,
         }
     }
@@ -139,8 +156,24 @@ where
             engine,
             appended: Arc::new(AtomicU64::new(0)),
             recent: Arc::new(Mutex::new(Recent::default())),
+            committed: Arc::new(Mutex::new(Committed { id: None, stored: true })),
             _c: PhantomData,
         }
+    }
+
+    fn committed(&self) -> std::sync::MutexGuard<'_, Committed<C::NodeId>> {
+        self.committed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes the newest committed log id if it is not stored yet (on orderly shutdown, so a
+    /// restart applies everything that was committed without waiting for a leader).
+    pub fn persist_committed(&self) -> Result<(), StorageIOError<C::NodeId>> {
+        let mut committed = self.committed();
+        if !committed.stored {
+            self.put_meta(KEY_COMMITTED, &committed.id, true)?;
+            committed.stored = true;
+        }
+        Ok(())
     }
 
     fn recent(&self) -> std::sync::MutexGuard<'_, Recent<C::Entry>> {
@@ -298,12 +331,19 @@ where
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<C::NodeId>>) -> SResult<(), C> {
-        // Losing the newest committed index in a crash is safe: it is re-learned from the leader,
-        // so this write is not synced.
-        Ok(self.put_meta(KEY_COMMITTED, &committed, false)?)
+        // Written with the next append (see `Committed`).
+        let mut c = self.committed();
+        if c.id != committed {
+            c.id = committed;
+            c.stored = false;
+        }
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> SResult<Option<LogId<C::NodeId>>, C> {
+        if let Some(id) = self.committed().id.clone() {
+            return Ok(Some(id));
+        }
         Ok(self.get_meta::<Option<LogId<C::NodeId>>>(KEY_COMMITTED)?.flatten())
     }
 
@@ -321,6 +361,13 @@ where
                 let bytes = encode(&entry);
                 batch.put_cf(cf, index_key(index), &bytes);
                 recent.push(index, bytes.len(), entry);
+            }
+        }
+        {
+            let mut committed = self.committed();
+            if !committed.stored {
+                batch.put_cf(self.engine.cf(CF_META), KEY_COMMITTED, encode(&committed.id));
+                committed.stored = true;
             }
         }
         self.appended.fetch_add(batch.size_in_bytes() as u64, Ordering::Relaxed);
