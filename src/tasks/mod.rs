@@ -13,6 +13,8 @@ pub mod lock_needs;
 pub mod query;
 pub mod spec;
 
+use std::sync::Arc;
+
 use imbl::{OrdMap, OrdSet};
 
 use serde::{Deserialize, Serialize};
@@ -350,7 +352,9 @@ pub const SHUTDOWN_BY_USER: &str = "Shutdown request from user";
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 #[serde(from = "StoredTaskTable")]
 pub struct TaskTable {
-    tasks: OrdMap<String, Task>,
+    /// Each task behind its own `Arc`: a map node then holds small entries, so an insert
+    /// shifts and a copy-on-write clones a few pointers, not whole tasks with their strings.
+    tasks: OrdMap<String, Arc<Task>>,
     active: OrdSet<String>,
     /// Active tasks without a worker, in the order the assigner offers them: an index
     /// derived from `tasks`, rebuilt when a snapshot is read rather than stored.
@@ -369,7 +373,7 @@ pub struct TaskTable {
 /// The stored form of [`TaskTable`]: the tables, without derived indexes.
 #[derive(Deserialize)]
 struct StoredTaskTable {
-    tasks: OrdMap<String, Task>,
+    tasks: OrdMap<String, Arc<Task>>,
     active: OrdSet<String>,
 }
 
@@ -396,7 +400,12 @@ impl From<StoredTaskTable> for TaskTable {
 
 impl TaskTable {
     pub fn get(&self, id: &str) -> Option<&Task> {
-        self.tasks.get(id)
+        self.tasks.get(id).map(|t| &**t)
+    }
+
+    /// The task, to change it; copied first if a snapshot still shares it.
+    fn get_mut(&mut self, id: &str) -> Option<&mut Task> {
+        self.tasks.get_mut(id).map(Arc::make_mut)
     }
 
     /// The tasks completed since the last call (by any `apply_*`).
@@ -424,17 +433,17 @@ impl TaskTable {
 
     /// Active tasks, in id order.
     pub fn active(&self) -> impl Iterator<Item = &Task> {
-        self.active.iter().filter_map(|id| self.tasks.get(id))
+        self.active.iter().filter_map(|id| self.get(id))
     }
 
     /// Every task, in id order.
     pub fn all(&self) -> impl Iterator<Item = &Task> {
-        self.tasks.values()
+        self.tasks.values().map(|t| &**t)
     }
 
     /// Active tasks that no worker has, highest priority first, then oldest first.
     pub fn waiting_in_order(&self) -> impl Iterator<Item = &Task> {
-        self.waiting.iter().filter_map(|k| self.tasks.get(&k.id))
+        self.waiting.iter().filter_map(|k| self.get(&k.id))
     }
 
     pub fn waiting_count(&self) -> usize {
@@ -443,7 +452,7 @@ impl TaskTable {
 
     /// Waiting tasks whose readiness is gated (not ready at once, or never), in offer order.
     pub fn gated_in_order(&self) -> impl Iterator<Item = &Task> {
-        self.gated.iter().filter_map(|k| self.tasks.get(&k.id))
+        self.gated.iter().filter_map(|k| self.get(&k.id))
     }
 
     fn is_gated(task: &Task) -> bool {
@@ -472,7 +481,7 @@ impl TaskTable {
 
     /// Gives a waiting task to `worker`; false (and no change) if it is not waiting.
     pub fn apply_assign(&mut self, index: u64, time_ms: u64, id: &str, worker: &str) -> bool {
-        let Some(task) = self.tasks.get_mut(id) else {
+        let Some(task) = self.get_mut(id) else {
             return false;
         };
         if !task.is_active() || task.assignment.is_some() {
@@ -493,7 +502,7 @@ impl TaskTable {
     /// Takes a not yet accepted assignment back: the task waits again. False if the task is
     /// not pending under the assignment made at `assigned_index`.
     pub fn apply_unassign(&mut self, id: &str, assigned_index: u64) -> bool {
-        let Some(task) = self.tasks.get_mut(id) else {
+        let Some(task) = self.get_mut(id) else {
             return false;
         };
         let pending = matches!(&task.assignment, Some(a) if a.index == assigned_index && !a.accepted && !a.released);
@@ -509,7 +518,7 @@ impl TaskTable {
 
     /// The worker runs the task at `location`. False if the task is not active on `worker`.
     pub fn apply_running(&mut self, id: &str, worker: &str, location: &TaskLocation) -> bool {
-        let Some(task) = self.tasks.get_mut(id) else {
+        let Some(task) = self.get_mut(id) else {
             return false;
         };
         if !task.is_active() {
@@ -536,7 +545,7 @@ impl TaskTable {
         duration_ms: i64,
         error_msg: Option<String>,
     ) -> Option<bool> {
-        let task = self.tasks.get_mut(id)?;
+        let task = self.get_mut(id)?;
         let a = task.assignment.as_mut().filter(|a| a.worker == worker && !a.released)?;
         a.released = true;
         a.accepted = true;
@@ -562,7 +571,7 @@ impl TaskTable {
     pub fn apply_worker_lost(&mut self, time_ms: u64, ids: &[String], worker: &str, reason: &str) -> Vec<String> {
         let mut failed = Vec::new();
         for id in ids {
-            let Some(task) = self.tasks.get_mut(id.as_str()) else {
+            let Some(task) = self.get_mut(id.as_str()) else {
                 continue;
             };
             let Some(a) = task.assignment.as_mut().filter(|a| a.worker == worker && !a.released) else {
@@ -609,13 +618,13 @@ impl TaskTable {
         };
         self.active.insert(id.clone());
         self.add_waiting(Self::wait_key(&stored), Self::is_gated(&stored));
-        self.tasks.insert(id, stored);
+        self.tasks.insert(id, Arc::new(stored));
         Ok(())
     }
 
     /// Fails an active task with `reason`; completed and unknown tasks are left alone.
     pub fn apply_shutdown(&mut self, time_ms: u64, id: &str, reason: &str) -> ShutdownOutcome {
-        let Some(task) = self.tasks.get_mut(id) else {
+        let Some(task) = self.get_mut(id) else {
             return ShutdownOutcome::Unknown;
         };
         if !task.is_active() {
