@@ -264,7 +264,7 @@ async fn bad_submissions_get_a_clear_4xx_and_change_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn internal_routes_need_the_cluster_secret() {
+async fn internal_routes_need_the_cluster_secret_and_reject_malformed_rpcs() {
     let d = Dev::start(Limits::default()).await;
     let before = d.stored().await;
     let status_before = d.node.raft.status().await;
@@ -294,6 +294,25 @@ async fn internal_routes_need_the_cluster_secret() {
             .await
             .unwrap();
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{path} with a wrong secret");
+    }
+    // With the secret, a malformed Raft RPC is a 400 with a JSON reason, not a crash.
+    for (path, body) in [
+        ("/raft/append", "{\"vote\": 1}"),
+        ("/raft/vote", "not json"),
+        ("/raft/snapshot", "\u{1}"),
+    ] {
+        let r = d
+            .client
+            .post(format!("{}{path}", d.url))
+            .bearer_auth(SECRET)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{path}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"], "invalidInput", "{path}");
+        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{path}: {v}");
     }
     let r = d
         .client

@@ -67,6 +67,8 @@ impl HttpNetwork {
             .connect_timeout(Duration::from_millis(500))
             .pool_idle_timeout(Duration::from_secs(30))
             .tcp_nodelay(true)
+            // An RPC is answered by the node it is sent to or not at all.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("building the HTTP client");
         HttpNetwork {
@@ -85,11 +87,32 @@ impl<S: StateMachine> RaftNetworkFactory<TypeConfig<S>> for HttpNetwork {
         PeerClient {
             from: self.id,
             target,
-            base: node.url.trim_end_matches('/').to_string(),
+            peer: Peer::new(&node.url, &self.secret),
             client: self.client.clone(),
-            secret: self.secret.clone(),
             faults: self.faults.clone(),
         }
+    }
+}
+
+/// What every request to one peer carries, prepared once.
+struct Peer {
+    /// The append, vote and snapshot URLs, indexed by [`Rpc`].
+    urls: [reqwest::Url; 3],
+    /// `Authorization: Bearer <cluster secret>`.
+    auth: reqwest::header::HeaderValue,
+}
+
+impl Peer {
+    fn new(url: &str, secret: &str) -> Result<Peer, String> {
+        let base = url.trim_end_matches('/');
+        let url = |rpc: &str| reqwest::Url::parse(&format!("{base}/raft/{rpc}")).map_err(|e| format!("{base}: {e}"));
+        let mut auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {secret}"))
+            .map_err(|_| "the cluster secret is not a valid HTTP header value".to_string())?;
+        auth.set_sensitive(true);
+        Ok(Peer {
+            urls: [url("append")?, url("vote")?, url("snapshot")?],
+            auth,
+        })
     }
 }
 
@@ -97,11 +120,23 @@ impl<S: StateMachine> RaftNetworkFactory<TypeConfig<S>> for HttpNetwork {
 pub struct PeerClient {
     from: NodeId,
     target: NodeId,
-    base: String,
+    /// Or why requests to it cannot be made (an unusable URL or secret).
+    peer: Result<Peer, String>,
     client: reqwest::Client,
-    secret: Arc<str>,
     faults: Faults,
 }
+
+/// One of the Raft RPCs, by its route.
+#[derive(Debug, Clone, Copy)]
+enum Rpc {
+    Append = 0,
+    Vote = 1,
+    Snapshot = 2,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot send to this peer: {0}")]
+struct BadPeer(String);
 
 #[derive(Debug, thiserror::Error)]
 #[error("link {from} -> {to} is cut by a fault injector")]
@@ -171,7 +206,7 @@ where
 impl PeerClient {
     async fn call<Req, Resp, E>(
         &self,
-        path: &str,
+        rpc: Rpc,
         req: &Req,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<NodeId, NodeInfo, E>>
@@ -181,12 +216,12 @@ impl PeerClient {
         E: std::error::Error + DeserializeOwned,
     {
         let body = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        self.post(path, body, "application/json", option).await
+        self.post(rpc, body, "application/json", option).await
     }
 
     async fn post<Resp, E>(
         &self,
-        path: &str,
+        rpc: Rpc,
         body: Vec<u8>,
         content_type: &'static str,
         option: &RPCOption,
@@ -201,11 +236,14 @@ impl PeerClient {
                 to: self.target,
             })));
         }
-        let url = format!("{}/raft/{}", self.base, path);
+        let peer = self
+            .peer
+            .as_ref()
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&BadPeer(e.clone()))))?;
         let resp = self
             .client
-            .post(url)
-            .bearer_auth(&*self.secret)
+            .post(peer.urls[rpc as usize].clone())
+            .header(reqwest::header::AUTHORIZATION, peer.auth.clone())
             .timeout(option.hard_ttl())
             .header(reqwest::header::CONTENT_TYPE, content_type)
             .body(body)
@@ -240,7 +278,7 @@ impl<S: StateMachine> RaftNetwork<TypeConfig<S>> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig<S>>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
-        self.call("append", &rpc, &option).await
+        self.call(Rpc::Append, &rpc, &option).await
     }
 
     async fn install_snapshot(
@@ -250,7 +288,8 @@ impl<S: StateMachine> RaftNetwork<TypeConfig<S>> for PeerClient {
     ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId, InstallSnapshotError>>>
     {
         let body = encode_snapshot_chunk(&rpc);
-        self.post("snapshot", body, "application/octet-stream", &option).await
+        self.post(Rpc::Snapshot, body, "application/octet-stream", &option)
+            .await
     }
 
     async fn vote(
@@ -258,7 +297,7 @@ impl<S: StateMachine> RaftNetwork<TypeConfig<S>> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
-        self.call("vote", &rpc, &option).await
+        self.call(Rpc::Vote, &rpc, &option).await
     }
 }
 
