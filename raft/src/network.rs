@@ -96,8 +96,9 @@ impl<S: StateMachine> RaftNetworkFactory<TypeConfig<S>> for HttpNetwork {
 
 /// What every request to one peer carries, prepared once.
 struct Peer {
-    /// The append, vote and snapshot URLs, indexed by [`Rpc`].
-    urls: [reqwest::Url; 3],
+    append: reqwest::Url,
+    vote: reqwest::Url,
+    snapshot: reqwest::Url,
     /// `Authorization: Bearer <cluster secret>`.
     auth: reqwest::header::HeaderValue,
 }
@@ -110,9 +111,19 @@ impl Peer {
             .map_err(|_| "the cluster secret is not a valid HTTP header value".to_string())?;
         auth.set_sensitive(true);
         Ok(Peer {
-            urls: [url("append")?, url("vote")?, url("snapshot")?],
+            append: url("append")?,
+            vote: url("vote")?,
+            snapshot: url("snapshot")?,
             auth,
         })
+    }
+
+    fn url(&self, rpc: Rpc) -> &reqwest::Url {
+        match rpc {
+            Rpc::Append => &self.append,
+            Rpc::Vote => &self.vote,
+            Rpc::Snapshot => &self.snapshot,
+        }
     }
 }
 
@@ -129,9 +140,9 @@ pub struct PeerClient {
 /// One of the Raft RPCs, by its route.
 #[derive(Debug, Clone, Copy)]
 enum Rpc {
-    Append = 0,
-    Vote = 1,
-    Snapshot = 2,
+    Append,
+    Vote,
+    Snapshot,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -242,7 +253,7 @@ impl PeerClient {
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&BadPeer(e.clone()))))?;
         let resp = self
             .client
-            .post(peer.urls[rpc as usize].clone())
+            .post(peer.url(rpc).clone())
             .header(reqwest::header::AUTHORIZATION, peer.auth.clone())
             .timeout(option.hard_ttl())
             .header(reqwest::header::CONTENT_TYPE, content_type)
