@@ -6,6 +6,11 @@
 //! Druid's "eternity" (`-146136543-09-08T08:23:32.096Z/146140482-04-24T15:36:27.903Z`) is read and
 //! written with Druid's exact strings. Period forms (`2024-01-01/P1D`) are refused with a message
 //! that says so.
+//!
+//! Every instant raftlord stores prints as ISO-8601 and parses back to itself: the years 0000 to
+//! 9999 and eternity's two bounds ([`is_valid_instant`]). Parsing refuses anything else, and the
+//! state machine's commands are checked against the same rule before they are proposed, so an
+//! interval in the replicated log can always be read back.
 
 use std::fmt;
 
@@ -18,6 +23,16 @@ pub const MIN_INSTANT: i64 = i64::MIN / 2;
 pub const MAX_INSTANT: i64 = i64::MAX / 2;
 const MIN_INSTANT_ISO: &str = "-146136543-09-08T08:23:32.096Z";
 const MAX_INSTANT_ISO: &str = "146140482-04-24T15:36:27.903Z";
+/// `0000-01-01T00:00:00.000Z`, the earliest instant printed with a four-digit year.
+pub const MIN_PRINTABLE: i64 = -62_167_219_200_000;
+/// `9999-12-31T23:59:59.999Z`, the latest instant printed with a four-digit year.
+pub const MAX_PRINTABLE: i64 = 253_402_300_799_999;
+
+/// Whether `ms` is an instant raftlord stores: within the years 0000 to 9999, or one of
+/// eternity's bounds. Exactly these print as ISO-8601 and parse back to themselves.
+pub fn is_valid_instant(ms: i64) -> bool {
+    ms == MIN_INSTANT || ms == MAX_INSTANT || (MIN_PRINTABLE..=MAX_PRINTABLE).contains(&ms)
+}
 
 /// A half-open interval `[start, end)` of milliseconds since the epoch, UTC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -37,6 +52,8 @@ pub enum IntervalError {
     EndBeforeStart(String),
     #[error("invalid time [{0}]: expected an ISO-8601 time such as 2024-01-01T00:00:00.000Z")]
     Time(String),
+    #[error("time [{0}] is out of range: times must lie in the years 0000 to 9999 (or be one of eternity's bounds, {MIN_INSTANT_ISO} and {MAX_INSTANT_ISO})")]
+    OutOfRange(String),
 }
 
 impl Interval {
@@ -48,6 +65,25 @@ impl Interval {
     /// An interval from its bounds; `None` when `end < start`.
     pub fn new(start: i64, end: i64) -> Option<Interval> {
         (start <= end).then_some(Interval { start, end })
+    }
+
+    /// Whether this interval may be stored: both bounds valid instants ([`is_valid_instant`])
+    /// and `start <= end`.
+    pub fn is_valid(&self) -> bool {
+        is_valid_instant(self.start) && is_valid_instant(self.end) && self.start <= self.end
+    }
+
+    /// `Ok` when the interval may be stored, else a message naming it and the rule.
+    pub fn check(&self) -> Result<(), String> {
+        if self.is_valid() {
+            Ok(())
+        } else {
+            Err(format!(
+                "interval [{}/{}] is out of range: its bounds must lie in the years 0000 to 9999 (or be eternity's bounds) and the start must not be after the end",
+                iso(self.start),
+                iso(self.end)
+            ))
+        }
     }
 
     /// Parses `start/end`.
@@ -62,8 +98,12 @@ impl Interval {
         if a.starts_with('P') || b.starts_with('P') {
             return Err(IntervalError::Period(s.to_string()));
         }
-        let start = parse_instant(a).map_err(|_| malformed())?;
-        let end = parse_instant(b).map_err(|_| malformed())?;
+        let instant = |t: &str| match parse_instant(t) {
+            Err(IntervalError::OutOfRange(t)) => Err(IntervalError::OutOfRange(t)),
+            other => other.map_err(|_| malformed()),
+        };
+        let start = instant(a)?;
+        let end = instant(b)?;
         Interval::new(start, end).ok_or_else(|| IntervalError::EndBeforeStart(s.to_string()))
     }
 
@@ -123,8 +163,18 @@ pub fn iso(ms: i64) -> String {
     }
 }
 
-/// Parses one ISO-8601 instant in the forms Druid users write (see the module docs).
+/// Parses one ISO-8601 instant in the forms Druid users write (see the module docs); an
+/// instant outside the stored range ([`is_valid_instant`]) is refused.
 pub fn parse_instant(s: &str) -> Result<i64, IntervalError> {
+    let ms = parse_any_instant(s)?;
+    if is_valid_instant(ms) {
+        Ok(ms)
+    } else {
+        Err(IntervalError::OutOfRange(s.to_string()))
+    }
+}
+
+fn parse_any_instant(s: &str) -> Result<i64, IntervalError> {
     match s {
         MIN_INSTANT_ISO => return Ok(MIN_INSTANT),
         MAX_INSTANT_ISO => return Ok(MAX_INSTANT),
@@ -220,6 +270,59 @@ mod tests {
             Err(IntervalError::EndBeforeStart(_))
         ));
         assert!(serde_json::from_str::<Interval>("\"2024-13-01/2024-01-01\"").is_err());
+    }
+
+    #[test]
+    fn instants_out_of_the_printable_range_are_refused_not_stored() {
+        // Found by feeding segmentAllocate eternity's end with a DAY granularity: the bucket
+        // printed as raw milliseconds, and no node could read its log back.
+        let past_end = "146140482-04-24T15:36:27.903Z/146140482-04-25T00:00:00.000Z";
+        assert!(Interval::parse(past_end).is_err());
+        assert!(matches!(
+            parse_instant("+10000-01-01T00:00:00Z"),
+            Err(IntervalError::Time(_)) | Err(IntervalError::OutOfRange(_))
+        ));
+        assert!(!Interval {
+            start: MAX_INSTANT - 5,
+            end: MAX_INSTANT
+        }
+        .is_valid());
+        assert!(Interval::ETERNITY.is_valid());
+        assert!(!Interval { start: 10, end: 5 }.is_valid());
+        assert_eq!(iso(MIN_PRINTABLE), "0000-01-01T00:00:00.000Z");
+        assert_eq!(iso(MAX_PRINTABLE), "9999-12-31T23:59:59.999Z");
+        assert!(!is_valid_instant(MAX_PRINTABLE + 1) && !is_valid_instant(MIN_PRINTABLE - 1));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_valid_instant_prints_and_parses_back_to_itself(
+            ms in proptest::prop_oneof![
+                MIN_PRINTABLE..=MAX_PRINTABLE,
+                proptest::strategy::Just(MIN_INSTANT),
+                proptest::strategy::Just(MAX_INSTANT),
+                proptest::strategy::Just(MIN_PRINTABLE),
+                proptest::strategy::Just(MAX_PRINTABLE),
+            ],
+            len in 0i64..100_000_000_000,
+        ) {
+            proptest::prop_assert_eq!(parse_instant(&iso(ms)), Ok(ms));
+            let end = if (MIN_PRINTABLE..=MAX_PRINTABLE).contains(&ms) {
+                ms.saturating_add(len).min(MAX_PRINTABLE)
+            } else {
+                MAX_INSTANT
+            };
+            let i = Interval { start: ms, end };
+            let text = serde_json::to_string(&i).unwrap();
+            proptest::prop_assert_eq!(serde_json::from_str::<Interval>(&text).unwrap(), i);
+        }
+
+        #[test]
+        fn an_instant_that_is_not_valid_never_parses(ms in proptest::num::i64::ANY) {
+            if !is_valid_instant(ms) {
+                proptest::prop_assert!(parse_instant(&iso(ms)).is_err());
+            }
+        }
     }
 
     #[test]

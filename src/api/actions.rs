@@ -30,6 +30,10 @@ use crate::sm::{AllocateOutcome, AllocateRequest, Command, Publish, PublishKind,
 /// Druid's default `taskLockTimeout` (5 minutes).
 pub const DEFAULT_LOCK_TIMEOUT_MS: u64 = 300_000;
 
+/// Longest a blocking `lockAcquire` waits, whatever `timeoutMs` or `taskLockTimeout` asks for:
+/// a request never holds a connection open without limit.
+pub const MAX_LOCK_WAIT_MS: u64 = 600_000;
+
 pub fn routes() -> Router<AppState> {
     Router::new().route("/druid/indexer/v1/action", post(action))
 }
@@ -162,11 +166,12 @@ async fn action(State(state): State<AppState>, headers: HeaderMap, body: Body) -
                     .as_ref()
                     .and_then(|c| c.get("taskLockTimeout"))
                     .and_then(Value::as_u64);
-                Duration::from_millis(if a.timeout_ms > 0 {
+                let asked = if a.timeout_ms > 0 {
                     a.timeout_ms
                 } else {
                     from_context.unwrap_or(DEFAULT_LOCK_TIMEOUT_MS)
-                })
+                };
+                Duration::from_millis(asked.min(MAX_LOCK_WAIT_MS))
             });
             match acquire(&state, &id, request, timeout).await? {
                 LockOutcome::Granted { lock, .. } => json!(lock),
@@ -219,7 +224,7 @@ async fn action(State(state): State<AppState>, headers: HeaderMap, body: Body) -
         }
         "retrieveUnusedSegments" | "segmentListUnused" => {
             let a: UnusedAction = parse(&env.action, &kind.kind)?;
-            let g = state.raft.shared.read().await;
+            let g = state.raft.shared.view().await;
             let list: Vec<Value> = g
                 .state
                 .segments
@@ -298,9 +303,15 @@ async fn allocate(state: &AppState, task: &str, datasource: &str, a: AllocateAct
             "only lockGranularity TIME_CHUNK is supported (segment locks are deprecated in Druid)".into(),
         ));
     }
+    let preferred_interval = granularity.bucket(timestamp).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "the {} bucket holding timestamp [{}] reaches outside the years 0000 to 9999",
+            "preferredSegmentGranularity", a.timestamp
+        ))
+    })?;
     let request = AllocateRequest {
         timestamp,
-        preferred_interval: granularity.bucket(timestamp),
+        preferred_interval,
         sequence_name: a.sequence_name,
         previous_segment_id: a.previous_segment_id.filter(|p| !p.is_empty()),
         skip_lineage_check: a.skip_segment_lineage_check,
@@ -437,7 +448,7 @@ async fn publish(
 /// Used segments of `ds` overlapping any of `intervals`, without the overshadowed ones unless
 /// asked, as Druid's `DataSegment` JSON.
 async fn used_segments(state: &AppState, ds: &str, intervals: &[Interval], include_overshadowed: bool) -> Value {
-    let g = state.raft.shared.read().await;
+    let g = state.raft.shared.view().await;
     let found = g
         .state
         .segments

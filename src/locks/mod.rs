@@ -337,10 +337,10 @@ impl LockTable {
         }
         let mut ms = time_ms as i64;
         if let Some(last) = self.last_version_ms.get(ds) {
-            ms = ms.max(last + 1);
+            ms = ms.max(last.saturating_add(1));
         }
         if let Some(floor) = segment_floor_ms {
-            ms = ms.max(floor + 1);
+            ms = ms.max(floor.saturating_add(1));
         }
         self.last_version_ms.insert(ds.to_string(), ms);
         iso(ms)

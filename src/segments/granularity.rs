@@ -88,50 +88,49 @@ impl Granularity {
             .ok_or_else(|| format!("unsupported period granularity [{p}]"))
     }
 
-    /// The bucket holding `t`.
-    pub fn bucket(&self, t: i64) -> Interval {
+    /// The bucket holding `t`, or `None` when that bucket reaches outside the instants raftlord
+    /// stores ([`is_valid_instant`](crate::interval::is_valid_instant)).
+    pub fn bucket(&self, t: i64) -> Option<Interval> {
         let month_start = |y: i32, m: u32| {
             NaiveDate::from_ymd_opt(y, m, 1)
                 .and_then(|d| d.and_hms_opt(0, 0, 0))
                 .map(|d| d.and_utc().timestamp_millis())
-                .unwrap_or(t)
         };
         let months = |step: u32| {
-            let d = Utc.timestamp_millis_opt(t).single().unwrap_or_default();
+            let d = Utc.timestamp_millis_opt(t).single()?;
             let first = (d.month0() / step) * step;
             let (y, m) = (d.year(), first + 1);
             let (ny, nm) = if m + step > 12 {
-                (y + 1, m + step - 12)
+                (y.checked_add(1)?, m + step - 12)
             } else {
                 (y, m + step)
             };
-            Interval {
-                start: month_start(y, m),
-                end: month_start(ny, nm),
-            }
+            Some(Interval {
+                start: month_start(y, m)?,
+                end: month_start(ny, nm)?,
+            })
         };
-        match *self {
-            Granularity::Fixed(len) => {
-                let start = t.div_euclid(len) * len;
-                Interval {
-                    start,
-                    end: start + len,
-                }
-            }
-            Granularity::Week => {
-                // Weeks start on Monday; 1970-01-05 was a Monday.
-                let monday = 4 * DAY;
-                let start = (t - monday).div_euclid(7 * DAY) * 7 * DAY + monday;
-                Interval {
-                    start,
-                    end: start + 7 * DAY,
-                }
-            }
+        let fixed = |len: i64, offset: i64| {
+            let start = t
+                .checked_sub(offset)?
+                .div_euclid(len)
+                .checked_mul(len)?
+                .checked_add(offset)?;
+            Some(Interval {
+                start,
+                end: start.checked_add(len)?,
+            })
+        };
+        let bucket = match *self {
+            Granularity::Fixed(len) => fixed(len, 0),
+            // Weeks start on Monday; 1970-01-05 was a Monday.
+            Granularity::Week => fixed(7 * DAY, 4 * DAY),
             Granularity::Month => months(1),
             Granularity::Quarter => months(3),
             Granularity::Year => months(12),
-            Granularity::All => Interval::ETERNITY,
-        }
+            Granularity::All => Some(Interval::ETERNITY),
+        };
+        bucket.filter(Interval::is_valid)
     }
 }
 
@@ -146,6 +145,7 @@ mod tests {
         Granularity::parse(&g)
             .unwrap()
             .bucket(parse_instant(t).unwrap())
+            .unwrap()
             .to_string()
     }
 
@@ -182,5 +182,17 @@ mod tests {
         );
         assert!(Granularity::parse(&json!("FORTNIGHT")).is_err());
         assert!(Granularity::parse(&json!({"type": "period", "period": "P2D"})).is_err());
+    }
+
+    #[test]
+    fn a_bucket_past_the_stored_range_is_none_not_an_overflow() {
+        let end = crate::interval::MAX_INSTANT;
+        assert_eq!(Granularity::parse(&json!("DAY")).unwrap().bucket(end), None);
+        let huge = Granularity::parse(&json!({"type": "duration", "duration": i64::MAX})).unwrap();
+        assert_eq!(huge.bucket(end), None);
+        assert_eq!(huge.bucket(i64::MIN), None);
+        assert_eq!(Granularity::Week.bucket(i64::MIN), None);
+        assert_eq!(Granularity::Year.bucket(crate::interval::MAX_PRINTABLE), None);
+        assert_eq!(Granularity::All.bucket(0), Some(Interval::ETERNITY));
     }
 }

@@ -368,9 +368,9 @@ impl SegmentTable {
         let next = d
             .overlapping(&interval)
             .filter(|(k, _)| k.interval() == interval && *k.version == *version)
-            .map(|(k, _)| k.partition + 1)
+            .map(|(k, _)| k.partition.checked_add(1))
             .max()
-            .unwrap_or(0)
+            .unwrap_or(Some(0))?
             .max(core);
         let key = SegmentKey {
             start: from.start,

@@ -113,9 +113,18 @@ impl State {
             .filter(|p| same_set(&p.key))
             .map(|p| p.key.partition)
             .max();
-        let partition = match (used_max.map(|(p, _)| p), pending_max) {
-            (None, None) => 0,
-            (a, b) => a.max(b).map_or(0, |p| p + 1),
+        let partition = match used_max.map(|(p, _)| p).max(pending_max) {
+            None => 0,
+            Some(p) => match p.checked_add(1) {
+                Some(next) => next,
+                None => {
+                    return AllocateOutcome::Refused {
+                        reason: format!(
+                            "no partition number is left in [{interval}] version [{version}]: partition {p} is the largest there is"
+                        ),
+                    }
+                }
+            },
         };
         let segment = PendingSegment {
             key: SegmentKey {

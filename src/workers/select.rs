@@ -192,7 +192,7 @@ pub fn plan(tasks: &TaskTable, workers: &WorkerTable, locks: &LockTable, now_ms:
                 }
             }
             let s = &mut slots[i];
-            s.used += task.spec.required_capacity();
+            s.used = s.used.saturating_add(task.spec.required_capacity());
             s.groups.insert(task.spec.availability_group().to_string());
             out.assignments.push((task.spec.id.clone(), s.host.clone()));
         }
