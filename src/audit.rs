@@ -78,6 +78,20 @@ impl AuditTrail {
         self.records.len()
     }
 
+    /// Removes the records made before `before_ms`; returns how many.
+    pub fn apply_prune(&mut self, before_ms: u64) -> usize {
+        let mut removed = 0;
+        while let Some(r) = self.records.front() {
+            let at = crate::interval::parse_instant(&r.time).unwrap_or(i64::MAX);
+            if at >= before_ms.min(i64::MAX as u64) as i64 {
+                break;
+            }
+            self.records.pop_front();
+            removed += 1;
+        }
+        removed
+    }
+
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
     }

@@ -27,6 +27,7 @@ fn submit(id: &str) -> Command {
             locks: vec![],
         },
         max_active: None,
+        idempotency_key: None,
     }
 }
 

@@ -6,6 +6,7 @@
 //!   entry, and [`NodeInfo`], the per-member data kept in the membership config;
 //! - [`state_machine`]: openraft's `RaftStateMachine` over the application state, with consistent
 //!   snapshots stored durably through `raftlord-storage`;
+//! - [`disk`]: the free-space floor under which the leader refuses writes;
 //! - [`proposer`]: the leader's write path, which groups concurrent commands into one Raft entry so
 //!   that one fsync carries many writes (openraft 0.9 flushes once per append);
 //! - [`network`] and [`server`]: Raft RPCs over HTTP, authenticated with the cluster secret, with
@@ -18,6 +19,7 @@
 // openraft's storage and RPC error types are large by design; they are what its traits return.
 #![allow(clippy::result_large_err)]
 
+pub mod disk;
 pub mod network;
 pub mod node;
 pub mod proposer;
@@ -27,5 +29,5 @@ pub mod types;
 
 pub use node::{ClusterFormation, NodeError, RaftNode, RaftSettings};
 pub use proposer::{ProposeError, Proposer};
-pub use state_machine::{ApplyContext, Shared, StateMachine};
+pub use state_machine::{check_storable, ApplyContext, Shared, StateMachine, View, MAX_COMMAND_DEPTH};
 pub use types::{Batch, NodeInfo, TypeConfig};

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::state_machine::StateMachine;
+use crate::disk::DiskSpace;
+use crate::state_machine::{check_storable, StateMachine};
 use crate::types::{Batch, Raft};
 
 /// Why a proposal did not commit.
@@ -25,6 +26,10 @@ pub enum ProposeError {
     /// while the write was in flight). Commands are idempotent, so retrying is safe.
     #[error("the write did not complete: {0}")]
     Unavailable(String),
+    /// The command was not proposed: it breaks the state machine's rules, or could not be
+    /// stored and read back (see [`check_storable`]). Nothing was written.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// A source of wall-clock time in milliseconds since the Unix epoch.
@@ -38,24 +43,34 @@ struct Pending<S: StateMachine> {
 /// Handle for proposing commands. Cheap to clone.
 pub struct Proposer<S: StateMachine> {
     tx: mpsc::Sender<Pending<S>>,
+    disk: Option<DiskSpace>,
 }
 
 impl<S: StateMachine> Clone for Proposer<S> {
     fn clone(&self) -> Self {
-        Proposer { tx: self.tx.clone() }
+        Proposer {
+            tx: self.tx.clone(),
+            disk: self.disk.clone(),
+        }
     }
 }
 
 impl<S: StateMachine> Proposer<S> {
     /// Starts the batching loop; it ends when every handle is dropped.
-    pub fn start(raft: Raft<S>, clock: Clock, max_batch: usize, max_in_flight: usize) -> Self {
+    /// With `disk`, proposals are refused while that disk is nearly full.
+    pub fn start(raft: Raft<S>, clock: Clock, max_batch: usize, max_in_flight: usize, disk: Option<DiskSpace>) -> Self {
         let (tx, rx) = mpsc::channel(max_batch.max(1) * 4);
         tokio::spawn(run(raft, clock, rx, max_batch.max(1), max_in_flight.max(1)));
-        Proposer { tx }
+        Proposer { tx, disk }
     }
 
-    /// Proposes one command and waits until it is committed and applied on this node.
+    /// Proposes one command and waits until it is committed and applied on this node. A
+    /// command that fails [`check_storable`] is refused before it reaches the log.
     pub async fn propose(&self, command: S::Command) -> Result<S::Reply, ProposeError> {
+        check_storable::<S>(&command).map_err(ProposeError::Invalid)?;
+        if let Some(disk) = &self.disk {
+            disk.check().map_err(ProposeError::Unavailable)?;
+        }
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Pending { command, reply })
@@ -63,6 +78,12 @@ impl<S: StateMachine> Proposer<S> {
             .map_err(|_| ProposeError::Unavailable("the node is shutting down".into()))?;
         rx.await
             .map_err(|_| ProposeError::Unavailable("the node is shutting down".into()))?
+    }
+
+    /// Resolves when the batching loop has ended while this handle still exists: it can only
+    /// have panicked, and no write will ever commit through it again.
+    pub async fn stopped(&self) {
+        self.tx.closed().await
     }
 }
 

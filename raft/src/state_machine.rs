@@ -38,11 +38,53 @@ pub struct ApplyContext {
 /// `apply` must be pure: no IO, no wall clock, no randomness. Domain rejections belong in the
 /// reply, not in a panic. `clone` should be cheap (persistent collections): snapshots clone the
 /// state under the lock and encode the copy outside it.
+///
+/// Whatever enters the log is applied on every replica, so a command that could not be stored,
+/// read back or applied would stop them all. The [`Proposer`](crate::Proposer) therefore checks
+/// each command before proposing it: [`validate`](Self::validate) (the application's rules),
+/// then that it encodes, nests no deeper than [`MAX_COMMAND_DEPTH`] and decodes to an equal
+/// value. `apply` must be total: a rejection is data in the reply.
 pub trait StateMachine: Default + Clone + Serialize + DeserializeOwned + Send + Sync + 'static {
-    type Command: Serialize + DeserializeOwned + std::fmt::Debug + Clone + Send + Sync + 'static;
+    type Command: Serialize + DeserializeOwned + std::fmt::Debug + Clone + PartialEq + Send + Sync + 'static;
     type Reply: Serialize + DeserializeOwned + std::fmt::Debug + Clone + Send + Sync + 'static;
 
     fn apply(&mut self, ctx: ApplyContext, command: Self::Command) -> Self::Reply;
+
+    /// The application's rules for a command, checked before it is proposed; the error says
+    /// what is wrong with it (a client gets it as a 400).
+    fn validate(_command: &Self::Command) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// A short name for the command's kind, for log lines about it.
+    fn command_kind(_command: &Self::Command) -> &'static str {
+        "command"
+    }
+}
+
+/// Deepest JSON nesting of one encoded command. serde_json refuses to read anything nested
+/// deeper than 128 levels, and a command sits a few levels down in a log entry and deeper in a
+/// snapshot: this leaves room for both.
+pub const MAX_COMMAND_DEPTH: usize = 100;
+
+/// Checks that a command can enter the log: the application's rules, then that it encodes, is
+/// not nested too deeply, and decodes to an equal value.
+pub fn check_storable<S: StateMachine>(command: &S::Command) -> Result<(), String> {
+    S::validate(command)?;
+    let bytes = serde_json::to_vec(command).map_err(|e| format!("the request cannot be stored: {e}"))?;
+    let depth = raftlord_storage::json_depth(&bytes);
+    if depth > MAX_COMMAND_DEPTH {
+        return Err(format!(
+            "the request nests JSON {depth} levels deep once stored; at most {MAX_COMMAND_DEPTH} are allowed"
+        ));
+    }
+    match serde_json::from_slice::<S::Command>(&bytes) {
+        Ok(back) if back == *command => Ok(()),
+        Ok(_) => {
+            Err("the request does not read back as it was written once stored; a value in it is out of range".into())
+        }
+        Err(e) => Err(format!("the request could not be read back once stored: {e}")),
+    }
 }
 
 type NodeId = u64;
@@ -84,10 +126,28 @@ pub struct Shared<S> {
     building: AtomicBool,
 }
 
+/// A point-in-time copy of the applied state (see [`Shared::view`]).
+pub struct View<S> {
+    pub last_applied: Option<LogId<NodeId>>,
+    pub state: S,
+}
+
 impl<S: StateMachine> Shared<S> {
-    /// Read access to the applied state.
+    /// Read access to the applied state. Apply waits while the guard is held: keep it for
+    /// lookups, and use [`view`](Self::view) for anything that walks a large table.
     pub async fn read(&self) -> RwLockReadGuard<'_, Applied<S>> {
         self.inner.read().await
+    }
+
+    /// A copy of the applied state as it is now, taken under the lock and read without it, so
+    /// that a large read never stalls writes. Cheap when the state is made of persistent
+    /// (copy-on-write) collections, as [`StateMachine`] asks.
+    pub async fn view(&self) -> View<S> {
+        let g = self.inner.read().await;
+        View {
+            last_applied: g.last_applied,
+            state: g.state.clone(),
+        }
     }
 
     /// How many snapshots were installed from a leader since start.
@@ -141,6 +201,7 @@ impl<S: StateMachine> StateMachineStore<S> {
                 state: data.state,
             };
             snapshot_bytes = stored.data.len() as u64;
+            snapshots.set_current_position(applied.last_applied.map_or(0, |l| l.index));
         }
         let index = applied.last_applied.map(|l| l.index).unwrap_or(0);
         let (applied_tx, _) = watch::channel(index);
@@ -159,6 +220,26 @@ impl<S: StateMachine> StateMachineStore<S> {
             shared,
         ))
     }
+}
+
+/// The error for a command whose apply panicked. The state may be half changed, so the node
+/// must stop: the error is fatal to openraft, and the node exits on it.
+fn apply_panicked(index: u64, position: usize, kind: &str, panic: &(dyn std::any::Any + Send)) -> StorageError<NodeId> {
+    let why = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("a panic");
+    let message = format!(
+        "applying log entry {index} (command {position}, {kind}) panicked: {why}; this node stops. \
+         Inspect the entry with `raftlord debug log --data-dir <dir> --from {index}`"
+    );
+    tracing::error!(index, command = kind, "{message}");
+    StorageIOError::apply(
+        openraft::LogId::new(openraft::CommittedLeaderId::new(0, 0), index),
+        &std::io::Error::other(message),
+    )
+    .into()
 }
 
 fn read_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
@@ -195,7 +276,15 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig<S>> for StateMachineStore<S> {
                         index: entry.log_id.index,
                         time_ms,
                     };
-                    let out = batch.items.into_iter().map(|c| g.state.apply(ctx, c)).collect();
+                    let mut out = Vec::with_capacity(batch.items.len());
+                    for (position, c) in batch.items.into_iter().enumerate() {
+                        let kind = S::command_kind(&c);
+                        let state = &mut g.state;
+                        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| state.apply(ctx, c))) {
+                            Ok(reply) => out.push(reply),
+                            Err(panic) => return Err(apply_panicked(ctx.index, position, kind, &panic)),
+                        }
+                    }
                     replies.push(out);
                 }
             }
@@ -224,8 +313,9 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig<S>> for StateMachineStore<S> {
     ) -> SResult<()> {
         let bytes = snapshot.into_inner();
         let data: SnapshotData<S> = serde_json::from_slice(&bytes).map_err(read_err)?;
+        let position = meta.last_log_id.map_or(0, |l| l.index);
         self.snapshots
-            .save(meta, &bytes)
+            .save(meta, position, &bytes)
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         {
             let mut g = self.shared.inner.write().await;
@@ -316,7 +406,7 @@ impl<S: StateMachine> SnapshotBuilder<S> {
         let to_save = meta.clone();
         // Encoding a large state takes seconds of CPU: it runs on a thread of its own at a
         // lower priority, so request handling goes first.
-        let (tx, rx) = tokio::sync::oneshot::channel::<SResult<u64>>();
+        let (tx, rx) = tokio::sync::oneshot::channel::<SResult<Option<u64>>>();
         std::thread::Builder::new()
             .name("snapshot-encode".into())
             .spawn(move || {
@@ -325,8 +415,9 @@ impl<S: StateMachine> SnapshotBuilder<S> {
                     last_time_ms,
                     state: &state,
                 };
+                let position = to_save.last_log_id.map_or(0, |l| l.index);
                 let result = snapshots
-                    .save_with(&to_save, |w| {
+                    .save_with(&to_save, position, |w| {
                         serde_json::to_writer(w, &data).map_err(std::io::Error::other)
                     })
                     .map_err(|e| StorageIOError::write_snapshot(Some(signature), &e).into());
@@ -334,12 +425,15 @@ impl<S: StateMachine> SnapshotBuilder<S> {
             })
             .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
         let written = rx.await;
-        let bytes = match written {
+        let saved = match written {
             Ok(result) => result?,
             Err(e) => return Err(StorageIOError::write_snapshot(None, &std::io::Error::other(e.to_string())).into()),
         };
-        self.shared
-            .record_snapshot(meta.last_log_id.map(|l| l.index).unwrap_or(0), bytes as usize);
+        // `None`: a newer snapshot was installed while this one was written, and stays current.
+        if let Some(bytes) = saved {
+            self.shared
+                .record_snapshot(meta.last_log_id.map(|l| l.index).unwrap_or(0), bytes as usize);
+        }
         // openraft keeps only the metadata of a built snapshot; followers are sent the file
         // through `get_current_snapshot`.
         Ok(Snapshot {

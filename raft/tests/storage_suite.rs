@@ -23,8 +23,13 @@ impl StateMachine for Kv {
     type Reply = Option<String>;
 
     fn apply(&mut self, ctx: ApplyContext, (k, v): Self::Command) -> Option<String> {
+        assert_ne!(k, "panic", "a command this state machine cannot apply");
         self.applied_at.push((ctx.index, ctx.time_ms));
         self.map.insert(k, v)
+    }
+
+    fn command_kind(_: &Self::Command) -> &'static str {
+        "put"
     }
 }
 
@@ -162,4 +167,109 @@ async fn committed_id_is_stored_with_the_next_append_or_on_shutdown() {
     }
     let mut log = reopen();
     assert_eq!(log.read_committed().await.unwrap(), id(2));
+}
+
+/// A command whose apply panics must not leave the node serving half-applied state: the state
+/// machine reports a fatal error that names the entry's index and the command's kind.
+#[tokio::test]
+async fn a_panicking_apply_is_a_fatal_error_naming_the_entry_and_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path()).unwrap();
+    let (mut sm, _) = StateMachineStore::<Kv>::open(SnapshotStore::new(engine)).unwrap();
+    let err = sm
+        .apply(vec![
+            entry(1, 1, vec![("a".into(), "1".into())], 1),
+            entry(1, 2, vec![("b".into(), "2".into()), ("panic".into(), "x".into())], 2),
+        ])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("log entry 2 (command 1, put) panicked"), "{err}");
+    assert!(err.contains("raftlord debug log"), "{err}");
+}
+
+/// An entry that was stored but cannot be decoded (written by a build whose commands did not
+/// read back) is reported with its index and what it holds, not as a bare JSON error.
+#[tokio::test]
+async fn an_undecodable_entry_is_reported_with_its_index_and_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = Engine::open(dir.path()).unwrap();
+        let mut log = LogStore::<C>::new(engine.clone());
+        use openraft::storage::RaftLogStorageExt;
+        log.blocking_append(vec![entry(1, 1, vec![("a".into(), "1".into())], 5)])
+            .await
+            .unwrap();
+        engine.flush().unwrap();
+    }
+    // Write index 2 as an entry nested past serde_json's limit, straight into the database.
+    let deep = format!("{}1{}", "[".repeat(140), "]".repeat(140));
+    let text = format!(
+        r#"{{"log_id":{{"leader_id":{{"term":1,"node_id":1}},"index":2}},"payload":{{"Normal":{{"time_ms":6,"items":[["k",{deep}]]}}}}}}"#
+    );
+    {
+        let db = rocksdb_for_test(dir.path());
+        let mut value = vec![1u8];
+        value.extend_from_slice(text.as_bytes());
+        db.put_cf(db.cf_handle("log").unwrap(), 2u64.to_be_bytes(), value)
+            .unwrap();
+    }
+    let engine = Engine::open(dir.path()).unwrap();
+    let mut log = LogStore::<C>::new(engine.clone());
+    let err = log.try_get_log_entries(1..3).await.unwrap_err().to_string();
+    assert!(err.contains("log entry 2"), "{err}");
+    assert!(err.contains("Normal"), "{err}");
+    let raw = engine.raw_log_entries(1, 10).unwrap();
+    assert_eq!(raw.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![1, 2]);
+}
+
+fn rocksdb_for_test(dir: &std::path::Path) -> rocksdb::DB {
+    let opts = rocksdb::Options::default();
+    rocksdb::DB::open_cf(&opts, dir.join("db"), ["log", "meta"]).unwrap()
+}
+
+/// Found by deleting `db/` and keeping the snapshot: the node started from the snapshot alone,
+/// without its vote and the entries after it, and served what was left.
+#[test]
+fn a_missing_database_beside_a_snapshot_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = Engine::open(dir.path()).unwrap();
+        SnapshotStore::new(engine).save(&"meta".to_string(), 1, b"{}").unwrap();
+    }
+    std::fs::remove_dir_all(dir.path().join("db")).unwrap();
+    let err = Engine::open(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("database holding the log and the vote is gone"), "{err}");
+    assert!(err.contains("--join"), "{err}");
+}
+
+/// Found by flipping bytes in the write-ahead log: RocksDB's default recovery stopped at the
+/// damage and the node served what came before it, silently losing acknowledged entries.
+#[tokio::test]
+async fn a_damaged_write_ahead_log_is_refused_at_start() {
+    use openraft::storage::RaftLogStorageExt;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = Engine::open(dir.path()).unwrap();
+        let mut log = LogStore::<C>::new(engine);
+        let entries: Vec<Entry<C>> = (1..=50)
+            .map(|i| entry(1, i, vec![(format!("key-{i}"), "v".repeat(100))], i))
+            .collect();
+        log.blocking_append(entries).await.unwrap();
+    }
+    let wal = std::fs::read_dir(dir.path().join("db"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .expect("a write-ahead log file");
+    let mut bytes = std::fs::read(&wal).unwrap();
+    assert!(bytes.len() > 4000, "the entries are in the WAL ({} bytes)", bytes.len());
+    let at = bytes.len() / 2;
+    for b in &mut bytes[at..at + 3] {
+        *b ^= 0xff;
+    }
+    std::fs::write(&wal, &bytes).unwrap();
+    let err = Engine::open(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("is damaged"), "{err}");
 }

@@ -6,10 +6,12 @@
 //! `/druid/indexer/v1/leader` and `/isLeader`, `/status*` are answered by every node.
 //!
 //! Errors go through [`ApiError`], mapped to an HTTP status in exactly one place; the body is
-//! `{"error": "<kind>", "message": "<what was wrong>"}`.
+//! `{"error": "<kind>", "message": "<what was wrong>"}`. [`guard`] bounds every request body
+//! and turns the errors of axum's own extractors into the same JSON shape.
 
 mod actions;
 mod error;
+pub mod guard;
 mod segments;
 mod status;
 mod tasks;
@@ -61,6 +63,7 @@ impl AppState {
         result.map_err(|e| match e {
             raftlord_raft::ProposeError::NotLeader { .. } => ApiError::NoLeader,
             raftlord_raft::ProposeError::Unavailable(m) => ApiError::Unavailable(m),
+            raftlord_raft::ProposeError::Invalid(m) => ApiError::BadRequest(m),
         })
     }
 }
@@ -83,12 +86,12 @@ pub fn router(state: AppState) -> Router {
         .merge(tasks::any_node_routes())
         .merge(workers::any_node_routes())
         .merge(internal);
-    Router::new()
+    let app = Router::new()
         .merge(druid)
         .merge(status::routes(state.clone()))
         .with_state(state.clone())
-        .merge(raftlord_raft::server::router(state.raft.clone()))
-        .fallback(not_found)
+        .fallback(not_found);
+    guard::guarded(app, state.config.limits.max_payload_bytes).merge(raftlord_raft::server::router(state.raft.clone()))
 }
 
 async fn not_found(req: Request) -> ApiError {

@@ -149,7 +149,7 @@ async fn locked_intervals_v1(
             context: None,
         })
         .collect();
-    let g = state.raft.shared.read().await;
+    let g = state.raft.shared.view().await;
     Ok(Json(g.state.locks.locked_intervals(&policies)).into_response())
 }
 
@@ -167,13 +167,13 @@ async fn locked_intervals_v2(
     body: Body,
 ) -> Result<Response, ApiError> {
     let p = policies(&state, &headers, body).await?;
-    let g = state.raft.shared.read().await;
+    let g = state.raft.shared.view().await;
     Ok(Json(g.state.locks.locked_intervals(&p)).into_response())
 }
 
 async fn active_locks(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let p = policies(&state, &headers, body).await?;
-    let g = state.raft.shared.read().await;
+    let g = state.raft.shared.view().await;
     Ok(Json(json!({"datasourceToLocks": g.state.locks.active_locks(&p)})).into_response())
 }
 
@@ -189,7 +189,7 @@ async fn audit(State(state): State<AppState>, Query(q): Query<AuditQuery>) -> Re
     if q.count == Some(0) {
         return Err(bad("count must be a positive integer"));
     }
-    let g = state.raft.shared.read().await;
+    let g = state.raft.shared.view().await;
     let rows: Vec<_> = g
         .state
         .audit
@@ -235,7 +235,7 @@ async fn delete_pending(
 
 async fn get_metadata(State(state): State<AppState>, Path(ds): Path<String>) -> Result<Response, ApiError> {
     check_ds(&ds)?;
-    let g = state.raft.shared.read().await;
+    let g = state.raft.shared.view().await;
     match g.state.segments.datasource(&ds).and_then(|d| d.metadata()) {
         Some(m) => Ok(Json(m).into_response()),
         None => Err(ApiError::NotFound(format!("no metadata stored for datasource [{ds}]"))),
@@ -297,7 +297,7 @@ async fn filter_from_body(
     match (f.interval, f.segment_ids, f.versions) {
         (Some(interval), None, versions) => Ok(SegmentFilter::Interval { interval, versions }),
         (None, Some(ids), None) if !ids.is_empty() => {
-            let g = state.raft.shared.read().await;
+            let g = state.raft.shared.view().await;
             let mut keys = Vec::with_capacity(ids.len());
             for id in &ids {
                 let parsed = SegmentKey::parse_id(ds, id);
@@ -342,7 +342,7 @@ async fn mark_all(state: AppState, ds: String, used: bool) -> Result<Response, A
 async fn mark_one(state: AppState, ds: String, id: String, used: bool) -> Result<Response, ApiError> {
     check_segment_id(&ds, &id)?;
     let key = {
-        let g = state.raft.shared.read().await;
+        let g = state.raft.shared.view().await;
         g.state
             .segments
             .find_id(&ds, &id)
@@ -373,7 +373,7 @@ fn druid_datasource(state: &crate::sm::State, ds: &str) -> Result<Value, ApiErro
 }
 
 async fn metadata_datasources(State(state): State<AppState>, Query(q): Query<ViewQuery>) -> Response {
-    let g = state.raft.shared.read().await;
+    let g = state.raft.shared.view().await;
     let names: Vec<&String> = g
         .state
         .segments
@@ -392,7 +392,7 @@ async fn metadata_datasources(State(state): State<AppState>, Query(q): Query<Vie
 }
 
 async fn metadata_datasource(State(state): State<AppState>, Path(ds): Path<String>) -> Result<Response, ApiError> {
-    let g = state.raft.shared.read().await;
+    let g = state.raft.shared.view().await;
     Ok(Json(druid_datasource(&g.state, &ds)?).into_response())
 }
 
@@ -424,7 +424,7 @@ async fn metadata_segments_of(
     Query(q): Query<ViewQuery>,
 ) -> Result<Response, ApiError> {
     check_ds(&ds)?;
-    let g = state.raft.shared.read().await;
+    let g = state.raft.shared.view().await;
     Ok(Json(segments_view(&g.state, &ds, None, q.full.is_some())).into_response())
 }
 
@@ -438,7 +438,7 @@ async fn metadata_segments_in(
     check_ds(&ds)?;
     let intervals: Vec<Interval> =
         json_body(&state, &headers, body, "body: expected a JSON array of intervals").await?;
-    let g = state.raft.shared.read().await;
+    let g = state.raft.shared.view().await;
     Ok(Json(segments_view(&g.state, &ds, Some(&intervals), q.full.is_some())).into_response())
 }
 
@@ -448,7 +448,7 @@ async fn metadata_segment(
     Query(q): Query<ViewQuery>,
 ) -> Result<Response, ApiError> {
     check_segment_id(&ds, &id)?;
-    let g = state.raft.shared.read().await;
+    let g = state.raft.shared.view().await;
     match g.state.segments.find_id(&ds, &id) {
         Some((k, s)) if s.used || q.include_unused.is_some() => {
             Ok(Json(json!(DataSegmentJson::new(&ds, &k, s))).into_response())
@@ -464,7 +464,7 @@ async fn unused_segments(
 ) -> Result<Response, ApiError> {
     check_ds(&ds)?;
     let interval = url_interval(&q.interval)?.unwrap_or(Interval::ETERNITY);
-    let g = state.raft.shared.read().await;
+    let g = state.raft.shared.view().await;
     let rows: Vec<Value> = g
         .state
         .segments
@@ -505,7 +505,7 @@ async fn metadata_all_segments(
             "includeRealtimeSegments is only supported together with includeOvershadowedStatus",
         ));
     }
-    let g = state.raft.shared.read().await;
+    let g = state.raft.shared.view().await;
     let mut rows = Vec::new();
     for (ds, d) in g.state.segments.datasources() {
         if !wanted.is_empty() && !wanted.contains(ds) {
@@ -535,7 +535,7 @@ fn summary(d: &crate::segments::Datasource) -> Value {
     let (mut count, mut size, mut min, mut max) = (0u64, 0u64, i64::MAX, i64::MIN);
     for (k, s) in d.used() {
         count += 1;
-        size += s.size;
+        size = size.saturating_add(s.size);
         min = min.min(k.start);
         max = max.max(k.end);
     }
@@ -546,7 +546,7 @@ fn summary(d: &crate::segments::Datasource) -> Value {
 }
 
 async fn coordinator_datasources(State(state): State<AppState>, Query(q): Query<ViewQuery>) -> Response {
-    let g = state.raft.shared.read().await;
+    let g = state.raft.shared.view().await;
     let used = g.state.segments.datasources().filter(|(_, d)| d.used_count() > 0);
     if q.simple.is_some() || q.full.is_some() {
         let rows: Vec<Value> = used
@@ -558,7 +558,7 @@ async fn coordinator_datasources(State(state): State<AppState>, Query(q): Query<
 }
 
 async fn coordinator_datasource(State(state): State<AppState>, Path(ds): Path<String>) -> Result<Response, ApiError> {
-    let g = state.raft.shared.read().await;
+    let g = state.raft.shared.view().await;
     let d = with_used(&g.state, &ds)?;
     Ok(Json(json!({"tiers": {}, "segments": summary(d)})).into_response())
 }
@@ -568,14 +568,14 @@ async fn datasource_intervals(
     Path(ds): Path<String>,
     Query(q): Query<ViewQuery>,
 ) -> Result<Response, ApiError> {
-    let g = state.raft.shared.read().await;
+    let g = state.raft.shared.view().await;
     let d = with_used(&g.state, &ds)?;
     // Newest interval first, as Druid lists them.
     let mut by_interval: BTreeMap<std::cmp::Reverse<Interval>, (u64, u64, Vec<String>)> = BTreeMap::new();
     for (k, s) in d.used() {
         let e = by_interval.entry(std::cmp::Reverse(k.interval())).or_default();
         e.0 += 1;
-        e.1 += s.size;
+        e.1 = e.1.saturating_add(s.size);
         e.2.push(k.id(&ds));
     }
     if q.simple.is_some() || q.full.is_some() {

@@ -66,7 +66,7 @@ async fn nodes(State(state): State<AppState>) -> Response {
 /// This node's own copy of the task table (no redirect): how operators and tests compare
 /// replicas.
 async fn local_tasks(State(state): State<AppState>) -> Response {
-    let g = state.raft.shared.read().await;
+    let g = state.raft.shared.view().await;
     let applied = g.last_applied.map(|l| l.index);
     let tasks: Vec<_> = g.state.tasks.all().map(|t| t.status()).collect();
     Json(json!({ "appliedIndex": applied, "tasks": tasks })).into_response()
@@ -75,7 +75,7 @@ async fn local_tasks(State(state): State<AppState>) -> Response {
 /// This node's own copy of segment metadata and locks, per datasource: used and total segment
 /// counts, every segment id, the commit metadata, and the locks.
 async fn local_segments(State(state): State<AppState>) -> Response {
-    let g = state.raft.shared.read().await;
+    let g = state.raft.shared.view().await;
     let applied = g.last_applied.map(|l| l.index);
     let datasources: serde_json::Map<String, serde_json::Value> = g
         .state

@@ -13,11 +13,15 @@ use serde_json::json;
 use super::{leader_redirect, ApiError, AppState};
 use crate::clock::now_ms;
 use crate::sm::{Command, Reply};
+use crate::tasks::idempotency::validate_key;
 use crate::tasks::query::{StateFilter, TaskQuery};
 use crate::tasks::spec::parse_submission;
 use crate::tasks::{SubmitRejected, SHUTDOWN_BY_USER};
 
 const BASE: &str = "/druid/indexer/v1";
+
+/// The header that makes a submission safe to retry (see [`crate::tasks::idempotency`]).
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// Routes served only by the leader.
 pub fn routes() -> Router<AppState> {
@@ -70,7 +74,22 @@ async fn submit(State(state): State<AppState>, headers: HeaderMap, body: Body) -
     let bytes = read_body(&state, &headers, body).await?;
     let task = parse_submission(&bytes, now_ms(), &mut rand::rng()).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let max_active = state.config.limits.max_active_tasks;
-    match state.propose(Command::SubmitTask { task, max_active }).await? {
+    let idempotency_key = match headers.get(IDEMPOTENCY_KEY) {
+        None => None,
+        Some(v) => {
+            let key = v
+                .to_str()
+                .map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII characters".into()))?;
+            validate_key(key).map_err(ApiError::BadRequest)?;
+            Some(key.to_string())
+        }
+    };
+    let command = Command::SubmitTask {
+        task,
+        max_active,
+        idempotency_key,
+    };
+    match state.propose(command).await? {
         Reply::Submitted { id } => Ok(Json(json!({ "task": id })).into_response()),
         Reply::SubmitRejected {
             id,
@@ -163,7 +182,7 @@ fn serde_urlencoded_pairs(raw: &str) -> Result<Vec<(String, String)>, String> {
 async fn run_query(state: &AppState, params: &[(String, String)]) -> Result<Response, ApiError> {
     let query = TaskQuery::from_params(params.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let g = state.raft.shared.read().await;
+    let g = state.raft.shared.view().await;
     Ok(Json(query.run(&g.state.tasks)).into_response())
 }
 
@@ -204,7 +223,7 @@ async fn task_statuses(State(state): State<AppState>, headers: HeaderMap, body: 
     if ids.is_empty() {
         return Err(ApiError::BadRequest("No Task IDs provided.".into()));
     }
-    let g = state.raft.shared.read().await;
+    let g = state.raft.shared.view().await;
     let out: BTreeMap<&str, _> = ids
         .iter()
         .filter_map(|id| g.state.tasks.get(id).map(|t| (id.as_str(), t.status())))

@@ -10,9 +10,13 @@
 //!   announcement, so discovery never lists a member that is gone;
 //! - [`assigner`]: waiting tasks x free worker slots -> `AssignTasks` commands;
 //! - [`worker_monitor`]: workers silent past the timeout -> `WorkerLost`; assignments not
-//!   accepted in time -> `UnassignTask`.
+//!   accepted in time -> `UnassignTask`;
+//! - [`retention`]: records past their retention -> `PruneHistory`.
+//!
+//! A service that panics takes the supervisor down with it, and so the node (crash-only).
 
 pub mod assigner;
+pub mod retention;
 pub mod worker_monitor;
 
 use std::collections::{BTreeSet, HashMap};
@@ -32,6 +36,8 @@ pub struct OverlordSettings {
     pub worker_timeout: Duration,
     /// An assignment the worker has not accepted within this time is taken back.
     pub assign_timeout: Duration,
+    /// How long complete tasks and audit records are kept.
+    pub retention: retention::Retention,
 }
 
 impl Default for OverlordSettings {
@@ -39,6 +45,7 @@ impl Default for OverlordSettings {
         OverlordSettings {
             worker_timeout: Duration::from_secs(30),
             assign_timeout: Duration::from_secs(60),
+            retention: retention::Retention::default(),
         }
     }
 }
@@ -78,18 +85,24 @@ impl LeaderServices {
     pub async fn run(self, cancel: CancellationToken) {
         let mut metrics = self.raft.raft.metrics();
         let mut term: Option<CancellationToken> = None;
+        let mut services = tokio::task::JoinSet::new();
         loop {
             let ready = self.raft.leader_ready();
             match (&term, ready) {
                 (None, true) => {
                     info!(node_id = self.raft.id, "became leader: starting leader services");
                     let token = cancel.child_token();
-                    tokio::spawn(reconcile_membership(self.raft.clone(), token.clone()));
-                    tokio::spawn(assigner::run(self.raft.clone(), token.clone()));
-                    tokio::spawn(worker_monitor::run(
+                    services.spawn(reconcile_membership(self.raft.clone(), token.clone()));
+                    services.spawn(assigner::run(self.raft.clone(), token.clone()));
+                    services.spawn(worker_monitor::run(
                         self.raft.clone(),
                         self.heartbeats.clone(),
                         self.settings.clone(),
+                        token.clone(),
+                    ));
+                    services.spawn(retention::run(
+                        self.raft.clone(),
+                        self.settings.retention,
                         token.clone(),
                     ));
                     term = Some(token);
@@ -104,6 +117,11 @@ impl LeaderServices {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 changed = metrics.changed() => if changed.is_err() { break },
+                Some(Err(e)) = services.join_next(), if !services.is_empty() => {
+                    if e.is_panic() {
+                        std::panic::resume_unwind(e.into_panic());
+                    }
+                }
             }
         }
         if let Some(token) = term {

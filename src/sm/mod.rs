@@ -10,6 +10,7 @@
 mod allocate;
 mod locking;
 pub mod publish;
+pub mod validate;
 
 use raftlord_raft::{ApplyContext, StateMachine};
 use serde::{Deserialize, Serialize};
@@ -19,6 +20,7 @@ use crate::interval::Interval;
 use crate::locks::{LockOutcome, LockRequest, LockTable};
 use crate::nodes::{NodeAnnouncement, NodeTable};
 use crate::segments::{SegmentFilter, SegmentTable};
+use crate::tasks::idempotency::IdempotencyKeys;
 use crate::tasks::{NewTask, ShutdownOutcome, SubmitRejected, TaskTable};
 use crate::workers::{AuditInfo, Refused, TaskUpdate, UpdatesApplied, Worker, WorkerBehaviorConfig, WorkerTable};
 
@@ -36,6 +38,9 @@ pub struct State {
     /// Lock and segment changes.
     #[serde(default)]
     pub audit: AuditTrail,
+    /// Recent submissions' idempotency keys.
+    #[serde(default)]
+    pub idempotency: IdempotencyKeys,
 }
 
 pub use allocate::{AllocateOutcome, AllocateRequest};
@@ -56,9 +61,15 @@ pub struct TaskAssignment {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Command {
-    /// Store a new task, unless its id exists or more than `max_active` tasks are active.
+    /// Store a new task, unless its id exists or more than `max_active` tasks are active. With
+    /// an `idempotency_key` seen recently, answer the task that key created instead.
     #[serde(rename_all = "camelCase")]
-    SubmitTask { task: NewTask, max_active: Option<u64> },
+    SubmitTask {
+        task: NewTask,
+        max_active: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        idempotency_key: Option<String>,
+    },
     /// Fail an active task with `reason`.
     #[serde(rename_all = "camelCase")]
     ShutdownTask { id: String, reason: String },
@@ -118,7 +129,19 @@ pub enum Command {
         datasource: String,
         metadata: Option<serde_json::Value>,
     },
+    /// Forget complete tasks that ended before `completed_tasks_before_ms` (at most
+    /// [`PRUNE_MAX_TASKS`] per command) and audit records and worker-config history made
+    /// before `audit_before_ms`.
+    #[serde(rename_all = "camelCase")]
+    PruneHistory {
+        completed_tasks_before_ms: u64,
+        audit_before_ms: u64,
+    },
 }
+
+/// Most complete tasks one [`Command::PruneHistory`] removes, so that one entry's apply stays
+/// short; the leader proposes again while there are more.
+pub const PRUNE_MAX_TASKS: usize = 10_000;
 
 /// The result of one command.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -179,11 +202,25 @@ pub enum Reply {
     PendingDeleted {
         count: usize,
     },
+    #[serde(rename_all = "camelCase")]
+    Pruned {
+        tasks: usize,
+        audit: usize,
+        worker_config_history: usize,
+    },
 }
 
 impl StateMachine for State {
     type Command = Command;
     type Reply = Reply;
+
+    fn validate(command: &Command) -> Result<(), String> {
+        validate::validate(command)
+    }
+
+    fn command_kind(command: &Command) -> &'static str {
+        validate::kind(command)
+    }
 
     fn apply(&mut self, ctx: ApplyContext, command: Command) -> Reply {
         let reply = self.dispatch(ctx, command);
@@ -199,10 +236,24 @@ impl StateMachine for State {
 impl State {
     fn dispatch(&mut self, ctx: ApplyContext, command: Command) -> Reply {
         match command {
-            Command::SubmitTask { task, max_active } => {
+            Command::SubmitTask {
+                task,
+                max_active,
+                idempotency_key,
+            } => {
+                if let Some(key) = &idempotency_key {
+                    if let Some(id) = self.idempotency.apply_lookup(ctx.time_ms, key) {
+                        return Reply::Submitted { id };
+                    }
+                }
                 let id = task.id.clone();
                 match self.tasks.apply_submit(ctx.index, ctx.time_ms, task, max_active) {
-                    Ok(()) => Reply::Submitted { id },
+                    Ok(()) => {
+                        if let Some(key) = &idempotency_key {
+                            self.idempotency.apply_record(ctx.time_ms, key, &id);
+                        }
+                        Reply::Submitted { id }
+                    }
                     Err(rejected) => Reply::SubmitRejected { id, rejected },
                 }
             }
@@ -276,6 +327,16 @@ impl State {
             Command::SetDatasourceMetadata { datasource, metadata } => Reply::MetadataSet {
                 changed: self.set_metadata(ctx, &datasource, metadata),
             },
+            Command::PruneHistory {
+                completed_tasks_before_ms,
+                audit_before_ms,
+            } => Reply::Pruned {
+                tasks: self
+                    .tasks
+                    .apply_prune_completed(completed_tasks_before_ms, PRUNE_MAX_TASKS),
+                audit: self.audit.apply_prune(audit_before_ms),
+                worker_config_history: self.workers.apply_prune_history(audit_before_ms),
+            },
         }
     }
 }
@@ -285,3 +346,6 @@ mod tests;
 
 #[cfg(test)]
 mod publish_tests;
+
+#[cfg(test)]
+mod command_props;

@@ -33,6 +33,7 @@ fn submit(s: &mut State, index: u64, id: &str, priority: i32) {
         Command::SubmitTask {
             task: task(id, priority),
             max_active: None,
+            idempotency_key: None,
         },
     );
     assert!(matches!(r, Reply::Submitted { .. }), "{r:?}");
@@ -511,6 +512,7 @@ fn a_task_is_placed_only_with_all_its_locks_and_waits_otherwise() {
             Command::SubmitTask {
                 task: kill_task(id),
                 max_active: None,
+                idempotency_key: None,
             },
         );
     }

@@ -56,6 +56,7 @@ fn golden_json_of_every_command() {
             Command::SubmitTask {
                 task: new_task(),
                 max_active: Some(10),
+                idempotency_key: None,
             },
             json!({"submitTask": {"task": {"id": "t1", "type": "noop", "groupId": "t1", "datasource": "wiki",
                    "priority": 50, "payload": {"type": "noop", "id": "t1"}}, "maxActive": 10}}),
@@ -170,6 +171,7 @@ fn assignment_holds_a_slot_until_the_worker_reports_the_end() {
             Command::SubmitTask {
                 task: t,
                 max_active: None,
+                idempotency_key: None,
             },
         );
     }
@@ -246,6 +248,7 @@ fn assignment_holds_a_slot_until_the_worker_reports_the_end() {
         Command::SubmitTask {
             task: c,
             max_active: None,
+            idempotency_key: None,
         },
     );
     let Reply::Assigned { refused } = s.apply(ctx(11, 90), assign("c")) else {
@@ -267,6 +270,7 @@ fn unaccepted_assignment_is_taken_back_exactly_once() {
         Command::SubmitTask {
             task: new_task(),
             max_active: None,
+            idempotency_key: None,
         },
     );
     let assign = Command::AssignTasks {
@@ -395,10 +399,12 @@ fn apply_is_deterministic_across_replicas() {
         Command::SubmitTask {
             task: new_task(),
             max_active: None,
+            idempotency_key: None,
         },
         Command::SubmitTask {
             task: new_task(),
             max_active: None,
+            idempotency_key: None,
         },
         Command::ShutdownTask {
             id: "t1".into(),
@@ -447,6 +453,7 @@ fn snapshot_round_trip_keeps_every_table() {
         Command::SubmitTask {
             task: new_task(),
             max_active: None,
+            idempotency_key: None,
         },
     );
     let bytes = serde_json::to_vec(&s).unwrap();
@@ -480,6 +487,7 @@ mod properties {
                         priority: 0,
                     },
                     max_active,
+                    idempotency_key: None,
                 }
             }),
             2 => id.prop_map(|id| Command::ShutdownTask { id, reason: SHUTDOWN_BY_USER.into() }),
@@ -513,4 +521,79 @@ mod properties {
             prop_assert_eq!(serde_json::to_string(&a).unwrap(), serde_json::to_string(&b).unwrap());
         }
     }
+}
+
+#[test]
+fn pruning_forgets_only_complete_tasks_and_records_past_their_retention() {
+    let mut s = State::default();
+    let submit = |s: &mut State, index: u64, id: &str| {
+        let mut t = new_task();
+        t.id = id.into();
+        t.group_id = id.into();
+        s.apply(
+            ctx(index, 1_000),
+            Command::SubmitTask {
+                task: t,
+                max_active: None,
+                idempotency_key: None,
+            },
+        );
+    };
+    submit(&mut s, 1, "done");
+    submit(&mut s, 2, "running");
+    s.apply(
+        ctx(3, 2_000),
+        Command::ShutdownTask {
+            id: "done".into(),
+            reason: "stop".into(),
+        },
+    );
+    let day = crate::interval::Interval::parse("2024-01-01/2024-01-02").unwrap();
+    s.apply(
+        ctx(4, 3_000),
+        Command::AcquireLock {
+            task: "running".into(),
+            request: crate::locks::LockRequest {
+                lock_type: crate::locks::LockType::Exclusive,
+                interval: day,
+                preferred_version: None,
+            },
+        },
+    );
+    let audit_before = s.audit.len();
+    assert!(audit_before > 0);
+    // Nothing is old enough yet.
+    let none = s.apply(
+        ctx(5, 4_000),
+        Command::PruneHistory {
+            completed_tasks_before_ms: 1_000,
+            audit_before_ms: 1_000,
+        },
+    );
+    assert_eq!(
+        none,
+        Reply::Pruned {
+            tasks: 0,
+            audit: 0,
+            worker_config_history: 0
+        }
+    );
+    let pruned = s.apply(
+        ctx(6, 10_000),
+        Command::PruneHistory {
+            completed_tasks_before_ms: 9_000,
+            audit_before_ms: 9_000,
+        },
+    );
+    assert_eq!(
+        pruned,
+        Reply::Pruned {
+            tasks: 1,
+            audit: audit_before,
+            worker_config_history: 0
+        }
+    );
+    assert!(s.tasks.get("done").is_none());
+    assert!(s.tasks.get("running").is_some_and(|t| t.is_active()));
+    assert_eq!(s.locks.locks_of("running").len(), 1, "an active task keeps its locks");
 }

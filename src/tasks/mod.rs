@@ -9,6 +9,7 @@
 //! - [`query`]: the filters of `GET /druid/indexer/v1/tasks`;
 //! - this module: the table, its `apply_*` functions and the JSON shapes Druid clients read.
 
+pub mod idempotency;
 pub mod lock_needs;
 pub mod query;
 pub mod spec;
@@ -587,6 +588,23 @@ impl TaskTable {
             }
         }
         failed
+    }
+
+    /// Removes up to `max` complete tasks that ended (creation plus duration) before
+    /// `before_ms`; returns how many. Active tasks are never removed.
+    pub fn apply_prune_completed(&mut self, before_ms: u64, max: usize) -> usize {
+        let ended = |t: &Task| t.created_ms.saturating_add(t.duration_ms.max(0) as u64);
+        let old: Vec<String> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.state.is_complete() && ended(t) < before_ms)
+            .take(max)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &old {
+            self.tasks.remove(id);
+        }
+        old.len()
     }
 
     /// Stores a new task as active and waiting, unless its id exists or the queue is full.

@@ -67,7 +67,7 @@ impl WorkerRecord {
             .iter()
             .filter_map(|id| tasks.get(id))
             .map(|t| t.spec.required_capacity())
-            .sum()
+            .fold(0u32, u32::saturating_add)
     }
 
     /// Druid's `ImmutableWorkerInfo`, the shape of `GET /druid/indexer/v1/workers` rows. A
@@ -198,6 +198,15 @@ impl WorkerTable {
 
     pub fn history(&self) -> &[AuditEntry] {
         &self.history
+    }
+
+    /// Removes the config history made before `before_ms`; returns how many entries.
+    pub fn apply_prune_history(&mut self, before_ms: u64) -> usize {
+        let before = self.history.len();
+        let cut = before_ms.min(i64::MAX as u64) as i64;
+        self.history
+            .retain(|e| crate::interval::parse_instant(&e.audit_time).unwrap_or(i64::MAX) >= cut);
+        before - self.history.len()
     }
 
     /// Records a worker joining (or coming back, or changing its size). Keeps its tasks;
@@ -391,7 +400,10 @@ impl WorkerTable {
     pub fn capacity(&self, tasks: &TaskTable) -> (u64, u64) {
         let live = self.workers.values().filter(|r| !r.lost);
         live.fold((0, 0), |(cap, used), r| {
-            (cap + r.worker.capacity as u64, used + r.used(tasks) as u64)
+            (
+                cap.saturating_add(r.worker.capacity as u64),
+                used.saturating_add(r.used(tasks) as u64),
+            )
         })
     }
 }

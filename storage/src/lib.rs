@@ -29,6 +29,7 @@ mod engine;
 mod log_store;
 mod snapshot_store;
 
+pub use codec::{describe, json_depth};
 pub use engine::{Engine, EngineError, FORMAT_VERSION};
 pub use log_store::{LogStore, MAX_REPLICATION_BYTES};
 pub use snapshot_store::{SnapshotStore, StoredSnapshot};

@@ -277,10 +277,30 @@ where
                 break;
             }
             bytes = bytes.saturating_add(value.len());
-            out.push(decode(&value).map_err(|e| StorageIOError::read_log_at_index(index, &e))?);
+            out.push(decode(&value).map_err(|e| unreadable_entry(index, &value, e))?);
         }
         Ok(out)
     }
+}
+
+/// The error for a stored entry that does not decode: it names the index and what the entry
+/// holds, and how to look at it.
+fn unreadable_entry<NID: openraft::NodeId>(
+    index: u64,
+    value: &[u8],
+    e: crate::codec::CodecError,
+) -> StorageIOError<NID> {
+    let what = crate::codec::describe(value);
+    tracing::error!(index, entry = %what, error = %e, "a Raft log entry cannot be decoded; this node stops. Inspect it with `raftlord debug log --data-dir <dir> --from {index}`");
+    StorageIOError::read_log_at_index(index, &UnreadableEntry { index, what, source: e })
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("log entry {index} ({what}) cannot be decoded: {source}; inspect it with `raftlord debug log --data-dir <dir> --from {index}`")]
+struct UnreadableEntry {
+    index: u64,
+    what: String,
+    source: crate::codec::CodecError,
 }
 
 /// Most bytes of log entries sent to a follower in one AppendEntries (see
@@ -304,8 +324,9 @@ where
         let last = match self.engine.db.iterator_cf(cf, IteratorMode::End).next() {
             None => None,
             Some(item) => {
-                let (_, value) = item.map_err(|e| StorageIOError::read_logs(&e))?;
-                let entry: C::Entry = decode(&value).map_err(|e| StorageIOError::read_logs(&e))?;
+                let (key, value) = item.map_err(|e| StorageIOError::read_logs(&e))?;
+                let index = key_index(&key).ok_or_else(|| StorageIOError::read_logs(&BadKey))?;
+                let entry: C::Entry = decode(&value).map_err(|e| unreadable_entry(index, &value, e))?;
                 Some(entry.get_log_id().clone())
             }
         };
