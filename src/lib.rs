@@ -16,7 +16,8 @@
 //! - [`sm`]: the command envelope, dispatch to each concept's `apply`, and replies;
 //! - [`api`]: Druid's HTTP API and raftlord's own routes, one error-to-status mapping;
 //! - [`leader`]: services that run only while this node leads;
-//! - [`node`]: wiring, start-up stages and orderly shutdown;
+//! - [`node`]: wiring, start-up stages and orderly shutdown; [`http_server`]: the HTTP server
+//!   with its connection limits;
 //! - [`cli`]: the command line;
 //! - [`config`] and [`clock`] (the only reader of wall-clock time).
 
@@ -25,6 +26,7 @@ pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod http_server;
 pub mod interval;
 pub mod leader;
 pub mod locks;

@@ -11,14 +11,21 @@
 //! A stage that fails stops the node with a message saying which stage and why. Stopping
 //! (SIGTERM or Ctrl-C in the CLI) runs the stages backwards: withdraw the announcement (best
 //! effort, bounded), stop serving HTTP, stop services, shut Raft down and flush storage.
+//!
+//! Crash-only: when Raft stops on a fatal error (storage failed, an entry cannot be read or
+//! applied), the proposer dies, or a critical background task (discovery, the leader's
+//! services, the worker) panics, [`RunningNode::failed`] resolves with the reason and the CLI
+//! exits non-zero. Nothing keeps serving with a dead core.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use raftlord_raft::network::Faults;
 use raftlord_storage::Engine;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -63,9 +70,38 @@ pub struct RunningNode {
     services_stop: CancellationToken,
     http: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
+    /// Reasons sent by critical tasks that panicked.
+    fatal: mpsc::UnboundedReceiver<String>,
+}
+
+/// Spawns a task the node cannot work without: if it panics, the reason goes to `fatal`.
+fn critical<F>(name: &'static str, fatal: &mpsc::UnboundedSender<String>, task: F) -> JoinHandle<()>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let fatal = fatal.clone();
+    tokio::spawn(async move {
+        if let Err(panic) = std::panic::AssertUnwindSafe(task).catch_unwind().await {
+            let why = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("a panic");
+            let _ = fatal.send(format!("{name} panicked: {why}"));
+        }
+    })
 }
 
 impl RunningNode {
+    /// Resolves, with the reason, when the node can no longer work (see the module docs); the
+    /// caller should then stop it and exit non-zero.
+    pub async fn failed(&mut self) -> String {
+        tokio::select! {
+            reason = self.raft.failed() => reason,
+            Some(reason) = self.fatal.recv() => reason,
+        }
+    }
+
     /// Starts a node on `config.listen`.
     pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         let (listener, _) = bind(config.listen).await?;
@@ -111,9 +147,16 @@ impl RunningNode {
         let services_stop = CancellationToken::new();
         let discovery = NodeDiscovery::default();
         let heartbeats = Heartbeats::default();
+        let (fatal_tx, fatal) = mpsc::unbounded_channel();
         let mut background = vec![
-            tokio::spawn(discovery.clone().run(raft.clone(), services_stop.child_token())),
-            tokio::spawn(
+            critical(
+                "node discovery",
+                &fatal_tx,
+                discovery.clone().run(raft.clone(), services_stop.child_token()),
+            ),
+            critical(
+                "the leader's services",
+                &fatal_tx,
                 LeaderServices::new(raft.clone(), heartbeats.clone(), config.overlord.clone())
                     .run(services_stop.child_token()),
             ),
@@ -127,7 +170,11 @@ impl RunningNode {
                     vec![url.clone()],
                     &config.cluster_secret,
                 )?;
-                background.push(tokio::spawn(w.clone().run(services_stop.child_token())));
+                background.push(critical(
+                    "the worker",
+                    &fatal_tx,
+                    w.clone().run(services_stop.child_token()),
+                ));
                 config.roles.push(NodeRole::MiddleManager);
                 Some(w)
             }
@@ -146,7 +193,8 @@ impl RunningNode {
         let http_stop = CancellationToken::new();
         let mut app = api::router(state);
         if let Some(w) = &worker {
-            app = app.merge(crate::worker::http::routes(w.clone(), &config.cluster_secret));
+            let routes = crate::worker::http::routes(w.clone(), &config.cluster_secret);
+            app = app.merge(api::guard::guarded(routes, config.limits.max_payload_bytes));
         }
         let http = serve(listener, app, http_stop.clone());
         info!(url = %url, "serving http");
@@ -180,6 +228,7 @@ impl RunningNode {
             services_stop,
             http,
             background,
+            fatal,
         })
     }
 
@@ -209,16 +258,11 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError>
     Ok((listener, local))
 }
 
-/// Serves `app` on `listener` until `stop` is cancelled, finishing requests in flight.
+/// Serves `app` on `listener` until `stop` is cancelled, finishing requests in flight. The
+/// descriptor limit is raised first and the connection cap set below it.
 fn serve(listener: TcpListener, app: axum::Router, stop: CancellationToken) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await;
-        if let Err(e) = served {
-            warn!(error = %e, "http server stopped with an error");
-        }
-    })
+    let limits = crate::http_server::ServerLimits::for_fd_limit(crate::http_server::raise_fd_limit());
+    crate::http_server::serve(listener, app, stop, limits)
 }
 
 fn announcement(config: &NodeConfig, url: &str) -> NodeAnnouncement {
@@ -377,6 +421,7 @@ pub struct RunningWorkerNode {
     http: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
     announcement_id: String,
+    fatal: mpsc::UnboundedReceiver<String>,
 }
 
 impl RunningWorkerNode {
@@ -397,11 +442,17 @@ impl RunningWorkerNode {
             &config.cluster_secret,
         )?;
         let services_stop = CancellationToken::new();
-        let mut background = vec![tokio::spawn(worker.clone().run(services_stop.child_token()))];
+        let (fatal_tx, fatal) = mpsc::unbounded_channel();
+        let mut background = vec![critical(
+            "the worker",
+            &fatal_tx,
+            worker.clone().run(services_stop.child_token()),
+        )];
         // http
         let http_stop = CancellationToken::new();
         let app = crate::worker::http::routes(worker.clone(), &config.cluster_secret)
             .route("/status/health", axum::routing::get(|| async { axum::Json(true) }));
+        let app = api::guard::guarded(app, crate::config::Limits::default().max_payload_bytes);
         let http = serve(listener, app, http_stop.clone());
         info!(url = %url, "worker serving http");
         // announcement
@@ -441,7 +492,16 @@ impl RunningWorkerNode {
             http,
             background,
             announcement_id,
+            fatal,
         })
+    }
+
+    /// Resolves, with the reason, when the worker loop panicked; the caller should exit.
+    pub async fn failed(&mut self) -> String {
+        match self.fatal.recv().await {
+            Some(reason) => reason,
+            None => std::future::pending().await,
+        }
     }
 
     /// Stops the node; its peons keep running and are adopted by the next start.

@@ -59,6 +59,36 @@ pub struct HttpNetwork {
     client: reqwest::Client,
     secret: Arc<str>,
     faults: Faults,
+    refusals: Refusals,
+}
+
+/// When each peer last refused this node's cluster secret was logged, so that a
+/// misconfigured cluster says why every few seconds instead of on every heartbeat.
+#[derive(Clone, Default)]
+pub(crate) struct Refusals(Arc<std::sync::Mutex<std::collections::HashMap<NodeId, std::time::Instant>>>);
+
+/// How often a peer's refusal of the cluster secret is logged.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(5);
+
+impl Refusals {
+    pub(crate) fn report(&self, target: NodeId, url: &str, status: u16) {
+        let now = std::time::Instant::now();
+        let mut last = self.0.lock().expect("refusal log lock");
+        if last
+            .get(&target)
+            .is_some_and(|t| now.duration_since(*t) < REFUSAL_LOG_EVERY)
+        {
+            return;
+        }
+        last.insert(target, now);
+        tracing::error!(
+            peer = target,
+            address = %url,
+            status,
+            "the peer refuses this node's cluster secret: every node must be started with the same \
+             --cluster-secret (RAFTLORD_CLUSTER_SECRET); the cluster cannot form or replicate to it until they match"
+        );
+    }
 }
 
 impl HttpNetwork {
@@ -76,7 +106,15 @@ impl HttpNetwork {
             client,
             secret: secret.into(),
             faults,
+            refusals: Refusals::default(),
         }
+    }
+}
+
+impl HttpNetwork {
+    /// The log of peers refusing this node's secret, shared with cluster formation.
+    pub(crate) fn refusals(&self) -> Refusals {
+        self.refusals.clone()
     }
 }
 
@@ -90,6 +128,7 @@ impl<S: StateMachine> RaftNetworkFactory<TypeConfig<S>> for HttpNetwork {
             peer: Peer::new(&node.url, &self.secret),
             client: self.client.clone(),
             faults: self.faults.clone(),
+            refusals: self.refusals.clone(),
         }
     }
 }
@@ -135,6 +174,7 @@ pub struct PeerClient {
     peer: Result<Peer, String>,
     client: reqwest::Client,
     faults: Faults,
+    refusals: Refusals,
 }
 
 /// One of the Raft RPCs, by its route.
@@ -268,6 +308,10 @@ impl PeerClient {
                 }
             })?;
         let status = resp.status();
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            self.refusals
+                .report(self.target, peer.url(rpc).as_str(), status.as_u16());
+        }
         if !status.is_success() {
             let body = resp.text().await.unwrap_or_default();
             return Err(RPCError::Network(NetworkError::new(&BadStatus {

@@ -42,6 +42,8 @@ pub struct RaftSettings {
     pub max_batch: usize,
     /// Most Raft entries proposed concurrently by the batcher.
     pub max_in_flight: usize,
+    /// Writes are refused (503) while the data directory's disk has less free space than this.
+    pub min_free_bytes: u64,
 }
 
 impl Default for RaftSettings {
@@ -57,6 +59,7 @@ impl Default for RaftSettings {
             snapshot_every: 1000,
             max_batch: 512,
             max_in_flight: 1,
+            min_free_bytes: 64 << 20,
         }
     }
 }
@@ -127,6 +130,8 @@ pub struct RaftNode<S: StateMachine> {
     client: reqwest::Client,
     /// A handle on the log store openraft owns, to store the committed id on shutdown.
     log: LogStore<TypeConfig<S>>,
+    /// Peers that refused this node's cluster secret, logged every few seconds.
+    refusals: crate::network::Refusals,
 }
 
 impl<S: StateMachine> RaftNode<S> {
@@ -159,15 +164,24 @@ impl<S: StateMachine> RaftNode<S> {
             ..Default::default()
         };
         let config = Arc::new(config.validate().map_err(|e| NodeError::Raft(e.to_string()))?);
+        let data_dir = engine.path().to_path_buf();
         let log = LogStore::<TypeConfig<S>>::new(engine.clone());
         let log_bytes = log.appended_bytes();
         let (sm, shared) = StateMachineStore::<S>::open(SnapshotStore::new(engine)).map_err(NodeError::Storage)?;
         let network = HttpNetwork::new(id, &secret, faults);
+        let refusals = network.refusals();
         let log_handle = log.clone();
         let raft = Raft::<S>::new(id, config, network, log, sm)
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
-        let proposer = Proposer::start(raft.clone(), clock, settings.max_batch, settings.max_in_flight);
+        let disk = crate::disk::DiskSpace::watch(&data_dir, settings.min_free_bytes);
+        let proposer = Proposer::start(
+            raft.clone(),
+            clock,
+            settings.max_batch,
+            settings.max_in_flight,
+            Some(disk),
+        );
         tokio::spawn(schedule_snapshots(
             raft.clone(),
             shared.clone(),
@@ -191,6 +205,7 @@ impl<S: StateMachine> RaftNode<S> {
             secret,
             client,
             log: log_handle,
+            refusals,
         }))
     }
 
@@ -274,6 +289,10 @@ impl<S: StateMachine> RaftNode<S> {
                 .await;
             let state = match resp {
                 Ok(r) if r.status().is_success() => r.json::<RaftState>().await.ok(),
+                Ok(r) if r.status() == reqwest::StatusCode::UNAUTHORIZED => {
+                    self.refusals.report(id, url, r.status().as_u16());
+                    None
+                }
                 _ => None,
             };
             match state {
@@ -298,6 +317,26 @@ impl<S: StateMachine> RaftNode<S> {
         let id = m.current_leader?;
         let url = m.membership_config.membership().get_node(&id)?.url.clone();
         Some((id, url))
+    }
+
+    /// Resolves, with the reason, when this node can no longer work: openraft stopped on a
+    /// fatal error (a storage failure, an entry that cannot be read or applied) or the proposer
+    /// died. The node must then exit rather than keep serving with a dead core.
+    pub async fn failed(&self) -> String {
+        let mut metrics = self.metrics.clone();
+        tokio::select! {
+            _ = self.proposer.stopped() => "the proposer stopped unexpectedly".to_string(),
+            fatal = async {
+                loop {
+                    if let Err(e) = &metrics.borrow_and_update().running_state {
+                        return format!("raft stopped: {e}");
+                    }
+                    if metrics.changed().await.is_err() {
+                        return "raft stopped".to_string();
+                    }
+                }
+            } => fatal,
+        }
     }
 
     /// Whether this node is the leader right now (from metrics; not a quorum check).

@@ -3,10 +3,12 @@
 //! - `raftlord dev`: one node with every role, for a laptop;
 //! - `raftlord server`: one member of a real cluster;
 //! - `raftlord bootstrap`: a local three-node (or N-node) cluster in child processes;
-//! - `raftlord cluster ...`, `raftlord task ...`: clients for a running cluster.
+//! - `raftlord cluster ...`, `raftlord task ...`: clients for a running cluster;
+//! - `raftlord debug log`: read a node's Raft log from its data directory.
 
 mod bootstrap;
 mod client;
+mod debug;
 mod serve;
 
 use std::collections::BTreeMap;
@@ -46,6 +48,32 @@ pub enum Command {
     /// Fork peons on request from a worker over standard input (started by a worker, not by hand).
     #[command(hide = true)]
     PeonLauncher,
+    /// Look inside a node's data directory.
+    #[command(subcommand)]
+    Debug(DebugCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DebugCommand {
+    /// List Raft log entries: index, payload and command kinds, and whether this build can read
+    /// each. Exits 3 when an entry cannot be read.
+    Log(DebugLogArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DebugLogArgs {
+    /// The node's data directory (as given to `dev` or `server`).
+    #[arg(long, env = "RAFTLORD_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// First log index to show.
+    #[arg(long, default_value_t = 1)]
+    pub from: u64,
+    /// Most entries to show.
+    #[arg(long, default_value_t = 20)]
+    pub count: usize,
+    /// Also print each entry's stored JSON.
+    #[arg(long)]
+    pub full: bool,
 }
 
 /// Druid's default worker capacity: one slot per CPU but one, at least one.
@@ -80,6 +108,10 @@ pub struct NodeArgs {
     /// Most Raft entries the leader proposes concurrently.
     #[arg(long, env = "RAFTLORD_PROPOSALS_IN_FLIGHT", default_value_t = 1)]
     pub proposals_in_flight: usize,
+    /// Writes are refused with 503 while the data directory's disk has less than this many MiB
+    /// free; they resume by themselves once space is freed.
+    #[arg(long, env = "RAFTLORD_MIN_FREE_DISK_MB", default_value_t = 64)]
+    pub min_free_disk_mb: u64,
     /// Task slots of this node's worker; 0: not a worker. Default: CPUs - 1 (at least 1).
     #[arg(long, env = "RAFTLORD_WORKER_CAPACITY", default_value_t = default_worker_capacity())]
     pub worker_capacity: u32,
@@ -106,6 +138,14 @@ pub struct NodeArgs {
     /// Milliseconds a worker has to start an assigned task before the leader takes it back.
     #[arg(long, env = "RAFTLORD_ASSIGN_TIMEOUT_MS", default_value_t = 60_000)]
     pub assign_timeout_ms: u64,
+    /// Milliseconds a complete task's record is kept after it ended (Druid's task log
+    /// retention: 90 days).
+    #[arg(long, env = "RAFTLORD_COMPLETED_TASK_RETENTION_MS", default_value_t = 7_776_000_000)]
+    pub completed_task_retention_ms: u64,
+    /// Milliseconds audit records and worker-config history are kept (Druid's audit kill
+    /// duty: 90 days).
+    #[arg(long, env = "RAFTLORD_AUDIT_RETENTION_MS", default_value_t = 7_776_000_000)]
+    pub audit_retention_ms: u64,
     /// Directory for finished tasks' logs and reports; every node serves from it, so share it
     /// between nodes where possible. Default: DATA_DIR/task-logs.
     #[arg(long, env = "RAFTLORD_TASK_LOG_DIR")]
@@ -122,6 +162,7 @@ impl NodeArgs {
             format!("--snapshot-every={}", self.snapshot_every),
             format!("--proposal-batch={}", self.proposal_batch),
             format!("--proposals-in-flight={}", self.proposals_in_flight),
+            format!("--min-free-disk-mb={}", self.min_free_disk_mb),
             format!("--worker-capacity={}", self.worker_capacity),
             format!("--worker-category={}", self.worker_category),
             format!("--worker-version={}", self.worker_version),
@@ -129,6 +170,8 @@ impl NodeArgs {
             format!("--worker-heartbeat-ms={}", self.worker_heartbeat_ms),
             format!("--worker-timeout-ms={}", self.worker_timeout_ms),
             format!("--assign-timeout-ms={}", self.assign_timeout_ms),
+            format!("--completed-task-retention-ms={}", self.completed_task_retention_ms),
+            format!("--audit-retention-ms={}", self.audit_retention_ms),
         ];
         if let Some(m) = self.max_active_tasks {
             flags.push(format!("--max-active-tasks={m}"));
@@ -327,6 +370,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Task(cmd) => client::task(cmd).await,
         Command::Peon { task_dir } => Ok(crate::worker::peon::run(&task_dir).await),
         Command::PeonLauncher => Ok(2),
+        Command::Debug(DebugCommand::Log(args)) => debug::log(args),
     }
 }
 

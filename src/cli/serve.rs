@@ -21,6 +21,7 @@ fn raft_settings(args: &NodeArgs) -> RaftSettings {
         snapshot_every: args.snapshot_every,
         max_batch: args.proposal_batch,
         max_in_flight: args.proposals_in_flight,
+        min_free_bytes: args.min_free_disk_mb.saturating_mul(1 << 20),
     }
 }
 
@@ -35,6 +36,10 @@ fn overlord_settings(args: &NodeArgs) -> OverlordSettings {
     OverlordSettings {
         worker_timeout: Duration::from_millis(args.worker_timeout_ms),
         assign_timeout: Duration::from_millis(args.assign_timeout_ms),
+        retention: crate::leader::retention::Retention {
+            completed_tasks: Duration::from_millis(args.completed_task_retention_ms),
+            audit: Duration::from_millis(args.audit_retention_ms),
+        },
     }
 }
 
@@ -106,7 +111,10 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<i32> {
     run_until_signal(config).await
 }
 
-pub async fn server(args: ServerArgs) -> anyhow::Result<i32> {
+pub async fn server(mut args: ServerArgs) -> anyhow::Result<i32> {
+    // A secret read from a file often ends in a newline: surrounding whitespace is never part
+    // of it, on any node.
+    args.cluster_secret = args.cluster_secret.trim().to_string();
     if args.cluster_secret.is_empty() {
         anyhow::bail!("--cluster-secret (or RAFTLORD_CLUSTER_SECRET) must not be empty");
     }
@@ -191,9 +199,25 @@ async fn worker_only(args: ServerArgs) -> anyhow::Result<i32> {
         }
     };
     println!("raftlord worker {} serving on {}", node.worker.worker.host, node.url);
-    wait_for_stop_signal().await;
+    let mut node = node;
+    let failed = tokio::select! {
+        _ = wait_for_stop_signal() => None,
+        reason = node.failed() => Some(reason),
+    };
     node.stop().await;
-    Ok(0)
+    Ok(exit_code(failed))
+}
+
+/// 0 after an orderly stop; after a failure, logs why and gives 1.
+fn exit_code(failed: Option<String>) -> i32 {
+    match failed {
+        None => 0,
+        Some(reason) => {
+            tracing::error!(reason = %reason, "the node cannot go on and stops");
+            eprintln!("raftlord: the node stopped: {reason}");
+            1
+        }
+    }
 }
 
 async fn run_until_signal(config: NodeConfig) -> anyhow::Result<i32> {
@@ -205,9 +229,19 @@ async fn run_until_signal(config: NodeConfig) -> anyhow::Result<i32> {
         }
     };
     println!("raftlord node {} serving on {}", node.raft.id, node.url);
-    wait_for_stop_signal().await;
-    node.stop().await;
-    Ok(0)
+    let mut node = node;
+    let failed = tokio::select! {
+        _ = wait_for_stop_signal() => None,
+        reason = node.failed() => Some(reason),
+    };
+    // After a failure, stopping is best effort and bounded: Raft may be dead already.
+    match failed {
+        None => node.stop().await,
+        Some(_) => {
+            let _ = tokio::time::timeout(Duration::from_secs(5), node.stop()).await;
+        }
+    }
+    Ok(exit_code(failed))
 }
 
 /// Waits for SIGTERM or Ctrl-C.

@@ -18,6 +18,13 @@ pub enum EngineError {
     #[error("cannot open the data directory {path}: {source}")]
     Open { path: PathBuf, source: rocksdb::Error },
     #[error(
+        "the Raft log in {path} is damaged ({reason}): entries this node acknowledged may be lost, so it \
+         refuses to start rather than serve or vote on what is left. On a cluster, recover the member by \
+         wiping {path} and rejoining: `raftlord cluster remove-node`, start it with --join, then \
+         `raftlord cluster add-node`. A single node must be restored from a copy of its data directory."
+    )]
+    Damaged { path: PathBuf, reason: String },
+    #[error(
         "the data directory {path} holds data format version {found}, but this raftlord understands \
          only version {FORMAT_VERSION}; run the raftlord release that wrote it"
     )]
@@ -51,23 +58,71 @@ impl Engine {
     pub fn open(dir: &Path) -> Result<Engine, EngineError> {
         let path = dir.to_path_buf();
         let snapshots = path.join("snapshots");
+        if !path.join("db").exists() && crate::snapshot_store::has_snapshot(&snapshots) {
+            return Err(EngineError::Damaged {
+                path: path.clone(),
+                reason: "a snapshot is there but the database holding the log and the vote is gone".into(),
+            });
+        }
         std::fs::create_dir_all(&snapshots)
             .map_err(|e| EngineError::Io(format!("cannot create {}: {e}", snapshots.display())))?;
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
+        // Appends are synced before they are acknowledged, so a damaged write-ahead log means
+        // acknowledged entries are gone: refuse to open instead of stopping at the damage.
+        opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::AbsoluteConsistency);
+        opts.set_paranoid_checks(true);
         // Keep recovery bounded and the write-ahead log small: values are also in memtables.
         opts.set_max_total_wal_size(256 << 20);
         let cfs = [CF_LOG, CF_META]
             .into_iter()
             .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
-        let db = DB::open_cf_descriptors(&opts, path.join("db"), cfs).map_err(|source| EngineError::Open {
-            path: path.clone(),
-            source,
+        let db = DB::open_cf_descriptors(&opts, path.join("db"), cfs).map_err(|source| {
+            if source.kind() == rocksdb::ErrorKind::Corruption {
+                EngineError::Damaged {
+                    path: path.clone(),
+                    reason: source.to_string(),
+                }
+            } else {
+                EngineError::Open {
+                    path: path.clone(),
+                    source,
+                }
+            }
         })?;
         let engine = Engine { db: Arc::new(db), path };
         engine.check_format()?;
         Ok(engine)
+    }
+
+    /// Opens an existing storage directory read-only, for inspecting it (`raftlord debug log`);
+    /// works beside a running node and never creates or changes anything.
+    pub fn open_read_only(dir: &Path) -> Result<Engine, EngineError> {
+        let path = dir.to_path_buf();
+        let db = DB::open_cf_for_read_only(&Options::default(), path.join("db"), [CF_LOG, CF_META], false).map_err(
+            |source| EngineError::Open {
+                path: path.clone(),
+                source,
+            },
+        )?;
+        Ok(Engine { db: Arc::new(db), path })
+    }
+
+    /// Up to `max` stored log entries from index `from` on, as stored (version byte, then JSON).
+    pub fn raw_log_entries(&self, from: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, EngineError> {
+        let iter = self.db.iterator_cf(
+            self.cf(CF_LOG),
+            rocksdb::IteratorMode::From(&crate::codec::index_key(from), rocksdb::Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in iter.take(max) {
+            let (key, value) = item?;
+            let index = crate::codec::key_index(&key)
+                .ok_or_else(|| EngineError::Corrupt(format!("a log key is {} bytes, not 8", key.len())))?;
+            out.push((index, value.to_vec()));
+        }
+        Ok(out)
     }
 
     /// The storage directory.

@@ -11,12 +11,18 @@
 //! data        the snapshot bytes, to the end of the file
 //! ```
 //!
-//! A new snapshot is written to a temporary file, synced, renamed over the current one, and the
-//! directory is synced: a crash leaves either the old snapshot or the new one, never a mix.
+//! A new snapshot is written to a temporary file of its own, synced, renamed over the current
+//! one, and the directory is synced: a crash leaves either the old snapshot or the new one,
+//! never a mix. A snapshot being built and one being installed from the leader can be written
+//! at the same time; each has its own temporary file, and the rename happens only when the
+//! snapshot is at least as new (by log position) as the current one, so an older snapshot that
+//! finishes last never replaces a newer one.
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -26,6 +32,7 @@ use crate::engine::{Engine, EngineError};
 
 const MAGIC: &[u8; 8] = b"RLSNAP01";
 const CURRENT: &str = "current.snap";
+/// Temporary files are `current.snap.tmp.<n>`, one per write.
 const TEMP: &str = "current.snap.tmp";
 
 /// A snapshot as stored: its metadata and its data bytes.
@@ -39,6 +46,15 @@ pub struct StoredSnapshot<M> {
 #[derive(Clone, Debug)]
 pub struct SnapshotStore {
     dir: PathBuf,
+    /// The log position of the current snapshot; held while a finished write is renamed in.
+    current: Arc<Mutex<u64>>,
+    /// Numbers the temporary files.
+    writes: Arc<AtomicU64>,
+}
+
+/// Whether a snapshot file exists in `dir` (a snapshot directory).
+pub(crate) fn has_snapshot(dir: &Path) -> bool {
+    dir.join(CURRENT).exists()
 }
 
 impl SnapshotStore {
@@ -46,26 +62,39 @@ impl SnapshotStore {
     pub fn new(engine: Engine) -> Self {
         SnapshotStore {
             dir: engine.snapshot_dir(),
+            current: Arc::new(Mutex::new(0)),
+            writes: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    /// Makes the snapshot (`meta`, `data`) the current one; durable when this returns.
-    pub fn save<M: Serialize>(&self, meta: &M, data: &[u8]) -> Result<(), EngineError> {
-        self.save_with(meta, |w| w.write_all(data)).map(|_| ())
+    /// Records the log position of the snapshot found on disk at start.
+    pub fn set_current_position(&self, position: u64) {
+        *self.current.lock().expect("snapshot position lock") = position;
+    }
+
+    /// Makes the snapshot (`meta`, `data`) at log `position` the current one, unless a newer
+    /// one is current already; durable when this returns. Returns whether it became current.
+    pub fn save<M: Serialize>(&self, meta: &M, position: u64, data: &[u8]) -> Result<bool, EngineError> {
+        self.save_with(meta, position, |w| w.write_all(data))
+            .map(|s| s.is_some())
     }
 
     /// Like [`save`](Self::save), with the data written by `write` straight to the file, so a
-    /// large snapshot is never held in memory whole. Returns the data's size in bytes.
+    /// large snapshot is never held in memory whole. Returns the data's size in bytes, or
+    /// `None` when a newer snapshot became current meanwhile (this one is then discarded).
     pub fn save_with<M: Serialize>(
         &self,
         meta: &M,
+        position: u64,
         write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
-    ) -> Result<u64, EngineError> {
+    ) -> Result<Option<u64>, EngineError> {
         let io = |e: std::io::Error| EngineError::Io(format!("writing a snapshot in {}: {e}", self.dir.display()));
         let meta = encode(meta);
         let meta_len =
             u32::try_from(meta.len()).map_err(|_| EngineError::Corrupt("snapshot metadata too large".into()))?;
-        let temp = self.dir.join(TEMP);
+        let temp = self
+            .dir
+            .join(format!("{TEMP}.{}", self.writes.fetch_add(1, Ordering::Relaxed)));
         let mut f = std::io::BufWriter::with_capacity(1 << 20, File::create(&temp).map_err(io)?);
         f.write_all(MAGIC).map_err(io)?;
         f.write_all(&meta_len.to_be_bytes()).map_err(io)?;
@@ -75,9 +104,16 @@ impl SnapshotStore {
         f.sync_all().map_err(io)?;
         let data_len = f.metadata().map_err(io)?.len() - 12 - meta.len() as u64;
         drop(f);
+        let mut current = self.current.lock().expect("snapshot position lock");
+        if position < *current {
+            drop(current);
+            fs::remove_file(&temp).map_err(io)?;
+            return Ok(None);
+        }
         fs::rename(&temp, self.dir.join(CURRENT)).map_err(io)?;
         File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io)?;
-        Ok(data_len)
+        *current = position;
+        Ok(Some(data_len))
     }
 
     /// The current snapshot, if one was ever saved. The data is read straight into one buffer
@@ -120,8 +156,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SnapshotStore::new(Engine::open(dir.path()).unwrap());
         assert_eq!(store.load::<String>().unwrap(), None);
-        store.save(&"first".to_string(), b"one").unwrap();
-        store.save(&"second".to_string(), b"two").unwrap();
+        store.save(&"first".to_string(), 1, b"one").unwrap();
+        store.save(&"second".to_string(), 2, b"two").unwrap();
         let s = store.load::<String>().unwrap().unwrap();
         assert_eq!((s.meta.as_str(), s.data.as_slice()), ("second", &b"two"[..]));
         // A reopened engine finds the same snapshot.
@@ -129,12 +165,53 @@ mod tests {
         assert_eq!(reopened.load::<String>().unwrap().unwrap().data, b"two");
     }
 
+    /// A snapshot being built and one being installed overlap: each writes its own temporary
+    /// file, and the older one, finishing last, does not replace the newer.
+    #[test]
+    fn overlapping_writes_keep_the_newest_snapshot_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::new(Engine::open(dir.path()).unwrap());
+        let both_writing = Arc::new(std::sync::Barrier::new(2));
+        let newer_done = Arc::new(std::sync::Barrier::new(2));
+        let older = {
+            let (store, both_writing, newer_done) = (store.clone(), both_writing.clone(), newer_done.clone());
+            std::thread::spawn(move || {
+                store.save_with(&"older".to_string(), 5, |w| {
+                    w.write_all(&[b'o'; 4096])?;
+                    both_writing.wait();
+                    newer_done.wait();
+                    w.write_all(&[b'o'; 4096])
+                })
+            })
+        };
+        let saved = store.save_with(&"newer".to_string(), 9, |w| {
+            w.write_all(&[b'n'; 4096])?;
+            both_writing.wait();
+            w.write_all(&[b'n'; 4096])
+        });
+        assert_eq!(saved.unwrap(), Some(8192));
+        newer_done.wait();
+        assert_eq!(older.join().unwrap().unwrap(), None, "the older snapshot is discarded");
+        let s = store.load::<String>().unwrap().unwrap();
+        assert_eq!((s.meta.as_str(), s.data.len()), ("newer", 8192));
+        assert!(
+            s.data.iter().all(|b| *b == b'n'),
+            "no bytes of the older snapshot mixed in"
+        );
+        let leftovers: Vec<_> = fs::read_dir(dir.path().join("snapshots"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n != CURRENT)
+            .collect();
+        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    }
+
     #[test]
     fn a_damaged_file_is_reported_not_misread() {
         let dir = tempfile::tempdir().unwrap();
         let engine = Engine::open(dir.path()).unwrap();
         let store = SnapshotStore::new(engine.clone());
-        store.save(&"m".to_string(), b"data").unwrap();
+        store.save(&"m".to_string(), 1, b"data").unwrap();
         let path = engine.snapshot_dir().join(CURRENT);
         let bytes = fs::read(&path).unwrap();
         fs::write(&path, &bytes[..10]).unwrap();
