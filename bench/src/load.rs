@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::json;
 
-use crate::cluster::{poll, rss_mib, Etcd, Raftlord};
+use crate::cluster::{poll, rss_mib, status, Etcd, Raftlord};
 
 /// Size of each written value (a task spec, or an etcd value), in bytes.
 const VALUE_BYTES: usize = 256;
@@ -176,9 +176,20 @@ pub async fn submit(
         let leader = rl.wait_leader(Duration::from_secs(30)).await?;
         // Warm up connections and caches.
         raftlord_load(rl.urls[&leader].clone(), clients, Duration::from_secs(2), None, "warm").await;
+        let probe = http_client();
+        let term = |v: Option<serde_json::Value>| v.and_then(|v| v["term"].as_u64());
+        let term_before = term(status(&probe, &rl.urls[&leader]).await);
         let ours = raftlord_load(rl.urls[&leader].clone(), clients, duration, None, "run").await;
+        let term_after = term(status(&probe, &rl.urls[&leader]).await);
         rl.stop_all().await;
         println!("round {round}: {}", ours.line("raftlord"));
+        match (term_before, term_after) {
+            (Some(a), Some(b)) => println!(
+                "round {round}: elections during the loaded run: {}",
+                b.saturating_sub(a)
+            ),
+            _ => println!("round {round}: elections during the loaded run: unknown (no term from the leader)"),
+        }
         if let Some(etcd_bin) = &etcd {
             let e = Etcd::start(etcd_bin, dir.path()).await?;
             let url = etcd_leader(&e).await?;
@@ -198,71 +209,6 @@ pub async fn submit(
             shown.join(", ")
         );
     }
-    Ok(())
-}
-
-pub async fn failover(bin: &Path, rounds: usize) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let mut rl = Raftlord::start(bin, dir.path(), 3).await?;
-    let client = reqwest::Client::builder().timeout(Duration::from_millis(500)).build()?;
-    let mut times = Vec::new();
-    for round in 0..rounds {
-        let leader = rl.wait_leader(Duration::from_secs(30)).await?;
-        let survivors: Vec<String> = rl
-            .urls
-            .iter()
-            .filter(|(id, _)| **id != leader)
-            .map(|(_, u)| u.clone())
-            .collect();
-        let killed_at = Instant::now();
-        rl.kill9(leader)?;
-        let mut attempt = 0usize;
-        loop {
-            let url = &survivors[attempt % survivors.len()];
-            let body = task_body(&format!("failover-{round}-{attempt}"));
-            attempt += 1;
-            let r = client
-                .post(format!("{url}/druid/indexer/v1/task"))
-                .body(body)
-                .send()
-                .await;
-            if matches!(r, Ok(ref r) if r.status() == 200) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let took = killed_at.elapsed();
-        println!(
-            "round {:>2}: killed node {leader}; first acknowledged write after {:>6.0} ms",
-            round + 1,
-            took.as_secs_f64() * 1000.0
-        );
-        times.push(took);
-        rl.spawn(leader)?;
-        // Let the restarted node rejoin before the next kill.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let up = client
-                .get(format!("{}/status", rl.urls[&leader]))
-                .send()
-                .await
-                .ok()
-                .map(|r| r.status() == 200);
-            if up == Some(true) || Instant::now() > deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    rl.stop_all().await;
-    times.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!(
-        "failover over {rounds} kills: median {:.0} ms, worst {:.0} ms",
-        ms(times[times.len() / 2]),
-        ms(*times.last().unwrap())
-    );
     Ok(())
 }
 

@@ -4,8 +4,9 @@
 //! - `submit`: task submissions per second and latency on three raftlord nodes, against PUTs of
 //!   the same size through etcd's HTTP gateway on three etcd members, same client, same
 //!   concurrency, in the same run;
-//! - `failover`: kill -9 the leader N times; time from the kill to the first acknowledged
-//!   submission through a surviving node;
+//! - `failover`: kill -9 the leader N times under a concurrent write load; time from the kill
+//!   to the first acknowledged submission through a surviving node, then acknowledged writes
+//!   lost, stored twice, and replicas that differ;
 //! - `restart`: store N tasks, restart the cluster, time to serving and resident memory;
 //! - `tasks`: tasks actually run: submit -> peon running latency with free slots, and the wall
 //!   time for a batch of noop tasks to all succeed on three workers;
@@ -14,6 +15,7 @@
 //!
 //! Every cluster lives in a temp dir and on loopback ports, and is stopped at the end.
 
+mod chaos;
 mod cluster;
 mod load;
 mod segments;
@@ -50,10 +52,14 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
-    /// Leader kill -9 to first acknowledged write, N times.
+    /// Leader kill -9 to first acknowledged write, N times, under a write load; then lost and
+    /// duplicated writes.
     Failover {
         #[arg(long, default_value_t = 10)]
         rounds: usize,
+        /// Concurrent writers during the kills (half with ids, half keyed without).
+        #[arg(long, default_value_t = 8)]
+        writers: usize,
     },
     /// Store N tasks, restart the cluster, measure time to serving and memory.
     Restart {
@@ -129,7 +135,7 @@ async fn main() -> anyhow::Result<()> {
             etcd,
             rounds,
         } => load::submit(&bin, clients, seconds, (!no_etcd).then_some(etcd), rounds).await,
-        Cmd::Failover { rounds } => load::failover(&bin, rounds).await,
+        Cmd::Failover { rounds, writers } => chaos::failover(&bin, rounds, writers).await,
         Cmd::Restart { tasks, clients } => load::restart(&bin, tasks, clients).await,
         Cmd::Tasks {
             samples,

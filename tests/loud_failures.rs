@@ -1,0 +1,151 @@
+//! A node that cannot work correctly says why and stops, rather than serve wrong or half-applied
+//! state or fail in silence: an unreadable Raft log entry stops it with the entry's index and
+//! command kinds (and `raftlord debug log` shows the entry); a peer with another cluster secret
+//! is named in the log every few seconds.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{free_port, http, raftlord_bin, spawn_dev, terminate, wait_for_blocking};
+
+fn wait_healthy(url: &str) {
+    wait_for_blocking("the node to serve", Duration::from_secs(30), || {
+        http()
+            .get(format!("{url}/druid/indexer/v1/tasks"))
+            .send()
+            .ok()
+            .filter(|r| r.status().is_success())
+            .map(|_| ())
+    });
+}
+
+/// Writes, after the last entry of the log in `dir`, an entry whose command nests deeper than
+/// serde_json reads; returns its index.
+fn append_unreadable_entry(dir: &std::path::Path) -> u64 {
+    let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), dir.join("raft/db"), ["log", "meta"]).unwrap();
+    let cf = db.cf_handle("log").unwrap();
+    let (key, value) = db.iterator_cf(cf, rocksdb::IteratorMode::End).next().unwrap().unwrap();
+    let last: serde_json::Value = serde_json::from_slice(&value[1..]).unwrap();
+    let index = u64::from_be_bytes(key.as_ref().try_into().unwrap()) + 1;
+    let deep = format!("{}1{}", "[".repeat(140), "]".repeat(140));
+    let text = format!(
+        r#"{{"log_id":{{"leader_id":{},"index":{index}}},"payload":{{"Normal":{{"time_ms":1,"items":[{{"submitTask":{deep}}}]}}}}}}"#,
+        last["log_id"]["leader_id"]
+    );
+    let mut stored = vec![1u8];
+    stored.extend_from_slice(text.as_bytes());
+    db.put_cf(cf, index.to_be_bytes(), stored).unwrap();
+    db.flush_wal(true).unwrap();
+    index
+}
+
+#[test]
+fn a_node_stops_on_an_unreadable_log_entry_naming_it_and_debug_log_shows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut node = spawn_dev(dir.path(), port, &["--worker-capacity", "0"]);
+    wait_healthy(&node.url);
+    let r = http()
+        .post(format!("{}/druid/indexer/v1/task", node.url))
+        .json(&serde_json::json!({"type": "noop", "id": "t1", "dataSource": "wiki"}))
+        .send()
+        .unwrap();
+    assert!(r.status().is_success());
+    assert!(terminate(&mut node).success());
+    drop(node);
+
+    let index = append_unreadable_entry(dir.path());
+    let stderr = dir.path().join("stderr");
+    let mut child = Command::new(raftlord_bin())
+        .args([
+            "dev",
+            "--worker-capacity",
+            "0",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("RAFTLORD_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let status = wait_for_blocking("the node to stop", Duration::from_secs(30), || {
+        child.try_wait().ok().flatten()
+    });
+    let said = std::fs::read_to_string(&stderr).unwrap();
+    assert!(!status.success(), "the node kept going: {said}");
+    assert!(said.contains(&format!("log entry {index}")), "{said}");
+    assert!(said.contains("Normal: submitTask"), "{said}");
+    assert!(said.contains("raftlord debug log"), "{said}");
+
+    let out = Command::new(raftlord_bin())
+        .args(["debug", "log", "--from", &(index - 1).to_string()])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{listing}");
+    let lines: Vec<&str> = listing.lines().collect();
+    assert_eq!(lines.len(), 2, "{listing}");
+    assert!(
+        lines[0].starts_with(&format!("{}\t", index - 1)) && lines[0].ends_with("readable"),
+        "{listing}"
+    );
+    assert!(
+        lines[1].starts_with(&format!("{index}\tNormal: submitTask")),
+        "{listing}"
+    );
+    assert!(lines[1].contains("UNREADABLE"), "{listing}");
+}
+
+#[test]
+fn a_peer_with_another_cluster_secret_is_named_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p1, p2) = (free_port(), free_port());
+    let peers = format!("1=http://127.0.0.1:{p1},2=http://127.0.0.1:{p2}");
+    let spawn = |id: u64, port: u16, secret: &str, stderr: std::fs::File| {
+        Command::new(raftlord_bin())
+            .args(["server", "--node-id", &id.to_string(), "--worker-capacity", "0"])
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--peers", &peers])
+            .arg("--data-dir")
+            .arg(dir.path().join(id.to_string()))
+            .env("RAFTLORD_CLUSTER_SECRET", secret)
+            .env("RAFTLORD_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap()
+    };
+    let log1 = dir.path().join("node1.err");
+    // A trailing newline, as a secret read from a file has, is not part of the secret.
+    let n1 = common::Proc {
+        child: spawn(1, p1, "right-secret\n", std::fs::File::create(&log1).unwrap()),
+        url: String::new(),
+    };
+    let n2 = common::Proc {
+        child: spawn(
+            2,
+            p2,
+            "wrong-secret",
+            std::fs::File::create(dir.path().join("node2.err")).unwrap(),
+        ),
+        url: String::new(),
+    };
+    let said = wait_for_blocking(
+        "node 1 to name the peer refusing its secret",
+        Duration::from_secs(30),
+        || {
+            let text = std::fs::read_to_string(&log1).unwrap_or_default();
+            text.contains("refuses this node's cluster secret").then_some(text)
+        },
+    );
+    assert!(said.contains(&format!("127.0.0.1:{p2}")), "{said}");
+    drop((n1, n2));
+}
