@@ -7,6 +7,8 @@
 //! - [`state_machine`]: openraft's `RaftStateMachine` over the application state, with consistent
 //!   snapshots stored durably through `raftlord-storage`;
 //! - [`disk`]: the free-space floor under which the leader refuses writes;
+//! - [`elect`]: elections called as soon as the leader's lease runs out, re-randomised on every
+//!   attempt so that split votes do not repeat;
 //! - [`proposer`]: the leader's write path, which groups concurrent commands into one Raft entry so
 //!   that one fsync carries many writes (openraft 0.9 flushes once per append);
 //! - [`network`] and [`server`]: Raft RPCs over HTTP, authenticated with the cluster secret, with
@@ -20,6 +22,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod disk;
+pub mod elect;
 pub mod network;
 pub mod node;
 pub mod proposer;

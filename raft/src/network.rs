@@ -301,7 +301,11 @@ impl PeerClient {
             .send()
             .await
             .map_err(|e| {
-                if e.is_connect() || e.is_timeout() {
+                // Only a peer that cannot be connected to is unreachable: openraft then stops
+                // replicating to it for half a second. A request that merely took longer than
+                // its heartbeat-sized budget (a follower busy for a moment) is retried at once;
+                // backing off from it starved a quorum under load and cost elections.
+                if e.is_connect() {
                     RPCError::Unreachable(Unreachable::new(&e))
                 } else {
                     RPCError::Network(NetworkError::new(&e))

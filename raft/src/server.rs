@@ -73,14 +73,33 @@ type Tc<S> = crate::types::TypeConfig<S>;
 
 async fn append<S: StateMachine>(State(node): State<Arc<RaftNode<S>>>, body: axum::body::Bytes) -> Response {
     match serde_json::from_slice::<openraft::raft::AppendEntriesRequest<Tc<S>>>(&body) {
-        Ok(req) => Json(node.raft.append_entries(req).await).into_response(),
+        Ok(req) => {
+            if req.vote.is_committed() && req.vote.leader_id().term >= node.current_term() {
+                node.contact.touch();
+            }
+            let resp = node.raft.append_entries(req).await;
+            if matches!(
+                resp,
+                Ok(openraft::raft::AppendEntriesResponse::Success
+                    | openraft::raft::AppendEntriesResponse::PartialSuccess(_))
+            ) {
+                node.contact.touch();
+            }
+            Json(resp).into_response()
+        }
         Err(e) => invalid_rpc(format!("bad AppendEntries request: {e}")),
     }
 }
 
 async fn vote<S: StateMachine>(State(node): State<Arc<RaftNode<S>>>, body: axum::body::Bytes) -> Response {
     match serde_json::from_slice::<openraft::raft::VoteRequest<u64>>(&body) {
-        Ok(req) => Json(node.raft.vote(req).await).into_response(),
+        Ok(req) => {
+            let resp = node.raft.vote(req).await;
+            if resp.as_ref().is_ok_and(|r| r.vote_granted) {
+                node.contact.touch();
+            }
+            Json(resp).into_response()
+        }
         Err(e) => invalid_rpc(format!("bad Vote request: {e}")),
     }
 }

@@ -94,8 +94,9 @@ pub struct NodeArgs {
     /// Raft heartbeat interval in milliseconds.
     #[arg(long, env = "RAFTLORD_HEARTBEAT_MS", default_value_t = 50)]
     pub heartbeat_ms: u64,
-    /// Minimum Raft election timeout T in milliseconds. Followers wait a random time in [T, 2T)
-    /// after the leader's lease (2T) runs out, so a dead leader is replaced after 3T to 4T.
+    /// Raft election timeout T in milliseconds. A leader's lease is 2T; once it has run out, a
+    /// follower calls an election after a further random delay below T/4, drawn anew for each
+    /// attempt, so a dead leader is replaced after 2T to 2.25T plus one vote.
     #[arg(long, env = "RAFTLORD_ELECTION_TIMEOUT_MS", default_value_t = 200)]
     pub election_timeout_ms: u64,
     /// Take a snapshot once this many Raft log entries were applied since the last one and the
@@ -135,7 +136,8 @@ pub struct NodeArgs {
     /// fails its tasks.
     #[arg(long, env = "RAFTLORD_WORKER_TIMEOUT_MS", default_value_t = 30_000)]
     pub worker_timeout_ms: u64,
-    /// Milliseconds a worker has to start an assigned task before the leader takes it back.
+    /// Milliseconds a worker has to start an assigned task before the leader fails it (it is
+    /// not placed again, so a task never runs twice).
     #[arg(long, env = "RAFTLORD_ASSIGN_TIMEOUT_MS", default_value_t = 60_000)]
     pub assign_timeout_ms: u64,
     /// Milliseconds a complete task's record is kept after it ended (Druid's task log
