@@ -10,7 +10,7 @@
 //!   announcement, so discovery never lists a member that is gone;
 //! - [`assigner`]: waiting tasks x free worker slots -> `AssignTasks` commands;
 //! - [`worker_monitor`]: workers silent past the timeout -> `WorkerLost`; assignments not
-//!   accepted in time -> `UnassignTask`;
+//!   accepted in time -> `FailUnstartedTask`;
 //! - [`retention`]: records past their retention -> `PruneHistory`.
 //!
 //! A service that panics takes the supervisor down with it, and so the node (crash-only).

@@ -3,8 +3,10 @@
 //! - A worker whose last heartbeat (kept in this leader's memory) is older than the worker
 //!   timeout is lost: one `WorkerLost` command fails its active tasks with `worker lost` and
 //!   frees its slots. A new leader counts every worker as heard from when it took over.
-//! - An assignment the worker has not accepted within the assignment timeout is taken back
-//!   (`UnassignTask`), and the task waits for a worker again.
+//! - A task its worker has not started within the assignment timeout fails
+//!   (`FailUnstartedTask`), as in Druid. It is not placed again: the first worker may still
+//!   start a peon for it late, and a task must never run twice. That late peon is stopped when
+//!   its worker reports it, and its task actions are refused (the task is no longer active).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,10 +45,11 @@ pub async fn run(raft: Arc<Raft>, heartbeats: Heartbeats, settings: OverlordSett
                     let Some(a) = &t.assignment else { continue };
                     let since = a.assigned_ms.max(took_over_ms);
                     if t.is_active() && !a.accepted && now.saturating_sub(since) > assign_timeout_ms {
-                        commands.push(Command::UnassignTask {
+                        commands.push(Command::FailUnstartedTask {
                             task: t.spec.id.clone(),
                             worker: host.clone(),
                             assigned_index: a.index,
+                            reason: format!("worker {host} did not start the task within {assign_timeout_ms} ms"),
                         });
                     }
                 }

@@ -189,6 +189,14 @@ fn command() -> impl Strategy<Value = Command> {
             worker,
             assigned_index
         }),
+        (text(), text(), any::<u64>(), text()).prop_map(|(task, worker, assigned_index, reason)| {
+            Command::FailUnstartedTask {
+                task,
+                worker,
+                assigned_index,
+                reason,
+            }
+        }),
         (text(), text(), any::<i64>(), proptest::option::of(text())).prop_map(|(worker, id, duration, error_msg)| {
             Command::ReportTasks {
                 worker,

@@ -95,6 +95,15 @@ pub enum Command {
         worker: String,
         assigned_index: u64,
     },
+    /// Fail a task its worker did not start in time (identified by the index of the entry that
+    /// assigned it); it is not placed again, so it never runs twice.
+    #[serde(rename_all = "camelCase")]
+    FailUnstartedTask {
+        task: String,
+        worker: String,
+        assigned_index: u64,
+        reason: String,
+    },
     /// A worker's reports: tasks it runs and tasks whose peon ended.
     ReportTasks { worker: String, updates: Vec<TaskUpdate> },
     /// Replace the worker behaviour config (audited).
@@ -175,6 +184,9 @@ pub enum Reply {
         refused: Vec<Refused>,
     },
     Unassigned {
+        done: bool,
+    },
+    UnstartedFailed {
         done: bool,
     },
     Reported {
@@ -292,6 +304,21 @@ impl State {
                 done: self
                     .workers
                     .apply_unassign(&mut self.tasks, &task, &worker, assigned_index),
+            },
+            Command::FailUnstartedTask {
+                task,
+                worker,
+                assigned_index,
+                reason,
+            } => Reply::UnstartedFailed {
+                done: self.workers.apply_fail_unstarted(
+                    &mut self.tasks,
+                    ctx.time_ms,
+                    &task,
+                    &worker,
+                    assigned_index,
+                    &reason,
+                ),
             },
             Command::ReportTasks { worker, updates } => Reply::Reported {
                 applied: self

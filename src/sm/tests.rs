@@ -597,3 +597,94 @@ fn pruning_forgets_only_complete_tasks_and_records_past_their_retention() {
     assert!(s.tasks.get("running").is_some_and(|t| t.is_active()));
     assert_eq!(s.locks.locks_of("running").len(), 1, "an active task keeps its locks");
 }
+
+/// Found in review: an assignment taken back after the timeout made the task wait again, so a
+/// second worker could start it while the first worker's late peon ran too, and that peon
+/// could still publish. The task now fails instead, the late peon's report is answered "not
+/// assigned" (the worker stops it), and its task actions are refused.
+#[test]
+fn a_task_its_worker_did_not_start_in_time_fails_and_never_runs_twice() {
+    let mut s = State::default();
+    s.apply(ctx(1, 10), Command::RegisterWorker { worker: worker() });
+    s.apply(
+        ctx(2, 20),
+        Command::SubmitTask {
+            task: new_task(),
+            max_active: None,
+            idempotency_key: None,
+        },
+    );
+    s.apply(
+        ctx(3, 30),
+        Command::AssignTasks {
+            assignments: vec![TaskAssignment {
+                task: "t1".into(),
+                worker: "mm1:8091".into(),
+            }],
+        },
+    );
+    let fail = |index| Command::FailUnstartedTask {
+        task: "t1".into(),
+        worker: "mm1:8091".into(),
+        assigned_index: index,
+        reason: "worker mm1:8091 did not start the task within 60000 ms".into(),
+    };
+    assert_eq!(s.apply(ctx(4, 40), fail(99)), Reply::UnstartedFailed { done: false });
+    assert_eq!(s.apply(ctx(5, 41), fail(3)), Reply::UnstartedFailed { done: true });
+    let t = s.tasks.get("t1").unwrap();
+    assert_eq!(t.state, TaskState::Failed);
+    assert!(t.error_msg.as_deref().unwrap().contains("did not start"));
+    assert_eq!(s.workers.get("mm1:8091").unwrap().tasks.len(), 0, "the slot is free");
+    assert_eq!(s.tasks.waiting_count(), 0, "the task is not offered again");
+    // The late peon reports in: not this worker's task any more.
+    let running = crate::workers::TaskUpdate {
+        id: "t1".into(),
+        status: TaskState::Running,
+        location: Some(crate::tasks::TaskLocation::unknown()),
+        duration: -1,
+        error_msg: None,
+    };
+    let reply = s.apply(
+        ctx(6, 50),
+        Command::ReportTasks {
+            worker: "mm1:8091".into(),
+            updates: vec![running],
+        },
+    );
+    let Reply::Reported { applied } = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(applied.not_assigned, vec!["t1".to_string()]);
+    // Its actions are refused: the task is not active.
+    let lock = s.apply(
+        ctx(7, 60),
+        Command::AcquireLock {
+            task: "t1".into(),
+            request: crate::locks::LockRequest {
+                lock_type: crate::locks::LockType::Exclusive,
+                interval: crate::interval::Interval::parse("2024-01-01/2024-01-02").unwrap(),
+                preferred_version: None,
+            },
+        },
+    );
+    assert!(
+        matches!(
+            lock,
+            Reply::Lock {
+                outcome: crate::locks::LockOutcome::Refused { .. }
+            }
+        ),
+        "{lock:?}"
+    );
+    // Placing it again is refused too.
+    let again = s.apply(
+        ctx(8, 70),
+        Command::AssignTasks {
+            assignments: vec![TaskAssignment {
+                task: "t1".into(),
+                worker: "mm1:8091".into(),
+            }],
+        },
+    );
+    assert!(matches!(again, Reply::Assigned { refused } if refused.len() == 1));
+}

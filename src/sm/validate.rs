@@ -53,6 +53,7 @@ pub fn validate(command: &Command) -> Result<(), String> {
         | Command::WorkerLost { .. }
         | Command::AssignTasks { .. }
         | Command::UnassignTask { .. }
+        | Command::FailUnstartedTask { .. }
         | Command::ReportTasks { .. }
         | Command::SetWorkerConfig { .. }
         | Command::SetDatasourceMetadata { .. }
@@ -77,6 +78,7 @@ pub fn kind(command: &Command) -> &'static str {
         Command::WorkerLost { .. } => "workerLost",
         Command::AssignTasks { .. } => "assignTasks",
         Command::UnassignTask { .. } => "unassignTask",
+        Command::FailUnstartedTask { .. } => "failUnstartedTask",
         Command::ReportTasks { .. } => "reportTasks",
         Command::SetWorkerConfig { .. } => "setWorkerConfig",
         Command::AcquireLock { .. } => "acquireLock",

@@ -517,6 +517,28 @@ impl TaskTable {
         true
     }
 
+    /// Fails a task whose assignment made at `assigned_index` was never started (accepted) by
+    /// its worker, releasing the slot. False if the task is not pending under that assignment.
+    /// The task is not placed again: its first worker might still start a peon, and a task must
+    /// never run twice (Druid fails a task its worker does not start in time, too).
+    pub fn apply_fail_unstarted(&mut self, time_ms: u64, id: &str, assigned_index: u64, reason: &str) -> bool {
+        let Some(task) = self.get_mut(id) else {
+            return false;
+        };
+        let pending = matches!(&task.assignment, Some(a) if a.index == assigned_index && !a.accepted && !a.released);
+        if !task.is_active() || !pending {
+            return false;
+        }
+        if let Some(a) = task.assignment.as_mut() {
+            a.released = true;
+        }
+        task.state = TaskState::Failed;
+        task.duration_ms = time_ms.saturating_sub(task.created_ms) as i64;
+        task.error_msg = Some(truncate_error(reason));
+        self.complete(id);
+        true
+    }
+
     /// The worker runs the task at `location`. False if the task is not active on `worker`.
     pub fn apply_running(&mut self, id: &str, worker: &str, location: &TaskLocation) -> bool {
         let Some(task) = self.get_mut(id) else {

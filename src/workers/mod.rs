@@ -324,6 +324,30 @@ impl WorkerTable {
         true
     }
 
+    /// Fails `task_id` if its assignment to `host` made at `assigned_index` was never started,
+    /// freeing the slot (see [`TaskTable::apply_fail_unstarted`]).
+    pub fn apply_fail_unstarted(
+        &mut self,
+        tasks: &mut TaskTable,
+        time_ms: u64,
+        task_id: &str,
+        host: &str,
+        assigned_index: u64,
+        reason: &str,
+    ) -> bool {
+        let held = tasks
+            .get(task_id)
+            .and_then(|t| t.assignment.as_ref())
+            .is_some_and(|a| a.worker == host);
+        if !held || !tasks.apply_fail_unstarted(time_ms, task_id, assigned_index, reason) {
+            return false;
+        }
+        if let Some(r) = self.workers.get_mut(host) {
+            r.tasks.remove(task_id);
+        }
+        true
+    }
+
     /// What a worker's report about one task calls for, judged against the state without
     /// changing it: the leader only proposes the reports that change something.
     pub fn classify(&self, tasks: &TaskTable, host: &str, u: &TaskUpdate) -> Classified {
