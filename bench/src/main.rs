@@ -10,6 +10,8 @@
 //! - `restart`: store N tasks, restart the cluster, time to serving and resident memory;
 //! - `tasks`: tasks actually run: submit -> peon running latency with free slots, and the wall
 //!   time for a batch of noop tasks to all succeed on three workers;
+//! - `soak`: tasks completing continuously for a given time with short retentions; resident
+//!   memory and snapshot size after the warm-up and at the end;
 //! - `segments`: a million segments published through task actions: publish rate, memory,
 //!   query latency, snapshot size, restart and snapshot catch-up times, overshadow pass.
 //!
@@ -19,6 +21,7 @@ mod chaos;
 mod cluster;
 mod load;
 mod segments;
+mod soak;
 
 use std::path::PathBuf;
 
@@ -90,6 +93,17 @@ enum Cmd {
         #[arg(long = "node-flag")]
         node_flags: Vec<String>,
     },
+    /// Tasks completing continuously; memory and snapshot size at the start and the end.
+    Soak {
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+        /// Clients, each keeping one task in flight.
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// Retention of complete tasks and audit records, in ms.
+        #[arg(long, default_value_t = 60_000)]
+        retention_ms: u64,
+    },
     /// Publish N segments across datasources through task actions; memory, query p99,
     /// snapshot, restart and catch-up times, overshadow pass.
     Segments {
@@ -145,6 +159,11 @@ async fn main() -> anyhow::Result<()> {
             clients,
             node_flags,
         } => load::tasks(&bin, samples, tasks, slots, run_time_ms, clients, &node_flags).await,
+        Cmd::Soak {
+            seconds,
+            clients,
+            retention_ms,
+        } => soak::run(&bin, seconds, clients, retention_ms).await,
         Cmd::Segments {
             segments,
             datasources,
