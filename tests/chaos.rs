@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{leader_of, wait_for_blocking, ThreeNodes, SECRET};
+use common::{leader_of, local_tasks, wait_answering, wait_for_blocking, ThreeNodes};
 use serde_json::{json, Value};
 
 /// What the clients learned about their writes.
@@ -76,32 +76,14 @@ fn signal(pid: u32, sig: libc::c_int) {
     }
 }
 
-fn local_tasks(url: &str) -> Option<(u64, BTreeMap<String, Value>)> {
-    let v: Value = client()
-        .get(format!("{url}/internal/state/tasks"))
-        .bearer_auth(SECRET)
-        .send()
-        .ok()?
-        .json()
-        .ok()?;
-    let applied = v["appliedIndex"].as_u64()?;
-    let tasks = v["tasks"]
-        .as_array()?
-        .iter()
-        .map(|t| (t["id"].as_str().unwrap_or_default().to_string(), t.clone()))
+/// A node's own tasks by id, with its applied index.
+fn tasks_by_id(url: &str) -> Option<(u64, BTreeMap<String, Value>)> {
+    let (applied, tasks) = local_tasks(url)?;
+    let by_id = tasks
+        .into_iter()
+        .map(|t| (t["id"].as_str().unwrap_or_default().to_string(), t))
         .collect();
-    Some((applied, tasks))
-}
-
-fn wait_serving(url: &str) {
-    wait_for_blocking("the node to answer", Duration::from_secs(30), || {
-        client()
-            .get(format!("{url}/status"))
-            .send()
-            .ok()
-            .filter(|r| r.status().is_success())
-            .map(|_| ())
-    });
+    Some((applied, by_id))
 }
 
 #[test]
@@ -109,7 +91,7 @@ fn acknowledged_writes_survive_kills_and_pauses_exactly_once_on_every_node() {
     let mut cluster = ThreeNodes::start(&["--worker-capacity", "0"]);
     let urls = cluster.urls();
     for u in &urls {
-        wait_serving(u);
+        wait_answering(u);
     }
     wait_for_blocking("a leader", Duration::from_secs(30), || leader_of(&urls));
 
@@ -165,7 +147,7 @@ fn acknowledged_writes_survive_kills_and_pauses_exactly_once_on_every_node() {
             }
         }
         for u in &urls {
-            wait_serving(u);
+            wait_answering(u);
         }
         // Let the clients make progress on the healed cluster before the next fault.
         let before = history.lock().unwrap().acked_ids.len();
@@ -180,7 +162,7 @@ fn acknowledged_writes_survive_kills_and_pauses_exactly_once_on_every_node() {
 
     // Every node converges to the same applied index and the same tasks.
     let replicas = wait_for_blocking("every node to catch up", Duration::from_secs(60), || {
-        let all: Vec<_> = urls.iter().map(|u| local_tasks(u)).collect::<Option<Vec<_>>>()?;
+        let all: Vec<_> = urls.iter().map(|u| tasks_by_id(u)).collect::<Option<Vec<_>>>()?;
         let same = all
             .iter()
             .all(|(applied, tasks)| *applied == all[0].0 && tasks == &all[0].1);

@@ -5,16 +5,11 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{node_config, wait_for};
+use common::start_single;
 use raftlord::config::Limits;
 use raftlord::node::RunningNode;
-use raftlord_raft::network::Faults;
-use raftlord_raft::ClusterFormation;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
 
 const DAY: &str = "2024-01-01T00:00:00.000Z/2024-01-02T00:00:00.000Z";
 
@@ -29,14 +24,7 @@ async fn start(dir: &std::path::Path) -> Node {
 }
 
 async fn start_with(dir: &std::path::Path, limits: Limits) -> Node {
-    let mut cfg = node_config(1, dir, ClusterFormation::Single, 1000);
-    cfg.limits = limits;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let node = RunningNode::start_on(listener, cfg, Faults::default()).await.unwrap();
-    wait_for("the node to lead", Duration::from_secs(20), || async {
-        node.raft.leader_ready().then_some(())
-    })
-    .await;
+    let node = start_single(dir, limits).await;
     Node {
         url: node.url.clone(),
         node,

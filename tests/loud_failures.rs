@@ -8,18 +8,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{free_port, http, raftlord_bin, spawn_dev, terminate, wait_for_blocking};
-
-fn wait_healthy(url: &str) {
-    wait_for_blocking("the node to serve", Duration::from_secs(30), || {
-        http()
-            .get(format!("{url}/druid/indexer/v1/tasks"))
-            .send()
-            .ok()
-            .filter(|r| r.status().is_success())
-            .map(|_| ())
-    });
-}
+use common::{free_port, http, raftlord_bin, spawn_dev, terminate, wait_for_blocking, wait_leading};
 
 /// Writes, after the last entry of the log in `dir`, an entry whose command nests deeper than
 /// serde_json reads; returns its index.
@@ -46,7 +35,7 @@ fn a_node_stops_on_an_unreadable_log_entry_naming_it_and_debug_log_shows_it() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut node = spawn_dev(dir.path(), port, &["--worker-capacity", "0"]);
-    wait_healthy(&node.url);
+    wait_leading(&node.url);
     let r = http()
         .post(format!("{}/druid/indexer/v1/task", node.url))
         .json(&serde_json::json!({"type": "noop", "id": "t1", "dataSource": "wiki"}))

@@ -15,16 +15,9 @@ use serde_json::Value;
 
 /// The task ids a node holds in its own replica.
 fn local_task_ids(url: &str) -> Option<Vec<String>> {
-    let v: Value = http()
-        .get(format!("{url}/internal/state/tasks"))
-        .bearer_auth(SECRET)
-        .send()
-        .ok()?
-        .json()
-        .ok()?;
+    let (_, tasks) = local_tasks(url)?;
     Some(
-        v["tasks"]
-            .as_array()?
+        tasks
             .iter()
             .map(|t| t["id"].as_str().unwrap_or_default().to_string())
             .collect(),

@@ -8,7 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{
-    free_port, http, http_no_redirect, raftlord_bin, spawn_dev, spawn_server, wait_for_blocking, Proc, SECRET,
+    free_port, http, http_no_redirect, raftlord_bin, spawn_dev, spawn_server, wait_for_blocking, wait_leading, Proc,
+    SECRET,
 };
 use serde_json::{json, Value};
 
@@ -109,13 +110,6 @@ fn wait_status(url: &str, id: &str, code: &str, runner: &str, timeout: Duration)
     })
 }
 
-fn wait_healthy(url: &str) {
-    wait_for_blocking("the node to have a leader", Duration::from_secs(30), || {
-        let r = http_no_redirect().get(format!("{url}{API}/isLeader")).send().ok()?;
-        (r.status() == 200).then_some(())
-    });
-}
-
 fn wait_workers(url: &str, n: usize) -> Vec<Value> {
     wait_for_blocking(&format!("{n} registered workers"), Duration::from_secs(30), || {
         let v: Vec<Value> = http().get(format!("{url}{API}/workers")).send().ok()?.json().ok()?;
@@ -143,7 +137,7 @@ fn noop_task_runs_in_a_peon_with_log_report_and_worker_apis() {
     let port = free_port();
     let dev = spawn_fast_dev(dir.path(), port, &["--worker-capacity", "2"]);
     let url = dev.url.clone();
-    wait_healthy(&url);
+    wait_leading(&url);
     let workers = wait_workers(&url, 1);
     let host = format!("127.0.0.1:{port}");
     assert_eq!(workers[0]["worker"]["host"], host.as_str());
@@ -231,7 +225,7 @@ fn shutdown_stops_a_running_peon_and_frees_its_slot() {
     let dir = tempfile::tempdir().unwrap();
     let _reaper = PeonReaper(vec![dir.path().to_path_buf()]);
     let dev = spawn_fast_dev(dir.path(), free_port(), &["--worker-capacity", "1"]);
-    wait_healthy(&dev.url);
+    wait_leading(&dev.url);
     let id = submit(&dev.url, json!({"type": "noop", "id": "long-1", "runTime": 600000}));
     wait_status(&dev.url, &id, "RUNNING", "RUNNING", Duration::from_secs(10));
     let pid = wait_peon_pid(dir.path(), "long-1");
@@ -256,7 +250,7 @@ fn killed_peon_fails_with_the_signal_in_error_msg() {
     let dir = tempfile::tempdir().unwrap();
     let _reaper = PeonReaper(vec![dir.path().to_path_buf()]);
     let dev = spawn_fast_dev(dir.path(), free_port(), &["--worker-capacity", "1"]);
-    wait_healthy(&dev.url);
+    wait_leading(&dev.url);
     let id = submit(&dev.url, json!({"type": "noop", "id": "victim", "runTime": 600000}));
     wait_status(&dev.url, &id, "RUNNING", "RUNNING", Duration::from_secs(10));
     let pid = wait_peon_pid(dir.path(), "victim");
@@ -293,7 +287,7 @@ fn peons_outlive_their_launcher_and_the_next_task_gets_a_new_one_while_they_run(
     let dir = tempfile::tempdir().unwrap();
     let _reaper = PeonReaper(vec![dir.path().to_path_buf()]);
     let dev = spawn_fast_dev(dir.path(), free_port(), &["--worker-capacity", "3"]);
-    wait_healthy(&dev.url);
+    wait_leading(&dev.url);
     let long = submit(
         &dev.url,
         json!({"type": "noop", "id": "orphan-long", "runTime": 600000}),
@@ -351,7 +345,7 @@ fn peon_that_writes_a_bad_status_or_none_fails_with_a_message() {
         free_port(),
         &["--worker-capacity", "2", "--peon-command", &cmd],
     );
-    wait_healthy(&dev.url);
+    wait_leading(&dev.url);
     let garbage = submit(&dev.url, json!({"type": "noop", "id": "garbage-1"}));
     let silent = submit(&dev.url, json!({"type": "noop", "id": "silent-1"}));
     let s = wait_status(&dev.url, &garbage, "FAILED", "NONE", Duration::from_secs(10));
@@ -372,7 +366,7 @@ fn restarted_worker_readopts_peons_and_a_lost_worker_fails_its_tasks_then_resync
     let (ctl_dir, w1_dir, w2_dir) = (dir.path().join("ctl"), dir.path().join("w1"), dir.path().join("w2"));
     let _reaper = PeonReaper(vec![w1_dir.clone(), w2_dir.clone()]);
     let ctl = spawn_fast_dev(&ctl_dir, free_port(), &["--worker-capacity", "0"]);
-    wait_healthy(&ctl.url);
+    wait_leading(&ctl.url);
     let secret = std::fs::read_to_string(ctl_dir.join("cluster-secret")).unwrap();
     let (p1, p2) = (free_port(), free_port());
     let mut w1 = spawn_worker(&w1_dir, p1, &ctl.url, 2, &secret);

@@ -363,17 +363,23 @@ pub struct SingleNode {
     _dir: tempfile::TempDir,
 }
 
+/// Starts an in-process single-node cluster on data in `dir` and waits until it leads.
+pub async fn start_single(dir: &Path, limits: Limits) -> RunningNode {
+    let mut cfg = node_config(1, dir, ClusterFormation::Single, 1000);
+    cfg.limits = limits;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let node = RunningNode::start_on(listener, cfg, Faults::default()).await.unwrap();
+    wait_for("the node to lead", Duration::from_secs(20), || async {
+        node.raft.leader_ready().then_some(())
+    })
+    .await;
+    node
+}
+
 impl SingleNode {
     pub async fn start(limits: Limits) -> SingleNode {
         let dir = tempfile::tempdir().unwrap();
-        let mut cfg = node_config(1, dir.path(), ClusterFormation::Single, 1000);
-        cfg.limits = limits;
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let node = RunningNode::start_on(listener, cfg, Faults::default()).await.unwrap();
-        wait_for("the node to lead", Duration::from_secs(20), || async {
-            node.raft.leader_ready().then_some(())
-        })
-        .await;
+        let node = start_single(dir.path(), limits).await;
         SingleNode {
             url: node.url.clone(),
             node,
@@ -381,4 +387,40 @@ impl SingleNode {
             _dir: dir,
         }
     }
+}
+
+/// Waits until the node at `url` answers as the leader.
+pub fn wait_leading(url: &str) {
+    wait_for_blocking("the node to lead", Duration::from_secs(30), || {
+        let r = http_no_redirect()
+            .get(format!("{url}/druid/indexer/v1/isLeader"))
+            .send()
+            .ok()?;
+        (r.status() == 200).then_some(())
+    });
+}
+
+/// Waits until the node at `url` answers `/status`.
+pub fn wait_answering(url: &str) {
+    wait_for_blocking("the node to answer", Duration::from_secs(30), || {
+        http()
+            .get(format!("{url}/status"))
+            .send()
+            .ok()
+            .filter(|r| r.status().is_success())
+            .map(|_| ())
+    });
+}
+
+/// A node's own copy of the task table (no redirect): its applied index and each task's
+/// `TaskStatus` JSON.
+pub fn local_tasks(url: &str) -> Option<(u64, Vec<serde_json::Value>)> {
+    let v: serde_json::Value = http()
+        .get(format!("{url}/internal/state/tasks"))
+        .bearer_auth(SECRET)
+        .send()
+        .ok()?
+        .json()
+        .ok()?;
+    Some((v["appliedIndex"].as_u64()?, v["tasks"].as_array()?.clone()))
 }
