@@ -1,5 +1,6 @@
 //! `failover` under load: concurrent writers keep submitting while the leader is killed with
 //! SIGKILL N times; each kill is timed to the first acknowledged write through a surviving node.
+//! The killed node is restarted, and the next kill waits until it has caught up.
 //! Writers retry every unanswered write (ids, and id-less submissions with an
 //! `Idempotency-Key`), as Druid's clients do. At the end every node's own task table is
 //! compared: acknowledged writes lost, keyed submissions stored twice, replicas that differ.
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::cluster::{poll, Raftlord, SECRET};
+use crate::cluster::{poll, status, Raftlord, SECRET};
 
 #[derive(Default)]
 struct History {
@@ -145,17 +146,29 @@ pub async fn failover(bin: &Path, rounds: usize, writers: usize) -> anyhow::Resu
         );
         times.push(took);
         rl.spawn(leader)?;
+        // The next kill comes once the restarted node has caught up with what the cluster had
+        // committed by the time it answered, as a real cluster's failures are not back to back.
         let url = rl.urls[&leader].clone();
-        poll("the killed node to serve again", Duration::from_secs(30), || {
-            let (quick, url) = (quick.clone(), url.clone());
+        let target = poll("the killed node to serve again", Duration::from_secs(30), || {
+            let (quick, url, survivors) = (quick.clone(), url.clone(), survivors.clone());
             async move {
-                let r = quick.get(format!("{url}/status")).send().await.ok()?;
-                (r.status() == 200).then_some(())
+                status(&quick, &url).await?;
+                let mut committed = None;
+                for s in &survivors {
+                    committed = committed.max(status(&quick, s).await.and_then(|v| v["committed_index"].as_u64()));
+                }
+                committed
             }
         })
         .await?;
-        // Writes go on through the healed cluster for a moment before the next kill.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        poll("the killed node to catch up", Duration::from_secs(60), || {
+            let (quick, url) = (quick.clone(), url.clone());
+            async move {
+                let applied = status(&quick, &url).await?["applied_index"].as_u64()?;
+                (applied >= target).then_some(())
+            }
+        })
+        .await?;
     }
     stop.store(true, Ordering::Relaxed);
     for h in handles {

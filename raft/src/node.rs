@@ -201,18 +201,12 @@ impl<S: StateMachine> RaftNode<S> {
         let metrics = raft.metrics();
         let contact = Arc::new(crate::elect::LeaderContact::default());
         let stop = CancellationToken::new();
-        tokio::spawn(crate::elect::run(
-            raft.clone(),
-            id,
-            contact.clone(),
-            crate::elect::Timing {
-                lease: Duration::from_millis(settings.election_max_ms),
-                first_spread: Duration::from_millis(settings.election_min_ms / 4),
-                retry: Duration::from_millis(settings.election_min_ms / 2),
-            },
-            stop.clone(),
-        ));
-        Ok(Arc::new(RaftNode {
+        let timing = crate::elect::Timing {
+            lease: Duration::from_millis(settings.election_max_ms),
+            first_spread: Duration::from_millis(settings.election_min_ms / 4),
+            retry: Duration::from_millis(settings.election_min_ms / 2),
+        };
+        let node = Arc::new(RaftNode {
             id,
             url,
             raft,
@@ -226,7 +220,9 @@ impl<S: StateMachine> RaftNode<S> {
             refusals,
             contact,
             stop,
-        }))
+        });
+        tokio::spawn(crate::elect::run(Arc::downgrade(&node), timing, node.stop.clone()));
+        Ok(node)
     }
 
     /// The cluster secret this node checks on internal routes.
@@ -278,6 +274,46 @@ impl<S: StateMachine> RaftNode<S> {
                 }
             }
         }
+    }
+
+    /// The id of the last entry in this node's log.
+    pub async fn last_log_id(&self) -> Option<openraft::LogId<u64>> {
+        use openraft::storage::RaftLogStorage;
+        let mut log = self.log.clone();
+        log.get_log_state().await.ok()?.last_log_id
+    }
+
+    /// Whether another voter that answers within a short time holds a log that is more up to
+    /// date than this node's: such a node would refuse this node's vote request, and an
+    /// election called here would only disrupt the one it could win (what Raft's pre-vote
+    /// prevents; openraft 0.9 has none).
+    pub(crate) async fn a_peer_has_a_greater_log(&self) -> bool {
+        let mine = self.last_log_id().await;
+        let peers: Vec<String> = {
+            let m = self.metrics.borrow();
+            let membership = m.membership_config.membership();
+            membership
+                .voter_ids()
+                .filter(|id| *id != self.id)
+                .filter_map(|id| membership.get_node(&id).map(|n| n.url.clone()))
+                .collect()
+        };
+        let asks = peers.iter().map(|url| {
+            self.client
+                .get(format!("{}/internal/raft/state", url.trim_end_matches('/')))
+                .bearer_auth(&self.secret)
+                .timeout(Duration::from_millis(100))
+                .send()
+        });
+        for answer in futures::future::join_all(asks).await {
+            let Ok(r) = answer else { continue };
+            if let Ok(state) = r.json::<RaftState>().await {
+                if state.last_log > mine {
+                    return true;
+                }
+            }
+        }
+        false
     }
 
     async fn is_initialized(&self) -> Result<bool, NodeError> {

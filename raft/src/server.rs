@@ -119,11 +119,14 @@ async fn snapshot<S: StateMachine>(State(node): State<Arc<RaftNode<S>>>, body: a
     }
 }
 
-/// Whether a node already belongs to a cluster.
+/// Whether a node already belongs to a cluster, and the last entry of its log (which a
+/// would-be candidate compares with its own before it calls an election).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RaftState {
     pub node_id: u64,
     pub initialized: bool,
+    #[serde(default)]
+    pub last_log: Option<openraft::LogId<u64>>,
 }
 
 async fn raft_state<S: StateMachine>(State(node): State<Arc<RaftNode<S>>>) -> Response {
@@ -131,6 +134,7 @@ async fn raft_state<S: StateMachine>(State(node): State<Arc<RaftNode<S>>>) -> Re
         Ok(initialized) => Json(RaftState {
             node_id: node.id,
             initialized,
+            last_log: node.last_log_id().await,
         })
         .into_response(),
         Err(e) => node_error(NodeError::Raft(e.to_string())),
