@@ -62,6 +62,16 @@ fn golden_json_of_every_command() {
                    "priority": 50, "payload": {"type": "noop", "id": "t1"}}, "maxActive": 10}}),
         ),
         (
+            Command::SubmitTask {
+                task: new_task(),
+                max_active: None,
+                idempotency_key: Some("retry-1".into()),
+            },
+            json!({"submitTask": {"task": {"id": "t1", "type": "noop", "groupId": "t1", "datasource": "wiki",
+                   "priority": 50, "payload": {"type": "noop", "id": "t1"}}, "maxActive": null,
+                   "idempotencyKey": "retry-1"}}),
+        ),
+        (
             Command::ShutdownTask {
                 id: "t1".into(),
                 reason: SHUTDOWN_BY_USER.into(),
@@ -119,6 +129,22 @@ fn golden_json_of_every_command() {
                 assigned_index: 7,
             },
             json!({"unassignTask": {"task": "t1", "worker": "mm1:8091", "assignedIndex": 7}}),
+        ),
+        (
+            Command::FailUnstartedTask {
+                task: "t1".into(),
+                worker: "mm1:8091".into(),
+                assigned_index: 7,
+                reason: "late".into(),
+            },
+            json!({"failUnstartedTask": {"task": "t1", "worker": "mm1:8091", "assignedIndex": 7, "reason": "late"}}),
+        ),
+        (
+            Command::PruneHistory {
+                completed_tasks_before_ms: 5,
+                audit_before_ms: 6,
+            },
+            json!({"pruneHistory": {"completedTasksBeforeMs": 5, "auditBeforeMs": 6}}),
         ),
         (
             Command::ReportTasks {
@@ -322,6 +348,18 @@ fn golden_json_of_every_reply() {
         (
             Reply::Submitted { id: "t1".into() },
             json!({"reply": "submitted", "id": "t1"}),
+        ),
+        (
+            Reply::UnstartedFailed { done: true },
+            json!({"reply": "unstartedFailed", "done": true}),
+        ),
+        (
+            Reply::Pruned {
+                tasks: 1,
+                audit: 2,
+                worker_config_history: 3,
+            },
+            json!({"reply": "pruned", "tasks": 1, "audit": 2, "workerConfigHistory": 3}),
         ),
         (
             Reply::SubmitRejected {
