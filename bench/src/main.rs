@@ -64,6 +64,20 @@ enum Cmd {
         #[arg(long, default_value_t = 8)]
         writers: usize,
     },
+    /// Network partitions (leader isolated, follower isolated, a bridge) under submissions,
+    /// peons and lockers, in network namespaces (needs root): lost writes, lock exclusivity,
+    /// publishes under released locks, tasks with two live peons.
+    Partitions {
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+        /// Least time each cut is held, in ms.
+        #[arg(long, default_value_t = 3000)]
+        hold_ms: u64,
+        #[arg(long, default_value_t = 4)]
+        lockers: usize,
+        #[arg(long, default_value_t = 4)]
+        submitters: usize,
+    },
     /// Store N tasks, restart the cluster, measure time to serving and memory.
     Restart {
         #[arg(long, default_value_t = 100_000)]
@@ -150,6 +164,32 @@ async fn main() -> anyhow::Result<()> {
             rounds,
         } => load::submit(&bin, clients, seconds, (!no_etcd).then_some(etcd), rounds).await,
         Cmd::Failover { rounds, writers } => chaos::failover(&bin, rounds, writers).await,
+        Cmd::Partitions {
+            rounds,
+            hold_ms,
+            lockers,
+            submitters,
+        } => {
+            let opts = raftlord_harness::partitions::Options {
+                rounds,
+                hold: std::time::Duration::from_millis(hold_ms),
+                lockers,
+                submitters,
+                ..Default::default()
+            };
+            let report =
+                tokio::task::spawn_blocking(move || raftlord_harness::partitions::run(&bin, &opts)).await??;
+            for line in &report.rounds_log {
+                println!("{line}");
+            }
+            println!("{}", report.summary());
+            let violations = report.violations();
+            for v in &violations {
+                println!("VIOLATION: {v}");
+            }
+            anyhow::ensure!(violations.is_empty(), "{} violations", violations.len());
+            Ok(())
+        }
         Cmd::Restart { tasks, clients } => load::restart(&bin, tasks, clients).await,
         Cmd::Tasks {
             samples,

@@ -1,0 +1,786 @@
+//! Partitions under a mixed workload, and the checkers that judge the outcome.
+//!
+//! Three `raftlord server` nodes, each in its own network namespace with a worker, take:
+//! - submissions of short `noop` tasks with ids, which workers run in peons;
+//! - lockers: each holds a task that no worker may take (a strong affinity to no host keeps it
+//!   waiting and active) and, in a loop, tries an EXCLUSIVE time-chunk lock on one of a few
+//!   overlapping intervals, publishes a segment under it, releases it, then publishes again
+//!   with the released lock's version, which must be refused.
+//!
+//! Each round the nemesis cuts the network one way (the leader isolated; a follower isolated, a
+//! 1/2 split; one link between the leader and a follower cut, leaving the other follower as a
+//! bridge), holds the cut while the majority keeps taking writes, and heals it.
+//!
+//! The checkers, on the clients' histories (real time, one clock) and every node's final state:
+//! - every acknowledged task is on every node, and every node holds the same tasks, segments and
+//!   locks at the same applied index;
+//! - no two lock grants on overlapping intervals were held at once: grant B acknowledged before
+//!   release A was sent, and grant A acknowledged before release B was sent, is a violation
+//!   whatever order the cluster chose;
+//! - a lock granted after an overlapping one was released has a greater version, so what it
+//!   publishes overshadows what came before;
+//! - no segment is stored that was published under a released lock, and every stored segment
+//!   has the version and interval of a lock its publisher was granted;
+//! - no task ever had two live peons (sampled from `/proc` throughout the run).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+
+use crate::netns::Net;
+
+/// The cluster secret the nodes share.
+pub const SECRET: &str = "harness-secret";
+/// The port every node listens on, inside its own namespace.
+const PORT: u16 = 8081;
+/// The datasource of the lockers' tasks and segments.
+const LOCKS_DS: &str = "locks";
+
+/// How long and how hard to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Partition rounds; the nemesis cycles through its three kinds of cut.
+    pub rounds: usize,
+    /// Least time each cut is held (it is held longer until the majority has taken writes).
+    pub hold: Duration,
+    /// Clients looping over lock, publish, release and a stale publish.
+    pub lockers: usize,
+    /// Clients submitting tasks that workers run.
+    pub submitters: usize,
+    /// Task slots of each node's worker.
+    pub worker_capacity: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            rounds: 6,
+            hold: Duration::from_secs(2),
+            lockers: 3,
+            submitters: 2,
+            worker_capacity: 2,
+        }
+    }
+}
+
+/// What a run saw. [`Report::violations`] lists everything a checker refused.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub rounds: usize,
+    /// Task submissions acknowledged, and those of them missing on some node.
+    pub acked_tasks: usize,
+    pub lost_tasks: Vec<String>,
+    /// Lock grants, publishes acknowledged, stale publishes refused as they should be.
+    pub grants: usize,
+    pub publishes: usize,
+    pub stale_refused: usize,
+    /// Grants held at once on overlapping intervals, or versions that went backwards.
+    pub lock_violations: Vec<String>,
+    /// Stale publishes answered success, or found stored.
+    pub stale_published: Vec<String>,
+    /// Stored segments that match no lock their publisher was granted.
+    pub unlocked_segments: Vec<String>,
+    /// Tasks seen with two live peons at once, and how many peons were seen at all.
+    pub double_peons: Vec<String>,
+    pub peons_seen: usize,
+    /// Nodes that did not converge, or whose state differs.
+    pub diverged: Vec<String>,
+    /// Rounds in which the majority side took no write while the cut was held.
+    pub stalled_rounds: Vec<String>,
+    /// Writes (submissions and lock actions) acknowledged while a cut was in place.
+    pub writes_during_cuts: usize,
+    /// One line per round: the cut, the leaders before and after, the writes taken.
+    pub rounds_log: Vec<String>,
+}
+
+impl Report {
+    /// Everything a checker refused, one line each.
+    pub fn violations(&self) -> Vec<String> {
+        let mut v = vec![];
+        v.extend(self.lost_tasks.iter().map(|t| format!("acknowledged task {t} lost")));
+        v.extend(self.lock_violations.iter().cloned());
+        v.extend(self.stale_published.iter().cloned());
+        v.extend(self.unlocked_segments.iter().cloned());
+        v.extend(self.double_peons.iter().cloned());
+        v.extend(self.diverged.iter().cloned());
+        v.extend(self.stalled_rounds.iter().cloned());
+        v
+    }
+
+    pub fn summary(&self) -> String {
+        format!(
+            "rounds {}: tasks acknowledged {} (lost {}), lock grants {}, publishes {}, stale publishes refused {} \
+             (stored {}), lock exclusivity violations {}, unlocked segments {}, peons seen {} (tasks with two live \
+             peons {}), replicas diverged {}, stalled rounds {}, writes acknowledged during cuts {}",
+            self.rounds,
+            self.acked_tasks,
+            self.lost_tasks.len(),
+            self.grants,
+            self.publishes,
+            self.stale_refused,
+            self.stale_published.len(),
+            self.lock_violations.len(),
+            self.unlocked_segments.len(),
+            self.peons_seen,
+            self.double_peons.len(),
+            self.diverged.len(),
+            self.stalled_rounds.len(),
+            self.writes_during_cuts,
+        )
+    }
+}
+
+/// Three nodes, each in its own namespace.
+struct NetCluster {
+    net: Net,
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    procs: BTreeMap<usize, Child>,
+    capacity: u32,
+}
+
+impl NetCluster {
+    fn start(bin: &Path, capacity: u32) -> anyhow::Result<NetCluster> {
+        let net = Net::create(3)?;
+        let mut c = NetCluster {
+            net,
+            dir: tempfile::tempdir()?,
+            bin: bin.to_path_buf(),
+            procs: BTreeMap::new(),
+            capacity,
+        };
+        for k in 1..=3 {
+            c.spawn(k)?;
+        }
+        Ok(c)
+    }
+
+    fn url(&self, k: usize) -> String {
+        format!("http://{}:{PORT}", self.net.host_ip(k))
+    }
+
+    fn urls(&self) -> Vec<String> {
+        (1..=3).map(|k| self.url(k)).collect()
+    }
+
+    fn spawn(&mut self, k: usize) -> anyhow::Result<()> {
+        let peers = (1..=3)
+            .map(|i| format!("{i}={}", self.url(i)))
+            .collect::<Vec<_>>()
+            .join(",");
+        let log = std::fs::File::create(self.dir.path().join(format!("node-{k}.log")))?;
+        let child = self
+            .net
+            .command(k, &self.bin)
+            .args(["server", "--node-id", &k.to_string()])
+            .args(["--listen", &format!("{}:{PORT}", self.net.host_ip(k))])
+            .args(["--peers", &peers])
+            .arg("--data-dir")
+            .arg(self.dir.path().join(format!("n{k}")))
+            .args(["--worker-capacity", &self.capacity.to_string()])
+            .env("RAFTLORD_CLUSTER_SECRET", SECRET)
+            .env("RAFTLORD_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting raftlord in a network namespace")?;
+        self.procs.insert(k, child);
+        Ok(())
+    }
+
+    /// The log a node wrote, for a failure message.
+    fn log_tail(&self, k: usize) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join(format!("node-{k}.log"))).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for NetCluster {
+    fn drop(&mut self) {
+        for (_, mut c) in std::mem::take(&mut self.procs) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Peons run in their own process groups and outlive their node by design.
+        for p in peons(self.dir.path()) {
+            // SAFETY: kill only sends a signal.
+            unsafe {
+                libc::kill(p.pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// A live peon process: its pid and its task's id.
+struct Peon {
+    pid: i32,
+    task: String,
+}
+
+/// The live peons whose task directory is under `root`: forked peons are named
+/// `raftlord-peon` and write their output to `<task dir>/log`.
+fn peons(root: &Path) -> Vec<Peon> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    let mut found = vec![];
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        if comm.trim() != "raftlord-peon" {
+            continue;
+        }
+        // A zombie has ended: not live.
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        if stat.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('Z')) {
+            continue;
+        }
+        let Ok(out) = std::fs::read_link(e.path().join("fd/1")) else {
+            continue;
+        };
+        if !out.starts_with(root) {
+            continue;
+        }
+        if let Some(task) = out.parent().and_then(|d| d.file_name()).and_then(|n| n.to_str()) {
+            found.push(Peon {
+                pid,
+                task: task.to_string(),
+            });
+        }
+    }
+    found
+}
+
+fn client(timeout: Duration) -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(Duration::from_millis(500))
+        .build()
+        .expect("building an HTTP client")
+}
+
+fn status(c: &reqwest::blocking::Client, url: &str) -> Option<Value> {
+    c.get(format!("{url}/status")).send().ok()?.json().ok()
+}
+
+/// The leader all three nodes name, with its number.
+fn agreed_leader(c: &reqwest::blocking::Client, urls: &[String]) -> Option<usize> {
+    let ids: Vec<Option<u64>> = urls
+        .iter()
+        .map(|u| status(c, u).and_then(|s| s["leader"].as_u64()))
+        .collect();
+    let first = ids[0]?;
+    ids.iter().all(|i| *i == Some(first)).then_some(first as usize)
+}
+
+fn wait<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = cond() {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50)); // poll interval under the deadline above
+    }
+}
+
+/// One lock grant as its client saw it.
+#[derive(Debug, Clone)]
+struct Grant {
+    task: String,
+    interval: String,
+    version: String,
+    /// When the grant's answer arrived: it was granted before.
+    acked: Instant,
+    /// When its release was first sent: it was held until at least then.
+    released: Option<Instant>,
+}
+
+/// Everything the clients were told.
+#[derive(Default)]
+struct History {
+    acked_tasks: BTreeSet<String>,
+    grants: Vec<Grant>,
+    publishes: usize,
+    stale_refused: usize,
+    stale_answered_success: Vec<String>,
+}
+
+/// The intervals lockers contend for: four days and two spans of two, so that locks overlap
+/// without being equal.
+const INTERVALS: [&str; 6] = [
+    "2030-01-01T00:00:00.000Z/2030-01-02T00:00:00.000Z",
+    "2030-01-02T00:00:00.000Z/2030-01-03T00:00:00.000Z",
+    "2030-01-03T00:00:00.000Z/2030-01-04T00:00:00.000Z",
+    "2030-01-04T00:00:00.000Z/2030-01-05T00:00:00.000Z",
+    "2030-01-01T00:00:00.000Z/2030-01-03T00:00:00.000Z",
+    "2030-01-03T00:00:00.000Z/2030-01-05T00:00:00.000Z",
+];
+
+fn overlap(a: &str, b: &str) -> bool {
+    let (a0, a1) = a.split_once('/').unwrap_or((a, a));
+    let (b0, b1) = b.split_once('/').unwrap_or((b, b));
+    // ISO-8601 instants of one fixed width compare as strings.
+    a0 < b1 && b0 < a1
+}
+
+/// The id a segment published under `grant` gets (partition 0), or with `partition`.
+fn segment_id(interval: &str, version: &str, partition: u32) -> String {
+    let (start, end) = interval.split_once('/').unwrap_or((interval, ""));
+    let base = format!("{LOCKS_DS}_{start}_{end}_{version}");
+    if partition == 0 {
+        base
+    } else {
+        format!("{base}_{partition}")
+    }
+}
+
+/// Sends a task action until it gets an answer from the cluster; `None` if `give_up` passes.
+fn action(
+    c: &reqwest::blocking::Client,
+    urls: &[String],
+    task: &str,
+    body: &Value,
+    give_up: Instant,
+) -> Option<(u16, Value)> {
+    let mut attempt = rand::random_range(0..urls.len());
+    let envelope = json!({"task": {"id": task}, "action": body});
+    while Instant::now() < give_up {
+        attempt += 1;
+        let url = &urls[attempt % urls.len()];
+        match c.post(format!("{url}/druid/indexer/v1/action")).json(&envelope).send() {
+            Ok(r) if r.status().is_success() || r.status() == 400 => {
+                let s = r.status().as_u16();
+                return Some((s, r.json().unwrap_or_default()));
+            }
+            _ => std::thread::sleep(Duration::from_millis(20)), // back off before the retry
+        }
+    }
+    None
+}
+
+/// Submits a task until the cluster answers; true when it is stored.
+fn submit(c: &reqwest::blocking::Client, urls: &[String], body: &Value, give_up: Instant) -> bool {
+    let mut attempt = rand::random_range(0..urls.len());
+    while Instant::now() < give_up {
+        attempt += 1;
+        let url = &urls[attempt % urls.len()];
+        match c.post(format!("{url}/druid/indexer/v1/task")).json(body).send() {
+            Ok(r) if r.status().is_success() => return true,
+            Ok(r) if r.status() == 400 => {
+                let v: Value = r.json().unwrap_or_default();
+                // A retry of a write that committed before its answer was lost.
+                return v["message"].as_str().is_some_and(|m| m.contains("already exists"));
+            }
+            _ => std::thread::sleep(Duration::from_millis(20)), // back off before the retry
+        }
+    }
+    false
+}
+
+/// The segment JSON a locker publishes.
+fn segment(interval: &str, version: &str, partition: u32, task: &str) -> Value {
+    json!({
+        "dataSource": LOCKS_DS,
+        "interval": interval,
+        "version": version,
+        "loadSpec": {"type": "local", "path": format!("/nowhere/{task}/{partition}")},
+        "dimensions": "",
+        "metrics": "",
+        "shardSpec": {"type": "numbered", "partitionNum": partition, "partitions": 0},
+        "binaryVersion": 9,
+        "size": 1
+    })
+}
+
+/// One locker's loop (see the module docs).
+fn locker(n: usize, urls: Vec<String>, history: Arc<Mutex<History>>, stop: Arc<AtomicBool>, writes: Arc<AtomicUsize>) {
+    let c = client(Duration::from_secs(2));
+    let task = format!("lk-{n}");
+    let long = Duration::from_secs(120);
+    if !submit(
+        &c,
+        &urls,
+        &json!({"type": "noop", "id": task, "dataSource": LOCKS_DS}),
+        Instant::now() + long,
+    ) {
+        return;
+    }
+    let mut i = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        i += 1;
+        let interval = INTERVALS[rand::random_range(0..INTERVALS.len())];
+        let try_lock = json!({"type": "lockTryAcquire", "lockType": "EXCLUSIVE", "interval": interval});
+        let answer = action(&c, &urls, &task, &try_lock, Instant::now() + long);
+        let version = match &answer {
+            Some((200, v)) => v["result"]["version"].as_str().map(str::to_string),
+            _ => None,
+        };
+        let Some(version) = version else {
+            if answer.is_none() || answer.as_ref().is_some_and(|(s, _)| *s != 200) {
+                // An unanswered attempt may still hold a lock: let it go before moving on.
+                let release = json!({"type": "lockRelease", "interval": interval});
+                action(&c, &urls, &task, &release, Instant::now() + long);
+            }
+            continue;
+        };
+        writes.fetch_add(1, Ordering::Relaxed);
+        let grant_index = {
+            let mut h = history.lock().unwrap();
+            h.grants.push(Grant {
+                task: task.clone(),
+                interval: interval.to_string(),
+                version: version.clone(),
+                acked: Instant::now(),
+                released: None,
+            });
+            h.grants.len() - 1
+        };
+        let publish = json!({"type": "segmentTransactionalInsert",
+            "segments": [segment(interval, &version, 0, &task)]});
+        if let Some((200, v)) = action(&c, &urls, &task, &publish, Instant::now() + long) {
+            if v["result"]["success"] == json!(true) {
+                history.lock().unwrap().publishes += 1;
+                writes.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        history.lock().unwrap().grants[grant_index].released = Some(Instant::now());
+        let release = json!({"type": "lockRelease", "interval": interval});
+        let Some(_) = action(&c, &urls, &task, &release, Instant::now() + long) else {
+            continue;
+        };
+        writes.fetch_add(1, Ordering::Relaxed);
+        // The released lock's version no longer entitles this task to publish.
+        let stale = json!({"type": "segmentTransactionalInsert",
+            "segments": [segment(interval, &version, 1, &task)]});
+        match action(&c, &urls, &task, &stale, Instant::now() + long) {
+            Some((200, v)) if v["result"]["success"] == json!(true) => history
+                .lock()
+                .unwrap()
+                .stale_answered_success
+                .push(format!("{task} published under its released lock {version} on {interval} (round trip {i})")),
+            Some(_) => history.lock().unwrap().stale_refused += 1,
+            None => {}
+        }
+    }
+}
+
+/// One submitter's loop: short tasks that workers run.
+fn submitter(n: usize, urls: Vec<String>, history: Arc<Mutex<History>>, stop: Arc<AtomicBool>, writes: Arc<AtomicUsize>) {
+    let c = client(Duration::from_secs(2));
+    let mut i = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        i += 1;
+        let id = format!("p-{n}-{i}");
+        let body = json!({"type": "noop", "id": id, "dataSource": "parts", "runTime": 300});
+        if submit(&c, &urls, &body, Instant::now() + Duration::from_secs(120)) {
+            history.lock().unwrap().acked_tasks.insert(id);
+            writes.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Samples the live peons until `stop`; returns the tasks seen with two at once and the
+/// number of distinct peons seen.
+fn peon_watch(root: PathBuf, stop: Arc<AtomicBool>) -> (Vec<String>, usize) {
+    let mut doubled = BTreeSet::new();
+    let mut seen = BTreeSet::new();
+    while !stop.load(Ordering::Relaxed) {
+        let mut by_task: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+        for p in peons(&root) {
+            seen.insert(p.pid);
+            by_task.entry(p.task).or_default().push(p.pid);
+        }
+        for (task, pids) in by_task {
+            if pids.len() > 1 {
+                doubled.insert(format!("task {task} had live peons {pids:?} at once"));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50)); // sampling period
+    }
+    (doubled.into_iter().collect(), seen.len())
+}
+
+/// A node's own copy of its state: applied index, tasks by id, segment ids, locks.
+fn local_state(c: &reqwest::blocking::Client, url: &str) -> Option<(u64, BTreeSet<String>, Value, Value)> {
+    let get = |path: &str| -> Option<Value> {
+        c.get(format!("{url}{path}"))
+            .bearer_auth(SECRET)
+            .send()
+            .ok()?
+            .json()
+            .ok()
+    };
+    let tasks = get("/internal/state/tasks")?;
+    let segments = get("/internal/state/segments")?;
+    let applied = tasks["appliedIndex"].as_u64()?;
+    if segments["appliedIndex"].as_u64()? != applied {
+        return None;
+    }
+    let ids = tasks["tasks"]
+        .as_array()?
+        .iter()
+        .filter_map(|t| t["id"].as_str().map(str::to_string))
+        .collect();
+    Some((applied, ids, segments["datasources"].clone(), segments["locks"].clone()))
+}
+
+/// Runs the workload under `opts.rounds` partitions and checks the outcome.
+pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<Report> {
+    let mut cluster = NetCluster::start(bin, opts.worker_capacity)?;
+    let urls = cluster.urls();
+    let c = client(Duration::from_secs(2));
+    let leader = wait("the cluster to elect a leader", Duration::from_secs(60), || agreed_leader(&c, &urls))
+        .map_err(|e| anyhow::anyhow!("{e}; node 1 logged:\n{}", cluster.log_tail(1)))?;
+    // No worker may take the lockers' tasks: they stay waiting, and active, for the whole run.
+    let config = json!({"selectStrategy": {"type": "equalDistribution",
+        "affinityConfig": {"affinity": {LOCKS_DS: ["nowhere:1"]}, "strong": true}}});
+    let r = c
+        .post(format!("{}/druid/indexer/v1/worker", cluster.url(leader)))
+        .json(&config)
+        .send()?;
+    if !r.status().is_success() {
+        bail!("setting the worker config: {} {}", r.status(), r.text().unwrap_or_default());
+    }
+
+    let history = Arc::new(Mutex::new(History::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = Arc::new(AtomicUsize::new(0));
+    let stop_peons = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (root, stop) = (cluster.dir.path().to_path_buf(), stop_peons.clone());
+        std::thread::spawn(move || peon_watch(root, stop))
+    };
+    let mut clients = vec![];
+    for n in 0..opts.lockers {
+        let (u, h, s, w) = (urls.clone(), history.clone(), stop.clone(), writes.clone());
+        clients.push(std::thread::spawn(move || locker(n, u, h, s, w)));
+    }
+    for n in 0..opts.submitters {
+        let (u, h, s, w) = (urls.clone(), history.clone(), stop.clone(), writes.clone());
+        clients.push(std::thread::spawn(move || submitter(n, u, h, s, w)));
+    }
+
+    let mut report = Report {
+        rounds: opts.rounds,
+        ..Report::default()
+    };
+    let progress = |since: usize, n: usize, timeout: Duration| {
+        wait("writes to be acknowledged", timeout, || {
+            (writes.load(Ordering::Relaxed) >= since + n).then_some(())
+        })
+    };
+    let outcome = (|| -> anyhow::Result<()> {
+        progress(writes.load(Ordering::Relaxed), 10, Duration::from_secs(60))?;
+        for round in 0..opts.rounds {
+            let leader = wait("all nodes to agree on a leader", Duration::from_secs(60), || {
+                agreed_leader(&c, &urls)
+            })?;
+            let followers: Vec<usize> = (1..=3).filter(|k| *k != leader).collect();
+            let kind = match round % 3 {
+                0 => {
+                    cluster.net.isolate(leader)?;
+                    format!("leader {leader} isolated")
+                }
+                1 => {
+                    cluster.net.isolate(followers[0])?;
+                    format!("follower {} isolated", followers[0])
+                }
+                _ => {
+                    cluster.net.cut(leader, followers[0])?;
+                    format!("link {leader}-{} cut, {} bridging", followers[0], followers[1])
+                }
+            };
+            let cut_at = Instant::now();
+            let before = writes.load(Ordering::Relaxed);
+            // The cut is the fault itself: it is held at least this long.
+            std::thread::sleep(opts.hold);
+            if progress(before, 5, Duration::from_secs(30)).is_err() {
+                report
+                    .stalled_rounds
+                    .push(format!("round {round} ({kind}): the majority took no write in {:?}", cut_at.elapsed()));
+            }
+            let during = writes.load(Ordering::Relaxed) - before;
+            report.writes_during_cuts += during;
+            let held = cut_at.elapsed();
+            cluster.net.heal()?;
+            let after = wait("all nodes to agree on a leader after healing", Duration::from_secs(60), || {
+                agreed_leader(&c, &urls)
+            })?;
+            report.rounds_log.push(format!(
+                "round {round}: {kind} for {:.1} s, {during} writes acknowledged meanwhile; leader {leader} -> {after}",
+                held.as_secs_f64()
+            ));
+            progress(writes.load(Ordering::Relaxed), 5, Duration::from_secs(60))?;
+        }
+        Ok(())
+    })();
+    stop.store(true, Ordering::Relaxed);
+    for t in clients {
+        let _ = t.join();
+    }
+    stop_peons.store(true, Ordering::Relaxed);
+    let (double_peons, peons_seen) = watcher.join().unwrap_or_default();
+    outcome.map_err(|e| {
+        let logs: Vec<String> = (1..=3).map(|k| format!("node {k}:\n{}", cluster.log_tail(k))).collect();
+        anyhow::anyhow!("{e}\n{}", logs.join("\n"))
+    })?;
+    report.double_peons = double_peons;
+    report.peons_seen = peons_seen;
+
+    // Convergence: every node at one applied index with the same state.
+    let states = wait("every node to converge", Duration::from_secs(60), || {
+        let all: Vec<_> = urls.iter().map(|u| local_state(&c, u)).collect::<Option<Vec<_>>>()?;
+        all.iter().all(|s| *s == all[0]).then_some(all)
+    });
+    let h = history.lock().unwrap();
+    report.acked_tasks = h.acked_tasks.len();
+    report.grants = h.grants.len();
+    report.publishes = h.publishes;
+    report.stale_refused = h.stale_refused;
+    report.stale_published = h.stale_answered_success.clone();
+    let states = match states {
+        Ok(s) => s,
+        Err(e) => {
+            report.diverged.push(e.to_string());
+            return Ok(report);
+        }
+    };
+    let (_, tasks, datasources, _) = &states[0];
+    report.lost_tasks = h.acked_tasks.difference(tasks).cloned().collect();
+    check_locks(&h.grants, &mut report);
+    let stored: BTreeSet<String> = datasources[LOCKS_DS]["ids"]
+        .as_array()
+        .map(|ids| ids.iter().filter_map(|i| i.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    check_segments(&h.grants, &stored, &mut report);
+    Ok(report)
+}
+
+/// Mutual exclusion and version order of the grants (see the module docs).
+fn check_locks(grants: &[Grant], report: &mut Report) {
+    for (i, a) in grants.iter().enumerate() {
+        for b in &grants[i + 1..] {
+            if a.task == b.task || !overlap(&a.interval, &b.interval) {
+                continue;
+            }
+            let a_before_b_released = b.released.is_none_or(|r| a.acked < r);
+            let b_before_a_released = a.released.is_none_or(|r| b.acked < r);
+            if a_before_b_released && b_before_a_released {
+                report.lock_violations.push(format!(
+                    "{} held {} (version {}) while {} held {} (version {})",
+                    a.task, a.interval, a.version, b.task, b.interval, b.version
+                ));
+            }
+            // Granted after the other's release was sent: the two cannot have been held at
+            // once (checked above), so the later grant came after the release and must carry
+            // a greater version, or what it publishes would not overshadow the earlier data.
+            for (first, then) in [(a, b), (b, a)] {
+                if first.released.is_some_and(|r| r < then.acked) && then.version <= first.version {
+                    report.lock_violations.push(format!(
+                        "{} got version {} on {} after {} released version {} on {}",
+                        then.task, then.version, then.interval, first.task, first.version, first.interval
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Every stored segment of the lockers' datasource was published under a grant its publisher
+/// held; none under a released one.
+fn check_segments(grants: &[Grant], stored: &BTreeSet<String>, report: &mut Report) {
+    let legit: BTreeSet<String> = grants.iter().map(|g| segment_id(&g.interval, &g.version, 0)).collect();
+    let stale: BTreeSet<String> = grants.iter().map(|g| segment_id(&g.interval, &g.version, 1)).collect();
+    for id in stored {
+        if stale.contains(id) {
+            report
+                .stale_published
+                .push(format!("segment {id} is stored though it was published under a released lock"));
+        } else if !legit.contains(id) {
+            report
+                .unlocked_segments
+                .push(format!("segment {id} matches no lock its publisher was granted"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(task: &str, interval: &str, version: &str, acked: Instant, released: Option<Instant>) -> Grant {
+        Grant {
+            task: task.into(),
+            interval: interval.into(),
+            version: version.into(),
+            acked,
+            released,
+        }
+    }
+
+    #[test]
+    fn overlapping_grants_held_at_once_are_violations_and_sequential_ones_are_not() {
+        let t0 = Instant::now();
+        let t = |ms| t0 + Duration::from_millis(ms);
+        let mut r = Report::default();
+        // B granted after A released, on an overlapping interval, with a greater version: fine.
+        check_locks(
+            &[
+                grant("a", INTERVALS[0], "v1", t(0), Some(t(10))),
+                grant("b", INTERVALS[4], "v2", t(20), Some(t(30))),
+            ],
+            &mut r,
+        );
+        assert!(r.lock_violations.is_empty(), "{:?}", r.lock_violations);
+        // B granted while A still held an overlapping lock.
+        check_locks(
+            &[
+                grant("a", INTERVALS[0], "v1", t(0), Some(t(30))),
+                grant("b", INTERVALS[4], "v2", t(20), Some(t(40))),
+            ],
+            &mut r,
+        );
+        assert_eq!(r.lock_violations.len(), 1, "{:?}", r.lock_violations);
+        // Disjoint intervals never conflict; a smaller later version does.
+        let mut r = Report::default();
+        check_locks(
+            &[
+                grant("a", INTERVALS[0], "v1", t(0), Some(t(30))),
+                grant("b", INTERVALS[1], "v2", t(20), Some(t(40))),
+                grant("c", INTERVALS[0], "v0", t(50), None),
+            ],
+            &mut r,
+        );
+        assert_eq!(r.lock_violations.len(), 1, "{:?}", r.lock_violations);
+        assert!(r.lock_violations[0].contains("got version v0"));
+    }
+
+    #[test]
+    fn stale_and_unknown_segments_are_reported() {
+        let g = [grant("a", INTERVALS[0], "v1", Instant::now(), None)];
+        let mut r = Report::default();
+        let stored: BTreeSet<String> = [
+            segment_id(INTERVALS[0], "v1", 0),
+            segment_id(INTERVALS[0], "v1", 1),
+            segment_id(INTERVALS[1], "v9", 0),
+        ]
+        .into();
+        check_segments(&g, &stored, &mut r);
+        assert_eq!(r.stale_published.len(), 1);
+        assert_eq!(r.unlocked_segments.len(), 1);
+        assert_eq!(segment_id(INTERVALS[0], "v1", 0), "locks_2030-01-01T00:00:00.000Z_2030-01-02T00:00:00.000Z_v1");
+    }
+}
