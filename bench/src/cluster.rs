@@ -11,27 +11,7 @@ use tokio::process::{Child, Command};
 
 pub const SECRET: &str = "bench-secret";
 
-/// A free TCP port on loopback for a server that will bind it later (often another process).
-/// It is picked below the kernel's ephemeral port range, so no outgoing connection can take it
-/// in the meantime, and never handed out twice by this process.
-pub fn free_port() -> u16 {
-    use std::hash::{BuildHasher, Hasher};
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    let span = low.saturating_sub(10_000).max(1);
-    loop {
-        let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
-        let port = 10_000 + (random % span as u64) as u16;
-        let mut given = GIVEN.lock().unwrap();
-        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            given.push(port);
-            return port;
-        }
-    }
-}
+pub use raftlord_harness::free_port;
 
 /// Three (or N) raftlord server processes.
 pub struct Raftlord {

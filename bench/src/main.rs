@@ -78,6 +78,15 @@ enum Cmd {
         #[arg(long, default_value_t = 4)]
         submitters: usize,
     },
+    /// A follower's and then the leader's disk (each a small tmpfs) filled to the last byte
+    /// and freed again (needs root): the answer clients get, catch-up and resume times, writes
+    /// lost.
+    DiskFull {
+        #[arg(long, default_value_t = 160)]
+        tmpfs_mb: u64,
+        #[arg(long, default_value_t = 32)]
+        floor_mb: u64,
+    },
     /// Store N tasks, restart the cluster, measure time to serving and memory.
     Restart {
         #[arg(long, default_value_t = 100_000)]
@@ -177,11 +186,21 @@ async fn main() -> anyhow::Result<()> {
                 submitters,
                 ..Default::default()
             };
-            let report =
-                tokio::task::spawn_blocking(move || raftlord_harness::partitions::run(&bin, &opts)).await??;
+            let report = tokio::task::spawn_blocking(move || raftlord_harness::partitions::run(&bin, &opts)).await??;
             for line in &report.rounds_log {
                 println!("{line}");
             }
+            println!("{}", report.summary());
+            let violations = report.violations();
+            for v in &violations {
+                println!("VIOLATION: {v}");
+            }
+            anyhow::ensure!(violations.is_empty(), "{} violations", violations.len());
+            Ok(())
+        }
+        Cmd::DiskFull { tmpfs_mb, floor_mb } => {
+            let opts = raftlord_harness::diskfull::Options { tmpfs_mb, floor_mb };
+            let report = tokio::task::spawn_blocking(move || raftlord_harness::diskfull::run(&bin, &opts)).await??;
             println!("{}", report.summary());
             let violations = report.violations();
             for v in &violations {

@@ -25,7 +25,12 @@ pub fn unavailable() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("network namespaces need root".into());
     }
-    match Command::new("ip").arg("-V").stdout(Stdio::null()).stderr(Stdio::null()).status() {
+    match Command::new("ip")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+    {
         Ok(s) if s.success() => None,
         _ => Some("iproute2's `ip` is not installed".into()),
     }
@@ -113,7 +118,15 @@ impl Net {
                 "link", "add", "name", "rlh-tmp", "netns", host, "type", "veth", "peer", "name", &port, "netns", &hub,
             ])?;
             ip(&["-n", host, "link", "set", "rlh-tmp", "name", "eth0"])?;
-            ip(&["-n", host, "addr", "add", &format!("{}/24", self.host_ip(k)), "dev", "eth0"])?;
+            ip(&[
+                "-n",
+                host,
+                "addr",
+                "add",
+                &format!("{}/24", self.host_ip(k)),
+                "dev",
+                "eth0",
+            ])?;
             ip(&["-n", host, "link", "set", "eth0", "up"])?;
             ip(&["-n", host, "link", "set", "lo", "up"])?;
             ip(&["-n", &hub, "link", "set", &port, "master", "br0"])?;
@@ -121,7 +134,9 @@ impl Net {
         }
         // The caller's end: named in the caller's namespace, so it must be unique there.
         let client = client_link(tag);
-        ip(&["link", "add", "name", &client, "type", "veth", "peer", "name", "caller", "netns", &hub])?;
+        ip(&[
+            "link", "add", "name", &client, "type", "veth", "peer", "name", "caller", "netns", &hub,
+        ])?;
         ip(&["addr", "add", &format!("{}.100/24", self.subnet), "dev", &client])?;
         ip(&["link", "set", &client, "up"])?;
         ip(&["-n", &hub, "link", "set", "caller", "master", "br0"])?;
@@ -145,8 +160,22 @@ impl Net {
     pub fn cut(&mut self, a: usize, b: usize) -> anyhow::Result<()> {
         let (a, b) = (a.min(b), a.max(b));
         if self.cuts.insert((a, b)) {
-            ip(&["-n", &self.hosts[a - 1], "route", "add", "blackhole", &format!("{}/32", self.host_ip(b))])?;
-            ip(&["-n", &self.hosts[b - 1], "route", "add", "blackhole", &format!("{}/32", self.host_ip(a))])?;
+            ip(&[
+                "-n",
+                &self.hosts[a - 1],
+                "route",
+                "add",
+                "blackhole",
+                &format!("{}/32", self.host_ip(b)),
+            ])?;
+            ip(&[
+                "-n",
+                &self.hosts[b - 1],
+                "route",
+                "add",
+                "blackhole",
+                &format!("{}/32", self.host_ip(a)),
+            ])?;
         }
         Ok(())
     }
@@ -164,8 +193,22 @@ impl Net {
     /// Restores every cut link.
     pub fn heal(&mut self) -> anyhow::Result<()> {
         for (a, b) in std::mem::take(&mut self.cuts) {
-            ip(&["-n", &self.hosts[a - 1], "route", "del", "blackhole", &format!("{}/32", self.host_ip(b))])?;
-            ip(&["-n", &self.hosts[b - 1], "route", "del", "blackhole", &format!("{}/32", self.host_ip(a))])?;
+            ip(&[
+                "-n",
+                &self.hosts[a - 1],
+                "route",
+                "del",
+                "blackhole",
+                &format!("{}/32", self.host_ip(b)),
+            ])?;
+            ip(&[
+                "-n",
+                &self.hosts[b - 1],
+                "route",
+                "del",
+                "blackhole",
+                &format!("{}/32", self.host_ip(a)),
+            ])?;
         }
         Ok(())
     }

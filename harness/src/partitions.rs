@@ -195,6 +195,11 @@ impl NetCluster {
         Ok(())
     }
 
+    /// The index into [`NetCluster::urls`] of the node all three name as leader.
+    fn leader_hint(&self, c: &reqwest::blocking::Client) -> Option<usize> {
+        agreed_leader(c, &self.urls()).map(|k| k - 1)
+    }
+
     /// The log a node wrote, for a failure message.
     fn log_tail(&self, k: usize) -> String {
         let text = std::fs::read_to_string(self.dir.path().join(format!("node-{k}.log"))).unwrap_or_default();
@@ -466,11 +471,11 @@ fn locker(n: usize, urls: Vec<String>, history: Arc<Mutex<History>>, stop: Arc<A
         let stale = json!({"type": "segmentTransactionalInsert",
             "segments": [segment(interval, &version, 1, &task)]});
         match action(&c, &urls, &task, &stale, Instant::now() + long) {
-            Some((200, v)) if v["result"]["success"] == json!(true) => history
-                .lock()
-                .unwrap()
-                .stale_answered_success
-                .push(format!("{task} published under its released lock {version} on {interval} (round trip {i})")),
+            Some((200, v)) if v["result"]["success"] == json!(true) => {
+                history.lock().unwrap().stale_answered_success.push(format!(
+                    "{task} published under its released lock {version} on {interval} (round trip {i})"
+                ))
+            }
             Some(_) => history.lock().unwrap().stale_refused += 1,
             None => {}
         }
@@ -478,7 +483,13 @@ fn locker(n: usize, urls: Vec<String>, history: Arc<Mutex<History>>, stop: Arc<A
 }
 
 /// One submitter's loop: short tasks that workers run.
-fn submitter(n: usize, urls: Vec<String>, history: Arc<Mutex<History>>, stop: Arc<AtomicBool>, writes: Arc<AtomicUsize>) {
+fn submitter(
+    n: usize,
+    urls: Vec<String>,
+    history: Arc<Mutex<History>>,
+    stop: Arc<AtomicBool>,
+    writes: Arc<AtomicUsize>,
+) {
     let c = client(Duration::from_secs(2));
     let mut i = 0usize;
     while !stop.load(Ordering::Relaxed) {
@@ -542,8 +553,10 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<Report> {
     let mut cluster = NetCluster::start(bin, opts.worker_capacity)?;
     let urls = cluster.urls();
     let c = client(Duration::from_secs(2));
-    let leader = wait("the cluster to elect a leader", Duration::from_secs(60), || agreed_leader(&c, &urls))
-        .map_err(|e| anyhow::anyhow!("{e}; node 1 logged:\n{}", cluster.log_tail(1)))?;
+    let leader = wait("the cluster to elect a leader", Duration::from_secs(60), || {
+        agreed_leader(&c, &urls)
+    })
+    .map_err(|e| anyhow::anyhow!("{e}; node 1 logged:\n{}", cluster.log_tail(1)))?;
     // No worker may take the lockers' tasks: they stay waiting, and active, for the whole run.
     let config = json!({"selectStrategy": {"type": "equalDistribution",
         "affinityConfig": {"affinity": {LOCKS_DS: ["nowhere:1"]}, "strong": true}}});
@@ -552,7 +565,11 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<Report> {
         .json(&config)
         .send()?;
     if !r.status().is_success() {
-        bail!("setting the worker config: {} {}", r.status(), r.text().unwrap_or_default());
+        bail!(
+            "setting the worker config: {} {}",
+            r.status(),
+            r.text().unwrap_or_default()
+        );
     }
 
     let history = Arc::new(Mutex::new(History::default()));
@@ -608,17 +625,20 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<Report> {
             // The cut is the fault itself: it is held at least this long.
             std::thread::sleep(opts.hold);
             if progress(before, 5, Duration::from_secs(30)).is_err() {
-                report
-                    .stalled_rounds
-                    .push(format!("round {round} ({kind}): the majority took no write in {:?}", cut_at.elapsed()));
+                report.stalled_rounds.push(format!(
+                    "round {round} ({kind}): the majority took no write in {:?}",
+                    cut_at.elapsed()
+                ));
             }
             let during = writes.load(Ordering::Relaxed) - before;
             report.writes_during_cuts += during;
             let held = cut_at.elapsed();
             cluster.net.heal()?;
-            let after = wait("all nodes to agree on a leader after healing", Duration::from_secs(60), || {
-                agreed_leader(&c, &urls)
-            })?;
+            let after = wait(
+                "all nodes to agree on a leader after healing",
+                Duration::from_secs(60),
+                || agreed_leader(&c, &urls),
+            )?;
             report.rounds_log.push(format!(
                 "round {round}: {kind} for {:.1} s, {during} writes acknowledged meanwhile; leader {leader} -> {after}",
                 held.as_secs_f64()
@@ -640,11 +660,41 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<Report> {
     report.double_peons = double_peons;
     report.peons_seen = peons_seen;
 
-    // Convergence: every node at one applied index with the same state.
-    let states = wait("every node to converge", Duration::from_secs(60), || {
+    // Quiesce: the backlog of submitted tasks would keep workers (and the applied index)
+    // moving for minutes. Then every node must reach one applied index with the same state.
+    for ds in ["parts", LOCKS_DS] {
+        wait("the remaining tasks to be shut down", Duration::from_secs(60), || {
+            let url = &urls[cluster.leader_hint(&c)?];
+            let r = c
+                .post(format!("{url}/druid/indexer/v1/datasources/{ds}/shutdownAllTasks"))
+                .send()
+                .ok()?;
+            r.status().is_success().then_some(())
+        })?;
+    }
+    let mut last = String::new();
+    let states = wait("every node to converge", Duration::from_secs(120), || {
         let all: Vec<_> = urls.iter().map(|u| local_state(&c, u)).collect::<Option<Vec<_>>>()?;
-        all.iter().all(|s| *s == all[0]).then_some(all)
-    });
+        if all.iter().all(|s| *s == all[0]) {
+            return Some(all);
+        }
+        last = all
+            .iter()
+            .enumerate()
+            .map(|(i, (applied, tasks, ds, locks))| {
+                format!(
+                    "node {}: applied {applied}, {} tasks, {} lock segments, {} locks",
+                    i + 1,
+                    tasks.len(),
+                    ds[LOCKS_DS]["ids"].as_array().map_or(0, Vec::len),
+                    locks.as_array().map_or(0, Vec::len)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        None
+    })
+    .map_err(|e| anyhow::anyhow!("{e}; last seen: {last}"));
     let h = history.lock().unwrap();
     report.acked_tasks = h.acked_tasks.len();
     report.grants = h.grants.len();
@@ -706,9 +756,9 @@ fn check_segments(grants: &[Grant], stored: &BTreeSet<String>, report: &mut Repo
     let stale: BTreeSet<String> = grants.iter().map(|g| segment_id(&g.interval, &g.version, 1)).collect();
     for id in stored {
         if stale.contains(id) {
-            report
-                .stale_published
-                .push(format!("segment {id} is stored though it was published under a released lock"));
+            report.stale_published.push(format!(
+                "segment {id} is stored though it was published under a released lock"
+            ));
         } else if !legit.contains(id) {
             report
                 .unlocked_segments
@@ -781,6 +831,9 @@ mod tests {
         check_segments(&g, &stored, &mut r);
         assert_eq!(r.stale_published.len(), 1);
         assert_eq!(r.unlocked_segments.len(), 1);
-        assert_eq!(segment_id(INTERVALS[0], "v1", 0), "locks_2030-01-01T00:00:00.000Z_2030-01-02T00:00:00.000Z_v1");
+        assert_eq!(
+            segment_id(INTERVALS[0], "v1", 0),
+            "locks_2030-01-01T00:00:00.000Z_2030-01-02T00:00:00.000Z_v1"
+        );
     }
 }

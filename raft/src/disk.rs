@@ -1,52 +1,63 @@
 //! Free space on the disk that holds the Raft log: writes are refused before the disk is full.
 //!
 //! A log append that fails with `No space left on device` is fatal to openraft, and a node that
-//! cannot append cannot lead. So the leader checks the free space of its data directory every
-//! [`CHECK_EVERY`] and, below the floor, refuses new proposals with a message saying so
+//! cannot append cannot lead. So the leader checks the free space of its data directory before
+//! each proposal (a `statvfs`, reused for [`REUSE_FOR`]) and, below the floor, refuses it with a
+//! message saying so
 //! (a 503 to clients, who may retry); once space is freed, writes resume by themselves.
+//! A follower below the floor refuses incoming entries and snapshot chunks (507) but still
+//! takes heartbeats: it stays up and in contact, the leader backs off from it, and it catches
+//! up by itself once space is freed.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// How often the free space is measured.
-pub const CHECK_EVERY: Duration = Duration::from_millis(500);
+/// A measurement younger than this is reused: a disk that fills faster than this between a
+/// check and a write can still fail the write (the floor is the margin for that).
+pub const REUSE_FOR: Duration = Duration::from_millis(5);
 
-/// The free space of one directory's file system, measured in the background.
+/// The free space of one directory's file system, measured when a write is about to be made.
 #[derive(Clone)]
 pub struct DiskSpace {
     dir: Arc<PathBuf>,
     floor: u64,
-    /// Bytes free at the last measurement (`u64::MAX` before the first, or where the file
-    /// system cannot say).
+    origin: Instant,
+    /// Bytes free at the last measurement (`u64::MAX` where the file system cannot say), and
+    /// when it was taken, in µs since `origin` (`u64::MAX` before the first).
     free: Arc<AtomicU64>,
+    measured_us: Arc<AtomicU64>,
 }
 
 impl DiskSpace {
-    /// Measures `dir` now and then every [`CHECK_EVERY`] until the returned value and its
-    /// clones are dropped; writes are refused while fewer than `floor` bytes are free.
+    /// Watches `dir`: writes are refused while fewer than `floor` bytes are free.
     pub fn watch(dir: &Path, floor: u64) -> DiskSpace {
-        let space = DiskSpace {
+        DiskSpace {
             dir: Arc::new(dir.to_path_buf()),
             floor,
-            free: Arc::new(AtomicU64::new(free_bytes(dir).unwrap_or(u64::MAX))),
-        };
-        let weak = Arc::downgrade(&space.free);
-        let dir = space.dir.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(CHECK_EVERY).await;
-                let Some(free) = weak.upgrade() else { return };
-                free.store(free_bytes(&dir).unwrap_or(u64::MAX), Ordering::Relaxed);
-            }
-        });
-        space
+            origin: Instant::now(),
+            free: Arc::new(AtomicU64::new(u64::MAX)),
+            measured_us: Arc::new(AtomicU64::new(u64::MAX)),
+        }
+    }
+
+    /// Bytes free now (or as measured within [`REUSE_FOR`]).
+    fn free(&self) -> u64 {
+        let now = self.origin.elapsed().as_micros() as u64;
+        let at = self.measured_us.load(Ordering::Relaxed);
+        if at != u64::MAX && now.saturating_sub(at) < REUSE_FOR.as_micros() as u64 {
+            return self.free.load(Ordering::Relaxed);
+        }
+        let free = free_bytes(&self.dir).unwrap_or(u64::MAX);
+        self.free.store(free, Ordering::Relaxed);
+        self.measured_us.store(now, Ordering::Relaxed);
+        free
     }
 
     /// `Err` with a message for clients while the disk is below the floor.
     pub fn check(&self) -> Result<(), String> {
-        let free = self.free.load(Ordering::Relaxed);
+        let free = self.free();
         if free >= self.floor {
             return Ok(());
         }
@@ -76,8 +87,8 @@ fn free_bytes(dir: &Path) -> Option<u64> {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn writes_are_refused_below_the_floor_with_a_message() {
+    #[test]
+    fn writes_are_refused_below_the_floor_with_a_message() {
         let dir = tempfile::tempdir().unwrap();
         let free = free_bytes(dir.path()).expect("statvfs works on a temp dir");
         assert!(DiskSpace::watch(dir.path(), 0).check().is_ok());

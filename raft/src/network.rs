@@ -316,6 +316,14 @@ impl PeerClient {
             self.refusals
                 .report(self.target, peer.url(rpc).as_str(), status.as_u16());
         }
+        if status == reqwest::StatusCode::INSUFFICIENT_STORAGE {
+            // The peer is low on disk: back off rather than resend at once.
+            let body = resp.text().await.unwrap_or_default();
+            return Err(RPCError::Unreachable(Unreachable::new(&BadStatus {
+                status: status.as_u16(),
+                body,
+            })));
+        }
         if !status.is_success() {
             let body = resp.text().await.unwrap_or_default();
             return Err(RPCError::Network(NetworkError::new(&BadStatus {

@@ -135,6 +135,9 @@ pub struct RaftNode<S: StateMachine> {
     refusals: crate::network::Refusals,
     /// When this node last heard from a leader, for [`crate::elect`].
     pub(crate) contact: Arc<crate::elect::LeaderContact>,
+    /// Free space of the data directory: below the floor, proposals and incoming entries are
+    /// refused.
+    pub(crate) disk: crate::disk::DiskSpace,
     /// Stops this node's own tasks (the election nudger) on shutdown.
     stop: CancellationToken,
 }
@@ -185,7 +188,7 @@ impl<S: StateMachine> RaftNode<S> {
             clock,
             settings.max_batch,
             settings.max_in_flight,
-            Some(disk),
+            Some(disk.clone()),
         );
         tokio::spawn(schedule_snapshots(
             raft.clone(),
@@ -219,6 +222,7 @@ impl<S: StateMachine> RaftNode<S> {
             log: log_handle,
             refusals,
             contact,
+            disk,
             stop,
         });
         tokio::spawn(crate::elect::run(Arc::downgrade(&node), timing, node.stop.clone()));

@@ -71,11 +71,30 @@ type Tc<S> = crate::types::TypeConfig<S>;
 // which tracks the path of every field for its error messages: on a follower that doubled the
 // cost of decoding each batch of entries.
 
+/// A follower low on disk refuses what would fill it (entries, snapshot chunks) with 507, and
+/// still takes heartbeats, so it neither crashes on a failed write nor calls elections; the
+/// leader backs off and replicates again once space is freed.
+fn disk_low<S: StateMachine>(node: &RaftNode<S>) -> Option<Response> {
+    let message = node.disk.check().err()?;
+    Some(
+        (
+            StatusCode::INSUFFICIENT_STORAGE,
+            Json(serde_json::json!({"error": "insufficientStorage", "message": message})),
+        )
+            .into_response(),
+    )
+}
+
 async fn append<S: StateMachine>(State(node): State<Arc<RaftNode<S>>>, body: axum::body::Bytes) -> Response {
     match serde_json::from_slice::<openraft::raft::AppendEntriesRequest<Tc<S>>>(&body) {
         Ok(req) => {
             if req.vote.is_committed() && req.vote.leader_id().term >= node.current_term() {
                 node.contact.touch();
+            }
+            if !req.entries.is_empty() {
+                if let Some(refused) = disk_low(&node) {
+                    return refused;
+                }
             }
             let resp = node.raft.append_entries(req).await;
             if matches!(
@@ -113,6 +132,9 @@ fn invalid_rpc(message: String) -> Response {
 }
 
 async fn snapshot<S: StateMachine>(State(node): State<Arc<RaftNode<S>>>, body: axum::body::Bytes) -> Response {
+    if let Some(refused) = disk_low(&node) {
+        return refused;
+    }
     match crate::network::decode_snapshot_chunk::<Tc<S>>(&body) {
         Ok(req) => Json(node.raft.install_snapshot(req).await).into_response(),
         Err(message) => invalid_rpc(message),
