@@ -123,12 +123,15 @@ impl<S: StateMachine> RaftNetworkFactory<TypeConfig<S>> for HttpNetwork {
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> PeerClient {
         PeerClient {
-            from: self.id,
-            target,
-            peer: Peer::new(&node.url, &self.secret),
-            client: self.client.clone(),
-            faults: self.faults.clone(),
-            refusals: self.refusals.clone(),
+            link: Arc::new(Link {
+                from: self.id,
+                target,
+                peer: Peer::new(&node.url, &self.secret),
+                client: self.client.clone(),
+                faults: self.faults.clone(),
+                refusals: self.refusals.clone(),
+            }),
+            inflight: None,
         }
     }
 }
@@ -166,8 +169,14 @@ impl Peer {
     }
 }
 
-/// A lazy connection to one peer.
+/// A lazy connection to one peer, with the large append it may have in flight.
 pub struct PeerClient {
+    link: Arc<Link>,
+    inflight: Option<InFlight>,
+}
+
+/// What every request to one peer needs.
+struct Link {
     from: NodeId,
     target: NodeId,
     /// Or why requests to it cannot be made (an unusable URL or secret).
@@ -175,6 +184,34 @@ pub struct PeerClient {
     client: reqwest::Client,
     faults: Faults,
     refusals: Refusals,
+}
+
+type AppendResult = Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>>;
+
+/// A large append being sent in the background (see [`PeerClient::append_large`]).
+struct InFlight {
+    vote: openraft::Vote<NodeId>,
+    prev: Option<openraft::LogId<NodeId>>,
+    last: Option<openraft::LogId<NodeId>>,
+    task: tokio::task::JoinHandle<AppendResult>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An append whose body is at least this large is sent in the background.
+pub const LARGE_APPEND_BYTES: usize = 1 << 20;
+/// A large append may take this long plus its size at [`LARGE_APPEND_MIN_RATE`].
+const LARGE_APPEND_BASE: Duration = Duration::from_secs(2);
+/// The slowest transfer rate, in bytes per second, a large append is given time for.
+const LARGE_APPEND_MIN_RATE: u64 = 8 << 20;
+
+/// The timeout of an append of `bytes`.
+fn large_append_timeout(bytes: usize) -> Duration {
+    LARGE_APPEND_BASE + Duration::from_millis(bytes as u64 * 1000 / LARGE_APPEND_MIN_RATE)
 }
 
 /// One of the Raft RPCs, by its route.
@@ -254,7 +291,7 @@ where
     })
 }
 
-impl PeerClient {
+impl Link {
     async fn call<Req, Resp, E>(
         &self,
         rpc: Rpc,
@@ -267,7 +304,7 @@ impl PeerClient {
         E: std::error::Error + DeserializeOwned,
     {
         let body = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        self.post(rpc, body, "application/json", option).await
+        self.post(rpc, body, "application/json", option.hard_ttl()).await
     }
 
     async fn post<Resp, E>(
@@ -275,7 +312,7 @@ impl PeerClient {
         rpc: Rpc,
         body: Vec<u8>,
         content_type: &'static str,
-        option: &RPCOption,
+        timeout: Duration,
     ) -> Result<Resp, RPCError<NodeId, NodeInfo, E>>
     where
         Resp: DeserializeOwned,
@@ -295,7 +332,7 @@ impl PeerClient {
             .client
             .post(peer.url(rpc).clone())
             .header(reqwest::header::AUTHORIZATION, peer.auth.clone())
-            .timeout(option.hard_ttl())
+            .timeout(timeout)
             .header(reqwest::header::CONTENT_TYPE, content_type)
             .body(body)
             .send()
@@ -339,13 +376,96 @@ impl PeerClient {
     }
 }
 
+impl PeerClient {
+    /// Sends an append of at least [`LARGE_APPEND_BYTES`], or waits for the one in flight.
+    ///
+    /// openraft gives every AppendEntries one heartbeat interval and drops it when that runs
+    /// out, whatever its size: a large entry would never arrive, and the followers, hearing
+    /// nothing, would call elections. So a large append runs as a task of its own, with a
+    /// timeout that grows with its size, while it sends empty appends (heartbeats) every
+    /// interval to keep the follower in contact. openraft's next attempt finds it in flight
+    /// and waits on it again; an attempt for a longer range from the same point is answered
+    /// `PartialSuccess` up to what the flight carried, so openraft sends the rest next.
+    async fn append_large<S: StateMachine>(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig<S>>,
+        option: RPCOption,
+    ) -> AppendResult {
+        let last = rpc.entries.last().map(|e| e.log_id);
+        let reusable = self.inflight.as_ref().is_some_and(|f| {
+            f.vote == rpc.vote && f.prev == rpc.prev_log_id && f.last.map(|l| l.index) <= last.map(|l| l.index)
+        });
+        if !reusable {
+            self.inflight = None;
+            let body = serde_json::to_vec(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            if body.len() < LARGE_APPEND_BYTES {
+                return self
+                    .link
+                    .post(Rpc::Append, body, "application/json", option.hard_ttl())
+                    .await;
+            }
+            let heartbeat = AppendEntriesRequest::<TypeConfig<S>> {
+                vote: rpc.vote,
+                prev_log_id: rpc.prev_log_id,
+                leader_commit: rpc.leader_commit,
+                entries: vec![],
+            };
+            let heartbeat = serde_json::to_vec(&heartbeat).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            let link = self.link.clone();
+            let interval = option.hard_ttl();
+            let task = tokio::spawn(async move {
+                let timeout = large_append_timeout(body.len());
+                let send = link.post(Rpc::Append, body, "application/json", timeout);
+                tokio::pin!(send);
+                let mut tick = tokio::time::interval(interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        result = &mut send => return result,
+                        _ = tick.tick() => {
+                            // Only the contact matters; the flight's answer is what counts.
+                            let _: AppendResult = link
+                                .post(Rpc::Append, heartbeat.clone(), "application/json", interval)
+                                .await;
+                        }
+                    }
+                }
+            });
+            self.inflight = Some(InFlight {
+                vote: rpc.vote,
+                prev: rpc.prev_log_id,
+                last,
+                task,
+            });
+        }
+        let Some(flight) = self.inflight.as_mut() else {
+            unreachable!("a flight was found or started above");
+        };
+        // openraft may drop this future when its interval runs out; the flight goes on.
+        let joined = (&mut flight.task).await;
+        let flight_last = flight.last;
+        self.inflight = None;
+        let result = joined.map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        match result {
+            Ok(AppendEntriesResponse::Success) if flight_last != last => {
+                Ok(AppendEntriesResponse::PartialSuccess(flight_last))
+            }
+            other => other,
+        }
+    }
+}
+
 impl<S: StateMachine> RaftNetwork<TypeConfig<S>> for PeerClient {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig<S>>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
-        self.call(Rpc::Append, &rpc, &option).await
+        if rpc.entries.is_empty() {
+            // A heartbeat goes straight out, beside any large append in flight.
+            return self.link.call(Rpc::Append, &rpc, &option).await;
+        }
+        self.append_large::<S>(rpc, option).await
     }
 
     async fn install_snapshot(
@@ -355,7 +475,8 @@ impl<S: StateMachine> RaftNetwork<TypeConfig<S>> for PeerClient {
     ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId, InstallSnapshotError>>>
     {
         let body = encode_snapshot_chunk(&rpc);
-        self.post(Rpc::Snapshot, body, "application/octet-stream", &option)
+        self.link
+            .post(Rpc::Snapshot, body, "application/octet-stream", option.hard_ttl())
             .await
     }
 
@@ -364,7 +485,7 @@ impl<S: StateMachine> RaftNetwork<TypeConfig<S>> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
-        self.call(Rpc::Vote, &rpc, &option).await
+        self.link.call(Rpc::Vote, &rpc, &option).await
     }
 }
 
