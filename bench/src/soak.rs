@@ -1,7 +1,8 @@
 //! `soak`: tasks run to completion continuously on three nodes that are each a worker, for a
 //! given time, with short retentions, so that complete task records and audit records are
 //! forgotten while new ones arrive. Resident memory of every node and the snapshot size are
-//! reported after the warm-up and at the end: with retention working they stay flat.
+//! reported after the warm-up, at each tenth of the run and at the end: with retention working
+//! they stay flat.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -107,6 +108,13 @@ pub async fn run(bin: &Path, seconds: u64, clients: usize, retention_ms: u64) ->
     tokio::time::sleep_until(warm_until.into()).await;
     let start = sample(&rl, &client).await;
     show("after the warm-up", &start);
+    // Ten samples between the warm-up and the end, so growth shows as a curve, not two points.
+    let step = deadline.saturating_duration_since(Instant::now()) / 10;
+    for i in 1..10 {
+        tokio::time::sleep(step).await;
+        let s = sample(&rl, &client).await;
+        show(&format!("at {}0% of the measured run", i), &s);
+    }
     let mut done = 0;
     let mut errors = 0;
     for h in handles {

@@ -97,11 +97,8 @@ impl Net {
             subnet,
             cuts: BTreeSet::new(),
         };
-        // From here on, Drop removes whatever was made.
-        net.build(&tag).map_err(|e| {
-            net.remove();
-            e
-        })?;
+        // From here on, Drop removes whatever was made, also when building fails.
+        net.build(&tag)?;
         Ok(net)
     }
 
@@ -114,10 +111,10 @@ impl Net {
             let k = i + 1;
             let port = format!("h{k}");
             ip(&["netns", "add", host])?;
+            // Made inside the two namespaces, so the names need only be unique there.
             ip(&[
-                "link", "add", "name", "rlh-tmp", "netns", host, "type", "veth", "peer", "name", &port, "netns", &hub,
+                "link", "add", "name", "eth0", "netns", host, "type", "veth", "peer", "name", &port, "netns", &hub,
             ])?;
-            ip(&["-n", host, "link", "set", "rlh-tmp", "name", "eth0"])?;
             ip(&[
                 "-n",
                 host,

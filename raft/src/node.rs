@@ -526,6 +526,9 @@ impl<S: StateMachine> RaftNode<S> {
         if let Err(e) = self.log.persist_committed() {
             tracing::warn!(error = %e, "storing the committed log id on shutdown failed");
         }
+        if let Err(e) = self.log.persist_mark() {
+            tracing::warn!(error = %e, "storing the log mark on shutdown failed");
+        }
     }
 }
 

@@ -273,3 +273,54 @@ async fn a_damaged_write_ahead_log_is_refused_at_start() {
     let err = Engine::open(dir.path()).unwrap_err().to_string();
     assert!(err.contains("is damaged"), "{err}");
 }
+
+/// Found by cutting the write-ahead log at a record boundary: RocksDB sees a log that simply
+/// ends there, and the node served 40 of its 50 synced entries without a word. The log mark
+/// kept beside the database now tells the loss apart.
+#[tokio::test]
+async fn a_write_ahead_log_cut_at_a_record_boundary_is_refused_at_start() {
+    use openraft::storage::RaftLogStorageExt;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = Engine::open(dir.path()).unwrap();
+        let mut log = LogStore::<C>::new(engine);
+        // One append (one write-ahead log record) per entry.
+        for i in 1..=50 {
+            log.blocking_append(vec![entry(1, i, vec![(format!("key-{i}"), "v".repeat(100))], i)])
+                .await
+                .unwrap();
+        }
+        log.persist_mark().unwrap();
+    }
+    let wal = std::fs::read_dir(dir.path().join("db"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .expect("a write-ahead log file");
+    let bytes = std::fs::read(&wal).unwrap();
+    // RocksDB's log format: 32 KiB blocks of records, each a 7-byte header (checksum, u16
+    // little-endian length, type) and its payload. These records all fit in the first block.
+    assert!(bytes.len() < 32 << 10, "the WAL fits one block ({} bytes)", bytes.len());
+    let mut ends = vec![];
+    let mut at = 0;
+    while at + 7 <= bytes.len() {
+        let len = u16::from_le_bytes([bytes[at + 4], bytes[at + 5]]) as usize;
+        if len == 0 {
+            break;
+        }
+        at += 7 + len;
+        ends.push(at);
+    }
+    assert!(ends.len() >= 50, "{} records", ends.len());
+    let cut = ends[ends.len() - 11];
+    std::fs::write(&wal, &bytes[..cut]).unwrap();
+
+    let err = Engine::open(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("is damaged") && err.contains("up to index 50"), "{err}");
+    // What used to happen: without the mark, the shorter log opens as if nothing was lost.
+    std::fs::remove_file(dir.path().join(raftlord_storage::mark::FILE)).unwrap();
+    let engine = Engine::open(dir.path()).unwrap();
+    let last = engine.raw_log_entries(1, 100).unwrap().last().map(|(i, _)| *i);
+    assert!(last < Some(50), "the cut removed entries: the log ends at {last:?}");
+}

@@ -93,7 +93,49 @@ impl Engine {
         })?;
         let engine = Engine { db: Arc::new(db), path };
         engine.check_format()?;
+        engine.check_mark()?;
         Ok(engine)
+    }
+
+    /// The index of the last log entry, or of the last purged one if the log is empty.
+    pub(crate) fn last_index(&self) -> Result<u64, EngineError> {
+        let last_key = match self.db.iterator_cf(self.cf(CF_LOG), rocksdb::IteratorMode::End).next() {
+            None => 0,
+            Some(item) => {
+                let (key, _) = item?;
+                crate::codec::key_index(&key)
+                    .ok_or_else(|| EngineError::Corrupt(format!("a log key is {} bytes, not 8", key.len())))?
+            }
+        };
+        let purged = match self.db.get_cf(self.cf(CF_META), b"last_purged")? {
+            None => 0,
+            Some(bytes) => crate::codec::decode::<serde_json::Value>(&bytes)
+                .map_err(|e| EngineError::Corrupt(format!("the last purged log id: {e}")))?["index"]
+                .as_u64()
+                .unwrap_or(0),
+        };
+        Ok(last_key.max(purged))
+    }
+
+    /// Refuses a log that ends before the index it is known to have synced ([`crate::mark`]).
+    fn check_mark(&self) -> Result<(), EngineError> {
+        let damaged = |reason: String| EngineError::Damaged {
+            path: self.path.clone(),
+            reason,
+        };
+        let Some(mark) = crate::mark::read(&self.path).map_err(damaged)? else {
+            return Ok(());
+        };
+        let last = self.last_index()?;
+        if last < mark {
+            let file = self.path.join(crate::mark::FILE);
+            return Err(damaged(format!(
+                "the log ends at index {last}, but entries up to index {mark} had been synced, as {} records; \
+                 to start anyway on what is left, losing every entry after {last}, remove that file",
+                file.display()
+            )));
+        }
+        Ok(())
     }
 
     /// Opens an existing storage directory read-only, for inspecting it (`raftlord debug log`);

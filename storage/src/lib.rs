@@ -17,7 +17,9 @@
 //! - [`LogStore`] acknowledges an append (the `LogFlushed` callback) only after a synced write;
 //! - the vote is written with sync before `save_vote` returns;
 //! - a snapshot file is synced, renamed into place and its directory synced before it becomes
-//!   the current one.
+//!   the current one;
+//! - how far the log was synced is also kept outside the database ([`mark`]), so a log that
+//!   lost synced entries is refused on open instead of served.
 //!
 //! The crate knows openraft only through the storage traits it implements and nothing of Druid.
 
@@ -27,6 +29,7 @@
 mod codec;
 mod engine;
 mod log_store;
+pub mod mark;
 mod snapshot_store;
 
 pub use codec::{describe, json_depth};

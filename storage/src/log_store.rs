@@ -26,6 +26,8 @@ pub struct LogStore<C: RaftTypeConfig> {
     appended: Arc<AtomicU64>,
     recent: Arc<Mutex<Recent<C::Entry>>>,
     committed: Arc<Mutex<Committed<C::NodeId>>>,
+    /// How far the log was synced, kept outside the database.
+    mark: Arc<crate::mark::Mark>,
     _c: PhantomData<fn() -> C>,
 }
 
@@ -51,6 +53,7 @@ impl<C: RaftTypeConfig> Clone for LogStore<C> {
             appended: self.appended.clone(),
             recent: self.recent.clone(),
             committed: self.committed.clone(),
+            mark: self.mark.clone(),
             _c: PhantomData,
         }
     }
@@ -152,7 +155,25 @@ where
     C::Entry: Serialize + DeserializeOwned + Clone,
 {
     pub fn new(engine: Engine) -> Self {
+        let last = engine.last_index().unwrap_or(0);
+        let mark = Arc::new(crate::mark::Mark::new(engine.path(), last));
+        // Brings the mark up to date once appends pause, so that it does not trail the log
+        // for long; ends when the store is dropped.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let weak = Arc::downgrade(&mark);
+            runtime.spawn(async move {
+                loop {
+                    tokio::time::sleep(crate::mark::WRITE_EVERY).await;
+                    let Some(mark) = weak.upgrade() else { return };
+                    let result = tokio::task::spawn_blocking(move || mark.persist()).await;
+                    if let Ok(Err(e)) = result {
+                        tracing::warn!(error = %e, "cannot write the log mark");
+                    }
+                }
+            });
+        }
         LogStore {
+            mark,
             engine,
             appended: Arc::new(AtomicU64::new(0)),
             recent: Arc::new(Mutex::new(Recent::default())),
@@ -174,6 +195,12 @@ where
             committed.stored = true;
         }
         Ok(())
+    }
+
+    /// Writes the log mark if it trails the log (on orderly shutdown, so that the next start
+    /// checks the whole log against it).
+    pub fn persist_mark(&self) -> Result<(), StorageIOError<C::NodeId>> {
+        self.mark.persist().map_err(|e| StorageIOError::write_logs(&e))
     }
 
     fn recent(&self) -> std::sync::MutexGuard<'_, Recent<C::Entry>> {
@@ -375,10 +402,12 @@ where
     {
         let cf = self.engine.cf(CF_LOG);
         let mut batch = WriteBatch::default();
+        let mut last = 0;
         {
             let mut recent = self.recent();
             for entry in entries {
                 let index = entry.get_log_id().index;
+                last = index;
                 let bytes = encode(&entry);
                 batch.put_cf(cf, index_key(index), &bytes);
                 recent.push(index, bytes.len(), entry);
@@ -396,10 +425,17 @@ where
         // an async worker thread. openraft waits for the callback, which is only called once
         // the entries are durable, before it relies on them.
         let db = self.engine.db.clone();
+        let mark = self.mark.clone();
         tokio::task::spawn_blocking(move || {
             let result = db
                 .write_opt(batch, &synced())
                 .map_err(|e| std::io::Error::other(e.to_string()));
+            if result.is_ok() {
+                if let Err(e) = mark.synced(last) {
+                    // The log itself is durable; only the check on the next start is weaker.
+                    tracing::warn!(error = %e, "cannot write the log mark");
+                }
+            }
             // Let go of the database before reporting: whoever waits on the callback may close
             // and reopen it (a restart in the same process), which needs every handle gone.
             drop(db);
@@ -409,6 +445,11 @@ where
     }
 
     async fn truncate(&mut self, log_id: LogId<C::NodeId>) -> SResult<(), C> {
+        // The mark goes below the removed entries first, or the next start would take their
+        // removal for a loss.
+        self.mark
+            .truncating(log_id.index)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         self.recent().truncate(log_id.index);
         let cf = self.engine.cf(CF_LOG);
         self.engine
