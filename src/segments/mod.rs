@@ -100,6 +100,11 @@ impl Datasource {
         self.used
     }
 
+    /// REPLACE locks with appended segments waiting to be upgraded into their version.
+    pub fn upgrade_records(&self) -> usize {
+        self.upgrades.len()
+    }
+
     pub fn total_count(&self) -> usize {
         self.segments.len()
     }

@@ -106,7 +106,27 @@ impl State {
                     .lock(l),
             );
         }
+        self.forget_upgrades_of_gone_locks(&held);
         n
+    }
+
+    /// Appended segments recorded for a REPLACE lock that is now gone without publishing (its
+    /// task failed or let go) will never be upgraded: their records are dropped, as Druid drops
+    /// a task's `upgradeSegments` rows when its locks are removed.
+    fn forget_upgrades_of_gone_locks(&mut self, released: &[crate::locks::TaskLock]) {
+        for l in released
+            .iter()
+            .filter(|l| l.lock_type == crate::locks::LockType::Replace)
+        {
+            let live = self
+                .locks
+                .posses()
+                .any(|p| p.lock.fencing_token == l.fencing_token && p.lock.interval == l.interval);
+            if !live {
+                let key = crate::segments::upgrade_key(l.fencing_token, &l.interval);
+                self.segments.apply_take_upgrades(&l.data_source, &key);
+            }
+        }
     }
 
     pub(super) fn release_task_locks(&mut self, ctx: ApplyContext, task: &str) {
@@ -122,5 +142,6 @@ impl State {
                     .lock(l),
             );
         }
+        self.forget_upgrades_of_gone_locks(&held);
     }
 }

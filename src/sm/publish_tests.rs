@@ -635,6 +635,27 @@ fn appends_during_a_concurrent_replace_are_upgraded_into_its_version() {
     );
 }
 
+/// Found by the state-bounds review: a REPLACE task that failed after an append committed under
+/// its lock left the append's upgrade record in the state for good.
+#[test]
+fn upgrade_records_of_a_replace_lock_that_goes_away_unpublished_are_dropped() {
+    let mut s = State::default();
+    submit_with_lock(&mut s, 1, "compact", LockType::Replace);
+    submit_with_lock(&mut s, 2, "stream", LockType::Append);
+    publish_kind(
+        &mut s,
+        3,
+        "stream",
+        PublishKind::Append,
+        vec![one("1970-01-01T00:00:01.000Z")],
+    );
+    assert_eq!(s.segments.datasource("wiki").unwrap().upgrade_records(), 1);
+    s.release_task_locks(ctx(10, 10), "compact");
+    assert_eq!(s.segments.datasource("wiki").unwrap().upgrade_records(), 0);
+    // The appended segment itself stays.
+    assert_eq!(s.segments.datasource("wiki").unwrap().used_count(), 1);
+}
+
 #[test]
 fn append_and_replace_publishes_need_their_lock_types() {
     let mut s = State::default();
