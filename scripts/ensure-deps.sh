@@ -6,6 +6,11 @@ set -euo pipefail
 missing=()
 dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
+# The fault-injection tests: network namespaces (ip), private mounts (unshare) and a node's
+# wall clock stepped on its own (libfaketime).
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
+dpkg -s libfaketime >/dev/null 2>&1 || missing+=(libfaketime)
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}" >&2

@@ -7,9 +7,10 @@
 //!   overlapping intervals, publishes a segment under it, releases it, then publishes again
 //!   with the released lock's version, which must be refused.
 //!
-//! Each round the nemesis cuts the network one way (the leader isolated; a follower isolated, a
-//! 1/2 split; one link between the leader and a follower cut, leaving the other follower as a
-//! bridge), holds the cut while the majority keeps taking writes, and heals it.
+//! Each round the nemesis injects one fault, holds it while the majority keeps taking writes,
+//! and heals it: the leader isolated; a follower isolated (a 1/2 split); one link between the
+//! leader and a follower cut, leaving the other follower as a bridge; the leader's wall clock
+//! stepped 3 h ahead; and 3 h behind (with libfaketime, the monotonic clock untouched).
 //!
 //! The checkers, on the clients' histories (real time, one clock) and every node's final state:
 //! - every acknowledged task is on every node, and every node holds the same tasks, segments and
@@ -21,7 +22,8 @@
 //!   publishes overshadows what came before;
 //! - no segment is stored that was published under a released lock, and every stored segment
 //!   has the version and interval of a lock its publisher was granted;
-//! - no task ever had two live peons (sampled from `/proc` throughout the run).
+//! - no task ever had two live peons (sampled from `/proc` throughout the run);
+//! - no task failed for a deadline its worker "missed" because a clock was stepped.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -55,16 +57,34 @@ pub struct Options {
     pub submitters: usize,
     /// Task slots of each node's worker.
     pub worker_capacity: u32,
+    /// Also step the leader's wall clock forward and back (needs libfaketime; see
+    /// [`libfaketime`]).
+    pub clock_jumps: bool,
+}
+
+/// The libfaketime library, if installed: it lets the harness step one node's wall clock
+/// without touching the machine's (the monotonic clock is left alone, as an NTP step would).
+pub fn libfaketime() -> Option<PathBuf> {
+    [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/faketime/libfaketime.so.1",
+        "/usr/local/lib/faketime/libfaketime.so.1",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
-            rounds: 6,
+            rounds: 10,
             hold: Duration::from_secs(2),
             lockers: 3,
             submitters: 2,
             worker_capacity: 2,
+            clock_jumps: true,
         }
     }
 }
@@ -97,6 +117,9 @@ pub struct Report {
     pub writes_during_cuts: usize,
     /// One line per round: the cut, the leaders before and after, the writes taken.
     pub rounds_log: Vec<String>,
+    /// Tasks failed for missing a deadline (their worker "did not start" them): under clock
+    /// steps, none may be.
+    pub deadline_failures: Vec<String>,
 }
 
 impl Report {
@@ -110,6 +133,7 @@ impl Report {
         v.extend(self.double_peons.iter().cloned());
         v.extend(self.diverged.iter().cloned());
         v.extend(self.stalled_rounds.iter().cloned());
+        v.extend(self.deadline_failures.iter().cloned());
         v
     }
 
@@ -117,7 +141,8 @@ impl Report {
         format!(
             "rounds {}: tasks acknowledged {} (lost {}), lock grants {}, publishes {}, stale publishes refused {} \
              (stored {}), lock exclusivity violations {}, unlocked segments {}, peons seen {} (tasks with two live \
-             peons {}), replicas diverged {}, stalled rounds {}, writes acknowledged during cuts {}",
+             peons {}), replicas diverged {}, stalled rounds {}, writes acknowledged during faults {}, tasks failed \
+             for a missed deadline {}",
             self.rounds,
             self.acked_tasks,
             self.lost_tasks.len(),
@@ -132,6 +157,7 @@ impl Report {
             self.diverged.len(),
             self.stalled_rounds.len(),
             self.writes_during_cuts,
+            self.deadline_failures.len(),
         )
     }
 }
@@ -143,10 +169,12 @@ struct NetCluster {
     bin: PathBuf,
     procs: BTreeMap<usize, Child>,
     capacity: u32,
+    /// libfaketime, when nodes run with a wall clock the harness can step.
+    faketime: Option<PathBuf>,
 }
 
 impl NetCluster {
-    fn start(bin: &Path, capacity: u32) -> anyhow::Result<NetCluster> {
+    fn start(bin: &Path, capacity: u32, faketime: Option<PathBuf>) -> anyhow::Result<NetCluster> {
         let net = Net::create(3)?;
         let mut c = NetCluster {
             net,
@@ -154,6 +182,7 @@ impl NetCluster {
             bin: bin.to_path_buf(),
             procs: BTreeMap::new(),
             capacity,
+            faketime,
         };
         for k in 1..=3 {
             c.spawn(k)?;
@@ -175,9 +204,17 @@ impl NetCluster {
             .collect::<Vec<_>>()
             .join(",");
         let log = std::fs::File::create(self.dir.path().join(format!("node-{k}.log")))?;
-        let child = self
-            .net
-            .command(k, &self.bin)
+        let mut command = self.net.command(k, &self.bin);
+        if let Some(lib) = &self.faketime {
+            self.set_clock(k, "+0")?;
+            command
+                .env("LD_PRELOAD", lib)
+                .env("FAKETIME_TIMESTAMP_FILE", self.clock_file(k))
+                .env("FAKETIME_CACHE_DURATION", "1")
+                .env("DONT_FAKE_MONOTONIC", "1")
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
+        let child = command
             .args(["server", "--node-id", &k.to_string()])
             .args(["--listen", &format!("{}:{PORT}", self.net.host_ip(k))])
             .args(["--peers", &peers])
@@ -193,6 +230,16 @@ impl NetCluster {
             .context("starting raftlord in a network namespace")?;
         self.procs.insert(k, child);
         Ok(())
+    }
+
+    fn clock_file(&self, k: usize) -> PathBuf {
+        self.dir.path().join(format!("clock-{k}"))
+    }
+
+    /// Steps node `k`'s wall clock to `offset` from the real one (libfaketime's syntax, e.g.
+    /// `+3h`, `-1d`); it takes effect within a second.
+    fn set_clock(&self, k: usize, offset: &str) -> anyhow::Result<()> {
+        std::fs::write(self.clock_file(k), offset).context("writing a node's clock offset")
     }
 
     /// The index into [`NetCluster::urls`] of the node all three name as leader.
@@ -550,7 +597,13 @@ fn local_state(c: &reqwest::blocking::Client, url: &str) -> Option<(u64, BTreeSe
 
 /// Runs the workload under `opts.rounds` partitions and checks the outcome.
 pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<Report> {
-    let mut cluster = NetCluster::start(bin, opts.worker_capacity)?;
+    let faketime = if opts.clock_jumps {
+        Some(libfaketime().context("clock steps need libfaketime (Debian's package libfaketime)")?)
+    } else {
+        None
+    };
+    let kinds = if faketime.is_some() { 5 } else { 3 };
+    let mut cluster = NetCluster::start(bin, opts.worker_capacity, faketime)?;
     let urls = cluster.urls();
     let c = client(Duration::from_secs(2));
     let leader = wait("the cluster to elect a leader", Duration::from_secs(60), || {
@@ -606,7 +659,7 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<Report> {
                 agreed_leader(&c, &urls)
             })?;
             let followers: Vec<usize> = (1..=3).filter(|k| *k != leader).collect();
-            let kind = match round % 3 {
+            let kind = match round % kinds {
                 0 => {
                     cluster.net.isolate(leader)?;
                     format!("leader {leader} isolated")
@@ -615,9 +668,17 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<Report> {
                     cluster.net.isolate(followers[0])?;
                     format!("follower {} isolated", followers[0])
                 }
-                _ => {
+                2 => {
                     cluster.net.cut(leader, followers[0])?;
                     format!("link {leader}-{} cut, {} bridging", followers[0], followers[1])
+                }
+                3 => {
+                    cluster.set_clock(leader, "+3h")?;
+                    format!("leader {leader}'s clock 3 h ahead")
+                }
+                _ => {
+                    cluster.set_clock(leader, "-3h")?;
+                    format!("leader {leader}'s clock 3 h behind")
                 }
             };
             let cut_at = Instant::now();
@@ -634,6 +695,11 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<Report> {
             report.writes_during_cuts += during;
             let held = cut_at.elapsed();
             cluster.net.heal()?;
+            if kinds > 3 {
+                for k in 1..=3 {
+                    cluster.set_clock(k, "+0")?;
+                }
+            }
             let after = wait(
                 "all nodes to agree on a leader after healing",
                 Duration::from_secs(60),
@@ -710,6 +776,22 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<Report> {
     };
     let (_, tasks, datasources, _) = &states[0];
     report.lost_tasks = h.acked_tasks.difference(tasks).cloned().collect();
+    let statuses: Value = c
+        .get(format!("{}/internal/state/tasks", urls[0]))
+        .bearer_auth(SECRET)
+        .send()?
+        .json()?;
+    report.deadline_failures = statuses["tasks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| {
+            t["errorMsg"]
+                .as_str()
+                .is_some_and(|m| m.contains("did not start the task within"))
+        })
+        .map(|t| format!("task {} failed: {}", t["id"], t["errorMsg"]))
+        .collect();
     check_locks(&h.grants, &mut report);
     let stored: BTreeSet<String> = datasources[LOCKS_DS]["ids"]
         .as_array()

@@ -7,7 +7,11 @@
 //!   (`FailUnstartedTask`), as in Druid. It is not placed again: the first worker may still
 //!   start a peon for it late, and a task must never run twice. That late peon is stopped when
 //!   its worker reports it, and its task actions are refused (the task is no longer active).
+//!
+//! Both deadlines run on the monotonic clock, so a wall clock stepped ahead (NTP, an operator)
+//! fails nothing.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +19,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::{Heartbeats, OverlordSettings};
-use crate::clock::now_ms;
 use crate::sm::Command;
 use crate::Raft;
 
@@ -23,13 +26,16 @@ const CHECK_EVERY: Duration = Duration::from_millis(250);
 
 pub async fn run(raft: Arc<Raft>, heartbeats: Heartbeats, settings: OverlordSettings, cancel: CancellationToken) {
     let took_over = Instant::now();
-    let took_over_ms = now_ms();
     let assign_timeout_ms = settings.assign_timeout.as_millis() as u64;
+    // When this leader first saw each assignment still waiting for its worker, by task and
+    // assignment index. Measured on the monotonic clock: a wall clock stepped forward must not
+    // fail every task just handed to a worker.
+    let mut waiting_since: HashMap<(String, u64), Instant> = HashMap::new();
     loop {
         let mut commands = Vec::new();
         {
             let g = raft.shared.read().await;
-            let now = now_ms();
+            let mut still_waiting = HashMap::new();
             for r in g.state.workers.all().filter(|r| !r.lost) {
                 let host = &r.worker.host;
                 let last = heartbeats.last(host).map_or(took_over, |t| t.max(took_over));
@@ -43,8 +49,13 @@ pub async fn run(raft: Arc<Raft>, heartbeats: Heartbeats, settings: OverlordSett
                 }
                 for t in r.tasks.iter().filter_map(|id| g.state.tasks.get(id)) {
                     let Some(a) = &t.assignment else { continue };
-                    let since = a.assigned_ms.max(took_over_ms);
-                    if t.is_active() && !a.accepted && now.saturating_sub(since) > assign_timeout_ms {
+                    if !t.is_active() || a.accepted {
+                        continue;
+                    }
+                    let key = (t.spec.id.clone(), a.index);
+                    let since = waiting_since.get(&key).copied().unwrap_or_else(Instant::now);
+                    still_waiting.insert(key, since);
+                    if since.elapsed() > settings.assign_timeout {
                         commands.push(Command::FailUnstartedTask {
                             task: t.spec.id.clone(),
                             worker: host.clone(),
@@ -54,6 +65,7 @@ pub async fn run(raft: Arc<Raft>, heartbeats: Heartbeats, settings: OverlordSett
                     }
                 }
             }
+            waiting_since = still_waiting;
         }
         for c in commands {
             warn!(command = ?c, "worker deadline missed");
