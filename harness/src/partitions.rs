@@ -1,11 +1,13 @@
 //! Partitions under a mixed workload, and the checkers that judge the outcome.
 //!
 //! Three `raftlord server` nodes, each in its own network namespace with a worker, take:
-//! - submissions of short `noop` tasks with ids, which workers run in peons;
+//! - submissions of short `noop` tasks with ids, which workers run in peons, every fifth shut
+//!   down again;
 //! - lockers: each holds a task that no worker may take (a strong affinity to no host keeps it
 //!   waiting and active) and, in a loop, tries an EXCLUSIVE time-chunk lock on one of a few
-//!   overlapping intervals, publishes a segment under it, releases it, then publishes again
-//!   with the released lock's version, which must be refused.
+//!   overlapping intervals, allocates a segment id under it (`segmentAllocate`), publishes that
+//!   segment, releases the lock, then publishes again with the released lock's version, which
+//!   must be refused.
 //!
 //! Each round the nemesis injects one fault, holds it while the majority keeps taking writes,
 //! and heals it: the leader isolated; a follower isolated (a 1/2 split); one link between the
@@ -20,8 +22,8 @@
 //!   whatever order the cluster chose;
 //! - a lock granted after an overlapping one was released has a greater version, so what it
 //!   publishes overshadows what came before;
-//! - no segment is stored that was published under a released lock, and every stored segment
-//!   has the version and interval of a lock its publisher was granted;
+//! - no segment is stored that was published under a released lock, every stored segment was
+//!   allocated to its publisher, and no segment id was allocated to two sequences;
 //! - no task ever had two live peons (sampled from `/proc` throughout the run);
 //! - no task failed for a deadline its worker "missed" because a clock was stepped.
 
@@ -96,15 +98,18 @@ pub struct Report {
     /// Task submissions acknowledged, and those of them missing on some node.
     pub acked_tasks: usize,
     pub lost_tasks: Vec<String>,
-    /// Lock grants, publishes acknowledged, stale publishes refused as they should be.
+    /// Lock grants, segment ids allocated, publishes acknowledged, stale publishes refused as
+    /// they should be.
     pub grants: usize,
+    pub allocations: usize,
     pub publishes: usize,
     pub stale_refused: usize,
     /// Grants held at once on overlapping intervals, or versions that went backwards.
     pub lock_violations: Vec<String>,
     /// Stale publishes answered success, or found stored.
     pub stale_published: Vec<String>,
-    /// Stored segments that match no lock their publisher was granted.
+    /// Stored segments that match no allocation their publisher was given, and segment ids
+    /// allocated to two sequences.
     pub unlocked_segments: Vec<String>,
     /// Tasks seen with two live peons at once, and how many peons were seen at all.
     pub double_peons: Vec<String>,
@@ -139,7 +144,7 @@ impl Report {
 
     pub fn summary(&self) -> String {
         format!(
-            "rounds {}: tasks acknowledged {} (lost {}), lock grants {}, publishes {}, stale publishes refused {} \
+            "rounds {}: tasks acknowledged {} (lost {}), lock grants {}, allocations {}, publishes {}, stale publishes refused {} \
              (stored {}), lock exclusivity violations {}, unlocked segments {}, peons seen {} (tasks with two live \
              peons {}), replicas diverged {}, stalled rounds {}, writes acknowledged during faults {}, tasks failed \
              for a missed deadline {}",
@@ -147,6 +152,7 @@ impl Report {
             self.acked_tasks,
             self.lost_tasks.len(),
             self.grants,
+            self.allocations,
             self.publishes,
             self.stale_refused,
             self.stale_published.len(),
@@ -365,6 +371,10 @@ struct Grant {
 struct History {
     acked_tasks: BTreeSet<String>,
     grants: Vec<Grant>,
+    /// Segment ids handed out by `segmentAllocate`, with the sequence each was asked for.
+    allocations: Vec<(String, String)>,
+    /// Ids of the segments published (or tried) under released locks.
+    stale_ids: BTreeSet<String>,
     publishes: usize,
     stale_refused: usize,
     stale_answered_success: Vec<String>,
@@ -457,6 +467,17 @@ fn segment(interval: &str, version: &str, partition: u32, task: &str) -> Value {
     })
 }
 
+/// The id and JSON of the segment a `segmentAllocate` answer names.
+fn allocated_segment(answer: &Value, task: &str) -> Option<(String, Value)> {
+    let interval = answer["interval"].as_str()?;
+    let version = answer["version"].as_str()?;
+    let partition = answer["shardSpec"]["partitionNum"].as_u64()? as u32;
+    Some((
+        segment_id(interval, version, partition),
+        segment(interval, version, partition, task),
+    ))
+}
+
 /// One locker's loop (see the module docs).
 fn locker(n: usize, urls: Vec<String>, history: Arc<Mutex<History>>, stop: Arc<AtomicBool>, writes: Arc<AtomicUsize>) {
     let c = client(Duration::from_secs(2));
@@ -474,6 +495,7 @@ fn locker(n: usize, urls: Vec<String>, history: Arc<Mutex<History>>, stop: Arc<A
     while !stop.load(Ordering::Relaxed) {
         i += 1;
         let interval = INTERVALS[rand::random_range(0..INTERVALS.len())];
+        let release = json!({"type": "lockRelease", "interval": interval});
         let try_lock = json!({"type": "lockTryAcquire", "lockType": "EXCLUSIVE", "interval": interval});
         let answer = action(&c, &urls, &task, &try_lock, Instant::now() + long);
         let version = match &answer {
@@ -483,7 +505,6 @@ fn locker(n: usize, urls: Vec<String>, history: Arc<Mutex<History>>, stop: Arc<A
         let Some(version) = version else {
             if answer.is_none() || answer.as_ref().is_some_and(|(s, _)| *s != 200) {
                 // An unanswered attempt may still hold a lock: let it go before moving on.
-                let release = json!({"type": "lockRelease", "interval": interval});
                 action(&c, &urls, &task, &release, Instant::now() + long);
             }
             continue;
@@ -500,23 +521,38 @@ fn locker(n: usize, urls: Vec<String>, history: Arc<Mutex<History>>, stop: Arc<A
             });
             h.grants.len() - 1
         };
-        let publish = json!({"type": "segmentTransactionalInsert",
-            "segments": [segment(interval, &version, 0, &task)]});
-        if let Some((200, v)) = action(&c, &urls, &task, &publish, Instant::now() + long) {
-            if v["result"]["success"] == json!(true) {
-                history.lock().unwrap().publishes += 1;
-                writes.fetch_add(1, Ordering::Relaxed);
+        // A segment id under the lock, from the allocator, as a batch task gets one.
+        let sequence = format!("{task}-{i}");
+        let allocate = json!({"type": "segmentAllocate", "dataSource": LOCKS_DS,
+            "timestamp": interval.split('/').next().unwrap_or(interval),
+            "preferredSegmentGranularity": "DAY", "sequenceName": sequence,
+            "skipSegmentLineageCheck": true});
+        let allocated = match action(&c, &urls, &task, &allocate, Instant::now() + long) {
+            Some((200, v)) => allocated_segment(&v["result"], &task),
+            _ => None,
+        };
+        if let Some((id, body)) = &allocated {
+            history.lock().unwrap().allocations.push((sequence.clone(), id.clone()));
+            writes.fetch_add(1, Ordering::Relaxed);
+            let publish = json!({"type": "segmentTransactionalInsert", "segments": [body]});
+            if let Some((200, v)) = action(&c, &urls, &task, &publish, Instant::now() + long) {
+                if v["result"]["success"] == json!(true) {
+                    history.lock().unwrap().publishes += 1;
+                    writes.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
         history.lock().unwrap().grants[grant_index].released = Some(Instant::now());
-        let release = json!({"type": "lockRelease", "interval": interval});
         let Some(_) = action(&c, &urls, &task, &release, Instant::now() + long) else {
             continue;
         };
         writes.fetch_add(1, Ordering::Relaxed);
         // The released lock's version no longer entitles this task to publish.
+        let stale_partition = 1000 + i as u32;
+        let stale_id = segment_id(interval, &version, stale_partition);
+        history.lock().unwrap().stale_ids.insert(stale_id);
         let stale = json!({"type": "segmentTransactionalInsert",
-            "segments": [segment(interval, &version, 1, &task)]});
+            "segments": [segment(interval, &version, stale_partition, &task)]});
         match action(&c, &urls, &task, &stale, Instant::now() + long) {
             Some((200, v)) if v["result"]["success"] == json!(true) => {
                 history.lock().unwrap().stale_answered_success.push(format!(
@@ -544,8 +580,16 @@ fn submitter(
         let id = format!("p-{n}-{i}");
         let body = json!({"type": "noop", "id": id, "dataSource": "parts", "runTime": 300});
         if submit(&c, &urls, &body, Instant::now() + Duration::from_secs(120)) {
-            history.lock().unwrap().acked_tasks.insert(id);
             writes.fetch_add(1, Ordering::Relaxed);
+            // Every fifth task is shut down again, waiting or running.
+            if i % 5 == 0 {
+                let url = &urls[i % urls.len()];
+                let r = c.post(format!("{url}/druid/indexer/v1/task/{id}/shutdown")).send();
+                if r.is_ok_and(|r| r.status().is_success()) {
+                    writes.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            history.lock().unwrap().acked_tasks.insert(id);
         }
     }
 }
@@ -764,6 +808,7 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<Report> {
     let h = history.lock().unwrap();
     report.acked_tasks = h.acked_tasks.len();
     report.grants = h.grants.len();
+    report.allocations = h.allocations.len();
     report.publishes = h.publishes;
     report.stale_refused = h.stale_refused;
     report.stale_published = h.stale_answered_success.clone();
@@ -797,7 +842,7 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<Report> {
         .as_array()
         .map(|ids| ids.iter().filter_map(|i| i.as_str().map(str::to_string)).collect())
         .unwrap_or_default();
-    check_segments(&h.grants, &stored, &mut report);
+    check_segments(&h, &stored, &mut report);
     Ok(report)
 }
 
@@ -831,20 +876,28 @@ fn check_locks(grants: &[Grant], report: &mut Report) {
     }
 }
 
-/// Every stored segment of the lockers' datasource was published under a grant its publisher
-/// held; none under a released one.
-fn check_segments(grants: &[Grant], stored: &BTreeSet<String>, report: &mut Report) {
-    let legit: BTreeSet<String> = grants.iter().map(|g| segment_id(&g.interval, &g.version, 0)).collect();
-    let stale: BTreeSet<String> = grants.iter().map(|g| segment_id(&g.interval, &g.version, 1)).collect();
+/// Every stored segment of the lockers' datasource was allocated to its publisher under a
+/// lock; none was published under a released one; no segment id was handed to two sequences.
+fn check_segments(h: &History, stored: &BTreeSet<String>, report: &mut Report) {
+    let mut sequences: BTreeMap<&str, &str> = BTreeMap::new();
+    for (sequence, id) in &h.allocations {
+        if let Some(other) = sequences.insert(id, sequence) {
+            if other != sequence {
+                report
+                    .unlocked_segments
+                    .push(format!("segment id {id} was allocated to both {other} and {sequence}"));
+            }
+        }
+    }
     for id in stored {
-        if stale.contains(id) {
+        if h.stale_ids.contains(id) {
             report.stale_published.push(format!(
                 "segment {id} is stored though it was published under a released lock"
             ));
-        } else if !legit.contains(id) {
+        } else if !sequences.contains_key(id.as_str()) {
             report
                 .unlocked_segments
-                .push(format!("segment {id} matches no lock its publisher was granted"));
+                .push(format!("segment {id} matches no allocation its publisher was given"));
         }
     }
 }
@@ -901,18 +954,27 @@ mod tests {
     }
 
     #[test]
-    fn stale_and_unknown_segments_are_reported() {
-        let g = [grant("a", INTERVALS[0], "v1", Instant::now(), None)];
-        let mut r = Report::default();
+    fn stale_unknown_and_doubly_allocated_segments_are_reported() {
+        let mut h = History::default();
+        let ok = segment_id(INTERVALS[0], "v1", 0);
+        h.allocations.push(("s1".into(), ok.clone()));
+        h.allocations.push(("s2".into(), segment_id(INTERVALS[0], "v1", 1)));
+        h.allocations.push(("s3".into(), segment_id(INTERVALS[0], "v1", 1)));
+        h.stale_ids.insert(segment_id(INTERVALS[0], "v1", 1001));
         let stored: BTreeSet<String> = [
-            segment_id(INTERVALS[0], "v1", 0),
-            segment_id(INTERVALS[0], "v1", 1),
+            ok,
+            segment_id(INTERVALS[0], "v1", 1001),
             segment_id(INTERVALS[1], "v9", 0),
         ]
         .into();
-        check_segments(&g, &stored, &mut r);
-        assert_eq!(r.stale_published.len(), 1);
-        assert_eq!(r.unlocked_segments.len(), 1);
+        let mut r = Report::default();
+        check_segments(&h, &stored, &mut r);
+        assert_eq!(r.stale_published.len(), 1, "{r:?}");
+        assert_eq!(r.unlocked_segments.len(), 2, "{r:?}");
+        assert!(r
+            .unlocked_segments
+            .iter()
+            .any(|v| v.contains("allocated to both s2 and s3")));
         assert_eq!(
             segment_id(INTERVALS[0], "v1", 0),
             "locks_2030-01-01T00:00:00.000Z_2030-01-02T00:00:00.000Z_v1"
