@@ -582,7 +582,7 @@ fn submitter(
         if submit(&c, &urls, &body, Instant::now() + Duration::from_secs(120)) {
             writes.fetch_add(1, Ordering::Relaxed);
             // Every fifth task is shut down again, waiting or running.
-            if i % 5 == 0 {
+            if i.is_multiple_of(5) {
                 let url = &urls[i % urls.len()];
                 let r = c.post(format!("{url}/druid/indexer/v1/task/{id}/shutdown")).send();
                 if r.is_ok_and(|r| r.status().is_success()) {
