@@ -72,6 +72,9 @@ async fn three_nodes_form_one_cluster_and_followers_redirect() {
     let leader = c.leader().await;
     let status = c.nodes[&leader].raft.status().await;
     assert_eq!(status.members.iter().filter(|m| m.voter).count(), 3);
+    // The membership entries are in RocksDB's memtables, and /status says how much that takes.
+    assert!(status.storage_memory_bytes > 0, "{status:?}");
+    assert!(status.storage_memory_bytes <= raftlord_storage::MEMTABLE_BUDGET as u64 * 2);
 
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

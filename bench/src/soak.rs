@@ -14,12 +14,15 @@ use crate::cluster::{rss_mib, status, Raftlord};
 /// What is measured at one moment.
 struct Sample {
     rss_mib: Vec<f64>,
+    /// What RocksDB holds in memory (memtables, table readers), per node.
+    storage_mib: Vec<f64>,
     snapshot_mib: f64,
     tasks_total: u64,
 }
 
 async fn sample(rl: &Raftlord, client: &reqwest::Client) -> Sample {
     let mut rss = Vec::new();
+    let mut storage = Vec::new();
     let mut snapshot_mib: f64 = 0.0;
     let mut tasks_total = 0;
     for (id, url) in &rl.urls {
@@ -27,12 +30,14 @@ async fn sample(rl: &Raftlord, client: &reqwest::Client) -> Sample {
             rss.push(r);
         }
         if let Some(v) = status(client, url).await {
+            storage.push(v["storage_memory_bytes"].as_f64().unwrap_or(0.0) / 1048576.0);
             snapshot_mib = snapshot_mib.max(v["snapshot"]["bytes"].as_f64().unwrap_or(0.0) / 1048576.0);
             tasks_total = tasks_total.max(v["tasks"]["total"].as_u64().unwrap_or(0));
         }
     }
     Sample {
         rss_mib: rss,
+        storage_mib: storage,
         snapshot_mib,
         tasks_total,
     }
@@ -40,9 +45,12 @@ async fn sample(rl: &Raftlord, client: &reqwest::Client) -> Sample {
 
 fn show(what: &str, s: &Sample) {
     let rss: Vec<String> = s.rss_mib.iter().map(|r| format!("{r:.0}")).collect();
+    let storage: Vec<String> = s.storage_mib.iter().map(|r| format!("{r:.0}")).collect();
     println!(
-        "{what}: resident memory per node {} MiB; snapshot {:.1} MiB; task records {}",
+        "{what}: resident memory per node {} MiB (RocksDB memtables and readers {} MiB); snapshot {:.1} MiB; \
+         task records {}",
         rss.join(" / "),
+        storage.join(" / "),
         s.snapshot_mib,
         s.tasks_total
     );

@@ -105,6 +105,9 @@ pub struct ClusterStatus {
     pub snapshot_index: Option<u64>,
     /// Snapshots this node received from a leader since it started.
     pub snapshots_installed: u64,
+    /// Bytes RocksDB holds in memory (memtables and table readers).
+    #[serde(default)]
+    pub storage_memory_bytes: u64,
     pub members: Vec<Member>,
 }
 
@@ -512,6 +515,7 @@ impl<S: StateMachine> RaftNode<S> {
             applied_index: m.last_applied.map(|l| l.index),
             snapshot_index: m.snapshot.map(|l| l.index),
             snapshots_installed: self.shared.snapshots_installed(),
+            storage_memory_bytes: self.log.storage_memory_bytes(),
             members,
         }
     }

@@ -5,6 +5,9 @@ use std::sync::Arc;
 
 use rocksdb::{ColumnFamilyDescriptor, Options, WriteOptions, DB};
 
+/// Memory all memtables of the database may take together before RocksDB flushes them.
+pub const MEMTABLE_BUDGET: usize = 32 << 20;
+
 /// Version of the on-disk layout this build writes and understands.
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -75,6 +78,9 @@ impl Engine {
         opts.set_paranoid_checks(true);
         // Keep recovery bounded and the write-ahead log small: values are also in memtables.
         opts.set_max_total_wal_size(256 << 20);
+        // Memtables of all column families together stay under this (by default each could
+        // take 2 x 64 MiB): the log is mostly churn, entries purged soon after a snapshot.
+        opts.set_db_write_buffer_size(MEMTABLE_BUDGET);
         let cfs = [CF_LOG, CF_META]
             .into_iter()
             .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
@@ -203,6 +209,23 @@ impl Engine {
 
     pub(crate) fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
         self.db.cf_handle(name).expect("column family is created on open")
+    }
+
+    /// Bytes RocksDB holds in memory for this database: memtables (active, immutable and
+    /// pinned) and SST table readers, over every column family.
+    pub fn memory_bytes(&self) -> u64 {
+        let mut total = 0;
+        for cf in [CF_LOG, CF_META] {
+            for property in ["rocksdb.size-all-mem-tables", "rocksdb.estimate-table-readers-mem"] {
+                total += self
+                    .db
+                    .property_int_value_cf(self.cf(cf), property)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0);
+            }
+        }
+        total
     }
 
     /// Flushes memtables and the write-ahead log; called on orderly shutdown.

@@ -33,6 +33,6 @@ pub mod mark;
 mod snapshot_store;
 
 pub use codec::{describe, json_depth};
-pub use engine::{Engine, EngineError, FORMAT_VERSION};
+pub use engine::{Engine, EngineError, FORMAT_VERSION, MEMTABLE_BUDGET};
 pub use log_store::{LogStore, MAX_REPLICATION_BYTES};
 pub use snapshot_store::{SnapshotStore, StoredSnapshot};

@@ -197,6 +197,11 @@ where
         Ok(())
     }
 
+    /// Bytes RocksDB holds in memory for the database ([`Engine::memory_bytes`]).
+    pub fn storage_memory_bytes(&self) -> u64 {
+        self.engine.memory_bytes()
+    }
+
     /// Writes the log mark if it trails the log (on orderly shutdown, so that the next start
     /// checks the whole log against it).
     pub fn persist_mark(&self) -> Result<(), StorageIOError<C::NodeId>> {
