@@ -85,8 +85,22 @@ fn disk_low<S: StateMachine>(node: &RaftNode<S>) -> Option<Response> {
     )
 }
 
+/// Bodies at least this large are decoded on a blocking thread: decoding tens of MiB on an async
+/// worker would hold up the heartbeats that keep this follower from calling an election.
+const DECODE_APART: usize = 1 << 20;
+
 async fn append<S: StateMachine>(State(node): State<Arc<RaftNode<S>>>, body: axum::body::Bytes) -> Response {
-    match serde_json::from_slice::<openraft::raft::AppendEntriesRequest<Tc<S>>>(&body) {
+    let large = body.len() >= DECODE_APART;
+    let decode = move || serde_json::from_slice::<openraft::raft::AppendEntriesRequest<Tc<S>>>(&body);
+    let decoded = if large {
+        match tokio::task::spawn_blocking(decode).await {
+            Ok(d) => d,
+            Err(e) => return invalid_rpc(format!("decoding AppendEntries failed: {e}")),
+        }
+    } else {
+        decode()
+    };
+    match decoded {
         Ok(req) => {
             if req.vote.is_committed() && req.vote.leader_id().term >= node.current_term() {
                 node.contact.touch();
