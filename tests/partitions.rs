@@ -1,6 +1,6 @@
-//! Network partitions and clock steps on real processes in network namespaces: the leader
-//! isolated, a follower isolated, a bridge, and the leader's wall clock 3 h ahead and behind,
-//! under submissions that workers run and lockers that lock, publish,
+//! Network partitions, kills and clock steps on real processes in network namespaces: the
+//! leader isolated, a follower isolated, a bridge, a follower killed, a peon killed, and the
+//! leader's wall clock 3 h ahead and behind, under submissions that workers run and lockers that lock, publish,
 //! release and try to publish again under the released lock. The checkers are in
 //! `raftlord-harness` (`harness/src/partitions.rs`); the benchmark runs more rounds
 //! (`raftlord-bench partitions`).
@@ -36,6 +36,10 @@ fn partitions_lose_no_acknowledged_write_and_never_overlap_locks_or_publish_unde
     assert!(report.acked_tasks >= 20, "{}", report.summary());
     assert!(report.grants >= 10 && report.publishes >= 5, "{}", report.summary());
     assert!(report.stale_refused >= 5, "{}", report.summary());
-    assert!(report.peons_seen >= 5, "{}", report.summary());
+    assert!(
+        report.peons_seen >= 5 && report.peons_killed == 1,
+        "{}",
+        report.summary()
+    );
     assert!(report.writes_during_cuts > 0, "{}", report.summary());
 }

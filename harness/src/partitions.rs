@@ -11,8 +11,10 @@
 //!
 //! Each round the nemesis injects one fault, holds it while the majority keeps taking writes,
 //! and heals it: the leader isolated; a follower isolated (a 1/2 split); one link between the
-//! leader and a follower cut, leaving the other follower as a bridge; the leader's wall clock
-//! stepped 3 h ahead; and 3 h behind (with libfaketime, the monotonic clock untouched).
+//! leader and a follower cut, leaving the other follower as a bridge; a follower and its worker
+//! killed with SIGKILL (restarted at healing); a running peon killed with SIGKILL; the leader's
+//! wall clock stepped 3 h ahead; and 3 h behind (with libfaketime, the monotonic clock
+//! untouched).
 //!
 //! The checkers, on the clients' histories (real time, one clock) and every node's final state:
 //! - every acknowledged task is on every node, and every node holds the same tasks, segments and
@@ -49,7 +51,7 @@ const LOCKS_DS: &str = "locks";
 /// How long and how hard to run.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Partition rounds; the nemesis cycles through its three kinds of cut.
+    /// Rounds; the nemesis cycles through its faults (seven with clock steps, five without).
     pub rounds: usize,
     /// Least time each cut is held (it is held longer until the majority has taken writes).
     pub hold: Duration,
@@ -81,7 +83,7 @@ pub fn libfaketime() -> Option<PathBuf> {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            rounds: 10,
+            rounds: 7,
             hold: Duration::from_secs(2),
             lockers: 3,
             submitters: 2,
@@ -111,9 +113,11 @@ pub struct Report {
     /// Stored segments that match no allocation their publisher was given, and segment ids
     /// allocated to two sequences.
     pub unlocked_segments: Vec<String>,
-    /// Tasks seen with two live peons at once, and how many peons were seen at all.
+    /// Tasks seen with two live peons at once, how many peons were seen at all, and how many
+    /// the nemesis killed.
     pub double_peons: Vec<String>,
     pub peons_seen: usize,
+    pub peons_killed: usize,
     /// Nodes that did not converge, or whose state differs.
     pub diverged: Vec<String>,
     /// Rounds in which the majority side took no write while the cut was held.
@@ -145,8 +149,8 @@ impl Report {
     pub fn summary(&self) -> String {
         format!(
             "rounds {}: tasks acknowledged {} (lost {}), lock grants {}, allocations {}, publishes {}, stale publishes refused {} \
-             (stored {}), lock exclusivity violations {}, unlocked segments {}, peons seen {} (tasks with two live \
-             peons {}), replicas diverged {}, stalled rounds {}, writes acknowledged during faults {}, tasks failed \
+             (stored {}), lock exclusivity violations {}, unlocked segments {}, peons seen {}, killed {} (tasks with \
+             two live peons {}), replicas diverged {}, stalled rounds {}, writes acknowledged during faults {}, tasks failed \
              for a missed deadline {}",
             self.rounds,
             self.acked_tasks,
@@ -159,6 +163,7 @@ impl Report {
             self.lock_violations.len(),
             self.unlocked_segments.len(),
             self.peons_seen,
+            self.peons_killed,
             self.double_peons.len(),
             self.diverged.len(),
             self.stalled_rounds.len(),
@@ -166,6 +171,18 @@ impl Report {
             self.deadline_failures.len(),
         )
     }
+}
+
+/// What the nemesis does in one round.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    IsolateLeader,
+    IsolateFollower,
+    Bridge,
+    KillFollower,
+    KillPeon,
+    ClockAhead,
+    ClockBehind,
 }
 
 /// Three nodes, each in its own namespace.
@@ -646,7 +663,17 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<Report> {
     } else {
         None
     };
-    let kinds = if faketime.is_some() { 5 } else { 3 };
+    // The faults, in the order the rounds cycle through them.
+    let mut faults = vec![
+        Fault::IsolateLeader,
+        Fault::IsolateFollower,
+        Fault::Bridge,
+        Fault::KillFollower,
+        Fault::KillPeon,
+    ];
+    if faketime.is_some() {
+        faults.extend([Fault::ClockAhead, Fault::ClockBehind]);
+    }
     let mut cluster = NetCluster::start(bin, opts.worker_capacity, faketime)?;
     let urls = cluster.urls();
     let c = client(Duration::from_secs(2));
@@ -703,24 +730,49 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<Report> {
                 agreed_leader(&c, &urls)
             })?;
             let followers: Vec<usize> = (1..=3).filter(|k| *k != leader).collect();
-            let kind = match round % kinds {
-                0 => {
+            let mut killed = None;
+            let kind = match faults[round % faults.len()] {
+                Fault::IsolateLeader => {
                     cluster.net.isolate(leader)?;
                     format!("leader {leader} isolated")
                 }
-                1 => {
+                Fault::IsolateFollower => {
                     cluster.net.isolate(followers[0])?;
                     format!("follower {} isolated", followers[0])
                 }
-                2 => {
+                Fault::Bridge => {
                     cluster.net.cut(leader, followers[0])?;
                     format!("link {leader}-{} cut, {} bridging", followers[0], followers[1])
                 }
-                3 => {
+                Fault::KillFollower => {
+                    // Its worker dies with it; its peons run on and are adopted on restart.
+                    if let Some(mut child) = cluster.procs.remove(&followers[0]) {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                    }
+                    killed = Some(followers[0]);
+                    format!("follower {} (and its worker) killed with SIGKILL", followers[0])
+                }
+                Fault::KillPeon => match wait("a running peon", Duration::from_secs(10), || {
+                    peons(cluster.dir.path()).into_iter().next()
+                })
+                .ok()
+                {
+                    Some(p) => {
+                        // SAFETY: kill only sends a signal.
+                        unsafe {
+                            libc::kill(p.pid, libc::SIGKILL);
+                        }
+                        report.peons_killed += 1;
+                        format!("the peon of task {} killed with SIGKILL", p.task)
+                    }
+                    None => "no peon running to kill".to_string(),
+                },
+                Fault::ClockAhead => {
                     cluster.set_clock(leader, "+3h")?;
                     format!("leader {leader}'s clock 3 h ahead")
                 }
-                _ => {
+                Fault::ClockBehind => {
                     cluster.set_clock(leader, "-3h")?;
                     format!("leader {leader}'s clock 3 h behind")
                 }
@@ -739,10 +791,13 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<Report> {
             report.writes_during_cuts += during;
             let held = cut_at.elapsed();
             cluster.net.heal()?;
-            if kinds > 3 {
+            if cluster.faketime.is_some() {
                 for k in 1..=3 {
                     cluster.set_clock(k, "+0")?;
                 }
+            }
+            if let Some(k) = killed {
+                cluster.spawn(k)?;
             }
             let after = wait(
                 "all nodes to agree on a leader after healing",
