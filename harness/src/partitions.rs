@@ -389,6 +389,17 @@ struct Grant {
     released: Option<Instant>,
 }
 
+/// A publish under a released lock.
+#[derive(Debug)]
+struct Stale {
+    task: String,
+    interval: String,
+    /// When it was first sent.
+    sent: Instant,
+    /// Whether an attempt may have been applied later than the answer the client got.
+    ambiguous: bool,
+}
+
 /// Everything the clients were told.
 #[derive(Default)]
 struct History {
@@ -396,9 +407,11 @@ struct History {
     grants: Vec<Grant>,
     /// Segment ids handed out by `segmentAllocate`, with the sequence each was asked for.
     allocations: Vec<(String, String)>,
-    /// Segments published (or tried) under released locks, by id: the publishing task, the
-    /// segment's interval, and when the publish was first sent.
-    stale: BTreeMap<String, (String, String, Instant)>,
+    /// Segments published (or tried) under released locks, by id.
+    stale: BTreeMap<String, Stale>,
+    /// Lock requests, by task and interval, that may have been granted without the task
+    /// learning of it (an attempt timed out before a retry was answered).
+    uncertain_locks: Vec<(String, String)>,
     publishes: usize,
     stale_refused: usize,
     stale_answered_success: Vec<String>,
@@ -448,7 +461,21 @@ fn action(
     body: &Value,
     give_up: Instant,
 ) -> Option<(u16, Value)> {
+    action_traced(c, urls, task, body, give_up).0
+}
+
+/// Like [`action`], also saying whether an earlier attempt may still take effect later: one
+/// that timed out, or was answered "may still commit". Such an attempt can be applied after the
+/// answer to a retry, so the cluster may act on it at any later time.
+fn action_traced(
+    c: &reqwest::blocking::Client,
+    urls: &[String],
+    task: &str,
+    body: &Value,
+    give_up: Instant,
+) -> (Option<(u16, Value)>, bool) {
     let mut attempt = rand::random_range(0..urls.len());
+    let mut ambiguous = false;
     let envelope = json!({"task": {"id": task}, "action": body});
     while Instant::now() < give_up {
         attempt += 1;
@@ -456,12 +483,17 @@ fn action(
         match c.post(format!("{url}/druid/indexer/v1/action")).json(&envelope).send() {
             Ok(r) if r.status().is_success() || r.status() == 400 => {
                 let s = r.status().as_u16();
-                return Some((s, r.json().unwrap_or_default()));
+                return (Some((s, r.json().unwrap_or_default())), ambiguous);
             }
-            _ => std::thread::sleep(Duration::from_millis(20)), // back off before the retry
+            Ok(r) => {
+                let text = r.text().unwrap_or_default();
+                ambiguous |= text.contains("may still commit");
+            }
+            Err(_) => ambiguous = true,
         }
+        std::thread::sleep(Duration::from_millis(20)); // back off before the retry
     }
-    None
+    (None, true)
 }
 
 /// Submits a task until the cluster answers; true when it is stored.
@@ -528,7 +560,16 @@ fn locker(n: usize, urls: Vec<String>, history: Arc<Mutex<History>>, stop: Arc<A
         let interval = INTERVALS[rand::random_range(0..INTERVALS.len())];
         let release = json!({"type": "lockRelease", "interval": interval});
         let try_lock = json!({"type": "lockTryAcquire", "lockType": "EXCLUSIVE", "interval": interval});
-        let answer = action(&c, &urls, &task, &try_lock, Instant::now() + long);
+        let (answer, ambiguous) = action_traced(&c, &urls, &task, &try_lock, Instant::now() + long);
+        if ambiguous {
+            // An attempt may still be granted later: this task may hold the interval at any
+            // time from now on without knowing it.
+            history
+                .lock()
+                .unwrap()
+                .uncertain_locks
+                .push((task.clone(), interval.to_string()));
+        }
         let version = match &answer {
             Some((200, v)) => v["result"]["version"].as_str().map(str::to_string),
             _ => None,
@@ -540,12 +581,20 @@ fn locker(n: usize, urls: Vec<String>, history: Arc<Mutex<History>>, stop: Arc<A
             }
             continue;
         };
+        // The lock held may be wider than the one asked for: a lock this task already holds
+        // (granted by an attempt it never heard back from) that covers the interval.
+        let held = answer
+            .as_ref()
+            .and_then(|(_, v)| v["result"]["interval"].as_str())
+            .unwrap_or(interval)
+            .to_string();
+        let release = json!({"type": "lockRelease", "interval": held});
         writes.fetch_add(1, Ordering::Relaxed);
         let grant_index = {
             let mut h = history.lock().unwrap();
             h.grants.push(Grant {
                 task: task.clone(),
-                interval: interval.to_string(),
+                interval: held.clone(),
                 version: version.clone(),
                 acked: Instant::now(),
                 released: None,
@@ -581,14 +630,20 @@ fn locker(n: usize, urls: Vec<String>, history: Arc<Mutex<History>>, stop: Arc<A
         // The released lock's version no longer entitles this task to publish.
         let stale_partition = 1000 + i as u32;
         let stale_id = segment_id(interval, &version, stale_partition);
-        history
-            .lock()
-            .unwrap()
-            .stale
-            .insert(stale_id, (task.clone(), interval.to_string(), Instant::now()));
+        let sent = Instant::now();
         let stale = json!({"type": "segmentTransactionalInsert",
             "segments": [segment(interval, &version, stale_partition, &task)]});
-        match action(&c, &urls, &task, &stale, Instant::now() + long) {
+        let (answer, ambiguous) = action_traced(&c, &urls, &task, &stale, Instant::now() + long);
+        history.lock().unwrap().stale.insert(
+            stale_id,
+            Stale {
+                task: task.clone(),
+                interval: interval.to_string(),
+                sent,
+                ambiguous,
+            },
+        );
+        match answer {
             Some((200, v)) if v["result"]["success"] == json!(true) => {
                 history.lock().unwrap().stale_answered_success.push(format!(
                     "{task} published under its released lock {version} on {interval} (round trip {i})"
@@ -963,20 +1018,27 @@ fn check_segments(h: &History, stored: &BTreeSet<String>, report: &mut Report) {
         }
     }
     for id in stored {
-        if let Some((task, interval, sent)) = h.stale.get(id) {
-            // A publish whose answer was lost may commit late. As in Druid, a segment is
-            // accepted under any lock of its task that covers its interval with a version at
-            // least its own, so a late commit under a lock granted afterwards is legitimate.
-            let later_cover = h
-                .grants
-                .iter()
-                .any(|g| g.task == *task && contains(&g.interval, interval) && g.acked > *sent);
+        if let Some(st) = h.stale.get(id) {
+            // An attempt that may have taken effect late can have been applied under a lock its
+            // task got afterwards: as in Druid, a segment is accepted under any lock of its task
+            // that covers its interval with a version at least its own. Such locks are the ones
+            // granted after the publish was sent, and the requests whose grant may have gone
+            // unseen.
+            let later_cover = st.ambiguous
+                && (h
+                    .grants
+                    .iter()
+                    .any(|g| g.task == st.task && contains(&g.interval, &st.interval) && g.acked > st.sent)
+                    || h.uncertain_locks
+                        .iter()
+                        .any(|(t, i)| *t == st.task && contains(i, &st.interval)));
             if later_cover {
                 report.stale_published_late += 1;
             } else {
                 report.stale_published.push(format!(
-                    "segment {id} is stored though it was published under a released lock, and {task} held no \
-                     lock on {interval} afterwards"
+                    "segment {id} is stored though {} published it under a released lock on {} and no later lock \
+                     of its covers it",
+                    st.task, st.interval
                 ));
             }
         } else if !sequences.contains_key(id.as_str()) {
@@ -1046,15 +1108,16 @@ mod tests {
         h.allocations.push(("s2".into(), segment_id(INTERVALS[0], "v1", 1)));
         h.allocations.push(("s3".into(), segment_id(INTERVALS[0], "v1", 1)));
         let t0 = Instant::now();
-        h.stale.insert(
-            segment_id(INTERVALS[0], "v1", 1001),
-            ("a".into(), INTERVALS[0].into(), t0),
-        );
-        // Stored, but the task got the enclosing two days afterwards: a late commit under it.
-        h.stale.insert(
-            segment_id(INTERVALS[0], "v1", 1002),
-            ("b".into(), INTERVALS[0].into(), t0),
-        );
+        let stale = |task: &str, ambiguous| Stale {
+            task: task.into(),
+            interval: INTERVALS[0].into(),
+            sent: t0,
+            ambiguous,
+        };
+        h.stale.insert(segment_id(INTERVALS[0], "v1", 1001), stale("a", false));
+        // Stored, but an attempt timed out and the task got the enclosing two days afterwards:
+        // a late commit under that lock.
+        h.stale.insert(segment_id(INTERVALS[0], "v1", 1002), stale("b", true));
         h.grants
             .push(grant("b", INTERVALS[4], "v2", t0 + Duration::from_millis(5), None));
         let stored: BTreeSet<String> = [
