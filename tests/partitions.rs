@@ -34,7 +34,11 @@ fn partitions_lose_no_acknowledged_write_and_never_overlap_locks_or_publish_unde
     assert!(violations.is_empty(), "{}\n{violations:#?}", report.summary());
     // The workload did what it is meant to do, so the checks above had something to check.
     assert!(report.acked_tasks >= 20, "{}", report.summary());
-    assert!(report.grants >= 10 && report.publishes >= 5, "{}", report.summary());
+    assert!(
+        report.grants >= 10 && report.publishes >= 5 && report.revocations >= 1,
+        "{}",
+        report.summary()
+    );
     assert!(report.stale_refused >= 5, "{}", report.summary());
     assert!(
         report.peons_seen >= 5 && report.peons_killed == 1,

@@ -7,7 +7,8 @@
 //!   waiting and active) and, in a loop, tries an EXCLUSIVE time-chunk lock on one of a few
 //!   overlapping intervals, allocates a segment id under it (`segmentAllocate`), publishes that
 //!   segment, releases the lock, then publishes again with the released lock's version, which
-//!   must be refused.
+//!   must be refused. The first locker's task has a higher priority: its locks revoke the
+//!   others' where they overlap.
 //!
 //! Each round the nemesis injects one fault, holds it while the majority keeps taking writes,
 //! and heals it: the leader isolated; a follower isolated (a 1/2 split); one link between the
@@ -19,9 +20,10 @@
 //! The checkers, on the clients' histories (real time, one clock) and every node's final state:
 //! - every acknowledged task is on every node, and every node holds the same tasks, segments and
 //!   locks at the same applied index;
-//! - no two lock grants on overlapping intervals were held at once: grant B acknowledged before
-//!   release A was sent, and grant A acknowledged before release B was sent, is a violation
-//!   whatever order the cluster chose;
+//! - no two lock grants of equal priority on overlapping intervals were held at once: grant B
+//!   acknowledged before release A was sent, and grant A acknowledged before release B was
+//!   sent, is a violation whatever order the cluster chose; a higher-priority grant over a held
+//!   lower one revokes it, and nothing the lower one's task sends afterwards may publish;
 //! - a lock granted after an overlapping one was released has a greater version, so what it
 //!   publishes overshadows what came before;
 //! - no segment is stored that was published under a released lock, every stored segment was
@@ -45,6 +47,8 @@ use crate::netns::Net;
 pub const SECRET: &str = "harness-secret";
 /// The port every node listens on, inside its own namespace.
 const PORT: u16 = 8081;
+/// The priority of the first locker's task; the others have 0.
+const HIGH_PRIORITY: i32 = 75;
 /// The datasource of the lockers' tasks and segments.
 const LOCKS_DS: &str = "locks";
 
@@ -111,6 +115,8 @@ pub struct Report {
     /// Stale publishes answered success, or found stored with no later lock of their task to
     /// explain them.
     pub stale_published: Vec<String>,
+    /// Lock grants that revoked an overlapping lower-priority lock while it was held.
+    pub revocations: usize,
     /// Stale publishes found stored that committed late, under a lock their task was granted
     /// after sending them (Druid's rule allows it: a lock covers segments of its version or
     /// older).
@@ -153,7 +159,7 @@ impl Report {
 
     pub fn summary(&self) -> String {
         format!(
-            "rounds {}: tasks acknowledged {} (lost {}), lock grants {}, allocations {}, publishes {}, stale publishes refused {} \
+            "rounds {}: tasks acknowledged {} (lost {}), lock grants {} (revoking {}), allocations {}, publishes {}, stale publishes refused {} \
              (stored {}; committed late under a later lock {}), lock exclusivity violations {}, unlocked segments {}, peons seen {}, killed {} (tasks with \
              two live peons {}), replicas diverged {}, stalled rounds {}, writes acknowledged during faults {}, tasks failed \
              for a missed deadline {}",
@@ -161,6 +167,7 @@ impl Report {
             self.acked_tasks,
             self.lost_tasks.len(),
             self.grants,
+            self.revocations,
             self.allocations,
             self.publishes,
             self.stale_refused,
@@ -381,12 +388,17 @@ fn wait<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Option<T>) -
 #[derive(Debug, Clone)]
 struct Grant {
     task: String,
+    /// The task's (and so the lock's) priority.
+    priority: i32,
     interval: String,
     version: String,
     /// When the grant's answer arrived: it was granted before.
     acked: Instant,
     /// When its release was first sent: it was held until at least then.
     released: Option<Instant>,
+    /// The publish under it: when it was sent, the segment id, whether it was answered
+    /// success, and whether an attempt may have been applied later than that answer.
+    published: Option<(Instant, String, bool, bool)>,
 }
 
 /// A publish under a released lock.
@@ -546,12 +558,10 @@ fn locker(n: usize, urls: Vec<String>, history: Arc<Mutex<History>>, stop: Arc<A
     let c = client(Duration::from_secs(2));
     let task = format!("lk-{n}");
     let long = Duration::from_secs(120);
-    if !submit(
-        &c,
-        &urls,
-        &json!({"type": "noop", "id": task, "dataSource": LOCKS_DS}),
-        Instant::now() + long,
-    ) {
+    // The first locker outranks the others: its locks revoke theirs.
+    let priority = if n == 0 { HIGH_PRIORITY } else { 0 };
+    let spec = json!({"type": "noop", "id": task, "dataSource": LOCKS_DS, "context": {"priority": priority}});
+    if !submit(&c, &urls, &spec, Instant::now() + long) {
         return;
     }
     let mut i = 0usize;
@@ -594,6 +604,8 @@ fn locker(n: usize, urls: Vec<String>, history: Arc<Mutex<History>>, stop: Arc<A
             let mut h = history.lock().unwrap();
             h.grants.push(Grant {
                 task: task.clone(),
+                priority,
+                published: None,
                 interval: held.clone(),
                 version: version.clone(),
                 acked: Instant::now(),
@@ -615,11 +627,14 @@ fn locker(n: usize, urls: Vec<String>, history: Arc<Mutex<History>>, stop: Arc<A
             history.lock().unwrap().allocations.push((sequence.clone(), id.clone()));
             writes.fetch_add(1, Ordering::Relaxed);
             let publish = json!({"type": "segmentTransactionalInsert", "segments": [body]});
-            if let Some((200, v)) = action(&c, &urls, &task, &publish, Instant::now() + long) {
-                if v["result"]["success"] == json!(true) {
-                    history.lock().unwrap().publishes += 1;
-                    writes.fetch_add(1, Ordering::Relaxed);
-                }
+            let sent = Instant::now();
+            let (answer, ambiguous) = action_traced(&c, &urls, &task, &publish, Instant::now() + long);
+            let success = matches!(&answer, Some((200, v)) if v["result"]["success"] == json!(true));
+            let mut h = history.lock().unwrap();
+            h.grants[grant_index].published = Some((sent, id.clone(), success, ambiguous));
+            if success {
+                h.publishes += 1;
+                writes.fetch_add(1, Ordering::Relaxed);
             }
         }
         history.lock().unwrap().grants[grant_index].released = Some(Instant::now());
@@ -965,17 +980,26 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<Report> {
         })
         .map(|t| format!("task {} failed: {}", t["id"], t["errorMsg"]))
         .collect();
-    check_locks(&h.grants, &mut report);
+    let revoked_publishes = check_locks(&h.grants, &mut report);
     let stored: BTreeSet<String> = datasources[LOCKS_DS]["ids"]
         .as_array()
         .map(|ids| ids.iter().filter_map(|i| i.as_str().map(str::to_string)).collect())
         .unwrap_or_default();
     check_segments(&h, &stored, &mut report);
+    for id in stored.intersection(&revoked_publishes) {
+        report.lock_violations.push(format!(
+            "segment {id} is stored though it was published under a revoked lock"
+        ));
+    }
     Ok(report)
 }
 
 /// Mutual exclusion and version order of the grants (see the module docs).
-fn check_locks(grants: &[Grant], report: &mut Report) {
+///
+/// Returns the ids of segments published under a lock after it was revoked: none may be stored
+/// (unless an attempt may have been applied late under a newer lock; such ids are left out).
+fn check_locks(grants: &[Grant], report: &mut Report) -> BTreeSet<String> {
+    let mut forbidden = BTreeSet::new();
     for (i, a) in grants.iter().enumerate() {
         for b in &grants[i + 1..] {
             if a.task == b.task || !overlap(&a.interval, &b.interval) {
@@ -983,7 +1007,26 @@ fn check_locks(grants: &[Grant], report: &mut Report) {
             }
             let a_before_b_released = b.released.is_none_or(|r| a.acked < r);
             let b_before_a_released = a.released.is_none_or(|r| b.acked < r);
-            if a_before_b_released && b_before_a_released {
+            if a.priority != b.priority {
+                // The higher one may revoke the lower: granted while the lower was held, it
+                // was revoked by then, and nothing sent under it afterwards may publish.
+                let (high, low) = if a.priority > b.priority { (a, b) } else { (b, a) };
+                let revoked = low.acked < high.acked && low.released.is_none_or(|r| high.acked < r);
+                if revoked {
+                    report.revocations += 1;
+                    if let Some((sent, id, success, ambiguous)) = &low.published {
+                        if *sent > high.acked && *success {
+                            report.lock_violations.push(format!(
+                                "{} published {id} under its lock on {} after {} was granted {} over it",
+                                low.task, low.interval, high.task, high.interval
+                            ));
+                        }
+                        if *sent > high.acked && !*ambiguous {
+                            forbidden.insert(id.clone());
+                        }
+                    }
+                }
+            } else if a_before_b_released && b_before_a_released {
                 report.lock_violations.push(format!(
                     "{} held {} (version {}) while {} held {} (version {})",
                     a.task, a.interval, a.version, b.task, b.interval, b.version
@@ -1002,6 +1045,7 @@ fn check_locks(grants: &[Grant], report: &mut Report) {
             }
         }
     }
+    forbidden
 }
 
 /// Every stored segment of the lockers' datasource was allocated to its publisher under a
@@ -1056,6 +1100,8 @@ mod tests {
     fn grant(task: &str, interval: &str, version: &str, acked: Instant, released: Option<Instant>) -> Grant {
         Grant {
             task: task.into(),
+            priority: 0,
+            published: None,
             interval: interval.into(),
             version: version.into(),
             acked,
@@ -1098,6 +1144,28 @@ mod tests {
         );
         assert_eq!(r.lock_violations.len(), 1, "{:?}", r.lock_violations);
         assert!(r.lock_violations[0].contains("got version v0"));
+    }
+
+    #[test]
+    fn a_publish_under_a_revoked_lock_is_a_violation_and_revocation_itself_is_not() {
+        let t0 = Instant::now();
+        let t = |ms| t0 + Duration::from_millis(ms);
+        let mut low = grant("low", INTERVALS[0], "v1", t(0), Some(t(50)));
+        let mut high = grant("high", INTERVALS[4], "v2", t(10), Some(t(20)));
+        high.priority = HIGH_PRIORITY;
+        // Published before the higher grant: fine.
+        low.published = Some((t(5), "s-early".into(), true, false));
+        let mut r = Report::default();
+        let forbidden = check_locks(&[low.clone(), high.clone()], &mut r);
+        assert!(r.lock_violations.is_empty(), "{:?}", r.lock_violations);
+        assert_eq!(r.revocations, 1);
+        assert!(forbidden.is_empty());
+        // Published after it, and answered success.
+        low.published = Some((t(15), "s-late".into(), true, false));
+        let mut r = Report::default();
+        let forbidden = check_locks(&[low, high], &mut r);
+        assert_eq!(r.lock_violations.len(), 1, "{:?}", r.lock_violations);
+        assert!(forbidden.contains("s-late"));
     }
 
     #[test]
