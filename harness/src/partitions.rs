@@ -22,7 +22,8 @@
 //!   locks at the same applied index;
 //! - no two lock grants of equal priority on overlapping intervals were held at once: grant B
 //!   acknowledged before release A was sent, and grant A acknowledged before release B was
-//!   sent, is a violation whatever order the cluster chose; a higher-priority grant over a held
+//!   sent, is a violation whatever order the cluster chose, unless one of them had been revoked
+//!   by then (a revoked lock excludes nothing, as in Druid); a higher-priority grant over a held
 //!   lower one revokes it, and nothing the lower one's task sends afterwards may publish;
 //! - a lock granted after an overlapping one was released has a greater version, so what it
 //!   publishes overshadows what came before;
@@ -392,6 +393,8 @@ struct Grant {
     priority: i32,
     interval: String,
     version: String,
+    /// When its request was first sent: it was granted after.
+    sent: Instant,
     /// When the grant's answer arrived: it was granted before.
     acked: Instant,
     /// When its release was first sent: it was held until at least then.
@@ -399,6 +402,16 @@ struct Grant {
     /// The publish under it: when it was sent, the segment id, whether it was answered
     /// success, and whether an attempt may have been applied later than that answer.
     published: Option<(Instant, String, bool, bool)>,
+}
+
+/// A lock request that may have been granted without its task learning of it, at any time
+/// after it was sent.
+#[derive(Debug, Clone)]
+struct Uncertain {
+    task: String,
+    priority: i32,
+    interval: String,
+    sent: Instant,
 }
 
 /// A publish under a released lock.
@@ -423,7 +436,7 @@ struct History {
     stale: BTreeMap<String, Stale>,
     /// Lock requests, by task and interval, that may have been granted without the task
     /// learning of it (an attempt timed out before a retry was answered).
-    uncertain_locks: Vec<(String, String)>,
+    uncertain_locks: Vec<Uncertain>,
     publishes: usize,
     stale_refused: usize,
     stale_answered_success: Vec<String>,
@@ -570,15 +583,17 @@ fn locker(n: usize, urls: Vec<String>, history: Arc<Mutex<History>>, stop: Arc<A
         let interval = INTERVALS[rand::random_range(0..INTERVALS.len())];
         let release = json!({"type": "lockRelease", "interval": interval});
         let try_lock = json!({"type": "lockTryAcquire", "lockType": "EXCLUSIVE", "interval": interval});
+        let sent = Instant::now();
         let (answer, ambiguous) = action_traced(&c, &urls, &task, &try_lock, Instant::now() + long);
         if ambiguous {
             // An attempt may still be granted later: this task may hold the interval at any
             // time from now on without knowing it.
-            history
-                .lock()
-                .unwrap()
-                .uncertain_locks
-                .push((task.clone(), interval.to_string()));
+            history.lock().unwrap().uncertain_locks.push(Uncertain {
+                task: task.clone(),
+                priority,
+                interval: interval.to_string(),
+                sent,
+            });
         }
         let version = match &answer {
             Some((200, v)) => v["result"]["version"].as_str().map(str::to_string),
@@ -606,6 +621,7 @@ fn locker(n: usize, urls: Vec<String>, history: Arc<Mutex<History>>, stop: Arc<A
                 task: task.clone(),
                 priority,
                 published: None,
+                sent,
                 interval: held.clone(),
                 version: version.clone(),
                 acked: Instant::now(),
@@ -980,7 +996,7 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<Report> {
         })
         .map(|t| format!("task {} failed: {}", t["id"], t["errorMsg"]))
         .collect();
-    let revoked_publishes = check_locks(&h.grants, &mut report);
+    let revoked_publishes = check_locks(&h.grants, &h.uncertain_locks, &mut report);
     let stored: BTreeSet<String> = datasources[LOCKS_DS]["ids"]
         .as_array()
         .map(|ids| ids.iter().filter_map(|i| i.as_str().map(str::to_string)).collect())
@@ -998,7 +1014,7 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<Report> {
 ///
 /// Returns the ids of segments published under a lock after it was revoked: none may be stored
 /// (unless an attempt may have been applied late under a newer lock; such ids are left out).
-fn check_locks(grants: &[Grant], report: &mut Report) -> BTreeSet<String> {
+fn check_locks(grants: &[Grant], uncertain: &[Uncertain], report: &mut Report) -> BTreeSet<String> {
     let mut forbidden = BTreeSet::new();
     for (i, a) in grants.iter().enumerate() {
         for b in &grants[i + 1..] {
@@ -1026,7 +1042,11 @@ fn check_locks(grants: &[Grant], report: &mut Report) -> BTreeSet<String> {
                         }
                     }
                 }
-            } else if a_before_b_released && b_before_a_released {
+            } else if a_before_b_released
+                && b_before_a_released
+                && !maybe_revoked_before(grants, uncertain, a, b.acked)
+                && !maybe_revoked_before(grants, uncertain, b, a.acked)
+            {
                 report.lock_violations.push(format!(
                     "{} held {} (version {}) while {} held {} (version {})",
                     a.task, a.interval, a.version, b.task, b.interval, b.version
@@ -1046,6 +1066,23 @@ fn check_locks(grants: &[Grant], report: &mut Report) -> BTreeSet<String> {
         }
     }
     forbidden
+}
+
+/// Whether `g` may have been revoked before `t`: a higher-priority request over it may have
+/// been granted while `g` was held and before `t` (a grant lands between its request's first
+/// send and its answer, or, for a request never answered for sure, any time after the send).
+/// A revoked lock no longer excludes others, as in Druid.
+fn maybe_revoked_before(grants: &[Grant], uncertain: &[Uncertain], g: &Grant, t: Instant) -> bool {
+    let held_at = |at: Instant| g.released.is_none_or(|r| at < r);
+    grants.iter().any(|h| {
+        h.priority > g.priority
+            && overlap(&h.interval, &g.interval)
+            && h.sent < t
+            && g.sent < h.acked
+            && held_at(h.sent)
+    }) || uncertain
+        .iter()
+        .any(|u| u.priority > g.priority && overlap(&u.interval, &g.interval) && u.sent < t && held_at(u.sent))
 }
 
 /// Every stored segment of the lockers' datasource was allocated to its publisher under a
@@ -1075,7 +1112,7 @@ fn check_segments(h: &History, stored: &BTreeSet<String>, report: &mut Report) {
                     .any(|g| g.task == st.task && contains(&g.interval, &st.interval) && g.acked > st.sent)
                     || h.uncertain_locks
                         .iter()
-                        .any(|(t, i)| *t == st.task && contains(i, &st.interval)));
+                        .any(|u| u.task == st.task && contains(&u.interval, &st.interval)));
             if later_cover {
                 report.stale_published_late += 1;
             } else {
@@ -1104,6 +1141,7 @@ mod tests {
             published: None,
             interval: interval.into(),
             version: version.into(),
+            sent: acked - Duration::from_millis(1),
             acked,
             released,
         }
@@ -1120,6 +1158,7 @@ mod tests {
                 grant("a", INTERVALS[0], "v1", t(0), Some(t(10))),
                 grant("b", INTERVALS[4], "v2", t(20), Some(t(30))),
             ],
+            &[],
             &mut r,
         );
         assert!(r.lock_violations.is_empty(), "{:?}", r.lock_violations);
@@ -1129,6 +1168,7 @@ mod tests {
                 grant("a", INTERVALS[0], "v1", t(0), Some(t(30))),
                 grant("b", INTERVALS[4], "v2", t(20), Some(t(40))),
             ],
+            &[],
             &mut r,
         );
         assert_eq!(r.lock_violations.len(), 1, "{:?}", r.lock_violations);
@@ -1140,6 +1180,7 @@ mod tests {
                 grant("b", INTERVALS[1], "v2", t(20), Some(t(40))),
                 grant("c", INTERVALS[0], "v0", t(50), None),
             ],
+            &[],
             &mut r,
         );
         assert_eq!(r.lock_violations.len(), 1, "{:?}", r.lock_violations);
@@ -1156,14 +1197,19 @@ mod tests {
         // Published before the higher grant: fine.
         low.published = Some((t(5), "s-early".into(), true, false));
         let mut r = Report::default();
-        let forbidden = check_locks(&[low.clone(), high.clone()], &mut r);
+        let forbidden = check_locks(&[low.clone(), high.clone()], &[], &mut r);
         assert!(r.lock_violations.is_empty(), "{:?}", r.lock_violations);
         assert_eq!(r.revocations, 1);
         assert!(forbidden.is_empty());
+        // Once revoked, the low lock no longer excludes an equal-priority grant.
+        let other = grant("other", INTERVALS[0], "v3", t(30), Some(t(40)));
+        let mut r = Report::default();
+        check_locks(&[low.clone(), high.clone(), other], &[], &mut r);
+        assert!(r.lock_violations.is_empty(), "{:?}", r.lock_violations);
         // Published after it, and answered success.
         low.published = Some((t(15), "s-late".into(), true, false));
         let mut r = Report::default();
-        let forbidden = check_locks(&[low, high], &mut r);
+        let forbidden = check_locks(&[low, high], &[], &mut r);
         assert_eq!(r.lock_violations.len(), 1, "{:?}", r.lock_violations);
         assert!(forbidden.contains("s-late"));
     }
