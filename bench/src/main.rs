@@ -160,6 +160,15 @@ fn raftlord_path(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
+/// Prints each violation a checker found and fails when there is any.
+fn fail_on(violations: &[String]) -> anyhow::Result<()> {
+    for v in violations {
+        println!("VIOLATION: {v}");
+    }
+    anyhow::ensure!(violations.is_empty(), "{} violations", violations.len());
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -191,23 +200,13 @@ async fn main() -> anyhow::Result<()> {
                 println!("{line}");
             }
             println!("{}", report.summary());
-            let violations = report.violations();
-            for v in &violations {
-                println!("VIOLATION: {v}");
-            }
-            anyhow::ensure!(violations.is_empty(), "{} violations", violations.len());
-            Ok(())
+            fail_on(&report.violations())
         }
         Cmd::DiskFull { tmpfs_mb, floor_mb } => {
             let opts = raftlord_harness::diskfull::Options { tmpfs_mb, floor_mb };
             let report = tokio::task::spawn_blocking(move || raftlord_harness::diskfull::run(&bin, &opts)).await??;
             println!("{}", report.summary());
-            let violations = report.violations();
-            for v in &violations {
-                println!("VIOLATION: {v}");
-            }
-            anyhow::ensure!(violations.is_empty(), "{} violations", violations.len());
-            Ok(())
+            fail_on(&report.violations())
         }
         Cmd::Restart { tasks, clients } => load::restart(&bin, tasks, clients).await,
         Cmd::Tasks {

@@ -21,6 +21,7 @@ use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
 use crate::partitions::SECRET;
+use crate::wait;
 
 /// Why this run cannot be done here, if it cannot.
 pub fn unavailable() -> Option<String> {
@@ -174,19 +175,6 @@ fn client() -> reqwest::blocking::Client {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("building an HTTP client")
-}
-
-fn wait<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = cond() {
-            return Ok(v);
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(50)); // poll interval under the deadline above
-    }
 }
 
 /// The node ids' own task sets, with applied indexes.

@@ -32,3 +32,17 @@ pub fn free_port() -> u16 {
         }
     }
 }
+
+/// Polls `cond` until it returns `Some`, or fails after `timeout` naming `what`.
+pub fn wait<T>(what: &str, timeout: std::time::Duration, mut cond: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = cond() {
+            return Ok(v);
+        }
+        if std::time::Instant::now() >= deadline {
+            anyhow::bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50)); // poll interval under the deadline above
+    }
+}

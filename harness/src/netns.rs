@@ -153,26 +153,21 @@ impl Net {
         c
     }
 
+    /// Adds (`add`) or removes (`del`) the blackhole routes between hosts `a` and `b`, one in
+    /// each.
+    fn blackholes(&self, action: &str, a: usize, b: usize) -> anyhow::Result<()> {
+        for (here, there) in [(a, b), (b, a)] {
+            let to = format!("{}/32", self.host_ip(there));
+            ip(&["-n", &self.hosts[here - 1], "route", action, "blackhole", &to])?;
+        }
+        Ok(())
+    }
+
     /// Drops every packet between hosts `a` and `b`, both ways.
     pub fn cut(&mut self, a: usize, b: usize) -> anyhow::Result<()> {
         let (a, b) = (a.min(b), a.max(b));
         if self.cuts.insert((a, b)) {
-            ip(&[
-                "-n",
-                &self.hosts[a - 1],
-                "route",
-                "add",
-                "blackhole",
-                &format!("{}/32", self.host_ip(b)),
-            ])?;
-            ip(&[
-                "-n",
-                &self.hosts[b - 1],
-                "route",
-                "add",
-                "blackhole",
-                &format!("{}/32", self.host_ip(a)),
-            ])?;
+            self.blackholes("add", a, b)?;
         }
         Ok(())
     }
@@ -190,22 +185,7 @@ impl Net {
     /// Restores every cut link.
     pub fn heal(&mut self) -> anyhow::Result<()> {
         for (a, b) in std::mem::take(&mut self.cuts) {
-            ip(&[
-                "-n",
-                &self.hosts[a - 1],
-                "route",
-                "del",
-                "blackhole",
-                &format!("{}/32", self.host_ip(b)),
-            ])?;
-            ip(&[
-                "-n",
-                &self.hosts[b - 1],
-                "route",
-                "del",
-                "blackhole",
-                &format!("{}/32", self.host_ip(a)),
-            ])?;
+            self.blackholes("del", a, b)?;
         }
         Ok(())
     }

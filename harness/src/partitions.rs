@@ -43,6 +43,7 @@ use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
 use crate::netns::Net;
+use crate::wait;
 
 /// The cluster secret the nodes share.
 pub const SECRET: &str = "harness-secret";
@@ -370,19 +371,6 @@ fn agreed_leader(c: &reqwest::blocking::Client, urls: &[String]) -> Option<usize
         .collect();
     let first = ids[0]?;
     ids.iter().all(|i| *i == Some(first)).then_some(first as usize)
-}
-
-fn wait<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = cond() {
-            return Ok(v);
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(50)); // poll interval under the deadline above
-    }
 }
 
 /// One lock grant as its client saw it.

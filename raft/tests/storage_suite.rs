@@ -223,6 +223,16 @@ async fn an_undecodable_entry_is_reported_with_its_index_and_commands() {
     assert_eq!(raw.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![1, 2]);
 }
 
+/// The largest write-ahead log file of the database under `dir`: the one holding the entries.
+fn largest_wal(dir: &std::path::Path) -> std::path::PathBuf {
+    std::fs::read_dir(dir.join("db"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .expect("a write-ahead log file")
+}
+
 fn rocksdb_for_test(dir: &std::path::Path) -> rocksdb::DB {
     let opts = rocksdb::Options::default();
     rocksdb::DB::open_cf(&opts, dir.join("db"), ["log", "meta"]).unwrap()
@@ -257,12 +267,7 @@ async fn a_damaged_write_ahead_log_is_refused_at_start() {
             .collect();
         log.blocking_append(entries).await.unwrap();
     }
-    let wal = std::fs::read_dir(dir.path().join("db"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
-        .expect("a write-ahead log file");
+    let wal = largest_wal(dir.path());
     let mut bytes = std::fs::read(&wal).unwrap();
     assert!(bytes.len() > 4000, "the entries are in the WAL ({} bytes)", bytes.len());
     let at = bytes.len() / 2;
@@ -292,12 +297,7 @@ async fn a_write_ahead_log_cut_at_a_record_boundary_is_refused_at_start() {
         }
         log.persist_mark().unwrap();
     }
-    let wal = std::fs::read_dir(dir.path().join("db"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
-        .expect("a write-ahead log file");
+    let wal = largest_wal(dir.path());
     let bytes = std::fs::read(&wal).unwrap();
     // RocksDB's log format: 32 KiB blocks of records, each a 7-byte header (checksum, u16
     // little-endian length, type) and its payload. These records all fit in the first block.
