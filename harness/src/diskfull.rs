@@ -177,21 +177,10 @@ fn client() -> reqwest::blocking::Client {
         .expect("building an HTTP client")
 }
 
-/// The node ids' own task sets, with applied indexes.
+/// A node's own task ids, with its applied index.
 fn local_tasks(c: &reqwest::blocking::Client, url: &str) -> Option<(u64, BTreeSet<String>)> {
-    let v: Value = c
-        .get(format!("{url}/internal/state/tasks"))
-        .bearer_auth(SECRET)
-        .send()
-        .ok()?
-        .json()
-        .ok()?;
-    let ids = v["tasks"]
-        .as_array()?
-        .iter()
-        .filter_map(|t| t["id"].as_str().map(str::to_string))
-        .collect();
-    Some((v["appliedIndex"].as_u64()?, ids))
+    let v = crate::local_state(c, url, "/internal/state/tasks", SECRET)?;
+    Some((v["appliedIndex"].as_u64()?, crate::task_ids(&v)))
 }
 
 /// The leader's number, as a majority of the nodes name it.

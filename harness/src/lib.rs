@@ -46,3 +46,24 @@ pub fn wait<T>(what: &str, timeout: std::time::Duration, mut cond: impl FnMut() 
         std::thread::sleep(std::time::Duration::from_millis(50)); // poll interval under the deadline above
     }
 }
+
+/// A node's own copy of its state at `path` (`/internal/state/tasks` or `.../segments`), read
+/// without redirects behind the cluster `secret`: the JSON, which carries its `appliedIndex`.
+pub fn local_state(c: &reqwest::blocking::Client, url: &str, path: &str, secret: &str) -> Option<serde_json::Value> {
+    c.get(format!("{url}{path}"))
+        .bearer_auth(secret)
+        .send()
+        .ok()?
+        .json()
+        .ok()
+}
+
+/// The ids of the tasks in a `/internal/state/tasks` answer.
+pub fn task_ids(tasks: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    tasks["tasks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["id"].as_str().map(str::to_string))
+        .collect()
+}

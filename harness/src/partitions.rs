@@ -726,26 +726,18 @@ fn peon_watch(root: PathBuf, stop: Arc<AtomicBool>) -> (Vec<String>, usize) {
 
 /// A node's own copy of its state: applied index, tasks by id, segment ids, locks.
 fn local_state(c: &reqwest::blocking::Client, url: &str) -> Option<(u64, BTreeSet<String>, Value, Value)> {
-    let get = |path: &str| -> Option<Value> {
-        c.get(format!("{url}{path}"))
-            .bearer_auth(SECRET)
-            .send()
-            .ok()?
-            .json()
-            .ok()
-    };
-    let tasks = get("/internal/state/tasks")?;
-    let segments = get("/internal/state/segments")?;
+    let tasks = crate::local_state(c, url, "/internal/state/tasks", SECRET)?;
+    let segments = crate::local_state(c, url, "/internal/state/segments", SECRET)?;
     let applied = tasks["appliedIndex"].as_u64()?;
     if segments["appliedIndex"].as_u64()? != applied {
         return None;
     }
-    let ids = tasks["tasks"]
-        .as_array()?
-        .iter()
-        .filter_map(|t| t["id"].as_str().map(str::to_string))
-        .collect();
-    Some((applied, ids, segments["datasources"].clone(), segments["locks"].clone()))
+    Some((
+        applied,
+        crate::task_ids(&tasks),
+        segments["datasources"].clone(),
+        segments["locks"].clone(),
+    ))
 }
 
 /// Runs the workload under `opts.rounds` partitions and checks the outcome.
@@ -968,11 +960,8 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<Report> {
     };
     let (_, tasks, datasources, _) = &states[0];
     report.lost_tasks = h.acked_tasks.difference(tasks).cloned().collect();
-    let statuses: Value = c
-        .get(format!("{}/internal/state/tasks", urls[0]))
-        .bearer_auth(SECRET)
-        .send()?
-        .json()?;
+    let statuses =
+        crate::local_state(&c, &urls[0], "/internal/state/tasks", SECRET).context("reading the task statuses")?;
     report.deadline_failures = statuses["tasks"]
         .as_array()
         .into_iter()

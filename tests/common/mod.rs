@@ -395,12 +395,6 @@ pub fn wait_answering(url: &str) {
 /// A node's own copy of the task table (no redirect): its applied index and each task's
 /// `TaskStatus` JSON.
 pub fn local_tasks(url: &str) -> Option<(u64, Vec<serde_json::Value>)> {
-    let v: serde_json::Value = http()
-        .get(format!("{url}/internal/state/tasks"))
-        .bearer_auth(SECRET)
-        .send()
-        .ok()?
-        .json()
-        .ok()?;
+    let v = raftlord_harness::local_state(&http(), url, "/internal/state/tasks", SECRET)?;
     Some((v["appliedIndex"].as_u64()?, v["tasks"].as_array()?.clone()))
 }
