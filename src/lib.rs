@@ -21,13 +21,14 @@
 //! - [`cli`]: the command line;
 //! - [`config`] and [`clock`] (the only reader of wall-clock time).
 
+pub mod alloc;
 pub mod api;
 pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod http_server;
-pub mod interval;
+pub use raftlord_time::interval;
 pub mod leader;
 pub mod locks;
 pub mod node;

@@ -158,6 +158,10 @@ fn dev_node_keeps_tasks_across_restart() {
     });
     assert_eq!(v["status"]["id"], "persist-me");
     assert_eq!(v["status"]["statusCode"], "RUNNING");
+    // The binary counts its live heap; a serving node holds at least its state and runtime.
+    let status: Value = http().get(format!("{}/status", p.url)).send().unwrap().json().unwrap();
+    let heap = status["heap_live_bytes"].as_u64().unwrap_or(0);
+    assert!(heap > 64 * 1024, "heap_live_bytes {heap} in {status}");
 }
 
 #[test]

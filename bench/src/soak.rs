@@ -16,6 +16,8 @@ struct Sample {
     rss_mib: Vec<f64>,
     /// What RocksDB holds in memory (memtables, table readers), per node.
     storage_mib: Vec<f64>,
+    /// Rust's live heap (allocated, not freed), per node.
+    heap_mib: Vec<f64>,
     snapshot_mib: f64,
     tasks_total: u64,
 }
@@ -23,6 +25,7 @@ struct Sample {
 async fn sample(rl: &Raftlord, client: &reqwest::Client) -> Sample {
     let mut rss = Vec::new();
     let mut storage = Vec::new();
+    let mut heap = Vec::new();
     let mut snapshot_mib: f64 = 0.0;
     let mut tasks_total = 0;
     for (id, url) in &rl.urls {
@@ -31,6 +34,7 @@ async fn sample(rl: &Raftlord, client: &reqwest::Client) -> Sample {
         }
         if let Some(v) = status(client, url).await {
             storage.push(v["storage_memory_bytes"].as_f64().unwrap_or(0.0) / 1048576.0);
+            heap.push(v["heap_live_bytes"].as_f64().unwrap_or(0.0) / 1048576.0);
             snapshot_mib = snapshot_mib.max(v["snapshot"]["bytes"].as_f64().unwrap_or(0.0) / 1048576.0);
             tasks_total = tasks_total.max(v["tasks"]["total"].as_u64().unwrap_or(0));
         }
@@ -38,6 +42,7 @@ async fn sample(rl: &Raftlord, client: &reqwest::Client) -> Sample {
     Sample {
         rss_mib: rss,
         storage_mib: storage,
+        heap_mib: heap,
         snapshot_mib,
         tasks_total,
     }
@@ -46,10 +51,12 @@ async fn sample(rl: &Raftlord, client: &reqwest::Client) -> Sample {
 fn show(what: &str, s: &Sample) {
     let rss: Vec<String> = s.rss_mib.iter().map(|r| format!("{r:.0}")).collect();
     let storage: Vec<String> = s.storage_mib.iter().map(|r| format!("{r:.0}")).collect();
+    let heap: Vec<String> = s.heap_mib.iter().map(|r| format!("{r:.0}")).collect();
     println!(
-        "{what}: resident memory per node {} MiB (RocksDB memtables and readers {} MiB); snapshot {:.1} MiB; \
+        "{what}: resident memory per node {} MiB (live Rust heap {} MiB, RocksDB memtables and readers {} MiB); snapshot {:.1} MiB; \
          task records {}",
         rss.join(" / "),
+        heap.join(" / "),
         storage.join(" / "),
         s.snapshot_mib,
         s.tasks_total

@@ -49,6 +49,7 @@ async fn status(State(state): State<AppState>) -> Response {
         "bytes": snapshot_bytes,
         "building": state.raft.shared.building_snapshot(),
     });
+    v["heap_live_bytes"] = json!(crate::alloc::live_bytes());
     v["version"] = json!(env!("CARGO_PKG_VERSION"));
     Json(v).into_response()
 }

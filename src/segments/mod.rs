@@ -10,7 +10,7 @@
 //! - [`metadata`]: the commit-metadata compare-and-swap;
 //! - this module: the table, its `apply_*` functions and queries.
 
-pub mod granularity;
+pub use raftlord_time::granularity;
 pub mod metadata;
 pub mod segment;
 pub mod timeline;

@@ -1,9 +1,10 @@
-//! Druid's segment granularities, as far as segment allocation needs them: the bucket (UTC)
-//! holding an instant.
+//! Druid's granularities: the bucket (UTC) holding an instant, for segment allocation and
+//! ingestion's segment intervals, and the truncation of row times by a query granularity.
 //!
 //! Accepted: the names `SECOND`, `MINUTE`, `FIVE_MINUTE`, `TEN_MINUTE`, `FIFTEEN_MINUTE`,
 //! `THIRTY_MINUTE`, `HOUR`, `SIX_HOUR`, `EIGHT_HOUR`, `DAY`, `WEEK`, `MONTH`, `QUARTER`, `YEAR`,
-//! `ALL` (any case), `{"type": "<name>"}`, `{"type": "period", "period": "PT1H" | "P1D" | ...}`
+//! `ALL`, `NONE` (one millisecond: no truncation) (any case), `{"type": "<name>"}`,
+//! `{"type": "period", "period": "PT1H" | "P1D" | ...}`
 //! for the periods those names stand for (UTC only), and `{"type": "duration", "duration": ms}`.
 
 use chrono::{Datelike, NaiveDate, TimeZone, Utc};
@@ -28,7 +29,8 @@ const HOUR: i64 = 60 * MINUTE;
 const DAY: i64 = 24 * HOUR;
 
 /// Druid's granularity names, the ISO period each stands for, and the bucketing.
-const NAMED: [(&str, &str, Granularity); 15] = [
+const NAMED: [(&str, &str, Granularity); 16] = [
+    ("NONE", "", Granularity::Fixed(1)),
     ("SECOND", "PT1S", Granularity::Fixed(1000)),
     ("MINUTE", "PT1M", Granularity::Fixed(MINUTE)),
     ("FIVE_MINUTE", "PT5M", Granularity::Fixed(5 * MINUTE)),
@@ -86,6 +88,32 @@ impl Granularity {
             .find(|(_, period, _)| !period.is_empty() && *period == p)
             .map(|(_, _, g)| *g)
             .ok_or_else(|| format!("unsupported period granularity [{p}]"))
+    }
+
+    /// Roughly how long one bucket lasts, to order granularities as Druid's `isFinerThan` does
+    /// (a month counts as 28 days, a quarter 90, a year 365).
+    pub fn typical_ms(&self) -> i64 {
+        match *self {
+            Granularity::Fixed(ms) => ms,
+            Granularity::Week => 7 * DAY,
+            Granularity::Month => 28 * DAY,
+            Granularity::Quarter => 90 * DAY,
+            Granularity::Year => 365 * DAY,
+            Granularity::All => i64::MAX,
+        }
+    }
+
+    /// Whether buckets of `self` are no longer than those of `other`: a query granularity must
+    /// be no coarser than its segment granularity.
+    pub fn is_no_coarser_than(&self, other: &Granularity) -> bool {
+        self.typical_ms() <= other.typical_ms()
+    }
+
+    /// The start of the bucket holding `t`: the truncated time Druid stores for a row under a
+    /// query granularity (`ALL` truncates to the start of eternity, as Druid's does). `t`
+    /// itself when the bucket reaches out of the stored range.
+    pub fn truncate(&self, t: i64) -> i64 {
+        self.bucket(t).map(|b| b.start).unwrap_or(t)
     }
 
     /// The bucket holding `t`, or `None` when that bucket reaches outside the instants raftlord
