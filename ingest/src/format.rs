@@ -1,0 +1,470 @@
+//! `ioConfig.inputFormat`: how a stream of bytes becomes records.
+//!
+//! - `json`: one JSON object per line; `flattenSpec` with `root` and `path` fields (JSONPath
+//!   `$.a.b[0]`, `$['a b']`) and `useFieldDiscovery` (default true: every top-level field whose
+//!   value is a scalar or a list of scalars).
+//! - `csv` and `tsv`: `columns` or `findColumnsFromHeader`, `skipHeaderRows`, `listDelimiter`
+//!   (splits a value into a multi-value string), and for `tsv` a `delimiter` (default tab). An
+//!   empty value is null.
+//!
+//! A line that does not parse is an error for that line only: the reader goes on, and the
+//! caller counts it as unparseable.
+
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+/// A parsed `inputFormat`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InputFormat {
+    Json { flatten: Option<Flatten> },
+    Delimited(Delimited),
+}
+
+/// `flattenSpec`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Flatten {
+    pub discover: bool,
+    pub fields: Vec<(String, Vec<PathStep>)>,
+}
+
+/// One step of a JSONPath.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PathStep {
+    Key(String),
+    Index(usize),
+}
+
+/// `csv` or `tsv`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delimited {
+    pub delimiter: u8,
+    pub columns: Option<Vec<String>>,
+    pub find_header: bool,
+    pub skip_header_rows: usize,
+    pub list_delimiter: Option<String>,
+}
+
+type FieldError = (String, String);
+
+fn field(f: &str, m: impl Into<String>) -> FieldError {
+    (f.to_string(), m.into())
+}
+
+impl InputFormat {
+    pub fn parse(v: &Value) -> Result<InputFormat, FieldError> {
+        let kind = v
+            .get("type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| field("type", "required"))?;
+        match kind {
+            "json" => {
+                let flatten = match v.get("flattenSpec") {
+                    None | Some(Value::Null) => None,
+                    Some(f) => Some(parse_flatten(f)?),
+                };
+                Ok(InputFormat::Json { flatten })
+            }
+            "csv" | "tsv" => {
+                let delimiter = match (kind, v.get("delimiter").and_then(Value::as_str)) {
+                    ("csv", _) => b',',
+                    (_, None) => b'\t',
+                    (_, Some(d)) if d.len() == 1 => d.as_bytes()[0],
+                    (_, Some(d)) => return Err(field("delimiter", format!("[{d}] must be one single-byte character"))),
+                };
+                let columns = match v.get("columns") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::Array(a)) if !a.is_empty() => Some(
+                        a.iter()
+                            .map(|c| c.as_str().map(str::to_string))
+                            .collect::<Option<Vec<_>>>()
+                            .ok_or_else(|| field("columns", "must be a list of column names"))?,
+                    ),
+                    Some(Value::Array(_)) => None,
+                    Some(_) => return Err(field("columns", "must be a list of column names")),
+                };
+                let find_header = v.get("findColumnsFromHeader").and_then(Value::as_bool).unwrap_or(false);
+                if columns.is_none() && !find_header {
+                    return Err(field(
+                        "columns",
+                        "give the column names in \"columns\", or set \"findColumnsFromHeader\": true",
+                    ));
+                }
+                let skip_header_rows = v.get("skipHeaderRows").and_then(Value::as_u64).unwrap_or(0) as usize;
+                let list_delimiter = match v.get("listDelimiter").and_then(Value::as_str) {
+                    Some("") => None,
+                    Some(d) => Some(d.to_string()),
+                    None => Some("\u{1}".to_string()),
+                };
+                Ok(InputFormat::Delimited(Delimited {
+                    delimiter,
+                    columns,
+                    find_header,
+                    skip_header_rows,
+                    list_delimiter,
+                }))
+            }
+            "parquet" | "avro_ocf" | "orc" | "protobuf" | "regex" | "kafka" | "javascript" => Err(field(
+                "type",
+                format!("input format [{kind}] is not supported by this raftlord version; use json, csv or tsv"),
+            )),
+            other => Err(field("type", format!("unknown input format [{other}]"))),
+        }
+    }
+
+    /// The records of one stream, each with the line it started on (1-based).
+    pub fn records(
+        &self,
+        reader: Box<dyn BufRead + Send>,
+    ) -> Box<dyn Iterator<Item = (u64, Result<Record, String>)> + Send> {
+        match self {
+            InputFormat::Json { flatten } => {
+                let flatten = flatten.clone();
+                Box::new(reader.lines().enumerate().filter_map(move |(i, line)| {
+                    let line_no = i as u64 + 1;
+                    match line {
+                        Err(e) => Some((line_no, Err(format!("cannot read: {e}")))),
+                        Ok(l) if l.trim().is_empty() => None,
+                        Ok(l) => Some((line_no, parse_json_line(&l, flatten.as_ref()))),
+                    }
+                }))
+            }
+            InputFormat::Delimited(d) => Box::new(DelimitedRecords::new(d.clone(), reader)),
+        }
+    }
+}
+
+fn parse_flatten(v: &Value) -> Result<Flatten, FieldError> {
+    let discover = v.get("useFieldDiscovery").and_then(Value::as_bool).unwrap_or(true);
+    let mut fields = Vec::new();
+    if let Some(list) = v.get("fields").and_then(Value::as_array) {
+        for (i, f) in list.iter().enumerate() {
+            let at = format!("flattenSpec.fields[{i}]");
+            let name = f
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| field(&format!("{at}.name"), "required"))?;
+            let kind = f.get("type").and_then(Value::as_str).unwrap_or("path");
+            let path = match kind {
+                "root" => vec![PathStep::Key(name.to_string())],
+                "path" => {
+                    let expr = f
+                        .get("expr")
+                        .and_then(Value::as_str)
+                        .ok_or_else(|| field(&format!("{at}.expr"), "required"))?;
+                    parse_json_path(expr).map_err(|m| field(&format!("{at}.expr"), m))?
+                }
+                other => {
+                    return Err(field(
+                        &format!("{at}.type"),
+                        format!("flatten field type [{other}] is not supported; use root or path"),
+                    ))
+                }
+            };
+            fields.push((name.to_string(), path));
+        }
+    }
+    Ok(Flatten { discover, fields })
+}
+
+/// `$.a.b[0]`, `$['a b'][1]`, `$.a.*` is refused.
+pub fn parse_json_path(expr: &str) -> Result<Vec<PathStep>, String> {
+    let bad = || format!("[{expr}] is not a JSONPath raftlord reads; write $.a.b, $['a b'] or $.a[0]");
+    let rest = expr.strip_prefix('$').ok_or_else(bad)?;
+    let b = rest.as_bytes();
+    let mut steps = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'.' => {
+                let start = i + 1;
+                let mut j = start;
+                while j < b.len() && b[j] != b'.' && b[j] != b'[' {
+                    j += 1;
+                }
+                let key = &rest[start..j];
+                if key.is_empty() || key == "*" {
+                    return Err(bad());
+                }
+                steps.push(PathStep::Key(key.to_string()));
+                i = j;
+            }
+            b'[' => {
+                let close = rest[i..].find(']').map(|c| c + i).ok_or_else(bad)?;
+                let inner = rest[i + 1..close].trim();
+                if let Some(q) = inner
+                    .strip_prefix('\'')
+                    .and_then(|s| s.strip_suffix('\''))
+                    .or_else(|| inner.strip_prefix('"').and_then(|s| s.strip_suffix('"')))
+                {
+                    steps.push(PathStep::Key(q.to_string()));
+                } else {
+                    steps.push(PathStep::Index(inner.parse().map_err(|_| bad())?));
+                }
+                i = close + 1;
+            }
+            _ => return Err(bad()),
+        }
+    }
+    Ok(steps)
+}
+
+fn follow<'a>(v: &'a Value, path: &[PathStep]) -> Option<&'a Value> {
+    let mut cur = v;
+    for s in path {
+        cur = match s {
+            PathStep::Key(k) => cur.get(k.as_str())?,
+            PathStep::Index(i) => cur.get(*i)?,
+        };
+    }
+    Some(cur)
+}
+
+fn is_flat(v: &Value) -> bool {
+    match v {
+        Value::Object(_) => false,
+        Value::Array(a) => a.iter().all(|x| !x.is_object() && !x.is_array()),
+        _ => true,
+    }
+}
+
+fn parse_json_line(line: &str, flatten: Option<&Flatten>) -> Result<Record, String> {
+    let v: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    let Value::Object(obj) = v else {
+        return Err("not a JSON object".to_string());
+    };
+    let Some(f) = flatten else {
+        return Ok(Record::Json(obj));
+    };
+    let root = Value::Object(obj);
+    let mut out = Map::new();
+    if f.discover {
+        if let Value::Object(o) = &root {
+            for (k, v) in o {
+                if is_flat(v) {
+                    out.insert(k.clone(), v.clone());
+                }
+            }
+        }
+    }
+    for (name, path) in &f.fields {
+        out.insert(name.clone(), follow(&root, path).cloned().unwrap_or(Value::Null));
+    }
+    Ok(Record::Json(out))
+}
+
+/// One input record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    Json(Map<String, Value>),
+    Columns { header: Arc<Header>, values: Vec<String> },
+}
+
+/// Column names of delimited input and where each is.
+#[derive(Debug, PartialEq)]
+pub struct Header {
+    pub names: Vec<String>,
+    pub index: HashMap<String, usize>,
+    pub list_delimiter: Option<String>,
+}
+
+impl Header {
+    fn new(names: Vec<String>, list_delimiter: Option<String>) -> Header {
+        let mut index = HashMap::new();
+        for (i, n) in names.iter().enumerate() {
+            index.entry(n.clone()).or_insert(i);
+        }
+        Header {
+            names,
+            index,
+            list_delimiter,
+        }
+    }
+}
+
+/// A field of a record, borrowed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldRef<'a> {
+    Absent,
+    Null,
+    Text(&'a str),
+    Json(&'a Value),
+    List(Vec<&'a str>),
+}
+
+impl Record {
+    pub fn get(&self, name: &str) -> FieldRef<'_> {
+        match self {
+            Record::Json(m) => match m.get(name) {
+                None => FieldRef::Absent,
+                Some(Value::Null) => FieldRef::Null,
+                Some(Value::String(s)) => FieldRef::Text(s),
+                Some(v) => FieldRef::Json(v),
+            },
+            Record::Columns { header, values } => match header.index.get(name).and_then(|i| values.get(*i)) {
+                None => FieldRef::Absent,
+                Some(v) if v.is_empty() => FieldRef::Null,
+                Some(v) => match &header.list_delimiter {
+                    Some(d) if v.contains(d.as_str()) => FieldRef::List(v.split(d.as_str()).collect()),
+                    _ => FieldRef::Text(v),
+                },
+            },
+        }
+    }
+
+    /// The field names, in input order.
+    pub fn names(&self) -> Vec<&str> {
+        match self {
+            Record::Json(m) => m.keys().map(String::as_str).collect(),
+            Record::Columns { header, .. } => header.names.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+struct DelimitedRecords {
+    spec: Delimited,
+    reader: csv::Reader<Box<dyn BufRead + Send>>,
+    header: Option<Arc<Header>>,
+    skipped: usize,
+    record: csv::StringRecord,
+    /// Set after an IO error, which ends the stream.
+    done: bool,
+}
+
+impl DelimitedRecords {
+    fn new(spec: Delimited, reader: Box<dyn BufRead + Send>) -> DelimitedRecords {
+        let reader = csv::ReaderBuilder::new()
+            .delimiter(spec.delimiter)
+            .has_headers(false)
+            .flexible(true)
+            .quoting(spec.delimiter == b',')
+            .from_reader(reader);
+        let header = spec
+            .columns
+            .clone()
+            .map(|c| Arc::new(Header::new(c, spec.list_delimiter.clone())));
+        DelimitedRecords {
+            spec,
+            reader,
+            header,
+            skipped: 0,
+            record: csv::StringRecord::new(),
+            done: false,
+        }
+    }
+}
+
+impl Iterator for DelimitedRecords {
+    type Item = (u64, Result<Record, String>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.done {
+                return None;
+            }
+            let read = self.reader.read_record(&mut self.record);
+            let line = self.record.position().map(|p| p.line()).unwrap_or(0);
+            match read {
+                Err(e) => {
+                    // An IO error ends the stream; a malformed record is reported and skipped.
+                    if matches!(e.kind(), csv::ErrorKind::Io(_)) {
+                        self.done = true;
+                        return Some((line, Err(format!("cannot read: {e}"))));
+                    }
+                    return Some((line, Err(format!("malformed record: {e}"))));
+                }
+                Ok(false) => return None,
+                Ok(true) => {}
+            }
+            if self.skipped < self.spec.skip_header_rows {
+                self.skipped += 1;
+                continue;
+            }
+            if self.header.is_none() {
+                let names: Vec<String> = self.record.iter().map(str::to_string).collect();
+                self.header = Some(Arc::new(Header::new(names, self.spec.list_delimiter.clone())));
+                continue;
+            }
+            if self.record.len() == 1 && self.record.get(0) == Some("") {
+                continue;
+            }
+            let header = self.header.clone()?;
+            let values: Vec<String> = self.record.iter().map(str::to_string).collect();
+            return Some((line, Ok(Record::Columns { header, values })));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn read(format: Value, text: &str) -> Vec<(u64, Result<Record, String>)> {
+        let f = InputFormat::parse(&format).unwrap();
+        f.records(Box::new(Cursor::new(text.as_bytes().to_vec()))).collect()
+    }
+
+    #[test]
+    fn json_lines_with_flatten_paths() {
+        let out = read(
+            json!({"type": "json", "flattenSpec": {"fields": [
+                {"type": "path", "name": "city", "expr": "$.geo.city"},
+                {"type": "path", "name": "first", "expr": "$['tags'][0]"},
+                {"type": "root", "name": "n"}]}}),
+            "{\"n\": 1, \"geo\": {\"city\": \"Oslo\"}, \"tags\": [\"a\", \"b\"]}\n\nnot json\n",
+        );
+        assert_eq!(out.len(), 2);
+        let Ok(r) = &out[0].1 else { panic!() };
+        assert_eq!(r.get("city"), FieldRef::Text("Oslo"));
+        assert_eq!(r.get("first"), FieldRef::Text("a"));
+        assert_eq!(r.get("n"), FieldRef::Json(&json!(1)));
+        assert_eq!(r.get("geo"), FieldRef::Absent);
+        assert!(out[1].1.is_err());
+        assert_eq!(out[1].0, 3);
+    }
+
+    #[test]
+    fn csv_with_header_lists_and_skipped_rows() {
+        let out = read(
+            json!({"type": "csv", "findColumnsFromHeader": true, "skipHeaderRows": 1, "listDelimiter": "|"}),
+            "junk line\nts,page,tags\n2024-01-01,\"Main, Page\",a|b\n2024-01-02,,c\n",
+        );
+        assert_eq!(out.len(), 2);
+        let Ok(r) = &out[0].1 else { panic!() };
+        assert_eq!(r.get("page"), FieldRef::Text("Main, Page"));
+        assert_eq!(r.get("tags"), FieldRef::List(vec!["a", "b"]));
+        assert_eq!(out[0].0, 3);
+        let Ok(r) = &out[1].1 else { panic!() };
+        assert_eq!(r.get("page"), FieldRef::Null);
+        assert_eq!(r.get("nope"), FieldRef::Absent);
+    }
+
+    #[test]
+    fn tsv_with_columns() {
+        let out = read(json!({"type": "tsv", "columns": ["a", "b"]}), "1\tx\"y\n");
+        let Ok(r) = &out[0].1 else { panic!() };
+        assert_eq!(r.get("b"), FieldRef::Text("x\"y"));
+    }
+
+    #[test]
+    fn bad_formats_name_their_field() {
+        let err = |v: Value| InputFormat::parse(&v).unwrap_err().0;
+        assert_eq!(err(json!({"type": "csv"})), "columns");
+        assert_eq!(err(json!({"type": "xml"})), "type");
+        assert_eq!(
+            err(json!({"type": "tsv", "columns": ["a"], "delimiter": "ab"})),
+            "delimiter"
+        );
+        assert_eq!(
+            err(json!({"type": "json", "flattenSpec": {"fields": [{"type": "path", "name": "x", "expr": "a.b"}]}})),
+            "flattenSpec.fields[0].expr"
+        );
+        assert!(parse_json_path("$.a.*").is_err());
+    }
+}

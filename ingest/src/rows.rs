@@ -1,0 +1,452 @@
+//! Input records to Druid rows: the time, the dimension values and the metrics, grouped into
+//! segment buckets and, under rollup, combined by truncated time and dimensions.
+//!
+//! Row outcomes are counted as Druid counts them ([`RowStats`]): a row whose time is missing or
+//! unparseable, or a line that does not parse, is `unparseable`; a row with a dimension value
+//! that does not convert to the dimension's type is `processedWithError` (the value is stored as
+//! null); a row outside `granularitySpec.intervals` is `thrownAway`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use raftlord_time::interval::Interval;
+
+use crate::aggregate::{as_double, as_long, as_text, Acc};
+use crate::format::{FieldRef, Record};
+use crate::spec::{DimType, Dimension, Dimensions, IngestSpec};
+
+/// Druid's `rowStats` for one phase.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RowStats {
+    pub processed: u64,
+    pub processed_bytes: u64,
+    pub processed_with_error: u64,
+    pub thrown_away: u64,
+    pub unparseable: u64,
+}
+
+/// One saved parse exception, in the shape of Druid's `ParseExceptionReport`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ParseProblem {
+    pub input: String,
+    pub error_type: &'static str,
+    pub details: Vec<String>,
+    pub time_of_exception_millis: i64,
+}
+
+/// A dimension value. Strings sort after numbers; null sorts first, as in Druid.
+#[derive(Debug, Clone, PartialEq, PartialOrd)]
+pub enum DimValue {
+    Null,
+    Long(i64),
+    Double(f64),
+    Str(Box<str>),
+    Multi(Vec<Box<str>>),
+}
+
+impl Eq for DimValue {}
+
+impl Ord for DimValue {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        use std::cmp::Ordering;
+        use DimValue::*;
+        let rank = |v: &DimValue| match v {
+            Null => 0,
+            Long(_) | Double(_) => 1,
+            Str(_) => 2,
+            Multi(_) => 3,
+        };
+        match (self, o) {
+            (Long(a), Long(b)) => a.cmp(b),
+            (Double(a), Double(b)) => a.total_cmp(b),
+            (Long(a), Double(b)) => (*a as f64).total_cmp(b).then(Ordering::Less),
+            (Double(a), Long(b)) => a.total_cmp(&(*b as f64)).then(Ordering::Greater),
+            (Str(a), Str(b)) => a.cmp(b),
+            (Multi(a), Multi(b)) => a.cmp(b),
+            _ => rank(self).cmp(&rank(o)),
+        }
+    }
+}
+
+impl std::hash::Hash for DimValue {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        match self {
+            DimValue::Null => 0u8.hash(h),
+            DimValue::Long(v) => (1u8, v).hash(h),
+            DimValue::Double(v) => (2u8, v.to_bits()).hash(h),
+            DimValue::Str(s) => (3u8, s).hash(h),
+            DimValue::Multi(m) => (4u8, m).hash(h),
+        }
+    }
+}
+
+/// A row's grouping key: its truncated time and its dimension values, trailing nulls dropped (so
+/// that rows read before a dimension was discovered group with rows that lack it).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    pub time: i64,
+    pub dims: Vec<DimValue>,
+}
+
+/// The rows of one segment bucket (one interval of `segmentGranularity`).
+#[derive(Debug, Default)]
+pub struct Bucket {
+    rolled: HashMap<Key, Vec<Acc>>,
+    plain: Vec<(Key, Vec<Acc>)>,
+}
+
+impl Bucket {
+    pub fn len(&self) -> usize {
+        self.rolled.len() + self.plain.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The rows sorted by time, then dimensions.
+    pub fn into_sorted(self) -> Vec<(Key, Vec<Acc>)> {
+        let mut rows: Vec<(Key, Vec<Acc>)> = self.rolled.into_iter().collect();
+        rows.extend(self.plain);
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        rows
+    }
+}
+
+/// A dimension as found: declared, or discovered with the types its values had.
+#[derive(Debug, Clone)]
+pub struct FoundDim {
+    pub name: String,
+    pub declared: Option<DimType>,
+    pub saw_long: bool,
+    pub saw_double: bool,
+    pub saw_text: bool,
+    pub saw_multi: bool,
+}
+
+impl FoundDim {
+    /// The column's type: the declared one, or for discovered dimensions, long when every value
+    /// was an integer, double when every value was a number, string otherwise (typed discovery
+    /// only; schemaless discovery makes every dimension a string).
+    pub fn kind(&self, typed: bool) -> DimType {
+        match self.declared {
+            Some(t) => t,
+            None if !typed || self.saw_text || self.saw_multi => DimType::String,
+            None if self.saw_double => DimType::Double,
+            None if self.saw_long => DimType::Long,
+            None => DimType::String,
+        }
+    }
+}
+
+/// Turns records into bucketed rows.
+pub struct RowBuilder<'a> {
+    spec: &'a IngestSpec,
+    pub dims: Vec<FoundDim>,
+    dim_index: HashMap<String, usize>,
+    pub buckets: BTreeMap<Interval, Bucket>,
+    pub stats: RowStats,
+    pub problems: Vec<ParseProblem>,
+    typed_discovery: bool,
+    discovering: bool,
+}
+
+/// Why a row was not taken.
+pub enum RowError {
+    Unparseable(String),
+}
+
+impl<'a> RowBuilder<'a> {
+    pub fn new(spec: &'a IngestSpec) -> RowBuilder<'a> {
+        let (dims, discovering, typed) = match &spec.dimensions {
+            Dimensions::Declared(d) => (d.iter().map(declared).collect(), false, false),
+            Dimensions::Discovered { typed, .. } => (Vec::new(), true, *typed),
+        };
+        let dim_index = dims
+            .iter()
+            .enumerate()
+            .map(|(i, d): (usize, &FoundDim)| (d.name.clone(), i))
+            .collect();
+        RowBuilder {
+            spec,
+            dims,
+            dim_index,
+            buckets: BTreeMap::new(),
+            stats: RowStats::default(),
+            problems: Vec::new(),
+            typed_discovery: typed,
+            discovering,
+        }
+    }
+
+    pub fn typed_discovery(&self) -> bool {
+        self.typed_discovery
+    }
+
+    /// Rows held in memory (after rollup).
+    pub fn rows_in_memory(&self) -> usize {
+        self.buckets.values().map(Bucket::len).sum()
+    }
+
+    /// Counts and saves a problem; `at` is where (file and line).
+    pub fn problem(&mut self, error_type: &'static str, input: String, detail: String) {
+        if self.problems.len() < self.spec.max_saved_parse_exceptions as usize {
+            self.problems.push(ParseProblem {
+                input,
+                error_type,
+                details: vec![detail],
+                time_of_exception_millis: chrono::Utc::now().timestamp_millis(),
+            });
+        }
+    }
+
+    /// Parse exceptions so far (unparseable and processed with error).
+    pub fn exceptions(&self) -> u64 {
+        self.stats.unparseable + self.stats.processed_with_error
+    }
+
+    /// Adds one record; `at` names its file and line for problems.
+    pub fn add(&mut self, record: &Record, at: &str) -> Result<(), RowError> {
+        let spec = self.spec;
+        let time = match record.get(&spec.timestamp.column) {
+            FieldRef::Absent | FieldRef::Null => spec.timestamp.missing_value,
+            FieldRef::Text(s) => spec.timestamp.format.parse_str(s),
+            FieldRef::Json(v) => spec.timestamp.format.parse_value(v),
+            FieldRef::List(_) => None,
+        };
+        let Some(time) = time else {
+            let shown = match record.get(&spec.timestamp.column) {
+                FieldRef::Text(s) => s.to_string(),
+                FieldRef::Json(v) => v.to_string(),
+                _ => "null".to_string(),
+            };
+            self.stats.unparseable += 1;
+            return Err(RowError::Unparseable(format!(
+                "Timestamp[{shown}] is unparseable! Event: {} ({at})",
+                show(record)
+            )));
+        };
+        if let Some(intervals) = &spec.intervals {
+            if !intervals.iter().any(|i| i.contains_instant(time)) {
+                self.stats.thrown_away += 1;
+                return Ok(());
+            }
+        }
+        let Some(bucket) = spec.segment_granularity.bucket(time) else {
+            self.stats.unparseable += 1;
+            return Err(RowError::Unparseable(format!(
+                "Timestamp[{time}] has no {} bucket in the years 0000 to 9999 ({at})",
+                spec.segment_granularity_json
+            )));
+        };
+        if self.discovering {
+            self.discover(record);
+        }
+        let mut with_error = None;
+        let mut dims: Vec<DimValue> = Vec::with_capacity(self.dims.len());
+        for d in self.dims.iter_mut() {
+            let f = record.get(&d.name);
+            let v = match d.declared {
+                Some(DimType::String) => string_value(&f),
+                None if !self.typed_discovery => string_value(&f),
+                None => {
+                    let v = typed_value(&f);
+                    match &v {
+                        DimValue::Long(_) => d.saw_long = true,
+                        DimValue::Double(_) => d.saw_double = true,
+                        DimValue::Str(_) => d.saw_text = true,
+                        DimValue::Multi(_) => d.saw_multi = true,
+                        DimValue::Null => {}
+                    }
+                    v
+                }
+                Some(DimType::Long) => match &f {
+                    FieldRef::Absent | FieldRef::Null => DimValue::Null,
+                    _ => match as_long(&f) {
+                        Some(v) => DimValue::Long(v),
+                        None => {
+                            with_error.get_or_insert_with(|| {
+                                format!(
+                                    "could not convert value [{}] to long for dimension [{}]",
+                                    shown(&f),
+                                    d.name
+                                )
+                            });
+                            DimValue::Null
+                        }
+                    },
+                },
+                Some(DimType::Float | DimType::Double) => match &f {
+                    FieldRef::Absent | FieldRef::Null => DimValue::Null,
+                    _ => match as_double(&f) {
+                        Some(v) => DimValue::Double(v),
+                        None => {
+                            with_error.get_or_insert_with(|| {
+                                format!(
+                                    "could not convert value [{}] to double for dimension [{}]",
+                                    shown(&f),
+                                    d.name
+                                )
+                            });
+                            DimValue::Null
+                        }
+                    },
+                },
+            };
+            if matches!(v, DimValue::Multi(_)) {
+                d.saw_multi = true;
+            }
+            dims.push(v);
+        }
+        while dims.last() == Some(&DimValue::Null) {
+            dims.pop();
+        }
+        let truncated = spec.query_granularity.truncate(time);
+        let key = Key { time: truncated, dims };
+        let b = self.buckets.entry(bucket).or_default();
+        let metrics = &spec.metrics;
+        let fold = |accs: &mut Vec<Acc>| {
+            for (m, acc) in metrics.iter().zip(accs.iter_mut()) {
+                let input = match &m.field_name {
+                    Some(f) => record.get(f),
+                    None => FieldRef::Absent,
+                };
+                m.add(acc, time, &input);
+            }
+        };
+        if spec.rollup {
+            let accs = b
+                .rolled
+                .entry(key)
+                .or_insert_with(|| metrics.iter().map(|m| m.init()).collect());
+            fold(accs);
+        } else {
+            let mut accs: Vec<Acc> = metrics.iter().map(|m| m.init()).collect();
+            fold(&mut accs);
+            b.plain.push((key, accs));
+        }
+        self.stats.processed += 1;
+        if let Some(e) = with_error {
+            self.stats.processed_with_error += 1;
+            let input = show(record);
+            self.problem("processedWithError", input, format!("{e} ({at})"));
+        }
+        Ok(())
+    }
+
+    fn discover(&mut self, record: &Record) {
+        let spec = self.spec;
+        let Dimensions::Discovered { exclusions, .. } = &spec.dimensions else {
+            return;
+        };
+        for name in record.names() {
+            if self.dim_index.contains_key(name)
+                || name == spec.timestamp.column
+                || name == "__time"
+                || exclusions.iter().any(|e| e == name)
+                || spec.metric_inputs().any(|m| m == name)
+                || spec.metrics.iter().any(|m| m.name == name)
+            {
+                continue;
+            }
+            self.dim_index.insert(name.to_string(), self.dims.len());
+            self.dims.push(FoundDim {
+                name: name.to_string(),
+                declared: None,
+                saw_long: false,
+                saw_double: false,
+                saw_text: false,
+                saw_multi: false,
+            });
+        }
+    }
+}
+
+fn declared(d: &Dimension) -> FoundDim {
+    FoundDim {
+        name: d.name.clone(),
+        declared: Some(d.kind),
+        saw_long: false,
+        saw_double: false,
+        saw_text: false,
+        saw_multi: false,
+    }
+}
+
+fn shown(f: &FieldRef<'_>) -> String {
+    as_text(f).map(|c| c.into_owned()).unwrap_or_else(|| "null".to_string())
+}
+
+/// A record as Druid shows it in a parse exception.
+pub fn show(record: &Record) -> String {
+    match record {
+        Record::Json(m) => {
+            let s = Value::Object(m.clone()).to_string();
+            truncate(s, 1024)
+        }
+        Record::Columns { header, values } => {
+            let pairs: Vec<String> = header
+                .names
+                .iter()
+                .zip(values)
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            truncate(format!("{{{}}}", pairs.join(", ")), 1024)
+        }
+    }
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push_str("...");
+    }
+    s
+}
+
+/// A string dimension's value: text as is, numbers printed, lists as multi-value (sorted, as
+/// Druid's default `SORTED_ARRAY` handling), an empty list null, a one-element list a single value.
+fn string_value(f: &FieldRef<'_>) -> DimValue {
+    let multi = |mut v: Vec<Box<str>>| match v.len() {
+        0 => DimValue::Null,
+        1 => DimValue::Str(v.remove(0)),
+        _ => {
+            v.sort();
+            DimValue::Multi(v)
+        }
+    };
+    match f {
+        FieldRef::Absent | FieldRef::Null => DimValue::Null,
+        FieldRef::Text(s) => DimValue::Str((*s).into()),
+        FieldRef::List(l) => multi(l.iter().map(|s| (*s).into()).collect()),
+        FieldRef::Json(Value::Array(a)) => multi(
+            a.iter()
+                .filter(|x| !x.is_null())
+                .map(|x| match x {
+                    Value::String(s) => s.as_str().into(),
+                    other => other.to_string().into_boxed_str(),
+                })
+                .collect(),
+        ),
+        FieldRef::Json(v) => DimValue::Str(v.to_string().into_boxed_str()),
+    }
+}
+
+/// A discovered dimension's value with its own type (`useSchemaDiscovery`).
+fn typed_value(f: &FieldRef<'_>) -> DimValue {
+    match f {
+        FieldRef::Json(Value::Number(n)) => match n.as_i64() {
+            Some(i) => DimValue::Long(i),
+            None => n.as_f64().map_or(DimValue::Null, DimValue::Double),
+        },
+        other => string_value(other),
+    }
+}

@@ -1,0 +1,549 @@
+//! Druid's native batch ingestion spec (`index` and `index_parallel` tasks), read as Druid's users
+//! write it today: `spec.dataSchema`, `spec.ioConfig`, `spec.tuningConfig`.
+//!
+//! [`IngestSpec::from_task`] reads a task's JSON and checks everything the spec alone can show
+//! (the input source and format, the timestamp format, the aggregators, the granularities and
+//! intervals, the partitioning); each refusal is a [`SpecError`] naming the field by its JSON
+//! path, so the API answers 400 before anything runs. What only the data can show (a missing
+//! timestamp, an unparseable line) is found while reading and counted per row.
+//!
+//! Unknown fields are ignored, as Druid's JSON mapper ignores them.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use raftlord_time::interval::Interval;
+use raftlord_time::Granularity;
+
+use crate::aggregate::AggregatorSpec;
+use crate::format::InputFormat;
+use crate::source::InputSource;
+use crate::timestamp::TimestampFormat;
+
+/// A spec that cannot run, with the JSON path of the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    pub field: String,
+    pub message: String,
+}
+
+impl SpecError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> SpecError {
+        SpecError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The task JSON as submitted.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TaskJson {
+    #[serde(rename = "type")]
+    kind: String,
+    spec: Option<SpecJson>,
+    #[serde(default)]
+    data_schema: Option<Value>,
+    #[serde(default)]
+    io_config: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SpecJson {
+    data_schema: DataSchemaJson,
+    io_config: IoConfigJson,
+    #[serde(default)]
+    tuning_config: Option<TuningConfigJson>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DataSchemaJson {
+    data_source: String,
+    #[serde(default)]
+    timestamp_spec: Option<TimestampSpecJson>,
+    #[serde(default)]
+    dimensions_spec: Option<DimensionsSpecJson>,
+    #[serde(default)]
+    metrics_spec: Vec<AggregatorSpec>,
+    #[serde(default)]
+    granularity_spec: Option<GranularitySpecJson>,
+    #[serde(default)]
+    transform_spec: Option<TransformSpecJson>,
+    #[serde(default)]
+    parser: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TimestampSpecJson {
+    #[serde(default)]
+    column: Option<String>,
+    #[serde(default)]
+    format: Option<String>,
+    #[serde(default)]
+    missing_value: Option<Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct DimensionsSpecJson {
+    #[serde(default)]
+    dimensions: Vec<DimensionJson>,
+    #[serde(default)]
+    dimension_exclusions: Vec<String>,
+    #[serde(default)]
+    use_schema_discovery: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DimensionJson {
+    Name(String),
+    Typed {
+        name: String,
+        #[serde(rename = "type", default)]
+        kind: Option<String>,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GranularitySpecJson {
+    #[serde(default)]
+    segment_granularity: Option<Value>,
+    #[serde(default)]
+    query_granularity: Option<Value>,
+    #[serde(default)]
+    rollup: Option<bool>,
+    #[serde(default)]
+    intervals: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TransformSpecJson {
+    #[serde(default)]
+    filter: Option<Value>,
+    #[serde(default)]
+    transforms: Vec<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct IoConfigJson {
+    input_source: Option<Value>,
+    input_format: Option<Value>,
+    #[serde(default)]
+    firehose: Option<Value>,
+    #[serde(default)]
+    append_to_existing: bool,
+    #[serde(default)]
+    drop_existing: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct TuningConfigJson {
+    #[serde(default)]
+    partitions_spec: Option<PartitionsSpecJson>,
+    #[serde(default)]
+    max_rows_per_segment: Option<u64>,
+    #[serde(default)]
+    max_rows_in_memory: Option<u64>,
+    #[serde(default)]
+    max_parse_exceptions: Option<i64>,
+    #[serde(default)]
+    max_saved_parse_exceptions: Option<u64>,
+    #[serde(default)]
+    log_parse_exceptions: bool,
+    #[serde(default)]
+    max_num_concurrent_sub_tasks: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PartitionsSpecJson {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    max_rows_per_segment: Option<u64>,
+}
+
+/// A dimension's Druid type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DimType {
+    String,
+    Long,
+    Float,
+    Double,
+}
+
+impl DimType {
+    pub fn druid_name(self) -> &'static str {
+        match self {
+            DimType::String => "string",
+            DimType::Long => "long",
+            DimType::Float => "float",
+            DimType::Double => "double",
+        }
+    }
+}
+
+/// One declared dimension.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dimension {
+    pub name: String,
+    pub kind: DimType,
+}
+
+/// Which columns become dimensions.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Dimensions {
+    /// The listed ones, in this order.
+    Declared(Vec<Dimension>),
+    /// Every input field but the timestamp, the metrics' inputs and the exclusions, in order of
+    /// first appearance: as strings (Druid's schemaless ingestion), or with types found from the
+    /// values when `typed` (`useSchemaDiscovery`).
+    Discovered { exclusions: Vec<String>, typed: bool },
+}
+
+/// How the input's time is found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimestampSpec {
+    pub column: String,
+    pub format: TimestampFormat,
+    /// Used for rows without the column.
+    pub missing_value: Option<i64>,
+}
+
+/// The task's whole ingestion spec, checked.
+#[derive(Debug, Clone)]
+pub struct IngestSpec {
+    pub task_type: String,
+    pub datasource: String,
+    pub timestamp: TimestampSpec,
+    pub dimensions: Dimensions,
+    pub metrics: Vec<AggregatorSpec>,
+    pub segment_granularity: Granularity,
+    pub query_granularity: Granularity,
+    /// The names as written, kept for the segment files' metadata.
+    pub segment_granularity_json: Value,
+    pub query_granularity_json: Value,
+    pub rollup: bool,
+    /// `granularitySpec.intervals`; rows outside are thrown away. `None`: found from the data.
+    pub intervals: Option<Vec<Interval>>,
+    pub source: InputSource,
+    pub format: InputFormat,
+    pub append_to_existing: bool,
+    pub drop_existing: bool,
+    pub max_rows_per_segment: u64,
+    pub max_rows_in_memory: u64,
+    pub max_parse_exceptions: u64,
+    pub max_saved_parse_exceptions: u64,
+    pub log_parse_exceptions: bool,
+}
+
+/// Druid's default `maxRowsPerSegment` for dynamic partitioning.
+pub const DEFAULT_MAX_ROWS_PER_SEGMENT: u64 = 5_000_000;
+/// Druid's default `maxRowsInMemory`.
+pub const DEFAULT_MAX_ROWS_IN_MEMORY: u64 = 1_000_000;
+
+impl IngestSpec {
+    /// Whether raftlord's peon runs tasks of this type through [`IngestSpec`].
+    pub fn handles(task_type: &str) -> bool {
+        matches!(task_type, "index" | "index_parallel")
+    }
+
+    /// Reads and checks the spec of an `index` or `index_parallel` task.
+    pub fn from_task(task: &Value) -> Result<IngestSpec, SpecError> {
+        let t: TaskJson = serde_path_to_error::deserialize(task).map_err(path_error)?;
+        if t.data_schema.is_some() || t.io_config.is_some() {
+            return Err(SpecError::new(
+                "dataSchema",
+                "the top-level dataSchema/ioConfig form is no longer accepted; move dataSchema, ioConfig and \
+                 tuningConfig under \"spec\"",
+            ));
+        }
+        let spec = t.spec.ok_or_else(|| {
+            SpecError::new(
+                "spec",
+                "an ingestion task needs a \"spec\" with dataSchema and ioConfig",
+            )
+        })?;
+        let ds = spec.data_schema;
+        if ds.parser.is_some() {
+            return Err(SpecError::new(
+                "spec.dataSchema.parser",
+                "parsers are no longer accepted; give spec.ioConfig.inputFormat and spec.dataSchema.timestampSpec \
+                 and dimensionsSpec instead",
+            ));
+        }
+        if ds.data_source.trim().is_empty() {
+            return Err(SpecError::new("spec.dataSchema.dataSource", "must not be empty"));
+        }
+        let ts = ds.timestamp_spec.ok_or_else(|| {
+            SpecError::new(
+                "spec.dataSchema.timestampSpec",
+                "required: name the time column, e.g. {\"column\": \"timestamp\", \"format\": \"iso\"}",
+            )
+        })?;
+        let format_text = ts.format.unwrap_or_else(|| "auto".to_string());
+        let format = TimestampFormat::parse(&format_text)
+            .map_err(|m| SpecError::new("spec.dataSchema.timestampSpec.format", m))?;
+        let missing_value = match ts.missing_value {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(TimestampFormat::Auto.parse_value(&v).ok_or_else(|| {
+                SpecError::new(
+                    "spec.dataSchema.timestampSpec.missingValue",
+                    format!("{v} is not a time"),
+                )
+            })?),
+        };
+        let timestamp = TimestampSpec {
+            column: ts.column.unwrap_or_else(|| "timestamp".to_string()),
+            format,
+            missing_value,
+        };
+
+        let mut metrics = ds.metrics_spec;
+        for (i, m) in metrics.iter_mut().enumerate() {
+            m.check().map_err(|e| {
+                // The message starts with the sub-field at fault ("type: ...").
+                let (sub, msg) = e.split_once(": ").unwrap_or(("type", e.as_str()));
+                SpecError::new(format!("spec.dataSchema.metricsSpec[{i}].{sub}"), msg)
+            })?;
+        }
+        for (i, m) in metrics.iter().enumerate() {
+            if metrics[..i].iter().any(|o| o.name == m.name) {
+                return Err(SpecError::new(
+                    format!("spec.dataSchema.metricsSpec[{i}].name"),
+                    format!("[{}] names two metrics", m.name),
+                ));
+            }
+        }
+
+        let dims = ds.dimensions_spec.unwrap_or_default();
+        let dimensions = if dims.dimensions.is_empty() {
+            Dimensions::Discovered {
+                exclusions: dims.dimension_exclusions,
+                typed: dims.use_schema_discovery,
+            }
+        } else {
+            let mut out: Vec<Dimension> = Vec::new();
+            for (i, d) in dims.dimensions.into_iter().enumerate() {
+                let field = format!("spec.dataSchema.dimensionsSpec.dimensions[{i}]");
+                let (name, kind) = match d {
+                    DimensionJson::Name(n) => (n, None),
+                    DimensionJson::Typed { name, kind } => (name, kind),
+                };
+                let kind = match kind.as_deref().map(str::to_ascii_lowercase).as_deref() {
+                    None | Some("string") => DimType::String,
+                    Some("long") => DimType::Long,
+                    Some("float") => DimType::Float,
+                    Some("double") => DimType::Double,
+                    Some(other) => {
+                        return Err(SpecError::new(
+                            format!("{field}.type"),
+                            format!("unknown dimension type [{other}]; raftlord knows string, long, float and double"),
+                        ))
+                    }
+                };
+                if name.is_empty() {
+                    return Err(SpecError::new(format!("{field}.name"), "must not be empty"));
+                }
+                if name == "__time" || name == timestamp.column {
+                    return Err(SpecError::new(
+                        format!("{field}.name"),
+                        format!("[{name}] is the time column and cannot also be a dimension"),
+                    ));
+                }
+                if out.iter().any(|o| o.name == name) || metrics.iter().any(|m| m.name == name) {
+                    return Err(SpecError::new(
+                        format!("{field}.name"),
+                        format!("[{name}] names two columns"),
+                    ));
+                }
+                out.push(Dimension { name, kind });
+            }
+            Dimensions::Declared(out)
+        };
+
+        let gs = ds.granularity_spec;
+        let (seg_json, query_json, rollup, intervals) = match gs {
+            Some(g) => (g.segment_granularity, g.query_granularity, g.rollup, g.intervals),
+            None => (None, None, None, None),
+        };
+        let seg_json = seg_json.unwrap_or_else(|| Value::String("DAY".into()));
+        let query_json = query_json.unwrap_or_else(|| Value::String("NONE".into()));
+        let segment_granularity = Granularity::parse(&seg_json)
+            .map_err(|m| SpecError::new("spec.dataSchema.granularitySpec.segmentGranularity", m))?;
+        let query_granularity = Granularity::parse(&query_json)
+            .map_err(|m| SpecError::new("spec.dataSchema.granularitySpec.queryGranularity", m))?;
+        if !query_granularity.is_no_coarser_than(&segment_granularity) {
+            return Err(SpecError::new(
+                "spec.dataSchema.granularitySpec.queryGranularity",
+                format!(
+                    "queryGranularity {query_json} is coarser than segmentGranularity {seg_json}; a segment cannot hold \
+                     rows truncated past its own interval"
+                ),
+            ));
+        }
+        let intervals = match intervals {
+            None => None,
+            Some(list) if list.is_empty() => None,
+            Some(list) => {
+                let mut out = Vec::new();
+                for (i, s) in list.iter().enumerate() {
+                    let iv = Interval::parse(s).map_err(|e| {
+                        SpecError::new(format!("spec.dataSchema.granularitySpec.intervals[{i}]"), e.to_string())
+                    })?;
+                    if iv.start == iv.end {
+                        return Err(SpecError::new(
+                            format!("spec.dataSchema.granularitySpec.intervals[{i}]"),
+                            "the interval is empty",
+                        ));
+                    }
+                    out.push(iv);
+                }
+                Some(out)
+            }
+        };
+
+        if let Some(t) = ds.transform_spec {
+            if t.filter.is_some_and(|f| !f.is_null()) || !t.transforms.is_empty() {
+                return Err(SpecError::new(
+                    "spec.dataSchema.transformSpec",
+                    "filters and transforms are not supported by this raftlord version; remove transformSpec",
+                ));
+            }
+        }
+
+        let io = spec.io_config;
+        if io.firehose.is_some() {
+            return Err(SpecError::new(
+                "spec.ioConfig.firehose",
+                "firehoses are no longer accepted; give spec.ioConfig.inputSource and inputFormat instead",
+            ));
+        }
+        let source_json = io
+            .input_source
+            .ok_or_else(|| SpecError::new("spec.ioConfig.inputSource", "required"))?;
+        let source = InputSource::parse(&source_json).map_err(|(f, m)| {
+            SpecError::new(
+                if f.is_empty() {
+                    "spec.ioConfig.inputSource".to_string()
+                } else {
+                    format!("spec.ioConfig.inputSource.{f}")
+                },
+                m,
+            )
+        })?;
+        let format = match io.input_format {
+            Some(f) => InputFormat::parse(&f).map_err(|(field, m)| {
+                SpecError::new(
+                    if field.is_empty() {
+                        "spec.ioConfig.inputFormat".to_string()
+                    } else {
+                        format!("spec.ioConfig.inputFormat.{field}")
+                    },
+                    m,
+                )
+            })?,
+            None => {
+                return Err(SpecError::new(
+                    "spec.ioConfig.inputFormat",
+                    "required, e.g. {\"type\": \"json\"}",
+                ))
+            }
+        };
+        if io.drop_existing && io.append_to_existing {
+            return Err(SpecError::new(
+                "spec.ioConfig.dropExisting",
+                "dropExisting cannot be combined with appendToExisting",
+            ));
+        }
+        if io.drop_existing && intervals.is_none() {
+            return Err(SpecError::new(
+                "spec.ioConfig.dropExisting",
+                "dropExisting needs spec.dataSchema.granularitySpec.intervals",
+            ));
+        }
+
+        let tuning = spec.tuning_config.unwrap_or_default();
+        let mut max_rows_per_segment = tuning.max_rows_per_segment.unwrap_or(DEFAULT_MAX_ROWS_PER_SEGMENT);
+        if let Some(p) = tuning.partitions_spec {
+            match p.kind.as_str() {
+                "dynamic" => {
+                    if let Some(m) = p.max_rows_per_segment {
+                        max_rows_per_segment = m;
+                    }
+                }
+                other => {
+                    return Err(SpecError::new(
+                        "spec.tuningConfig.partitionsSpec.type",
+                        format!("partitionsSpec [{other}] is not supported by this raftlord version; use \"dynamic\""),
+                    ))
+                }
+            }
+        }
+        if max_rows_per_segment == 0 {
+            return Err(SpecError::new(
+                "spec.tuningConfig.partitionsSpec.maxRowsPerSegment",
+                "must be positive",
+            ));
+        }
+        let max_parse_exceptions = match tuning.max_parse_exceptions {
+            None => u64::MAX,
+            Some(n) if n < 0 => u64::MAX,
+            Some(n) => n as u64,
+        };
+        if tuning.max_num_concurrent_sub_tasks.is_some_and(|n| n > 1) {
+            return Err(SpecError::new(
+                "spec.tuningConfig.maxNumConcurrentSubTasks",
+                "parallel sub-tasks are not supported by this raftlord version; use 1 (the task runs in one peon)",
+            ));
+        }
+        Ok(IngestSpec {
+            task_type: t.kind,
+            datasource: ds.data_source,
+            timestamp,
+            dimensions,
+            metrics,
+            segment_granularity,
+            query_granularity,
+            segment_granularity_json: seg_json,
+            query_granularity_json: query_json,
+            rollup: rollup.unwrap_or(true),
+            intervals,
+            source,
+            format,
+            append_to_existing: io.append_to_existing,
+            drop_existing: io.drop_existing,
+            max_rows_per_segment,
+            max_rows_in_memory: tuning.max_rows_in_memory.unwrap_or(DEFAULT_MAX_ROWS_IN_MEMORY).max(1),
+            max_parse_exceptions,
+            max_saved_parse_exceptions: tuning.max_saved_parse_exceptions.unwrap_or(0),
+            log_parse_exceptions: tuning.log_parse_exceptions,
+        })
+    }
+
+    /// The input fields the metrics read, which schemaless discovery does not make dimensions.
+    pub fn metric_inputs(&self) -> impl Iterator<Item = &str> {
+        self.metrics.iter().filter_map(|m| m.field_name.as_deref())
+    }
+}
+
+fn path_error(e: serde_path_to_error::Error<serde_json::Error>) -> SpecError {
+    let path = e.path().to_string();
+    let inner = e.into_inner().to_string();
+    // serde_json appends " at line N column M", meaningless for a value already parsed.
+    let inner = match inner.find(" at line ") {
+        Some(i) => inner[..i].to_string(),
+        None => inner,
+    };
+    SpecError::new(if path == "." { "task".to_string() } else { path }, inner)
+}

@@ -1,0 +1,221 @@
+//! Specs run through the library end to end: input read, rows rolled up, Parquet written, and the
+//! files read back with the Parquet crate's own reader.
+
+use std::fs::File;
+use std::path::Path;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float64Type, Int64Type, TimestampMillisecondType};
+use arrow_array::Array;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde_json::{json, Value};
+
+use raftlord_ingest::{read_input, IngestError, IngestSpec};
+
+fn spec(data_schema: Value, io: Value, tuning: Value) -> IngestSpec {
+    IngestSpec::from_task(&json!({"type": "index_parallel", "id": "t", "spec": {
+        "dataSchema": data_schema, "ioConfig": io, "tuningConfig": tuning}}))
+    .unwrap()
+}
+
+/// Every row of a file as strings, in file order, plus its key-value metadata.
+fn read_back(path: &Path) -> (Vec<String>, Vec<Vec<String>>, Value) {
+    let b = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap()).unwrap();
+    let meta = b.metadata().file_metadata().key_value_metadata().unwrap().clone();
+    let druid = meta.iter().find(|kv| kv.key == "druid.segment").unwrap();
+    let druid: Value = serde_json::from_str(druid.value.as_deref().unwrap()).unwrap();
+    let names: Vec<String> = b.schema().fields().iter().map(|f| f.name().clone()).collect();
+    let mut rows = Vec::new();
+    for batch in b.build().unwrap() {
+        let batch = batch.unwrap();
+        for r in 0..batch.num_rows() {
+            let mut row = Vec::new();
+            for c in batch.columns() {
+                let v = if c.is_null(r) {
+                    "null".to_string()
+                } else if let Some(a) = c.as_primitive_opt::<TimestampMillisecondType>() {
+                    raftlord_time::interval::iso(a.value(r))
+                } else if let Some(a) = c.as_primitive_opt::<Int64Type>() {
+                    a.value(r).to_string()
+                } else if let Some(a) = c.as_primitive_opt::<Float64Type>() {
+                    a.value(r).to_string()
+                } else if let Some(a) = c.as_string_opt::<i32>() {
+                    a.value(r).to_string()
+                } else if let Some(a) = c.as_list_opt::<i32>() {
+                    let v = a.value(r);
+                    let s = v.as_string::<i32>();
+                    (0..s.len()).map(|i| s.value(i)).collect::<Vec<_>>().join("|")
+                } else {
+                    panic!("unexpected column type {:?}", c.data_type())
+                };
+                row.push(v);
+            }
+            rows.push(row);
+        }
+    }
+    (names, rows, druid)
+}
+
+const TUTORIAL: &str = r#"{"timestamp":"2018-01-01T01:01:35Z","srcIP":"1.1.1.1", "dstIP":"2.2.2.2","packets":20,"bytes":9024}
+{"timestamp":"2018-01-01T01:01:51Z","srcIP":"1.1.1.1", "dstIP":"2.2.2.2","packets":255,"bytes":21133}
+{"timestamp":"2018-01-01T01:01:59Z","srcIP":"1.1.1.1", "dstIP":"2.2.2.2","packets":11,"bytes":5780}
+{"timestamp":"2018-01-01T01:02:14Z","srcIP":"1.1.1.1", "dstIP":"2.2.2.2","packets":38,"bytes":6289}
+{"timestamp":"2018-01-01T01:02:29Z","srcIP":"1.1.1.1", "dstIP":"2.2.2.2","packets":377,"bytes":359971}
+{"timestamp":"2018-01-01T01:03:29Z","srcIP":"1.1.1.1", "dstIP":"2.2.2.2","packets":49,"bytes":10204}
+{"timestamp":"2018-01-02T21:33:14Z","srcIP":"7.7.7.7", "dstIP":"8.8.8.8","packets":38,"bytes":6289}
+{"timestamp":"2018-01-02T21:33:45Z","srcIP":"7.7.7.7", "dstIP":"8.8.8.8","packets":123,"bytes":93999}
+{"timestamp":"2018-01-02T21:35:45Z","srcIP":"7.7.7.7", "dstIP":"8.8.8.8","packets":12,"bytes":2818}
+"#;
+
+#[test]
+fn druids_rollup_tutorial_gives_its_documented_result() {
+    let s = spec(
+        json!({"dataSource": "rollup-tutorial",
+            "timestampSpec": {"format": "iso", "column": "timestamp"},
+            "dimensionsSpec": {"dimensions": ["srcIP", "dstIP"]},
+            "metricsSpec": [{"type": "count", "name": "count"},
+                {"type": "longSum", "name": "packets", "fieldName": "packets"},
+                {"type": "longSum", "name": "bytes", "fieldName": "bytes"}],
+            "granularitySpec": {"type": "uniform", "segmentGranularity": "week", "queryGranularity": "minute",
+                "intervals": ["2018-01-01/2018-01-03"], "rollup": true}}),
+        json!({"type": "index_parallel", "inputSource": {"type": "inline", "data": TUTORIAL},
+            "inputFormat": {"type": "json"}, "appendToExisting": false}),
+        json!({"type": "index_parallel", "maxRowsPerSegment": 5000000, "maxRowsInMemory": 25000}),
+    );
+    let mut got = read_input(&s, &mut |_| {}, &mut |_| {}).unwrap();
+    assert_eq!(got.stats.processed, 9);
+    assert_eq!(
+        got.stats.unparseable + got.stats.thrown_away + got.stats.processed_with_error,
+        0
+    );
+    let intervals = got.intervals();
+    // 2018-01-01 was a Monday: one week holds both days.
+    assert_eq!(intervals.len(), 1);
+    assert_eq!(
+        intervals[0].to_string(),
+        "2018-01-01T00:00:00.000Z/2018-01-08T00:00:00.000Z"
+    );
+    assert_eq!(got.partitions(&intervals[0]), 1);
+    let dir = tempfile::tempdir().unwrap();
+    let files = got.write_bucket(&intervals[0], "v1", &[0], dir.path()).unwrap();
+    assert_eq!(files.len(), 1);
+    assert_eq!(files[0].rows, 5);
+    let (names, rows, meta) = read_back(&files[0].path);
+    assert_eq!(names, ["__time", "srcIP", "dstIP", "count", "packets", "bytes"]);
+    let expect = [
+        ["2018-01-01T01:01:00.000Z", "1.1.1.1", "2.2.2.2", "3", "286", "35937"],
+        ["2018-01-01T01:02:00.000Z", "1.1.1.1", "2.2.2.2", "2", "415", "366260"],
+        ["2018-01-01T01:03:00.000Z", "1.1.1.1", "2.2.2.2", "1", "49", "10204"],
+        ["2018-01-02T21:33:00.000Z", "7.7.7.7", "8.8.8.8", "2", "161", "100288"],
+        ["2018-01-02T21:35:00.000Z", "7.7.7.7", "8.8.8.8", "1", "12", "2818"],
+    ];
+    assert_eq!(rows, expect.map(|r| r.map(str::to_string).to_vec()).to_vec());
+    assert_eq!(meta["rollup"], true);
+    assert_eq!(meta["queryGranularity"], "minute");
+    assert_eq!(meta["segment"]["version"], "v1");
+    assert_eq!(
+        meta["dimensionsSpec"]["dimensions"][0],
+        json!({"type": "string", "name": "srcIP"})
+    );
+    assert_eq!(files[0].bytes, std::fs::metadata(&files[0].path).unwrap().len());
+}
+
+#[test]
+fn csv_without_rollup_discovers_dimensions_splits_partitions_and_counts_bad_rows() {
+    let mut csv = String::from("ts,page,user,added,tags\n");
+    for i in 0..10 {
+        csv.push_str(&format!(
+            "2024-03-0{}T10:00:00Z,p{},u{},{},a|b\n",
+            1 + i % 2,
+            i % 3,
+            i,
+            i * 10
+        ));
+    }
+    csv.push_str("not a time,p,u,1,x\n");
+    csv.push_str("2023-01-01T00:00:00Z,p,u,1,x\n");
+    let s = spec(
+        json!({"dataSource": "wiki", "timestampSpec": {"column": "ts"},
+            "dimensionsSpec": {"dimensionExclusions": ["user"]},
+            "metricsSpec": [{"type": "doubleSum", "name": "added", "fieldName": "added"}],
+            "granularitySpec": {"segmentGranularity": "DAY", "rollup": false,
+                "intervals": ["2024-03-01/2024-03-03"]}}),
+        json!({"type": "index_parallel", "inputSource": {"type": "inline", "data": csv},
+            "inputFormat": {"type": "csv", "findColumnsFromHeader": true, "listDelimiter": "|"}}),
+        json!({"partitionsSpec": {"type": "dynamic", "maxRowsPerSegment": 2}, "maxSavedParseExceptions": 5}),
+    );
+    let mut got = read_input(&s, &mut |_| {}, &mut |_| {}).unwrap();
+    assert_eq!(got.stats.processed, 10);
+    assert_eq!(got.stats.unparseable, 1);
+    assert_eq!(got.stats.thrown_away, 1);
+    assert_eq!(got.problems.len(), 1);
+    assert!(got.problems[0].details[0].contains("Line: 12"), "{:?}", got.problems);
+    let day1 = got.intervals()[0];
+    assert_eq!(got.partitions(&day1), 3);
+    let dir = tempfile::tempdir().unwrap();
+    let files = got.write_bucket(&day1, "v", &[0, 1, 2], dir.path()).unwrap();
+    assert_eq!(files.iter().map(|f| f.rows).collect::<Vec<_>>(), [2, 2, 1]);
+    let (names, rows, _) = read_back(&files[0].path);
+    assert_eq!(names, ["__time", "page", "tags", "added"]);
+    // Sorted by time, then page: p0 (i=0, 6), then p1 (i=4).
+    assert_eq!(rows[0], ["2024-03-01T10:00:00.000Z", "p0", "a|b", "0"]);
+    assert_eq!(rows[1], ["2024-03-01T10:00:00.000Z", "p0", "a|b", "60"]);
+}
+
+#[test]
+fn too_many_parse_exceptions_fail_with_druids_message() {
+    let s = spec(
+        json!({"dataSource": "d", "timestampSpec": {"column": "t"}}),
+        json!({"type": "index", "inputSource": {"type": "inline", "data": "{\"t\": 1}\n{bad\n{bad\n"},
+            "inputFormat": {"type": "json"}}),
+        json!({"maxParseExceptions": 1}),
+    );
+    match read_input(&s, &mut |_| {}, &mut |_| {}) {
+        Err(IngestError::TooManyParseExceptions { max: 1, last }) => assert!(last.contains("Line: 3"), "{last}"),
+        Err(e) => panic!("wrong error {e}"),
+        Ok(_) => panic!("should fail"),
+    }
+}
+
+#[test]
+fn bad_specs_are_refused_naming_the_field() {
+    let field = |v: Value| IngestSpec::from_task(&v).unwrap_err().field;
+    let base = |ds: Value, io: Value| json!({"type": "index", "spec": {"dataSchema": ds, "ioConfig": io}});
+    let ds = json!({"dataSource": "d", "timestampSpec": {"column": "t"}});
+    let io = json!({"inputSource": {"type": "inline", "data": ""}, "inputFormat": {"type": "json"}});
+    assert!(IngestSpec::from_task(&base(ds.clone(), io.clone())).is_ok());
+    assert_eq!(
+        field(base(
+            ds.clone(),
+            json!({"inputSource": {"type": "inline", "data": ""}, "inputFormat": {"type": "xml"}})
+        )),
+        "spec.ioConfig.inputFormat.type"
+    );
+    let mut bad = ds.clone();
+    bad["metricsSpec"] = json!([{"type": "hyperUnique", "name": "u", "fieldName": "u"}]);
+    assert_eq!(field(base(bad, io.clone())), "spec.dataSchema.metricsSpec[0].type");
+    let mut bad = ds.clone();
+    bad["granularitySpec"] = json!({"segmentGranularity": "HOUR", "queryGranularity": "DAY"});
+    assert_eq!(
+        field(base(bad, io.clone())),
+        "spec.dataSchema.granularitySpec.queryGranularity"
+    );
+    let mut bad = ds.clone();
+    bad["granularitySpec"] = json!({"intervals": ["yesterday"]});
+    assert_eq!(
+        field(base(bad, io.clone())),
+        "spec.dataSchema.granularitySpec.intervals[0]"
+    );
+    let mut bad = ds.clone();
+    bad["timestampSpec"]["format"] = json!("yyyy-qq");
+    assert_eq!(field(base(bad, io.clone())), "spec.dataSchema.timestampSpec.format");
+    assert_eq!(field(json!({"type": "index", "dataSchema": {}})), "dataSchema");
+    assert_eq!(
+        field(json!({"type": "index", "spec": {"dataSchema": {"dataSource": 5}, "ioConfig": {}}})),
+        "spec.dataSchema.dataSource"
+    );
+    assert_eq!(
+        field(base(ds, json!({"firehose": {}, "inputFormat": {"type": "json"}}))),
+        "spec.ioConfig.firehose"
+    );
+}
