@@ -19,3 +19,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+
+# The ingestion tests read the Parquet segments back with pyarrow, an independent reader.
+if ! python3 -c "import pyarrow" >/dev/null 2>&1; then
+  echo "installing: pyarrow (PyPI)" >&2
+  python3 -m pip install --quiet pyarrow || python3 -m pip install --quiet --break-system-packages pyarrow
+fi

@@ -50,6 +50,8 @@ pub struct WorkerSettings {
     pub peon_command: Vec<String>,
     /// Time a peon gets between SIGTERM and SIGKILL.
     pub graceful_stop: Duration,
+    /// Where peons push segment files (Druid's local deep storage); shared by every node.
+    pub deep_storage: PathBuf,
     pub timing: WorkerTiming,
 }
 

@@ -396,6 +396,19 @@ fn start_worker(
             port,
             tls_port: -1,
         },
+        peon_env: vec![
+            (
+                crate::worker::task_actions::API_ENV.to_string(),
+                std::iter::once(url.to_string())
+                    .chain(seeds.iter().filter(|s| s.as_str() != url).cloned())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            (
+                crate::worker::index_task::DEEP_STORAGE_ENV.to_string(),
+                settings.deep_storage.display().to_string(),
+            ),
+        ],
     })
     .map_err(|e| {
         StartError::Worker(format!(

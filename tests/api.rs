@@ -80,7 +80,10 @@ async fn submit_get_status_list_and_shutdown() {
 
     // A spec without an id gets one in Druid's format.
     let (s, v) = d
-        .submit(r#"{"type":"index_parallel","spec":{"dataSchema":{"dataSource":"logs"}}}"#)
+        .submit(
+            r#"{"type":"index_parallel","spec":{"dataSchema":{"dataSource":"logs","timestampSpec":{"column":"t"}},
+                "ioConfig":{"inputSource":{"type":"inline","data":""},"inputFormat":{"type":"json"}}}}"#,
+        )
         .await;
     assert_eq!(s, StatusCode::OK);
     let generated = v["task"].as_str().unwrap().to_string();

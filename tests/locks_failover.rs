@@ -61,7 +61,7 @@ fn kill_9_leader_between_lock_grant_and_publish_lands_once_or_is_rejected() {
     let (s, v) = post_any(
         &urls,
         "/druid/indexer/v1/task",
-        &json!({"type": "index", "id": "ingest", "dataSource": "wiki"}),
+        &raftlord_harness::index_task("ingest", "wiki"),
     );
     assert_eq!(s, 200, "{v}");
     let lock = action(&urls, json!({"type": "lockTryAcquire", "interval": DAY}));

@@ -98,10 +98,7 @@ async fn requests_that_once_poisoned_the_log_are_refused_and_the_node_restarts()
     let dir = tempfile::tempdir().unwrap();
     let n = start(dir.path()).await;
     let (s, v) = n
-        .post(
-            "/druid/indexer/v1/task",
-            json!({"type": "index", "id": "t1", "dataSource": "wiki"}),
-        )
+        .post("/druid/indexer/v1/task", raftlord_harness::index_task("t1", "wiki"))
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let before = n.applied().await;

@@ -34,7 +34,8 @@ impl Dev {
     }
 
     async fn submit(&self, id: &str, priority: i32) {
-        let spec = json!({"type": "index", "id": id, "dataSource": "wiki", "context": {"priority": priority}});
+        let mut spec = raftlord_harness::index_task(id, "wiki");
+        spec["context"] = json!({"priority": priority});
         let (s, v) = self.post("/druid/indexer/v1/task", spec).await;
         assert_eq!(s, StatusCode::OK, "{v}");
     }

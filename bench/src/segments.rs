@@ -160,7 +160,7 @@ pub async fn run(
         let (ds, id) = (format!("ds{i:03}"), format!("load-ds{i:03}"));
         let r = client
             .post(format!("{url}/druid/indexer/v1/task"))
-            .json(&json!({"type": "index", "id": id, "dataSource": ds}))
+            .json(&raftlord_harness::index_task(&id, &ds))
             .send()
             .await?;
         anyhow::ensure!(r.status() == 200, "submit {id}: {}", r.text().await?);

@@ -67,3 +67,18 @@ pub fn task_ids(tasks: &serde_json::Value) -> std::collections::BTreeSet<String>
         .filter_map(|t| t["id"].as_str().map(str::to_string))
         .collect()
 }
+
+/// The smallest valid `index` task for `datasource`: Druid's spec with an empty inline input.
+/// Control-plane tests submit it to hold locks and publish; a worker would run it to SUCCESS
+/// with no rows.
+pub fn index_task(id: &str, datasource: &str) -> serde_json::Value {
+    serde_json::json!({
+        "type": "index",
+        "id": id,
+        "spec": {
+            "dataSchema": {"dataSource": datasource, "timestampSpec": {"column": "timestamp"}},
+            "ioConfig": {"type": "index", "inputSource": {"type": "inline", "data": ""},
+                "inputFormat": {"type": "json"}},
+        },
+    })
+}

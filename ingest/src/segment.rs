@@ -74,7 +74,13 @@ pub fn write(
     for m in metrics {
         fields.push(Field::new(&m.name, metric_type(m.output()), true));
     }
-    let schema = Arc::new(Schema::new(fields));
+    // In the Arrow schema too, so Arrow readers (pyarrow, DuckDB, pandas) show it as the
+    // schema's metadata.
+    let meta_text = schema_meta.to_string();
+    let schema = Arc::new(Schema::new_with_metadata(
+        fields,
+        std::collections::HashMap::from([(METADATA_KEY.to_string(), meta_text.clone())]),
+    ));
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).map_err(|e| e.to_string())?))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))

@@ -26,6 +26,10 @@ pub async fn run(args: BootstrapArgs) -> anyhow::Result<i32> {
     if node_args.task_log_dir.is_none() {
         node_args.task_log_dir = Some(args.data_dir.join("task-logs"));
     }
+    // And every node's peons push segments to one deep storage.
+    if node_args.deep_storage.is_none() {
+        node_args.deep_storage = Some(args.data_dir.join("deep-storage"));
+    }
     let node_flags = node_args.to_flags();
     let peers: BTreeMap<u64, String> = (1..=args.nodes)
         .map(|id| (id, format!("http://{}:{}", args.host, args.base_port as u64 + id - 1)))

@@ -152,6 +152,11 @@ pub struct NodeArgs {
     /// between nodes where possible. Default: DATA_DIR/task-logs.
     #[arg(long, env = "RAFTLORD_TASK_LOG_DIR")]
     pub task_log_dir: Option<PathBuf>,
+    /// Deep storage: the directory where ingestion tasks push segment files
+    /// (`dataSource/start_end/version/partition/index.parquet`). Every node that runs tasks, and
+    /// later every Historical, must see the same directory. Default: DATA_DIR/deep-storage.
+    #[arg(long, env = "RAFTLORD_DEEP_STORAGE")]
+    pub deep_storage: Option<PathBuf>,
 }
 
 impl NodeArgs {
@@ -183,6 +188,9 @@ impl NodeArgs {
         }
         if let Some(d) = &self.task_log_dir {
             flags.push(format!("--task-log-dir={}", d.display()));
+        }
+        if let Some(d) = &self.deep_storage {
+            flags.push(format!("--deep-storage={}", d.display()));
         }
         flags
     }

@@ -47,6 +47,16 @@ fn task_log_dir(args: &NodeArgs, data_dir: &Path) -> std::path::PathBuf {
     args.task_log_dir.clone().unwrap_or_else(|| data_dir.join("task-logs"))
 }
 
+/// The deep storage directory, absolute: segment load specs name it, and peons read it from a
+/// directory of their own.
+fn deep_storage(args: &NodeArgs, data_dir: &Path) -> std::path::PathBuf {
+    let d = args
+        .deep_storage
+        .clone()
+        .unwrap_or_else(|| data_dir.join("deep-storage"));
+    std::path::absolute(&d).unwrap_or(d)
+}
+
 /// The worker settings, or `None` when the capacity is 0.
 fn worker_settings(args: &NodeArgs, data_dir: &Path) -> Option<WorkerSettings> {
     (args.worker_capacity > 0).then(|| WorkerSettings {
@@ -60,6 +70,7 @@ fn worker_settings(args: &NodeArgs, data_dir: &Path) -> Option<WorkerSettings> {
             .map(|c| c.split_whitespace().map(str::to_string).collect())
             .unwrap_or_default(),
         graceful_stop: Duration::from_millis(args.peon_graceful_stop_ms),
+        deep_storage: deep_storage(args, data_dir),
         timing: WorkerTiming {
             heartbeat: Duration::from_millis(args.worker_heartbeat_ms.max(10)),
             ..WorkerTiming::default()

@@ -36,6 +36,9 @@ pub enum SpecError {
     UnknownType(String),
     #[error("invalid '{field}': {problem}")]
     InvalidField { field: &'static str, problem: String },
+    /// An ingestion spec that cannot run; the error names the field by its JSON path.
+    #[error("invalid ingestion spec: {0}")]
+    Ingestion(#[from] raftlord_ingest::SpecError),
 }
 
 /// Task types Druid knows (core and the bundled extensions); any other `type` is refused at
@@ -259,6 +262,9 @@ pub fn parse_submission(body: &[u8], now_ms: u64, rng: &mut impl Rng) -> Result<
     if !KNOWN_TASK_TYPES.contains(&task_type.as_str()) {
         return Err(SpecError::UnknownType(task_type));
     }
+    if raftlord_ingest::IngestSpec::handles(&task_type) {
+        check_ingestion(text)?;
+    }
     let readiness = if task_type == "noop" {
         noop_readiness(&head)?
     } else {
@@ -323,6 +329,17 @@ pub fn parse_submission(body: &[u8], now_ms: u64, rng: &mut impl Rng) -> Result<
     })
 }
 
+/// Checks an `index` / `index_parallel` spec as the peon will read it, and that the local
+/// files it names exist, so that a spec that cannot run is refused at submit.
+fn check_ingestion(text: &str) -> Result<(), SpecError> {
+    let task: Value = serde_json::from_str(text).map_err(|e| SpecError::MalformedJson(e.to_string()))?;
+    let spec = raftlord_ingest::IngestSpec::from_task(&task)?;
+    spec.source.check_exists().map_err(|(field, message)| {
+        raftlord_ingest::SpecError::new(format!("spec.ioConfig.inputSource.{field}"), message)
+    })?;
+    Ok(())
+}
+
 /// The spec `text` (a JSON object) with `"id": id` set.
 fn with_id(text: &str, has_null_id: bool, id: &str) -> Result<Box<RawValue>, SpecError> {
     let malformed = |e: serde_json::Error| SpecError::MalformedJson(e.to_string());
@@ -353,7 +370,11 @@ mod tests {
 
     #[test]
     fn generated_id_has_druids_shape_and_is_stored_in_the_payload() {
-        let t = parse(r#"{"type":"index_parallel","spec":{"dataSchema":{"dataSource":"wiki"}}}"#).unwrap();
+        let t = parse(
+            r#"{"type":"index_parallel","spec":{"dataSchema":{"dataSource":"wiki","timestampSpec":{"column":"t"}},
+                "ioConfig":{"inputSource":{"type":"inline","data":""},"inputFormat":{"type":"json"}}}}"#,
+        )
+        .unwrap();
         let parts: Vec<&str> = t.id.rsplitn(2, '_').collect();
         assert_eq!(parts[0], "1970-01-01T00:00:00.000Z");
         let prefix = parts[1];
@@ -402,7 +423,21 @@ mod tests {
         assert!(matches!(parse("{nope"), Err(SpecError::MalformedJson(_))));
         assert_eq!(parse("[1]").unwrap_err(), SpecError::NotAnObject("an array"));
         assert_eq!(parse(r#"{"id":"x"}"#).unwrap_err(), SpecError::MissingType);
-        assert_eq!(parse(r#"{"type":"index"}"#).unwrap_err(), SpecError::MissingDataSource);
+        assert_eq!(
+            parse(r#"{"type":"index_hadoop"}"#).unwrap_err(),
+            SpecError::MissingDataSource
+        );
+        // An ingestion spec is checked whole, and the error names the field.
+        match parse(r#"{"type":"index","spec":{"dataSchema":{"dataSource":"w"},"ioConfig":{}}}"#) {
+            Err(SpecError::Ingestion(e)) => assert_eq!(e.field, "spec.dataSchema.timestampSpec"),
+            other => panic!("{other:?}"),
+        }
+        let missing = r#"{"type":"index","spec":{"dataSchema":{"dataSource":"w","timestampSpec":{}},
+            "ioConfig":{"inputSource":{"type":"local","baseDir":"/no/such/dir","filter":"*"},"inputFormat":{"type":"json"}}}}"#;
+        match parse(missing) {
+            Err(SpecError::Ingestion(e)) => assert_eq!(e.field, "spec.ioConfig.inputSource.baseDir"),
+            other => panic!("{other:?}"),
+        }
         assert_eq!(
             parse(r#"{"type":"noop","id":5}"#).unwrap_err(),
             SpecError::NotAString { field: "id" }

@@ -258,10 +258,11 @@ pub struct Launcher {
 
 impl Launcher {
     /// Starts `exe peon-launcher`.
-    pub fn start(exe: &Path) -> std::io::Result<Launcher> {
+    pub fn start(exe: &Path, env: &[(String, String)]) -> std::io::Result<Launcher> {
         let (ours, theirs) = UnixStream::pair()?;
         let process = tokio::process::Command::new(exe)
             .arg("peon-launcher")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs.try_clone()?)))
             .stdout(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
             .stderr(Stdio::inherit())

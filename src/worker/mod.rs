@@ -18,10 +18,12 @@
 //! - [`http`]: the worker's own routes (`/druid/worker/v1/...`).
 
 pub mod http;
+pub mod index_task;
 pub mod launcher;
 pub mod peon;
 pub mod protocol;
 pub mod runner;
+pub mod task_actions;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -5,15 +5,18 @@
 //! SIGTERM (a shutdown request) ends the task FAILED.
 //!
 //! Task types the peon runs: `noop` (Druid's `NoopTask`: waits `runTime` milliseconds, 2500
-//! when absent or 0, then succeeds). Every other type ends FAILED with a message saying it is
-//! not supported by this peon.
+//! when absent or 0, then succeeds) and `index` / `index_parallel` (native batch ingestion, see
+//! [`super::index_task`]). Every other type ends FAILED with a message saying it is not
+//! supported by this peon.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::json;
 
+use super::index_task;
 use super::runner::write_atomic;
 use crate::clock::{iso, now_ms};
 
@@ -40,7 +43,14 @@ pub async fn run(dir: &Path) -> i32 {
             return 2;
         }
     };
-    let head: TaskHead = match serde_json::from_slice(&spec) {
+    let task: serde_json::Value = match serde_json::from_slice(&spec) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("peon: task.json is not JSON: {e}");
+            return 2;
+        }
+    };
+    let head: TaskHead = match serde_json::from_value(task.clone()) {
         Ok(h) => h,
         Err(e) => {
             eprintln!("peon: task.json is not a task spec: {e}");
@@ -53,10 +63,32 @@ pub async fn run(dir: &Path) -> i32 {
         head.id,
         head.task_type
     );
+    let mut report = json!({});
     let result: Result<(), String> = match head.task_type.as_str() {
         "noop" => run_noop(&head).await,
+        t if raftlord_ingest::IngestSpec::handles(t) => {
+            let live = Arc::new(Mutex::new(index_task::Outcome::default()));
+            let pushed = Arc::new(Mutex::new(index_task::Pushed::default()));
+            let r = match stop_signal() {
+                Err(e) => Err(e),
+                Ok(mut term) => tokio::select! {
+                    r = index_task::run(task, dir, live.clone(), pushed.clone()) => r,
+                    _ = term.recv() => {
+                        index_task::remove_pushed(&pushed);
+                        Err("the task was stopped (SIGTERM) before it finished".to_string())
+                    }
+                },
+            };
+            let mut o = live.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if let Err(e) = &r {
+                o.state = if o.state.is_empty() { "NOT_STARTED" } else { o.state };
+                o.error = Some(e.clone());
+            }
+            report = index_task::report(&head.id, &o);
+            r
+        }
         other => Err(format!(
-            "this raftlord peon cannot run '{other}' tasks yet; only 'noop' tasks run"
+            "this raftlord peon cannot run '{other}' tasks; it runs noop, index and index_parallel tasks"
         )),
     };
     let duration = started.elapsed().as_millis() as i64;
@@ -71,7 +103,7 @@ pub async fn run(dir: &Path) -> i32 {
         error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
     );
     // Druid's report map; a noop task produces no reports.
-    if let Err(e) = write_atomic(&dir.join("report.json"), b"{}") {
+    if let Err(e) = write_atomic(&dir.join("report.json"), report.to_string().as_bytes()) {
         eprintln!("peon: cannot write report.json: {e}");
         return 3;
     }
@@ -95,10 +127,14 @@ async fn run_noop(head: &TaskHead) -> Result<(), String> {
         Some(ms) => ms,
     };
     println!("{} INFO noop task running for {run_ms} ms", iso(now_ms()));
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| format!("cannot install the SIGTERM handler: {e}"))?;
+    let mut term = stop_signal()?;
     tokio::select! {
         _ = tokio::time::sleep(Duration::from_millis(run_ms)) => Ok(()),
         _ = term.recv() => Err("the task was stopped (SIGTERM) before it finished".to_string()),
     }
+}
+
+fn stop_signal() -> Result<tokio::signal::unix::Signal, String> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("cannot install the SIGTERM handler: {e}"))
 }

@@ -49,6 +49,8 @@ pub struct RunnerConfig {
     pub graceful_stop: Duration,
     /// Where the worker serves HTTP: the location reported for its tasks.
     pub location: TaskLocation,
+    /// Environment every peon gets: the task API's URLs and the deep storage directory.
+    pub peon_env: Vec<(String, String)>,
 }
 
 /// A task directory name that cannot escape the base directory.
@@ -207,7 +209,10 @@ impl PeonRunner {
             match slot.as_ref().filter(|l| !l.is_gone()) {
                 Some(l) => l.clone(),
                 None => {
-                    let l = Arc::new(Launcher::start(exe).map_err(|e| format!("cannot start the peon launcher: {e}"))?);
+                    let l = Arc::new(
+                        Launcher::start(exe, &self.cfg.peon_env)
+                            .map_err(|e| format!("cannot start the peon launcher: {e}"))?,
+                    );
                     *slot = Some(l.clone());
                     l
                 }
@@ -280,6 +285,7 @@ impl PeonRunner {
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(args)
             .arg(dir)
+            .envs(self.cfg.peon_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -1,0 +1,377 @@
+//! The peon's `index` and `index_parallel` tasks: Druid's native batch ingestion, run in one
+//! process.
+//!
+//! 1. With `granularitySpec.intervals`, lock every segment interval they cover first (as Druid's
+//!    `isReady` does), so a task that cannot get its locks reads nothing.
+//! 2. Read the input into rolled-up, per-interval buckets ([`raftlord_ingest::read_input`]) on a
+//!    blocking thread, logging progress and rewriting the live report every few seconds.
+//! 3. Overwrite (the default): lock each interval found (EXCLUSIVE); the lock's version is the
+//!    segments' version and partitions are numbered from 0. Append (`appendToExisting`): one
+//!    `segmentAllocate` per partition, which adds partitions to the interval's current version.
+//! 4. Write each partition as a Parquet file in the task directory, copy it into deep storage
+//!    (`dataSource/start_end/version/partitionNum/index.parquet`, written under a temporary name
+//!    and renamed), and publish every segment in one `segmentTransactionalInsert`.
+//!
+//! A task that fails or is stopped after pushing files removes them: nothing it wrote stays in
+//! deep storage unless its segments were published.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use raftlord_ingest::{read_input, IngestSpec, Ingested, ParseProblem, RowStats, SegmentFile};
+
+use super::runner::write_atomic;
+use super::task_actions::TaskActions;
+use crate::clock::{iso, now_ms};
+use crate::interval::Interval;
+
+/// Environment variable naming the deep storage directory, set by the worker for its peons.
+pub const DEEP_STORAGE_ENV: &str = "RAFTLORD_DEEP_STORAGE";
+
+/// How often progress is logged and the live report rewritten.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// What the task did, for its report.
+#[derive(Default, Clone)]
+pub struct Outcome {
+    pub stats: RowStats,
+    pub problems: Vec<ParseProblem>,
+    pub state: &'static str,
+    pub segments_published: u64,
+    pub error: Option<String>,
+}
+
+/// Druid's `ingestionStatsAndErrors` report.
+pub fn report(task_id: &str, o: &Outcome) -> Value {
+    json!({
+        "ingestionStatsAndErrors": {
+            "type": "ingestionStatsAndErrors",
+            "taskId": task_id,
+            "payload": {
+                "ingestionState": o.state,
+                "unparseableEvents": {"buildSegments": o.problems},
+                "rowStats": {"buildSegments": o.stats},
+                "errorMsg": o.error,
+                "segmentAvailabilityConfirmed": false,
+                "segmentAvailabilityWaitTimeMs": 0,
+                "recordsProcessed": null,
+                "segmentsRead": null,
+                "segmentsPublished": o.segments_published,
+            }
+        }
+    })
+}
+
+fn log(msg: &str) {
+    println!("{} INFO {msg}", iso(now_ms()));
+}
+
+/// Files a task has pushed to deep storage and not yet published. Once closed (the task failed
+/// or was stopped), nothing more is pushed.
+#[derive(Default)]
+pub struct Pushed {
+    files: Vec<PathBuf>,
+    closed: bool,
+}
+
+/// Runs the task; the outcome is `Ok` when its segments are published. On an error the pushed
+/// files are removed; on a stop the caller calls [`remove_pushed`].
+pub async fn run(task: Value, dir: &Path, live: Arc<Mutex<Outcome>>, pushed: Arc<Mutex<Pushed>>) -> Result<(), String> {
+    let id = task.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+    let spec = IngestSpec::from_task(&task).map_err(|e| format!("invalid spec: {e}"))?;
+    let deep = std::env::var_os(DEEP_STORAGE_ENV)
+        .map(PathBuf::from)
+        .ok_or("the worker gave this peon no deep storage directory")?;
+    let actions = TaskActions::from_env(task.clone())?;
+    let result = ingest(&id, &spec, dir, &deep, &actions, &live, &pushed).await;
+    if result.is_err() {
+        remove_pushed(&pushed);
+    }
+    result
+}
+
+/// Removes the files a task pushed to deep storage and did not publish, and stops any more from
+/// being pushed.
+pub fn remove_pushed(pushed: &Mutex<Pushed>) {
+    let mut g = pushed.lock().unwrap_or_else(|p| p.into_inner());
+    g.closed = true;
+    for f in std::mem::take(&mut g.files) {
+        if std::fs::remove_file(&f).is_ok() {
+            log(&format!("removed [{}], which was not published", f.display()));
+        }
+        // The partition directory, if now empty.
+        if let Some(parent) = f.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+}
+
+async fn ingest(
+    id: &str,
+    spec: &IngestSpec,
+    dir: &Path,
+    deep: &Path,
+    actions: &TaskActions,
+    live: &Arc<Mutex<Outcome>>,
+    pushed: &Arc<Mutex<Pushed>>,
+) -> Result<(), String> {
+    let mut versions: BTreeMap<Interval, String> = BTreeMap::new();
+    if let (Some(intervals), false) = (&spec.intervals, spec.append_to_existing) {
+        for i in lock_intervals(spec, intervals)? {
+            let v = actions.lock(&i).await?;
+            versions.insert(i, v);
+        }
+        log(&format!(
+            "locked {} interval(s) named by granularitySpec.intervals",
+            versions.len()
+        ));
+    }
+
+    set_state(live, "BUILD_SEGMENTS", dir, id);
+    let read_spec = spec.clone();
+    let live_read = live.clone();
+    let dir_read = dir.to_path_buf();
+    let id_read = id.to_string();
+    let started = Instant::now();
+    let ingested: Ingested = tokio::task::spawn_blocking(move || {
+        let mut last = Instant::now();
+        let mut progress = |p: &raftlord_ingest::Progress<'_>| {
+            if last.elapsed() < PROGRESS_EVERY {
+                return;
+            }
+            last = Instant::now();
+            let secs = started.elapsed().as_secs_f64().max(1e-3);
+            log(&format!(
+                "read {} rows ({:.0} rows/s, {} bytes done), {} unparseable, {} thrown away, {} rows in memory; reading [{}]",
+                p.stats.processed,
+                p.stats.processed as f64 / secs,
+                p.stats.processed_bytes,
+                p.stats.unparseable,
+                p.stats.thrown_away,
+                p.rows_in_memory,
+                p.file
+            ));
+            let mut o = live_read.lock().unwrap_or_else(|e| e.into_inner());
+            o.stats = p.stats.clone();
+            write_report(&dir_read, &id_read, &o);
+        };
+        read_input(&read_spec, &mut progress, &mut |m| println!("{} WARN {m}", iso(now_ms())))
+    })
+    .await
+    .map_err(|e| format!("the reader thread failed: {e}"))?
+    .map_err(|e| e.to_string())?;
+    {
+        let mut o = live.lock().unwrap_or_else(|e| e.into_inner());
+        o.stats = ingested.stats.clone();
+        o.problems = ingested.problems.clone();
+    }
+    let secs = started.elapsed().as_secs_f64().max(1e-3);
+    log(&format!(
+        "read {} rows in {secs:.1} s ({:.0} rows/s): {} after rollup in {} interval(s); {} unparseable, {} with errors, {} thrown away",
+        ingested.stats.processed,
+        ingested.stats.processed as f64 / secs,
+        ingested.rows(),
+        ingested.intervals().len(),
+        ingested.stats.unparseable,
+        ingested.stats.processed_with_error,
+        ingested.stats.thrown_away
+    ));
+
+    // Versions and partition numbers.
+    let mut plan: Vec<(Interval, String, Vec<u32>, Option<Value>)> = Vec::new();
+    for interval in ingested.intervals() {
+        let n = ingested.partitions(&interval);
+        if spec.append_to_existing {
+            let mut nums = Vec::new();
+            let mut version = None;
+            let mut previous: Option<String> = None;
+            let mut shard = None;
+            for _ in 0..n {
+                let a = actions.allocate(spec, &interval, previous.as_deref()).await?;
+                if a.interval != interval {
+                    return Err(format!(
+                        "interval {interval} already holds segments of another granularity ({}); append with the \
+                         datasource's own segmentGranularity",
+                        a.interval
+                    ));
+                }
+                if version.as_ref().is_some_and(|v| *v != a.version) {
+                    return Err(format!("allocations for {interval} came back with two versions"));
+                }
+                version = Some(a.version.clone());
+                nums.push(a.partition_num);
+                previous = Some(a.id.clone());
+                shard = Some(a.shard_spec.clone());
+            }
+            let version = version.ok_or("nothing was allocated")?;
+            plan.push((interval, version, nums, shard));
+        } else {
+            let version = match versions.get(&interval) {
+                Some(v) => v.clone(),
+                None => {
+                    let v = actions.lock(&interval).await?;
+                    versions.insert(interval, v.clone());
+                    v
+                }
+            };
+            plan.push((interval, version, (0..n as u32).collect(), None));
+        }
+    }
+
+    // Write, push, describe.
+    set_state(live, "BUILD_SEGMENTS", dir, id);
+    let segments_dir = dir.join("segments");
+    let deep_root = deep.to_path_buf();
+    let datasource = spec.datasource.clone();
+    let pushed_w = pushed.clone();
+    let segments: Vec<Value> = tokio::task::spawn_blocking(move || -> Result<Vec<Value>, String> {
+        let mut ingested = ingested;
+        let mut out = Vec::new();
+        for (interval, version, nums, shard) in plan {
+            let local = segments_dir.join(interval.to_string().replace('/', "_"));
+            let files = ingested
+                .write_bucket(&interval, &version, &nums, &local)
+                .map_err(|e| e.to_string())?;
+            let total = files.len();
+            for f in files {
+                let path = {
+                    // Pushed under the lock, so a stop either waits for this file or sees it.
+                    let mut g = pushed_w.lock().unwrap_or_else(|p| p.into_inner());
+                    if g.closed {
+                        return Err("the task was stopped".to_string());
+                    }
+                    let path = push(&deep_root, &datasource, &f)?;
+                    g.files.push(path.clone());
+                    path
+                };
+                std::fs::remove_file(&f.path).ok();
+                let shard_spec = match &shard {
+                    Some(s) => s.clone(),
+                    None => json!({"type": "numbered", "partitionNum": f.partition_num, "partitions": total}),
+                };
+                out.push(json!({
+                    "dataSource": datasource,
+                    "interval": interval.to_string(),
+                    "version": version,
+                    "loadSpec": {"type": "local", "path": path.display().to_string()},
+                    "dimensions": f.dimensions.join(","),
+                    "metrics": f.metrics.join(","),
+                    "shardSpec": shard_spec_for(shard_spec, &f),
+                    "binaryVersion": raftlord_ingest::BINARY_VERSION,
+                    "size": f.bytes,
+                }));
+                log(&format!(
+                    "pushed segment {}_{}_{}_{} ({} rows, {} bytes) to [{}]",
+                    datasource,
+                    interval,
+                    version,
+                    f.partition_num,
+                    f.rows,
+                    f.bytes,
+                    path.display()
+                ));
+            }
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| format!("the writer thread failed: {e}"))??;
+
+    set_state(live, "PUBLISHING", dir, id);
+    let n = segments.len();
+    if n > 0 {
+        actions.publish(segments).await?;
+    }
+    // Published: the files are the segments' now.
+    pushed.lock().unwrap_or_else(|p| p.into_inner()).files.clear();
+    log(&format!("published {n} segment(s)"));
+    let mut o = live.lock().unwrap_or_else(|e| e.into_inner());
+    o.segments_published = n as u64;
+    o.state = "COMPLETED";
+    Ok(())
+}
+
+/// An appended partition keeps the allocated shard spec, numbered as allocated.
+fn shard_spec_for(mut shard: Value, f: &SegmentFile) -> Value {
+    if shard.get("partitionNum").is_some() {
+        shard["partitionNum"] = json!(f.partition_num);
+    }
+    shard
+}
+
+/// The segment intervals that `intervals` cover under the segment granularity.
+fn lock_intervals(spec: &IngestSpec, intervals: &[Interval]) -> Result<Vec<Interval>, String> {
+    let mut out: Vec<Interval> = Vec::new();
+    for i in intervals {
+        let mut t = i.start;
+        while t < i.end {
+            let b = spec
+                .segment_granularity
+                .bucket(t)
+                .ok_or_else(|| format!("interval {i} reaches past the years 0000 to 9999"))?;
+            if out.last() != Some(&b) {
+                out.push(b);
+            }
+            if out.len() > 100_000 {
+                return Err(format!("interval {i} covers more than 100,000 segment intervals"));
+            }
+            t = b.end;
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// Copies a segment file into deep storage under Druid's layout; returns where.
+fn push(deep: &Path, datasource: &str, f: &SegmentFile) -> Result<PathBuf, String> {
+    let interval = format!("{}_{}", iso_ms(f.interval.start), iso_ms(f.interval.end));
+    let dir = deep
+        .join(sanitize(datasource))
+        .join(interval)
+        .join(sanitize(&f.version))
+        .join(f.partition_num.to_string());
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create [{}]: {e}", dir.display()))?;
+    let target = dir.join("index.parquet");
+    let tmp = dir.join(format!(".index.parquet.{}", std::process::id()));
+    std::fs::copy(&f.path, &tmp).map_err(|e| format!("cannot copy to [{}]: {e}", tmp.display()))?;
+    std::fs::File::open(&tmp)
+        .and_then(|h| h.sync_all())
+        .map_err(|e| format!("cannot sync [{}]: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &target).map_err(|e| format!("cannot rename to [{}]: {e}", target.display()))?;
+    Ok(target)
+}
+
+fn iso_ms(ms: i64) -> String {
+    crate::interval::iso(ms)
+}
+
+/// A path component from a name: no separators, no `..`.
+fn sanitize(s: &str) -> String {
+    let s: String = s
+        .chars()
+        .map(|c| if c == '/' || c == '\\' || c == '\0' { '_' } else { c })
+        .collect();
+    if s == "." || s == ".." {
+        format!("_{s}")
+    } else {
+        s
+    }
+}
+
+fn set_state(live: &Arc<Mutex<Outcome>>, state: &'static str, dir: &Path, id: &str) {
+    let mut o = live.lock().unwrap_or_else(|e| e.into_inner());
+    o.state = state;
+    write_report(dir, id, &o);
+}
+
+/// Rewrites `report.json`, which the worker serves live while the task runs.
+pub fn write_report(dir: &Path, id: &str, o: &Outcome) {
+    if let Err(e) = write_atomic(&dir.join("report.json"), report(id, o).to_string().as_bytes()) {
+        eprintln!("peon: cannot write report.json: {e}");
+    }
+}

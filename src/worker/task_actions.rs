@@ -1,0 +1,179 @@
+//! A peon's client for Druid's task actions (`POST /druid/indexer/v1/action`), the only way a
+//! peon changes cluster state: locks, segment allocation, publishing.
+//!
+//! The worker names the cluster's nodes in [`API_ENV`]; a follower redirects to the leader
+//! (307, which keeps the method and body). A request that fails to connect, times out or gets a
+//! 503 is retried on the next node with a short back-off for up to [`RETRY_FOR`], which rides
+//! out a leader election. Actions are idempotent at the state machine where they need to be:
+//! a lock already held is granted again, and a publish repeated after its commit answers that
+//! the segments exist.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use raftlord_ingest::IngestSpec;
+
+use crate::interval::Interval;
+
+/// Environment variable with the comma-separated URLs of nodes that serve the task API.
+pub const API_ENV: &str = "RAFTLORD_PEON_API";
+
+/// How long an action is retried through failovers before the task fails.
+const RETRY_FOR: Duration = Duration::from_secs(60);
+
+/// One allocated segment.
+pub struct Allocated {
+    pub id: String,
+    pub interval: Interval,
+    pub version: String,
+    pub partition_num: u32,
+    pub shard_spec: Value,
+}
+
+pub struct TaskActions {
+    urls: Vec<String>,
+    task: Value,
+    http: reqwest::Client,
+}
+
+impl TaskActions {
+    /// A client for `task`, reaching the nodes the worker named in [`API_ENV`].
+    pub fn from_env(task: Value) -> Result<TaskActions, String> {
+        let urls: Vec<String> = std::env::var(API_ENV)
+            .unwrap_or_default()
+            .split(',')
+            .map(|u| u.trim().trim_end_matches('/').to_string())
+            .filter(|u| !u.is_empty())
+            .collect();
+        if urls.is_empty() {
+            return Err(format!("the worker gave this peon no task API ({API_ENV})"));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(660))
+            .connect_timeout(Duration::from_secs(2))
+            .build()
+            .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+        Ok(TaskActions { urls, task, http })
+    }
+
+    /// Sends one action; returns its `result`.
+    pub async fn submit(&self, action: Value) -> Result<Value, String> {
+        let kind = action["type"].as_str().unwrap_or("action").to_string();
+        let body = json!({"task": self.task, "action": action}).to_string();
+        let deadline = tokio::time::Instant::now() + RETRY_FOR;
+        let mut attempt = 0usize;
+        loop {
+            let url = &self.urls[attempt % self.urls.len()];
+            attempt += 1;
+            let sent = self
+                .http
+                .post(format!("{url}/druid/indexer/v1/action"))
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .send()
+                .await;
+            let retry_why = match sent {
+                Ok(r) if r.status().is_success() => {
+                    let v: Value = r.json().await.map_err(|e| format!("{kind}: unreadable answer: {e}"))?;
+                    return Ok(v.get("result").cloned().unwrap_or(Value::Null));
+                }
+                Ok(r) if r.status().as_u16() == 503 || r.status().as_u16() == 307 => {
+                    format!("{} {}", r.status(), r.text().await.unwrap_or_default())
+                }
+                Ok(r) => {
+                    let status = r.status();
+                    let text = r.text().await.unwrap_or_default();
+                    return Err(format!("{kind} was refused ({status}): {text}"));
+                }
+                Err(e) => e.to_string(),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!("{kind} failed for {} s: {retry_why}", RETRY_FOR.as_secs()));
+            }
+            let pause = Duration::from_millis((50 * attempt as u64).min(1000));
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// Takes an EXCLUSIVE time-chunk lock on `interval`, waiting for it as Druid's
+    /// `lockAcquire` does; returns the lock's version.
+    pub async fn lock(&self, interval: &Interval) -> Result<String, String> {
+        let r = self
+            .submit(json!({"type": "lockAcquire", "lockType": "EXCLUSIVE", "interval": interval.to_string()}))
+            .await?;
+        if r.get("revoked").and_then(Value::as_bool) == Some(true) {
+            return Err(format!("the lock on {interval} was revoked"));
+        }
+        r.get("version")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| format!("could not lock {interval} (another task holds it, or the wait timed out)"))
+    }
+
+    /// Allocates the next partition of `interval` for appending.
+    pub async fn allocate(
+        &self,
+        spec: &IngestSpec,
+        interval: &Interval,
+        previous: Option<&str>,
+    ) -> Result<Allocated, String> {
+        let task_id = self.task["id"].as_str().unwrap_or_default();
+        let r = self
+            .submit(json!({
+                "type": "segmentAllocate",
+                "dataSource": spec.datasource,
+                "timestamp": crate::interval::iso(interval.start),
+                "queryGranularity": spec.query_granularity_json,
+                "preferredSegmentGranularity": spec.segment_granularity_json,
+                "sequenceName": format!("{task_id}_{interval}"),
+                "previousSegmentId": previous,
+                "skipSegmentLineageCheck": false,
+                "shardSpecFactory": {"type": "numbered"},
+                "lockGranularity": "TIME_CHUNK",
+                "taskLockType": "EXCLUSIVE",
+            }))
+            .await?;
+        if r.is_null() {
+            return Err(format!(
+                "no segment could be allocated in {interval} (its lock is held by another task)"
+            ));
+        }
+        let interval_text = r["interval"].as_str().ok_or("allocation without an interval")?;
+        let allocated = Interval::parse(interval_text).map_err(|e| e.to_string())?;
+        let version = r["version"].as_str().ok_or("allocation without a version")?.to_string();
+        let partition_num = r["shardSpec"]["partitionNum"].as_u64().unwrap_or(0) as u32;
+        let mut id = format!(
+            "{}_{}_{}_{}",
+            spec.datasource,
+            crate::interval::iso(allocated.start),
+            crate::interval::iso(allocated.end),
+            version
+        );
+        if partition_num > 0 {
+            id.push_str(&format!("_{partition_num}"));
+        }
+        Ok(Allocated {
+            id,
+            interval: allocated,
+            version,
+            partition_num,
+            shard_spec: r["shardSpec"].clone(),
+        })
+    }
+
+    /// Publishes the segments in one transaction.
+    pub async fn publish(&self, segments: Vec<Value>) -> Result<(), String> {
+        let r = self
+            .submit(json!({"type": "segmentTransactionalInsert", "segments": segments}))
+            .await?;
+        if r.get("success").and_then(Value::as_bool) == Some(true) {
+            Ok(())
+        } else {
+            Err(format!(
+                "publishing was refused: {}",
+                r.get("errorMsg").and_then(Value::as_str).unwrap_or("no reason given")
+            ))
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! Native batch ingestion end to end on three real nodes sharing one deep storage directory:
+//! Druid's spec submitted over HTTP, run by a worker's peon, segments published, and the Parquet
+//! files read back with pyarrow (installed by scripts/ensure-deps.sh) against rows the test
+//! computes on its own.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{http, wait_for_blocking, ThreeNodes};
+use serde_json::{json, Value};
+
+const API: &str = "/druid/indexer/v1";
+const DAY_MS: i64 = 86_400_000;
+const START_MS: i64 = 1_714_521_600_000; // 2024-05-01T00:00:00Z
+
+fn post(urls: &[String], path: &str, body: &Value) -> (u16, Value) {
+    for url in urls.iter().cycle().take(urls.len() * 50) {
+        if let Ok(r) = http().post(format!("{url}{path}")).json(body).send() {
+            let s = r.status().as_u16();
+            if s != 503 {
+                return (s, r.json().unwrap_or(Value::Null));
+            }
+        }
+        std::thread::yield_now();
+    }
+    panic!("no node answered {path}");
+}
+
+fn get(urls: &[String], path: &str) -> Option<Value> {
+    urls.iter().find_map(|u| {
+        let r = http().get(format!("{u}{path}")).send().ok()?;
+        (r.status() == 200).then(|| r.json().ok()).flatten()
+    })
+}
+
+fn wait_done(urls: &[String], id: &str) -> Value {
+    wait_for_blocking(&format!("task {id} to finish"), Duration::from_secs(120), || {
+        let v = get(urls, &format!("{API}/task/{id}/status"))?;
+        let code = v["status"]["statusCode"].as_str()?.to_string();
+        (code == "SUCCESS" || code == "FAILED").then_some(v["status"].clone())
+    })
+}
+
+/// The generated input: `days` days of rows every 7 s, 3 pages x 4 users x 2 countries cycling.
+fn write_input(dir: &Path, days: i64) -> Vec<Value> {
+    let mut rows = Vec::new();
+    for d in 0..days {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut t = START_MS + d * DAY_MS;
+        let mut i = 0u64;
+        while t < START_MS + (d + 1) * DAY_MS {
+            let country = ["NO", "SE"][(i % 2) as usize];
+            let r = json!({
+                "time": raftlord::interval::iso(t),
+                "page": format!("page-{}", i % 3),
+                "user": format!("user-{}", (i / 3) % 4),
+                "country": country,
+                "added": (i % 50) as i64,
+                "delta": (i % 7) as f64 - 3.5,
+            });
+            writeln!(gz, "{r}").unwrap();
+            rows.push(r);
+            t += 7_000 * 60; // every 7 minutes: about 205 rows a day
+            i += 1;
+        }
+        std::fs::write(dir.join(format!("day-{d}.json.gz")), gz.finish().unwrap()).unwrap();
+    }
+    rows
+}
+
+/// The rolled-up rows the test expects: by hour, page, user, country; count, sum of added, max
+/// of delta.
+fn expected_rollup(rows: &[Value]) -> BTreeMap<(i64, String, String, String), (i64, i64, f64)> {
+    let mut out: BTreeMap<(i64, String, String, String), (i64, i64, f64)> = BTreeMap::new();
+    for r in rows {
+        let t = raftlord::interval::parse_instant(r["time"].as_str().unwrap()).unwrap();
+        let hour = t - t.rem_euclid(3_600_000);
+        let key = (
+            hour,
+            r["page"].as_str().unwrap().to_string(),
+            r["user"].as_str().unwrap().to_string(),
+            r["country"].as_str().unwrap().to_string(),
+        );
+        let e = out.entry(key).or_insert((0, 0, f64::MIN));
+        e.0 += 1;
+        e.1 += r["added"].as_i64().unwrap();
+        e.2 = e.2.max(r["delta"].as_f64().unwrap());
+    }
+    out
+}
+
+/// Reads Parquet files with pyarrow: every row as a JSON object, `__time` in ms.
+fn pyarrow_rows(paths: &[String]) -> Vec<Value> {
+    let script = r#"
+import json, sys
+import pyarrow.parquet as pq
+rows = []
+for path in sys.argv[1:]:
+    t = pq.read_table(path)
+    assert b"druid.segment" in t.schema.metadata, "no druid.segment metadata"
+    for r in t.to_pylist():
+        r["__time"] = int(r["__time"].timestamp() * 1000)
+        rows.append(r)
+print(json.dumps(rows))
+"#;
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(paths)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "pyarrow could not read the segments (scripts/ensure-deps.sh installs it): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn spec(id: &str, input: &Path, append: bool, extra_tuning: Value) -> Value {
+    json!({
+        "type": "index_parallel",
+        "id": id,
+        "spec": {
+            "dataSchema": {
+                "dataSource": "wiki",
+                "timestampSpec": {"column": "time", "format": "iso"},
+                "dimensionsSpec": {"dimensions": ["page", "user", "country"]},
+                "metricsSpec": [
+                    {"type": "count", "name": "count"},
+                    {"type": "longSum", "name": "added", "fieldName": "added"},
+                    {"type": "doubleMax", "name": "delta_max", "fieldName": "delta"}
+                ],
+                "granularitySpec": {"segmentGranularity": "DAY", "queryGranularity": "HOUR", "rollup": true}
+            },
+            "ioConfig": {
+                "type": "index_parallel",
+                "inputSource": {"type": "local", "baseDir": input, "filter": "*.json.gz"},
+                "inputFormat": {"type": "json"},
+                "appendToExisting": append
+            },
+            "tuningConfig": extra_tuning
+        }
+    })
+}
+
+fn used_segments(urls: &[String]) -> Vec<Value> {
+    get(urls, "/druid/coordinator/v1/metadata/datasources/wiki/segments?full")
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn index_parallel_builds_rolled_up_parquet_segments_that_pyarrow_reads_back() {
+    let deep = tempfile::tempdir().unwrap();
+    let input = tempfile::tempdir().unwrap();
+    let rows = write_input(input.path(), 3);
+    let deep_flag = deep.path().display().to_string();
+    let cluster = ThreeNodes::start(&["--worker-capacity", "2", "--deep-storage", &deep_flag]);
+    let urls = cluster.urls();
+    wait_for_blocking("a leader", Duration::from_secs(30), || common::leader_of(&urls));
+
+    // A spec that cannot run is refused at submit, naming the field.
+    let mut bad = spec("bad", input.path(), false, json!({}));
+    bad["spec"]["ioConfig"]["inputSource"]["baseDir"] = json!("/no/such/dir");
+    let (s, v) = post(&urls, &format!("{API}/task"), &bad);
+    assert_eq!(s, 400, "{v}");
+    assert!(v.to_string().contains("spec.ioConfig.inputSource.baseDir"), "{v}");
+    let mut bad = spec("bad", input.path(), false, json!({}));
+    bad["spec"]["dataSchema"]["metricsSpec"][1]["type"] = json!("hyperUnique");
+    let (s, v) = post(&urls, &format!("{API}/task"), &bad);
+    assert_eq!(s, 400, "{v}");
+    assert!(v.to_string().contains("hyperUnique"), "{v}");
+
+    // First ingestion: one segment per day, the rolled-up rows exactly.
+    let (s, v) = post(
+        &urls,
+        &format!("{API}/task"),
+        &spec("first", input.path(), false, json!({})),
+    );
+    assert_eq!(s, 200, "{v}");
+    let status = wait_done(&urls, "first");
+    assert_eq!(status["statusCode"], "SUCCESS", "{status}");
+    let report = get(&urls, &format!("{API}/task/first/reports")).unwrap();
+    let payload = &report["ingestionStatsAndErrors"]["payload"];
+    assert_eq!(
+        payload["rowStats"]["buildSegments"]["processed"],
+        rows.len() as u64,
+        "{report}"
+    );
+    assert_eq!(payload["segmentsPublished"], 3, "{report}");
+    assert_eq!(payload["ingestionState"], "COMPLETED");
+    let segments = used_segments(&urls);
+    assert_eq!(segments.len(), 3, "{segments:?}");
+    let first_versions: BTreeMap<String, String> = segments
+        .iter()
+        .map(|s| {
+            (
+                s["interval"].as_str().unwrap().to_string(),
+                s["version"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let paths: Vec<String> = segments
+        .iter()
+        .map(|s| s["loadSpec"]["path"].as_str().unwrap().to_string())
+        .collect();
+    for (s, p) in segments.iter().zip(&paths) {
+        assert!(p.starts_with(&deep_flag), "{p}");
+        assert_eq!(s["size"].as_u64().unwrap(), std::fs::metadata(p).unwrap().len());
+        assert_eq!(s["dimensions"], "page,user,country");
+        assert_eq!(s["metrics"], "count,added,delta_max");
+    }
+    let expect = expected_rollup(&rows);
+    let got = pyarrow_rows(&paths);
+    assert_eq!(got.len(), expect.len());
+    let mut seen = BTreeMap::new();
+    for r in &got {
+        let key = (
+            r["__time"].as_i64().unwrap(),
+            r["page"].as_str().unwrap().to_string(),
+            r["user"].as_str().unwrap().to_string(),
+            r["country"].as_str().unwrap().to_string(),
+        );
+        let v = (
+            r["count"].as_i64().unwrap(),
+            r["added"].as_i64().unwrap(),
+            r["delta_max"].as_f64().unwrap(),
+        );
+        assert!(seen.insert(key, v).is_none(), "two rows share time and dimensions: {r}");
+    }
+    assert_eq!(seen, expect);
+
+    // Re-ingest with overwrite: a new version for every day, above the old one.
+    let (s, v) = post(
+        &urls,
+        &format!("{API}/task"),
+        &spec("again", input.path(), false, json!({})),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(wait_done(&urls, "again")["statusCode"], "SUCCESS");
+    let segments = used_segments(&urls);
+    let newer: BTreeMap<String, String> = segments
+        .iter()
+        .filter(|s| s["version"].as_str().unwrap() > first_versions[s["interval"].as_str().unwrap()].as_str())
+        .map(|s| {
+            (
+                s["interval"].as_str().unwrap().to_string(),
+                s["version"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(newer.len(), 3, "{segments:?}");
+
+    // Append: new partitions of the current version, each day.
+    let (s, v) = post(
+        &urls,
+        &format!("{API}/task"),
+        &spec(
+            "more",
+            input.path(),
+            true,
+            json!({"partitionsSpec": {"type": "dynamic"}}),
+        ),
+    );
+    assert_eq!(s, 200, "{v}");
+    let status = wait_done(&urls, "more");
+    assert_eq!(status["statusCode"], "SUCCESS", "{status}");
+    let segments = used_segments(&urls);
+    let appended: Vec<&Value> = segments
+        .iter()
+        .filter(|s| s["shardSpec"]["partitionNum"].as_u64().unwrap_or(0) > 0)
+        .collect();
+    assert_eq!(appended.len(), 3, "{segments:?}");
+    for a in &appended {
+        let interval = a["interval"].as_str().unwrap();
+        assert_eq!(
+            a["version"].as_str().unwrap(),
+            newer[interval],
+            "appended to the current version: {a}"
+        );
+    }
+}
+
+#[test]
+fn unparseable_rows_are_counted_and_fail_the_task_past_the_limit_leaving_no_files() {
+    let deep = tempfile::tempdir().unwrap();
+    let input = tempfile::tempdir().unwrap();
+    std::fs::write(
+        input.path().join("a.json"),
+        "{\"time\": \"2024-05-01T00:00:00Z\", \"page\": \"x\"}\nnot json\n{\"time\": \"never\"}\n",
+    )
+    .unwrap();
+    let deep_flag = deep.path().display().to_string();
+    let cluster = ThreeNodes::start(&["--worker-capacity", "1", "--deep-storage", &deep_flag]);
+    let urls = cluster.urls();
+    wait_for_blocking("a leader", Duration::from_secs(30), || common::leader_of(&urls));
+    let mut tolerant = spec("tolerant", input.path(), false, json!({"maxSavedParseExceptions": 10}));
+    tolerant["spec"]["ioConfig"]["inputSource"]["filter"] = json!("*.json");
+    let (s, v) = post(&urls, &format!("{API}/task"), &tolerant);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(wait_done(&urls, "tolerant")["statusCode"], "SUCCESS");
+    let report = get(&urls, &format!("{API}/task/tolerant/reports")).unwrap();
+    let payload = &report["ingestionStatsAndErrors"]["payload"];
+    assert_eq!(payload["rowStats"]["buildSegments"]["processed"], 1, "{report}");
+    assert_eq!(payload["rowStats"]["buildSegments"]["unparseable"], 2, "{report}");
+    let events = payload["unparseableEvents"]["buildSegments"].as_array().unwrap();
+    assert_eq!(events.len(), 2);
+    assert!(
+        events[0]["details"][0].as_str().unwrap().contains("a.json, Line: 2"),
+        "{report}"
+    );
+
+    let mut strict = spec("strict", input.path(), false, json!({"maxParseExceptions": 1}));
+    strict["spec"]["ioConfig"]["inputSource"]["filter"] = json!("*.json");
+    let (s, v) = post(&urls, &format!("{API}/task"), &strict);
+    assert_eq!(s, 200, "{v}");
+    let status = wait_done(&urls, "strict");
+    assert_eq!(status["statusCode"], "FAILED");
+    assert!(
+        status["errorMsg"]
+            .as_str()
+            .unwrap()
+            .contains("Max parse exceptions[1] exceeded"),
+        "{status}"
+    );
+    // The tolerant task's one segment is all deep storage holds.
+    let files: Vec<_> = walk(deep.path());
+    assert_eq!(files.len(), 1, "{files:?}");
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
