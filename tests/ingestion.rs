@@ -18,16 +18,14 @@ const DAY_MS: i64 = 86_400_000;
 const START_MS: i64 = 1_714_521_600_000; // 2024-05-01T00:00:00Z
 
 fn post(urls: &[String], path: &str, body: &Value) -> (u16, Value) {
-    for url in urls.iter().cycle().take(urls.len() * 50) {
-        if let Ok(r) = http().post(format!("{url}{path}")).json(body).send() {
-            let s = r.status().as_u16();
-            if s != 503 {
-                return (s, r.json().unwrap_or(Value::Null));
-            }
-        }
-        std::thread::yield_now();
-    }
-    panic!("no node answered {path}");
+    // Any node: followers redirect to the leader; 503 while there is none.
+    let mut next = urls.iter().cycle();
+    wait_for_blocking(&format!("an answer to POST {path}"), Duration::from_secs(30), || {
+        let url = next.next()?;
+        let r = http().post(format!("{url}{path}")).json(body).send().ok()?;
+        let s = r.status().as_u16();
+        (s != 503).then(|| (s, r.json().unwrap_or(Value::Null)))
+    })
 }
 
 fn get(urls: &[String], path: &str) -> Option<Value> {
@@ -284,6 +282,54 @@ fn index_parallel_builds_rolled_up_parquet_segments_that_pyarrow_reads_back() {
             "appended to the current version: {a}"
         );
     }
+
+    // Kill: the first ingestion's segments, marked unused, go from the metadata and from deep
+    // storage; so does a file no segment names (a peon killed between push and publish). What
+    // used segments name stays.
+    let old_ids: Vec<String> = segments
+        .iter()
+        .filter(|s| first_versions[s["interval"].as_str().unwrap()] == s["version"].as_str().unwrap())
+        .map(|s| s["identifier"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(old_ids.len(), 3);
+    let (s, v) = post(
+        &urls,
+        "/druid/coordinator/v1/datasources/wiki/markUnused",
+        &json!({"segmentIds": old_ids}),
+    );
+    assert_eq!(s, 200, "{v}");
+    let orphan_dir = deep
+        .path()
+        .join("wiki/2024-05-02T00:00:00.000Z_2024-05-03T00:00:00.000Z/v-orphan/0");
+    std::fs::create_dir_all(&orphan_dir).unwrap();
+    std::fs::write(orphan_dir.join("index.parquet"), b"left by a killed peon").unwrap();
+    let kill = json!({"type": "kill", "id": "kill-1", "dataSource": "wiki",
+        "interval": "2024-05-01T00:00:00.000Z/2024-05-04T00:00:00.000Z", "batchSize": 2});
+    let (s, v) = post(&urls, &format!("{API}/task"), &kill);
+    assert_eq!(s, 200, "{v}");
+    let status = wait_done(&urls, "kill-1");
+    assert_eq!(status["statusCode"], "SUCCESS", "{status}");
+    let report = get(&urls, &format!("{API}/task/kill-1/reports")).unwrap();
+    let payload = &report["killUnusedSegments"]["payload"];
+    assert_eq!(payload["numSegmentsKilled"], 3, "{report}");
+    assert_eq!(payload["numBatchesProcessed"], 2, "{report}");
+    assert_eq!(payload["numOrphanFilesDeleted"], 1, "{report}");
+    let unused = get(&urls, "/druid/coordinator/v1/metadata/datasources/wiki/unusedSegments").unwrap();
+    assert_eq!(unused.as_array().map(Vec::len), Some(0), "{unused}");
+    for p in &paths {
+        assert!(!Path::new(p).exists(), "{p} was not deleted");
+    }
+    assert!(!orphan_dir.exists());
+    let left = used_segments(&urls);
+    assert_eq!(left.len(), 6, "{left:?}");
+    for s in &left {
+        let p = s["loadSpec"]["path"].as_str().unwrap();
+        assert!(
+            Path::new(p).exists(),
+            "the kill deleted {p}, which a used segment names"
+        );
+    }
+    assert_eq!(walk(deep.path()).len(), 6);
 }
 
 #[test]

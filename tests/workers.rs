@@ -155,7 +155,10 @@ fn noop_task_runs_in_a_peon_with_log_report_and_worker_apis() {
     let w: Vec<Value> = get_json(&format!("{url}{API}/workers"));
     assert_eq!(w[0]["currCapacityUsed"], 1);
     assert_eq!(w[0]["runningTasks"], json!([id]));
-    assert!(log_of(&url, &id).contains("peon starting task [noop-1]"));
+    // RUNNING means the peon process exists; its first line follows once it has read its task.
+    wait_for_blocking("the peon's first log line", Duration::from_secs(10), || {
+        log_of(&url, &id).contains("peon starting task [noop-1]").then_some(())
+    });
 
     let done = wait_status(&url, &id, "SUCCESS", "NONE", Duration::from_secs(20));
     assert!(done["duration"].as_i64().unwrap() >= 1500, "{done}");

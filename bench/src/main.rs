@@ -12,6 +12,8 @@
 //!   time for a batch of noop tasks to all succeed on three workers;
 //! - `soak`: tasks completing continuously for a given time with short retentions; resident
 //!   memory and snapshot size after the warm-up and at the end;
+//! - `ingest`: rows/s of one ingestion (gzipped JSON lines and CSV to rolled-up Parquet) on
+//!   one core, against DuckDB doing the same work on one thread;
 //! - `segments`: a million segments published through task actions: publish rate, memory,
 //!   query latency, snapshot size, restart and snapshot catch-up times, overshadow pass.
 //!
@@ -19,6 +21,7 @@
 
 mod chaos;
 mod cluster;
+mod ingest;
 mod load;
 mod segments;
 mod soak;
@@ -116,6 +119,12 @@ enum Cmd {
         #[arg(long = "node-flag")]
         node_flags: Vec<String>,
     },
+    /// One ingestion (gzipped JSON and CSV -> rollup -> Parquet) on one core, rows/s, against
+    /// DuckDB on one thread (`pip install duckdb`).
+    Ingest {
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
+    },
     /// Tasks completing continuously; memory and snapshot size at the start and the end.
     Soak {
         #[arg(long, default_value_t = 600)]
@@ -182,6 +191,7 @@ async fn main() -> anyhow::Result<()> {
             rounds,
         } => load::submit(&bin, clients, seconds, (!no_etcd).then_some(etcd), rounds).await,
         Cmd::Failover { rounds, writers } => chaos::failover(&bin, rounds, writers).await,
+        Cmd::Ingest { rows } => tokio::task::spawn_blocking(move || ingest::run(rows)).await?,
         Cmd::Partitions {
             rounds,
             hold_ms,

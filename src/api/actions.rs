@@ -70,6 +70,11 @@ struct LockAction {
 }
 
 #[derive(Deserialize)]
+struct NukeAction {
+    segments: Box<RawValue>,
+}
+
+#[derive(Deserialize)]
 struct ReleaseAction {
     interval: Interval,
 }
@@ -265,11 +270,34 @@ async fn action(State(state): State<AppState>, headers: HeaderMap, body: Body) -
             let a: AllocateAction = parse(&env.action, "segmentAllocate")?;
             allocate(&state, &id, &datasource, a).await?
         }
+        "segmentNuke" => {
+            let a: NukeAction = parse(&env.action, "segmentNuke")?;
+            let segments = DataSegment::parse_list(&a.segments).map_err(ApiError::BadRequest)?;
+            if let Some(other) = segments.iter().find(|s| s.datasource != datasource) {
+                return Err(ApiError::BadRequest(format!(
+                    "task [{id}] of datasource [{datasource}] cannot delete segment [{}]",
+                    other.id()
+                )));
+            }
+            let keys = segments.into_iter().map(|s| s.key).collect();
+            match state
+                .propose(Command::DeleteSegments {
+                    task: id.clone(),
+                    datasource,
+                    keys,
+                })
+                .await?
+            {
+                Reply::SegmentsDeleted { refused: Some(why), .. } => return Err(ApiError::BadRequest(why)),
+                Reply::SegmentsDeleted { .. } => Value::Null,
+                other => return Err(unexpected(other)),
+            }
+        }
         other => {
             return Err(ApiError::BadRequest(format!(
                 "unknown task action type [{other}]; supported: lockAcquire, lockTryAcquire, lockList, lockRelease, \
                  segmentTransactionalInsert, segmentTransactionalAppend, segmentTransactionalReplace, \
-                 segmentAllocate, retrieveUsedSegments, retrieveUnusedSegments, markSegmentsAsUnused"
+                 segmentAllocate, segmentNuke, retrieveUsedSegments, retrieveUnusedSegments, markSegmentsAsUnused"
             )))
         }
     };

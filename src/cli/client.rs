@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use reqwest::{Client, RequestBuilder};
 
-use super::{ClusterCommand, TaskCommand};
+use super::{ClusterCommand, SegmentsCommand, TaskCommand};
 use crate::api::status_url;
 
 fn client() -> anyhow::Result<Client> {
@@ -103,7 +103,7 @@ async fn leader_of(c: &Client, url: &str) -> anyhow::Result<String> {
 pub async fn task(cmd: TaskCommand) -> anyhow::Result<i32> {
     let c = client()?;
     match cmd {
-        TaskCommand::Submit { file, url } => {
+        TaskCommand::Submit { file, url, wait } => {
             let mut body = Vec::new();
             if file.as_os_str() == "-" {
                 std::io::stdin().read_to_end(&mut body)?;
@@ -114,7 +114,18 @@ pub async fn task(cmd: TaskCommand) -> anyhow::Result<i32> {
                 .post(format!("{}/druid/indexer/v1/task", base(&url.url)))
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body);
-            send(req).await
+            if !wait {
+                return send(req).await;
+            }
+            let resp = req.send().await?;
+            let status = resp.status();
+            let v: serde_json::Value = resp.json().await.unwrap_or_default();
+            let Some(id) = v["task"].as_str().filter(|_| status.is_success()) else {
+                eprintln!("HTTP {status}: {v}");
+                return Ok(1);
+            };
+            println!("submitted {id}");
+            super::watch::wait_for_task(&c, base(&url.url), id).await
         }
         TaskCommand::Status { id, url } => {
             send(c.get(format!(
@@ -150,8 +161,15 @@ pub async fn task(cmd: TaskCommand) -> anyhow::Result<i32> {
 }
 
 /// Percent-encodes a path segment.
-fn encode(segment: &str) -> String {
+pub(super) fn encode(segment: &str) -> String {
     let mut url = reqwest::Url::parse("http://x/").expect("static URL");
     url.path_segments_mut().expect("base URL").push(segment);
     url.path().trim_start_matches('/').to_string()
+}
+
+pub async fn segments(cmd: SegmentsCommand) -> anyhow::Result<i32> {
+    let c = client()?;
+    match cmd {
+        SegmentsCommand::List { datasource, url } => super::watch::list_segments(&c, base(&url.url), &datasource).await,
+    }
 }

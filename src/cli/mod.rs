@@ -10,6 +10,7 @@ mod bootstrap;
 mod client;
 mod debug;
 mod serve;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -37,6 +38,9 @@ pub enum Command {
     /// Inspect or change cluster membership.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// List a datasource's segments.
+    #[command(subcommand)]
+    Segments(SegmentsCommand),
     /// Submit, inspect and stop tasks through Druid's task API.
     #[command(subcommand)]
     Task(TaskCommand),
@@ -307,10 +311,25 @@ pub enum ClusterCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum SegmentsCommand {
+    /// The used segments of a datasource: interval, version, partition, size and file.
+    List {
+        #[arg(long)]
+        datasource: String,
+        #[command(flatten)]
+        url: UrlArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum TaskCommand {
     /// Submit the task spec in FILE (`-` reads standard input).
     Submit {
         file: PathBuf,
+        /// Follow the task to its end with a live progress line (rows, rows/s, elapsed), then
+        /// print the outcome, row counts and segments published; exit 1 unless it succeeded.
+        #[arg(long)]
+        wait: bool,
         #[command(flatten)]
         url: UrlArg,
     },
@@ -378,6 +397,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Bootstrap(args) => bootstrap::run(args).await,
         Command::Cluster(cmd) => client::cluster(cmd).await,
         Command::Task(cmd) => client::task(cmd).await,
+        Command::Segments(cmd) => client::segments(cmd).await,
         Command::Peon { task_dir } => Ok(crate::worker::peon::run(&task_dir).await),
         Command::PeonLauncher => Ok(2),
         Command::Debug(DebugCommand::Log(args)) => debug::log(args),

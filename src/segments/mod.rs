@@ -325,6 +325,22 @@ impl SegmentTable {
         keys.into_iter().filter(|k| d.set_used(k, true, time_ms)).collect()
     }
 
+    /// Removes the records of `keys` (unused segments only; others are left); returns those
+    /// removed.
+    pub fn apply_delete(&mut self, ds: &str, keys: &[SegmentKey]) -> Vec<SegmentKey> {
+        let Some(d) = self.datasources.get_mut(ds) else {
+            return vec![];
+        };
+        let mut out = Vec::new();
+        for k in keys {
+            if d.segments.get(k).is_some_and(|s| !s.used) {
+                d.segments.remove(k);
+                out.push(k.clone());
+            }
+        }
+        out
+    }
+
     /// Sets (or with `None`, deletes) a datasource's commit metadata.
     pub fn apply_set_metadata(&mut self, ds: &str, metadata: Option<serde_json::Value>) -> bool {
         match metadata {

@@ -277,6 +277,8 @@ fn command() -> impl Strategy<Value = Command> {
             ),
         (text(), proptest::option::of(interval()))
             .prop_map(|(datasource, created)| Command::DeletePendingSegments { datasource, created }),
+        (text(), text(), proptest::collection::vec(key(), 0..4))
+            .prop_map(|(task, datasource, keys)| Command::DeleteSegments { task, datasource, keys }),
         (text(), proptest::option::of(json_value()))
             .prop_map(|(datasource, metadata)| Command::SetDatasourceMetadata { datasource, metadata }),
         (any::<u64>(), any::<u64>()).prop_map(|(completed_tasks_before_ms, audit_before_ms)| Command::PruneHistory {

@@ -133,6 +133,13 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         created: Option<Interval>,
     },
+    /// Delete unused segments' records for a task that holds locks covering them (Druid's
+    /// `segmentNuke`, used by kill tasks): all or nothing.
+    DeleteSegments {
+        task: String,
+        datasource: String,
+        keys: Vec<crate::segments::segment::SegmentKey>,
+    },
     /// Set, or with `null` delete, a datasource's commit metadata (Druid's reset).
     SetDatasourceMetadata {
         datasource: String,
@@ -213,6 +220,12 @@ pub enum Reply {
     },
     PendingDeleted {
         count: usize,
+    },
+    /// `refused` says why nothing was deleted.
+    SegmentsDeleted {
+        count: usize,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        refused: Option<String>,
     },
     #[serde(rename_all = "camelCase")]
     Pruned {
@@ -351,6 +364,15 @@ impl State {
             Command::DeletePendingSegments { datasource, created } => Reply::PendingDeleted {
                 count: self.delete_pending(ctx, &datasource, created),
             },
+            Command::DeleteSegments { task, datasource, keys } => {
+                match self.delete_segments(ctx, &task, &datasource, &keys) {
+                    Ok(count) => Reply::SegmentsDeleted { count, refused: None },
+                    Err(why) => Reply::SegmentsDeleted {
+                        count: 0,
+                        refused: Some(why),
+                    },
+                }
+            }
             Command::SetDatasourceMetadata { datasource, metadata } => Reply::MetadataSet {
                 changed: self.set_metadata(ctx, &datasource, metadata),
             },

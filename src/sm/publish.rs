@@ -283,6 +283,55 @@ impl State {
         changed.len()
     }
 
+    /// Deletes the records of unused segments of `ds` that `task` (active, of `ds`) holds
+    /// unrevoked locks covering: all of them, or none with the reason.
+    pub(super) fn delete_segments(
+        &mut self,
+        ctx: ApplyContext,
+        task_id: &str,
+        ds: &str,
+        keys: &[SegmentKey],
+    ) -> Result<usize, String> {
+        let Some(task) = self.tasks.get(task_id).filter(|t| t.is_active()) else {
+            return Err(format!(
+                "Task [{task_id}] is not active; only active tasks can delete segments"
+            ));
+        };
+        if task.spec.datasource != ds {
+            return Err(format!(
+                "task [{task_id}] is of datasource [{}], not [{ds}]",
+                task.spec.datasource
+            ));
+        }
+        let locks = self.locks.locks_of(task_id);
+        let Some(d) = self.segments.datasource(ds) else {
+            return Ok(0);
+        };
+        for k in keys {
+            let id = k.id(ds);
+            match d.get(k) {
+                None => return Err(format!("segment [{id}] does not exist")),
+                Some(s) if s.used => {
+                    return Err(format!("segment [{id}] is used; only unused segments can be deleted"))
+                }
+                Some(_) => {}
+            }
+            if !locks
+                .iter()
+                .any(|l| !l.revoked && l.data_source == ds && l.interval.contains(&k.interval()))
+            {
+                return Err(format!("task [{task_id}] holds no lock covering segment [{id}]"));
+            }
+        }
+        let deleted = self.segments.apply_delete(ds, keys);
+        if !deleted.is_empty() {
+            let mut record = AuditRecord::new(ctx.index, ctx.time_ms, "segments.deleted", ds);
+            record.segments = deleted.iter().map(|k| k.id(ds)).collect();
+            self.audit.push(record);
+        }
+        Ok(deleted.len())
+    }
+
     pub(super) fn delete_pending(
         &mut self,
         ctx: ApplyContext,

@@ -665,3 +665,102 @@ fn append_and_replace_publishes_need_their_lock_types() {
     let e = publish_kind(&mut s, 3, "batch", PublishKind::Replace, vec![one(&excl.version)]);
     assert!(matches!(e, PublishOutcome::Invalid { .. }), "{e:?}");
 }
+
+#[test]
+fn delete_segments_removes_only_unused_segments_under_the_tasks_lock_all_or_nothing() {
+    let mut s = State::default();
+    submit(&mut s, 1, "a", 50);
+    let v = granted_version(&lock(&mut s, 2, "a", LockType::Exclusive));
+    apply_publish(&mut s, 3, "a", publish(vec![segment(&v, 0), segment(&v, 1)]));
+    let k0 = segment(&v, 0).key;
+    let k1 = segment(&v, 1).key;
+    let delete = |s: &mut State, index: u64, task: &str, keys: Vec<SegmentKey>| -> Reply {
+        s.apply(
+            ctx(index, 5_000),
+            Command::DeleteSegments {
+                task: task.into(),
+                datasource: "wiki".into(),
+                keys,
+            },
+        )
+    };
+    // Used segments are refused, and nothing changes.
+    let r = delete(&mut s, 4, "a", vec![k0.clone(), k1.clone()]);
+    let Reply::SegmentsDeleted {
+        count: 0,
+        refused: Some(why),
+    } = r
+    else {
+        panic!("{r:?}")
+    };
+    assert!(why.contains("is used"), "{why}");
+    assert_eq!(s.segments.datasource("wiki").unwrap().total_count(), 2);
+    s.apply(
+        ctx(5, 6_000),
+        Command::MarkSegments {
+            datasource: "wiki".into(),
+            filter: SegmentFilter::Keys { keys: vec![k0.clone()] },
+            used: false,
+        },
+    );
+    // One unused, one used: all or nothing.
+    let r = delete(&mut s, 6, "a", vec![k0.clone(), k1.clone()]);
+    assert!(
+        matches!(
+            r,
+            Reply::SegmentsDeleted {
+                count: 0,
+                refused: Some(_)
+            }
+        ),
+        "{r:?}"
+    );
+    // A task without a lock covering the segment is refused.
+    submit(&mut s, 7, "b", 50);
+    let r = delete(&mut s, 8, "b", vec![k0.clone()]);
+    let Reply::SegmentsDeleted {
+        count: 0,
+        refused: Some(why),
+    } = r
+    else {
+        panic!("{r:?}")
+    };
+    assert!(why.contains("holds no lock"), "{why}");
+    let r = delete(&mut s, 9, "a", vec![k0.clone()]);
+    assert_eq!(
+        r,
+        Reply::SegmentsDeleted {
+            count: 1,
+            refused: None
+        }
+    );
+    let d = s.segments.datasource("wiki").unwrap();
+    assert_eq!(
+        (d.total_count(), d.get(&k0).is_none(), d.get(&k1).is_some()),
+        (1, true, true)
+    );
+    let last = s.audit.newest(Some("wiki"), Some("segments"), 1).next().unwrap();
+    assert_eq!(last.kind, "segments.deleted");
+}
+
+#[test]
+fn golden_json_of_delete_segments() {
+    let cmd = Command::DeleteSegments {
+        task: "kill_1".into(),
+        datasource: "wiki".into(),
+        keys: vec![segment("v1", 1).key],
+    };
+    // A key is [start ms, end ms, version, partition], as in every segment command.
+    let golden = json!({"deleteSegments": {"task": "kill_1", "datasource": "wiki", "keys": [
+        [1_704_067_200_000_i64, 1_704_153_600_000_i64, "v1", 1]]}});
+    assert_eq!(serde_json::to_value(&cmd).unwrap(), golden);
+    assert_eq!(serde_json::from_value::<Command>(golden).unwrap(), cmd);
+    let reply = Reply::SegmentsDeleted {
+        count: 2,
+        refused: None,
+    };
+    assert_eq!(
+        serde_json::to_value(&reply).unwrap(),
+        json!({"reply": "segmentsDeleted", "count": 2})
+    );
+}

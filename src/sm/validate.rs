@@ -44,6 +44,7 @@ pub fn validate(command: &Command) -> Result<(), String> {
             request.preferred_interval.check()
         }
         Command::DeletePendingSegments { created, .. } => created.as_ref().map_or(Ok(()), Interval::check),
+        Command::DeleteSegments { keys, .. } => keys.iter().try_for_each(check_key),
         Command::ShutdownTask { .. }
         | Command::ShutdownDatasourceTasks { .. }
         | Command::AnnounceNode { .. }
@@ -87,6 +88,7 @@ pub fn kind(command: &Command) -> &'static str {
         Command::MarkSegments { .. } => "markSegments",
         Command::AllocateSegment { .. } => "allocateSegment",
         Command::DeletePendingSegments { .. } => "deletePendingSegments",
+        Command::DeleteSegments { .. } => "deleteSegments",
         Command::SetDatasourceMetadata { .. } => "setDatasourceMetadata",
         Command::PruneHistory { .. } => "pruneHistory",
     }

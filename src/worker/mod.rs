@@ -19,6 +19,7 @@
 
 pub mod http;
 pub mod index_task;
+pub mod kill_task;
 pub mod launcher;
 pub mod peon;
 pub mod protocol;

@@ -5,9 +5,9 @@
 //! SIGTERM (a shutdown request) ends the task FAILED.
 //!
 //! Task types the peon runs: `noop` (Druid's `NoopTask`: waits `runTime` milliseconds, 2500
-//! when absent or 0, then succeeds) and `index` / `index_parallel` (native batch ingestion, see
-//! [`super::index_task`]). Every other type ends FAILED with a message saying it is not
-//! supported by this peon.
+//! when absent or 0, then succeeds), `index` / `index_parallel` (native batch ingestion, see
+//! [`super::index_task`]) and `kill` ([`super::kill_task`]). Every other type ends FAILED with a
+//! message saying it is not supported by this peon.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::index_task;
 use super::runner::write_atomic;
+use super::{index_task, kill_task};
 use crate::clock::{iso, now_ms};
 
 /// Druid's `NoopTask` default run time, used when `runTime` is absent or 0.
@@ -87,8 +87,20 @@ pub async fn run(dir: &Path) -> i32 {
             report = index_task::report(&head.id, &o);
             r
         }
+        "kill" => {
+            let mut k = kill_task::KillReport::default();
+            let r = match stop_signal() {
+                Err(e) => Err(e),
+                Ok(mut term) => tokio::select! {
+                    r = kill_task::run(task, &mut k) => r,
+                    _ = term.recv() => Err("the task was stopped (SIGTERM) before it finished".to_string()),
+                },
+            };
+            report = k.to_json();
+            r
+        }
         other => Err(format!(
-            "this raftlord peon cannot run '{other}' tasks; it runs noop, index and index_parallel tasks"
+            "this raftlord peon cannot run '{other}' tasks; it runs noop, index, index_parallel and kill tasks"
         )),
     };
     let duration = started.elapsed().as_millis() as i64;

@@ -1,0 +1,269 @@
+//! `ingest`: rows per second of one ingestion (read, parse, roll up, sort, write Parquet) on one
+//! core, side by side with DuckDB doing the same work on one thread in the same run.
+//!
+//! The input is generated: Wikipedia-edit-shaped rows (21 fields), one day, in time order,
+//! gzipped, as JSON lines and as CSV. Both engines read the same file, truncate time to the hour,
+//! group by the same six dimensions, compute count and three sums, sort, and write one
+//! zstd-compressed Parquet file. raftlord runs in this process through `raftlord-ingest` (what a
+//! peon runs); DuckDB runs from Python (`pip install duckdb`) with `SET threads = 1`.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use raftlord_ingest::{read_input, IngestSpec};
+
+const DIMS: [&str; 6] = ["channel", "countryName", "isRobot", "namespace", "user", "page"];
+
+/// A small deterministic generator (xorshift), so both engines see the same rows every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+const FIELDS: [&str; 21] = [
+    "time",
+    "channel",
+    "cityName",
+    "comment",
+    "countryIsoCode",
+    "countryName",
+    "isAnonymous",
+    "isMinor",
+    "isNew",
+    "isRobot",
+    "isUnpatrolled",
+    "metroCode",
+    "namespace",
+    "page",
+    "regionIsoCode",
+    "regionName",
+    "user",
+    "delta",
+    "added",
+    "deleted",
+    "commentLength",
+];
+
+fn row(rng: &mut Rng, i: u64, rows: u64) -> Vec<Value> {
+    let t = 1_714_521_600_000 + (i * 86_400_000 / rows.max(1)) as i64;
+    let added = rng.below(5000) as i64;
+    let deleted = rng.below(500) as i64;
+    let comment_len = 10 + rng.below(60);
+    vec![
+        json!(raftlord::interval::iso(t)),
+        json!(format!(
+            "#{}.wikipedia",
+            ["en", "de", "fr", "ja", "ru", "es", "it", "pl", "sv", "nl"][rng.below(10) as usize]
+        )),
+        json!(format!("City {}", rng.below(400))),
+        json!(format!("edit summary number {} with some words", rng.below(100_000))),
+        json!(format!("C{}", rng.below(30))),
+        json!(format!("Country {}", rng.below(30))),
+        json!(rng.below(5) == 0),
+        json!(rng.below(3) == 0),
+        json!(rng.below(10) == 0),
+        json!(rng.below(4) == 0),
+        json!(rng.below(6) == 0),
+        json!(rng.below(500)),
+        json!(
+            [
+                "Main",
+                "Talk",
+                "User",
+                "Wikipedia",
+                "File",
+                "Template",
+                "Help",
+                "Category"
+            ][rng.below(8) as usize]
+        ),
+        json!(format!("Page {}", rng.below(2_000))),
+        json!(format!("R{}", rng.below(100))),
+        json!(format!("Region {}", rng.below(100))),
+        json!(format!("user{}", rng.below(300))),
+        json!(added - deleted),
+        json!(added),
+        json!(deleted),
+        json!(comment_len),
+    ]
+}
+
+/// Writes `rows` rows as gzipped JSON lines and CSV; returns the two paths.
+fn generate(dir: &Path, rows: u64) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let json_path = dir.join("wiki.json.gz");
+    let csv_path = dir.join("wiki.csv.gz");
+    let level = flate2::Compression::fast();
+    let mut j = flate2::write::GzEncoder::new(std::io::BufWriter::new(std::fs::File::create(&json_path)?), level);
+    let mut c = flate2::write::GzEncoder::new(std::io::BufWriter::new(std::fs::File::create(&csv_path)?), level);
+    writeln!(c, "{}", FIELDS.join(","))?;
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for i in 0..rows {
+        let values = row(&mut rng, i, rows);
+        let mut obj = serde_json::Map::new();
+        let mut cells = Vec::with_capacity(values.len());
+        for (k, v) in FIELDS.iter().zip(values) {
+            cells.push(match &v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            });
+            obj.insert(k.to_string(), v);
+        }
+        writeln!(j, "{}", Value::Object(obj))?;
+        writeln!(c, "{}", cells.join(","))?;
+    }
+    j.finish()?.flush()?;
+    c.finish()?.flush()?;
+    Ok((json_path, csv_path))
+}
+
+fn spec(input: &Path, format: Value) -> anyhow::Result<IngestSpec> {
+    let dir = input.parent().unwrap_or(Path::new("."));
+    let name = input.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let task = json!({"type": "index_parallel", "id": "bench", "spec": {
+        "dataSchema": {
+            "dataSource": "wikipedia",
+            "timestampSpec": {"column": "time", "format": "iso"},
+            "dimensionsSpec": {"dimensions": DIMS},
+            "metricsSpec": [
+                {"type": "count", "name": "count"},
+                {"type": "longSum", "name": "added", "fieldName": "added"},
+                {"type": "longSum", "name": "deleted", "fieldName": "deleted"},
+                {"type": "longSum", "name": "delta", "fieldName": "delta"}
+            ],
+            "granularitySpec": {"segmentGranularity": "DAY", "queryGranularity": "HOUR", "rollup": true}
+        },
+        "ioConfig": {"type": "index_parallel", "inputSource": {"type": "local", "baseDir": dir, "filter": name},
+            "inputFormat": format},
+        "tuningConfig": {"partitionsSpec": {"type": "dynamic", "maxRowsPerSegment": 50_000_000}}
+    }});
+    Ok(IngestSpec::from_task(&task)?)
+}
+
+/// One raftlord run: (rows read, rows written, seconds).
+fn raftlord_run(spec: &IngestSpec, out: &Path) -> anyhow::Result<(u64, u64, f64)> {
+    let started = Instant::now();
+    let mut ingested = read_input(spec, &mut |_| {}, &mut |_| {})?;
+    let mut written = 0;
+    for iv in ingested.intervals() {
+        let n = ingested.partitions(&iv);
+        let nums: Vec<u32> = (0..n as u32).collect();
+        for f in ingested.write_bucket(&iv, "v1", &nums, out)? {
+            written += f.rows;
+        }
+    }
+    Ok((ingested.stats.processed, written, started.elapsed().as_secs_f64()))
+}
+
+/// One DuckDB run through Python: (rows written, seconds), or why it could not run.
+fn duckdb_run(input: &Path, csv: bool, out: &Path) -> Result<(u64, f64), String> {
+    let reader = if csv {
+        format!("read_csv('{}', header = true)", input.display())
+    } else {
+        format!("read_json('{}', format = 'newline_delimited')", input.display())
+    };
+    let script = format!(
+        r#"
+import time, duckdb
+con = duckdb.connect()
+con.execute("SET threads = 1")
+t = time.perf_counter()
+con.execute("""COPY (
+  SELECT date_trunc('hour', CAST("time" AS TIMESTAMP)) AS __time, {dims},
+         count(*) AS count, sum(added) AS added, sum(deleted) AS deleted, sum(delta) AS delta
+  FROM {reader}
+  GROUP BY ALL ORDER BY __time, {dims}
+) TO '{out}' (FORMAT parquet, COMPRESSION zstd)""")
+secs = time.perf_counter() - t
+rows = con.execute("SELECT count(*) FROM read_parquet('{out}')").fetchone()[0]
+print(rows, secs)
+"#,
+        dims = DIMS.map(|d| format!("\"{d}\"")).join(", "),
+        out = out.display(),
+    );
+    let o = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !o.status.success() {
+        return Err(String::from_utf8_lossy(&o.stderr).trim().to_string());
+    }
+    let text = String::from_utf8_lossy(&o.stdout);
+    let mut it = text.split_whitespace();
+    let rows = it.next().and_then(|r| r.parse().ok()).ok_or("no row count")?;
+    let secs = it.next().and_then(|r| r.parse().ok()).ok_or("no time")?;
+    Ok((rows, secs))
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+pub fn run(rows: u64) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let t = Instant::now();
+    let (json_path, csv_path) = generate(dir.path(), rows)?;
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len() as f64 / 1048576.0).unwrap_or(0.0);
+    println!(
+        "generated {rows} rows in {:.1} s: JSON lines {:.1} MiB gzipped, CSV {:.1} MiB gzipped",
+        t.elapsed().as_secs_f64(),
+        size(&json_path),
+        size(&csv_path)
+    );
+    for (name, path, format, csv) in [
+        ("JSON", &json_path, json!({"type": "json"}), false),
+        (
+            "CSV",
+            &csv_path,
+            json!({"type": "csv", "findColumnsFromHeader": true}),
+            true,
+        ),
+    ] {
+        let out = dir.path().join(format!("raftlord-{name}"));
+        let (read, written, secs) = raftlord_run(&spec(path, format)?, &out)?;
+        let ours = read as f64 / secs;
+        println!(
+            "{name}: raftlord {read} rows -> {written} rolled-up rows in {secs:.2} s: {ours:.0} rows/s on one core \
+             (peak resident memory of this process so far {:.0} MiB)",
+            peak_rss_mib()
+        );
+        let duck_out = dir.path().join(format!("duckdb-{name}.parquet"));
+        match duckdb_run(path, csv, &duck_out) {
+            Ok((duck_rows, duck_secs)) => {
+                let theirs = rows as f64 / duck_secs;
+                println!(
+                    "{name}: DuckDB   {rows} rows -> {duck_rows} rolled-up rows in {duck_secs:.2} s: {theirs:.0} rows/s \
+                     on one thread; raftlord/DuckDB {:.2}x",
+                    ours / theirs
+                );
+                if duck_rows != written {
+                    println!("{name}: the two disagree on the rolled-up row count ({written} vs {duck_rows})");
+                }
+            }
+            Err(e) => println!("{name}: DuckDB did not run (pip install duckdb): {e}"),
+        }
+    }
+    Ok(())
+}
