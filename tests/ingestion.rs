@@ -72,8 +72,13 @@ fn write_input(dir: &Path, days: i64) -> Vec<Value> {
 
 /// The rolled-up rows the test expects: by hour, page, user, country; count, sum of added, max
 /// of delta.
-fn expected_rollup(rows: &[Value]) -> BTreeMap<(i64, String, String, String), (i64, i64, f64)> {
-    let mut out: BTreeMap<(i64, String, String, String), (i64, i64, f64)> = BTreeMap::new();
+/// Hour, page, user, country.
+type RowKey = (i64, String, String, String);
+/// count, sum of added, max of delta.
+type RowMetrics = (i64, i64, f64);
+
+fn expected_rollup(rows: &[Value]) -> BTreeMap<RowKey, RowMetrics> {
+    let mut out: BTreeMap<RowKey, RowMetrics> = BTreeMap::new();
     for r in rows {
         let t = raftlord::interval::parse_instant(r["time"].as_str().unwrap()).unwrap();
         let hour = t - t.rem_euclid(3_600_000);

@@ -92,7 +92,7 @@ pub async fn failover(bin: &Path, rounds: usize, writers: usize) -> anyhow::Resu
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
                 let give_up = Instant::now() + Duration::from_secs(30);
-                if n % 2 == 0 {
+                if n.is_multiple_of(2) {
                     let id = format!("w{w}-{n}");
                     let body = json!({"type": "noop", "id": id, "dataSource": "failover"});
                     if until_answered(&client, &urls, &body, None, give_up).await == Some(true) {

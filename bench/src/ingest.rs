@@ -107,8 +107,16 @@ fn generate(dir: &Path, rows: u64) -> anyhow::Result<(std::path::PathBuf, std::p
     let json_path = dir.join("wiki.json.gz");
     let csv_path = dir.join("wiki.csv.gz");
     let level = flate2::Compression::fast();
-    let mut j = flate2::write::GzEncoder::new(std::io::BufWriter::new(std::fs::File::create(&json_path)?), level);
-    let mut c = flate2::write::GzEncoder::new(std::io::BufWriter::new(std::fs::File::create(&csv_path)?), level);
+    // Buffered in front of the encoder: flate2 clears its output buffer on every write.
+    let gz = |p: &Path| -> std::io::Result<_> {
+        let f = std::fs::File::create(p)?;
+        Ok(std::io::BufWriter::with_capacity(
+            1 << 20,
+            flate2::write::GzEncoder::new(f, level),
+        ))
+    };
+    let mut j = gz(&json_path)?;
+    let mut c = gz(&csv_path)?;
     writeln!(c, "{}", FIELDS.join(","))?;
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     for i in 0..rows {
@@ -125,8 +133,9 @@ fn generate(dir: &Path, rows: u64) -> anyhow::Result<(std::path::PathBuf, std::p
         writeln!(j, "{}", Value::Object(obj))?;
         writeln!(c, "{}", cells.join(","))?;
     }
-    j.finish()?.flush()?;
-    c.finish()?.flush()?;
+    for w in [j, c] {
+        w.into_inner().map_err(|e| e.into_error())?.finish()?.sync_all()?;
+    }
     Ok((json_path, csv_path))
 }
 
@@ -204,8 +213,14 @@ print(rows, secs)
     }
     let text = String::from_utf8_lossy(&o.stdout);
     let mut it = text.split_whitespace();
-    let rows = it.next().and_then(|r| r.parse().ok()).ok_or("no row count")?;
-    let secs = it.next().and_then(|r| r.parse().ok()).ok_or("no time")?;
+    let unreadable = || {
+        format!(
+            "unreadable output [{text}] [{}]",
+            String::from_utf8_lossy(&o.stderr).trim()
+        )
+    };
+    let rows = it.next().and_then(|r| r.parse().ok()).ok_or_else(unreadable)?;
+    let secs = it.next().and_then(|r| r.parse().ok()).ok_or_else(unreadable)?;
     Ok((rows, secs))
 }
 

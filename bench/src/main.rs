@@ -30,6 +30,10 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+// The allocator raftlord's binary (and so its peons) uses, for the in-process ingestion runs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "raftlord-bench", about = "Benchmarks for raftlord")]
 struct Cli {

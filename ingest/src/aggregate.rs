@@ -167,15 +167,11 @@ impl AggregatorSpec {
                     *a = Some(a.map_or(v, |x| x.max(v)));
                 }
             }
-            (AggKind::First(v), Acc::Timed(a)) => {
-                if a.as_ref().is_none_or(|(t, _)| time < *t) {
-                    *a = Some((time, self.value(v, input)));
-                }
+            (AggKind::First(v), Acc::Timed(a)) if a.as_ref().is_none_or(|(t, _)| time < *t) => {
+                *a = Some((time, self.value(v, input)));
             }
-            (AggKind::Last(v), Acc::Timed(a)) => {
-                if a.as_ref().is_none_or(|(t, _)| time >= *t) {
-                    *a = Some((time, self.value(v, input)));
-                }
+            (AggKind::Last(v), Acc::Timed(a)) if a.as_ref().is_none_or(|(t, _)| time >= *t) => {
+                *a = Some((time, self.value(v, input)));
             }
             _ => {}
         }

@@ -120,17 +120,13 @@ impl InputFormat {
         reader: Box<dyn BufRead + Send>,
     ) -> Box<dyn Iterator<Item = (u64, Result<Record, String>)> + Send> {
         match self {
-            InputFormat::Json { flatten } => {
-                let flatten = flatten.clone();
-                Box::new(reader.lines().enumerate().filter_map(move |(i, line)| {
-                    let line_no = i as u64 + 1;
-                    match line {
-                        Err(e) => Some((line_no, Err(format!("cannot read: {e}")))),
-                        Ok(l) if l.trim().is_empty() => None,
-                        Ok(l) => Some((line_no, parse_json_line(&l, flatten.as_ref()))),
-                    }
-                }))
-            }
+            InputFormat::Json { flatten } => Box::new(JsonLines {
+                reader,
+                line: String::new(),
+                line_no: 0,
+                flatten: flatten.clone(),
+                done: false,
+            }),
             InputFormat::Delimited(d) => Box::new(DelimitedRecords::new(d.clone(), reader)),
         }
     }
@@ -259,7 +255,13 @@ fn parse_json_line(line: &str, flatten: Option<&Flatten>) -> Result<Record, Stri
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
     Json(Map<String, Value>),
-    Columns { header: Arc<Header>, values: Vec<String> },
+    /// A JSON line kept as text, with where each field is: plain strings are read in place,
+    /// and only other values are parsed. The common case, without a `flattenSpec`.
+    Line(LineRecord),
+    Columns {
+        header: Arc<Header>,
+        values: csv::StringRecord,
+    },
 }
 
 /// Column names of delimited input and where each is.
@@ -297,6 +299,7 @@ pub enum FieldRef<'a> {
 impl Record {
     pub fn get(&self, name: &str) -> FieldRef<'_> {
         match self {
+            Record::Line(l) => l.get(name),
             Record::Json(m) => match m.get(name) {
                 None => FieldRef::Absent,
                 Some(Value::Null) => FieldRef::Null,
@@ -305,7 +308,7 @@ impl Record {
             },
             Record::Columns { header, values } => match header.index.get(name).and_then(|i| values.get(*i)) {
                 None => FieldRef::Absent,
-                Some(v) if v.is_empty() => FieldRef::Null,
+                Some("") => FieldRef::Null,
                 Some(v) => match &header.list_delimiter {
                     Some(d) if v.contains(d.as_str()) => FieldRef::List(v.split(d.as_str()).collect()),
                     _ => FieldRef::Text(v),
@@ -317,9 +320,172 @@ impl Record {
     /// The field names, in input order.
     pub fn names(&self) -> Vec<&str> {
         match self {
+            Record::Line(l) => l
+                .fields
+                .iter()
+                .map(|f| &l.text[f.key.0 as usize..f.key.1 as usize])
+                .collect(),
             Record::Json(m) => m.keys().map(String::as_str).collect(),
             Record::Columns { header, .. } => header.names.iter().map(String::as_str).collect(),
         }
+    }
+}
+
+/// JSON lines, read into one reused buffer.
+struct JsonLines {
+    reader: Box<dyn BufRead + Send>,
+    line: String,
+    line_no: u64,
+    flatten: Option<Flatten>,
+    done: bool,
+}
+
+impl Iterator for JsonLines {
+    type Item = (u64, Result<Record, String>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while !self.done {
+            self.line.clear();
+            self.line_no += 1;
+            match self.reader.read_line(&mut self.line) {
+                Ok(0) => self.done = true,
+                Ok(_) if self.line.trim().is_empty() => {}
+                Ok(_) if self.flatten.is_none() => {
+                    let line = std::mem::take(&mut self.line);
+                    return Some((self.line_no, LineRecord::parse(line).map(Record::Line)));
+                }
+                Ok(_) => return Some((self.line_no, parse_json_line(&self.line, self.flatten.as_ref()))),
+                Err(e) => {
+                    // An IO error (a truncated gzip stream, say) ends the stream.
+                    self.done = true;
+                    return Some((self.line_no, Err(format!("cannot read: {e}"))));
+                }
+            }
+        }
+        None
+    }
+}
+
+/// A JSON object's text and its fields' places in it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LineRecord {
+    text: String,
+    fields: Vec<LineField>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct LineField {
+    key: (u32, u32),
+    value: Slot,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Slot {
+    /// A string without escapes, at this span of the text.
+    Text(u32, u32),
+    /// Anything else, parsed.
+    Value(Value),
+}
+
+/// The fields of a JSON object, borrowed from its text.
+struct Fields<'a>(Vec<(&'a str, &'a serde_json::value::RawValue)>);
+
+impl<'de> serde::Deserialize<'de> for Fields<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Fields<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Fields<'de>, A::Error> {
+                let mut out = Vec::with_capacity(m.size_hint().unwrap_or(16));
+                while let Some(e) = m.next_entry::<&'de str, &'de serde_json::value::RawValue>()? {
+                    out.push(e);
+                }
+                Ok(Fields(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl LineRecord {
+    /// Reads one JSON object line. Keys with escapes, and anything that is not an object, go
+    /// through the general parser (which says what is wrong).
+    fn parse(text: String) -> Result<LineRecord, String> {
+        let fields = match serde_json::from_str::<Fields<'_>>(&text) {
+            Ok(Fields(f)) => {
+                let base = text.as_ptr() as usize;
+                let at = |s: &str| (s.as_ptr() as usize - base) as u32;
+                let mut out = Vec::with_capacity(f.len());
+                for (k, raw) in f {
+                    let r = raw.get();
+                    let value = if r.len() >= 2 && r.starts_with('"') && !r.contains('\\') {
+                        Slot::Text(at(r) + 1, at(r) + r.len() as u32 - 1)
+                    } else {
+                        Slot::Value(serde_json::from_str(r).map_err(|e| format!("not JSON: {e}"))?)
+                    };
+                    out.push(LineField {
+                        key: (at(k), at(k) + k.len() as u32),
+                        value,
+                    });
+                }
+                out
+            }
+            Err(_) => {
+                return match parse_json_line(&text, None)? {
+                    Record::Json(m) => Ok(LineRecord::from_map(m)),
+                    _ => Err("not a JSON object".to_string()),
+                }
+            }
+        };
+        Ok(LineRecord { text, fields })
+    }
+
+    /// The same record from an already parsed object (keys with escapes).
+    fn from_map(m: Map<String, Value>) -> LineRecord {
+        let mut text = String::new();
+        let mut fields = Vec::with_capacity(m.len());
+        for (k, v) in m {
+            let start = text.len() as u32;
+            text.push_str(&k);
+            fields.push(LineField {
+                key: (start, text.len() as u32),
+                value: Slot::Value(v),
+            });
+        }
+        LineRecord { text, fields }
+    }
+
+    fn get(&self, name: &str) -> FieldRef<'_> {
+        let Some(f) = self
+            .fields
+            .iter()
+            .find(|f| &self.text[f.key.0 as usize..f.key.1 as usize] == name)
+        else {
+            return FieldRef::Absent;
+        };
+        match &f.value {
+            Slot::Text(s, e) => FieldRef::Text(&self.text[*s as usize..*e as usize]),
+            Slot::Value(Value::Null) => FieldRef::Null,
+            Slot::Value(Value::String(s)) => FieldRef::Text(s),
+            Slot::Value(v) => FieldRef::Json(v),
+        }
+    }
+
+    /// The object as JSON, for parse exception reports.
+    pub fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        for f in &self.fields {
+            let k = self.text[f.key.0 as usize..f.key.1 as usize].to_string();
+            let v = match &f.value {
+                Slot::Text(s, e) => Value::String(self.text[*s as usize..*e as usize].to_string()),
+                Slot::Value(v) => v.clone(),
+            };
+            m.insert(k, v);
+        }
+        Value::Object(m)
     }
 }
 
@@ -391,7 +557,8 @@ impl Iterator for DelimitedRecords {
                 continue;
             }
             let header = self.header.clone()?;
-            let values: Vec<String> = self.record.iter().map(str::to_string).collect();
+            // The record's one buffer moves into the row; the reader starts a new one.
+            let values = std::mem::take(&mut self.record);
             return Some((line, Ok(Record::Columns { header, values })));
         }
     }
@@ -427,6 +594,28 @@ mod tests {
         assert_eq!(r.get("geo"), FieldRef::Absent);
         assert!(out[1].1.is_err());
         assert_eq!(out[1].0, 3);
+    }
+
+    #[test]
+    fn json_lines_without_flatten_read_strings_in_place_and_parse_the_rest() {
+        let out = read(
+            json!({"type": "json"}),
+            "{\"a\": \"plain\", \"b\": \"t\\u00e9\\n\", \"n\": -1.5, \"x\": null, \"l\": [\"p\", 2], \"e\": \"\"}\n\
+             {\"k\\u0065y\": \"escaped key\"}\n[1, 2]\n",
+        );
+        let Ok(r) = &out[0].1 else { panic!("{:?}", out[0]) };
+        assert!(matches!(r, Record::Line(_)));
+        assert_eq!(r.get("a"), FieldRef::Text("plain"));
+        assert_eq!(r.get("b"), FieldRef::Text("t\u{e9}\n"));
+        assert_eq!(r.get("n"), FieldRef::Json(&json!(-1.5)));
+        assert_eq!(r.get("x"), FieldRef::Null);
+        assert_eq!(r.get("l"), FieldRef::Json(&json!(["p", 2])));
+        assert_eq!(r.get("e"), FieldRef::Text(""));
+        assert_eq!(r.get("zz"), FieldRef::Absent);
+        assert_eq!(r.names(), ["a", "b", "n", "x", "l", "e"]);
+        let Ok(r) = &out[1].1 else { panic!("{:?}", out[1]) };
+        assert_eq!(r.get("key"), FieldRef::Text("escaped key"));
+        assert_eq!(out[2].1, Err("not a JSON object".to_string()));
     }
 
     #[test]

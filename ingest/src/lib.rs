@@ -62,6 +62,7 @@ pub struct Ingested {
     pub problems: Vec<ParseProblem>,
     buckets: BTreeMap<Interval, Bucket>,
     dims: Vec<FoundDim>,
+    dicts: Vec<rows::Dict>,
     typed: bool,
     spec: IngestSpec,
 }
@@ -126,7 +127,7 @@ pub fn read_input(
                     last,
                 });
             }
-            if n % PROGRESS_EVERY == 0 {
+            if n.is_multiple_of(PROGRESS_EVERY) {
                 progress(&Progress {
                     stats: &b.stats,
                     file: &name,
@@ -147,6 +148,7 @@ pub fn read_input(
         problems: b.problems,
         buckets: b.buckets,
         dims: b.dims,
+        dicts: b.dicts,
         typed,
         spec: spec.clone(),
     })
@@ -186,7 +188,8 @@ impl Ingested {
         let Some(bucket) = self.buckets.remove(interval) else {
             return Ok(Vec::new());
         };
-        let rows = bucket.into_sorted();
+        let ranks: Vec<Vec<u32>> = self.dicts.iter().map(rows::Dict::ranks).collect();
+        let rows = bucket.into_sorted(&ranks);
         let chunk = self.spec.max_rows_per_segment as usize;
         let parts: Vec<&[(rows::Key, Vec<aggregate::Acc>)]> = rows.chunks(chunk.max(1)).collect();
         if parts.len() != partition_nums.len() {
@@ -223,7 +226,8 @@ impl Ingested {
                 &self.spec.query_granularity_json,
                 self.spec.rollup,
             );
-            let w = segment::write(&path, part, &dims, &self.spec.metrics, meta).map_err(IngestError::Write)?;
+            let w = segment::write(&path, part, &dims, &self.dicts, &self.spec.metrics, meta)
+                .map_err(IngestError::Write)?;
             out.push(SegmentFile {
                 interval: *interval,
                 version: version.to_string(),

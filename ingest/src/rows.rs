@@ -38,39 +38,23 @@ pub struct ParseProblem {
     pub time_of_exception_millis: i64,
 }
 
-/// A dimension value. Strings sort after numbers; null sorts first, as in Druid.
-#[derive(Debug, Clone, PartialEq, PartialOrd)]
+/// The hasher of the in-memory tables: fast, and seeded per process.
+pub type Hasher = foldhash::fast::RandomState;
+
+/// A dimension value. Strings are ids in their dimension's [`Dict`]; a row's key hashes and
+/// compares ids, and only sorting for output looks at the strings' order (through
+/// [`Dict::ranks`]).
+#[derive(Debug, Clone, PartialEq)]
 pub enum DimValue {
     Null,
     Long(i64),
     Double(f64),
-    Str(Box<str>),
-    Multi(Vec<Box<str>>),
+    Str(u32),
+    /// Ids of a multi-value string, in the strings' order.
+    Multi(Box<[u32]>),
 }
 
 impl Eq for DimValue {}
-
-impl Ord for DimValue {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        use std::cmp::Ordering;
-        use DimValue::*;
-        let rank = |v: &DimValue| match v {
-            Null => 0,
-            Long(_) | Double(_) => 1,
-            Str(_) => 2,
-            Multi(_) => 3,
-        };
-        match (self, o) {
-            (Long(a), Long(b)) => a.cmp(b),
-            (Double(a), Double(b)) => a.total_cmp(b),
-            (Long(a), Double(b)) => (*a as f64).total_cmp(b).then(Ordering::Less),
-            (Double(a), Long(b)) => a.total_cmp(&(*b as f64)).then(Ordering::Greater),
-            (Str(a), Str(b)) => a.cmp(b),
-            (Multi(a), Multi(b)) => a.cmp(b),
-            _ => rank(self).cmp(&rank(o)),
-        }
-    }
-}
 
 impl std::hash::Hash for DimValue {
     fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
@@ -84,9 +68,76 @@ impl std::hash::Hash for DimValue {
     }
 }
 
+impl DimValue {
+    /// Druid's order: null first, then numbers, then strings (by `rank`), then multi-values.
+    pub fn cmp_with(&self, o: &DimValue, rank: &[u32]) -> std::cmp::Ordering {
+        use std::cmp::Ordering;
+        use DimValue::*;
+        let class = |v: &DimValue| match v {
+            Null => 0,
+            Long(_) | Double(_) => 1,
+            Str(_) => 2,
+            Multi(_) => 3,
+        };
+        let r = |id: &u32| rank.get(*id as usize).copied().unwrap_or(u32::MAX);
+        match (self, o) {
+            (Long(a), Long(b)) => a.cmp(b),
+            (Double(a), Double(b)) => a.total_cmp(b),
+            (Long(a), Double(b)) => (*a as f64).total_cmp(b).then(Ordering::Less),
+            (Double(a), Long(b)) => a.total_cmp(&(*b as f64)).then(Ordering::Greater),
+            (Str(a), Str(b)) => r(a).cmp(&r(b)),
+            (Multi(a), Multi(b)) => a.iter().map(r).cmp(b.iter().map(r)),
+            _ => class(self).cmp(&class(o)),
+        }
+    }
+}
+
+/// The distinct strings of one dimension, each stored once.
+#[derive(Debug, Default)]
+pub struct Dict {
+    index: std::collections::HashMap<Box<str>, u32, Hasher>,
+    values: Vec<Box<str>>,
+}
+
+impl Dict {
+    /// The id of `s`, added when new.
+    pub fn id(&mut self, s: &str) -> u32 {
+        if let Some(&i) = self.index.get(s) {
+            return i;
+        }
+        let i = self.values.len() as u32;
+        self.values.push(s.into());
+        self.index.insert(s.into(), i);
+        i
+    }
+
+    pub fn get(&self, id: u32) -> &str {
+        self.values.get(id as usize).map_or("", |s| s)
+    }
+
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// For each id, its position among the strings in sorted order.
+    pub fn ranks(&self) -> Vec<u32> {
+        let mut order: Vec<u32> = (0..self.values.len() as u32).collect();
+        order.sort_unstable_by(|a, b| self.values[*a as usize].cmp(&self.values[*b as usize]));
+        let mut rank = vec![0u32; order.len()];
+        for (pos, id) in order.into_iter().enumerate() {
+            rank[id as usize] = pos as u32;
+        }
+        rank
+    }
+}
+
 /// A row's grouping key: its truncated time and its dimension values, trailing nulls dropped (so
 /// that rows read before a dimension was discovered group with rows that lack it).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Key {
     pub time: i64,
     pub dims: Vec<DimValue>,
@@ -95,7 +146,7 @@ pub struct Key {
 /// The rows of one segment bucket (one interval of `segmentGranularity`).
 #[derive(Debug, Default)]
 pub struct Bucket {
-    rolled: HashMap<Key, Vec<Acc>>,
+    rolled: HashMap<Key, Vec<Acc>, Hasher>,
     plain: Vec<(Key, Vec<Acc>)>,
 }
 
@@ -108,11 +159,26 @@ impl Bucket {
         self.len() == 0
     }
 
-    /// The rows sorted by time, then dimensions.
-    pub fn into_sorted(self) -> Vec<(Key, Vec<Acc>)> {
+    /// The rows sorted by time, then dimensions (`ranks[i]`: the string order of dimension
+    /// `i`, from [`Dict::ranks`]).
+    pub fn into_sorted(self, ranks: &[Vec<u32>]) -> Vec<(Key, Vec<Acc>)> {
         let mut rows: Vec<(Key, Vec<Acc>)> = self.rolled.into_iter().collect();
         rows.extend(self.plain);
-        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        let none: Vec<u32> = Vec::new();
+        rows.sort_unstable_by(|(a, _), (b, _)| {
+            a.time.cmp(&b.time).then_with(|| {
+                let n = a.dims.len().max(b.dims.len());
+                for i in 0..n {
+                    let x = a.dims.get(i).unwrap_or(&DimValue::Null);
+                    let y = b.dims.get(i).unwrap_or(&DimValue::Null);
+                    let o = x.cmp_with(y, ranks.get(i).unwrap_or(&none));
+                    if o != std::cmp::Ordering::Equal {
+                        return o;
+                    }
+                }
+                std::cmp::Ordering::Equal
+            })
+        });
         rows
     }
 }
@@ -147,6 +213,8 @@ impl FoundDim {
 pub struct RowBuilder<'a> {
     spec: &'a IngestSpec,
     pub dims: Vec<FoundDim>,
+    /// The strings of each dimension, in `dims` order.
+    pub dicts: Vec<Dict>,
     dim_index: HashMap<String, usize>,
     pub buckets: BTreeMap<Interval, Bucket>,
     pub stats: RowStats,
@@ -171,9 +239,11 @@ impl<'a> RowBuilder<'a> {
             .enumerate()
             .map(|(i, d): (usize, &FoundDim)| (d.name.clone(), i))
             .collect();
+        let dicts = dims.iter().map(|_| Dict::default()).collect();
         RowBuilder {
             spec,
             dims,
+            dicts,
             dim_index,
             buckets: BTreeMap::new(),
             stats: RowStats::default(),
@@ -248,13 +318,13 @@ impl<'a> RowBuilder<'a> {
         }
         let mut with_error = None;
         let mut dims: Vec<DimValue> = Vec::with_capacity(self.dims.len());
-        for d in self.dims.iter_mut() {
+        for (d, dict) in self.dims.iter_mut().zip(self.dicts.iter_mut()) {
             let f = record.get(&d.name);
             let v = match d.declared {
-                Some(DimType::String) => string_value(&f),
-                None if !self.typed_discovery => string_value(&f),
+                Some(DimType::String) => string_value(&f, dict),
+                None if !self.typed_discovery => string_value(&f, dict),
                 None => {
-                    let v = typed_value(&f);
+                    let v = typed_value(&f, dict);
                     match &v {
                         DimValue::Long(_) => d.saw_long = true,
                         DimValue::Double(_) => d.saw_double = true,
@@ -354,6 +424,7 @@ impl<'a> RowBuilder<'a> {
                 continue;
             }
             self.dim_index.insert(name.to_string(), self.dims.len());
+            self.dicts.push(Dict::default());
             self.dims.push(FoundDim {
                 name: name.to_string(),
                 declared: None,
@@ -388,6 +459,7 @@ pub fn show(record: &Record) -> String {
             let s = Value::Object(m.clone()).to_string();
             truncate(s, 1024)
         }
+        Record::Line(l) => truncate(l.to_json().to_string(), 1024),
         Record::Columns { header, values } => {
             let pairs: Vec<String> = header
                 .names
@@ -414,39 +486,39 @@ fn truncate(mut s: String, max: usize) -> String {
 
 /// A string dimension's value: text as is, numbers printed, lists as multi-value (sorted, as
 /// Druid's default `SORTED_ARRAY` handling), an empty list null, a one-element list a single value.
-fn string_value(f: &FieldRef<'_>) -> DimValue {
-    let multi = |mut v: Vec<Box<str>>| match v.len() {
+fn string_value(f: &FieldRef<'_>, dict: &mut Dict) -> DimValue {
+    let mut multi = |mut v: Vec<std::borrow::Cow<'_, str>>| match v.len() {
         0 => DimValue::Null,
-        1 => DimValue::Str(v.remove(0)),
+        1 => DimValue::Str(dict.id(&v[0])),
         _ => {
             v.sort();
-            DimValue::Multi(v)
+            DimValue::Multi(v.iter().map(|s| dict.id(s)).collect())
         }
     };
     match f {
         FieldRef::Absent | FieldRef::Null => DimValue::Null,
-        FieldRef::Text(s) => DimValue::Str((*s).into()),
-        FieldRef::List(l) => multi(l.iter().map(|s| (*s).into()).collect()),
+        FieldRef::Text(s) => DimValue::Str(dict.id(s)),
+        FieldRef::List(l) => multi(l.iter().map(|s| std::borrow::Cow::Borrowed(*s)).collect()),
         FieldRef::Json(Value::Array(a)) => multi(
             a.iter()
                 .filter(|x| !x.is_null())
                 .map(|x| match x {
-                    Value::String(s) => s.as_str().into(),
-                    other => other.to_string().into_boxed_str(),
+                    Value::String(s) => std::borrow::Cow::Borrowed(s.as_str()),
+                    other => std::borrow::Cow::Owned(other.to_string()),
                 })
                 .collect(),
         ),
-        FieldRef::Json(v) => DimValue::Str(v.to_string().into_boxed_str()),
+        FieldRef::Json(v) => DimValue::Str(dict.id(&v.to_string())),
     }
 }
 
 /// A discovered dimension's value with its own type (`useSchemaDiscovery`).
-fn typed_value(f: &FieldRef<'_>) -> DimValue {
+fn typed_value(f: &FieldRef<'_>, dict: &mut Dict) -> DimValue {
     match f {
         FieldRef::Json(Value::Number(n)) => match n.as_i64() {
             Some(i) => DimValue::Long(i),
             None => n.as_f64().map_or(DimValue::Null, DimValue::Double),
         },
-        other => string_value(other),
+        other => string_value(other, dict),
     }
 }

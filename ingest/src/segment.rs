@@ -22,7 +22,7 @@ use parquet::file::properties::WriterProperties;
 use serde_json::{json, Value};
 
 use crate::aggregate::{Acc, AggregatorSpec, Num, Scalar, Val};
-use crate::rows::{DimValue, Key};
+use crate::rows::{Dict, DimValue, Key};
 use crate::spec::DimType;
 
 /// Largest row group, in rows.
@@ -53,6 +53,7 @@ pub fn write(
     path: &Path,
     rows: &[(Key, Vec<Acc>)],
     dims: &[DimColumn],
+    dicts: &[Dict],
     metrics: &[AggregatorSpec],
     schema_meta: Value,
 ) -> Result<Written, String> {
@@ -92,7 +93,7 @@ pub fn write(
     let file = File::create(path).map_err(|e| format!("cannot create [{}]: {e}", path.display()))?;
     let mut w = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(|e| e.to_string())?;
     for chunk in rows.chunks(BATCH_ROWS) {
-        let batch = batch(&schema, chunk, dims, metrics)?;
+        let batch = batch(&schema, chunk, dims, dicts, metrics)?;
         w.write(&batch)
             .map_err(|e| format!("cannot write [{}]: {e}", path.display()))?;
     }
@@ -121,23 +122,29 @@ fn batch(
     schema: &Arc<Schema>,
     rows: &[(Key, Vec<Acc>)],
     dims: &[DimColumn],
+    dicts: &[Dict],
     metrics: &[AggregatorSpec],
 ) -> Result<RecordBatch, String> {
+    let empty = Dict::default();
     let mut cols: Vec<ArrayRef> = Vec::with_capacity(1 + dims.len() + metrics.len());
     let times: TimestampMillisecondArray = rows.iter().map(|(k, _)| Some(k.time)).collect();
     cols.push(Arc::new(times.with_timezone("UTC")));
     for (i, d) in dims.iter().enumerate() {
         let value = |k| dim_at(k, i);
+        let dict = dicts.get(i).unwrap_or(&empty);
         let col: ArrayRef = match (d.kind, d.multi) {
             (DimType::String, false) => {
                 let mut b = StringBuilder::new();
                 for (k, _) in rows {
                     match value(k) {
                         DimValue::Null => b.append_null(),
-                        DimValue::Str(s) => b.append_value(s),
+                        DimValue::Str(s) => b.append_value(dict.get(*s)),
                         DimValue::Long(v) => b.append_value(v.to_string()),
                         DimValue::Double(v) => b.append_value(v.to_string()),
-                        DimValue::Multi(m) => b.append_value(m.join(",")),
+                        DimValue::Multi(m) => {
+                            let parts: Vec<&str> = m.iter().map(|s| dict.get(*s)).collect();
+                            b.append_value(parts.join(","))
+                        }
                     }
                 }
                 Arc::new(b.finish())
@@ -148,13 +155,13 @@ fn batch(
                     match value(k) {
                         DimValue::Null => b.append_null(),
                         DimValue::Multi(m) => {
-                            for s in m {
-                                b.values().append_value(s);
+                            for s in m.iter() {
+                                b.values().append_value(dict.get(*s));
                             }
                             b.append(true);
                         }
                         DimValue::Str(s) => {
-                            b.values().append_value(s);
+                            b.values().append_value(dict.get(*s));
                             b.append(true);
                         }
                         DimValue::Long(v) => {
