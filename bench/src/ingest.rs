@@ -189,6 +189,7 @@ fn duckdb_run(input: &Path, csv: bool, out: &Path) -> Result<(u64, f64), String>
 import time, duckdb
 con = duckdb.connect()
 con.execute("SET threads = 1")
+con.execute("SET enable_progress_bar = false")
 t = time.perf_counter()
 con.execute("""COPY (
   SELECT date_trunc('hour', CAST("time" AS TIMESTAMP)) AS __time, {dims},

@@ -531,6 +531,31 @@ impl IngestSpec {
         })
     }
 
+    /// What an overwriting task locks before it reads, as Druid's `isReady` does: the segment
+    /// intervals (`segmentGranularity` buckets) that `granularitySpec.intervals` touch, adjacent
+    /// ones merged. `None` without intervals or when appending (locks come with allocation).
+    pub fn lock_intervals(&self) -> Option<Vec<Interval>> {
+        if self.append_to_existing {
+            return None;
+        }
+        let mut out: Vec<Interval> = Vec::new();
+        for i in self.intervals.as_ref()? {
+            let start = self.segment_granularity.bucket(i.start).map_or(i.start, |b| b.start);
+            let last = i.end.saturating_sub(1).max(i.start);
+            let end = self.segment_granularity.bucket(last).map_or(i.end, |b| b.end);
+            out.push(Interval { start, end });
+        }
+        out.sort();
+        let mut merged: Vec<Interval> = Vec::new();
+        for i in out {
+            match merged.last_mut() {
+                Some(m) if i.start <= m.end => m.end = m.end.max(i.end),
+                _ => merged.push(i),
+            }
+        }
+        Some(merged)
+    }
+
     /// The input fields the metrics read, which schemaless discovery does not make dimensions.
     pub fn metric_inputs(&self) -> impl Iterator<Item = &str> {
         self.metrics.iter().filter_map(|m| m.field_name.as_deref())

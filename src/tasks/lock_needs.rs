@@ -2,9 +2,11 @@
 //!
 //! - `kill`: its `interval`;
 //! - `compact`: its `interval`, or `ioConfig.inputSpec.interval`;
-//! - `index`, `index_parallel`, `index_hadoop`: the `spec.dataSchema.granularitySpec.intervals`
-//!   (overlapping ones merged), unless `spec.ioConfig.appendToExisting` is true: appending tasks
-//!   take their locks as they allocate segments;
+//! - `index`, `index_parallel`: the segment intervals that `spec.dataSchema.granularitySpec.intervals`
+//!   touch, adjacent ones merged ([`raftlord_ingest::IngestSpec::lock_intervals`]), unless
+//!   `spec.ioConfig.appendToExisting` is true: appending tasks take their locks as they allocate
+//!   segments; the peon's own lock requests then fall inside these locks;
+//! - `index_hadoop`: its `spec.dataSchema.granularitySpec.intervals` (overlapping ones merged);
 //! - every other type: none.
 //!
 //! The lock type follows Druid's context keys: `taskLockType`, else `useConcurrentLocks`
@@ -25,6 +27,20 @@ pub fn lock_needs(task_type: &str, spec: &str) -> Result<Vec<LockRequest>, Strin
         return Ok(vec![]);
     }
     let v: Value = serde_json::from_str(spec).map_err(|e| e.to_string())?;
+    if raftlord_ingest::IngestSpec::handles(task_type) {
+        let spec = raftlord_ingest::IngestSpec::from_task(&v).map_err(|e| e.to_string())?;
+        let lock_type = lock_type(v.get("context"))?;
+        return Ok(spec
+            .lock_intervals()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|interval| LockRequest {
+                lock_type,
+                interval,
+                preferred_version: None,
+            })
+            .collect());
+    }
     let texts: Vec<&Value> = match task_type {
         "kill" => v.get("interval").into_iter().collect(),
         "compact" => v
@@ -119,7 +135,11 @@ mod tests {
             ),
             vec![(LockType::Replace, day.clone())]
         );
-        let index = r#"{"spec":{"dataSchema":{"granularitySpec":{"intervals":["2024-01-01/2024-01-02","2024-01-02/2024-01-03","2024-02-01/2024-02-02"]}}},"context":{"taskLockType":"SHARED"}}"#;
+        let index = &index_spec(
+            r#"{"intervals":["2024-01-01/2024-01-02","2024-01-02/2024-01-03","2024-02-01/2024-02-02"]}"#,
+            false,
+            r#"{"taskLockType":"SHARED"}"#,
+        );
         assert_eq!(
             needs("index_parallel", index),
             vec![
@@ -133,20 +153,44 @@ mod tests {
                 ),
             ]
         );
-        let append = r#"{"spec":{"ioConfig":{"appendToExisting":true},"dataSchema":{"granularitySpec":{"intervals":["2024/2025"]}}}}"#;
+        let append = &index_spec(r#"{"intervals":["2024/2025"]}"#, true, "{}");
         assert!(needs("index", append).is_empty());
         assert!(needs("noop", r#"{"interval":"2024/2025"}"#).is_empty());
+    }
+
+    fn index_spec(granularity_spec: &str, append: bool, context: &str) -> String {
+        format!(
+            r#"{{"type":"index_parallel","context":{context},"spec":{{
+                "dataSchema":{{"dataSource":"d","timestampSpec":{{"column":"t"}},"granularitySpec":{granularity_spec}}},
+                "ioConfig":{{"appendToExisting":{append},"inputSource":{{"type":"inline","data":""}},
+                    "inputFormat":{{"type":"json"}}}}}}}}"#
+        )
+    }
+
+    /// Druid's rollup tutorial asks for WEEK segments of 2018-01-01/2018-01-03: the task's
+    /// peon locks the whole week, so the lock taken before it runs must be that week, not the
+    /// two days (which made the peon wait for itself until its lock timeout).
+    #[test]
+    fn an_index_task_locks_whole_segment_intervals_before_it_runs() {
+        let spec = index_spec(
+            r#"{"segmentGranularity":"week","intervals":["2018-01-01/2018-01-03"]}"#,
+            false,
+            "{}",
+        );
+        assert_eq!(
+            needs("index_parallel", &spec),
+            vec![(
+                LockType::Exclusive,
+                "2018-01-01T00:00:00.000Z/2018-01-08T00:00:00.000Z".into()
+            )]
+        );
     }
 
     #[test]
     fn bad_intervals_and_lock_types_are_refused() {
         assert!(lock_needs("kill", r#"{"interval":"soon"}"#).is_err());
         assert!(lock_needs("kill", r#"{"interval":5}"#).is_err());
-        assert!(lock_needs(
-            "index",
-            r#"{"spec":{"dataSchema":{"granularitySpec":{"intervals":"2024/2025"}}}}"#
-        )
-        .is_err());
+        assert!(lock_needs("index", &index_spec(r#"{"intervals":"2024/2025"}"#, false, "{}")).is_err());
         assert!(lock_needs("kill", r#"{"interval":"2024/2025","context":{"taskLockType":"MINE"}}"#).is_err());
     }
 }

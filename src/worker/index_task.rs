@@ -1,8 +1,9 @@
 //! The peon's `index` and `index_parallel` tasks: Druid's native batch ingestion, run in one
 //! process.
 //!
-//! 1. With `granularitySpec.intervals`, lock every segment interval they cover first (as Druid's
-//!    `isReady` does), so a task that cannot get its locks reads nothing.
+//! 1. With `granularitySpec.intervals`, lock the segment intervals they cover first (as Druid's
+//!    `isReady` does; the Overlord took the same locks before the task started), so a task that
+//!    cannot get its locks reads nothing.
 //! 2. Read the input into rolled-up, per-interval buckets ([`raftlord_ingest::read_input`]) on a
 //!    blocking thread, logging progress and rewriting the live report every few seconds.
 //! 3. Overwrite (the default): lock each interval found (EXCLUSIVE); the lock's version is the
@@ -120,13 +121,13 @@ async fn ingest(
     pushed: &Arc<Mutex<Pushed>>,
 ) -> Result<(), String> {
     let mut versions: BTreeMap<Interval, String> = BTreeMap::new();
-    if let (Some(intervals), false) = (&spec.intervals, spec.append_to_existing) {
-        for i in lock_intervals(spec, intervals)? {
+    if let Some(cover) = spec.lock_intervals() {
+        for i in cover {
             let v = actions.lock(&i).await?;
             versions.insert(i, v);
         }
         log(&format!(
-            "locked {} interval(s) named by granularitySpec.intervals",
+            "locked {} interval(s) covering granularitySpec.intervals",
             versions.len()
         ));
     }
@@ -210,8 +211,8 @@ async fn ingest(
             let version = version.ok_or("nothing was allocated")?;
             plan.push((interval, version, nums, shard));
         } else {
-            let version = match versions.get(&interval) {
-                Some(v) => v.clone(),
+            let version = match versions.iter().find(|(i, _)| i.contains(&interval)) {
+                Some((_, v)) => v.clone(),
                 None => {
                     let v = actions.lock(&interval).await?;
                     versions.insert(interval, v.clone());
@@ -265,9 +266,10 @@ async fn ingest(
                     "size": f.bytes,
                 }));
                 log(&format!(
-                    "pushed segment {}_{}_{}_{} ({} rows, {} bytes) to [{}]",
+                    "pushed segment {}_{}_{}_{}_{} ({} rows, {} bytes) to [{}]",
                     datasource,
-                    interval,
+                    iso_ms(interval.start),
+                    iso_ms(interval.end),
                     version,
                     f.partition_num,
                     f.rows,
@@ -301,30 +303,6 @@ fn shard_spec_for(mut shard: Value, f: &SegmentFile) -> Value {
         shard["partitionNum"] = json!(f.partition_num);
     }
     shard
-}
-
-/// The segment intervals that `intervals` cover under the segment granularity.
-fn lock_intervals(spec: &IngestSpec, intervals: &[Interval]) -> Result<Vec<Interval>, String> {
-    let mut out: Vec<Interval> = Vec::new();
-    for i in intervals {
-        let mut t = i.start;
-        while t < i.end {
-            let b = spec
-                .segment_granularity
-                .bucket(t)
-                .ok_or_else(|| format!("interval {i} reaches past the years 0000 to 9999"))?;
-            if out.last() != Some(&b) {
-                out.push(b);
-            }
-            if out.len() > 100_000 {
-                return Err(format!("interval {i} covers more than 100,000 segment intervals"));
-            }
-            t = b.end;
-        }
-    }
-    out.sort();
-    out.dedup();
-    Ok(out)
 }
 
 /// Copies a segment file into deep storage under Druid's layout; returns where.
