@@ -165,7 +165,9 @@ fn spec(input: &Path, format: Value) -> anyhow::Result<IngestSpec> {
 /// One raftlord run: (rows read, rows written, seconds).
 fn raftlord_run(spec: &IngestSpec, out: &Path) -> anyhow::Result<(u64, u64, f64)> {
     let started = Instant::now();
-    let mut ingested = read_input(spec, &mut |_| {}, &mut |_| {})?;
+    // As the peon runs it: rows beyond the in-memory limits spill to sorted runs on disk.
+    let spill = out.join("spill");
+    let mut ingested = read_input(spec, Some(&spill), &mut |_| {}, &mut |_| {})?;
     let mut written = 0;
     for iv in ingested.intervals() {
         let n = ingested.partitions(&iv);

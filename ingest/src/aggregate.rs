@@ -177,6 +177,45 @@ impl AggregatorSpec {
         }
     }
 
+    /// Folds `other` (the same metric of an equal row, from another run) into `into`.
+    pub fn combine(&self, into: &mut Acc, other: Acc) {
+        let kind = self.agg_kind();
+        match (into, other) {
+            (Acc::Long(a), Acc::Long(b)) => {
+                *a = match (*a, b) {
+                    (None, x) | (x, None) => x,
+                    (Some(x), Some(y)) => Some(match kind {
+                        AggKind::Min(_) => x.min(y),
+                        AggKind::Max(_) => x.max(y),
+                        _ => x.wrapping_add(y),
+                    }),
+                }
+            }
+            (Acc::Double(a), Acc::Double(b)) => {
+                *a = match (*a, b) {
+                    (None, x) | (x, None) => x,
+                    (Some(x), Some(y)) => Some(match kind {
+                        AggKind::Min(_) => x.min(y),
+                        AggKind::Max(_) => x.max(y),
+                        AggKind::Sum(Num::Float) => (x + y) as f32 as f64,
+                        _ => x + y,
+                    }),
+                }
+            }
+            (Acc::Timed(a), Acc::Timed(Some((t, v)))) => {
+                let take = match (kind, a.as_ref()) {
+                    (_, None) => true,
+                    (AggKind::First(_), Some((mine, _))) => t < *mine,
+                    (_, Some((mine, _))) => t >= *mine,
+                };
+                if take {
+                    *a = Some((t, v));
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn value(&self, v: Val, input: &FieldRef<'_>) -> Scalar {
         match v {
             Val::Num(Num::Long) => as_long(input).map_or(Scalar::Null, Scalar::Long),
@@ -204,7 +243,7 @@ fn unknown(t: &str) -> String {
 }
 
 /// An accumulator.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
 pub enum Acc {
     Long(Option<i64>),
     Double(Option<f64>),
@@ -213,7 +252,7 @@ pub enum Acc {
 }
 
 /// A single value of a first/last metric.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
 pub enum Scalar {
     Null,
     Long(i64),

@@ -17,6 +17,7 @@ pub mod rows;
 pub mod segment;
 pub mod source;
 pub mod spec;
+pub mod spill;
 pub mod timestamp;
 
 use std::collections::BTreeMap;
@@ -61,6 +62,8 @@ pub struct Ingested {
     pub stats: RowStats,
     pub problems: Vec<ParseProblem>,
     buckets: BTreeMap<Interval, Bucket>,
+    /// Intervals whose rows were spilled: one merged, sorted run each, and its row count.
+    merged: BTreeMap<Interval, (PathBuf, u64)>,
     dims: Vec<FoundDim>,
     dicts: Vec<rows::Dict>,
     typed: bool,
@@ -82,13 +85,16 @@ pub struct SegmentFile {
 
 /// Reads the whole input of `spec`. `progress` is called every [`PROGRESS_EVERY`] records and
 /// at the end of each file; `log` gets each parse exception when `logParseExceptions` is set.
+/// With a `spill_dir`, rows beyond `maxRowsInMemory` go to sorted runs there ([`spill`]), so
+/// memory stays bounded; without one, everything stays in memory.
 pub fn read_input(
     spec: &IngestSpec,
+    spill_dir: Option<&Path>,
     progress: &mut dyn FnMut(&Progress<'_>),
     log: &mut dyn FnMut(&str),
 ) -> Result<Ingested, IngestError> {
     let entities = spec.source.open().map_err(IngestError::Input)?;
-    let mut b = RowBuilder::new(spec);
+    let mut b = RowBuilder::new(spec, spill_dir);
     for entity in entities {
         let name = entity.name.clone();
         let size = entity.size;
@@ -127,6 +133,7 @@ pub fn read_input(
                     last,
                 });
             }
+            b.spill_if_full().map_err(IngestError::Write)?;
             if n.is_multiple_of(PROGRESS_EVERY) {
                 progress(&Progress {
                     stats: &b.stats,
@@ -143,41 +150,86 @@ pub fn read_input(
         });
     }
     let typed = b.typed_discovery();
-    Ok(Ingested {
+    let runs = std::mem::take(&mut b.runs);
+    let mut ingested = Ingested {
         stats: b.stats,
         problems: b.problems,
         buckets: b.buckets,
+        merged: BTreeMap::new(),
         dims: b.dims,
         dicts: b.dicts,
         typed,
         spec: spec.clone(),
-    })
+    };
+    if let Some(dir) = spill_dir {
+        ingested.merge_runs(runs, dir)?;
+    }
+    Ok(ingested)
 }
 
 impl Ingested {
+    /// Merges each spilled interval's runs and remaining rows into one sorted, rolled-up run,
+    /// so its row count (and so its partitions) is known before anything is written.
+    fn merge_runs(&mut self, runs: BTreeMap<Interval, Vec<PathBuf>>, dir: &Path) -> Result<(), IngestError> {
+        let ranks: Vec<Vec<u32>> = self.dicts.iter().map(rows::Dict::ranks).collect();
+        for (interval, paths) in runs {
+            let mut sources: Vec<Box<dyn Iterator<Item = Result<spill::Row, String>>>> = Vec::new();
+            for p in &paths {
+                sources.push(Box::new(spill::RunReader::open(p).map_err(IngestError::Write)?));
+            }
+            if let Some(b) = self.buckets.remove(&interval) {
+                sources.push(Box::new(b.into_sorted(&ranks).into_iter().map(Ok)));
+            }
+            let path = dir.join(format!("{}-{}-merged.run", interval.start, interval.end));
+            let mut failed = None;
+            let merge = spill::Merge::new(sources, &self.dicts, &self.spec.metrics, self.spec.rollup);
+            let count = spill::write_run(&path, merge.map_while(|r| r.map_err(|e| failed = Some(e)).ok()))
+                .map_err(IngestError::Write)?;
+            if let Some(e) = failed {
+                return Err(IngestError::Write(e));
+            }
+            for p in paths {
+                let _ = std::fs::remove_file(p);
+            }
+            self.merged.insert(interval, (path, count));
+        }
+        Ok(())
+    }
+
+    fn rows_of(&self, interval: &Interval) -> u64 {
+        match self.merged.get(interval) {
+            Some((_, n)) => *n,
+            None => self.buckets.get(interval).map_or(0, |b| b.len() as u64),
+        }
+    }
+
     /// The segment intervals that hold rows, in order.
     pub fn intervals(&self) -> Vec<Interval> {
-        self.buckets
+        let mut out: Vec<Interval> = self
+            .buckets
             .iter()
             .filter(|(_, b)| !b.is_empty())
             .map(|(i, _)| *i)
-            .collect()
+            .chain(self.merged.iter().filter(|(_, (_, n))| *n > 0).map(|(i, _)| *i))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
     }
 
-    /// How many partitions (files) the bucket of `interval` makes.
+    /// How many partitions (files) the rows of `interval` make.
     pub fn partitions(&self, interval: &Interval) -> usize {
-        let rows = self.buckets.get(interval).map_or(0, Bucket::len) as u64;
-        rows.div_ceil(self.spec.max_rows_per_segment) as usize
+        self.rows_of(interval).div_ceil(self.spec.max_rows_per_segment) as usize
     }
 
-    /// Rows after rollup, over all buckets.
+    /// Rows after rollup, over all intervals.
     pub fn rows(&self) -> u64 {
-        self.buckets.values().map(|b| b.len() as u64).sum()
+        self.intervals().iter().map(|i| self.rows_of(i)).sum()
     }
 
-    /// Sorts the bucket of `interval` and writes one file per partition into `dir`, named by
-    /// `partition_nums` (one per partition, see [`Ingested::partitions`]). The bucket's memory is
-    /// freed.
+    /// Writes the rows of `interval`, sorted, one file per partition into `dir`, named by
+    /// `partition_nums` (one per partition, see [`Ingested::partitions`]). Rows stream from the
+    /// merged run when the interval spilled; the interval's memory is freed.
     pub fn write_bucket(
         &mut self,
         interval: &Interval,
@@ -185,20 +237,29 @@ impl Ingested {
         partition_nums: &[u32],
         dir: &Path,
     ) -> Result<Vec<SegmentFile>, IngestError> {
-        let Some(bucket) = self.buckets.remove(interval) else {
-            return Ok(Vec::new());
-        };
-        let ranks: Vec<Vec<u32>> = self.dicts.iter().map(rows::Dict::ranks).collect();
-        let rows = bucket.into_sorted(&ranks);
-        let chunk = self.spec.max_rows_per_segment as usize;
-        let parts: Vec<&[(rows::Key, Vec<aggregate::Acc>)]> = rows.chunks(chunk.max(1)).collect();
-        if parts.len() != partition_nums.len() {
+        let parts = self.partitions(interval);
+        if parts != partition_nums.len() {
             return Err(IngestError::Write(format!(
-                "{} partitions for {interval}, {} partition numbers",
-                parts.len(),
+                "{parts} partitions for {interval}, {} partition numbers",
                 partition_nums.len()
             )));
         }
+        let mut rows: Box<dyn Iterator<Item = Result<spill::Row, String>>> = match self.merged.remove(interval) {
+            Some((path, _)) => {
+                let reader = spill::RunReader::open(&path).map_err(IngestError::Write)?;
+                // The file can go now: the reader holds it open.
+                let _ = std::fs::remove_file(&path);
+                Box::new(reader)
+            }
+            None => {
+                let Some(bucket) = self.buckets.remove(interval) else {
+                    return Ok(Vec::new());
+                };
+                let ranks: Vec<Vec<u32>> = self.dicts.iter().map(rows::Dict::ranks).collect();
+                Box::new(bucket.into_sorted(&ranks).into_iter().map(Ok))
+            }
+        };
+        let limit = self.spec.max_rows_per_segment.min(usize::MAX as u64) as usize;
         std::fs::create_dir_all(dir)
             .map_err(|e| IngestError::Write(format!("cannot create [{}]: {e}", dir.display())))?;
         let dims: Vec<DimColumn> = self
@@ -211,7 +272,7 @@ impl Ingested {
             })
             .collect();
         let mut out = Vec::new();
-        for (part, num) in parts.iter().zip(partition_nums) {
+        for num in partition_nums {
             let path = dir.join(format!("{num}.parquet"));
             let identity = json!({
                 "dataSource": self.spec.datasource,
@@ -226,7 +287,7 @@ impl Ingested {
                 &self.spec.query_granularity_json,
                 self.spec.rollup,
             );
-            let w = segment::write(&path, part, &dims, &self.dicts, &self.spec.metrics, meta)
+            let w = segment::write(&path, &mut rows, limit, &dims, &self.dicts, &self.spec.metrics, meta)
                 .map_err(IngestError::Write)?;
             out.push(SegmentFile {
                 interval: *interval,

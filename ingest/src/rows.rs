@@ -44,7 +44,7 @@ pub type Hasher = foldhash::fast::RandomState;
 /// A dimension value. Strings are ids in their dimension's [`Dict`]; a row's key hashes and
 /// compares ids, and only sorting for output looks at the strings' order (through
 /// [`Dict::ranks`]).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum DimValue {
     Null,
     Long(i64),
@@ -137,7 +137,7 @@ impl Dict {
 
 /// A row's grouping key: its truncated time and its dimension values, trailing nulls dropped (so
 /// that rows read before a dimension was discovered group with rows that lack it).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Key {
     pub time: i64,
     pub dims: Vec<DimValue>,
@@ -217,6 +217,12 @@ pub struct RowBuilder<'a> {
     pub dicts: Vec<Dict>,
     dim_index: HashMap<String, usize>,
     pub buckets: BTreeMap<Interval, Bucket>,
+    /// Rows in `buckets`, and an estimate of their bytes.
+    in_memory: usize,
+    in_memory_bytes: u64,
+    /// Sorted runs written when memory filled up, by segment interval.
+    pub runs: BTreeMap<Interval, Vec<std::path::PathBuf>>,
+    spill_dir: Option<std::path::PathBuf>,
     pub stats: RowStats,
     pub problems: Vec<ParseProblem>,
     typed_discovery: bool,
@@ -229,7 +235,9 @@ pub enum RowError {
 }
 
 impl<'a> RowBuilder<'a> {
-    pub fn new(spec: &'a IngestSpec) -> RowBuilder<'a> {
+    /// `spill_dir`: where sorted runs go when `maxRowsInMemory` rows are held; `None` keeps
+    /// everything in memory.
+    pub fn new(spec: &'a IngestSpec, spill_dir: Option<&std::path::Path>) -> RowBuilder<'a> {
         let (dims, discovering, typed) = match &spec.dimensions {
             Dimensions::Declared(d) => (d.iter().map(declared).collect(), false, false),
             Dimensions::Discovered { typed, .. } => (Vec::new(), true, *typed),
@@ -246,6 +254,10 @@ impl<'a> RowBuilder<'a> {
             dicts,
             dim_index,
             buckets: BTreeMap::new(),
+            in_memory: 0,
+            in_memory_bytes: 0,
+            runs: BTreeMap::new(),
+            spill_dir: spill_dir.map(|d| d.to_path_buf()),
             stats: RowStats::default(),
             problems: Vec::new(),
             typed_discovery: typed,
@@ -259,7 +271,30 @@ impl<'a> RowBuilder<'a> {
 
     /// Rows held in memory (after rollup).
     pub fn rows_in_memory(&self) -> usize {
-        self.buckets.values().map(Bucket::len).sum()
+        self.in_memory
+    }
+
+    /// Writes every bucket's rows to a sorted run when memory holds `maxRowsInMemory` rows.
+    pub fn spill_if_full(&mut self) -> Result<(), String> {
+        let Some(dir) = self.spill_dir.clone() else {
+            return Ok(());
+        };
+        if (self.in_memory as u64) < self.spec.max_rows_in_memory
+            && self.in_memory_bytes < self.spec.max_bytes_in_memory
+        {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create [{}]: {e}", dir.display()))?;
+        let ranks: Vec<Vec<u32>> = self.dicts.iter().map(Dict::ranks).collect();
+        for (interval, bucket) in std::mem::take(&mut self.buckets) {
+            let runs = self.runs.entry(interval).or_default();
+            let path = dir.join(format!("{}-{}-{}.run", interval.start, interval.end, runs.len()));
+            crate::spill::write_run(&path, bucket.into_sorted(&ranks).into_iter())?;
+            runs.push(path);
+        }
+        self.in_memory = 0;
+        self.in_memory_bytes = 0;
+        Ok(())
     }
 
     /// Counts and saves a problem; `at` is where (file and line).
@@ -376,6 +411,7 @@ impl<'a> RowBuilder<'a> {
             dims.pop();
         }
         let truncated = spec.query_granularity.truncate(time);
+        let row_bytes = row_bytes(&dims, spec.metrics.len());
         let key = Key { time: truncated, dims };
         let b = self.buckets.entry(bucket).or_default();
         let metrics = &spec.metrics;
@@ -389,15 +425,21 @@ impl<'a> RowBuilder<'a> {
             }
         };
         if spec.rollup {
+            let before = b.rolled.len();
             let accs = b
                 .rolled
                 .entry(key)
                 .or_insert_with(|| metrics.iter().map(|m| m.init()).collect());
             fold(accs);
+            let added = b.rolled.len() - before;
+            self.in_memory += added;
+            self.in_memory_bytes += added as u64 * row_bytes;
         } else {
             let mut accs: Vec<Acc> = metrics.iter().map(|m| m.init()).collect();
             fold(&mut accs);
             b.plain.push((key, accs));
+            self.in_memory += 1;
+            self.in_memory_bytes += row_bytes;
         }
         self.stats.processed += 1;
         if let Some(e) = with_error {
@@ -435,6 +477,19 @@ impl<'a> RowBuilder<'a> {
             });
         }
     }
+}
+
+/// What one row held in memory costs: its key, metrics, and the table slot around them.
+fn row_bytes(dims: &[DimValue], metrics: usize) -> u64 {
+    use std::mem::size_of;
+    let multi: usize = dims
+        .iter()
+        .map(|d| match d {
+            DimValue::Multi(m) => m.len() * size_of::<u32>(),
+            _ => 0,
+        })
+        .sum();
+    (size_of::<(Key, Vec<Acc>)>() + std::mem::size_of_val(dims) + multi + metrics * size_of::<Acc>() + 16) as u64
 }
 
 fn declared(d: &Dimension) -> FoundDim {

@@ -51,7 +51,8 @@ pub struct Written {
 /// schema go into the metadata.
 pub fn write(
     path: &Path,
-    rows: &[(Key, Vec<Acc>)],
+    rows: &mut dyn Iterator<Item = Result<(Key, Vec<Acc>), String>>,
+    limit: usize,
     dims: &[DimColumn],
     dicts: &[Dict],
     metrics: &[AggregatorSpec],
@@ -92,8 +93,17 @@ pub fn write(
         .build();
     let file = File::create(path).map_err(|e| format!("cannot create [{}]: {e}", path.display()))?;
     let mut w = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(|e| e.to_string())?;
-    for chunk in rows.chunks(BATCH_ROWS) {
-        let batch = batch(&schema, chunk, dims, dicts, metrics)?;
+    // At most one batch of rows in memory at a time.
+    let mut written = 0usize;
+    while written < limit {
+        let chunk: Vec<(Key, Vec<Acc>)> = (&mut *rows)
+            .take(BATCH_ROWS.min(limit - written))
+            .collect::<Result<_, _>>()?;
+        if chunk.is_empty() {
+            break;
+        }
+        written += chunk.len();
+        let batch = batch(&schema, &chunk, dims, dicts, metrics)?;
         w.write(&batch)
             .map_err(|e| format!("cannot write [{}]: {e}", path.display()))?;
     }
@@ -104,7 +114,7 @@ pub fn write(
         .map_err(|e| format!("cannot sync [{}]: {e}", path.display()))?;
     let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
     Ok(Written {
-        rows: rows.len() as u64,
+        rows: written as u64,
         bytes,
     })
 }

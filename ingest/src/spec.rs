@@ -155,6 +155,8 @@ struct TuningConfigJson {
     #[serde(default)]
     max_rows_in_memory: Option<u64>,
     #[serde(default)]
+    max_bytes_in_memory: Option<i64>,
+    #[serde(default)]
     max_parse_exceptions: Option<i64>,
     #[serde(default)]
     max_saved_parse_exceptions: Option<u64>,
@@ -242,6 +244,8 @@ pub struct IngestSpec {
     pub drop_existing: bool,
     pub max_rows_per_segment: u64,
     pub max_rows_in_memory: u64,
+    /// Estimated bytes of rows held before they are spilled (`maxBytesInMemory`).
+    pub max_bytes_in_memory: u64,
     pub max_parse_exceptions: u64,
     pub max_saved_parse_exceptions: u64,
     pub log_parse_exceptions: bool,
@@ -251,6 +255,9 @@ pub struct IngestSpec {
 pub const DEFAULT_MAX_ROWS_PER_SEGMENT: u64 = 5_000_000;
 /// Druid's default `maxRowsInMemory`.
 pub const DEFAULT_MAX_ROWS_IN_MEMORY: u64 = 1_000_000;
+/// The default `maxBytesInMemory` (Druid's is a sixth of the peon's heap; raftlord's peon has no
+/// heap setting, so a fixed budget that keeps it well under 256 MiB).
+pub const DEFAULT_MAX_BYTES_IN_MEMORY: u64 = 96 * 1024 * 1024;
 
 impl IngestSpec {
     /// Whether raftlord's peon runs tasks of this type through [`IngestSpec`].
@@ -525,6 +532,12 @@ impl IngestSpec {
             drop_existing: io.drop_existing,
             max_rows_per_segment,
             max_rows_in_memory: tuning.max_rows_in_memory.unwrap_or(DEFAULT_MAX_ROWS_IN_MEMORY).max(1),
+            // Druid: 0 or absent means a sixth of the heap, negative means no limit.
+            max_bytes_in_memory: match tuning.max_bytes_in_memory {
+                None | Some(0) => DEFAULT_MAX_BYTES_IN_MEMORY,
+                Some(n) if n < 0 => u64::MAX,
+                Some(n) => n as u64,
+            },
             max_parse_exceptions,
             max_saved_parse_exceptions: tuning.max_saved_parse_exceptions.unwrap_or(0),
             log_parse_exceptions: tuning.log_parse_exceptions,

@@ -82,7 +82,7 @@ fn druids_rollup_tutorial_gives_its_documented_result() {
             "inputFormat": {"type": "json"}, "appendToExisting": false}),
         json!({"type": "index_parallel", "maxRowsPerSegment": 5000000, "maxRowsInMemory": 25000}),
     );
-    let mut got = read_input(&s, &mut |_| {}, &mut |_| {}).unwrap();
+    let mut got = read_input(&s, None, &mut |_| {}, &mut |_| {}).unwrap();
     assert_eq!(got.stats.processed, 9);
     assert_eq!(
         got.stats.unparseable + got.stats.thrown_away + got.stats.processed_with_error,
@@ -144,7 +144,7 @@ fn csv_without_rollup_discovers_dimensions_splits_partitions_and_counts_bad_rows
             "inputFormat": {"type": "csv", "findColumnsFromHeader": true, "listDelimiter": "|"}}),
         json!({"partitionsSpec": {"type": "dynamic", "maxRowsPerSegment": 2}, "maxSavedParseExceptions": 5}),
     );
-    let mut got = read_input(&s, &mut |_| {}, &mut |_| {}).unwrap();
+    let mut got = read_input(&s, None, &mut |_| {}, &mut |_| {}).unwrap();
     assert_eq!(got.stats.processed, 10);
     assert_eq!(got.stats.unparseable, 1);
     assert_eq!(got.stats.thrown_away, 1);
@@ -170,7 +170,7 @@ fn too_many_parse_exceptions_fail_with_druids_message() {
             "inputFormat": {"type": "json"}}),
         json!({"maxParseExceptions": 1}),
     );
-    match read_input(&s, &mut |_| {}, &mut |_| {}) {
+    match read_input(&s, None, &mut |_| {}, &mut |_| {}) {
         Err(IngestError::TooManyParseExceptions { max: 1, last }) => assert!(last.contains("Line: 3"), "{last}"),
         Err(e) => panic!("wrong error {e}"),
         Ok(_) => panic!("should fail"),
@@ -218,4 +218,76 @@ fn bad_specs_are_refused_naming_the_field() {
         field(base(ds, json!({"firehose": {}, "inputFormat": {"type": "json"}}))),
         "spec.ioConfig.firehose"
     );
+}
+
+/// The rows of every file of `got`, in order, as strings.
+fn all_rows(got: &mut raftlord_ingest::Ingested, dir: &Path) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for iv in got.intervals() {
+        let n = got.partitions(&iv);
+        let nums: Vec<u32> = (0..n as u32).collect();
+        for f in got.write_bucket(&iv, "v", &nums, dir).unwrap() {
+            out.extend(read_back(&f.path).1);
+        }
+    }
+    out
+}
+
+/// Spilling sorted runs and merging them gives exactly what holding everything in memory gives:
+/// the same rows, the same order, rollup combined across runs (sums, min, first and last).
+#[test]
+fn spilled_runs_merge_to_the_same_rows_as_memory() {
+    let mut data = String::new();
+    for i in 0..500u64 {
+        // Keys repeat across the whole input, so equal rows land in different runs.
+        data.push_str(&format!(
+            "{{\"t\": \"2024-01-0{}T{:02}:{:02}:00Z\", \"a\": \"k{}\", \"b\": \"z{}\", \"n\": {}}}\n",
+            1 + i % 3,
+            i % 24,
+            i % 7,
+            (i * 7) % 11,
+            (i / 5) % 4,
+            i
+        ));
+    }
+    for rollup in [true, false] {
+        let make = |max_in_memory: u64| {
+            spec(
+                json!({"dataSource": "d", "timestampSpec": {"column": "t"},
+                    "dimensionsSpec": {"dimensions": ["a", "b"]},
+                    "metricsSpec": [{"type": "count", "name": "c"}, {"type": "longSum", "name": "s", "fieldName": "n"},
+                        {"type": "longMin", "name": "lo", "fieldName": "n"},
+                        {"type": "longFirst", "name": "f", "fieldName": "n"},
+                        {"type": "longLast", "name": "l", "fieldName": "n"}],
+                    "granularitySpec": {"segmentGranularity": "DAY", "queryGranularity": "DAY", "rollup": rollup}}),
+                json!({"type": "index", "inputSource": {"type": "inline", "data": data},
+                    "inputFormat": {"type": "json"}}),
+                json!({"maxRowsInMemory": max_in_memory, "maxRowsPerSegment": 10}),
+            )
+        };
+        let spill = tempfile::tempdir().unwrap();
+        let out_a = tempfile::tempdir().unwrap();
+        let out_b = tempfile::tempdir().unwrap();
+        let mut in_memory = read_input(&make(1_000_000), None, &mut |_| {}, &mut |_| {}).unwrap();
+        let mut spilled = read_input(&make(7), Some(spill.path()), &mut |_| {}, &mut |_| {}).unwrap();
+        assert_eq!(spilled.rows(), in_memory.rows(), "rollup {rollup}");
+        let expect = all_rows(&mut in_memory, out_a.path());
+        let got = all_rows(&mut spilled, out_b.path());
+        assert!(expect.len() > 10, "several partitions: {}", expect.len());
+        if rollup {
+            assert!(expect.len() < 500, "rows must roll up: {}", expect.len());
+        }
+        // Without rollup, rows with equal time and dimensions may come in any order.
+        let (mut got, mut expect) = (got, expect);
+        if !rollup {
+            got.sort();
+            expect.sort();
+        }
+        assert!(
+            got == expect,
+            "rollup {rollup}: the spilled rows differ from the in-memory rows"
+        );
+        // Nothing is left in the spill directory once written.
+        assert_eq!(std::fs::read_dir(spill.path()).unwrap().count(), 0);
+    }
 }

@@ -160,7 +160,11 @@ async fn ingest(
             o.stats = p.stats.clone();
             write_report(&dir_read, &id_read, &o);
         };
-        read_input(&read_spec, &mut progress, &mut |m| println!("{} WARN {m}", iso(now_ms())))
+        // Rows past maxRowsInMemory / maxBytesInMemory go to sorted runs in the task directory.
+        let spill = dir_read.join("spill");
+        read_input(&read_spec, Some(&spill), &mut progress, &mut |m| {
+            println!("{} WARN {m}", iso(now_ms()))
+        })
     })
     .await
     .map_err(|e| format!("the reader thread failed: {e}"))?
