@@ -272,8 +272,8 @@ async fn ingest(
                 log(&format!(
                     "pushed segment {}_{}_{}_{}_{} ({} rows, {} bytes) to [{}]",
                     datasource,
-                    iso_ms(interval.start),
-                    iso_ms(interval.end),
+                    crate::interval::iso(interval.start),
+                    crate::interval::iso(interval.end),
                     version,
                     f.partition_num,
                     f.rows,
@@ -311,7 +311,11 @@ fn shard_spec_for(mut shard: Value, f: &SegmentFile) -> Value {
 
 /// Copies a segment file into deep storage under Druid's layout; returns where.
 fn push(deep: &Path, datasource: &str, f: &SegmentFile) -> Result<PathBuf, String> {
-    let interval = format!("{}_{}", iso_ms(f.interval.start), iso_ms(f.interval.end));
+    let interval = format!(
+        "{}_{}",
+        crate::interval::iso(f.interval.start),
+        crate::interval::iso(f.interval.end)
+    );
     let dir = deep
         .join(sanitize(datasource))
         .join(interval)
@@ -326,10 +330,6 @@ fn push(deep: &Path, datasource: &str, f: &SegmentFile) -> Result<PathBuf, Strin
         .map_err(|e| format!("cannot sync [{}]: {e}", tmp.display()))?;
     std::fs::rename(&tmp, &target).map_err(|e| format!("cannot rename to [{}]: {e}", target.display()))?;
     Ok(target)
-}
-
-fn iso_ms(ms: i64) -> String {
-    crate::interval::iso(ms)
 }
 
 /// A path component from a name: no separators, no `..`.
