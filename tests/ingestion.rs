@@ -288,6 +288,62 @@ fn index_parallel_builds_rolled_up_parquet_segments_that_pyarrow_reads_back() {
         );
     }
 
+    // Reindex (the druid input source): the visible segments, now each row twice (the overwrite
+    // plus the appended copy), rolled up by day into another datasource.
+    let reindex = json!({"type": "index_parallel", "id": "reindex", "spec": {
+        "dataSchema": {"dataSource": "wiki_daily",
+            "timestampSpec": {"column": "__time", "format": "millis"},
+            "dimensionsSpec": {"dimensions": ["page", "user", "country"]},
+            "metricsSpec": [{"type": "longSum", "name": "count", "fieldName": "count"},
+                {"type": "longSum", "name": "added", "fieldName": "added"},
+                {"type": "doubleMax", "name": "delta_max", "fieldName": "delta_max"}],
+            "granularitySpec": {"segmentGranularity": "DAY", "queryGranularity": "DAY"}},
+        "ioConfig": {"type": "index_parallel", "inputSource": {"type": "druid", "dataSource": "wiki",
+            "interval": "2024-05-01T00:00:00.000Z/2024-05-04T00:00:00.000Z"}}}});
+    let (s, v) = post(&urls, &format!("{API}/task"), &reindex);
+    assert_eq!(s, 200, "{v}");
+    let status = wait_done(&urls, "reindex");
+    assert_eq!(status["statusCode"], "SUCCESS", "{status}");
+    let daily_paths: Vec<String> = get(
+        &urls,
+        "/druid/coordinator/v1/metadata/datasources/wiki_daily/segments?full",
+    )
+    .and_then(|v| v.as_array().cloned())
+    .unwrap_or_default()
+    .iter()
+    .map(|s| s["loadSpec"]["path"].as_str().unwrap().to_string())
+    .collect();
+    assert_eq!(daily_paths.len(), 3);
+    let mut expect_daily: BTreeMap<RowKey, RowMetrics> = BTreeMap::new();
+    for ((hour, page, user, country), (count, added, delta)) in &expect {
+        let day = hour - hour.rem_euclid(DAY_MS);
+        let e = expect_daily
+            .entry((day, page.clone(), user.clone(), country.clone()))
+            .or_insert((0, 0, f64::MIN));
+        e.0 += 2 * count;
+        e.1 += 2 * added;
+        e.2 = e.2.max(*delta);
+    }
+    let daily: BTreeMap<RowKey, RowMetrics> = pyarrow_rows(&daily_paths)
+        .iter()
+        .map(|r| {
+            (
+                (
+                    r["__time"].as_i64().unwrap(),
+                    r["page"].as_str().unwrap().to_string(),
+                    r["user"].as_str().unwrap().to_string(),
+                    r["country"].as_str().unwrap().to_string(),
+                ),
+                (
+                    r["count"].as_i64().unwrap(),
+                    r["added"].as_i64().unwrap(),
+                    r["delta_max"].as_f64().unwrap(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(daily, expect_daily);
+
     // Kill: the first ingestion's segments, marked unused, go from the metadata and from deep
     // storage; so does a file no segment names (a peon killed between push and publish). What
     // used segments name stays.
@@ -334,7 +390,7 @@ fn index_parallel_builds_rolled_up_parquet_segments_that_pyarrow_reads_back() {
             "the kill deleted {p}, which a used segment names"
         );
     }
-    assert_eq!(walk(deep.path()).len(), 6);
+    assert_eq!(walk(&deep.path().join("wiki")).len(), 6);
 }
 
 #[test]

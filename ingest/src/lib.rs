@@ -15,6 +15,7 @@ pub mod aggregate;
 pub mod format;
 pub mod rows;
 pub mod segment;
+pub mod segment_input;
 pub mod source;
 pub mod spec;
 pub mod spill;
@@ -93,13 +94,23 @@ pub fn read_input(
     progress: &mut dyn FnMut(&Progress<'_>),
     log: &mut dyn FnMut(&str),
 ) -> Result<Ingested, IngestError> {
-    let entities = spec.source.open().map_err(IngestError::Input)?;
     let mut b = RowBuilder::new(spec, spill_dir);
-    for entity in entities {
-        let name = entity.name.clone();
-        let size = entity.size;
+    // Each input: its name, size, and records with their line (or row) numbers.
+    type Records = Box<dyn Iterator<Item = (u64, Result<format::Record, String>)> + Send>;
+    let mut inputs: Vec<(String, u64, Records)> = Vec::new();
+    if let source::InputSource::Druid { files, .. } = &spec.source {
+        for f in files {
+            let size = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+            let rows = segment_input::records(f).map_err(IngestError::Input)?;
+            inputs.push((f.display().to_string(), size, Box::new(rows)));
+        }
+    }
+    for entity in spec.source.open().map_err(IngestError::Input)? {
+        inputs.push((entity.name, entity.size, spec.format.records(entity.reader)));
+    }
+    for (name, size, records) in inputs {
         let mut n: u64 = 0;
-        for (line, record) in spec.format.records(entity.reader) {
+        for (line, record) in records {
             n += 1;
             let at = format!("Path: {name}, Line: {line}");
             let err = match record {

@@ -3,14 +3,16 @@
 //! `inline` (`data`) and `local` (`baseDir` with a `filter` glob on file names, searched
 //! recursively; or `files`) are read. Files are decompressed by extension: `.gz` (gzip, also
 //! concatenated members) and `.zst` (zstd). A file under `baseDir` is never read through a path
-//! that leaves it (symlinks included). `http`, `s3` and `druid` are recognised and refused with a
-//! message saying so.
+//! that leaves it (symlinks included). `druid` reads a datasource's segments (the caller names
+//! their files). `http` and `s3` are recognised and refused with a message saying so.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Cursor, Read};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
+
+use raftlord_time::Interval;
 
 /// A parsed input source.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,6 +23,14 @@ pub enum InputSource {
     Local {
         base_dir: Option<PathBuf>,
         filter: Option<String>,
+        files: Vec<PathBuf>,
+    },
+    /// The used, visible segments of a datasource in an interval (Druid's reindexing); `files`
+    /// are their segment files, found by the caller before reading
+    /// ([`InputSource::with_segment_files`]).
+    Druid {
+        datasource: String,
+        interval: Interval,
         files: Vec<PathBuf>,
     },
 }
@@ -86,7 +96,24 @@ impl InputSource {
                     files,
                 })
             }
-            "http" | "s3" | "druid" | "google" | "azure" | "hdfs" | "sql" | "combining" => Err(field(
+            "druid" => {
+                let datasource = v
+                    .get("dataSource")
+                    .and_then(Value::as_str)
+                    .filter(|d| !d.is_empty())
+                    .ok_or_else(|| field("dataSource", "a druid input source needs \"dataSource\""))?;
+                let interval = v
+                    .get("interval")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| field("interval", "a druid input source needs \"interval\""))
+                    .and_then(|s| Interval::parse(s).map_err(|e| field("interval", e.to_string())))?;
+                Ok(InputSource::Druid {
+                    datasource: datasource.to_string(),
+                    interval,
+                    files: Vec::new(),
+                })
+            }
+            "http" | "s3" | "google" | "azure" | "hdfs" | "sql" | "combining" => Err(field(
                 "type",
                 format!("input source [{kind}] is not supported by this raftlord version; use \"local\" or \"inline\""),
             )),
@@ -115,9 +142,18 @@ impl InputSource {
         Ok(())
     }
 
-    /// The input's streams, in a stable order (files sorted by path).
+    /// The segment files to read, for a `druid` source.
+    pub fn with_segment_files(&mut self, segment_files: Vec<PathBuf>) {
+        if let InputSource::Druid { files, .. } = self {
+            *files = segment_files;
+        }
+    }
+
+    /// The input's streams, in a stable order (files sorted by path). A `druid` source has
+    /// none: its segment files are read as Parquet by [`crate::segment_input`].
     pub fn open(&self) -> Result<Vec<Entity>, String> {
         match self {
+            InputSource::Druid { .. } => Ok(Vec::new()),
             InputSource::Inline { data } => Ok(vec![Entity {
                 name: "inline".to_string(),
                 size: data.len() as u64,
@@ -242,6 +278,13 @@ mod tests {
         assert_eq!(err(json!({"type": "local"})), "baseDir");
         assert_eq!(err(json!({"type": "inline"})), "data");
         assert_eq!(err(json!({"type": "ftp"})), "type");
+        assert_eq!(err(json!({"type": "http", "uris": ["http://x/y"]})), "type");
+        assert_eq!(err(json!({"type": "druid", "interval": "2024/2025"})), "dataSource");
+        assert_eq!(
+            err(json!({"type": "druid", "dataSource": "w", "interval": "soon"})),
+            "interval"
+        );
+        assert!(InputSource::parse(&json!({"type": "druid", "dataSource": "w", "interval": "2024/2025"})).is_ok());
         let missing = InputSource::parse(&json!({"type": "local", "baseDir": "/no/such/dir", "filter": "*"})).unwrap();
         assert_eq!(missing.check_exists().unwrap_err().0, "baseDir");
     }

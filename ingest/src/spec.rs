@@ -460,6 +460,10 @@ impl IngestSpec {
                     m,
                 )
             })?,
+            // Segments carry their own format.
+            None if matches!(source, InputSource::Druid { .. }) => InputFormat::Json { flatten: None },
+            // Segments carry their own format.
+            None if matches!(source, InputSource::Druid { .. }) => InputFormat::Json { flatten: None },
             None => {
                 return Err(SpecError::new(
                     "spec.ioConfig.inputFormat",

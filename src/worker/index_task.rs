@@ -83,11 +83,39 @@ pub struct Pushed {
 /// files are removed; on a stop the caller calls [`remove_pushed`].
 pub async fn run(task: Value, dir: &Path, live: Arc<Mutex<Outcome>>, pushed: Arc<Mutex<Pushed>>) -> Result<(), String> {
     let id = task.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
-    let spec = IngestSpec::from_task(&task).map_err(|e| format!("invalid spec: {e}"))?;
+    let mut spec = IngestSpec::from_task(&task).map_err(|e| format!("invalid spec: {e}"))?;
     let deep = std::env::var_os(DEEP_STORAGE_ENV)
         .map(PathBuf::from)
         .ok_or("the worker gave this peon no deep storage directory")?;
     let actions = TaskActions::from_env(task.clone())?;
+    if let raftlord_ingest::source::InputSource::Druid {
+        datasource, interval, ..
+    } = &spec.source
+    {
+        // Reindexing reads the segments visible now in the interval.
+        let used = actions
+            .submit(json!({"type": "retrieveUsedSegments", "dataSource": datasource,
+                "intervals": [interval.to_string()], "visibility": "ONLY_VISIBLE"}))
+            .await?;
+        let mut files = Vec::new();
+        for s in used.as_array().into_iter().flatten() {
+            let spec = &s["loadSpec"];
+            match (spec["type"].as_str(), spec["path"].as_str()) {
+                (Some("local"), Some(p)) => files.push(PathBuf::from(p)),
+                _ => {
+                    return Err(format!(
+                        "segment {} has a load spec this peon cannot read: {spec}",
+                        s["identifier"]
+                    ))
+                }
+            }
+        }
+        log(&format!(
+            "reading {} segment(s) of [{datasource}] in {interval}",
+            files.len()
+        ));
+        spec.source.with_segment_files(files);
+    }
     let result = ingest(&id, &spec, dir, &deep, &actions, &live, &pushed).await;
     if result.is_err() {
         remove_pushed(&pushed);
