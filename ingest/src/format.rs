@@ -16,6 +16,8 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+use crate::spec::{field, FieldError};
+
 /// A parsed `inputFormat`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum InputFormat {
@@ -45,12 +47,6 @@ pub struct Delimited {
     pub find_header: bool,
     pub skip_header_rows: usize,
     pub list_delimiter: Option<String>,
-}
-
-type FieldError = (String, String);
-
-fn field(f: &str, m: impl Into<String>) -> FieldError {
-    (f.to_string(), m.into())
 }
 
 impl InputFormat {

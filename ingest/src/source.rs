@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::spec::{field, FieldError};
+
 use raftlord_time::Interval;
 
 /// A parsed input source.
@@ -40,12 +42,6 @@ pub struct Entity {
     pub name: String,
     pub size: u64,
     pub reader: Box<dyn BufRead + Send>,
-}
-
-type FieldError = (String, String);
-
-fn field(f: &str, m: impl Into<String>) -> FieldError {
-    (f.to_string(), m.into())
 }
 
 impl InputSource {

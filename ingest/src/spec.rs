@@ -37,6 +37,13 @@ impl SpecError {
     }
 }
 
+/// A field at fault (its path relative to the part being read) and what is wrong with it.
+pub(crate) type FieldError = (String, String);
+
+pub(crate) fn field(f: &str, m: impl Into<String>) -> FieldError {
+    (f.to_string(), m.into())
+}
+
 /// The task JSON as submitted.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -666,6 +666,17 @@ fn append_and_replace_publishes_need_their_lock_types() {
     assert!(matches!(e, PublishOutcome::Invalid { .. }), "{e:?}");
 }
 
+/// The reason of a refused delete (and that nothing was deleted).
+fn refused(r: Reply) -> String {
+    match r {
+        Reply::SegmentsDeleted {
+            count: 0,
+            refused: Some(why),
+        } => why,
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn delete_segments_removes_only_unused_segments_under_the_tasks_lock_all_or_nothing() {
     let mut s = State::default();
@@ -686,13 +697,7 @@ fn delete_segments_removes_only_unused_segments_under_the_tasks_lock_all_or_noth
     };
     // Used segments are refused, and nothing changes.
     let r = delete(&mut s, 4, "a", vec![k0.clone(), k1.clone()]);
-    let Reply::SegmentsDeleted {
-        count: 0,
-        refused: Some(why),
-    } = r
-    else {
-        panic!("{r:?}")
-    };
+    let why = refused(r);
     assert!(why.contains("is used"), "{why}");
     assert_eq!(s.segments.datasource("wiki").unwrap().total_count(), 2);
     s.apply(
@@ -718,13 +723,7 @@ fn delete_segments_removes_only_unused_segments_under_the_tasks_lock_all_or_noth
     // A task without a lock covering the segment is refused.
     submit(&mut s, 7, "b", 50);
     let r = delete(&mut s, 8, "b", vec![k0.clone()]);
-    let Reply::SegmentsDeleted {
-        count: 0,
-        refused: Some(why),
-    } = r
-    else {
-        panic!("{r:?}")
-    };
+    let why = refused(r);
     assert!(why.contains("holds no lock"), "{why}");
     let r = delete(&mut s, 9, "a", vec![k0.clone()]);
     assert_eq!(
