@@ -502,3 +502,52 @@ fn druids_rollup_tutorial_spec_runs_unchanged_and_gives_the_documented_rows() {
         ]
     );
 }
+
+/// A peon killed -9 while it reads: the task fails, nothing is published, and deep storage holds
+/// nothing of it.
+#[test]
+fn a_peon_killed_mid_ingestion_fails_the_task_and_publishes_nothing() {
+    let deep = tempfile::tempdir().unwrap();
+    let input = tempfile::tempdir().unwrap();
+    // Enough rows that reading takes seconds, not milliseconds.
+    let mut text = String::with_capacity(64 << 20);
+    for i in 0..400_000u64 {
+        text.push_str(&format!(
+            "{{\"time\": {}, \"page\": \"p{}\", \"user\": \"u{}\", \"country\": \"NO\", \"added\": {}, \"delta\": 1.5}}\n",
+            START_MS + (i as i64) * 600,
+            i % 5000,
+            i % 97,
+            i % 50
+        ));
+    }
+    std::fs::write(input.path().join("big.json"), text).unwrap();
+    let deep_flag = deep.path().display().to_string();
+    let cluster = ThreeNodes::start(&["--worker-capacity", "1", "--deep-storage", &deep_flag]);
+    let urls = cluster.urls();
+    wait_for_blocking("a leader", Duration::from_secs(30), || common::leader_of(&urls));
+    let mut victim = spec("victim", input.path(), false, json!({}));
+    victim["spec"]["ioConfig"]["inputSource"]["filter"] = json!("*.json");
+    let (s, v) = post(&urls, &format!("{API}/task"), &victim);
+    assert_eq!(s, 200, "{v}");
+    let pid = wait_for_blocking("the peon of task victim", Duration::from_secs(30), || {
+        (1..=3).find_map(|n| {
+            let f = cluster.dir.path().join(format!("n{n}/worker/tasks/victim/peon.pid"));
+            let v: Value = serde_json::from_str(&std::fs::read_to_string(f).ok()?).ok()?;
+            v["pid"].as_i64()
+        })
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let status = wait_done(&urls, "victim");
+    assert_eq!(status["statusCode"], "FAILED", "{status}");
+    assert!(used_segments(&urls).is_empty());
+    let left = if deep.path().join("wiki").exists() {
+        walk(&deep.path().join("wiki"))
+    } else {
+        vec![]
+    };
+    assert!(left.is_empty(), "{left:?}");
+}
