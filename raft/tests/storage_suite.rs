@@ -324,3 +324,45 @@ async fn a_write_ahead_log_cut_at_a_record_boundary_is_refused_at_start() {
     let last = engine.raw_log_entries(1, 100).unwrap().last().map(|(i, _)| *i);
     assert!(last < Some(50), "the cut removed entries: the log ends at {last:?}");
 }
+
+/// Found a bug (a follower killed with SIGKILL could not restart: "Failed to get log entries,
+/// expected index: [0, 64), got [None, None)"): each append was written by a blocking task of
+/// its own, so two appends could reach the disk in either order, and a truncate or vote went
+/// to the disk ahead of appends made before it. openraft requires every log write in the order
+/// asked. Here a truncate follows an append that is not durable yet: the append must not
+/// bring the truncated entries back, and the log mark must not claim them.
+#[tokio::test]
+async fn a_truncate_after_an_unflushed_append_is_not_undone_by_it() {
+    use openraft::storage::RaftLogStorageExt;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut log = LogStore::<C>::new(Engine::open(dir.path()).unwrap());
+        let entries: Vec<Entry<C>> = (1..=3000)
+            .map(|i| entry(1, i, vec![(format!("k{i}"), "v".repeat(100))], i))
+            .collect();
+        let mut writer = log.clone();
+        let mut append = std::pin::pin!(writer.blocking_append(entries));
+        // Runs `append` up to waiting for the write, which is queued but not done.
+        tokio::select! {
+            biased;
+            r = &mut append => r.unwrap(),
+            () = std::future::ready(()) => {}
+        }
+        log.truncate(LogId::new(openraft::CommittedLeaderId::new(1, 1), 5))
+            .await
+            .unwrap();
+        append.await.unwrap();
+        let left = log.try_get_log_entries(0..10_000).await.unwrap();
+        assert_eq!(
+            left.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4]
+        );
+        log.persist_mark().unwrap();
+    }
+    let mut log = LogStore::<C>::new(Engine::open(dir.path()).expect("the mark does not claim truncated entries"));
+    let left = log.try_get_log_entries(0..10_000).await.unwrap();
+    assert_eq!(
+        left.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+}

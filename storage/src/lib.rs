@@ -31,6 +31,7 @@ mod engine;
 mod log_store;
 pub mod mark;
 mod snapshot_store;
+mod writer;
 
 pub use codec::{describe, json_depth};
 pub use engine::{Engine, EngineError, FORMAT_VERSION, MEMTABLE_BUDGET};

@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::codec::{decode, encode, index_key, key_index};
 use crate::engine::{synced, Engine, CF_LOG, CF_META};
+use crate::writer::{Kind, Writer};
 
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
@@ -28,6 +29,8 @@ pub struct LogStore<C: RaftTypeConfig> {
     committed: Arc<Mutex<Committed<C::NodeId>>>,
     /// How far the log was synced, kept outside the database.
     mark: Arc<crate::mark::Mark>,
+    /// Every write goes through it, in order ([`crate::writer`]).
+    writer: Writer,
     _c: PhantomData<fn() -> C>,
 }
 
@@ -54,6 +57,7 @@ impl<C: RaftTypeConfig> Clone for LogStore<C> {
             recent: self.recent.clone(),
             committed: self.committed.clone(),
             mark: self.mark.clone(),
+            writer: self.writer.clone(),
             _c: PhantomData,
         }
     }
@@ -70,9 +74,15 @@ pub const RECENT_ENTRIES: usize = 8192;
 /// A leader sends every entry it appends to each follower right after appending it; reading
 /// those back from RocksDB and decoding them once per follower cost more CPU than anything else
 /// in the log. Entries are moved in on append (no copy); a read clones them.
+///
+/// It is also where appended entries are readable before their write is done (openraft reads
+/// them right away): an entry leaves it only once it is in the database, so that the
+/// database and the cache together always hold every entry.
 struct Recent<E> {
     entries: VecDeque<(u64, usize, E)>,
     bytes: usize,
+    /// Entries up to this index are in the database and may leave the cache.
+    written: u64,
 }
 
 impl<E> Default for Recent<E> {
@@ -80,6 +90,7 @@ impl<E> Default for Recent<E> {
         Recent {
             entries: VecDeque::new(),
             bytes: 0,
+            written: 0,
         }
     }
 }
@@ -95,7 +106,20 @@ impl<E: Clone> Recent<E> {
         }
         self.entries.push_back((index, size, entry));
         self.bytes += size;
-        while self.entries.len() > RECENT_ENTRIES || (self.bytes > RECENT_BYTES && self.entries.len() > 1) {
+        self.shrink();
+    }
+
+    /// Entries up to `last` are in the database now.
+    fn written(&mut self, last: u64) {
+        self.written = self.written.max(last);
+        self.shrink();
+    }
+
+    /// Drops written entries from the front while over the limits.
+    fn shrink(&mut self) {
+        while (self.entries.len() > RECENT_ENTRIES || (self.bytes > RECENT_BYTES && self.entries.len() > 1))
+            && self.first().is_some_and(|i| i <= self.written)
+        {
             self.pop_front();
         }
     }
@@ -111,13 +135,14 @@ impl<E: Clone> Recent<E> {
         self.bytes = 0;
     }
 
-    /// Drops entries at `index` and after.
+    /// Drops entries at `index` and after (removed from the database too).
     fn truncate(&mut self, index: u64) {
         while self.entries.back().is_some_and(|(i, _, _)| *i >= index) {
             if let Some((_, size, _)) = self.entries.pop_back() {
                 self.bytes -= size;
             }
         }
+        self.written = self.written.min(index.saturating_sub(1));
     }
 
     /// Drops entries up to and including `index`.
@@ -127,22 +152,41 @@ impl<E: Clone> Recent<E> {
         }
     }
 
-    /// Like [`LogStore::read_entries`], when the cache holds `start`.
-    fn read(&self, start: u64, in_range: &impl Fn(u64) -> bool, max_bytes: usize) -> Option<Vec<E>> {
-        let first = self.first()?;
-        let skip = usize::try_from(start.checked_sub(first)?).ok()?;
-        if skip >= self.entries.len() {
-            return None;
-        }
-        let mut out = Vec::new();
-        let mut bytes = 0usize;
+    /// Adds entries from `start` on to `out` while `in_range` and within `max_bytes` (counted
+    /// in `bytes`, together with what `out` already holds; the first entry always comes).
+    fn read_into(
+        &self,
+        start: u64,
+        in_range: &impl Fn(u64) -> bool,
+        max_bytes: usize,
+        out: &mut Vec<E>,
+        bytes: &mut usize,
+    ) {
+        let Some(skip) = self
+            .first()
+            .and_then(|first| start.checked_sub(first))
+            .and_then(|skip| usize::try_from(skip).ok())
+        else {
+            return;
+        };
         for (index, size, entry) in self.entries.iter().skip(skip) {
             if !in_range(*index) || (!out.is_empty() && bytes.saturating_add(*size) > max_bytes) {
                 break;
             }
-            bytes = bytes.saturating_add(*size);
+            *bytes = bytes.saturating_add(*size);
             out.push(entry.clone());
         }
+    }
+
+    /// Like [`LogStore::read_entries`], when the cache holds `start`.
+    #[cfg(test)]
+    fn read(&self, start: u64, in_range: &impl Fn(u64) -> bool, max_bytes: usize) -> Option<Vec<E>> {
+        let first = self.first()?;
+        if start < first || start - first >= self.entries.len() as u64 {
+            return None;
+        }
+        let (mut out, mut bytes) = (Vec::new(), 0);
+        self.read_into(start, in_range, max_bytes, &mut out, &mut bytes);
         Some(out)
     }
 }
@@ -172,11 +216,20 @@ where
                 }
             });
         }
+        let recent: Arc<Mutex<Recent<C::Entry>>> = Arc::new(Mutex::new(Recent::default()));
+        let on_written = recent.clone();
+        let writer = Writer::start(
+            &engine.db,
+            mark.clone(),
+            Box::new(move |last| on_written.lock().unwrap_or_else(|p| p.into_inner()).written(last)),
+        )
+        .expect("the operating system refused to start the log writer thread");
         LogStore {
             mark,
             engine,
+            writer,
             appended: Arc::new(AtomicU64::new(0)),
-            recent: Arc::new(Mutex::new(Recent::default())),
+            recent,
             committed: Arc::new(Mutex::new(Committed { id: None, stored: true })),
             _c: PhantomData,
         }
@@ -291,27 +344,49 @@ where
 {
     /// Entries from `start` while `in_range(index)`, stopping before the stored bytes would
     /// pass `max_bytes` (but always returning the first entry in range).
+    ///
+    /// Older entries come from the database and the newest from the cache of recent entries;
+    /// an entry leaves the cache only once it is in the database, so when the cache moves on
+    /// while the database is read, the read simply goes on in the database.
     fn read_entries(&self, start: u64, in_range: impl Fn(u64) -> bool, max_bytes: usize) -> SResult<Vec<C::Entry>, C> {
-        if let Some(found) = self.recent().read(start, &in_range, max_bytes) {
-            return Ok(found);
-        }
-        let cf = self.engine.cf(CF_LOG);
-        let iter = self
-            .engine
-            .db
-            .iterator_cf(cf, IteratorMode::From(&index_key(start), Direction::Forward));
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        for item in iter {
-            let (key, value) = item.map_err(|e| StorageIOError::read_logs(&e))?;
-            let index = key_index(&key).ok_or_else(|| StorageIOError::read_logs(&BadKey))?;
-            if !in_range(index) || (!out.is_empty() && bytes.saturating_add(value.len()) > max_bytes) {
-                break;
+        let mut next = start;
+        loop {
+            let cached_from = {
+                let recent = self.recent();
+                if recent.first().is_some_and(|first| first <= next) {
+                    recent.read_into(next, &in_range, max_bytes, &mut out, &mut bytes);
+                    return Ok(out);
+                }
+                recent.first()
+            };
+            // From the database, up to where the cache began when it was looked at.
+            let cf = self.engine.cf(CF_LOG);
+            let iter = self
+                .engine
+                .db
+                .iterator_cf(cf, IteratorMode::From(&index_key(next), Direction::Forward));
+            for item in iter {
+                let (key, value) = item.map_err(|e| StorageIOError::read_logs(&e))?;
+                let index = key_index(&key).ok_or_else(|| StorageIOError::read_logs(&BadKey))?;
+                if cached_from.is_some_and(|first| index >= first) {
+                    break;
+                }
+                if !in_range(index) || (!out.is_empty() && bytes.saturating_add(value.len()) > max_bytes) {
+                    return Ok(out);
+                }
+                bytes = bytes.saturating_add(value.len());
+                out.push(decode(&value).map_err(|e| unreadable_entry(index, &value, e))?);
+                next = index + 1;
             }
-            bytes = bytes.saturating_add(value.len());
-            out.push(decode(&value).map_err(|e| unreadable_entry(index, &value, e))?);
+            // The database ended, or reached the cache: go on from the cache if it still holds
+            // what follows, or in the database if the cache moved past it meanwhile.
+            match cached_from {
+                None => return Ok(out),
+                Some(first) => next = next.max(first),
+            }
         }
-        Ok(out)
     }
 }
 
@@ -362,7 +437,9 @@ where
                 Some(entry.get_log_id().clone())
             }
         };
-        let last_log_id = last.or_else(|| last_purged_log_id.clone());
+        // Entries still being written are readable from the cache, and so part of the log.
+        let cached = self.recent().entries.back().map(|(_, _, e)| e.get_log_id().clone());
+        let last_log_id = cached.max(last).or_else(|| last_purged_log_id.clone());
         Ok(LogState {
             last_purged_log_id,
             last_log_id,
@@ -374,7 +451,11 @@ where
     }
 
     async fn save_vote(&mut self, vote: &Vote<C::NodeId>) -> SResult<(), C> {
-        self.put_meta(KEY_VOTE, vote, true)
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.engine.cf(CF_META), KEY_VOTE, encode(vote));
+        self.writer
+            .write(batch, Kind::Other)
+            .await
             .map_err(|e| StorageIOError::write_vote(&e).into())
     }
 
@@ -426,57 +507,43 @@ where
             }
         }
         self.appended.fetch_add(batch.size_in_bytes() as u64, Ordering::Relaxed);
-        // One synced write for the whole batch, on a blocking thread: the fsync must not hold
-        // an async worker thread. openraft waits for the callback, which is only called once
-        // the entries are durable, before it relies on them.
-        let db = self.engine.db.clone();
-        let mark = self.mark.clone();
-        tokio::task::spawn_blocking(move || {
-            let result = db
-                .write_opt(batch, &synced())
-                .map_err(|e| std::io::Error::other(e.to_string()));
-            if result.is_ok() {
-                if let Err(e) = mark.synced(last) {
-                    // The log itself is durable; only the check on the next start is weaker.
-                    tracing::warn!(error = %e, "cannot write the log mark");
-                }
-            }
-            // Let go of the database before reporting: whoever waits on the callback may close
-            // and reopen it (a restart in the same process), which needs every handle gone.
-            drop(db);
-            callback.log_io_completed(result);
-        });
+        // Written in order with every other write, with one fsync per group of appends, on
+        // the writer's thread; openraft waits for the callback, called once the entries are
+        // durable, before it relies on them.
+        self.writer
+            .queue(
+                batch,
+                Kind::Append { last },
+                Box::new(move |result| callback.log_io_completed(result)),
+            )
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<C::NodeId>) -> SResult<(), C> {
-        // The mark goes below the removed entries first, or the next start would take their
-        // removal for a loss.
-        self.mark
-            .truncating(log_id.index)
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(self.engine.cf(CF_LOG), index_key(log_id.index), index_key(u64::MAX));
+        self.writer
+            .write(batch, Kind::Truncate { from: log_id.index })
+            .await
             .map_err(|e| StorageIOError::write_logs(&e))?;
         self.recent().truncate(log_id.index);
-        let cf = self.engine.cf(CF_LOG);
-        self.engine
-            .db
-            .delete_range_cf_opt(cf, index_key(log_id.index), index_key(u64::MAX), &synced())
-            .map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<C::NodeId>) -> SResult<(), C> {
-        // Record the purge point first, so a crash mid-purge never leaves an unexplained gap.
-        self.put_meta(KEY_LAST_PURGED, &log_id, true)?;
-        self.recent().purge(log_id.index);
-        let cf = self.engine.cf(CF_LOG);
-        self.engine
-            .db
-            .delete_range_cf(cf, index_key(0), index_key(log_id.index + 1))
+        // The purge point and the removal in one write: never an unexplained gap.
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.engine.cf(CF_META), KEY_LAST_PURGED, encode(&log_id));
+        batch.delete_range_cf(self.engine.cf(CF_LOG), index_key(0), index_key(log_id.index + 1));
+        self.writer
+            .write(batch, Kind::Other)
+            .await
             .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.recent().purge(log_id.index);
         Ok(())
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -485,6 +552,7 @@ mod tests {
         let mut r = Recent::default();
         for i in range {
             r.push(i, size, i);
+            r.written(i);
         }
         r
     }
@@ -501,6 +569,24 @@ mod tests {
         assert_eq!(r.read(4, &|_| true, usize::MAX), None);
         assert_eq!(r.read(10, &|_| true, usize::MAX), None);
         assert_eq!(Recent::<u64>::default().read(0, &|_| true, usize::MAX), None);
+    }
+
+    /// The cache is where entries are readable until their write is done: past its limits it
+    /// lets go only of entries already in the database.
+    #[test]
+    fn entries_not_yet_written_stay_cached_past_the_limits() {
+        let mut r = Recent::default();
+        for i in 1..=(RECENT_ENTRIES as u64 + 10) {
+            r.push(i, 1, i);
+        }
+        assert_eq!(r.first(), Some(1), "nothing written yet, nothing dropped");
+        r.written(5);
+        assert_eq!(r.first(), Some(6));
+        r.written(RECENT_ENTRIES as u64 + 10);
+        assert_eq!(r.entries.len(), RECENT_ENTRIES);
+        // A truncation lowers what counts as written: re-appended entries are new writes.
+        r.truncate(RECENT_ENTRIES as u64);
+        assert_eq!(r.written, RECENT_ENTRIES as u64 - 1);
     }
 
     #[test]
