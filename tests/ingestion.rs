@@ -556,3 +556,84 @@ fn a_peon_killed_mid_ingestion_fails_the_task_and_publishes_nothing() {
     let left = walk(&deep.path().join("wiki"));
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// An HTTP server for the test: serves the files of `dir` under `/data/` to requests carrying
+/// Basic credentials `druid:secret`, 401 to others. Returns its base URL; it lives as long as
+/// the returned runtime.
+fn serve_files(dir: &Path) -> (tokio::runtime::Runtime, String) {
+    use axum::extract::{Path as UrlPath, State};
+    use axum::http::{HeaderMap, StatusCode};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new()
+        .route(
+            "/data/{name}",
+            axum::routing::get(
+                |State(dir): State<std::path::PathBuf>, UrlPath(name): UrlPath<String>, headers: HeaderMap| async move {
+                    // base64("druid:secret")
+                    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some("Basic ZHJ1aWQ6c2VjcmV0") {
+                        return Err(StatusCode::UNAUTHORIZED);
+                    }
+                    std::fs::read(dir.join(name)).map_err(|_| StatusCode::NOT_FOUND)
+                },
+            ),
+        )
+        .with_state(dir.to_path_buf());
+    rt.spawn(async move { axum::serve(listener, app).await });
+    (rt, base)
+}
+
+/// The http input source: each URI fetched with Basic credentials and decompressed by its
+/// extension; a wrong password fails the task with the URI and the status in its error.
+#[test]
+fn http_input_is_fetched_with_credentials_and_a_refused_fetch_fails_the_task() {
+    let deep = tempfile::tempdir().unwrap();
+    let input = tempfile::tempdir().unwrap();
+    let rows = write_input(input.path(), 2);
+    let (_server, base) = serve_files(input.path());
+    let (_cluster, urls) = start(deep.path(), 1);
+    let uris: Vec<String> = (0..2).map(|d| format!("{base}/data/day-{d}.json.gz")).collect();
+    let with_source = |id: &str, password: &str| {
+        let mut s = spec(id, input.path(), false, json!({}));
+        s["spec"]["ioConfig"]["inputSource"] = json!({"type": "http", "uris": uris,
+            "httpAuthenticationUsername": "druid",
+            "httpAuthenticationPassword": {"type": "default", "password": password}});
+        s
+    };
+
+    let (s, v) = post(&urls, &format!("{API}/task"), &with_source("wrong", "guess"));
+    assert_eq!(s, 200, "{v}");
+    let status = wait_done(&urls, "wrong");
+    assert_eq!(status["statusCode"], "FAILED", "{status}");
+    let msg = status["errorMsg"].as_str().unwrap_or_default();
+    assert!(msg.contains(&uris[0]) && msg.contains("401"), "{status}");
+    assert!(!msg.contains("guess"), "the password must not be shown: {status}");
+    assert!(used_segments(&urls).is_empty());
+
+    let (s, v) = post(&urls, &format!("{API}/task"), &with_source("fetched", "secret"));
+    assert_eq!(s, 200, "{v}");
+    let status = wait_done(&urls, "fetched");
+    assert_eq!(status["statusCode"], "SUCCESS", "{status}");
+    let segments = used_segments(&urls);
+    assert_eq!(segments.len(), 2, "{segments:?}");
+    let paths: Vec<String> = segments
+        .iter()
+        .map(|s| s["loadSpec"]["path"].as_str().unwrap().to_string())
+        .collect();
+    let got = pyarrow_rows(&paths);
+    assert_eq!(got.len(), expected_rollup(&rows).len());
+    let count: i64 = got.iter().map(|r| r["count"].as_i64().unwrap()).sum();
+    assert_eq!(count, rows.len() as i64);
+
+    // A URI that is not http is refused at submit, naming it.
+    let mut bad = with_source("bad", "secret");
+    bad["spec"]["ioConfig"]["inputSource"]["uris"][1] = json!("file:///etc/passwd");
+    let (s, v) = post(&urls, &format!("{API}/task"), &bad);
+    assert_eq!(s, 400, "{v}");
+    assert!(v.to_string().contains("spec.ioConfig.inputSource.uris[1]"), "{v}");
+}

@@ -21,8 +21,15 @@ use crate::spec::{field, FieldError};
 /// A parsed `inputFormat`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum InputFormat {
-    Json { flatten: Option<Flatten> },
+    Json {
+        flatten: Option<Flatten>,
+    },
     Delimited(Delimited),
+    /// Parquet files; read by [`crate::parquet_input`], not as a stream.
+    Parquet {
+        flatten: Option<Flatten>,
+        binary_as_string: bool,
+    },
 }
 
 /// `flattenSpec`.
@@ -102,9 +109,26 @@ impl InputFormat {
                     list_delimiter,
                 }))
             }
-            "parquet" | "avro_ocf" | "orc" | "protobuf" | "regex" | "kafka" | "javascript" => Err(field(
+            "parquet" => {
+                let flatten = match v.get("flattenSpec") {
+                    None | Some(Value::Null) => None,
+                    Some(f) => Some(parse_flatten(f)?),
+                };
+                let binary_as_string = match v.get("binaryAsString") {
+                    None | Some(Value::Null) => false,
+                    Some(Value::Bool(b)) => *b,
+                    Some(_) => return Err(field("binaryAsString", "must be true or false")),
+                };
+                Ok(InputFormat::Parquet {
+                    flatten,
+                    binary_as_string,
+                })
+            }
+            "avro_ocf" | "orc" | "protobuf" | "regex" | "kafka" | "javascript" => Err(field(
                 "type",
-                format!("input format [{kind}] is not supported by this raftlord version; use json, csv or tsv"),
+                format!(
+                    "input format [{kind}] is not supported by this raftlord version; use json, csv, tsv or parquet"
+                ),
             )),
             other => Err(field("type", format!("unknown input format [{other}]"))),
         }
@@ -124,6 +148,10 @@ impl InputFormat {
                 done: false,
             }),
             InputFormat::Delimited(d) => Box::new(DelimitedRecords::new(d.clone(), reader)),
+            InputFormat::Parquet { .. } => Box::new(std::iter::once((
+                0,
+                Err("cannot read: Parquet input is read from files, not streams".to_string()),
+            ))),
         }
     }
 }
@@ -227,24 +255,32 @@ fn parse_json_line(line: &str, flatten: Option<&Flatten>) -> Result<Record, Stri
     let Value::Object(obj) = v else {
         return Err("not a JSON object".to_string());
     };
-    let Some(f) = flatten else {
-        return Ok(Record::Json(obj));
-    };
-    let root = Value::Object(obj);
-    let mut out = Map::new();
-    if f.discover {
-        if let Value::Object(o) = &root {
-            for (k, v) in o {
-                if is_flat(v) {
-                    out.insert(k.clone(), v.clone());
+    Ok(Record::Json(match flatten {
+        None => obj,
+        Some(f) => f.apply(obj),
+    }))
+}
+
+impl Flatten {
+    /// The fields of `obj` this spec asks for: the discovered ones, then each path's value.
+    pub fn apply(&self, obj: Map<String, Value>) -> Map<String, Value> {
+        let f = self;
+        let root = Value::Object(obj);
+        let mut out = Map::new();
+        if f.discover {
+            if let Value::Object(o) = &root {
+                for (k, v) in o {
+                    if is_flat(v) {
+                        out.insert(k.clone(), v.clone());
+                    }
                 }
             }
         }
+        for (name, path) in &f.fields {
+            out.insert(name.clone(), follow(&root, path).cloned().unwrap_or(Value::Null));
+        }
+        out
     }
-    for (name, path) in &f.fields {
-        out.insert(name.clone(), follow(&root, path).cloned().unwrap_or(Value::Null));
-    }
-    Ok(Record::Json(out))
 }
 
 /// One input record.

@@ -13,9 +13,9 @@
 
 pub mod aggregate;
 pub mod format;
+pub mod parquet_input;
 pub mod rows;
 pub mod segment;
-pub mod segment_input;
 pub mod source;
 pub mod spec;
 pub mod spill;
@@ -95,20 +95,43 @@ pub fn read_input(
     log: &mut dyn FnMut(&str),
 ) -> Result<Ingested, IngestError> {
     let mut b = RowBuilder::new(spec, spill_dir);
-    // Each input: its name, size, and records with their line (or row) numbers.
+    // Each input, opened when its turn comes: its name, size, and records with their line (or
+    // row) numbers.
     type Records = Box<dyn Iterator<Item = (u64, Result<format::Record, String>)> + Send>;
-    let mut inputs: Vec<(String, u64, Records)> = Vec::new();
+    type Open<'a> = Box<dyn FnOnce() -> Result<(String, u64, Records), IngestError> + 'a>;
+    let mut inputs: Vec<Open<'_>> = Vec::new();
     if let source::InputSource::Druid { files, .. } = &spec.source {
         for f in files {
-            let size = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
-            let rows = segment_input::records(f).map_err(IngestError::Input)?;
-            inputs.push((f.display().to_string(), size, Box::new(rows)));
+            inputs.push(Box::new(move || {
+                let size = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+                let rows = parquet_input::segment_records(f).map_err(IngestError::Input)?;
+                Ok((f.display().to_string(), size, Box::new(rows) as Records))
+            }));
         }
     }
-    for entity in spec.source.open().map_err(IngestError::Input)? {
-        inputs.push((entity.name, entity.size, spec.format.records(entity.reader)));
+    for open in spec.source.open().map_err(IngestError::Input)? {
+        inputs.push(Box::new(move || {
+            let entity = open().map_err(IngestError::Input)?;
+            let (name, size) = (entity.name.clone(), entity.size);
+            let records: Records = match &spec.format {
+                format::InputFormat::Parquet {
+                    flatten,
+                    binary_as_string,
+                } => {
+                    let file = entity.into_file(spill_dir).map_err(IngestError::Input)?;
+                    let options = parquet_input::Options {
+                        binary_as_string: *binary_as_string,
+                        flatten: flatten.clone(),
+                    };
+                    Box::new(parquet_input::records(name.clone(), file, options).map_err(IngestError::Input)?)
+                }
+                format => format.records(entity.reader),
+            };
+            Ok((name, size, records))
+        }));
     }
-    for (name, size, records) in inputs {
+    for open in inputs {
+        let (name, size, records) = open()?;
         let mut n: u64 = 0;
         for (line, record) in records {
             n += 1;

@@ -1,13 +1,19 @@
 //! `ioConfig.inputSource`: where the input comes from, as a list of named byte streams.
 //!
-//! `inline` (`data`) and `local` (`baseDir` with a `filter` glob on file names, searched
-//! recursively; or `files`) are read. Files are decompressed by extension: `.gz` (gzip, also
-//! concatenated members) and `.zst` (zstd). A file under `baseDir` is never read through a path
-//! that leaves it (symlinks included). `druid` reads a datasource's segments (the caller names
-//! their files). `http` and `s3` are recognised and refused with a message saying so.
+//! - `inline` (`data`);
+//! - `local` (`baseDir` with a `filter` glob on file names, searched recursively; or `files`): a
+//!   file under `baseDir` is never read through a path that leaves it (symlinks included);
+//! - `http` (`uris`, with `httpAuthenticationUsername` and `httpAuthenticationPassword` as a
+//!   string, `{"type": "default", "password": ...}` or `{"type": "environment", "variable":
+//!   ...}`): each URI is fetched with GET and read as it arrives; plain `http` only;
+//! - `druid` reads a datasource's segments (the caller names their files).
+//!
+//! Input is decompressed by the extension of its name: `.gz` (gzip, also concatenated members),
+//! `.bz2`, `.xz`, `.zst`, and `.zip` (every file in the archive, in archive order; Druid reads
+//! the first only). `s3` and the other cloud sources are refused with a message saying so.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Cursor, Read};
+use std::io::{BufRead, BufReader, Cursor, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -27,6 +33,11 @@ pub enum InputSource {
         filter: Option<String>,
         files: Vec<PathBuf>,
     },
+    Http {
+        uris: Vec<String>,
+        username: Option<String>,
+        password: Option<Password>,
+    },
     /// The used, visible segments of a datasource in an interval (Druid's reindexing); `files`
     /// are their segment files, found by the caller before reading
     /// ([`InputSource::with_segment_files`]).
@@ -37,11 +48,96 @@ pub enum InputSource {
     },
 }
 
-/// One stream of input: its name (a path, or `inline`) for reports and errors.
+/// Druid's `PasswordProvider`: the password itself, or the environment variable holding it.
+#[derive(Clone, PartialEq)]
+pub enum Password {
+    Plain(String),
+    Environment(String),
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Password::Plain(_) => f.write_str("Password(<redacted>)"),
+            Password::Environment(v) => write!(f, "Password(environment {v})"),
+        }
+    }
+}
+
+impl Password {
+    fn parse(v: &Value) -> Result<Password, FieldError> {
+        let name = "httpAuthenticationPassword";
+        match v {
+            Value::String(p) => Ok(Password::Plain(p.clone())),
+            Value::Object(o) => match o.get("type").and_then(Value::as_str).unwrap_or("default") {
+                "default" => o
+                    .get("password")
+                    .and_then(Value::as_str)
+                    .map(|p| Password::Plain(p.to_string()))
+                    .ok_or_else(|| field(&format!("{name}.password"), "required, a string")),
+                "environment" => o
+                    .get("variable")
+                    .and_then(Value::as_str)
+                    .filter(|v| !v.is_empty())
+                    .map(|v| Password::Environment(v.to_string()))
+                    .ok_or_else(|| {
+                        field(
+                            &format!("{name}.variable"),
+                            "required, the name of an environment variable",
+                        )
+                    }),
+                other => Err(field(
+                    &format!("{name}.type"),
+                    format!("password provider [{other}] is not supported; use \"default\" or \"environment\""),
+                )),
+            },
+            _ => Err(field(name, "a string, or {\"type\": \"default\", \"password\": ...}")),
+        }
+    }
+
+    fn resolve(&self) -> Result<String, String> {
+        match self {
+            Password::Plain(p) => Ok(p.clone()),
+            Password::Environment(v) => std::env::var(v)
+                .map_err(|_| format!("the environment variable [{v}] holding the HTTP password is not set")),
+        }
+    }
+}
+
+/// Opens one input stream when called.
+pub type Opener = Box<dyn FnOnce() -> Result<Entity, String> + Send>;
+
+/// One stream of input: its name (a path, a URI, or `inline`) for reports and errors.
 pub struct Entity {
     pub name: String,
     pub size: u64,
     pub reader: Box<dyn BufRead + Send>,
+    /// The local file itself, when the stream is a plain (not compressed) file: a reader that
+    /// needs to seek (Parquet) opens it instead of reading the stream.
+    pub path: Option<PathBuf>,
+}
+
+impl Entity {
+    /// The stream as a file that can be read at any offset: the local file itself, or else the
+    /// stream copied to an anonymous temporary file (in `dir` if given).
+    pub fn into_file(self, dir: Option<&Path>) -> Result<File, String> {
+        if let Some(p) = &self.path {
+            return File::open(p).map_err(|e| format!("cannot open [{}]: {e}", p.display()));
+        }
+        let mut reader = self.reader;
+        spool(&mut reader, dir).map_err(|e| format!("cannot read [{}]: {e}", self.name))
+    }
+}
+
+/// Copies `reader` to an anonymous temporary file, rewound.
+fn spool(reader: &mut dyn Read, dir: Option<&Path>) -> std::io::Result<File> {
+    let mut f = match dir {
+        Some(d) => tempfile::tempfile_in(d)?,
+        None => tempfile::tempfile()?,
+    };
+    std::io::copy(reader, &mut f)?;
+    f.seek(SeekFrom::Start(0))?;
+    Ok(f)
 }
 
 impl InputSource {
@@ -109,9 +205,43 @@ impl InputSource {
                     files: Vec::new(),
                 })
             }
-            "http" | "s3" | "google" | "azure" | "hdfs" | "sql" | "combining" => Err(field(
+            "http" => {
+                let uris: Vec<String> = match v.get("uris") {
+                    Some(Value::Array(a)) if !a.is_empty() => a
+                        .iter()
+                        .map(|u| u.as_str().map(str::to_string))
+                        .collect::<Option<_>>()
+                        .ok_or_else(|| field("uris", "must be a list of URIs"))?,
+                    _ => return Err(field("uris", "an http input source needs \"uris\", a non-empty list")),
+                };
+                for (i, u) in uris.iter().enumerate() {
+                    check_http_uri(u).map_err(|m| field(&format!("uris[{i}]"), m))?;
+                }
+                let username = v
+                    .get("httpAuthenticationUsername")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                let password = match v.get("httpAuthenticationPassword") {
+                    None | Some(Value::Null) => None,
+                    Some(p) => Some(Password::parse(p)?),
+                };
+                if password.is_some() && username.is_none() {
+                    return Err(field(
+                        "httpAuthenticationUsername",
+                        "required with httpAuthenticationPassword",
+                    ));
+                }
+                Ok(InputSource::Http {
+                    uris,
+                    username,
+                    password,
+                })
+            }
+            "s3" | "google" | "azure" | "hdfs" | "sql" | "combining" => Err(field(
                 "type",
-                format!("input source [{kind}] is not supported by this raftlord version; use \"local\" or \"inline\""),
+                format!(
+                    "input source [{kind}] is not supported by this raftlord version; use \"local\", \"http\" or \"inline\""
+                ),
             )),
             other => Err(field("type", format!("unknown input source [{other}]"))),
         }
@@ -145,16 +275,45 @@ impl InputSource {
         }
     }
 
-    /// The input's streams, in a stable order (files sorted by path). A `druid` source has
-    /// none: its segment files are read as Parquet by [`crate::segment_input`].
-    pub fn open(&self) -> Result<Vec<Entity>, String> {
+    /// The input's streams, in a stable order (files sorted by path), each opened when it is
+    /// called: an HTTP request is made when its turn comes, not all at once. A `druid` source
+    /// has none: its segment files are read as Parquet by [`crate::parquet_input`].
+    pub fn open(&self) -> Result<Vec<Opener>, String> {
         match self {
             InputSource::Druid { .. } => Ok(Vec::new()),
-            InputSource::Inline { data } => Ok(vec![Entity {
-                name: "inline".to_string(),
-                size: data.len() as u64,
-                reader: Box::new(Cursor::new(data.clone().into_bytes())),
-            }]),
+            InputSource::Inline { data } => {
+                let data = data.clone();
+                Ok(vec![Box::new(move || {
+                    Ok(Entity {
+                        name: "inline".to_string(),
+                        size: data.len() as u64,
+                        reader: Box::new(Cursor::new(data.into_bytes())),
+                        path: None,
+                    })
+                })])
+            }
+            InputSource::Http {
+                uris,
+                username,
+                password,
+            } => {
+                let password = password.as_ref().map(Password::resolve).transpose()?;
+                let client = reqwest::blocking::Client::builder()
+                    .connect_timeout(std::time::Duration::from_secs(30))
+                    // A body is read as the rows are ingested, for as long as that takes.
+                    .timeout(None)
+                    .build()
+                    .map_err(|e| format!("cannot start an HTTP client: {e}"))?;
+                let openers = uris
+                    .iter()
+                    .map(|uri| {
+                        let (client, uri, username, password) =
+                            (client.clone(), uri.clone(), username.clone(), password.clone());
+                        Box::new(move || fetch(&client, &uri, username.as_deref(), password.as_deref())) as Opener
+                    })
+                    .collect::<Vec<_>>();
+                Ok(openers)
+            }
             InputSource::Local {
                 base_dir,
                 filter,
@@ -174,7 +333,10 @@ impl InputSource {
                 if paths.is_empty() {
                     return Err("the local input source matched no files".to_string());
                 }
-                paths.iter().map(|p| open_file(p)).collect()
+                Ok(paths
+                    .into_iter()
+                    .map(|p| Box::new(move || open_file(&p)) as Opener)
+                    .collect())
             }
         }
     }
@@ -199,30 +361,117 @@ fn walk(root: &Path, dir: &Path, glob: &globset::GlobMatcher, out: &mut Vec<Path
     Ok(())
 }
 
+/// GET `uri`: the body as it arrives, decompressed by the extension of the URI's path.
+fn fetch(
+    client: &reqwest::blocking::Client,
+    uri: &str,
+    user: Option<&str>,
+    password: Option<&str>,
+) -> Result<Entity, String> {
+    let mut request = client.get(uri);
+    if let Some(user) = user {
+        request = request.basic_auth(user, password);
+    }
+    let response = request
+        .send()
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| format!("cannot fetch [{uri}]: {}", error_chain(&e)))?;
+    let size = response.content_length().unwrap_or(0);
+    let ext = extension(Path::new(response.url().path()));
+    let reader = decompress(uri, ext, Box::new(response))?;
+    Ok(Entity {
+        name: uri.to_string(),
+        size,
+        reader,
+        path: None,
+    })
+}
+
+/// Only plain `http` URIs with a host are fetched.
+fn check_http_uri(uri: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(uri).map_err(|e| format!("[{uri}] is not a URI: {e}"))?;
+    match url.scheme() {
+        "http" if url.host().is_some() => Ok(()),
+        "http" => Err(format!("[{uri}] has no host")),
+        "https" => Err(format!(
+            "[{uri}]: https is not supported by this raftlord version; serve the input over http or copy it to a local directory"
+        )),
+        other => Err(format!("[{uri}]: the scheme [{other}] is not supported; use http")),
+    }
+}
+
+/// An error with its causes, one after another.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn extension(path: &Path) -> String {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase()
+}
+
 fn open_file(path: &Path) -> Result<Entity, String> {
     let name = path.display().to_string();
     let f = File::open(path).map_err(|e| format!("cannot open [{name}]: {e}"))?;
     let size = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let reader: Box<dyn Read + Send> = match ext.as_str() {
-        "gz" => Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 16, f))),
-        "zst" => Box::new(zstd::Decoder::new(f).map_err(|e| format!("cannot read [{name}] as zstd: {e}"))?),
-        "bz2" | "xz" | "zip" => {
-            return Err(format!(
-                "[{name}]: .{ext} input is not supported by this raftlord version; gzip (.gz) and zstd (.zst) are"
-            ))
-        }
-        _ => Box::new(f),
+    let ext = extension(path);
+    let plain = !matches!(ext.as_str(), "gz" | "bz2" | "xz" | "zst" | "zip");
+    let reader = if ext == "zip" {
+        unzip(&name, f)?
+    } else {
+        decompress(&name, ext, Box::new(f))?
     };
     Ok(Entity {
         name,
         size,
-        reader: Box::new(BufReader::with_capacity(1 << 16, reader)),
+        reader,
+        path: plain.then(|| path.to_path_buf()),
     })
+}
+
+/// `reader` decompressed by the extension `ext` of its name.
+fn decompress(name: &str, ext: String, reader: Box<dyn Read + Send>) -> Result<Box<dyn BufRead + Send>, String> {
+    let buffered = BufReader::with_capacity(1 << 16, reader);
+    let decoded: Box<dyn Read + Send> = match ext.as_str() {
+        "gz" => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
+        "bz2" => Box::new(bzip2::bufread::MultiBzDecoder::new(buffered)),
+        "xz" => Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(buffered)),
+        "zst" => {
+            Box::new(zstd::Decoder::with_buffer(buffered).map_err(|e| format!("cannot read [{name}] as zstd: {e}"))?)
+        }
+        "zip" => {
+            let mut buffered = buffered;
+            let file = spool(&mut buffered, None).map_err(|e| format!("cannot read [{name}]: {e}"))?;
+            return unzip(name, file);
+        }
+        _ => return Ok(Box::new(buffered)),
+    };
+    Ok(Box::new(BufReader::with_capacity(1 << 16, decoded)))
+}
+
+/// Every file in the zip archive `file`, in archive order, as one stream. The archive's
+/// directory is at its end, so its entries are decompressed to a temporary file first.
+fn unzip(name: &str, file: File) -> Result<Box<dyn BufRead + Send>, String> {
+    let bad = |e: &dyn std::fmt::Display| format!("cannot read [{name}] as a zip archive: {e}");
+    let mut archive = zip::ZipArchive::new(file).map_err(|e| bad(&e))?;
+    let mut out = tempfile::tempfile().map_err(|e| bad(&e))?;
+    for i in 0..archive.len() {
+        let mut entry = archive.by_index(i).map_err(|e| bad(&e))?;
+        if entry.is_file() {
+            std::io::copy(&mut entry, &mut out).map_err(|e| bad(&e))?;
+        }
+    }
+    out.seek(SeekFrom::Start(0)).map_err(|e| bad(&e))?;
+    Ok(Box::new(BufReader::with_capacity(1 << 16, out)))
 }
 
 #[cfg(test)]
@@ -233,9 +482,9 @@ mod tests {
 
     use super::*;
 
-    fn read_all(e: Entity) -> String {
+    fn read_all(open: Opener) -> String {
         let mut s = String::new();
-        let mut r = e.reader;
+        let mut r = open().unwrap().reader;
         r.read_to_string(&mut s).unwrap();
         s
     }
@@ -253,6 +502,36 @@ mod tests {
         src.check_exists().unwrap();
         let texts: Vec<String> = src.open().unwrap().into_iter().map(read_all).collect();
         assert_eq!(texts, vec!["a\n", "c\n"]);
+    }
+
+    /// Every compression Druid reads by extension, each file holding its own name; a zip
+    /// archive gives all of its files, in archive order.
+    #[test]
+    fn bz2_xz_zst_and_zip_inputs_are_decompressed_by_extension() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let mut bz = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
+        bz.write_all(b"bz2\n").unwrap();
+        std::fs::write(d.join("a.json.bz2"), bz.finish().unwrap()).unwrap();
+        let mut xz = liblzma::write::XzEncoder::new(Vec::new(), 1);
+        xz.write_all(b"xz\n").unwrap();
+        std::fs::write(d.join("b.json.xz"), xz.finish().unwrap()).unwrap();
+        std::fs::write(d.join("c.json.zst"), zstd::encode_all(&b"zst\n"[..], 1).unwrap()).unwrap();
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(d.join("d.json.zip")).unwrap());
+        for (name, text) in [("one.json", "zip1\n"), ("two.json", "zip2\n")] {
+            let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+            zip.start_file(name, options).unwrap();
+            zip.write_all(text.as_bytes()).unwrap();
+        }
+        zip.finish().unwrap();
+        let src = InputSource::parse(&json!({"type": "local", "baseDir": d, "filter": "*.json.*"})).unwrap();
+        let texts: Vec<String> = src.open().unwrap().into_iter().map(read_all).collect();
+        assert_eq!(texts, vec!["bz2\n", "xz\n", "zst\n", "zip1\nzip2\n"]);
+        // Not an archive: the error names the file.
+        std::fs::write(d.join("e.json.zip"), "not a zip").unwrap();
+        let src = InputSource::parse(&json!({"type": "local", "baseDir": d, "filter": "e.json.zip"})).unwrap();
+        let err = src.open().unwrap().pop().map(|open| open().err().unwrap()).unwrap();
+        assert!(err.contains("e.json.zip") && err.contains("zip archive"), "{err}");
     }
 
     #[test]
@@ -274,7 +553,24 @@ mod tests {
         assert_eq!(err(json!({"type": "local"})), "baseDir");
         assert_eq!(err(json!({"type": "inline"})), "data");
         assert_eq!(err(json!({"type": "ftp"})), "type");
-        assert_eq!(err(json!({"type": "http", "uris": ["http://x/y"]})), "type");
+        assert_eq!(err(json!({"type": "s3", "uris": ["s3://x/y"]})), "type");
+        assert_eq!(err(json!({"type": "http"})), "uris");
+        assert_eq!(err(json!({"type": "http", "uris": ["ftp://x/y"]})), "uris[0]");
+        assert_eq!(
+            err(json!({"type": "http", "uris": ["http://x/y", "https://x/y"]})),
+            "uris[1]"
+        );
+        assert_eq!(
+            err(json!({"type": "http", "uris": ["http://x/y"], "httpAuthenticationPassword": "p"})),
+            "httpAuthenticationUsername"
+        );
+        assert_eq!(
+            err(
+                json!({"type": "http", "uris": ["http://x/y"], "httpAuthenticationUsername": "u",
+                        "httpAuthenticationPassword": {"type": "environment"}})
+            ),
+            "httpAuthenticationPassword.variable"
+        );
         assert_eq!(err(json!({"type": "druid", "interval": "2024/2025"})), "dataSource");
         assert_eq!(
             err(json!({"type": "druid", "dataSource": "w", "interval": "soon"})),

@@ -291,3 +291,87 @@ fn spilled_runs_merge_to_the_same_rows_as_memory() {
         assert_eq!(std::fs::read_dir(spill.path()).unwrap().count(), 0);
     }
 }
+
+/// A Parquet input file as Druid users have them: a microsecond timestamp, a nested struct a
+/// flattenSpec reaches into, a list of strings, a 32-bit integer and a binary column, written
+/// by the Parquet crate's own writer and read from a local file.
+#[test]
+fn parquet_input_with_nested_fields_and_binary_as_string() {
+    use std::sync::Arc;
+
+    use arrow_array::builder::{ListBuilder, StringBuilder};
+    use arrow_array::{
+        ArrayRef, BinaryArray, Int32Array, RecordBatch, StringArray, StructArray, TimestampMicrosecondArray,
+    };
+    use arrow_schema::{DataType, Field};
+
+    let dir = tempfile::tempdir().unwrap();
+    let day = 1_709_251_200_000_000i64; // 2024-03-01T00:00:00Z in microseconds
+    let ts: ArrayRef =
+        Arc::new(TimestampMicrosecondArray::from(vec![day + 1, day + 3_600_000_000, day + 2]).with_timezone("UTC"));
+    let page: ArrayRef = Arc::new(StringArray::from(vec!["Main", "Talk", "Main"]));
+    let user: ArrayRef = Arc::new(StructArray::from(vec![
+        (
+            Arc::new(Field::new("name", DataType::Utf8, true)),
+            Arc::new(StringArray::from(vec!["ann", "bob", "cy"])) as ArrayRef,
+        ),
+        (
+            Arc::new(Field::new("country", DataType::Utf8, true)),
+            Arc::new(StringArray::from(vec![Some("NL"), None, Some("NL")])) as ArrayRef,
+        ),
+    ]));
+    let mut tags = ListBuilder::new(StringBuilder::new());
+    for row in [vec!["a", "b"], vec![], vec!["a", "b"]] {
+        for t in row {
+            tags.values().append_value(t);
+        }
+        tags.append(true);
+    }
+    let tags: ArrayRef = Arc::new(tags.finish());
+    let added: ArrayRef = Arc::new(Int32Array::from(vec![5, 7, 11]));
+    let bin: ArrayRef = Arc::new(BinaryArray::from(vec![&b"x"[..], b"y", b"x"]));
+    let batch = RecordBatch::try_from_iter([
+        ("ts", ts),
+        ("page", page),
+        ("user", user),
+        ("tags", tags),
+        ("added", added),
+        ("bin", bin),
+    ])
+    .unwrap();
+    let path = dir.path().join("in.parquet");
+    let mut w = parquet::arrow::ArrowWriter::try_new(File::create(&path).unwrap(), batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+
+    let s = spec(
+        json!({"dataSource": "wiki", "timestampSpec": {"column": "ts", "format": "millis"},
+            "dimensionsSpec": {"dimensions": ["page", "country", "tags", "bin"]},
+            "metricsSpec": [{"type": "count", "name": "count"}, {"type": "longSum", "name": "added", "fieldName": "added"}],
+            "granularitySpec": {"segmentGranularity": "day", "queryGranularity": "hour", "rollup": true}}),
+        json!({"type": "index_parallel", "inputSource": {"type": "local", "baseDir": dir.path(), "filter": "*.parquet"},
+            "inputFormat": {"type": "parquet", "binaryAsString": true,
+                "flattenSpec": {"fields": [{"type": "path", "name": "country", "expr": "$.user.country"}]}}}),
+        json!({}),
+    );
+    let mut got = read_input(&s, Some(dir.path()), &mut |_| {}, &mut |_| {}).unwrap();
+    assert_eq!(got.stats.processed, 3);
+    assert_eq!(got.stats.unparseable + got.stats.processed_with_error, 0);
+    let out = tempfile::tempdir().unwrap();
+    let rows = all_rows(&mut got, out.path());
+    assert_eq!(
+        rows,
+        vec![
+            vec!["2024-03-01T00:00:00.000Z", "Main", "NL", "a|b", "x", "2", "16"],
+            vec!["2024-03-01T01:00:00.000Z", "Talk", "null", "null", "y", "1", "7"],
+        ]
+    );
+    // Without binaryAsString, binary is base64, as in Druid.
+    let mut s64 = s.clone();
+    if let raftlord_ingest::format::InputFormat::Parquet { binary_as_string, .. } = &mut s64.format {
+        *binary_as_string = false;
+    }
+    let mut got = read_input(&s64, Some(dir.path()), &mut |_| {}, &mut |_| {}).unwrap();
+    let rows = all_rows(&mut got, out.path());
+    assert_eq!(rows[0][4], "eA==");
+}
