@@ -637,3 +637,96 @@ fn http_input_is_fetched_with_credentials_and_a_refused_fetch_fails_the_task() {
     assert_eq!(s, 400, "{v}");
     assert!(v.to_string().contains("spec.ioConfig.inputSource.uris[1]"), "{v}");
 }
+
+/// The used segments whose version is the newest of their interval (what queries see).
+fn visible(segments: &[Value]) -> Vec<Value> {
+    let mut newest: BTreeMap<String, String> = BTreeMap::new();
+    for s in segments {
+        let (i, v) = (s["interval"].as_str().unwrap(), s["version"].as_str().unwrap());
+        let e = newest.entry(i.to_string()).or_default();
+        if v > e.as_str() {
+            *e = v.to_string();
+        }
+    }
+    segments
+        .iter()
+        .filter(|s| newest[s["interval"].as_str().unwrap()] == s["version"].as_str().unwrap())
+        .cloned()
+        .collect()
+}
+
+/// Druid's compact task with nothing but an interval: two appended copies of each day become
+/// one segment per day of a newer version, rolled up across both (counts and sums doubled), the
+/// schema taken from the segments, each carrying lastCompactionState; a compaction that would
+/// cut a segment granularity bucket is refused at submit.
+#[test]
+fn compaction_merges_appended_partitions_into_one_rolled_up_segment_per_day() {
+    let deep = tempfile::tempdir().unwrap();
+    let input = tempfile::tempdir().unwrap();
+    let rows = write_input(input.path(), 2);
+    let (_cluster, urls) = start(deep.path(), 1);
+    for id in ["one", "two"] {
+        let (s, v) = post(&urls, &format!("{API}/task"), &spec(id, input.path(), true, json!({})));
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(wait_done(&urls, id)["statusCode"], "SUCCESS");
+    }
+    let before = used_segments(&urls);
+    assert_eq!(before.len(), 4, "{before:?}");
+
+    let interval = "2024-05-01T00:00:00.000Z/2024-05-03T00:00:00.000Z";
+    let (s, v) = post(
+        &urls,
+        &format!("{API}/task"),
+        &json!({"type": "compact", "id": "misaligned", "dataSource": "wiki",
+            "ioConfig": {"type": "compact", "inputSpec": {"type": "interval", "interval": "2024-05-01T06:00:00Z/2024-05-03"}},
+            "granularitySpec": {"segmentGranularity": "DAY"}}),
+    );
+    assert_eq!(s, 400, "{v}");
+    assert!(v.to_string().contains("granularitySpec.segmentGranularity"), "{v}");
+
+    let (s, v) = post(
+        &urls,
+        &format!("{API}/task"),
+        &json!({"type": "compact", "id": "compact-1", "dataSource": "wiki",
+            "ioConfig": {"type": "compact", "inputSpec": {"type": "interval", "interval": interval}}}),
+    );
+    assert_eq!(s, 200, "{v}");
+    let status = wait_done(&urls, "compact-1");
+    assert_eq!(status["statusCode"], "SUCCESS", "{status}");
+
+    let now = visible(&used_segments(&urls));
+    assert_eq!(now.len(), 2, "{now:?}");
+    let old_versions: Vec<&str> = before.iter().map(|s| s["version"].as_str().unwrap()).collect();
+    for s in &now {
+        assert!(old_versions.iter().all(|v| s["version"].as_str().unwrap() > *v), "{s}");
+        assert_eq!(s["dimensions"], "page,user,country");
+        assert_eq!(s["metrics"], "count,added,delta_max");
+        let state = &s["lastCompactionState"];
+        assert_eq!(state["granularitySpec"]["segmentGranularity"], "DAY", "{s}");
+        assert_eq!(state["partitionsSpec"]["type"], "dynamic", "{s}");
+    }
+    let paths: Vec<String> = now
+        .iter()
+        .map(|s| s["loadSpec"]["path"].as_str().unwrap().to_string())
+        .collect();
+    let expect = expected_rollup(&rows);
+    let got = pyarrow_rows(&paths);
+    assert_eq!(got.len(), expect.len(), "rows rolled up across both copies");
+    for r in &got {
+        let key = (
+            r["__time"].as_i64().unwrap(),
+            r["page"].as_str().unwrap().to_string(),
+            r["user"].as_str().unwrap().to_string(),
+            r["country"].as_str().unwrap().to_string(),
+        );
+        let (count, added, delta_max) = expect[&key];
+        assert_eq!(r["count"].as_i64().unwrap(), 2 * count, "{r}");
+        assert_eq!(r["added"].as_i64().unwrap(), 2 * added, "{r}");
+        assert_eq!(r["delta_max"].as_f64().unwrap(), delta_max, "{r}");
+    }
+    let report = get(&urls, &format!("{API}/task/compact-1/reports")).unwrap();
+    assert_eq!(
+        report["ingestionStatsAndErrors"]["payload"]["segmentsPublished"], 2,
+        "{report}"
+    );
+}

@@ -12,6 +12,7 @@
 //!    named by the version and partition numbers the caller got from its locks.
 
 pub mod aggregate;
+pub mod compact;
 pub mod format;
 pub mod parquet_input;
 pub mod rows;

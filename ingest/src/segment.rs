@@ -119,6 +119,22 @@ pub fn write(
     })
 }
 
+/// The `druid.segment` metadata of a segment file: its schema, granularity and identity, as
+/// [`write`] recorded them; read from the file's footer only.
+pub fn read_metadata(path: &Path) -> Result<Value, String> {
+    let name = path.display();
+    let f = File::open(path).map_err(|e| format!("cannot open segment [{name}]: {e}"))?;
+    let reader = parquet::file::reader::SerializedFileReader::new(f)
+        .map_err(|e| format!("cannot read segment [{name}] as Parquet: {e}"))?;
+    let text = parquet::file::reader::FileReader::metadata(&reader)
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|kv| kv.iter().find(|kv| kv.key == METADATA_KEY))
+        .and_then(|kv| kv.value.clone())
+        .ok_or_else(|| format!("segment [{name}] has no {METADATA_KEY} metadata"))?;
+    serde_json::from_str(&text).map_err(|e| format!("segment [{name}]: {METADATA_KEY} is not JSON: {e}"))
+}
+
 fn metric_type(v: Val) -> DataType {
     match v {
         Val::Num(Num::Long) => DataType::Int64,

@@ -562,8 +562,12 @@ impl IngestSpec {
         if self.append_to_existing {
             return None;
         }
+        let reindexed = match &self.source {
+            InputSource::Druid { interval, .. } => Some(vec![*interval]),
+            _ => None,
+        };
         let mut out: Vec<Interval> = Vec::new();
-        for i in self.intervals.as_ref()? {
+        for i in self.intervals.as_ref().or(reindexed.as_ref())? {
             let start = self.segment_granularity.bucket(i.start).map_or(i.start, |b| b.start);
             let last = i.end.saturating_sub(1).max(i.start);
             let end = self.segment_granularity.bucket(last).map_or(i.end, |b| b.end);

@@ -3,7 +3,7 @@
 //! - `kill`: its `interval`;
 //! - `compact`: its `interval`, or `ioConfig.inputSpec.interval`;
 //! - `index`, `index_parallel`: the segment intervals that `spec.dataSchema.granularitySpec.intervals`
-//!   touch, adjacent ones merged ([`raftlord_ingest::IngestSpec::lock_intervals`]), unless
+//!   (or a `druid` input source's `interval`) touch, adjacent ones merged ([`raftlord_ingest::IngestSpec::lock_intervals`]), unless
 //!   `spec.ioConfig.appendToExisting` is true: appending tasks take their locks as they allocate
 //!   segments; the peon's own lock requests then fall inside these locks;
 //! - `index_hadoop`: its `spec.dataSchema.granularitySpec.intervals` (overlapping ones merged);

@@ -265,6 +265,10 @@ pub fn parse_submission(body: &[u8], now_ms: u64, rng: &mut impl Rng) -> Result<
     if raftlord_ingest::IngestSpec::handles(&task_type) {
         check_ingestion(text)?;
     }
+    if task_type == "compact" {
+        let task: Value = serde_json::from_str(text).map_err(|e| SpecError::MalformedJson(e.to_string()))?;
+        raftlord_ingest::compact::CompactSpec::from_task(&task)?;
+    }
     let readiness = if task_type == "noop" {
         noop_readiness(&head)?
     } else {

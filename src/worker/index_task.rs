@@ -1,9 +1,11 @@
-//! The peon's `index` and `index_parallel` tasks: Druid's native batch ingestion, run in one
-//! process.
+//! The peon's `index`, `index_parallel` and `compact` tasks: Druid's native batch ingestion, run
+//! in one process (a compaction runs as the index task it stands for,
+//! [`raftlord_ingest::compact`]).
 //!
-//! 1. With `granularitySpec.intervals`, lock the segment intervals they cover first (as Druid's
-//!    `isReady` does; the Overlord took the same locks before the task started), so a task that
-//!    cannot get its locks reads nothing.
+//! 1. With `granularitySpec.intervals` (or a `druid` input source's interval), lock the segment
+//!    intervals they cover first (as Druid's `isReady` does; the Overlord took the same locks
+//!    before the task started), so a task that cannot get its locks reads nothing, and a `druid`
+//!    source's segments cannot change between being listed and being overwritten.
 //! 2. Read the input into rolled-up, per-interval buckets ([`raftlord_ingest::read_input`]) on a
 //!    blocking thread, logging progress and rewriting the live report every few seconds.
 //! 3. Overwrite (the default): lock each interval found (EXCLUSIVE); the lock's version is the
@@ -83,44 +85,127 @@ pub struct Pushed {
 /// files are removed; on a stop the caller calls [`remove_pushed`].
 pub async fn run(task: Value, dir: &Path, live: Arc<Mutex<Outcome>>, pushed: Arc<Mutex<Pushed>>) -> Result<(), String> {
     let id = task.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
-    let mut spec = IngestSpec::from_task(&task).map_err(|e| format!("invalid spec: {e}"))?;
+    let spec = IngestSpec::from_task(&task).map_err(|e| format!("invalid spec: {e}"))?;
+    let actions = TaskActions::from_env(task.clone())?;
+    let result = run_spec(&id, spec, None, dir, &actions, &live, &pushed).await;
+    if result.is_err() {
+        remove_pushed(&pushed);
+    }
+    result
+}
+
+/// Runs a `compact` task ([`raftlord_ingest::compact`]): locks its interval, reads the schema of
+/// the segments visible there, and runs the `index_parallel` task that rewrites them, its
+/// segments carrying `lastCompactionState`.
+pub async fn run_compact(
+    task: Value,
+    dir: &Path,
+    live: Arc<Mutex<Outcome>>,
+    pushed: Arc<Mutex<Pushed>>,
+) -> Result<(), String> {
+    use raftlord_ingest::compact::{compaction_state, CompactSpec, Existing};
+    let id = task.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+    let compact = CompactSpec::from_task(&task).map_err(|e| format!("invalid spec: {e}"))?;
+    let actions = TaskActions::from_env(task.clone())?;
+    // The lock first: what the interval holds cannot change after it is read.
+    actions.lock(&compact.interval).await?;
+    let used = used_segment_files(&actions, &compact.datasource, &compact.interval).await?;
+    let existing = tokio::task::spawn_blocking(move || {
+        used.into_iter()
+            .map(|(interval, path)| {
+                raftlord_ingest::segment::read_metadata(&path).map(|metadata| Existing { interval, metadata })
+            })
+            .collect::<Result<Vec<_>, String>>()
+    })
+    .await
+    .map_err(|e| format!("the reader thread failed: {e}"))??;
+    let index = compact.index_task(&id, &existing, None).map_err(|e| e.to_string())?;
+    log(&format!(
+        "compacting {} segment(s) of [{}] in {} as: {}",
+        existing.len(),
+        compact.datasource,
+        compact.interval,
+        index["spec"]["dataSchema"]
+    ));
+    let spec = IngestSpec::from_task(&index).map_err(|e| format!("the compaction's index spec: {e}"))?;
+    let state = compaction_state(&index, &spec);
+    let result = run_spec(&id, spec, Some(state), dir, &actions, &live, &pushed).await;
+    if result.is_err() {
+        remove_pushed(&pushed);
+    }
+    result
+}
+
+/// The used segments visible now in `interval` of `datasource`: interval and local file of each.
+async fn used_segment_files(
+    actions: &TaskActions,
+    datasource: &str,
+    interval: &Interval,
+) -> Result<Vec<(Interval, PathBuf)>, String> {
+    let used = actions
+        .submit(json!({"type": "retrieveUsedSegments", "dataSource": datasource,
+            "intervals": [interval.to_string()], "visibility": "ONLY_VISIBLE"}))
+        .await?;
+    let mut files = Vec::new();
+    for s in used.as_array().into_iter().flatten() {
+        let spec = &s["loadSpec"];
+        let segment_interval = s["interval"]
+            .as_str()
+            .and_then(|i| Interval::parse(i).ok())
+            .ok_or_else(|| format!("segment {} has no readable interval", s["identifier"]))?;
+        match (spec["type"].as_str(), spec["path"].as_str()) {
+            (Some("local"), Some(p)) => files.push((segment_interval, PathBuf::from(p))),
+            _ => {
+                return Err(format!(
+                    "segment {} has a load spec this peon cannot read: {spec}",
+                    s["identifier"]
+                ))
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// Locks what the spec names up front, resolves a `druid` source's segments (under those
+/// locks), then ingests.
+async fn run_spec(
+    id: &str,
+    mut spec: IngestSpec,
+    compaction_state: Option<Value>,
+    dir: &Path,
+    actions: &TaskActions,
+    live: &Arc<Mutex<Outcome>>,
+    pushed: &Arc<Mutex<Pushed>>,
+) -> Result<(), String> {
     let deep = std::env::var_os(DEEP_STORAGE_ENV)
         .map(PathBuf::from)
         .ok_or("the worker gave this peon no deep storage directory")?;
-    let actions = TaskActions::from_env(task.clone())?;
+    let mut versions: BTreeMap<Interval, String> = BTreeMap::new();
+    if let Some(cover) = spec.lock_intervals() {
+        for i in cover {
+            let v = actions.lock(&i).await?;
+            versions.insert(i, v);
+        }
+        log(&format!("locked {} interval(s) before reading", versions.len()));
+    }
     if let raftlord_ingest::source::InputSource::Druid {
         datasource, interval, ..
     } = &spec.source
     {
-        // Reindexing reads the segments visible now in the interval.
-        let used = actions
-            .submit(json!({"type": "retrieveUsedSegments", "dataSource": datasource,
-                "intervals": [interval.to_string()], "visibility": "ONLY_VISIBLE"}))
-            .await?;
-        let mut files = Vec::new();
-        for s in used.as_array().into_iter().flatten() {
-            let spec = &s["loadSpec"];
-            match (spec["type"].as_str(), spec["path"].as_str()) {
-                (Some("local"), Some(p)) => files.push(PathBuf::from(p)),
-                _ => {
-                    return Err(format!(
-                        "segment {} has a load spec this peon cannot read: {spec}",
-                        s["identifier"]
-                    ))
-                }
-            }
-        }
+        // Reindexing reads the segments visible now in the interval, which the locks above
+        // keep as they are.
+        let files: Vec<PathBuf> = used_segment_files(actions, datasource, interval)
+            .await?
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect();
         log(&format!(
             "reading {} segment(s) of [{datasource}] in {interval}",
             files.len()
         ));
         spec.source.with_segment_files(files);
     }
-    let result = ingest(&id, &spec, dir, &deep, &actions, &live, &pushed).await;
-    if result.is_err() {
-        remove_pushed(&pushed);
-    }
-    result
+    ingest(id, &spec, versions, compaction_state, dir, &deep, actions, live, pushed).await
 }
 
 /// Removes the files a task pushed to deep storage and did not publish, and stops any more from
@@ -139,27 +224,18 @@ pub fn remove_pushed(pushed: &Mutex<Pushed>) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn ingest(
     id: &str,
     spec: &IngestSpec,
+    mut versions: BTreeMap<Interval, String>,
+    compaction_state: Option<Value>,
     dir: &Path,
     deep: &Path,
     actions: &TaskActions,
     live: &Arc<Mutex<Outcome>>,
     pushed: &Arc<Mutex<Pushed>>,
 ) -> Result<(), String> {
-    let mut versions: BTreeMap<Interval, String> = BTreeMap::new();
-    if let Some(cover) = spec.lock_intervals() {
-        for i in cover {
-            let v = actions.lock(&i).await?;
-            versions.insert(i, v);
-        }
-        log(&format!(
-            "locked {} interval(s) covering granularitySpec.intervals",
-            versions.len()
-        ));
-    }
-
     set_state(live, "BUILD_SEGMENTS", dir, id);
     let read_spec = spec.clone();
     let live_read = live.clone();
@@ -286,7 +362,7 @@ async fn ingest(
                     Some(s) => s.clone(),
                     None => json!({"type": "numbered", "partitionNum": f.partition_num, "partitions": total}),
                 };
-                out.push(json!({
+                let mut segment = json!({
                     "dataSource": datasource,
                     "interval": interval.to_string(),
                     "version": version,
@@ -296,7 +372,11 @@ async fn ingest(
                     "shardSpec": shard_spec_for(shard_spec, &f),
                     "binaryVersion": raftlord_ingest::BINARY_VERSION,
                     "size": f.bytes,
-                }));
+                });
+                if let Some(state) = &compaction_state {
+                    segment["lastCompactionState"] = state.clone();
+                }
+                out.push(segment);
                 log(&format!(
                     "pushed segment {}_{}_{}_{}_{} ({} rows, {} bytes) to [{}]",
                     datasource,

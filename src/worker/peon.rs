@@ -66,13 +66,19 @@ pub async fn run(dir: &Path) -> i32 {
     let mut report = json!({});
     let result: Result<(), String> = match head.task_type.as_str() {
         "noop" => run_noop(&head).await,
-        t if raftlord_ingest::IngestSpec::handles(t) => {
+        t if raftlord_ingest::IngestSpec::handles(t) || t == "compact" => {
             let live = Arc::new(Mutex::new(index_task::Outcome::default()));
             let pushed = Arc::new(Mutex::new(index_task::Pushed::default()));
             let r = match stop_signal() {
                 Err(e) => Err(e),
                 Ok(mut term) => tokio::select! {
-                    r = index_task::run(task, dir, live.clone(), pushed.clone()) => r,
+                    r = async {
+                        if t == "compact" {
+                            index_task::run_compact(task, dir, live.clone(), pushed.clone()).await
+                        } else {
+                            index_task::run(task, dir, live.clone(), pushed.clone()).await
+                        }
+                    } => r,
                     _ = term.recv() => {
                         index_task::remove_pushed(&pushed);
                         Err("the task was stopped (SIGTERM) before it finished".to_string())
@@ -100,7 +106,7 @@ pub async fn run(dir: &Path) -> i32 {
             r
         }
         other => Err(format!(
-            "this raftlord peon cannot run '{other}' tasks; it runs noop, index, index_parallel and kill tasks"
+            "this raftlord peon cannot run '{other}' tasks; it runs noop, index, index_parallel, compact and kill tasks"
         )),
     };
     let duration = started.elapsed().as_millis() as i64;
