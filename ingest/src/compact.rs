@@ -106,7 +106,7 @@ impl CompactSpec {
         if task.get("transformSpec").is_some_and(|t| !t.is_null()) {
             return Err(SpecError::new(
                 "transformSpec",
-                "filters and transforms are not supported by this raftlord version; remove transformSpec",
+                "a compaction with a transformSpec is not supported by this raftlord version; remove it",
             ));
         }
         let object = |name: &str| -> Result<Option<Value>, SpecError> {

@@ -335,6 +335,10 @@ impl<'a> RowBuilder<'a> {
                 show(record)
             )));
         };
+        if spec.filter.as_ref().is_some_and(|f| !f.matches(record, time)) {
+            self.stats.thrown_away += 1;
+            return Ok(());
+        }
         if let Some(intervals) = &spec.intervals {
             if !intervals.iter().any(|i| i.contains_instant(time)) {
                 self.stats.thrown_away += 1;

@@ -247,6 +247,8 @@ pub struct IngestSpec {
     pub intervals: Option<Vec<Interval>>,
     pub source: InputSource,
     pub format: InputFormat,
+    /// `transformSpec.filter`: rows it rejects are thrown away.
+    pub filter: Option<crate::filter::Filter>,
     pub append_to_existing: bool,
     pub drop_existing: bool,
     pub max_rows_per_segment: u64,
@@ -427,12 +429,19 @@ impl IngestSpec {
             }
         };
 
+        let mut filter = None;
         if let Some(t) = ds.transform_spec {
-            if t.filter.is_some_and(|f| !f.is_null()) || !t.transforms.is_empty() {
+            if !t.transforms.is_empty() {
                 return Err(SpecError::new(
-                    "spec.dataSchema.transformSpec",
-                    "filters and transforms are not supported by this raftlord version; remove transformSpec",
+                    "spec.dataSchema.transformSpec.transforms",
+                    "expression transforms are not supported by this raftlord version (filters are); remove transforms",
                 ));
+            }
+            if let Some(f) = t.filter.filter(|f| !f.is_null()) {
+                filter = Some(
+                    crate::filter::Filter::parse(&f)
+                        .map_err(|(p, m)| SpecError::new(format!("spec.dataSchema.transformSpec.filter.{p}"), m))?,
+                );
             }
         }
 
@@ -541,6 +550,7 @@ impl IngestSpec {
             format,
             append_to_existing: io.append_to_existing,
             drop_existing: io.drop_existing,
+            filter,
             max_rows_per_segment,
             max_rows_in_memory: tuning.max_rows_in_memory.unwrap_or(DEFAULT_MAX_ROWS_IN_MEMORY).max(1),
             // Druid: 0 or absent means a sixth of the heap, negative means no limit.

@@ -375,3 +375,45 @@ fn parquet_input_with_nested_fields_and_binary_as_string() {
     let rows = all_rows(&mut got, out.path());
     assert_eq!(rows[0][4], "eA==");
 }
+
+/// Druid's tutorial "transform" filter shape: rows the filter rejects are thrown away and
+/// counted, the rest rolled up as before; an expression transform is refused naming the field.
+#[test]
+fn transform_spec_filters_throw_rows_away_and_expressions_are_refused() {
+    let schema = |transform: Value| {
+        json!({"dataSource": "rollup-tutorial",
+            "timestampSpec": {"format": "iso", "column": "timestamp"},
+            "dimensionsSpec": {"dimensions": ["srcIP", "dstIP"]},
+            "metricsSpec": [{"type": "count", "name": "count"},
+                {"type": "longSum", "name": "packets", "fieldName": "packets"}],
+            "granularitySpec": {"segmentGranularity": "week", "queryGranularity": "minute", "rollup": true},
+            "transformSpec": transform})
+    };
+    let io = json!({"type": "index_parallel", "inputSource": {"type": "inline", "data": TUTORIAL},
+        "inputFormat": {"type": "json"}});
+    let s = spec(
+        schema(json!({"filter": {"type": "or", "fields": [
+            {"type": "selector", "dimension": "srcIP", "value": "7.7.7.7"},
+            {"type": "bound", "dimension": "packets", "lower": "300", "ordering": "numeric"}]}})),
+        io.clone(),
+        json!({}),
+    );
+    let mut got = read_input(&s, None, &mut |_| {}, &mut |_| {}).unwrap();
+    assert_eq!(got.stats.processed, 4);
+    assert_eq!(got.stats.thrown_away, 5);
+    let dir = tempfile::tempdir().unwrap();
+    let rows = all_rows(&mut got, dir.path());
+    let packets: Vec<&str> = rows.iter().map(|r| r[4].as_str()).collect();
+    assert_eq!(packets, ["377", "161", "12"], "{rows:?}");
+
+    let err = IngestSpec::from_task(&json!({"type": "index_parallel", "spec": {
+        "dataSchema": schema(json!({"transforms": [{"type": "expression", "name": "x", "expression": "concat(srcIP, dstIP)"}]})),
+        "ioConfig": io.clone()}}))
+    .unwrap_err();
+    assert_eq!(err.field, "spec.dataSchema.transformSpec.transforms");
+    let err = IngestSpec::from_task(&json!({"type": "index_parallel", "spec": {
+        "dataSchema": schema(json!({"filter": {"type": "and", "fields": [{"type": "regex", "dimension": "srcIP", "pattern": "["}]}})),
+        "ioConfig": io}}))
+    .unwrap_err();
+    assert_eq!(err.field, "spec.dataSchema.transformSpec.filter.fields[0].pattern");
+}
