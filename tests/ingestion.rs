@@ -730,3 +730,63 @@ fn compaction_merges_appended_partitions_into_one_rolled_up_segment_per_day() {
         "{report}"
     );
 }
+
+/// The leader killed with SIGKILL while a peon ingests: a new leader takes over, the killed node
+/// is restarted (its worker adopts the peon if it ran there), and the task finishes and
+/// publishes each of its segments once, holding every row.
+#[test]
+fn the_leader_killed_mid_ingestion_leaves_the_task_to_finish_and_publish_once() {
+    let deep = tempfile::tempdir().unwrap();
+    let input = tempfile::tempdir().unwrap();
+    let rows = 300_000u64;
+    let mut text = String::with_capacity(48 << 20);
+    for i in 0..rows {
+        text.push_str(&format!(
+            "{{\"time\": {}, \"page\": \"p{}\", \"user\": \"u{}\", \"country\": \"NO\", \"added\": 1, \"delta\": 1.5}}\n",
+            START_MS + (i as i64) * 500,
+            i % 5000,
+            i % 97
+        ));
+    }
+    std::fs::write(input.path().join("big.json"), text).unwrap();
+    let (mut cluster, urls) = start(deep.path(), 1);
+    let mut task = spec("survivor", input.path(), false, json!({}));
+    task["spec"]["ioConfig"]["inputSource"]["filter"] = json!("*.json");
+    let (s, v) = post(&urls, &format!("{API}/task"), &task);
+    assert_eq!(s, 200, "{v}");
+    wait_for_blocking("the peon of task survivor", Duration::from_secs(30), || {
+        (1..=3).find(|n| {
+            cluster
+                .dir
+                .path()
+                .join(format!("n{n}/worker/tasks/survivor/peon.pid"))
+                .exists()
+        })
+    });
+    let (leader, _) = wait_for_blocking("a leader", Duration::from_secs(30), || common::leader_of(&urls));
+    let running = get(&urls, &format!("{API}/task/survivor/status")).unwrap();
+    assert_eq!(running["status"]["statusCode"], "RUNNING", "{running}");
+    drop(cluster.procs.remove(&leader)); // SIGKILL, and reaped
+    let others: Vec<String> = cluster.urls();
+    wait_for_blocking("a new leader", Duration::from_secs(30), || {
+        common::leader_of(&others).filter(|(id, _)| *id != leader)
+    });
+    cluster.spawn(leader);
+
+    let status = wait_done(&urls, "survivor");
+    assert_eq!(status["statusCode"], "SUCCESS", "{status}");
+    let segments = used_segments(&urls);
+    let mut intervals: Vec<&str> = segments.iter().map(|s| s["interval"].as_str().unwrap()).collect();
+    intervals.sort();
+    let before = intervals.len();
+    intervals.dedup();
+    assert_eq!(before, intervals.len(), "a segment published twice: {segments:?}");
+    assert_eq!(intervals.len(), 2, "{segments:?}");
+    let paths: Vec<String> = segments
+        .iter()
+        .map(|s| s["loadSpec"]["path"].as_str().unwrap().to_string())
+        .collect();
+    let got = pyarrow_rows(&paths);
+    let count: u64 = got.iter().map(|r| r["count"].as_u64().unwrap()).sum();
+    assert_eq!(count, rows);
+}
