@@ -2,7 +2,7 @@
 //! thrown away, as in Druid.
 //!
 //! Filters: `selector`, `equals`, `in`, `bound` (lexicographic or numeric ordering), `range`,
-//! `like`, `regex`, `null`, `and`, `or`, `not`, `true`, `false`. A filter reads a field's value
+//! `like`, `regex`, `null`, `expression` ([`crate::expr`]), `and`, `or`, `not`, `true`, `false`. A filter reads a field's value
 //! as text (numbers in their JSON form); on a multi-value field it matches when any value does,
 //! as Druid's do; `__time` is the row's timestamp in milliseconds. A missing field, JSON null
 //! and the empty string are null.
@@ -41,6 +41,8 @@ pub enum Filter {
     Null {
         column: String,
     },
+    /// `expression`: the row passes when the expression is true.
+    Expr(crate::expr::Expr),
     And(Vec<Filter>),
     Or(Vec<Filter>),
     Not(Box<Filter>),
@@ -88,7 +90,7 @@ fn number(v: &Value, name: &str) -> Result<f64, FieldError> {
 }
 
 /// An SQL LIKE pattern (`%`, `_`, and `escape`) as an anchored regular expression.
-fn like_regex(pattern: &str, escape: Option<char>) -> String {
+pub(crate) fn like_regex(pattern: &str, escape: Option<char>) -> String {
     let mut out = String::from("(?s)^");
     let mut chars = pattern.chars();
     while let Some(c) = chars.next() {
@@ -218,6 +220,9 @@ impl Filter {
                     .map_err(|e| field("pattern", format!("not a regular expression: {e}")))?,
             },
             "null" => Filter::Null { column: column(v)? },
+            "expression" => {
+                Filter::Expr(crate::expr::Expr::parse(str_field(v, "expression")?).map_err(|m| field("expression", m))?)
+            }
             "and" | "or" => {
                 let fields = v
                     .get("fields")
@@ -258,6 +263,7 @@ impl Filter {
             Filter::Or(fs) => fs.iter().any(|f| f.matches(record, time_ms)),
             Filter::Not(f) => !f.matches(record, time_ms),
             Filter::Null { column } => values(record, column, time_ms).iter().any(Option::is_none),
+            Filter::Expr(e) => e.eval(&|name| field_val(record, name, time_ms)).truthy(),
             Filter::Values { column, values: wanted } => {
                 values(record, column, time_ms).iter().any(|v| wanted.contains(v))
             }
@@ -302,6 +308,21 @@ fn within<V, B>(
         ),
     };
     above && below
+}
+
+/// A field of `record` as an expression value (`__time`: the row's time).
+pub fn field_val(record: &Record, name: &str, time_ms: i64) -> crate::expr::Val {
+    use crate::expr::Val;
+    if name == "__time" {
+        return Val::Long(time_ms);
+    }
+    match record.get(name) {
+        FieldRef::Absent | FieldRef::Null => Val::Null,
+        FieldRef::Text("") => Val::Null,
+        FieldRef::Text(s) => Val::Str(s.to_string()),
+        FieldRef::List(items) => items.first().map_or(Val::Null, |s| Val::Str(s.to_string())),
+        FieldRef::Json(v) => Val::from_json(v),
+    }
 }
 
 /// The values of `column` in `record` as text, one per value of a multi-value field; a single

@@ -13,6 +13,7 @@
 
 pub mod aggregate;
 pub mod compact;
+pub mod expr;
 pub mod filter;
 pub mod format;
 pub mod parquet_input;

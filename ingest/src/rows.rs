@@ -209,6 +209,38 @@ impl FoundDim {
     }
 }
 
+/// The row after `transformSpec.transforms`: the parsed fields with each transform's result
+/// written over them, all computed from the row as parsed; and its time (a transform named
+/// `__time` replaces it; `None` when that gives no number).
+fn transform(spec: &IngestSpec, record: &Record, time: i64) -> Option<(Record, i64)> {
+    use crate::expr::Val;
+    let mut m = serde_json::Map::new();
+    for name in record.names() {
+        let v = match record.get(name) {
+            FieldRef::Absent => continue,
+            FieldRef::Null => serde_json::Value::Null,
+            FieldRef::Text(s) => serde_json::Value::from(s),
+            FieldRef::Json(v) => v.clone(),
+            FieldRef::List(items) => serde_json::Value::from(items),
+        };
+        m.insert(name.to_string(), v);
+    }
+    let mut new_time = time;
+    for (name, expr) in &spec.transforms {
+        let v = expr.eval(&|f| crate::filter::field_val(record, f, time));
+        if name == "__time" {
+            new_time = match v {
+                Val::Long(l) => l,
+                Val::Double(d) if d.is_finite() => d as i64,
+                _ => return None,
+            };
+        } else {
+            m.insert(name.clone(), v.to_json());
+        }
+    }
+    Some((Record::Json(m), new_time))
+}
+
 /// Turns records into bucketed rows.
 pub struct RowBuilder<'a> {
     spec: &'a IngestSpec,
@@ -334,6 +366,20 @@ impl<'a> RowBuilder<'a> {
                 "Timestamp[{shown}] is unparseable! Event: {} ({at})",
                 show(record)
             )));
+        };
+        let transformed;
+        let (record, time) = if spec.transforms.is_empty() {
+            (record, time)
+        } else {
+            let (r, t) = transform(spec, record, time).ok_or_else(|| {
+                self.stats.unparseable += 1;
+                RowError::Unparseable(format!(
+                    "a transform of __time gave no timestamp. Event: {} ({at})",
+                    show(record)
+                ))
+            })?;
+            transformed = r;
+            (&transformed, t)
         };
         if spec.filter.as_ref().is_some_and(|f| !f.matches(record, time)) {
             self.stats.thrown_away += 1;

@@ -249,6 +249,9 @@ pub struct IngestSpec {
     pub format: InputFormat,
     /// `transformSpec.filter`: rows it rejects are thrown away.
     pub filter: Option<crate::filter::Filter>,
+    /// `transformSpec.transforms`: each writes the field it names (`__time`: the row's time),
+    /// reading the row as it was parsed.
+    pub transforms: Vec<(String, crate::expr::Expr)>,
     pub append_to_existing: bool,
     pub drop_existing: bool,
     pub max_rows_per_segment: u64,
@@ -430,12 +433,33 @@ impl IngestSpec {
         };
 
         let mut filter = None;
+        let mut transforms = Vec::new();
         if let Some(t) = ds.transform_spec {
-            if !t.transforms.is_empty() {
-                return Err(SpecError::new(
-                    "spec.dataSchema.transformSpec.transforms",
-                    "expression transforms are not supported by this raftlord version (filters are); remove transforms",
-                ));
+            for (i, t) in t.transforms.iter().enumerate() {
+                let at = |f: &str| format!("spec.dataSchema.transformSpec.transforms[{i}].{f}");
+                match t.get("type").and_then(Value::as_str) {
+                    Some("expression") => {}
+                    other => {
+                        return Err(SpecError::new(
+                            at("type"),
+                            format!(
+                                "transform [{}] is not supported; use \"expression\"",
+                                other.unwrap_or("")
+                            ),
+                        ))
+                    }
+                }
+                let name = t
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .filter(|n| !n.is_empty())
+                    .ok_or_else(|| SpecError::new(at("name"), "required, the field the transform writes"))?;
+                let text = t
+                    .get("expression")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| SpecError::new(at("expression"), "required, a Druid expression"))?;
+                let expr = crate::expr::Expr::parse(text).map_err(|m| SpecError::new(at("expression"), m))?;
+                transforms.push((name.to_string(), expr));
             }
             if let Some(f) = t.filter.filter(|f| !f.is_null()) {
                 filter = Some(
@@ -551,6 +575,7 @@ impl IngestSpec {
             append_to_existing: io.append_to_existing,
             drop_existing: io.drop_existing,
             filter,
+            transforms,
             max_rows_per_segment,
             max_rows_in_memory: tuning.max_rows_in_memory.unwrap_or(DEFAULT_MAX_ROWS_IN_MEMORY).max(1),
             // Druid: 0 or absent means a sixth of the heap, negative means no limit.

@@ -376,10 +376,11 @@ fn parquet_input_with_nested_fields_and_binary_as_string() {
     assert_eq!(rows[0][4], "eA==");
 }
 
-/// Druid's tutorial "transform" filter shape: rows the filter rejects are thrown away and
-/// counted, the rest rolled up as before; an expression transform is refused naming the field.
+/// transformSpec: rows the filter rejects are thrown away and counted, the rest rolled up as
+/// before; expression transforms write fields the filter, dimensions and metrics then read; a
+/// function this version lacks is refused naming the field and the function.
 #[test]
-fn transform_spec_filters_throw_rows_away_and_expressions_are_refused() {
+fn transform_spec_filters_and_expression_transforms_shape_the_rows() {
     let schema = |transform: Value| {
         json!({"dataSource": "rollup-tutorial",
             "timestampSpec": {"format": "iso", "column": "timestamp"},
@@ -406,11 +407,35 @@ fn transform_spec_filters_throw_rows_away_and_expressions_are_refused() {
     let packets: Vec<&str> = rows.iter().map(|r| r[4].as_str()).collect();
     assert_eq!(packets, ["377", "161", "12"], "{rows:?}");
 
+    // Transforms: a new dimension from two fields, a metric input computed, and a filter on a
+    // transform's output.
+    let mut with_route = schema(json!({
+        "transforms": [
+            {"type": "expression", "name": "srcIP", "expression": "concat(srcIP, '->', dstIP)"},
+            {"type": "expression", "name": "packets", "expression": "packets * 10"},
+            {"type": "expression", "name": "big", "expression": "if(packets >= 100, 'yes', 'no')"}],
+        "filter": {"type": "selector", "dimension": "big", "value": "yes"}}));
+    with_route["dimensionsSpec"]["dimensions"] = json!(["srcIP"]);
+    let s = spec(with_route, io.clone(), json!({}));
+    let mut got = read_input(&s, None, &mut |_| {}, &mut |_| {}).unwrap();
+    assert_eq!((got.stats.processed, got.stats.thrown_away), (3, 6));
+    let rows = all_rows(&mut got, dir.path());
+    let got_rows: Vec<(&str, &str)> = rows.iter().map(|r| (r[1].as_str(), r[3].as_str())).collect();
+    assert_eq!(
+        got_rows,
+        [
+            ("1.1.1.1->2.2.2.2", "2550"),
+            ("1.1.1.1->2.2.2.2", "3770"),
+            ("7.7.7.7->8.8.8.8", "1230")
+        ]
+    );
+
     let err = IngestSpec::from_task(&json!({"type": "index_parallel", "spec": {
-        "dataSchema": schema(json!({"transforms": [{"type": "expression", "name": "x", "expression": "concat(srcIP, dstIP)"}]})),
+        "dataSchema": schema(json!({"transforms": [{"type": "expression", "name": "x", "expression": "json_value(srcIP, '$.a')"}]})),
         "ioConfig": io.clone()}}))
     .unwrap_err();
-    assert_eq!(err.field, "spec.dataSchema.transformSpec.transforms");
+    assert_eq!(err.field, "spec.dataSchema.transformSpec.transforms[0].expression");
+    assert!(err.message.contains("[json_value]"), "{err:?}");
     let err = IngestSpec::from_task(&json!({"type": "index_parallel", "spec": {
         "dataSchema": schema(json!({"filter": {"type": "and", "fields": [{"type": "regex", "dimension": "srcIP", "pattern": "["}]}})),
         "ioConfig": io}}))
