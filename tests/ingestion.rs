@@ -192,6 +192,17 @@ fn index_parallel_builds_rolled_up_parquet_segments_that_pyarrow_reads_back() {
     let (s, v) = post(&urls, &format!("{API}/task"), &bad);
     assert_eq!(s, 400, "{v}");
     assert!(v.to_string().contains("hyperUnique"), "{v}");
+    let mut bad = spec("bad", input.path(), false, json!({}));
+    bad["spec"]["dataSchema"]["transformSpec"] =
+        json!({"transforms": [{"type": "expression", "name": "x", "expression": "json_value(page, '$.a')"}]});
+    let (s, v) = post(&urls, &format!("{API}/task"), &bad);
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v.to_string()
+            .contains("spec.dataSchema.transformSpec.transforms[0].expression")
+            && v.to_string().contains("json_value"),
+        "{v}"
+    );
 
     // First ingestion: one segment per day, the rolled-up rows exactly.
     let (s, v) = post(

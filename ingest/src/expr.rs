@@ -256,9 +256,16 @@ fn lex(s: &str) -> Result<Vec<Tok>, String> {
     Ok(out)
 }
 
+/// Longest expression read, in tokens, and deepest nesting (brackets, calls, unary operators):
+/// parsing, evaluating and dropping an expression recurse over its tree, so an expression
+/// from a spec must not be able to exhaust a thread's stack.
+pub const MAX_TOKENS: usize = 2000;
+pub const MAX_NESTING: usize = 64;
+
 struct Parser {
     toks: Vec<Tok>,
     at: usize,
+    nesting: usize,
 }
 
 impl Parser {
@@ -327,6 +334,16 @@ impl Parser {
     }
 
     fn unary(&mut self) -> Result<Expr, String> {
+        self.nesting += 1;
+        if self.nesting > MAX_NESTING {
+            return Err(format!("the expression nests deeper than {MAX_NESTING} levels"));
+        }
+        let e = self.unary_inner();
+        self.nesting -= 1;
+        e
+    }
+
+    fn unary_inner(&mut self) -> Result<Expr, String> {
         match self.peek() {
             Some(Tok::Sym("-")) => {
                 self.at += 1;
@@ -457,9 +474,14 @@ fn call(name: &str, args: Vec<Expr>) -> Result<Expr, String> {
 impl Expr {
     /// Parses an expression; the error says what is wrong (an unknown function by name).
     pub fn parse(text: &str) -> Result<Expr, String> {
+        let toks = lex(text)?;
+        if toks.len() > MAX_TOKENS {
+            return Err(format!("the expression is longer than {MAX_TOKENS} tokens"));
+        }
         let mut p = Parser {
-            toks: lex(text)?,
+            toks,
             at: 0,
+            nesting: 0,
         };
         let e = p.expr(0)?;
         if let Some(t) = p.peek() {
@@ -845,5 +867,21 @@ mod tests {
         assert!(err("a b").contains("after a whole expression"));
         assert!(err("'open").contains("unterminated"));
         assert!(err("regexp_like(a, '(')").contains("bad pattern"));
+        // Nothing a spec holds can exhaust the stack: deep nesting and long chains are refused.
+        assert!(err(&format!("{}1{}", "(".repeat(500), ")".repeat(500))).contains("deeper"));
+        assert!(err(&"-".repeat(100_000)).contains("longer"));
+        assert!(err(&vec!["1"; 50_000].join("+")).contains("longer"));
+        assert!(err(&format!("{}1{}", "concat(".repeat(70), ")".repeat(70))).contains("deeper"));
+        assert!(Expr::parse(&format!("{}1{}", "(".repeat(60), ")".repeat(60))).is_ok());
+    }
+
+    proptest::proptest! {
+        /// Any text parses to an expression or an error, and what parses evaluates.
+        #[test]
+        fn any_text_parses_or_errs_and_what_parses_evaluates(text in "[-+*/%^!<>=&|(),'a-z0-9_. ]{0,80}") {
+            if let Ok(e) = Expr::parse(&text) {
+                let _ = e.eval(&|_| Val::Str("7".into()));
+            }
+        }
     }
 }
