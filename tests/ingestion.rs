@@ -801,3 +801,40 @@ fn the_leader_killed_mid_ingestion_leaves_the_task_to_finish_and_publish_once() 
     let count: u64 = got.iter().map(|r| r["count"].as_u64().unwrap()).sum();
     assert_eq!(count, rows);
 }
+
+/// Hashed partitioning through the whole path: numShards segments per day, published with
+/// Druid's hashed shard spec, together holding every row once.
+#[test]
+fn hashed_partitions_are_published_with_druids_hashed_shard_specs() {
+    let deep = tempfile::tempdir().unwrap();
+    let input = tempfile::tempdir().unwrap();
+    let rows = write_input(input.path(), 2);
+    let (_cluster, urls) = start(deep.path(), 1);
+    let task = spec(
+        "hashed",
+        input.path(),
+        false,
+        json!({"partitionsSpec": {"type": "hashed", "numShards": 3, "partitionDimensions": ["page", "user"]},
+            "forceGuaranteedRollup": true}),
+    );
+    let (s, v) = post(&urls, &format!("{API}/task"), &task);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(wait_done(&urls, "hashed")["statusCode"], "SUCCESS");
+    let segments = used_segments(&urls);
+    assert_eq!(segments.len(), 6, "{segments:?}");
+    for s in &segments {
+        let shard = &s["shardSpec"];
+        assert_eq!(shard["type"], "hashed", "{s}");
+        assert_eq!(shard["partitions"], 3, "{s}");
+        assert_eq!(shard["bucketId"], shard["partitionNum"], "{s}");
+        assert_eq!(shard["partitionDimensions"], json!(["page", "user"]), "{s}");
+    }
+    let paths: Vec<String> = segments
+        .iter()
+        .map(|s| s["loadSpec"]["path"].as_str().unwrap().to_string())
+        .collect();
+    let got = pyarrow_rows(&paths);
+    assert_eq!(got.len(), expected_rollup(&rows).len());
+    let count: i64 = got.iter().map(|r| r["count"].as_i64().unwrap()).sum();
+    assert_eq!(count, rows.len() as i64);
+}

@@ -256,7 +256,59 @@ impl Ingested {
 
     /// How many partitions (files) the rows of `interval` make.
     pub fn partitions(&self, interval: &Interval) -> usize {
-        self.rows_of(interval).div_ceil(self.spec.max_rows_per_segment) as usize
+        let rows = self.rows_of(interval);
+        match &self.spec.hashed {
+            None => rows.div_ceil(self.spec.max_rows_per_segment) as usize,
+            Some(h) => match h.num_shards {
+                Some(n) => n as usize,
+                None => rows.div_ceil(h.target_rows_per_segment).max(1) as usize,
+            },
+        }
+    }
+
+    /// The hashed shard of a row among `n`: Druid's `murmur3_32_abs` over the JSON of its group
+    /// key (the partition dimensions' values as lists of strings, or the row's time and every
+    /// non-null dimension when none are named), so a row lands where Druid would put it.
+    fn shard_of(&self, key: &rows::Key, h: &spec::Hashed, n: u32) -> u32 {
+        let values = |i: usize| -> Vec<String> {
+            match key.dims.get(i) {
+                None | Some(rows::DimValue::Null) => Vec::new(),
+                Some(rows::DimValue::Str(id)) => vec![self.dicts[i].get(*id).to_string()],
+                Some(rows::DimValue::Long(v)) => vec![v.to_string()],
+                Some(rows::DimValue::Double(v)) => vec![v.to_string()],
+                Some(rows::DimValue::Multi(ids)) => ids.iter().map(|id| self.dicts[i].get(*id).to_string()).collect(),
+            }
+        };
+        let index_of = |name: &str| self.dims.iter().position(|d| d.name == name);
+        let group_key = if h.partition_dimensions.is_empty() {
+            let mut dims = serde_json::Map::new();
+            let mut named: Vec<(usize, &str)> = self
+                .dims
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (i, d.name.as_str()))
+                .collect();
+            named.sort_by(|a, b| a.1.cmp(b.1));
+            for (i, name) in named {
+                let mut v = values(i);
+                if !v.is_empty() {
+                    v.sort();
+                    v.dedup();
+                    dims.insert(name.to_string(), json!(v));
+                }
+            }
+            json!([key.time, dims])
+        } else {
+            Value::Array(
+                h.partition_dimensions
+                    .iter()
+                    .map(|d| json!(index_of(d).map(values).unwrap_or_default()))
+                    .collect(),
+            )
+        };
+        let bytes = serde_json::to_vec(&group_key).unwrap_or_default();
+        let hash = murmur3::murmur3_32(&mut std::io::Cursor::new(bytes), 0).unwrap_or(0) as i32;
+        (hash % n as i32).unsigned_abs()
     }
 
     /// Rows after rollup, over all intervals.
@@ -281,22 +333,48 @@ impl Ingested {
                 partition_nums.len()
             )));
         }
-        let mut rows: Box<dyn Iterator<Item = Result<spill::Row, String>>> = match self.merged.remove(interval) {
-            Some((path, _)) => {
-                let reader = spill::RunReader::open(&path).map_err(IngestError::Write)?;
-                // The file can go now: the reader holds it open.
-                let _ = std::fs::remove_file(&path);
-                Box::new(reader)
-            }
+        // Where the sorted rows come from: the merged run on disk, or the bucket in memory.
+        enum Source {
+            Run(PathBuf),
+            Memory(Vec<spill::Row>),
+        }
+        let source = match self.merged.remove(interval) {
+            Some((path, _)) => Source::Run(path),
             None => {
                 let Some(bucket) = self.buckets.remove(interval) else {
                     return Ok(Vec::new());
                 };
                 let ranks: Vec<Vec<u32>> = self.dicts.iter().map(rows::Dict::ranks).collect();
-                Box::new(bucket.into_sorted(&ranks).into_iter().map(Ok))
+                Source::Memory(bucket.into_sorted(&ranks))
             }
         };
-        let limit = self.spec.max_rows_per_segment.min(usize::MAX as u64) as usize;
+        // Dynamic partitions take the next `limit` rows each from one stream; hashed ones each
+        // read the rows of their own shard (from memory, split once, or from the run again).
+        let n = parts as u32;
+        let mut shards: Vec<Vec<spill::Row>> = Vec::new();
+        let mut shared: Option<Box<dyn Iterator<Item = Result<spill::Row, String>>>> = None;
+        let mut run_path = None;
+        match (source, &self.spec.hashed) {
+            (Source::Run(path), None) => {
+                let reader = spill::RunReader::open(&path).map_err(IngestError::Write)?;
+                // The file can go now: the reader holds it open.
+                let _ = std::fs::remove_file(&path);
+                shared = Some(Box::new(reader));
+            }
+            (Source::Memory(rows), None) => shared = Some(Box::new(rows.into_iter().map(Ok))),
+            (Source::Run(path), Some(_)) => run_path = Some(path),
+            (Source::Memory(rows), Some(h)) => {
+                shards = (0..n).map(|_| Vec::new()).collect();
+                for row in rows {
+                    let k = self.shard_of(&row.0, h, n) as usize;
+                    shards[k].push(row);
+                }
+            }
+        }
+        let limit = match self.spec.hashed {
+            None => self.spec.max_rows_per_segment.min(usize::MAX as u64) as usize,
+            Some(_) => usize::MAX,
+        };
         std::fs::create_dir_all(dir)
             .map_err(|e| IngestError::Write(format!("cannot create [{}]: {e}", dir.display())))?;
         let dims: Vec<DimColumn> = self
@@ -309,7 +387,23 @@ impl Ingested {
             })
             .collect();
         let mut out = Vec::new();
-        for num in partition_nums {
+        let this = &*self;
+        for (k, num) in partition_nums.iter().enumerate() {
+            let mut own: Box<dyn Iterator<Item = Result<spill::Row, String>>> = match (&run_path, &self.spec.hashed) {
+                (Some(path), Some(h)) => {
+                    let reader = spill::RunReader::open(path).map_err(IngestError::Write)?;
+                    Box::new(reader.filter(move |r| {
+                        r.as_ref()
+                            .map_or(true, |(key, _)| this.shard_of(key, h, n) as usize == k)
+                    }))
+                }
+                _ if !shards.is_empty() => Box::new(std::mem::take(&mut shards[k]).into_iter().map(Ok)),
+                _ => Box::new(std::iter::empty()),
+            };
+            let rows: &mut dyn Iterator<Item = Result<spill::Row, String>> = match shared.as_mut() {
+                Some(s) => s.as_mut(),
+                None => own.as_mut(),
+            };
             let path = dir.join(format!("{num}.parquet"));
             let identity = json!({
                 "dataSource": self.spec.datasource,
@@ -324,7 +418,7 @@ impl Ingested {
                 &self.spec.query_granularity_json,
                 self.spec.rollup,
             );
-            let w = segment::write(&path, &mut rows, limit, &dims, &self.dicts, &self.spec.metrics, meta)
+            let w = segment::write(&path, rows, limit, &dims, &self.dicts, &self.spec.metrics, meta)
                 .map_err(IngestError::Write)?;
             out.push(SegmentFile {
                 interval: *interval,
@@ -336,6 +430,9 @@ impl Ingested {
                 dimensions: dims.iter().map(|d| d.name.clone()).collect(),
                 metrics: self.spec.metrics.iter().map(|m| m.name.clone()).collect(),
             });
+        }
+        if let Some(path) = run_path {
+            let _ = std::fs::remove_file(path);
         }
         Ok(out)
     }

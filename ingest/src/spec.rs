@@ -180,6 +180,23 @@ struct PartitionsSpecJson {
     kind: String,
     #[serde(default)]
     max_rows_per_segment: Option<u64>,
+    #[serde(default)]
+    num_shards: Option<i64>,
+    #[serde(default)]
+    target_rows_per_segment: Option<i64>,
+    #[serde(default)]
+    partition_dimensions: Vec<String>,
+}
+
+/// `partitionsSpec` of type `hashed`: each segment interval's rows split into shards by a hash
+/// of the partition dimensions (all dimensions and the time when none are named), as Druid's
+/// `murmur3_32_abs` partition function does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hashed {
+    /// Shards per interval; `None`: as many as `target_rows_per_segment` asks for.
+    pub num_shards: Option<u32>,
+    pub target_rows_per_segment: u64,
+    pub partition_dimensions: Vec<String>,
 }
 
 /// A dimension's Druid type.
@@ -255,6 +272,8 @@ pub struct IngestSpec {
     pub append_to_existing: bool,
     pub drop_existing: bool,
     pub max_rows_per_segment: u64,
+    /// `hashed` partitioning; `None`: `dynamic`.
+    pub hashed: Option<Hashed>,
     pub max_rows_in_memory: u64,
     /// Estimated bytes of rows held before they are spilled (`maxBytesInMemory`).
     pub max_bytes_in_memory: u64,
@@ -526,6 +545,7 @@ impl IngestSpec {
 
         let tuning = spec.tuning_config.unwrap_or_default();
         let mut max_rows_per_segment = tuning.max_rows_per_segment.unwrap_or(DEFAULT_MAX_ROWS_PER_SEGMENT);
+        let mut hashed = None;
         if let Some(p) = tuning.partitions_spec {
             match p.kind.as_str() {
                 "dynamic" => {
@@ -533,10 +553,48 @@ impl IngestSpec {
                         max_rows_per_segment = m;
                     }
                 }
+                "hashed" => {
+                    let at = |f: &str| format!("spec.tuningConfig.partitionsSpec.{f}");
+                    // maxRowsPerSegment is Druid's older name for targetRowsPerSegment.
+                    let target = p.target_rows_per_segment.or(p.max_rows_per_segment.map(|m| m as i64));
+                    let num_shards = match (p.num_shards.filter(|n| *n != -1), target.filter(|t| *t != -1)) {
+                        (Some(_), Some(_)) => {
+                            return Err(SpecError::new(
+                                at("numShards"),
+                                "give numShards or targetRowsPerSegment, not both",
+                            ))
+                        }
+                        (Some(n), None) => Some(
+                            u32::try_from(n)
+                                .ok()
+                                .filter(|n| (1..=10_000).contains(n))
+                                .ok_or_else(|| SpecError::new(at("numShards"), "must be between 1 and 10000"))?,
+                        ),
+                        (None, _) => None,
+                    };
+                    let target_rows_per_segment = match target {
+                        None | Some(-1) => DEFAULT_MAX_ROWS_PER_SEGMENT,
+                        Some(t) if t > 0 => t as u64,
+                        Some(_) => return Err(SpecError::new(at("targetRowsPerSegment"), "must be positive")),
+                    };
+                    if io.append_to_existing {
+                        return Err(SpecError::new(
+                            at("type"),
+                            "hashed partitioning rewrites whole intervals; it cannot append (set appendToExisting to false)",
+                        ));
+                    }
+                    hashed = Some(Hashed {
+                        num_shards,
+                        target_rows_per_segment,
+                        partition_dimensions: p.partition_dimensions,
+                    });
+                }
                 other => {
                     return Err(SpecError::new(
                         "spec.tuningConfig.partitionsSpec.type",
-                        format!("partitionsSpec [{other}] is not supported by this raftlord version; use \"dynamic\""),
+                        format!(
+                            "partitionsSpec [{other}] is not supported by this raftlord version; use \"dynamic\" or \"hashed\""
+                        ),
                     ))
                 }
             }
@@ -576,6 +634,7 @@ impl IngestSpec {
             drop_existing: io.drop_existing,
             filter,
             transforms,
+            hashed,
             max_rows_per_segment,
             max_rows_in_memory: tuning.max_rows_in_memory.unwrap_or(DEFAULT_MAX_ROWS_IN_MEMORY).max(1),
             // Druid: 0 or absent means a sixth of the heap, negative means no limit.

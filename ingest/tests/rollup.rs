@@ -1,6 +1,7 @@
 //! Specs run through the library end to end: input read, rows rolled up, Parquet written, and the
 //! files read back with the Parquet crate's own reader.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::Path;
 
@@ -441,4 +442,90 @@ fn transform_spec_filters_and_expression_transforms_shape_the_rows() {
         "ioConfig": io}}))
     .unwrap_err();
     assert_eq!(err.field, "spec.dataSchema.transformSpec.filter.fields[0].pattern");
+}
+
+/// Hashed partitioning: numShards files per interval, every row of one partition-dimension
+/// value in the same file, the same files whether rows stayed in memory or spilled to runs;
+/// targetRowsPerSegment sets the shard count from the rows; bad specs name the field.
+#[test]
+fn hashed_partitions_keep_each_key_in_one_shard_in_memory_and_spilled() {
+    let mut data = String::new();
+    for i in 0..600u64 {
+        data.push_str(&format!(
+            "{{\"t\": \"2024-01-01T{:02}:00:00Z\", \"page\": \"p{}\", \"user\": \"u{}\", \"n\": {}}}\n",
+            i % 24,
+            i % 37,
+            i % 5,
+            i
+        ));
+    }
+    let make = |partitions: Value, max_in_memory: u64| {
+        spec(
+            json!({"dataSource": "d", "timestampSpec": {"column": "t"},
+                "dimensionsSpec": {"dimensions": ["page", "user"]},
+                "metricsSpec": [{"type": "count", "name": "c"}, {"type": "longSum", "name": "s", "fieldName": "n"}],
+                "granularitySpec": {"segmentGranularity": "day", "queryGranularity": "hour"}}),
+            json!({"type": "index_parallel", "inputSource": {"type": "inline", "data": data},
+                "inputFormat": {"type": "json"}}),
+            json!({"partitionsSpec": partitions, "maxRowsInMemory": max_in_memory, "forceGuaranteedRollup": true}),
+        )
+    };
+    let shards_of = |partitions: Value, max_in_memory: u64| {
+        let s = make(partitions, max_in_memory);
+        let dir = tempfile::tempdir().unwrap();
+        let mut got = read_input(&s, Some(dir.path()), &mut |_| {}, &mut |_| {}).unwrap();
+        let iv = got.intervals()[0];
+        let n = got.partitions(&iv);
+        let files = got
+            .write_bucket(&iv, "v", &(0..n as u32).collect::<Vec<_>>(), dir.path())
+            .unwrap();
+        files.iter().map(|f| read_back(&f.path).1).collect::<Vec<_>>()
+    };
+    let by_page = json!({"type": "hashed", "numShards": 3, "partitionDimensions": ["page"]});
+    let in_memory = shards_of(by_page.clone(), 1_000_000);
+    assert_eq!(in_memory.len(), 3);
+    let mut owner: BTreeMap<String, usize> = BTreeMap::new();
+    for (k, rows) in in_memory.iter().enumerate() {
+        assert!(!rows.is_empty(), "shard {k} is empty");
+        for r in rows {
+            assert_eq!(
+                *owner.entry(r[1].clone()).or_insert(k),
+                k,
+                "page {} in two shards",
+                r[1]
+            );
+        }
+    }
+    let total: u64 = in_memory.iter().flatten().map(|r| r[3].parse::<u64>().unwrap()).sum();
+    assert_eq!(total, 600);
+    assert_eq!(shards_of(by_page, 50), in_memory, "spilled runs give the same shards");
+    // Without partitionDimensions: the time and every dimension decide, rows still whole.
+    let all = shards_of(json!({"type": "hashed", "numShards": 4}), 1_000_000);
+    assert_eq!(
+        all.iter().map(Vec::len).sum::<usize>(),
+        in_memory.iter().map(Vec::len).sum::<usize>()
+    );
+    // 24 hours x 37 pages rolled up: 600 rows, so 200 per segment means 3 shards.
+    assert_eq!(
+        shards_of(json!({"type": "hashed", "targetRowsPerSegment": 200}), 1_000_000).len(),
+        3
+    );
+
+    let err = |p: Value| {
+        IngestSpec::from_task(&json!({"type": "index_parallel", "spec": {
+            "dataSchema": {"dataSource": "d", "timestampSpec": {"column": "t"}},
+            "ioConfig": {"type": "index_parallel", "inputSource": {"type": "inline", "data": "x"}, "inputFormat": {"type": "json"}},
+            "tuningConfig": {"partitionsSpec": p}}}))
+        .unwrap_err()
+        .field
+    };
+    assert_eq!(
+        err(json!({"type": "hashed", "numShards": 2, "targetRowsPerSegment": 5})),
+        "spec.tuningConfig.partitionsSpec.numShards"
+    );
+    assert_eq!(
+        err(json!({"type": "hashed", "numShards": 0})),
+        "spec.tuningConfig.partitionsSpec.numShards"
+    );
+    assert_eq!(err(json!({"type": "range"})), "spec.tuningConfig.partitionsSpec.type");
 }

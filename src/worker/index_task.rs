@@ -327,7 +327,12 @@ async fn ingest(
                     v
                 }
             };
-            plan.push((interval, version, (0..n as u32).collect(), None));
+            // Hashed partitions say how rows were split, as Druid's hashed shard spec.
+            let shard = spec.hashed.as_ref().map(|h| {
+                json!({"type": "hashed", "partitionNum": 0, "partitions": n, "bucketId": 0, "numBuckets": n,
+                    "partitionDimensions": h.partition_dimensions, "partitionFunction": "murmur3_32_abs"})
+            });
+            plan.push((interval, version, (0..n as u32).collect(), shard));
         }
     }
 
@@ -409,10 +414,14 @@ async fn ingest(
     Ok(())
 }
 
-/// An appended partition keeps the allocated shard spec, numbered as allocated.
+/// An appended partition keeps the allocated shard spec, numbered as allocated; a hashed one is
+/// its own bucket.
 fn shard_spec_for(mut shard: Value, f: &SegmentFile) -> Value {
     if shard.get("partitionNum").is_some() {
         shard["partitionNum"] = json!(f.partition_num);
+    }
+    if shard.get("bucketId").is_some() {
+        shard["bucketId"] = json!(f.partition_num);
     }
     shard
 }
