@@ -838,3 +838,55 @@ fn hashed_partitions_are_published_with_druids_hashed_shard_specs() {
     let count: i64 = got.iter().map(|r| r["count"].as_i64().unwrap()).sum();
     assert_eq!(count, rows.len() as i64);
 }
+
+/// dropExisting: re-ingesting two days with input for one leaves the other covered by a
+/// tombstone (Druid's tombstone load and shard specs, the task's version), so it shows no
+/// data; a reindex of both days then reads only the day with rows.
+#[test]
+fn drop_existing_covers_days_the_input_left_empty_with_tombstones() {
+    let deep = tempfile::tempdir().unwrap();
+    let input = tempfile::tempdir().unwrap();
+    write_input(input.path(), 2);
+    let (_cluster, urls) = start(deep.path(), 1);
+    let (s, v) = post(
+        &urls,
+        &format!("{API}/task"),
+        &spec("both", input.path(), false, json!({})),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(wait_done(&urls, "both")["statusCode"], "SUCCESS");
+
+    std::fs::remove_file(input.path().join("day-1.json.gz")).unwrap();
+    let mut again = spec("one-day", input.path(), false, json!({}));
+    again["spec"]["dataSchema"]["granularitySpec"]["intervals"] = json!(["2024-05-01/2024-05-03"]);
+    again["spec"]["ioConfig"]["dropExisting"] = json!(true);
+    let (s, v) = post(&urls, &format!("{API}/task"), &again);
+    assert_eq!(s, 200, "{v}");
+    let status = wait_done(&urls, "one-day");
+    assert_eq!(status["statusCode"], "SUCCESS", "{status}");
+    let now = visible(&used_segments(&urls));
+    assert_eq!(now.len(), 2, "{now:?}");
+    let day1 = now
+        .iter()
+        .find(|s| s["interval"] == "2024-05-02T00:00:00.000Z/2024-05-03T00:00:00.000Z")
+        .unwrap();
+    assert_eq!(day1["loadSpec"], json!({"type": "tombstone"}), "{day1}");
+    assert_eq!(day1["shardSpec"]["type"], "tombstone", "{day1}");
+    let day0 = now.iter().find(|s| s != &day1).unwrap();
+    assert_eq!(day0["version"], day1["version"], "one task, one version");
+    assert_eq!(day0["loadSpec"]["type"], "local");
+
+    // A reindex over both days reads the rows, not the tombstone.
+    let mut reindex = spec("reindex", input.path(), false, json!({}));
+    reindex["spec"]["ioConfig"]["inputSource"] =
+        json!({"type": "druid", "dataSource": "wiki", "interval": "2024-05-01/2024-05-03"});
+    reindex["spec"]["dataSchema"]["timestampSpec"] = json!({"column": "__time", "format": "millis"});
+    reindex["spec"]["dataSchema"]["metricsSpec"] = json!([
+        {"type": "longSum", "name": "count", "fieldName": "count"},
+        {"type": "longSum", "name": "added", "fieldName": "added"},
+        {"type": "doubleMax", "name": "delta_max", "fieldName": "delta_max"}]);
+    let (s, v) = post(&urls, &format!("{API}/task"), &reindex);
+    assert_eq!(s, 200, "{v}");
+    let status = wait_done(&urls, "reindex");
+    assert_eq!(status["statusCode"], "SUCCESS", "{status}");
+}

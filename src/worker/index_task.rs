@@ -149,6 +149,10 @@ async fn used_segment_files(
     let mut files = Vec::new();
     for s in used.as_array().into_iter().flatten() {
         let spec = &s["loadSpec"];
+        if spec["type"] == "tombstone" {
+            // Holds no rows: it only hides older data.
+            continue;
+        }
         let segment_interval = s["interval"]
             .as_str()
             .and_then(|i| Interval::parse(i).ok())
@@ -336,6 +340,13 @@ async fn ingest(
         }
     }
 
+    // dropExisting: a tombstone for each empty bucket of the intervals that holds data now.
+    let tombstones = if spec.drop_existing {
+        tombstones(spec, &ingested.intervals(), &mut versions, actions).await?
+    } else {
+        Vec::new()
+    };
+
     // Write, push, describe.
     set_state(live, "BUILD_SEGMENTS", dir, id);
     let segments_dir = dir.join("segments");
@@ -402,7 +413,15 @@ async fn ingest(
 
     set_state(live, "PUBLISHING", dir, id);
     let n = segments.len();
-    if n > 0 {
+    if !tombstones.is_empty() {
+        log(&format!(
+            "dropExisting: {} tombstone(s) for intervals the input left empty",
+            tombstones.len()
+        ));
+    }
+    let mut segments = segments;
+    segments.extend(tombstones);
+    if !segments.is_empty() {
         actions.publish(segments).await?;
     }
     // Published: the files are the segments' now.
@@ -412,6 +431,71 @@ async fn ingest(
     o.segments_published = n as u64;
     o.state = "COMPLETED";
     Ok(())
+}
+
+/// Most tombstones one task writes: a bucket per hour over years of existing data would make
+/// millions of records.
+const MAX_TOMBSTONES: usize = 10_000;
+
+/// Druid's tombstones for `dropExisting`: one for each `segmentGranularity` bucket of
+/// `granularitySpec.intervals` that the input left empty (`filled` holds the buckets with rows)
+/// and where used segments hold data now, under the task's lock of that bucket.
+async fn tombstones(
+    spec: &IngestSpec,
+    filled: &[Interval],
+    versions: &mut BTreeMap<Interval, String>,
+    actions: &TaskActions,
+) -> Result<Vec<Value>, String> {
+    let mut out = Vec::new();
+    for given in spec.intervals.iter().flatten() {
+        let used = actions
+            .submit(json!({"type": "retrieveUsedSegments", "dataSource": spec.datasource,
+                "intervals": [given.to_string()], "visibility": "ONLY_VISIBLE"}))
+            .await?;
+        let held: Vec<Interval> = used
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| s["loadSpec"]["type"] != "tombstone")
+            .filter_map(|s| s["interval"].as_str().and_then(|i| Interval::parse(i).ok()))
+            .collect();
+        let mut t = given.start;
+        while t < given.end {
+            let bucket = spec
+                .segment_granularity
+                .bucket(t)
+                .ok_or_else(|| format!("{t} has no {} bucket", spec.segment_granularity_json))?;
+            t = bucket.end;
+            if filled.contains(&bucket) || !held.iter().any(|h| h.overlaps(&bucket)) {
+                continue;
+            }
+            if out.len() == MAX_TOMBSTONES {
+                return Err(format!(
+                    "dropExisting would write more than {MAX_TOMBSTONES} tombstones; use a coarser segmentGranularity or narrower intervals"
+                ));
+            }
+            let version = match versions.iter().find(|(i, _)| i.contains(&bucket)) {
+                Some((_, v)) => v.clone(),
+                None => {
+                    let v = actions.lock(&bucket).await?;
+                    versions.insert(bucket, v.clone());
+                    v
+                }
+            };
+            out.push(json!({
+                "dataSource": spec.datasource,
+                "interval": bucket.to_string(),
+                "version": version,
+                "loadSpec": {"type": "tombstone"},
+                "dimensions": "",
+                "metrics": "",
+                "shardSpec": {"type": "tombstone", "partitionNum": 0, "partitions": 1},
+                "binaryVersion": raftlord_ingest::BINARY_VERSION,
+                "size": 1,
+            }));
+        }
+    }
+    Ok(out)
 }
 
 /// An appended partition keeps the allocated shard spec, numbered as allocated; a hashed one is
