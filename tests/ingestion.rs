@@ -170,6 +170,14 @@ fn used_segments_of(urls: &[String], datasource: &str) -> Vec<Value> {
     .unwrap_or_default()
 }
 
+/// The local file of each segment.
+fn load_paths(segments: &[Value]) -> Vec<String> {
+    segments
+        .iter()
+        .map(|s| s["loadSpec"]["path"].as_str().unwrap().to_string())
+        .collect()
+}
+
 fn used_segments(urls: &[String]) -> Vec<Value> {
     used_segments_of(urls, "wiki")
 }
@@ -233,10 +241,7 @@ fn index_parallel_builds_rolled_up_parquet_segments_that_pyarrow_reads_back() {
             )
         })
         .collect();
-    let paths: Vec<String> = segments
-        .iter()
-        .map(|s| s["loadSpec"]["path"].as_str().unwrap().to_string())
-        .collect();
+    let paths = load_paths(&segments);
     for (s, p) in segments.iter().zip(&paths) {
         assert!(Path::new(p).starts_with(deep.path()), "{p}");
         assert_eq!(s["size"].as_u64().unwrap(), std::fs::metadata(p).unwrap().len());
@@ -329,15 +334,7 @@ fn index_parallel_builds_rolled_up_parquet_segments_that_pyarrow_reads_back() {
     assert_eq!(s, 200, "{v}");
     let status = wait_done(&urls, "reindex");
     assert_eq!(status["statusCode"], "SUCCESS", "{status}");
-    let daily_paths: Vec<String> = get(
-        &urls,
-        "/druid/coordinator/v1/metadata/datasources/wiki_daily/segments?full",
-    )
-    .and_then(|v| v.as_array().cloned())
-    .unwrap_or_default()
-    .iter()
-    .map(|s| s["loadSpec"]["path"].as_str().unwrap().to_string())
-    .collect();
+    let daily_paths = load_paths(&used_segments_of(&urls, "wiki_daily"));
     assert_eq!(daily_paths.len(), 3);
     let mut expect_daily: BTreeMap<RowKey, RowMetrics> = BTreeMap::new();
     for ((hour, page, user, country), (count, added, delta)) in &expect {
@@ -632,10 +629,7 @@ fn http_input_is_fetched_with_credentials_and_a_refused_fetch_fails_the_task() {
     assert_eq!(status["statusCode"], "SUCCESS", "{status}");
     let segments = used_segments(&urls);
     assert_eq!(segments.len(), 2, "{segments:?}");
-    let paths: Vec<String> = segments
-        .iter()
-        .map(|s| s["loadSpec"]["path"].as_str().unwrap().to_string())
-        .collect();
+    let paths = load_paths(&segments);
     let got = pyarrow_rows(&paths);
     assert_eq!(got.len(), expected_rollup(&rows).len());
     let count: i64 = got.iter().map(|r| r["count"].as_i64().unwrap()).sum();
@@ -716,10 +710,7 @@ fn compaction_merges_appended_partitions_into_one_rolled_up_segment_per_day() {
         assert_eq!(state["granularitySpec"]["segmentGranularity"], "DAY", "{s}");
         assert_eq!(state["partitionsSpec"]["type"], "dynamic", "{s}");
     }
-    let paths: Vec<String> = now
-        .iter()
-        .map(|s| s["loadSpec"]["path"].as_str().unwrap().to_string())
-        .collect();
+    let paths = load_paths(&now);
     let expect = expected_rollup(&rows);
     let got = pyarrow_rows(&paths);
     assert_eq!(got.len(), expect.len(), "rows rolled up across both copies");
@@ -793,10 +784,7 @@ fn the_leader_killed_mid_ingestion_leaves_the_task_to_finish_and_publish_once() 
     intervals.dedup();
     assert_eq!(before, intervals.len(), "a segment published twice: {segments:?}");
     assert_eq!(intervals.len(), 2, "{segments:?}");
-    let paths: Vec<String> = segments
-        .iter()
-        .map(|s| s["loadSpec"]["path"].as_str().unwrap().to_string())
-        .collect();
+    let paths = load_paths(&segments);
     let got = pyarrow_rows(&paths);
     let count: u64 = got.iter().map(|r| r["count"].as_u64().unwrap()).sum();
     assert_eq!(count, rows);
@@ -829,10 +817,7 @@ fn hashed_partitions_are_published_with_druids_hashed_shard_specs() {
         assert_eq!(shard["bucketId"], shard["partitionNum"], "{s}");
         assert_eq!(shard["partitionDimensions"], json!(["page", "user"]), "{s}");
     }
-    let paths: Vec<String> = segments
-        .iter()
-        .map(|s| s["loadSpec"]["path"].as_str().unwrap().to_string())
-        .collect();
+    let paths = load_paths(&segments);
     let got = pyarrow_rows(&paths);
     assert_eq!(got.len(), expected_rollup(&rows).len());
     let count: i64 = got.iter().map(|r| r["count"].as_i64().unwrap()).sum();

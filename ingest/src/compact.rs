@@ -215,41 +215,11 @@ impl CompactSpec {
 
         let dimensions_spec = match &self.dimensions_spec {
             Some(d) => d.clone(),
-            None => {
-                let mut seen = std::collections::HashSet::new();
-                let mut dims = Vec::new();
-                for e in &newest_first {
-                    for d in e.metadata["dimensionsSpec"]["dimensions"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                    {
-                        if let Some(name) = d["name"].as_str() {
-                            if seen.insert(name.to_string()) {
-                                dims.push(d.clone());
-                            }
-                        }
-                    }
-                }
-                json!({"dimensions": dims})
-            }
+            None => json!({"dimensions": union_by_name(&newest_first, "/dimensionsSpec/dimensions", Value::clone)}),
         };
         let metrics_spec = match &self.metrics_spec {
             Some(m) => m.clone(),
-            None => {
-                let mut seen = std::collections::HashSet::new();
-                let mut metrics = Vec::new();
-                for e in &newest_first {
-                    for m in e.metadata["metricsSpec"].as_array().into_iter().flatten() {
-                        if let Some(name) = m["name"].as_str() {
-                            if seen.insert(name.to_string()) {
-                                metrics.push(combining(m));
-                            }
-                        }
-                    }
-                }
-                Value::Array(metrics)
-            }
+            None => Value::Array(union_by_name(&newest_first, "/metricsSpec", combining)),
         };
         let agreed = |key: &str| -> Option<Value> {
             let first = &existing[0].metadata[key];
@@ -321,6 +291,19 @@ impl CompactSpec {
             ),
         ))
     }
+}
+
+/// The entries of the list at `pointer` in each segment's metadata, the first of each name
+/// kept (segments in the order given), each passed through `map`.
+fn union_by_name(segments: &[&Existing], pointer: &str, map: fn(&Value) -> Value) -> Vec<Value> {
+    let mut seen = std::collections::HashSet::new();
+    segments
+        .iter()
+        .filter_map(|e| e.metadata.pointer(pointer).and_then(Value::as_array))
+        .flatten()
+        .filter(|v| v["name"].as_str().is_some_and(|n| seen.insert(n.to_string())))
+        .map(map)
+        .collect()
 }
 
 /// Druid's `lastCompactionState` for the segments a compaction task `index` (the index task it
