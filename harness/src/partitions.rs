@@ -241,7 +241,11 @@ impl NetCluster {
             .map(|i| format!("{i}={}", self.url(i)))
             .collect::<Vec<_>>()
             .join(",");
-        let log = std::fs::File::create(self.dir.path().join(format!("node-{k}.log")))?;
+        // Appended to: a restarted node's log follows what it wrote before it was killed.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("node-{k}.log")))?;
         let mut command = self.net.command(k, &self.bin);
         if let Some(lib) = &self.faketime {
             self.set_clock(k, "+0")?;
@@ -285,11 +289,30 @@ impl NetCluster {
         agreed_leader(c, &self.urls()).map(|k| k - 1)
     }
 
+    /// Stops the nodes and keeps their directory after the cluster is dropped.
+    fn keep_dir(&mut self) -> PathBuf {
+        for (_, mut c) in std::mem::take(&mut self.procs) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let keep = std::env::temp_dir().join(format!("raftlord-partitions-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&keep);
+        let copied = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(self.dir.path())
+            .arg(&keep)
+            .status();
+        match copied {
+            Ok(s) if s.success() => keep,
+            _ => self.dir.path().to_path_buf(),
+        }
+    }
+
     /// The log a node wrote, for a failure message.
     fn log_tail(&self, k: usize) -> String {
         let text = std::fs::read_to_string(self.dir.path().join(format!("node-{k}.log"))).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        lines[lines.len().saturating_sub(60)..].join("\n")
     }
 }
 
@@ -902,10 +925,15 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<Report> {
     }
     stop_peons.store(true, Ordering::Relaxed);
     let (double_peons, peons_seen) = watcher.join().unwrap_or_default();
-    outcome.map_err(|e| {
+    if let Err(e) = outcome {
         let logs: Vec<String> = (1..=3).map(|k| format!("node {k}:\n{}", cluster.log_tail(k))).collect();
-        anyhow::anyhow!("{e}\n{}", logs.join("\n"))
-    })?;
+        // The nodes' directories stay for inspection when asked (`raftlord debug log --data-dir`).
+        let kept = match std::env::var_os("RAFTLORD_KEEP_FAILED") {
+            Some(_) => format!("\ndata and logs kept in {}", cluster.keep_dir().display()),
+            None => String::new(),
+        };
+        return Err(anyhow::anyhow!("{e}\n{}{kept}", logs.join("\n")));
+    }
     report.double_peons = double_peons;
     report.peons_seen = peons_seen;
 

@@ -303,6 +303,7 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig<S>> for StateMachineStore<S> {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> SResult<Box<Cursor<Vec<u8>>>> {
+        self.snapshots.receiving(true);
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
@@ -317,6 +318,7 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig<S>> for StateMachineStore<S> {
         self.snapshots
             .save(meta, position, &bytes)
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        self.snapshots.receiving(false);
         {
             let mut g = self.shared.inner.write().await;
             *g = Applied {

@@ -366,3 +366,34 @@ async fn a_truncate_after_an_unflushed_append_is_not_undone_by_it() {
         vec![1, 2, 3, 4]
     );
 }
+
+/// Found a bug (a follower killed with SIGKILL in the partition test came back with its log
+/// purged and no snapshot: "Failed to get log entries, expected index: [0, 64)"): openraft
+/// purges the entries an installed snapshot covers without waiting for the state machine to
+/// store it. While a snapshot is received, a purge waits until a stored snapshot covers it.
+#[tokio::test]
+async fn a_purge_during_a_snapshot_install_waits_for_the_snapshot_to_be_stored() {
+    use openraft::storage::RaftLogStorageExt;
+    let dir = tempfile::tempdir().unwrap();
+    let id = |i| LogId::new(openraft::CommittedLeaderId::new(1, 1), i);
+    let engine = Engine::open(dir.path()).unwrap();
+    let snapshots = SnapshotStore::new(engine.clone());
+    let mut log = LogStore::<C>::new(engine);
+    log.blocking_append((1..=10).map(|i| entry(1, i, vec![], i)).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    snapshots.receiving(true);
+    let mut purging = log.clone();
+    let purge = tokio::spawn(async move { purging.purge(id(8)).await });
+    // Not before a snapshot covering 8 is stored: one at 6 is not enough.
+    snapshots.save(&"meta".to_string(), 6, b"data").unwrap();
+    tokio::task::yield_now().await;
+    assert!(!purge.is_finished(), "purged past the stored snapshot");
+    assert_eq!(log.get_log_state().await.unwrap().last_purged_log_id, None);
+    snapshots.save(&"meta".to_string(), 8, b"data").unwrap();
+    snapshots.receiving(false);
+    purge.await.unwrap().unwrap();
+    assert_eq!(log.get_log_state().await.unwrap().last_purged_log_id, Some(id(8)));
+    let left = log.try_get_log_entries(0..100).await.unwrap();
+    assert_eq!(left.first().map(|e| e.log_id.index), Some(9));
+}

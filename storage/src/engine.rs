@@ -47,6 +47,14 @@ pub enum EngineError {
 pub struct Engine {
     pub(crate) db: Arc<DB>,
     path: PathBuf,
+    /// The log index the durable snapshot file covers (`None`: no snapshot yet), shared by the
+    /// snapshot store, which sets it, and the log store, which purges no further.
+    pub(crate) snapshot_at: Arc<std::sync::Mutex<Option<u64>>>,
+    /// Set while a snapshot from the leader is being received and stored: purges then wait
+    /// for it to be durable.
+    pub(crate) receiving_snapshot: Arc<std::sync::atomic::AtomicBool>,
+    /// Woken when a snapshot is stored or a receive ends.
+    pub(crate) snapshot_stored: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -97,7 +105,13 @@ impl Engine {
                 }
             }
         })?;
-        let engine = Engine { db: Arc::new(db), path };
+        let engine = Engine {
+            db: Arc::new(db),
+            path,
+            snapshot_at: Arc::default(),
+            receiving_snapshot: Arc::default(),
+            snapshot_stored: Arc::default(),
+        };
         engine.check_format()?;
         engine.check_mark()?;
         Ok(engine)
@@ -154,7 +168,13 @@ impl Engine {
                 source,
             },
         )?;
-        Ok(Engine { db: Arc::new(db), path })
+        Ok(Engine {
+            db: Arc::new(db),
+            path,
+            snapshot_at: Arc::default(),
+            receiving_snapshot: Arc::default(),
+            snapshot_stored: Arc::default(),
+        })
     }
 
     /// Up to `max` stored log entries from index `from` on, as stored (version byte, then JSON).

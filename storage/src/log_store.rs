@@ -410,6 +410,9 @@ struct UnreadableEntry {
     source: crate::codec::CodecError,
 }
 
+/// Longest a purge waits for a snapshot being received to be stored (see `purge`).
+const PURGE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Most bytes of log entries sent to a follower in one AppendEntries (see
 /// `limited_get_log_entries`).
 pub const MAX_REPLICATION_BYTES: usize = 1 << 20;
@@ -532,6 +535,27 @@ where
     }
 
     async fn purge(&mut self, log_id: LogId<C::NodeId>) -> SResult<(), C> {
+        // openraft purges the entries an installed snapshot covers without waiting for the
+        // state machine to store that snapshot: a crash in between would leave neither. While a
+        // snapshot is received, the purge waits until a stored snapshot covers it (openraft's
+        // core waits with it, so no entry is appended meanwhile and the log stays contiguous).
+        let deadline = tokio::time::Instant::now() + PURGE_WAIT;
+        loop {
+            let stored = self.engine.snapshot_stored.notified();
+            tokio::pin!(stored);
+            stored.as_mut().enable();
+            let durable = *self.engine.snapshot_at.lock().unwrap_or_else(|p| p.into_inner());
+            if !self.engine.receiving_snapshot.load(Ordering::SeqCst) || durable.is_some_and(|d| log_id.index <= d) {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, stored).await.is_err() {
+                tracing::warn!(
+                    index = log_id.index,
+                    "no snapshot was stored within {PURGE_WAIT:?} of a purge; purging anyway"
+                );
+                break;
+            }
+        }
         // The purge point and the removal in one write: never an unexplained gap.
         let mut batch = WriteBatch::default();
         batch.put_cf(self.engine.cf(CF_META), KEY_LAST_PURGED, encode(&log_id));

@@ -46,10 +46,14 @@ pub struct StoredSnapshot<M> {
 #[derive(Clone, Debug)]
 pub struct SnapshotStore {
     dir: PathBuf,
-    /// The log position of the current snapshot; held while a finished write is renamed in.
-    current: Arc<Mutex<u64>>,
+    /// The log position of the current snapshot (shared through the engine with the log
+    /// store); held while a finished write is renamed in.
+    current: Arc<Mutex<Option<u64>>>,
     /// Numbers the temporary files.
     writes: Arc<AtomicU64>,
+    /// Shared with the log store through the engine (see [`SnapshotStore::receiving`]).
+    receiving: Arc<std::sync::atomic::AtomicBool>,
+    stored: Arc<tokio::sync::Notify>,
 }
 
 /// Whether a snapshot file exists in `dir` (a snapshot directory).
@@ -62,14 +66,24 @@ impl SnapshotStore {
     pub fn new(engine: Engine) -> Self {
         SnapshotStore {
             dir: engine.snapshot_dir(),
-            current: Arc::new(Mutex::new(0)),
+            current: engine.snapshot_at.clone(),
+            receiving: engine.receiving_snapshot.clone(),
+            stored: engine.snapshot_stored.clone(),
             writes: Arc::new(AtomicU64::new(0)),
         }
     }
 
+    /// Marks a snapshot from the leader as being received (`true`) or stored (`false`). openraft
+    /// purges the log entries such a snapshot covers without waiting for it to be stored; while
+    /// one is received, a purge of the log waits for the snapshot to be stored.
+    pub fn receiving(&self, on: bool) {
+        self.receiving.store(on, Ordering::SeqCst);
+        self.stored.notify_waiters();
+    }
+
     /// Records the log position of the snapshot found on disk at start.
     pub fn set_current_position(&self, position: u64) {
-        *self.current.lock().expect("snapshot position lock") = position;
+        *self.current.lock().expect("snapshot position lock") = Some(position);
     }
 
     /// Makes the snapshot (`meta`, `data`) at log `position` the current one, unless a newer
@@ -105,14 +119,16 @@ impl SnapshotStore {
         let data_len = f.metadata().map_err(io)?.len() - 12 - meta.len() as u64;
         drop(f);
         let mut current = self.current.lock().expect("snapshot position lock");
-        if position < *current {
+        if current.is_some_and(|c| position < c) {
             drop(current);
             fs::remove_file(&temp).map_err(io)?;
             return Ok(None);
         }
         fs::rename(&temp, self.dir.join(CURRENT)).map_err(io)?;
         File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io)?;
-        *current = position;
+        *current = Some(position);
+        drop(current);
+        self.stored.notify_waiters();
         Ok(Some(data_len))
     }
 
