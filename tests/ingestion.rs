@@ -35,6 +35,14 @@ fn get(urls: &[String], path: &str) -> Option<Value> {
     })
 }
 
+/// Submits `task` and waits for task `id` to succeed.
+fn run_to_success(urls: &[String], task: &Value, id: &str) {
+    let (s, v) = post(urls, &format!("{API}/task"), task);
+    assert_eq!(s, 200, "{v}");
+    let status = wait_done(urls, id);
+    assert_eq!(status["statusCode"], "SUCCESS", "{status}");
+}
+
 fn wait_done(urls: &[String], id: &str) -> Value {
     wait_for_blocking(&format!("task {id} to finish"), Duration::from_secs(120), || {
         let v = get(urls, &format!("{API}/task/{id}/status"))?;
@@ -269,13 +277,7 @@ fn index_parallel_builds_rolled_up_parquet_segments_that_pyarrow_reads_back() {
     assert_eq!(seen, expect);
 
     // Re-ingest with overwrite: a new version for every day, above the old one.
-    let (s, v) = post(
-        &urls,
-        &format!("{API}/task"),
-        &spec("again", input.path(), false, json!({})),
-    );
-    assert_eq!(s, 200, "{v}");
-    assert_eq!(wait_done(&urls, "again")["statusCode"], "SUCCESS");
+    run_to_success(&urls, &spec("again", input.path(), false, json!({})), "again");
     let segments = used_segments(&urls);
     let newer: BTreeMap<String, String> = segments
         .iter()
@@ -427,9 +429,7 @@ fn unparseable_rows_are_counted_and_fail_the_task_past_the_limit_leaving_no_file
     let (_cluster, urls) = start(deep.path(), 1);
     let mut tolerant = spec("tolerant", input.path(), false, json!({"maxSavedParseExceptions": 10}));
     tolerant["spec"]["ioConfig"]["inputSource"]["filter"] = json!("*.json");
-    let (s, v) = post(&urls, &format!("{API}/task"), &tolerant);
-    assert_eq!(s, 200, "{v}");
-    assert_eq!(wait_done(&urls, "tolerant")["statusCode"], "SUCCESS");
+    run_to_success(&urls, &tolerant, "tolerant");
     let report = get(&urls, &format!("{API}/task/tolerant/reports")).unwrap();
     let payload = &report["ingestionStatsAndErrors"]["payload"];
     assert_eq!(payload["rowStats"]["buildSegments"]["processed"], 1, "{report}");
@@ -805,9 +805,7 @@ fn hashed_partitions_are_published_with_druids_hashed_shard_specs() {
         json!({"partitionsSpec": {"type": "hashed", "numShards": 3, "partitionDimensions": ["page", "user"]},
             "forceGuaranteedRollup": true}),
     );
-    let (s, v) = post(&urls, &format!("{API}/task"), &task);
-    assert_eq!(s, 200, "{v}");
-    assert_eq!(wait_done(&urls, "hashed")["statusCode"], "SUCCESS");
+    run_to_success(&urls, &task, "hashed");
     let segments = used_segments(&urls);
     assert_eq!(segments.len(), 6, "{segments:?}");
     for s in &segments {
@@ -833,13 +831,7 @@ fn drop_existing_covers_days_the_input_left_empty_with_tombstones() {
     let input = tempfile::tempdir().unwrap();
     write_input(input.path(), 2);
     let (_cluster, urls) = start(deep.path(), 1);
-    let (s, v) = post(
-        &urls,
-        &format!("{API}/task"),
-        &spec("both", input.path(), false, json!({})),
-    );
-    assert_eq!(s, 200, "{v}");
-    assert_eq!(wait_done(&urls, "both")["statusCode"], "SUCCESS");
+    run_to_success(&urls, &spec("both", input.path(), false, json!({})), "both");
 
     std::fs::remove_file(input.path().join("day-1.json.gz")).unwrap();
     let mut again = spec("one-day", input.path(), false, json!({}));

@@ -387,7 +387,8 @@ async fn a_purge_during_a_snapshot_install_waits_for_the_snapshot_to_be_stored()
     let purge = tokio::spawn(async move { purging.purge(id(8)).await });
     // Not before a snapshot covering 8 is stored: one at 6 is not enough.
     snapshots.save(&"meta".to_string(), 6, b"data").unwrap();
-    tokio::task::yield_now().await;
+    // A later write through the log's writer: a purge that did not wait would be done by now.
+    log.blocking_append(vec![entry(1, 11, vec![], 11)]).await.unwrap();
     assert!(!purge.is_finished(), "purged past the stored snapshot");
     assert_eq!(log.get_log_state().await.unwrap().last_purged_log_id, None);
     snapshots.save(&"meta".to_string(), 8, b"data").unwrap();
