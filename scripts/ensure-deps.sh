@@ -20,8 +20,17 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# The ingestion tests read the Parquet segments back with pyarrow, an independent reader.
+# The ingestion tests read the Parquet segments back with pyarrow, an independent reader, and
+# run S3 deep storage and the s3 input source against a real S3 API server (moto's) read with
+# boto3.
+pip_install() {
+  python3 -m pip install --quiet "$@" || python3 -m pip install --quiet --break-system-packages "$@"
+}
 if ! python3 -c "import pyarrow" >/dev/null 2>&1; then
   echo "installing: pyarrow (PyPI)" >&2
-  python3 -m pip install --quiet pyarrow || python3 -m pip install --quiet --break-system-packages pyarrow
+  pip_install pyarrow
+fi
+if ! python3 -c "import moto.server, flask, flask_cors, boto3" >/dev/null 2>&1; then
+  echo "installing: moto[server] (PyPI)" >&2
+  pip_install "moto[server]"
 fi

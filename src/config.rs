@@ -50,8 +50,9 @@ pub struct WorkerSettings {
     pub peon_command: Vec<String>,
     /// Time a peon gets between SIGTERM and SIGKILL.
     pub graceful_stop: Duration,
-    /// Where peons push segment files (Druid's local deep storage); shared by every node.
-    pub deep_storage: PathBuf,
+    /// Where peons push segment files: a directory or `s3://bucket/prefix`
+    /// ([`crate::worker::deep_storage`]); shared by every node.
+    pub deep_storage: String,
     pub timing: WorkerTiming,
 }
 

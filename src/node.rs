@@ -406,7 +406,7 @@ fn start_worker(
             ),
             (
                 crate::worker::index_task::DEEP_STORAGE_ENV.to_string(),
-                settings.deep_storage.display().to_string(),
+                settings.deep_storage.clone(),
             ),
         ],
     })

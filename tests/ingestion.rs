@@ -867,3 +867,247 @@ fn drop_existing_covers_days_the_input_left_empty_with_tombstones() {
     let status = wait_done(&urls, "reindex");
     assert_eq!(status["statusCode"], "SUCCESS", "{status}");
 }
+
+/// A real S3 API server for the test: moto's server from PyPI (scripts/ensure-deps.sh installs
+/// it), on a free loopback port, stopped when dropped.
+struct S3Server {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl S3Server {
+    fn start() -> S3Server {
+        let port = common::free_port();
+        let child = std::process::Command::new("python3")
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 -m moto.server (scripts/ensure-deps.sh installs moto[server])");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let server = S3Server { child, endpoint };
+        wait_for_blocking("the S3 server to answer", Duration::from_secs(60), || {
+            http().get(&server.endpoint).send().ok().filter(|r| r.status() == 200)
+        });
+        server
+    }
+
+    /// Environment for an AWS client of this server.
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", "test-key".to_string()),
+            ("AWS_SECRET_ACCESS_KEY", "test-secret".to_string()),
+            ("AWS_REGION", "us-east-1".to_string()),
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+        ]
+    }
+
+    /// Runs a Python script with boto3 client `s3` and pyarrow filesystem `fs` for this server
+    /// (independent clients: neither is raftlord's); returns what it prints, as JSON.
+    fn python(&self, script: &str, args: &[&str]) -> Value {
+        let prelude = r#"
+import json, sys, os, boto3
+import pyarrow.fs, pyarrow.parquet as pq
+endpoint = os.environ["AWS_ENDPOINT_URL"]
+s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+fs = pyarrow.fs.S3FileSystem(access_key="test-key", secret_key="test-secret", region="us-east-1",
+    endpoint_override=endpoint.split("://")[1], scheme="http")
+"#;
+        let out = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(format!("{prelude}\n{script}"))
+            .args(args)
+            .envs(self.env())
+            .output()
+            .expect("python3");
+        assert!(
+            out.status.success(),
+            "the S3 client script failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
+    /// Every key in `bucket` under `prefix`.
+    fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let v = self.python(
+            r#"
+pages = s3.get_paginator("list_objects_v2").paginate(Bucket=sys.argv[1], Prefix=sys.argv[2])
+print(json.dumps(sorted(o["Key"] for p in pages for o in p.get("Contents", []))))
+"#,
+            &[bucket, prefix],
+        );
+        serde_json::from_value(v).unwrap()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// S3 end to end against a real S3 API server: input read from a bucket by prefix and glob, and
+/// by object with the spec's own endpoint and keys; segments pushed to S3 deep storage and read
+/// back by pyarrow's own S3 client; a compaction that reads them from S3; a kill that deletes
+/// the unused objects and an orphan, and nothing a used segment names; a missing object fails
+/// the task naming it.
+#[test]
+fn s3_input_and_s3_deep_storage_ingest_compact_and_kill_against_a_real_s3_server() {
+    let s3 = S3Server::start();
+    let input = tempfile::tempdir().unwrap();
+    let rows = write_input(input.path(), 3);
+    s3.python(
+        r#"
+for b in ("input", "deep"):
+    s3.create_bucket(Bucket=b)
+for name in sorted(os.listdir(sys.argv[1])):
+    s3.upload_file(os.path.join(sys.argv[1], name), "input", "wiki/" + name)
+s3.put_object(Bucket="input", Key="wiki/README.txt", Body=b"not input")
+"#,
+        &[input.path().to_str().unwrap()],
+    );
+    let env = s3.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let cluster = ThreeNodes::start_with_env(
+        &["--worker-capacity", "1", "--deep-storage", "s3://deep/segments"],
+        &env,
+    );
+    let urls = cluster.urls();
+    wait_for_blocking("a leader", Duration::from_secs(30), || common::leader_of(&urls));
+
+    // By prefix, with the glob leaving README.txt out; keys from the worker's environment.
+    let mut first = spec("s3-one", input.path(), false, json!({}));
+    first["spec"]["ioConfig"]["inputSource"] =
+        json!({"type": "s3", "prefixes": ["s3://input/wiki/"], "objectGlob": "**.json.gz"});
+    run_to_success(&urls, &first, "s3-one");
+    let segments = used_segments(&urls);
+    assert_eq!(segments.len(), 3, "{segments:?}");
+    for s in &segments {
+        assert_eq!(s["loadSpec"]["type"], "s3", "{s}");
+        assert_eq!(s["loadSpec"]["bucket"], "deep", "{s}");
+        assert!(
+            s["loadSpec"]["key"]
+                .as_str()
+                .unwrap()
+                .starts_with("segments/wiki/2024-05-0"),
+            "{s}"
+        );
+    }
+    let read_back = |segments: &[Value]| -> Vec<Value> {
+        let paths: Vec<String> = segments
+            .iter()
+            .map(|s| format!("deep/{}", s["loadSpec"]["key"].as_str().unwrap()))
+            .collect();
+        let args: Vec<&str> = paths.iter().map(String::as_str).collect();
+        let v = s3.python(
+            r#"
+rows = []
+for path in sys.argv[1:]:
+    t = pq.read_table(path, filesystem=fs)
+    assert b"druid.segment" in t.schema.metadata
+    for r in t.to_pylist():
+        r["__time"] = int(r["__time"].timestamp() * 1000)
+        rows.append(r)
+print(json.dumps(rows))
+"#,
+            &args,
+        );
+        v.as_array().cloned().unwrap()
+    };
+    let expect = expected_rollup(&rows);
+    let got = read_back(&segments);
+    assert_eq!(got.len(), expect.len());
+    let check = |got: &[Value], copies: i64| {
+        for r in got {
+            let key = (
+                r["__time"].as_i64().unwrap(),
+                r["page"].as_str().unwrap().to_string(),
+                r["user"].as_str().unwrap().to_string(),
+                r["country"].as_str().unwrap().to_string(),
+            );
+            let (count, added, delta_max) = expect[&key];
+            assert_eq!(r["count"].as_i64().unwrap(), copies * count, "{r}");
+            assert_eq!(r["added"].as_i64().unwrap(), copies * added, "{r}");
+            assert_eq!(r["delta_max"].as_f64().unwrap(), delta_max, "{r}");
+        }
+    };
+    check(&got, 1);
+
+    // By object, with the endpoint and keys in the spec (Druid's endpointConfig and properties),
+    // appended.
+    let mut second = spec("s3-two", input.path(), true, json!({}));
+    second["spec"]["ioConfig"]["inputSource"] = json!({"type": "s3",
+        "objects": (0..3).map(|d| json!({"bucket": "input", "path": format!("wiki/day-{d}.json.gz")})).collect::<Vec<_>>(),
+        "endpointConfig": {"url": s3.endpoint.trim_start_matches("http://"), "signingRegion": "us-east-1"},
+        "clientConfig": {"protocol": "http"},
+        "properties": {"accessKeyId": "test-key", "secretAccessKey": {"type": "default", "password": "test-secret"}}});
+    run_to_success(&urls, &second, "s3-two");
+    assert_eq!(used_segments(&urls).len(), 6);
+
+    // A compaction reads the six segments from S3 and writes one per day.
+    let interval = "2024-05-01T00:00:00.000Z/2024-05-04T00:00:00.000Z";
+    run_to_success(
+        &urls,
+        &json!({"type": "compact", "id": "s3-compact", "dataSource": "wiki",
+            "ioConfig": {"type": "compact", "inputSpec": {"type": "interval", "interval": interval}}}),
+        "s3-compact",
+    );
+    let all = used_segments(&urls);
+    let now = visible(&all);
+    assert_eq!(now.len(), 3, "{now:?}");
+    check(&read_back(&now), 2);
+
+    // Kill: the six overshadowed segments, marked unused, and an orphan object go; the three
+    // visible segments' objects stay.
+    let old_ids: Vec<String> = all
+        .iter()
+        .filter(|s| !now.contains(s))
+        .map(|s| s["identifier"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(old_ids.len(), 6);
+    let (s, v) = post(
+        &urls,
+        "/druid/coordinator/v1/datasources/wiki/markUnused",
+        &json!({"segmentIds": old_ids}),
+    );
+    assert_eq!(s, 200, "{v}");
+    s3.python(
+        r#"s3.put_object(Bucket="deep", Key=sys.argv[1], Body=b"left by a killed peon")"#,
+        &["segments/wiki/2024-05-02T00:00:00.000Z_2024-05-03T00:00:00.000Z/v-orphan/0/index.parquet"],
+    );
+    run_to_success(
+        &urls,
+        &json!({"type": "kill", "id": "s3-kill", "dataSource": "wiki", "interval": interval}),
+        "s3-kill",
+    );
+    let report = get(&urls, &format!("{API}/task/s3-kill/reports")).unwrap();
+    let payload = &report["killUnusedSegments"]["payload"];
+    assert_eq!(payload["numSegmentsKilled"], 6, "{report}");
+    assert_eq!(payload["numFilesDeleted"], 6, "{report}");
+    assert_eq!(payload["numOrphanFilesDeleted"], 1, "{report}");
+    let mut kept: Vec<String> = now
+        .iter()
+        .map(|s| s["loadSpec"]["key"].as_str().unwrap().to_string())
+        .collect();
+    kept.sort();
+    assert_eq!(s3.keys("deep", "segments/"), kept);
+
+    // A missing object fails the task with its URI; nothing is published or left behind.
+    let mut missing = spec("s3-missing", input.path(), true, json!({}));
+    missing["spec"]["ioConfig"]["inputSource"] =
+        json!({"type": "s3", "uris": ["s3://input/wiki/day-0.json.gz", "s3://input/wiki/nope.json.gz"]});
+    let (s, v) = post(&urls, &format!("{API}/task"), &missing);
+    assert_eq!(s, 200, "{v}");
+    let status = wait_done(&urls, "s3-missing");
+    assert_eq!(status["statusCode"], "FAILED", "{status}");
+    assert!(
+        status["errorMsg"]
+            .as_str()
+            .unwrap_or("")
+            .contains("s3://input/wiki/nope.json.gz"),
+        "{status}"
+    );
+    assert_eq!(s3.keys("deep", "segments/"), kept);
+}

@@ -18,6 +18,7 @@ pub mod filter;
 pub mod format;
 pub mod parquet_input;
 pub mod rows;
+pub mod s3;
 pub mod segment;
 pub mod source;
 pub mod spec;

@@ -5,12 +5,17 @@
 //!   file under `baseDir` is never read through a path that leaves it (symlinks included);
 //! - `http` (`uris`, with `httpAuthenticationUsername` and `httpAuthenticationPassword` as a
 //!   string, `{"type": "default", "password": ...}` or `{"type": "environment", "variable":
-//!   ...}`): each URI is fetched with GET and read as it arrives; plain `http` only;
+//!   ...}`): each URI is fetched with GET and read as it arrives; `http` or `https` (checked
+//!   against the system's trusted certificates);
+//! - `s3` (exactly one of `uris`, `prefixes` or `objects`; `objectGlob` on the key;
+//!   `properties.accessKeyId` / `secretAccessKey` as password providers; `endpointConfig.url`
+//!   and `clientConfig.protocol` for an S3-compatible server, see [`crate::s3`]): each object is
+//!   read as a stream when its turn comes;
 //! - `druid` reads a datasource's segments (the caller names their files).
 //!
 //! Input is decompressed by the extension of its name: `.gz` (gzip, also concatenated members),
 //! `.bz2`, `.xz`, `.zst`, and `.zip` (every file in the archive, in archive order; Druid reads
-//! the first only). `s3` and the other cloud sources are refused with a message saying so.
+//! the first only). The other cloud sources are refused with a message saying so.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Cursor, Read, Seek, SeekFrom};
@@ -38,6 +43,12 @@ pub enum InputSource {
         username: Option<String>,
         password: Option<Password>,
     },
+    S3 {
+        objects: S3Objects,
+        /// `objectGlob`, matched against each object's key.
+        glob: Option<String>,
+        settings: S3Source,
+    },
     /// The used, visible segments of a datasource in an interval (Druid's reindexing); `files`
     /// are their segment files, found by the caller before reading
     /// ([`InputSource::with_segment_files`]).
@@ -46,6 +57,35 @@ pub enum InputSource {
         interval: Interval,
         files: Vec<PathBuf>,
     },
+}
+
+/// What an `s3` source names: whole objects, or every object under some prefixes. Each is a
+/// bucket and a key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum S3Objects {
+    Objects(Vec<(String, String)>),
+    Prefixes(Vec<(String, String)>),
+}
+
+/// How an `s3` source reaches its server: the spec's `endpointConfig`, `properties` and
+/// `clientConfig`; what they leave out comes from the AWS environment of the worker.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct S3Source {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<Password>,
+    pub secret_access_key: Option<Password>,
+}
+
+impl S3Source {
+    fn settings(&self) -> Result<crate::s3::S3Settings, String> {
+        Ok(crate::s3::S3Settings {
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            access_key_id: self.access_key_id.as_ref().map(Password::resolve).transpose()?,
+            secret_access_key: self.secret_access_key.as_ref().map(Password::resolve).transpose()?,
+        })
+    }
 }
 
 /// Druid's `PasswordProvider`: the password itself, or the environment variable holding it.
@@ -65,8 +105,8 @@ impl std::fmt::Debug for Password {
 }
 
 impl Password {
-    fn parse(v: &Value) -> Result<Password, FieldError> {
-        let name = "httpAuthenticationPassword";
+    /// The provider at field `name`.
+    fn parse(v: &Value, name: &str) -> Result<Password, FieldError> {
         match v {
             Value::String(p) => Ok(Password::Plain(p.clone())),
             Value::Object(o) => match o.get("type").and_then(Value::as_str).unwrap_or("default") {
@@ -99,7 +139,7 @@ impl Password {
         match self {
             Password::Plain(p) => Ok(p.clone()),
             Password::Environment(v) => std::env::var(v)
-                .map_err(|_| format!("the environment variable [{v}] holding the HTTP password is not set")),
+                .map_err(|_| format!("the environment variable [{v}] holding a password or key is not set")),
         }
     }
 }
@@ -223,7 +263,7 @@ impl InputSource {
                     .map(str::to_string);
                 let password = match v.get("httpAuthenticationPassword") {
                     None | Some(Value::Null) => None,
-                    Some(p) => Some(Password::parse(p)?),
+                    Some(p) => Some(Password::parse(p, "httpAuthenticationPassword")?),
                 };
                 if password.is_some() && username.is_none() {
                     return Err(field(
@@ -237,10 +277,11 @@ impl InputSource {
                     password,
                 })
             }
-            "s3" | "google" | "azure" | "hdfs" | "sql" | "combining" => Err(field(
+            "s3" => parse_s3(v),
+            "google" | "azure" | "hdfs" | "sql" | "combining" => Err(field(
                 "type",
                 format!(
-                    "input source [{kind}] is not supported by this raftlord version; use \"local\", \"http\" or \"inline\""
+                    "input source [{kind}] is not supported by this raftlord version; use \"local\", \"s3\", \"http\" or \"inline\""
                 ),
             )),
             other => Err(field("type", format!("unknown input source [{other}]"))),
@@ -314,6 +355,11 @@ impl InputSource {
                     .collect::<Vec<_>>();
                 Ok(openers)
             }
+            InputSource::S3 {
+                objects,
+                glob,
+                settings,
+            } => s3_openers(objects, glob.as_deref(), settings),
             InputSource::Local {
                 base_dir,
                 filter,
@@ -340,6 +386,197 @@ impl InputSource {
             }
         }
     }
+}
+
+/// Druid's `s3` input source.
+fn parse_s3(v: &Value) -> Result<InputSource, FieldError> {
+    let list = |name: &str| -> Result<Option<Vec<(String, String)>>, FieldError> {
+        match v.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Array(a)) if !a.is_empty() => a
+                .iter()
+                .enumerate()
+                .map(|(i, u)| {
+                    let u = u
+                        .as_str()
+                        .ok_or_else(|| field(&format!("{name}[{i}]"), "must be an s3:// URI"))?;
+                    crate::s3::parse_uri(u).map_err(|m| field(&format!("{name}[{i}]"), m))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(_) => Err(field(name, "must be a non-empty list of s3:// URIs")),
+        }
+    };
+    let uris = list("uris")?;
+    let prefixes = list("prefixes")?;
+    let objects = match v.get("objects") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(a)) if !a.is_empty() => Some(
+            a.iter()
+                .enumerate()
+                .map(|(i, o)| {
+                    let get = |k: &str| {
+                        o.get(k)
+                            .and_then(Value::as_str)
+                            .filter(|s| !s.is_empty())
+                            .map(str::to_string)
+                            .ok_or_else(|| field(&format!("objects[{i}].{k}"), "required, a string"))
+                    };
+                    Ok((get("bucket")?, get("path")?))
+                })
+                .collect::<Result<Vec<_>, FieldError>>()?,
+        ),
+        Some(_) => return Err(field("objects", "must be a non-empty list of {\"bucket\", \"path\"}")),
+    };
+    let objects = match (uris, prefixes, objects) {
+        (Some(u), None, None) => S3Objects::Objects(u),
+        (None, Some(p), None) => S3Objects::Prefixes(p),
+        (None, None, Some(o)) => S3Objects::Objects(o),
+        _ => {
+            return Err(field(
+                "uris",
+                "an s3 input source needs exactly one of \"uris\", \"prefixes\" or \"objects\"",
+            ))
+        }
+    };
+    if let S3Objects::Objects(o) = &objects {
+        if let Some(i) = o.iter().position(|(_, k)| k.is_empty() || k.ends_with('/')) {
+            return Err(field(
+                &format!("uris[{i}]"),
+                "names a prefix, not an object; use \"prefixes\"",
+            ));
+        }
+    }
+    let glob = v.get("objectGlob").and_then(Value::as_str).map(str::to_string);
+    if let Some(g) = &glob {
+        object_glob(g).map_err(|m| field("objectGlob", m))?;
+    }
+    let mut settings = S3Source::default();
+    if let Some(p) = v.get("properties").filter(|p| !p.is_null()) {
+        if p.get("assumeRoleArn").is_some_and(|a| !a.is_null()) {
+            return Err(field(
+                "properties.assumeRoleArn",
+                "assuming a role is not supported by this raftlord version; give keys, or leave them to the worker's AWS environment",
+            ));
+        }
+        for (name, slot) in [
+            ("accessKeyId", &mut settings.access_key_id),
+            ("secretAccessKey", &mut settings.secret_access_key),
+        ] {
+            if let Some(k) = p.get(name).filter(|k| !k.is_null()) {
+                *slot = Some(Password::parse(k, &format!("properties.{name}"))?);
+            }
+        }
+        if settings.access_key_id.is_some() != settings.secret_access_key.is_some() {
+            return Err(field(
+                "properties",
+                "accessKeyId and secretAccessKey are given together or not at all",
+            ));
+        }
+    }
+    if let Some(e) = v.get("endpointConfig").filter(|e| !e.is_null()) {
+        settings.region = e.get("signingRegion").and_then(Value::as_str).map(str::to_string);
+        if let Some(url) = e.get("url").and_then(Value::as_str).filter(|u| !u.is_empty()) {
+            // Druid takes a host with the scheme in clientConfig.protocol (https by default).
+            let protocol = v
+                .pointer("/clientConfig/protocol")
+                .and_then(Value::as_str)
+                .unwrap_or("https")
+                .to_ascii_lowercase();
+            let url = if url.contains("://") {
+                url.to_string()
+            } else {
+                format!("{protocol}://{url}")
+            };
+            let parsed = reqwest::Url::parse(&url).map_err(|e| field("endpointConfig.url", format!("[{url}]: {e}")))?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+                return Err(field(
+                    "endpointConfig.url",
+                    format!("[{url}] is not an http(s) URL with a host"),
+                ));
+            }
+            settings.endpoint = Some(url.trim_end_matches('/').to_string());
+        }
+    }
+    Ok(InputSource::S3 {
+        objects,
+        glob,
+        settings,
+    })
+}
+
+/// `objectGlob` as Druid reads it, with Java's glob rules on the key: `*` stays within one part
+/// of the path and `**` crosses parts, also inside a part (`**.json` matches `a/b/c.json`). Such
+/// a glob is matched with `*` crossing parts as well, which globset needs to match it at all.
+fn object_glob(g: &str) -> Result<globset::GlobMatcher, String> {
+    let bytes = g.as_bytes();
+    let partial_double_star = g.match_indices("**").any(|(i, _)| {
+        let before = i.checked_sub(1).map(|j| bytes[j]);
+        let after = bytes.get(i + 2).copied();
+        !matches!(before, None | Some(b'/')) || !matches!(after, None | Some(b'/'))
+    });
+    globset::GlobBuilder::new(g)
+        .literal_separator(!partial_double_star)
+        .build()
+        .map(|g| g.compile_matcher())
+        .map_err(|e| format!("not a glob: {e}"))
+}
+
+/// The objects an `s3` source names, listed now, each opened when its turn comes.
+fn s3_openers(objects: &S3Objects, glob: Option<&str>, settings: &S3Source) -> Result<Vec<Opener>, String> {
+    let s = settings.settings()?;
+    let glob = glob.map(object_glob).transpose()?;
+    let mut buckets: std::collections::BTreeMap<String, crate::s3::Bucket> = Default::default();
+    let mut bucket = |name: &str| -> Result<crate::s3::Bucket, String> {
+        if let Some(b) = buckets.get(name) {
+            return Ok(b.clone());
+        }
+        let b = crate::s3::Bucket::open(name, &s)?;
+        buckets.insert(name.to_string(), b.clone());
+        Ok(b)
+    };
+    let mut found: Vec<(crate::s3::Bucket, String)> = Vec::new();
+    match objects {
+        S3Objects::Objects(list) => {
+            for (b, k) in list {
+                found.push((bucket(b)?, k.clone()));
+            }
+        }
+        S3Objects::Prefixes(list) => {
+            for (b, prefix) in list {
+                let handle = bucket(b)?;
+                for o in handle.list(prefix)? {
+                    // Druid skips the zero-byte "directory" markers some tools create.
+                    if o.key.ends_with('/') && o.size == 0 {
+                        continue;
+                    }
+                    found.push((handle.clone(), o.key));
+                }
+            }
+        }
+    }
+    if let Some(g) = &glob {
+        found.retain(|(_, k)| g.is_match(k));
+    }
+    if found.is_empty() {
+        return Err("the s3 input source matched no objects".to_string());
+    }
+    Ok(found
+        .into_iter()
+        .map(|(b, k)| {
+            Box::new(move || {
+                let name = format!("s3://{}/{k}", b.name());
+                let (size, body) = b.reader(&k)?;
+                let reader = decompress(&name, extension(Path::new(&k)), body)?;
+                Ok(Entity {
+                    name,
+                    size,
+                    reader,
+                    path: None,
+                })
+            }) as Opener
+        })
+        .collect())
 }
 
 fn walk(root: &Path, dir: &Path, glob: &globset::GlobMatcher, out: &mut Vec<PathBuf>) -> Result<(), String> {
@@ -387,16 +624,15 @@ fn fetch(
     })
 }
 
-/// Only plain `http` URIs with a host are fetched.
+/// Only `http` and `https` URIs with a host are fetched.
 fn check_http_uri(uri: &str) -> Result<(), String> {
     let url = reqwest::Url::parse(uri).map_err(|e| format!("[{uri}] is not a URI: {e}"))?;
     match url.scheme() {
-        "http" if url.host().is_some() => Ok(()),
-        "http" => Err(format!("[{uri}] has no host")),
-        "https" => Err(format!(
-            "[{uri}]: https is not supported by this raftlord version; serve the input over http or copy it to a local directory"
+        "http" | "https" if url.host().is_some() => Ok(()),
+        "http" | "https" => Err(format!("[{uri}] has no host")),
+        other => Err(format!(
+            "[{uri}]: the scheme [{other}] is not supported; use http or https"
         )),
-        other => Err(format!("[{uri}]: the scheme [{other}] is not supported; use http")),
     }
 }
 
@@ -553,13 +789,63 @@ mod tests {
         assert_eq!(err(json!({"type": "local"})), "baseDir");
         assert_eq!(err(json!({"type": "inline"})), "data");
         assert_eq!(err(json!({"type": "ftp"})), "type");
-        assert_eq!(err(json!({"type": "s3", "uris": ["s3://x/y"]})), "type");
+        assert_eq!(err(json!({"type": "google", "uris": ["gs://x/y"]})), "type");
+        assert_eq!(err(json!({"type": "s3"})), "uris");
+        assert_eq!(
+            err(json!({"type": "s3", "uris": ["s3://x/y"], "prefixes": ["s3://x/"]})),
+            "uris"
+        );
+        assert_eq!(
+            err(json!({"type": "s3", "uris": ["s3://x/y", "http://x/y"]})),
+            "uris[1]"
+        );
+        assert_eq!(err(json!({"type": "s3", "uris": ["s3://x/"]})), "uris[0]");
+        assert_eq!(
+            err(json!({"type": "s3", "objects": [{"bucket": "x"}]})),
+            "objects[0].path"
+        );
+        assert_eq!(
+            err(json!({"type": "s3", "prefixes": ["s3://x/"], "objectGlob": "[a"})),
+            "objectGlob"
+        );
+        assert_eq!(
+            err(
+                json!({"type": "s3", "prefixes": ["s3://x/"], "properties": {"assumeRoleArn": "arn:aws:iam::1:role/r"}})
+            ),
+            "properties.assumeRoleArn"
+        );
+        assert_eq!(
+            err(json!({"type": "s3", "prefixes": ["s3://x/"], "properties": {"accessKeyId": "a"}})),
+            "properties"
+        );
+        assert_eq!(
+            err(json!({"type": "s3", "prefixes": ["s3://x/"], "endpointConfig": {"url": "ftp://h"}})),
+            "endpointConfig.url"
+        );
+        let s3 = InputSource::parse(
+            &json!({"type": "s3", "prefixes": ["s3://x/in/"], "objectGlob": "**.json",
+            "properties": {"accessKeyId": "a", "secretAccessKey": {"type": "environment", "variable": "S"}},
+            "endpointConfig": {"url": "localhost:9000"}, "clientConfig": {"protocol": "http"}}),
+        )
+        .unwrap();
+        let InputSource::S3 { objects, settings, .. } = s3 else {
+            panic!("{s3:?}")
+        };
+        assert_eq!(objects, S3Objects::Prefixes(vec![("x".into(), "in/".into())]));
+        let glob = |g: &str, k: &str| object_glob(g).unwrap().is_match(k);
+        assert!(glob("**.json", "in/a/b.json"));
+        assert!(glob("in/*.json", "in/b.json"));
+        assert!(!glob("in/*.json", "in/a/b.json"));
+        assert!(glob("in/**/*.json", "in/a/b.json"));
+        assert_eq!(settings.endpoint.as_deref(), Some("http://localhost:9000"));
+        assert_eq!(settings.secret_access_key, Some(Password::Environment("S".into())));
         assert_eq!(err(json!({"type": "http"})), "uris");
         assert_eq!(err(json!({"type": "http", "uris": ["ftp://x/y"]})), "uris[0]");
         assert_eq!(
-            err(json!({"type": "http", "uris": ["http://x/y", "https://x/y"]})),
+            err(json!({"type": "http", "uris": ["http://x/y", "file:///y"]})),
             "uris[1]"
         );
+        assert!(InputSource::parse(&json!({"type": "http", "uris": ["https://x/y"]})).is_ok());
         assert_eq!(
             err(json!({"type": "http", "uris": ["http://x/y"], "httpAuthenticationPassword": "p"})),
             "httpAuthenticationUsername"

@@ -28,7 +28,7 @@ pub async fn run(args: BootstrapArgs) -> anyhow::Result<i32> {
     }
     // And every node's peons push segments to one deep storage.
     if node_args.deep_storage.is_none() {
-        node_args.deep_storage = Some(args.data_dir.join("deep-storage"));
+        node_args.deep_storage = Some(args.data_dir.join("deep-storage").display().to_string());
     }
     let node_flags = node_args.to_flags();
     let peers: BTreeMap<u64, String> = (1..=args.nodes)

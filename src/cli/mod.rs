@@ -156,11 +156,12 @@ pub struct NodeArgs {
     /// between nodes where possible. Default: DATA_DIR/task-logs.
     #[arg(long, env = "RAFTLORD_TASK_LOG_DIR")]
     pub task_log_dir: Option<PathBuf>,
-    /// Deep storage: the directory where ingestion tasks push segment files
-    /// (`dataSource/start_end/version/partition/index.parquet`). Every node that runs tasks, and
-    /// later every Historical, must see the same directory. Default: DATA_DIR/deep-storage.
+    /// Deep storage, where ingestion tasks push segment files
+    /// (`dataSource/start_end/version/partition/index.parquet`): a directory that every node
+    /// sees, or `s3://bucket/prefix` (credentials, region and endpoint from the standard AWS_*
+    /// environment variables, e.g. AWS_ENDPOINT_URL for MinIO). Default: DATA_DIR/deep-storage.
     #[arg(long, env = "RAFTLORD_DEEP_STORAGE")]
-    pub deep_storage: Option<PathBuf>,
+    pub deep_storage: Option<String>,
 }
 
 impl NodeArgs {
@@ -194,7 +195,7 @@ impl NodeArgs {
             flags.push(format!("--task-log-dir={}", d.display()));
         }
         if let Some(d) = &self.deep_storage {
-            flags.push(format!("--deep-storage={}", d.display()));
+            flags.push(format!("--deep-storage={d}"));
         }
         flags
     }

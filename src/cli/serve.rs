@@ -47,14 +47,27 @@ fn task_log_dir(args: &NodeArgs, data_dir: &Path) -> std::path::PathBuf {
     args.task_log_dir.clone().unwrap_or_else(|| data_dir.join("task-logs"))
 }
 
-/// The deep storage directory, absolute: segment load specs name it, and peons read it from a
-/// directory of their own.
-fn deep_storage(args: &NodeArgs, data_dir: &Path) -> std::path::PathBuf {
-    let d = args
-        .deep_storage
-        .clone()
-        .unwrap_or_else(|| data_dir.join("deep-storage"));
-    std::path::absolute(&d).unwrap_or(d)
+/// Deep storage: an `s3://` URI, or a directory made absolute (segment load specs name it, and
+/// peons read it from a directory of their own).
+fn deep_storage(args: &NodeArgs, data_dir: &Path) -> String {
+    match &args.deep_storage {
+        Some(d) if d.contains("://") => d.clone(),
+        Some(d) => std::path::absolute(d)
+            .unwrap_or_else(|_| d.into())
+            .display()
+            .to_string(),
+        None => {
+            let d = data_dir.join("deep-storage");
+            std::path::absolute(&d).unwrap_or(d).display().to_string()
+        }
+    }
+}
+
+/// Refuses a deep storage location that no task could use, before the node starts.
+fn check_deep_storage(args: &NodeArgs, data_dir: &Path) -> anyhow::Result<()> {
+    crate::worker::deep_storage::DeepStorage::parse(&deep_storage(args, data_dir))
+        .map(|_| ())
+        .map_err(|e| anyhow::anyhow!("--deep-storage: {e}"))
 }
 
 /// The worker settings, or `None` when the capacity is 0.
@@ -104,6 +117,7 @@ pub fn secret_in(dir: &Path) -> anyhow::Result<String> {
 }
 
 pub async fn dev(args: DevArgs) -> anyhow::Result<i32> {
+    check_deep_storage(&args.node, &args.data_dir)?;
     let secret = secret_in(&args.data_dir)?;
     let config = NodeConfig {
         node_id: 1,
@@ -129,6 +143,7 @@ pub async fn server(mut args: ServerArgs) -> anyhow::Result<i32> {
     if args.cluster_secret.is_empty() {
         anyhow::bail!("--cluster-secret (or RAFTLORD_CLUSTER_SECRET) must not be empty");
     }
+    check_deep_storage(&args.node, &args.data_dir)?;
     let controller = args
         .roles
         .iter()

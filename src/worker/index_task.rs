@@ -12,8 +12,8 @@
 //!    segments' version and partitions are numbered from 0. Append (`appendToExisting`): one
 //!    `segmentAllocate` per partition, which adds partitions to the interval's current version.
 //! 4. Write each partition as a Parquet file in the task directory, copy it into deep storage
-//!    (`dataSource/start_end/version/partitionNum/index.parquet`, written under a temporary name
-//!    and renamed), and publish every segment in one `segmentTransactionalInsert`.
+//!    ([`super::deep_storage`]: `dataSource/start_end/version/partitionNum/index.parquet` in a
+//!    directory or an S3 bucket), and publish every segment in one `segmentTransactionalInsert`.
 //!
 //! A task that fails or is stopped after pushing files removes them: nothing it wrote stays in
 //! deep storage unless its segments were published.
@@ -27,12 +27,14 @@ use serde_json::{json, Value};
 
 use raftlord_ingest::{read_input, IngestSpec, Ingested, ParseProblem, RowStats, SegmentFile};
 
+use super::deep_storage::{DeepStorage, SegmentPlace};
 use super::runner::write_atomic;
 use super::task_actions::TaskActions;
 use crate::clock::{iso, now_ms};
 use crate::interval::Interval;
 
-/// Environment variable naming the deep storage directory, set by the worker for its peons.
+/// Environment variable naming deep storage (a directory or `s3://bucket/prefix`), set by the
+/// worker for its peons.
 pub const DEEP_STORAGE_ENV: &str = "RAFTLORD_DEEP_STORAGE";
 
 /// How often progress is logged and the live report rewritten.
@@ -73,12 +75,20 @@ fn log(msg: &str) {
     println!("{} INFO {msg}", iso(now_ms()));
 }
 
-/// Files a task has pushed to deep storage and not yet published. Once closed (the task failed
-/// or was stopped), nothing more is pushed.
+/// Files a task has pushed to deep storage and not yet published (their load specs). Once
+/// closed (the task failed or was stopped), nothing more is pushed.
 #[derive(Default)]
 pub struct Pushed {
-    files: Vec<PathBuf>,
+    deep: Option<Arc<DeepStorage>>,
+    files: Vec<Value>,
     closed: bool,
+}
+
+/// The deep storage the worker gave this peon.
+pub fn deep_storage() -> Result<DeepStorage, String> {
+    let location =
+        std::env::var(DEEP_STORAGE_ENV).map_err(|_| "the worker gave this peon no deep storage".to_string())?;
+    DeepStorage::parse(&location)
 }
 
 /// Runs the task; the outcome is `Ok` when its segments are published. On an error the pushed
@@ -89,7 +99,7 @@ pub async fn run(task: Value, dir: &Path, live: Arc<Mutex<Outcome>>, pushed: Arc
     let actions = TaskActions::from_env(task.clone())?;
     let result = run_spec(&id, spec, None, dir, &actions, &live, &pushed).await;
     if result.is_err() {
-        remove_pushed(&pushed);
+        remove_pushed(pushed).await;
     }
     result
 }
@@ -107,9 +117,10 @@ pub async fn run_compact(
     let id = task.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
     let compact = CompactSpec::from_task(&task).map_err(|e| format!("invalid spec: {e}"))?;
     let actions = TaskActions::from_env(task.clone())?;
+    let deep = Arc::new(deep_storage()?);
     // The lock first: what the interval holds cannot change after it is read.
     actions.lock(&compact.interval).await?;
-    let used = used_segment_files(&actions, &compact.datasource, &compact.interval).await?;
+    let used = used_segment_files(&actions, &deep, dir, &compact.datasource, &compact.interval).await?;
     let existing = tokio::task::spawn_blocking(move || {
         used.into_iter()
             .map(|(interval, path)| {
@@ -131,14 +142,17 @@ pub async fn run_compact(
     let state = compaction_state(&index, &spec);
     let result = run_spec(&id, spec, Some(state), dir, &actions, &live, &pushed).await;
     if result.is_err() {
-        remove_pushed(&pushed);
+        remove_pushed(pushed).await;
     }
     result
 }
 
-/// The used segments visible now in `interval` of `datasource`: interval and local file of each.
+/// The used segments visible now in `interval` of `datasource`: interval and local file of each
+/// (downloaded into the task directory when deep storage is remote).
 async fn used_segment_files(
     actions: &TaskActions,
+    deep: &Arc<DeepStorage>,
+    dir: &Path,
     datasource: &str,
     interval: &Interval,
 ) -> Result<Vec<(Interval, PathBuf)>, String> {
@@ -157,17 +171,17 @@ async fn used_segment_files(
             .as_str()
             .and_then(|i| Interval::parse(i).ok())
             .ok_or_else(|| format!("segment {} has no readable interval", s["identifier"]))?;
-        match (spec["type"].as_str(), spec["path"].as_str()) {
-            (Some("local"), Some(p)) => files.push((segment_interval, PathBuf::from(p))),
-            _ => {
-                return Err(format!(
-                    "segment {} has a load spec this peon cannot read: {spec}",
-                    s["identifier"]
-                ))
-            }
-        }
+        files.push((segment_interval, spec.clone()));
     }
-    Ok(files)
+    let (deep, into) = (deep.clone(), dir.join("segments-read"));
+    tokio::task::spawn_blocking(move || {
+        files
+            .into_iter()
+            .map(|(i, spec)| deep.fetch(&spec, &into).map(|p| (i, p)))
+            .collect()
+    })
+    .await
+    .map_err(|e| format!("the download thread failed: {e}"))?
 }
 
 /// Locks what the spec names up front, resolves a `druid` source's segments (under those
@@ -181,9 +195,8 @@ async fn run_spec(
     live: &Arc<Mutex<Outcome>>,
     pushed: &Arc<Mutex<Pushed>>,
 ) -> Result<(), String> {
-    let deep = std::env::var_os(DEEP_STORAGE_ENV)
-        .map(PathBuf::from)
-        .ok_or("the worker gave this peon no deep storage directory")?;
+    let deep = Arc::new(deep_storage()?);
+    pushed.lock().unwrap_or_else(|p| p.into_inner()).deep = Some(deep.clone());
     let mut versions: BTreeMap<Interval, String> = BTreeMap::new();
     if let Some(cover) = spec.lock_intervals() {
         for i in cover {
@@ -198,7 +211,7 @@ async fn run_spec(
     {
         // Reindexing reads the segments visible now in the interval, which the locks above
         // keep as they are.
-        let files: Vec<PathBuf> = used_segment_files(actions, datasource, interval)
+        let files: Vec<PathBuf> = used_segment_files(actions, &deep, dir, datasource, interval)
             .await?
             .into_iter()
             .map(|(_, p)| p)
@@ -214,17 +227,23 @@ async fn run_spec(
 
 /// Removes the files a task pushed to deep storage and did not publish, and stops any more from
 /// being pushed.
-pub fn remove_pushed(pushed: &Mutex<Pushed>) {
-    let mut g = pushed.lock().unwrap_or_else(|p| p.into_inner());
-    g.closed = true;
-    for f in std::mem::take(&mut g.files) {
-        if std::fs::remove_file(&f).is_ok() {
-            log(&format!("removed [{}], which was not published", f.display()));
+pub async fn remove_pushed(pushed: Arc<Mutex<Pushed>>) {
+    let removal = tokio::task::spawn_blocking(move || {
+        // Taken while a push is under way, it waits for that push and then removes its file.
+        let mut g = pushed.lock().unwrap_or_else(|p| p.into_inner());
+        g.closed = true;
+        let files = std::mem::take(&mut g.files);
+        let Some(deep) = g.deep.clone() else { return };
+        for f in files {
+            match deep.delete(&f) {
+                Ok(true) => log(&format!("removed {f}, which was not published")),
+                Ok(false) => {}
+                Err(e) => log(&format!("could not remove {f}, which was not published: {e}")),
+            }
         }
-        // The partition directory, if now empty.
-        if let Some(parent) = f.parent() {
-            let _ = std::fs::remove_dir(parent);
-        }
+    });
+    if let Err(e) = removal.await {
+        log(&format!("removing unpublished files failed: {e}"));
     }
 }
 
@@ -235,7 +254,7 @@ async fn ingest(
     mut versions: BTreeMap<Interval, String>,
     compaction_state: Option<Value>,
     dir: &Path,
-    deep: &Path,
+    deep: &Arc<DeepStorage>,
     actions: &TaskActions,
     live: &Arc<Mutex<Outcome>>,
     pushed: &Arc<Mutex<Pushed>>,
@@ -350,7 +369,7 @@ async fn ingest(
     // Write, push, describe.
     set_state(live, "BUILD_SEGMENTS", dir, id);
     let segments_dir = dir.join("segments");
-    let deep_root = deep.to_path_buf();
+    let deep = deep.clone();
     let datasource = spec.datasource.clone();
     let pushed_w = pushed.clone();
     let segments: Vec<Value> = tokio::task::spawn_blocking(move || -> Result<Vec<Value>, String> {
@@ -363,15 +382,21 @@ async fn ingest(
                 .map_err(|e| e.to_string())?;
             let total = files.len();
             for f in files {
-                let path = {
+                let load_spec = {
                     // Pushed under the lock, so a stop either waits for this file or sees it.
                     let mut g = pushed_w.lock().unwrap_or_else(|p| p.into_inner());
                     if g.closed {
                         return Err("the task was stopped".to_string());
                     }
-                    let path = push(&deep_root, &datasource, &f)?;
-                    g.files.push(path.clone());
-                    path
+                    let place = SegmentPlace {
+                        datasource: &datasource,
+                        interval: &f.interval,
+                        version: &f.version,
+                        partition: f.partition_num,
+                    };
+                    let load_spec = deep.push(&f.path, &place)?;
+                    g.files.push(load_spec.clone());
+                    load_spec
                 };
                 std::fs::remove_file(&f.path).ok();
                 let shard_spec = match &shard {
@@ -382,7 +407,7 @@ async fn ingest(
                     "dataSource": datasource,
                     "interval": interval.to_string(),
                     "version": version,
-                    "loadSpec": {"type": "local", "path": path.display().to_string()},
+                    "loadSpec": load_spec,
                     "dimensions": f.dimensions.join(","),
                     "metrics": f.metrics.join(","),
                     "shardSpec": shard_spec_for(shard_spec, &f),
@@ -392,9 +417,8 @@ async fn ingest(
                 if let Some(state) = &compaction_state {
                     segment["lastCompactionState"] = state.clone();
                 }
-                out.push(segment);
                 log(&format!(
-                    "pushed segment {}_{}_{}_{}_{} ({} rows, {} bytes) to [{}]",
+                    "pushed segment {}_{}_{}_{}_{} ({} rows, {} bytes): {}",
                     datasource,
                     crate::interval::iso(interval.start),
                     crate::interval::iso(interval.end),
@@ -402,8 +426,9 @@ async fn ingest(
                     f.partition_num,
                     f.rows,
                     f.bytes,
-                    path.display()
+                    segment["loadSpec"]
                 ));
+                out.push(segment);
             }
         }
         Ok(out)
@@ -508,42 +533,6 @@ fn shard_spec_for(mut shard: Value, f: &SegmentFile) -> Value {
         shard["bucketId"] = json!(f.partition_num);
     }
     shard
-}
-
-/// Copies a segment file into deep storage under Druid's layout; returns where.
-fn push(deep: &Path, datasource: &str, f: &SegmentFile) -> Result<PathBuf, String> {
-    let interval = format!(
-        "{}_{}",
-        crate::interval::iso(f.interval.start),
-        crate::interval::iso(f.interval.end)
-    );
-    let dir = deep
-        .join(sanitize(datasource))
-        .join(interval)
-        .join(sanitize(&f.version))
-        .join(f.partition_num.to_string());
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create [{}]: {e}", dir.display()))?;
-    let target = dir.join("index.parquet");
-    let tmp = dir.join(format!(".index.parquet.{}", std::process::id()));
-    std::fs::copy(&f.path, &tmp).map_err(|e| format!("cannot copy to [{}]: {e}", tmp.display()))?;
-    std::fs::File::open(&tmp)
-        .and_then(|h| h.sync_all())
-        .map_err(|e| format!("cannot sync [{}]: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, &target).map_err(|e| format!("cannot rename to [{}]: {e}", target.display()))?;
-    Ok(target)
-}
-
-/// A path component from a name: no separators, no `..`.
-fn sanitize(s: &str) -> String {
-    let s: String = s
-        .chars()
-        .map(|c| if c == '/' || c == '\\' || c == '\0' { '_' } else { c })
-        .collect();
-    if s == "." || s == ".." {
-        format!("_{s}")
-    } else {
-        s
-    }
 }
 
 fn set_state(live: &Arc<Mutex<Outcome>>, state: &'static str, dir: &Path, id: &str) {

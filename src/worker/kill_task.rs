@@ -6,20 +6,20 @@
 //! (`retrieveUnusedSegments`), keeps back any whose file a used segment still names, deletes the
 //! records (`segmentNuke`, one command per batch so other writes interleave), and only then the
 //! files, so that a crash leaves at worst a file no segment names, never a segment without its
-//! file. A file is only ever deleted inside the deep storage directory.
+//! file. A file is only ever deleted inside deep storage ([`super::deep_storage`]).
 //!
-//! When the whole interval is killed (no `versions`, no `limit`), segment directories of
-//! intervals inside it that no segment names any more are removed as well: files left by a peon
+//! When the whole interval is killed (no `versions`, no `limit`), files of segment intervals
+//! inside it that no segment names any more are removed as well: files left by a peon
 //! killed between pushing and publishing. The interval's lock keeps any other task from pushing
 //! there meanwhile.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::index_task::DEEP_STORAGE_ENV;
+use super::deep_storage::DeepStorage;
 use super::task_actions::TaskActions;
 use crate::clock::{iso, now_ms};
 use crate::interval::Interval;
@@ -70,10 +70,7 @@ fn log(msg: &str) {
 /// Runs the kill task; `report` is filled in as it goes.
 pub async fn run(task: Value, report: &mut KillReport) -> Result<(), String> {
     let spec: KillSpec = serde_json::from_value(task.clone()).map_err(|e| format!("invalid kill spec: {e}"))?;
-    let deep = std::env::var_os(DEEP_STORAGE_ENV)
-        .map(PathBuf::from)
-        .ok_or("the worker gave this peon no deep storage directory")?;
-    let deep = deep.canonicalize().unwrap_or(deep);
+    let deep = Arc::new(super::index_task::deep_storage()?);
     let actions = TaskActions::from_env(task)?;
     let batch_size = spec.batch_size.unwrap_or(DEFAULT_BATCH_SIZE).clamp(1, 10_000);
     actions.lock(&spec.interval).await?;
@@ -107,11 +104,11 @@ pub async fn run(task: Value, report: &mut KillReport) -> Result<(), String> {
             .await?;
         let used_files: HashSet<String> = used
             .as_array()
-            .map(|a| a.iter().filter_map(load_path).collect())
+            .map(|a| a.iter().filter_map(|s| deep.locate(&s["loadSpec"])).collect())
             .unwrap_or_default();
         let (kill, keep): (Vec<Value>, Vec<Value>) = batch
             .into_iter()
-            .partition(|s| load_path(s).is_none_or(|p| !used_files.contains(&p)));
+            .partition(|s| deep.locate(&s["loadSpec"]).is_none_or(|p| !used_files.contains(&p)));
         for s in &keep {
             log(&format!(
                 "keeping unused segment [{}]: a used segment names its file",
@@ -127,20 +124,35 @@ pub async fn run(task: Value, report: &mut KillReport) -> Result<(), String> {
         report.killed += kill.len() as u64;
         report.batches += 1;
         remaining = remaining.saturating_sub(kill.len());
-        for s in &kill {
-            if let Some(p) = load_path(s) {
-                match delete_under(&deep, Path::new(&p)) {
-                    Ok(true) => report.files_deleted += 1,
+        let (d, specs) = (
+            deep.clone(),
+            kill.iter().map(|s| s["loadSpec"].clone()).collect::<Vec<_>>(),
+        );
+        report.files_deleted += tokio::task::spawn_blocking(move || {
+            let mut deleted = 0;
+            for spec in specs {
+                match d.delete(&spec) {
+                    Ok(true) => deleted += 1,
                     Ok(false) => {}
-                    Err(e) => log(&format!("could not delete [{p}]: {e}")),
+                    Err(e) => log(&format!("could not delete the file of {spec}: {e}")),
                 }
             }
-        }
+            deleted
+        })
+        .await
+        .map_err(|e| format!("the delete thread failed: {e}"))?;
         log(&format!("batch {}: killed {} segment(s)", report.batches, kill.len()));
     }
     if spec.versions.is_none() && spec.limit.is_none() {
-        let referenced = referenced_files(&actions, &spec).await?;
-        report.orphans_deleted = remove_orphans(&deep, &spec.data_source, &spec.interval, &referenced);
+        let referenced = referenced_files(&actions, &deep, &spec).await?;
+        let (d, ds, interval) = (deep.clone(), spec.data_source.clone(), spec.interval);
+        let removed = tokio::task::spawn_blocking(move || d.remove_orphans(&ds, &interval, &referenced))
+            .await
+            .map_err(|e| format!("the delete thread failed: {e}"))??;
+        for r in &removed {
+            log(&format!("removed [{r}], which no segment names"));
+        }
+        report.orphans_deleted = removed.len() as u64;
     }
     log(&format!(
         "killed {} segment(s) in {} batch(es), deleted {} file(s) and {} orphan file(s)",
@@ -159,15 +171,12 @@ fn segment_id(s: &Value) -> String {
     )
 }
 
-fn load_path(s: &Value) -> Option<String> {
-    let spec = s.get("loadSpec")?;
-    (spec.get("type")?.as_str()? == "local")
-        .then(|| spec.get("path")?.as_str().map(str::to_string))
-        .flatten()
-}
-
 /// Every file a stored segment (used or unused) of the interval names.
-async fn referenced_files(actions: &TaskActions, spec: &KillSpec) -> Result<HashSet<String>, String> {
+async fn referenced_files(
+    actions: &TaskActions,
+    deep: &DeepStorage,
+    spec: &KillSpec,
+) -> Result<HashSet<String>, String> {
     let mut out = HashSet::new();
     let used = actions
         .submit(json!({"type": "retrieveUsedSegments", "dataSource": spec.data_source,
@@ -178,85 +187,9 @@ async fn referenced_files(actions: &TaskActions, spec: &KillSpec) -> Result<Hash
             "interval": spec.interval.to_string()}))
         .await?;
     for s in used.as_array().into_iter().chain(unused.as_array()).flatten() {
-        if let Some(p) = load_path(s) {
-            // Compared by real path: deep storage may be named through a symlink.
-            if let Ok(real) = Path::new(&p).canonicalize() {
-                out.insert(real.display().to_string());
-            }
+        if let Some(p) = deep.locate(&s["loadSpec"]) {
             out.insert(p);
         }
     }
     Ok(out)
-}
-
-/// Deletes `file` if it lies inside `deep` (after resolving it), then its now-empty parent
-/// directories up to `deep`. `Ok(false)` when there was no such file.
-fn delete_under(deep: &Path, file: &Path) -> std::io::Result<bool> {
-    let Ok(real) = file.canonicalize() else {
-        return Ok(false);
-    };
-    if !real.starts_with(deep) || real == deep {
-        return Err(std::io::Error::other(format!(
-            "[{}] is outside deep storage [{}]; not deleted",
-            file.display(),
-            deep.display()
-        )));
-    }
-    std::fs::remove_file(&real)?;
-    let mut dir = real.parent();
-    while let Some(d) = dir {
-        if d == deep || std::fs::remove_dir(d).is_err() {
-            break;
-        }
-        dir = d.parent();
-    }
-    Ok(true)
-}
-
-/// Removes files under `deep/datasource/<start>_<end>/...` for segment intervals inside
-/// `interval` that no stored segment names. Returns how many.
-fn remove_orphans(deep: &Path, datasource: &str, interval: &Interval, referenced: &HashSet<String>) -> u64 {
-    let ds_dir = deep.join(datasource);
-    let Ok(entries) = std::fs::read_dir(&ds_dir) else {
-        return 0;
-    };
-    let mut removed = 0;
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some((start, end)) = name.split_once('_') else {
-            continue;
-        };
-        let Ok(iv) = Interval::parse(&format!("{start}/{end}")) else {
-            continue;
-        };
-        if !interval.contains(&iv) {
-            continue;
-        }
-        for f in files_under(&e.path()) {
-            let shown = f.display().to_string();
-            if referenced.contains(&shown) {
-                continue;
-            }
-            if let Ok(true) = delete_under(deep, &f) {
-                log(&format!("removed [{shown}], which no segment names"));
-                removed += 1;
-            }
-        }
-    }
-    removed
-}
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(files_under(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }

@@ -17,6 +17,7 @@
 //! - [`protocol`]: the wire shapes and the client that finds the leader;
 //! - [`http`]: the worker's own routes (`/druid/worker/v1/...`).
 
+pub mod deep_storage;
 pub mod http;
 pub mod index_task;
 pub mod kill_task;

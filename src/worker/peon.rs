@@ -80,7 +80,7 @@ pub async fn run(dir: &Path) -> i32 {
                         }
                     } => r,
                     _ = term.recv() => {
-                        index_task::remove_pushed(&pushed);
+                        index_task::remove_pushed(pushed.clone()).await;
                         Err("the task was stopped (SIGTERM) before it finished".to_string())
                     }
                 },

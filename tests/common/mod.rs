@@ -202,6 +202,18 @@ pub fn raftlord_bin() -> &'static str {
 
 /// Starts `raftlord server` as a child process.
 pub fn spawn_server(id: u64, port: u16, peers: &str, dir: &Path, extra: &[&str]) -> Proc {
+    spawn_server_with_env(id, port, peers, dir, extra, &[])
+}
+
+/// Starts `raftlord server` as a child process with `env` added to its environment.
+pub fn spawn_server_with_env(
+    id: u64,
+    port: u16,
+    peers: &str,
+    dir: &Path,
+    extra: &[&str],
+    env: &[(String, String)],
+) -> Proc {
     let child = Command::new(raftlord_bin())
         .args([
             "server",
@@ -218,6 +230,7 @@ pub fn spawn_server(id: u64, port: u16, peers: &str, dir: &Path, extra: &[&str])
         .args(extra)
         .env("RAFTLORD_CLUSTER_SECRET", SECRET)
         .env("RAFTLORD_LOG", "warn")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
@@ -292,10 +305,17 @@ pub struct ThreeNodes {
     pub peers: String,
     pub procs: BTreeMap<u64, Proc>,
     pub extra: Vec<String>,
+    /// Added to each node's environment.
+    pub env: Vec<(String, String)>,
 }
 
 impl ThreeNodes {
     pub fn start(extra: &[&str]) -> ThreeNodes {
+        Self::start_with_env(extra, &[])
+    }
+
+    /// Three nodes with `env` added to each one's environment.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> ThreeNodes {
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let peers = ports
@@ -310,6 +330,7 @@ impl ThreeNodes {
             peers,
             procs: BTreeMap::new(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         for id in 1..=3 {
             t.spawn(id);
@@ -319,12 +340,13 @@ impl ThreeNodes {
 
     pub fn spawn(&mut self, id: u64) {
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
-        let p = spawn_server(
+        let p = spawn_server_with_env(
             id,
             self.ports[id as usize - 1],
             &self.peers,
             &self.dir.path().join(format!("n{id}")),
             &extra,
+            &self.env,
         );
         self.procs.insert(id, p);
     }
