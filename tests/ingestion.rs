@@ -1111,3 +1111,96 @@ print(json.dumps(rows))
     );
     assert_eq!(s3.keys("deep", "segments/"), kept);
 }
+
+/// `maxNumConcurrentSubTasks` 4 with one file per split: four `single_phase_sub_task`s, real
+/// tasks in the task API, run on the workers; the supervisor publishes all their segments once,
+/// and its report sums their rows. Appending in parallel adds partitions. A split that fails
+/// every attempt fails the supervisor after `maxRetry` retries, with nothing published and no
+/// file left in deep storage.
+#[test]
+fn index_parallel_runs_sub_tasks_and_publishes_their_segments_once() {
+    let deep = tempfile::tempdir().unwrap();
+    let input = tempfile::tempdir().unwrap();
+    let rows = write_input(input.path(), 4);
+    let (_cluster, urls) = start(deep.path(), 2);
+    let parallel = json!({"maxNumConcurrentSubTasks": 4, "splitHintSpec": {"type": "maxSize", "maxSplitSize": 1}});
+    run_to_success(&urls, &spec("par-1", input.path(), false, parallel.clone()), "par-1");
+
+    let segments = used_segments(&urls);
+    assert_eq!(segments.len(), 4, "{segments:?}");
+    let got = pyarrow_rows(&load_paths(&segments));
+    let expect = expected_rollup(&rows);
+    assert_eq!(got.len(), expect.len(), "each day is one split: rollup is perfect");
+    let count: i64 = got.iter().map(|r| r["count"].as_i64().unwrap()).sum();
+    assert_eq!(count, rows.len() as i64);
+    for s in &segments {
+        assert_eq!(
+            s["shardSpec"],
+            json!({"type": "numbered", "partitionNum": 0, "partitions": 1}),
+            "{s}"
+        );
+    }
+    let report = get(&urls, &format!("{API}/task/par-1/reports")).unwrap();
+    let payload = &report["ingestionStatsAndErrors"]["payload"];
+    assert_eq!(
+        payload["rowStats"]["buildSegments"]["processed"],
+        rows.len(),
+        "{report}"
+    );
+    assert_eq!(payload["segmentsPublished"], 4, "{report}");
+    let progress = &report["parallelIndexProgress"]["payload"];
+    assert_eq!(progress["succeeded"], 4, "{report}");
+    // The sub-tasks are tasks of their own, in the supervisor's group.
+    for sub in progress["subtasks"].as_array().unwrap() {
+        let sub_id = sub["taskId"].as_str().unwrap();
+        let status = wait_done(&urls, sub_id);
+        assert_eq!(status["statusCode"], "SUCCESS", "{status}");
+        assert_eq!(status["type"], "single_phase_sub_task", "{status}");
+        assert_eq!(status["groupId"], "par-1", "{status}");
+    }
+
+    // Appending in parallel: one more partition per day, in each day's version.
+    run_to_success(&urls, &spec("par-2", input.path(), true, parallel.clone()), "par-2");
+    let after = used_segments(&urls);
+    assert_eq!(after.len(), 8, "{after:?}");
+    let mut per_day: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for s in &after {
+        per_day
+            .entry(format!("{}|{}", s["interval"], s["version"]))
+            .or_default()
+            .push(s["shardSpec"]["partitionNum"].as_u64().unwrap());
+    }
+    assert_eq!(
+        per_day.len(),
+        4,
+        "appended partitions keep their day's version: {per_day:?}"
+    );
+    for nums in per_day.values_mut() {
+        nums.sort();
+        assert_eq!(*nums, vec![0, 1]);
+    }
+
+    // A split that can never be read: two attempts (maxRetry 1), then the supervisor fails.
+    let bad_input = tempfile::tempdir().unwrap();
+    write_input(bad_input.path(), 2);
+    std::fs::write(bad_input.path().join("day-9.json.gz"), b"not gzip").unwrap();
+    let mut tuning = parallel.clone();
+    tuning["maxRetry"] = json!(1);
+    let mut bad = spec("par-bad", bad_input.path(), false, tuning);
+    bad["spec"]["dataSchema"]["dataSource"] = json!("wiki-bad");
+    let (s, v) = post(&urls, &format!("{API}/task"), &bad);
+    assert_eq!(s, 200, "{v}");
+    let status = wait_done(&urls, "par-bad");
+    assert_eq!(status["statusCode"], "FAILED", "{status}");
+    let report = get(&urls, &format!("{API}/task/par-bad/reports")).unwrap();
+    let error = report["ingestionStatsAndErrors"]["payload"]["errorMsg"]
+        .as_str()
+        .unwrap_or("");
+    assert!(
+        error.contains("after 2 attempt(s)") && error.contains("day-9.json.gz"),
+        "{report}"
+    );
+    assert!(used_segments_of(&urls, "wiki-bad").is_empty());
+    let left = walk(&deep.path().join("wiki-bad"));
+    assert!(left.is_empty(), "files of a failed parallel task stayed: {left:?}");
+}

@@ -29,11 +29,11 @@ pub struct RowStats {
 }
 
 /// One saved parse exception, in the shape of Druid's `ParseExceptionReport`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ParseProblem {
     pub input: String,
-    pub error_type: &'static str,
+    pub error_type: String,
     pub details: Vec<String>,
     pub time_of_exception_millis: i64,
 }
@@ -334,7 +334,7 @@ impl<'a> RowBuilder<'a> {
         if self.problems.len() < self.spec.max_saved_parse_exceptions as usize {
             self.problems.push(ParseProblem {
                 input,
-                error_type,
+                error_type: error_type.to_string(),
                 details: vec![detail],
                 time_of_exception_millis: chrono::Utc::now().timestamp_millis(),
             });

@@ -360,31 +360,105 @@ impl InputSource {
                 glob,
                 settings,
             } => s3_openers(objects, glob.as_deref(), settings),
-            InputSource::Local {
-                base_dir,
-                filter,
-                files,
-            } => {
-                let mut paths: Vec<PathBuf> = files.clone();
-                if let (Some(base), Some(filter)) = (base_dir, filter) {
-                    let glob = globset::Glob::new(filter).map_err(|e| e.to_string())?.compile_matcher();
-                    let root = base
-                        .canonicalize()
-                        .map_err(|e| format!("baseDir [{}]: {e}", base.display()))?;
-                    let mut found = Vec::new();
-                    walk(&root, &root, &glob, &mut found)?;
-                    found.sort();
-                    paths.extend(found);
-                }
-                if paths.is_empty() {
-                    return Err("the local input source matched no files".to_string());
-                }
-                Ok(paths
-                    .into_iter()
-                    .map(|p| Box::new(move || open_file(&p)) as Opener)
-                    .collect())
-            }
+            InputSource::Local { .. } => Ok(self
+                .local_paths()?
+                .into_iter()
+                .map(|p| Box::new(move || open_file(&p)) as Opener)
+                .collect()),
         }
+    }
+
+    /// The files a `local` source names: `files`, then what `filter` matches under `baseDir`.
+    fn local_paths(&self) -> Result<Vec<PathBuf>, String> {
+        let InputSource::Local {
+            base_dir,
+            filter,
+            files,
+        } = self
+        else {
+            return Ok(Vec::new());
+        };
+        let mut paths: Vec<PathBuf> = files.clone();
+        if let (Some(base), Some(filter)) = (base_dir, filter) {
+            let glob = globset::Glob::new(filter).map_err(|e| e.to_string())?.compile_matcher();
+            let root = base
+                .canonicalize()
+                .map_err(|e| format!("baseDir [{}]: {e}", base.display()))?;
+            let mut found = Vec::new();
+            walk(&root, &root, &glob, &mut found)?;
+            found.sort();
+            paths.extend(found);
+        }
+        if paths.is_empty() {
+            return Err("the local input source matched no files".to_string());
+        }
+        Ok(paths)
+    }
+
+    /// The input split for sub-tasks as Druid's `maxSize` split hint does, each split as the
+    /// `inputSource` JSON of one sub-task (`original` is this source's JSON). A source that
+    /// cannot be split (`inline`, `druid`) is one split.
+    pub fn splits(&self, original: &Value, hint: &crate::spec::SplitHint) -> Result<Vec<Value>, String> {
+        // Each input: its JSON for a sub-task's source, and its size (0 when unknown).
+        let inputs: Vec<(Value, u64)> = match self {
+            InputSource::Inline { .. } | InputSource::Druid { .. } => return Ok(vec![original.clone()]),
+            InputSource::Local { .. } => self
+                .local_paths()?
+                .into_iter()
+                .map(|p| {
+                    let size = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+                    (Value::String(p.display().to_string()), size)
+                })
+                .collect(),
+            InputSource::Http { uris, .. } => uris.iter().map(|u| (Value::String(u.clone()), 0)).collect(),
+            InputSource::S3 {
+                objects,
+                glob,
+                settings,
+            } => s3_list(objects, glob.as_deref(), settings)?
+                .into_iter()
+                .map(|(b, k, size)| (serde_json::json!({"bucket": b.name(), "path": k}), size))
+                .collect(),
+        };
+        let mut groups: Vec<Vec<Value>> = Vec::new();
+        let (mut bytes, mut current) = (0u64, Vec::new());
+        for (input, size) in inputs {
+            let full = current.len() as u64 >= hint.max_num_files || bytes.saturating_add(size) > hint.max_split_size;
+            if !current.is_empty() && full {
+                groups.push(std::mem::take(&mut current));
+                bytes = 0;
+            }
+            bytes = bytes.saturating_add(size);
+            current.push(input);
+        }
+        if !current.is_empty() {
+            groups.push(current);
+        }
+        Ok(groups
+            .into_iter()
+            .map(|group| {
+                let mut source = original.clone();
+                if let Some(o) = source.as_object_mut() {
+                    match self {
+                        InputSource::Local { .. } => {
+                            o.remove("baseDir");
+                            o.remove("filter");
+                            o.insert("files".into(), Value::Array(group));
+                        }
+                        InputSource::Http { .. } => {
+                            o.insert("uris".into(), Value::Array(group));
+                        }
+                        _ => {
+                            o.remove("uris");
+                            o.remove("prefixes");
+                            o.remove("objectGlob");
+                            o.insert("objects".into(), Value::Array(group));
+                        }
+                    }
+                }
+                source
+            })
+            .collect())
     }
 }
 
@@ -522,8 +596,12 @@ fn object_glob(g: &str) -> Result<globset::GlobMatcher, String> {
         .map_err(|e| format!("not a glob: {e}"))
 }
 
-/// The objects an `s3` source names, listed now, each opened when its turn comes.
-fn s3_openers(objects: &S3Objects, glob: Option<&str>, settings: &S3Source) -> Result<Vec<Opener>, String> {
+/// The objects an `s3` source names, listed now: bucket, key and size (0 when not listed).
+fn s3_list(
+    objects: &S3Objects,
+    glob: Option<&str>,
+    settings: &S3Source,
+) -> Result<Vec<(crate::s3::Bucket, String, u64)>, String> {
     let s = settings.settings()?;
     let glob = glob.map(object_glob).transpose()?;
     let mut buckets: std::collections::BTreeMap<String, crate::s3::Bucket> = Default::default();
@@ -535,11 +613,11 @@ fn s3_openers(objects: &S3Objects, glob: Option<&str>, settings: &S3Source) -> R
         buckets.insert(name.to_string(), b.clone());
         Ok(b)
     };
-    let mut found: Vec<(crate::s3::Bucket, String)> = Vec::new();
+    let mut found: Vec<(crate::s3::Bucket, String, u64)> = Vec::new();
     match objects {
         S3Objects::Objects(list) => {
             for (b, k) in list {
-                found.push((bucket(b)?, k.clone()));
+                found.push((bucket(b)?, k.clone(), 0));
             }
         }
         S3Objects::Prefixes(list) => {
@@ -550,20 +628,25 @@ fn s3_openers(objects: &S3Objects, glob: Option<&str>, settings: &S3Source) -> R
                     if o.key.ends_with('/') && o.size == 0 {
                         continue;
                     }
-                    found.push((handle.clone(), o.key));
+                    found.push((handle.clone(), o.key, o.size));
                 }
             }
         }
     }
     if let Some(g) = &glob {
-        found.retain(|(_, k)| g.is_match(k));
+        found.retain(|(_, k, _)| g.is_match(k));
     }
     if found.is_empty() {
         return Err("the s3 input source matched no objects".to_string());
     }
-    Ok(found
+    Ok(found)
+}
+
+/// The objects an `s3` source names, listed now, each opened when its turn comes.
+fn s3_openers(objects: &S3Objects, glob: Option<&str>, settings: &S3Source) -> Result<Vec<Opener>, String> {
+    Ok(s3_list(objects, glob, settings)?
         .into_iter()
-        .map(|(b, k)| {
+        .map(|(b, k, _)| {
             Box::new(move || {
                 let name = format!("s3://{}/{k}", b.name());
                 let (size, body) = b.reader(&k)?;

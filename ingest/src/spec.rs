@@ -171,6 +171,40 @@ struct TuningConfigJson {
     log_parse_exceptions: bool,
     #[serde(default)]
     max_num_concurrent_sub_tasks: Option<u64>,
+    #[serde(default)]
+    max_retry: Option<u64>,
+    #[serde(default)]
+    split_hint_spec: Option<SplitHintJson>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SplitHintJson {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    max_split_size: Option<i64>,
+    #[serde(default)]
+    max_num_files: Option<i64>,
+}
+
+/// How an `index_parallel` task splits its input between sub-tasks (Druid's `maxSize`
+/// `splitHintSpec`): files are taken in order into a split until the next would take it past
+/// `max_split_size` bytes or `max_num_files` files; a split holds at least one file.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SplitHint {
+    pub max_split_size: u64,
+    pub max_num_files: u64,
+}
+
+impl Default for SplitHint {
+    /// Druid's defaults: 1 GiB, 1000 files.
+    fn default() -> Self {
+        SplitHint {
+            max_split_size: 1 << 30,
+            max_num_files: 1000,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -280,7 +314,16 @@ pub struct IngestSpec {
     pub max_parse_exceptions: u64,
     pub max_saved_parse_exceptions: u64,
     pub log_parse_exceptions: bool,
+    /// `maxNumConcurrentSubTasks`: above 1, an `index_parallel` task runs its input splits as
+    /// sub-tasks on the workers.
+    pub max_num_concurrent_sub_tasks: u64,
+    /// `maxRetry`: how often a failed sub-task is run again.
+    pub max_retry: u64,
+    pub split_hint: SplitHint,
 }
+
+/// Druid's type of the sub-tasks an `index_parallel` task runs with dynamic partitioning.
+pub const SUB_TASK_TYPE: &str = "single_phase_sub_task";
 
 /// Druid's default `maxRowsPerSegment` for dynamic partitioning.
 pub const DEFAULT_MAX_ROWS_PER_SEGMENT: u64 = 5_000_000;
@@ -293,7 +336,7 @@ pub const DEFAULT_MAX_BYTES_IN_MEMORY: u64 = 96 * 1024 * 1024;
 impl IngestSpec {
     /// Whether raftlord's peon runs tasks of this type through [`IngestSpec`].
     pub fn handles(task_type: &str) -> bool {
-        matches!(task_type, "index" | "index_parallel")
+        matches!(task_type, "index" | "index_parallel" | SUB_TASK_TYPE)
     }
 
     /// Reads and checks the spec of an `index` or `index_parallel` task.
@@ -610,12 +653,34 @@ impl IngestSpec {
             Some(n) if n < 0 => u64::MAX,
             Some(n) => n as u64,
         };
-        if tuning.max_num_concurrent_sub_tasks.is_some_and(|n| n > 1) {
-            return Err(SpecError::new(
-                "spec.tuningConfig.maxNumConcurrentSubTasks",
-                "parallel sub-tasks are not supported by this raftlord version; use 1 (the task runs in one peon)",
-            ));
-        }
+        let max_num_concurrent_sub_tasks = tuning.max_num_concurrent_sub_tasks.unwrap_or(1).max(1);
+        let split_hint = match &tuning.split_hint_spec {
+            None => SplitHint::default(),
+            Some(h) if h.kind == "maxSize" => {
+                let d = SplitHint::default();
+                let positive = |v: Option<i64>, name: &str, default: u64| match v {
+                    None => Ok(default),
+                    Some(n) if n > 0 => Ok(n as u64),
+                    Some(_) => Err(SpecError::new(
+                        format!("spec.tuningConfig.splitHintSpec.{name}"),
+                        "must be positive",
+                    )),
+                };
+                SplitHint {
+                    max_split_size: positive(h.max_split_size, "maxSplitSize", d.max_split_size)?,
+                    max_num_files: positive(h.max_num_files, "maxNumFiles", d.max_num_files)?,
+                }
+            }
+            Some(h) => {
+                return Err(SpecError::new(
+                    "spec.tuningConfig.splitHintSpec.type",
+                    format!(
+                        "splitHintSpec [{}] is not supported by this raftlord version; use \"maxSize\"",
+                        h.kind
+                    ),
+                ))
+            }
+        };
         Ok(IngestSpec {
             task_type: t.kind,
             datasource: ds.data_source,
@@ -636,6 +701,9 @@ impl IngestSpec {
             transforms,
             hashed,
             max_rows_per_segment,
+            max_num_concurrent_sub_tasks,
+            max_retry: tuning.max_retry.unwrap_or(3),
+            split_hint,
             max_rows_in_memory: tuning.max_rows_in_memory.unwrap_or(DEFAULT_MAX_ROWS_IN_MEMORY).max(1),
             // Druid: 0 or absent means a sixth of the heap, negative means no limit.
             max_bytes_in_memory: match tuning.max_bytes_in_memory {

@@ -133,6 +133,13 @@ struct AllocateAction {
     lock_granularity: Option<String>,
     #[serde(default)]
     task_lock_type: Option<LockType>,
+    /// raftlord's: the supervisor task a sub-task allocates for (it is granted the same lock).
+    #[serde(default)]
+    supervisor_task_id: Option<String>,
+    /// raftlord's: allocate in the lock's version, overwriting (a sub-task of an overwriting
+    /// parallel task).
+    #[serde(default)]
+    use_lock_version: bool,
 }
 
 fn parse<'a, T: Deserialize<'a>>(raw: &'a RawValue, what: &str) -> Result<T, ApiError> {
@@ -344,6 +351,8 @@ async fn allocate(state: &AppState, task: &str, datasource: &str, a: AllocateAct
         previous_segment_id: a.previous_segment_id.filter(|p| !p.is_empty()),
         skip_lineage_check: a.skip_segment_lineage_check,
         lock_type: a.task_lock_type.unwrap_or(LockType::Exclusive),
+        supervisor_task_id: a.supervisor_task_id.filter(|s| !s.is_empty()),
+        use_lock_version: a.use_lock_version,
     };
     match state
         .propose(Command::AllocateSegment {

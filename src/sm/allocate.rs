@@ -10,6 +10,13 @@
 //! count of an existing set is kept, a new set has none (Druid's `numbered` appending form).
 //! Concurrent allocations from many peons are batched into one Raft entry by the proposer, the
 //! role of Druid's allocation queue.
+//!
+//! Sub-tasks of a parallel `index_parallel` task allocate here too, naming their supervisor
+//! task: it is granted the same lock (its group's), so that it holds every lock its sub-tasks
+//! took when it publishes what they pushed, as Druid's supervisor does. When the supervisor
+//! overwrites, its sub-tasks ask for the lock's version (`use_lock_version`): the chunk is the
+//! preferred interval and the version the lock's, not the used segments', which is what
+//! Druid's supervisor-side allocation for overwriting parallel ingestion hands out.
 
 use raftlord_raft::ApplyContext;
 use serde::{Deserialize, Serialize};
@@ -34,6 +41,13 @@ pub struct AllocateRequest {
     #[serde(default)]
     pub skip_lineage_check: bool,
     pub lock_type: LockType,
+    /// The supervisor task a sub-task allocates for; it is granted the same lock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supervisor_task_id: Option<String>,
+    /// Allocate in the version of the lock on the preferred interval (overwriting), not in the
+    /// version of the used segments there (appending).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub use_lock_version: bool,
 }
 
 /// The outcome of an allocation.
@@ -57,6 +71,20 @@ impl State {
             };
         };
         let ds = task.spec.datasource.clone();
+        if let Some(supervisor) = &req.supervisor_task_id {
+            let same_group = self
+                .tasks
+                .get(supervisor)
+                .is_some_and(|s| s.is_active() && s.spec.group_id == task.spec.group_id && s.spec.datasource == ds);
+            if !same_group {
+                return AllocateOutcome::Refused {
+                    reason: format!(
+                        "supervisor task [{supervisor}] is not an active task of group [{}] and datasource [{ds}]",
+                        task.spec.group_id
+                    ),
+                };
+            }
+        }
         let at = Interval {
             start: req.timestamp,
             end: req.timestamp.saturating_add(1),
@@ -76,16 +104,19 @@ impl State {
                 .max_by(|a, b| a.0.version.cmp(&b.0.version))
                 .map(|(k, _)| k.clone())
         });
+        if req.use_lock_version && req.lock_type == LockType::Append {
+            return AllocateOutcome::Refused {
+                reason: "allocating in the lock's version overwrites: it needs an EXCLUSIVE or REPLACE lock".into(),
+            };
+        }
+        let existing = existing.filter(|_| !req.use_lock_version);
         let interval = existing.as_ref().map_or(req.preferred_interval, SegmentKey::interval);
-        let lock = match self.acquire_lock(
-            ctx,
-            task_id,
-            &LockRequest {
-                lock_type: req.lock_type,
-                interval,
-                preferred_version: None,
-            },
-        ) {
+        let lock_request = LockRequest {
+            lock_type: req.lock_type,
+            interval,
+            preferred_version: None,
+        };
+        let lock = match self.acquire_lock(ctx, task_id, &lock_request) {
             LockOutcome::Granted { lock, .. } => lock,
             LockOutcome::Revoked { .. } => {
                 return AllocateOutcome::Refused {
@@ -94,6 +125,24 @@ impl State {
             }
             LockOutcome::Refused { reason } => return AllocateOutcome::Refused { reason },
         };
+        if let Some(supervisor) = &req.supervisor_task_id {
+            // The same group's lock: the supervisor joins it, with the same version.
+            match self.acquire_lock(ctx, supervisor, &lock_request) {
+                LockOutcome::Granted { lock: l, .. } if l.version == lock.version => {}
+                LockOutcome::Granted { .. } | LockOutcome::Revoked { .. } => {
+                    return AllocateOutcome::Refused {
+                        reason: format!(
+                            "supervisor task [{supervisor}] holds another lock on [{interval}] than task [{task_id}]"
+                        ),
+                    }
+                }
+                LockOutcome::Refused { reason } => {
+                    return AllocateOutcome::Refused {
+                        reason: format!("supervisor task [{supervisor}]: {reason}"),
+                    }
+                }
+            }
+        }
         let version: std::sync::Arc<str> = match &existing {
             Some(k) => k.version.clone(),
             None if lock.version == EPOCH_VERSION => iso(ctx.time_ms as i64).into(),

@@ -258,10 +258,21 @@ fn command() -> impl Strategy<Value = Command> {
             interval(),
             text(),
             proptest::option::of(text()),
+            any::<bool>(),
+            proptest::option::of(text()),
             any::<bool>()
         )
             .prop_map(
-                |(task, timestamp, preferred_interval, sequence_name, previous_segment_id, skip_lineage_check)| {
+                |(
+                    task,
+                    timestamp,
+                    preferred_interval,
+                    sequence_name,
+                    previous_segment_id,
+                    skip_lineage_check,
+                    supervisor_task_id,
+                    use_lock_version,
+                )| {
                     Command::AllocateSegment {
                         task,
                         request: AllocateRequest {
@@ -271,6 +282,8 @@ fn command() -> impl Strategy<Value = Command> {
                             previous_segment_id,
                             skip_lineage_check,
                             lock_type: LockType::Exclusive,
+                            supervisor_task_id,
+                            use_lock_version,
                         },
                     }
                 }
@@ -409,6 +422,8 @@ fn allocating_after_the_largest_partition_is_refused_not_an_overflow() {
                 previous_segment_id: None,
                 skip_lineage_check: true,
                 lock_type: LockType::Exclusive,
+                supervisor_task_id: None,
+                use_lock_version: false,
             },
         },
     );
@@ -438,6 +453,8 @@ fn an_interval_outside_the_printable_range_is_refused_before_the_log() {
             previous_segment_id: None,
             skip_lineage_check: true,
             lock_type: LockType::Exclusive,
+            supervisor_task_id: None,
+            use_lock_version: false,
         },
     };
     let err = check_storable::<State>(&cmd).unwrap_err();

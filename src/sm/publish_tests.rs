@@ -376,6 +376,8 @@ fn allocate(s: &mut State, index: u64, task: &str, sequence: &str, previous: Opt
                 previous_segment_id: previous.map(Into::into),
                 skip_lineage_check: false,
                 lock_type: LockType::Exclusive,
+                supervisor_task_id: None,
+                use_lock_version: false,
             },
         },
     ) else {
@@ -456,6 +458,8 @@ fn golden_json_of_allocation_commands() {
             previous_segment_id: None,
             skip_lineage_check: true,
             lock_type: LockType::Append,
+            supervisor_task_id: None,
+            use_lock_version: false,
         },
     };
     let golden = json!({"allocateSegment": {"task": "t", "request": {"timestamp": 0,
@@ -463,6 +467,19 @@ fn golden_json_of_allocation_commands() {
         "skipLineageCheck": true, "lockType": "APPEND"}}});
     assert_eq!(serde_json::to_value(&cmd).unwrap(), golden);
     assert_eq!(serde_json::from_value::<Command>(golden).unwrap(), cmd);
+    // A sub-task's allocation for its supervisor, overwriting.
+    let Command::AllocateSegment { task, mut request } = cmd else {
+        unreachable!()
+    };
+    request.lock_type = LockType::Exclusive;
+    request.supervisor_task_id = Some("parent".into());
+    request.use_lock_version = true;
+    let sub = Command::AllocateSegment { task, request };
+    let golden = json!({"allocateSegment": {"task": "t", "request": {"timestamp": 0,
+        "preferredInterval": "1970-01-01T00:00:00.000Z/1970-01-01T01:00:00.000Z", "sequenceName": "s",
+        "skipLineageCheck": true, "lockType": "EXCLUSIVE", "supervisorTaskId": "parent", "useLockVersion": true}}});
+    assert_eq!(serde_json::to_value(&sub).unwrap(), golden);
+    assert_eq!(serde_json::from_value::<Command>(golden).unwrap(), sub);
     let del = Command::DeletePendingSegments {
         datasource: "wiki".into(),
         created: None,
@@ -762,4 +779,105 @@ fn golden_json_of_delete_segments() {
         serde_json::to_value(&reply).unwrap(),
         json!({"reply": "segmentsDeleted", "count": 2})
     );
+}
+
+/// A sub-task allocating for its supervisor: overwriting, the segments get the group lock's new
+/// version (not the used segments' one), numbered across sub-tasks; the supervisor holds the
+/// same lock and can publish them after the sub-tasks are gone.
+#[test]
+fn sub_task_allocations_overwrite_in_the_group_lock_version_held_by_the_supervisor() {
+    let mut s = State::default();
+    // Existing data in an older version.
+    submit(&mut s, 1, "old", 50);
+    let old = granted_version(&lock(&mut s, 2, "old", LockType::Exclusive));
+    apply_publish(&mut s, 3, "old", publish(vec![segment(&old, 0)]));
+    s.apply(
+        ctx(4, 2_000),
+        Command::ShutdownTask {
+            id: "old".into(),
+            reason: "done".into(),
+        },
+    );
+    // The supervisor and two sub-tasks of its group.
+    submit(&mut s, 5, "par", 50);
+    for (i, sub) in ["sub0", "sub1"].into_iter().enumerate() {
+        let mut t = task(sub, 50);
+        t.group_id = "par".into();
+        let r = s.apply(
+            ctx(6 + i as u64, 3_000),
+            Command::SubmitTask {
+                task: t,
+                max_active: None,
+                idempotency_key: None,
+            },
+        );
+        assert!(matches!(r, Reply::Submitted { .. }), "{r:?}");
+    }
+    let alloc = |s: &mut State, index: u64, sub: &str| {
+        let Reply::Allocated { outcome } = s.apply(
+            ctx(index, 10_000 + index),
+            Command::AllocateSegment {
+                task: sub.into(),
+                request: AllocateRequest {
+                    timestamp: day().start + 3_600_000,
+                    preferred_interval: day(),
+                    sequence_name: sub.into(),
+                    previous_segment_id: None,
+                    skip_lineage_check: false,
+                    lock_type: LockType::Exclusive,
+                    supervisor_task_id: Some("par".into()),
+                    use_lock_version: true,
+                },
+            },
+        ) else {
+            panic!()
+        };
+        allocated(&outcome).clone()
+    };
+    let a = alloc(&mut s, 10, "sub0");
+    let b = alloc(&mut s, 11, "sub1");
+    assert!(
+        *a.key.version > *old.as_str(),
+        "{} is not newer than {old}",
+        a.key.version
+    );
+    assert_eq!(a.key.version, b.key.version);
+    assert_eq!((a.key.partition, b.key.partition), (0, 1));
+    let held = &s.locks.locks_of("par");
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].version.as_str(), &*a.key.version);
+    // The sub-tasks end; the supervisor publishes both, overshadowing the old segment.
+    for (i, sub) in ["sub0", "sub1"].into_iter().enumerate() {
+        s.apply(
+            ctx(12 + i as u64, 20_000),
+            Command::ShutdownTask {
+                id: sub.into(),
+                reason: "done".into(),
+            },
+        );
+    }
+    let v = a.key.version.to_string();
+    let r = apply_publish(&mut s, 20, "par", publish(vec![segment(&v, 0), segment(&v, 1)]));
+    assert!(matches!(r, PublishOutcome::Published { .. }), "{r:?}");
+    // A task of another group cannot name the supervisor to take its lock.
+    submit(&mut s, 21, "other", 50);
+    let Reply::Allocated { outcome } = s.apply(
+        ctx(22, 30_000),
+        Command::AllocateSegment {
+            task: "other".into(),
+            request: AllocateRequest {
+                timestamp: day().start,
+                preferred_interval: day(),
+                sequence_name: "o".into(),
+                previous_segment_id: None,
+                skip_lineage_check: false,
+                lock_type: LockType::Exclusive,
+                supervisor_task_id: Some("par".into()),
+                use_lock_version: true,
+            },
+        },
+    ) else {
+        panic!()
+    };
+    assert!(matches!(outcome, AllocateOutcome::Refused { .. }), "{outcome:?}");
 }

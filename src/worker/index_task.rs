@@ -48,10 +48,42 @@ pub struct Outcome {
     pub state: &'static str,
     pub segments_published: u64,
     pub error: Option<String>,
+    /// A sub-task's segments, pushed for its supervisor to publish.
+    pub pushed_segments: Vec<Value>,
+    /// A parallel task's sub-tasks: (spec id, attempt's task id, status).
+    pub subtasks: Vec<(usize, String, String)>,
+}
+
+/// Whether the task publishes its own segments, or is a sub-task that pushes them for its
+/// supervisor (the parallel `index_parallel` task) to publish.
+#[derive(Clone, Copy)]
+enum Role<'a> {
+    Task,
+    SubTask { supervisor: &'a str },
 }
 
 /// Druid's `ingestionStatsAndErrors` report.
 pub fn report(task_id: &str, o: &Outcome) -> Value {
+    let mut r = ingestion_report(task_id, o);
+    if !o.pushed_segments.is_empty() {
+        r["pushedSegments"] = json!({"type": "pushedSegments", "taskId": task_id,
+            "payload": {"segments": o.pushed_segments}});
+    }
+    if !o.subtasks.is_empty() {
+        let count = |status: &str| o.subtasks.iter().filter(|(_, _, s)| s == status).count();
+        r["parallelIndexProgress"] = json!({"type": "parallelIndexProgress", "taskId": task_id,
+        "payload": {
+            "running": count("RUNNING"),
+            "succeeded": count("SUCCESS"),
+            "failed": count("FAILED"),
+            "expectedSucceeded": o.subtasks.iter().map(|(spec, _, _)| spec).collect::<std::collections::BTreeSet<_>>().len(),
+            "subtasks": o.subtasks.iter().map(|(spec, id, status)| json!({"specId": spec, "taskId": id, "status": status})).collect::<Vec<_>>(),
+        }});
+    }
+    r
+}
+
+fn ingestion_report(task_id: &str, o: &Outcome) -> Value {
     json!({
         "ingestionStatsAndErrors": {
             "type": "ingestionStatsAndErrors",
@@ -71,7 +103,7 @@ pub fn report(task_id: &str, o: &Outcome) -> Value {
     })
 }
 
-fn log(msg: &str) {
+pub(super) fn log(msg: &str) {
     println!("{} INFO {msg}", iso(now_ms()));
 }
 
@@ -79,9 +111,11 @@ fn log(msg: &str) {
 /// closed (the task failed or was stopped), nothing more is pushed.
 #[derive(Default)]
 pub struct Pushed {
-    deep: Option<Arc<DeepStorage>>,
-    files: Vec<Value>,
+    pub(super) deep: Option<Arc<DeepStorage>>,
+    pub(super) files: Vec<Value>,
     closed: bool,
+    /// A parallel task's sub-tasks still running, shut down when it stops.
+    pub(super) running_subtasks: Vec<String>,
 }
 
 /// The deep storage the worker gave this peon.
@@ -97,11 +131,40 @@ pub async fn run(task: Value, dir: &Path, live: Arc<Mutex<Outcome>>, pushed: Arc
     let id = task.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
     let spec = IngestSpec::from_task(&task).map_err(|e| format!("invalid spec: {e}"))?;
     let actions = TaskActions::from_env(task.clone())?;
-    let result = run_spec(&id, spec, None, dir, &actions, &live, &pushed).await;
+    let result = if spec.task_type == raftlord_ingest::spec::SUB_TASK_TYPE {
+        match task.get("supervisorTaskId").and_then(Value::as_str) {
+            Some(supervisor) => {
+                let role = Role::SubTask { supervisor };
+                run_spec(&id, spec, None, role, dir, &actions, &live, &pushed).await
+            }
+            None => Err(format!(
+                "a {} needs supervisorTaskId",
+                raftlord_ingest::spec::SUB_TASK_TYPE
+            )),
+        }
+    } else {
+        match super::parallel_task::splits(&task, &spec).await {
+            Err(e) => Err(e),
+            Ok(Some(splits)) => super::parallel_task::run(&task, &spec, splits, dir, &actions, &live, &pushed).await,
+            Ok(None) => run_spec(&id, spec, None, Role::Task, dir, &actions, &live, &pushed).await,
+        }
+    };
     if result.is_err() {
+        stop_subtasks(&pushed, &actions).await;
         remove_pushed(pushed).await;
     }
     result
+}
+
+/// Shuts down the sub-tasks a parallel task still has running.
+pub async fn stop_subtasks(pushed: &Mutex<Pushed>, actions: &TaskActions) {
+    let running = std::mem::take(&mut pushed.lock().unwrap_or_else(|p| p.into_inner()).running_subtasks);
+    for id in running {
+        match actions.shutdown_task(&id).await {
+            Ok(()) => log(&format!("shut down sub-task [{id}]")),
+            Err(e) => log(&format!("could not shut down sub-task [{id}]: {e}")),
+        }
+    }
 }
 
 /// Runs a `compact` task ([`raftlord_ingest::compact`]): locks its interval, reads the schema of
@@ -140,7 +203,7 @@ pub async fn run_compact(
     ));
     let spec = IngestSpec::from_task(&index).map_err(|e| format!("the compaction's index spec: {e}"))?;
     let state = compaction_state(&index, &spec);
-    let result = run_spec(&id, spec, Some(state), dir, &actions, &live, &pushed).await;
+    let result = run_spec(&id, spec, Some(state), Role::Task, dir, &actions, &live, &pushed).await;
     if result.is_err() {
         remove_pushed(pushed).await;
     }
@@ -186,10 +249,12 @@ async fn used_segment_files(
 
 /// Locks what the spec names up front, resolves a `druid` source's segments (under those
 /// locks), then ingests.
+#[allow(clippy::too_many_arguments)]
 async fn run_spec(
     id: &str,
     mut spec: IngestSpec,
     compaction_state: Option<Value>,
+    role: Role<'_>,
     dir: &Path,
     actions: &TaskActions,
     live: &Arc<Mutex<Outcome>>,
@@ -222,7 +287,19 @@ async fn run_spec(
         ));
         spec.source.with_segment_files(files);
     }
-    ingest(id, &spec, versions, compaction_state, dir, &deep, actions, live, pushed).await
+    ingest(
+        id,
+        &spec,
+        versions,
+        compaction_state,
+        role,
+        dir,
+        &deep,
+        actions,
+        live,
+        pushed,
+    )
+    .await
 }
 
 /// Removes the files a task pushed to deep storage and did not publish, and stops any more from
@@ -253,6 +330,7 @@ async fn ingest(
     spec: &IngestSpec,
     mut versions: BTreeMap<Interval, String>,
     compaction_state: Option<Value>,
+    role: Role<'_>,
     dir: &Path,
     deep: &Arc<DeepStorage>,
     actions: &TaskActions,
@@ -317,13 +395,21 @@ async fn ingest(
     let mut plan: Vec<(Interval, String, Vec<u32>, Option<Value>)> = Vec::new();
     for interval in ingested.intervals() {
         let n = ingested.partitions(&interval);
-        if spec.append_to_existing {
+        // A sub-task allocates through the Overlord for its supervisor, appending or in the
+        // version of the group's lock.
+        let supervisor = match role {
+            Role::SubTask { supervisor } => Some((supervisor, !spec.append_to_existing)),
+            Role::Task => None,
+        };
+        if spec.append_to_existing || supervisor.is_some() {
             let mut nums = Vec::new();
             let mut version = None;
             let mut previous: Option<String> = None;
             let mut shard = None;
             for _ in 0..n {
-                let a = actions.allocate(spec, &interval, previous.as_deref()).await?;
+                let a = actions
+                    .allocate(spec, &interval, previous.as_deref(), supervisor)
+                    .await?;
                 if a.interval != interval {
                     return Err(format!(
                         "interval {interval} already holds segments of another granularity ({}); append with the \
@@ -360,7 +446,7 @@ async fn ingest(
     }
 
     // dropExisting: a tombstone for each empty bucket of the intervals that holds data now.
-    let tombstones = if spec.drop_existing {
+    let tombstones = if spec.drop_existing && matches!(role, Role::Task) {
         tombstones(spec, &ingested.intervals(), &mut versions, actions).await?
     } else {
         Vec::new()
@@ -436,6 +522,18 @@ async fn ingest(
     .await
     .map_err(|e| format!("the writer thread failed: {e}"))??;
 
+    if let Role::SubTask { supervisor } = role {
+        // Pushed: the supervisor publishes them, or removes them if it fails.
+        let n = segments.len();
+        pushed.lock().unwrap_or_else(|p| p.into_inner()).files.clear();
+        log(&format!(
+            "pushed {n} segment(s) for supervisor task [{supervisor}] to publish"
+        ));
+        let mut o = live.lock().unwrap_or_else(|e| e.into_inner());
+        o.pushed_segments = segments;
+        o.state = "COMPLETED";
+        return Ok(());
+    }
     set_state(live, "PUBLISHING", dir, id);
     let n = segments.len();
     if !tombstones.is_empty() {
@@ -465,7 +563,7 @@ const MAX_TOMBSTONES: usize = 10_000;
 /// Druid's tombstones for `dropExisting`: one for each `segmentGranularity` bucket of
 /// `granularitySpec.intervals` that the input left empty (`filled` holds the buckets with rows)
 /// and where used segments hold data now, under the task's lock of that bucket.
-async fn tombstones(
+pub(super) async fn tombstones(
     spec: &IngestSpec,
     filled: &[Interval],
     versions: &mut BTreeMap<Interval, String>,
@@ -535,7 +633,7 @@ fn shard_spec_for(mut shard: Value, f: &SegmentFile) -> Value {
     shard
 }
 
-fn set_state(live: &Arc<Mutex<Outcome>>, state: &'static str, dir: &Path, id: &str) {
+pub(super) fn set_state(live: &Arc<Mutex<Outcome>>, state: &'static str, dir: &Path, id: &str) {
     let mut o = live.lock().unwrap_or_else(|e| e.into_inner());
     o.state = state;
     write_report(dir, id, &o);

@@ -22,6 +22,7 @@ pub mod http;
 pub mod index_task;
 pub mod kill_task;
 pub mod launcher;
+pub mod parallel_task;
 pub mod peon;
 pub mod protocol;
 pub mod runner;

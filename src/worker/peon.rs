@@ -5,8 +5,9 @@
 //! SIGTERM (a shutdown request) ends the task FAILED.
 //!
 //! Task types the peon runs: `noop` (Druid's `NoopTask`: waits `runTime` milliseconds, 2500
-//! when absent or 0, then succeeds), `index` / `index_parallel` (native batch ingestion, see
-//! [`super::index_task`]) and `kill` ([`super::kill_task`]). Every other type ends FAILED with a
+//! when absent or 0, then succeeds), `index` / `index_parallel` / `single_phase_sub_task`
+//! (native batch ingestion, see [`super::index_task`] and [`super::parallel_task`]), `compact`
+//! and `kill` ([`super::kill_task`]). Every other type ends FAILED with a
 //! message saying it is not supported by this peon.
 
 use std::path::Path;
@@ -69,6 +70,7 @@ pub async fn run(dir: &Path) -> i32 {
         t if raftlord_ingest::IngestSpec::handles(t) || t == "compact" => {
             let live = Arc::new(Mutex::new(index_task::Outcome::default()));
             let pushed = Arc::new(Mutex::new(index_task::Pushed::default()));
+            let actions = super::task_actions::TaskActions::from_env(task.clone());
             let r = match stop_signal() {
                 Err(e) => Err(e),
                 Ok(mut term) => tokio::select! {
@@ -80,6 +82,9 @@ pub async fn run(dir: &Path) -> i32 {
                         }
                     } => r,
                     _ = term.recv() => {
+                        if let Ok(a) = &actions {
+                            index_task::stop_subtasks(&pushed, a).await;
+                        }
                         index_task::remove_pushed(pushed.clone()).await;
                         Err("the task was stopped (SIGTERM) before it finished".to_string())
                     }
@@ -106,7 +111,7 @@ pub async fn run(dir: &Path) -> i32 {
             r
         }
         other => Err(format!(
-            "this raftlord peon cannot run '{other}' tasks; it runs noop, index, index_parallel, compact and kill tasks"
+            "this raftlord peon cannot run '{other}' tasks; it runs noop, index, index_parallel, single_phase_sub_task, compact and kill tasks"
         )),
     };
     let duration = started.elapsed().as_millis() as i64;

@@ -1,5 +1,6 @@
 //! A peon's client for Druid's task actions (`POST /druid/indexer/v1/action`), the only way a
-//! peon changes cluster state: locks, segment allocation, publishing.
+//! peon changes cluster state: locks, segment allocation, publishing; and for the task API a
+//! parallel task uses to run its sub-tasks (submit, status, reports, shutdown).
 //!
 //! The worker names the cluster's nodes in [`API_ENV`]; a follower redirects to the leader
 //! (307, which keeps the method and body). A request that fails to connect, times out or gets a
@@ -61,22 +62,62 @@ impl TaskActions {
     pub async fn submit(&self, action: Value) -> Result<Value, String> {
         let kind = action["type"].as_str().unwrap_or("action").to_string();
         let body = json!({"task": self.task, "action": action}).to_string();
+        let v = self.call(&kind, "/druid/indexer/v1/action", Some(body)).await?;
+        Ok(v.get("result").cloned().unwrap_or(Value::Null))
+    }
+
+    /// Submits a task (`POST /druid/indexer/v1/task`).
+    pub async fn submit_task(&self, task: &Value) -> Result<(), String> {
+        self.call("task submission", "/druid/indexer/v1/task", Some(task.to_string()))
+            .await
+            .map(|_| ())
+    }
+
+    /// A task's status (`statusCode`, `errorMsg`, ...).
+    pub async fn task_status(&self, id: &str) -> Result<Value, String> {
+        let v = self
+            .call("task status", &format!("/druid/indexer/v1/task/{id}/status"), None)
+            .await?;
+        Ok(v["status"].clone())
+    }
+
+    /// A task's reports.
+    pub async fn task_reports(&self, id: &str) -> Result<Value, String> {
+        self.call("task reports", &format!("/druid/indexer/v1/task/{id}/reports"), None)
+            .await
+    }
+
+    /// Asks for a task to be shut down.
+    pub async fn shutdown_task(&self, id: &str) -> Result<(), String> {
+        self.call(
+            "task shutdown",
+            &format!("/druid/indexer/v1/task/{id}/shutdown"),
+            Some(String::new()),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// One request to the task API (POST with `body`, else GET), retried through failovers;
+    /// returns the JSON answer.
+    async fn call(&self, kind: &str, path: &str, body: Option<String>) -> Result<Value, String> {
         let deadline = tokio::time::Instant::now() + RETRY_FOR;
         let mut attempt = 0usize;
         loop {
             let url = &self.urls[attempt % self.urls.len()];
             attempt += 1;
-            let sent = self
-                .http
-                .post(format!("{url}/druid/indexer/v1/action"))
-                .header("content-type", "application/json")
-                .body(body.clone())
-                .send()
-                .await;
+            let request = match &body {
+                Some(b) => self
+                    .http
+                    .post(format!("{url}{path}"))
+                    .header("content-type", "application/json")
+                    .body(b.clone()),
+                None => self.http.get(format!("{url}{path}")),
+            };
+            let sent = request.send().await;
             let retry_why = match sent {
                 Ok(r) if r.status().is_success() => {
-                    let v: Value = r.json().await.map_err(|e| format!("{kind}: unreadable answer: {e}"))?;
-                    return Ok(v.get("result").cloned().unwrap_or(Value::Null));
+                    return r.json().await.map_err(|e| format!("{kind}: unreadable answer: {e}"));
                 }
                 Ok(r) if r.status().as_u16() == 503 || r.status().as_u16() == 307 => {
                     format!("{} {}", r.status(), r.text().await.unwrap_or_default())
@@ -111,16 +152,21 @@ impl TaskActions {
             .ok_or_else(|| format!("could not lock {interval} (another task holds it, or the wait timed out)"))
     }
 
-    /// Allocates the next partition of `interval` for appending.
+    /// Allocates the next partition of `interval` for appending; for a sub-task, `supervisor`
+    /// names its parallel task (granted the same lock) and whether it overwrites (the
+    /// allocation is then in the lock's version).
     pub async fn allocate(
         &self,
         spec: &IngestSpec,
         interval: &Interval,
         previous: Option<&str>,
+        supervisor: Option<(&str, bool)>,
     ) -> Result<Allocated, String> {
         let task_id = self.task["id"].as_str().unwrap_or_default();
         let r = self
             .submit(json!({
+                "supervisorTaskId": supervisor.map(|s| s.0),
+                "useLockVersion": supervisor.is_some_and(|s| s.1),
                 "type": "segmentAllocate",
                 "dataSource": spec.datasource,
                 "timestamp": crate::interval::iso(interval.start),
