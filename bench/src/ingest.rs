@@ -15,10 +15,10 @@ use serde_json::{json, Value};
 
 use raftlord_ingest::{read_input, IngestSpec};
 
-const DIMS: [&str; 6] = ["channel", "countryName", "isRobot", "namespace", "user", "page"];
+pub(crate) const DIMS: [&str; 6] = ["channel", "countryName", "isRobot", "namespace", "user", "page"];
 
 /// A small deterministic generator (xorshift), so both engines see the same rows every run.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -34,7 +34,7 @@ impl Rng {
     }
 }
 
-const FIELDS: [&str; 21] = [
+pub(crate) const FIELDS: [&str; 21] = [
     "time",
     "channel",
     "cityName",
@@ -58,7 +58,7 @@ const FIELDS: [&str; 21] = [
     "commentLength",
 ];
 
-fn row(rng: &mut Rng, i: u64, rows: u64) -> Vec<Value> {
+pub(crate) fn row(rng: &mut Rng, i: u64, rows: u64) -> Vec<Value> {
     let t = 1_714_521_600_000 + (i * 86_400_000 / rows.max(1)) as i64;
     let added = rng.below(5000) as i64;
     let deleted = rng.below(500) as i64;

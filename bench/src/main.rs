@@ -23,6 +23,7 @@ mod chaos;
 mod cluster;
 mod ingest;
 mod load;
+mod parallel;
 mod segments;
 mod soak;
 
@@ -129,6 +130,14 @@ enum Cmd {
         #[arg(long, default_value_t = 1_000_000)]
         rows: u64,
     },
+    /// One index_parallel task over N files on three workers, in one peon and as N sub-tasks:
+    /// the wall time of each and the speed-up.
+    Parallel {
+        #[arg(long, default_value_t = 2_000_000)]
+        rows: u64,
+        #[arg(long, default_value_t = 4)]
+        parts: u64,
+    },
     /// Tasks completing continuously; memory and snapshot size at the start and the end.
     Soak {
         #[arg(long, default_value_t = 600)]
@@ -196,6 +205,7 @@ async fn main() -> anyhow::Result<()> {
         } => load::submit(&bin, clients, seconds, (!no_etcd).then_some(etcd), rounds).await,
         Cmd::Failover { rounds, writers } => chaos::failover(&bin, rounds, writers).await,
         Cmd::Ingest { rows } => tokio::task::spawn_blocking(move || ingest::run(rows)).await?,
+        Cmd::Parallel { rows, parts } => parallel::run(&bin, rows, parts).await,
         Cmd::Partitions {
             rounds,
             hold_ms,
