@@ -1159,8 +1159,36 @@ fn index_parallel_runs_sub_tasks_and_publishes_their_segments_once() {
         assert_eq!(status["groupId"], "par-1", "{status}");
     }
 
-    // Appending in parallel: one more partition per day, in each day's version.
-    run_to_success(&urls, &spec("par-2", input.path(), true, parallel.clone()), "par-2");
+    // Appending in parallel, from the CLI, which ends with the outcome and the sub-tasks: one
+    // more partition per day, in each day's version.
+    let spec_file = input.path().join("par-2.spec");
+    std::fs::write(
+        &spec_file,
+        spec("par-2", input.path(), true, parallel.clone()).to_string(),
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::raftlord_bin())
+        .args([
+            "task",
+            "submit",
+            spec_file.to_str().unwrap(),
+            "--wait",
+            "--url",
+            &urls[0],
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("par-2: SUCCESS"), "{stdout}");
+    assert!(
+        stdout.contains("4 segment(s) published; sub-tasks: 0 running, 4 succeeded, 0 failed"),
+        "{stdout}"
+    );
     let after = used_segments(&urls);
     assert_eq!(after.len(), 8, "{after:?}");
     let mut per_day: BTreeMap<String, Vec<u64>> = BTreeMap::new();

@@ -34,6 +34,17 @@ fn n(v: &Value, k: &str) -> u64 {
 /// Follows task `id` until it ends, showing rows, rows/s and elapsed time on standard error
 /// (rewritten in place on a terminal, a line every few seconds otherwise). Prints the outcome and
 /// returns the exit code: 0 for SUCCESS, 1 otherwise.
+/// A parallel task's sub-tasks, as `sub-tasks: 2 running, 1 succeeded, 0 failed`.
+fn subtasks(report: Option<&Value>) -> Option<String> {
+    let p = report?.get("parallelIndexProgress")?.get("payload")?;
+    Some(format!(
+        "sub-tasks: {} running, {} succeeded, {} failed",
+        n(p, "running"),
+        n(p, "succeeded"),
+        n(p, "failed")
+    ))
+}
+
 pub async fn wait_for_task(c: &Client, base: &str, id: &str) -> anyhow::Result<i32> {
     let started = Instant::now();
     let tty = std::io::stderr().is_terminal();
@@ -73,6 +84,9 @@ pub async fn wait_for_task(c: &Client, base: &str, id: &str) -> anyhow::Result<i
             if let Some(p) = published {
                 line.push_str(&format!("; {p} segment(s) published"));
             }
+            if let Some(sub) = subtasks(report.as_ref()) {
+                line.push_str(&format!("; {sub}"));
+            }
             println!("{line}");
             if let Some(e) = s["status"]["errorMsg"].as_str() {
                 println!("error: {e}");
@@ -80,10 +94,13 @@ pub async fn wait_for_task(c: &Client, base: &str, id: &str) -> anyhow::Result<i
             return Ok(if code == "SUCCESS" { 0 } else { 1 });
         }
         let rows = stats.as_ref().map(|s| n(s, "processed")).unwrap_or(0);
-        let progress = format!(
+        let mut progress = format!(
             "{id}: {code:<8} {secs:>6.1} s  rows {rows}  ({:.0} rows/s)",
             rows as f64 / secs.max(1e-3)
         );
+        if let Some(sub) = subtasks(report.as_ref()) {
+            progress.push_str(&format!("  {sub}"));
+        }
         if tty {
             eprint!("\r{progress}\x1b[K");
             let _ = std::io::stderr().flush();
