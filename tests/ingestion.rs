@@ -1232,3 +1232,27 @@ fn index_parallel_runs_sub_tasks_and_publishes_their_segments_once() {
     let left = walk(&deep.path().join("wiki-bad"));
     assert!(left.is_empty(), "files of a failed parallel task stayed: {left:?}");
 }
+
+/// Found a trap: on a node with one task slot (`raftlord dev` on a 2-core machine), a parallel
+/// spec's supervisor held the only slot and its sub-tasks would wait for ever. With no slot to
+/// spare it runs in one peon, and succeeds.
+#[test]
+fn a_parallel_spec_on_a_one_slot_node_runs_in_one_peon_instead_of_waiting_for_ever() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = tempfile::tempdir().unwrap();
+    let rows = write_input(input.path(), 2);
+    let port = common::free_port();
+    let _dev = common::spawn_dev(dir.path(), port, &["--worker-capacity", "1"]);
+    let urls = vec![format!("http://127.0.0.1:{port}")];
+    wait_for_blocking("the dev node to lead", Duration::from_secs(30), || common::leader_of(&urls));
+    let parallel = json!({"maxNumConcurrentSubTasks": 4, "splitHintSpec": {"type": "maxSize", "maxSplitSize": 1}});
+    run_to_success(&urls, &spec("solo", input.path(), false, parallel), "solo");
+    let report = get(&urls, &format!("{API}/task/solo/reports")).unwrap();
+    assert!(report.get("parallelIndexProgress").is_none(), "{report}");
+    assert_eq!(
+        report["ingestionStatsAndErrors"]["payload"]["rowStats"]["buildSegments"]["processed"],
+        rows.len(),
+        "{report}"
+    );
+    assert_eq!(used_segments(&urls).len(), 2);
+}

@@ -162,8 +162,8 @@ fn spec(input: &Path, format: Value) -> anyhow::Result<IngestSpec> {
     Ok(IngestSpec::from_task(&task)?)
 }
 
-/// One raftlord run: (rows read, rows written, seconds).
-fn raftlord_run(spec: &IngestSpec, out: &Path) -> anyhow::Result<(u64, u64, f64)> {
+/// One raftlord run: (rows read, bytes read uncompressed, rows written, seconds).
+fn raftlord_run(spec: &IngestSpec, out: &Path) -> anyhow::Result<(u64, u64, u64, f64)> {
     let started = Instant::now();
     // As the peon runs it: rows beyond the in-memory limits spill to sorted runs on disk.
     let spill = out.join("spill");
@@ -176,7 +176,12 @@ fn raftlord_run(spec: &IngestSpec, out: &Path) -> anyhow::Result<(u64, u64, f64)
             written += f.rows;
         }
     }
-    Ok((ingested.stats.processed, written, started.elapsed().as_secs_f64()))
+    Ok((
+        ingested.stats.processed,
+        ingested.stats.processed_bytes,
+        written,
+        started.elapsed().as_secs_f64(),
+    ))
 }
 
 /// One DuckDB run through Python: (rows written, seconds), or why it could not run.
@@ -239,7 +244,7 @@ fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-pub fn run(rows: u64) -> anyhow::Result<()> {
+pub fn run(rows: u64, json_only: bool) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let t = Instant::now();
     let (json_path, csv_path) = generate(dir.path(), rows)?;
@@ -259,14 +264,21 @@ pub fn run(rows: u64) -> anyhow::Result<()> {
             true,
         ),
     ] {
+        if json_only && csv {
+            continue;
+        }
         let out = dir.path().join(format!("raftlord-{name}"));
-        let (read, written, secs) = raftlord_run(&spec(path, format)?, &out)?;
+        let (read, bytes, written, secs) = raftlord_run(&spec(path, format)?, &out)?;
         let ours = read as f64 / secs;
         println!(
-            "{name}: raftlord {read} rows -> {written} rolled-up rows in {secs:.2} s: {ours:.0} rows/s on one core \
+            "{name}: raftlord {read} rows ({:.0} MiB read) -> {written} rolled-up rows in {secs:.2} s: {ours:.0} rows/s on one core \
              (peak resident memory of this process so far {:.0} MiB)",
+            bytes as f64 / 1048576.0,
             peak_rss_mib()
         );
+        if json_only {
+            continue;
+        }
         let duck_out = dir.path().join(format!("duckdb-{name}.parquet"));
         match duckdb_run(path, csv, &duck_out) {
             Ok((duck_rows, duck_secs)) => {

@@ -129,6 +129,9 @@ enum Cmd {
     Ingest {
         #[arg(long, default_value_t = 1_000_000)]
         rows: u64,
+        /// Only raftlord, JSON lines only: for memory figures on large inputs.
+        #[arg(long)]
+        json_only: bool,
     },
     /// One index_parallel task over N files on three workers, in one peon and as N sub-tasks:
     /// the wall time of each and the speed-up.
@@ -204,7 +207,7 @@ async fn main() -> anyhow::Result<()> {
             rounds,
         } => load::submit(&bin, clients, seconds, (!no_etcd).then_some(etcd), rounds).await,
         Cmd::Failover { rounds, writers } => chaos::failover(&bin, rounds, writers).await,
-        Cmd::Ingest { rows } => tokio::task::spawn_blocking(move || ingest::run(rows)).await?,
+        Cmd::Ingest { rows, json_only } => tokio::task::spawn_blocking(move || ingest::run(rows, json_only)).await?,
         Cmd::Parallel { rows, parts } => parallel::run(&bin, rows, parts).await,
         Cmd::Partitions {
             rounds,

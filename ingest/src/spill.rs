@@ -71,20 +71,16 @@ impl Iterator for RunReader {
     }
 }
 
-/// Druid's row order, comparing strings themselves (runs were sorted at different times, so
-/// only the strings, not any one moment's ranks, order them all).
-pub fn cmp_keys(a: &Key, b: &Key, dicts: &[Dict]) -> Ordering {
+/// Druid's row order. `ranks` are the dimensions' string ranks ([`Dict::ranks`]) taken once
+/// every string is known (at the merge, after the last row is read), so that strings compare as
+/// integers: equal ids are equal strings, and a lower rank a lower string.
+pub fn cmp_keys(a: &Key, b: &Key, ranks: &[Vec<u32>]) -> Ordering {
+    static NONE: Vec<u32> = Vec::new();
     a.time.cmp(&b.time).then_with(|| {
         for i in 0..a.dims.len().max(b.dims.len()) {
             let x = a.dims.get(i).unwrap_or(&DimValue::Null);
             let y = b.dims.get(i).unwrap_or(&DimValue::Null);
-            let o = match (x, y, dicts.get(i)) {
-                (DimValue::Str(p), DimValue::Str(q), Some(d)) => d.get(*p).cmp(d.get(*q)),
-                (DimValue::Multi(p), DimValue::Multi(q), Some(d)) => {
-                    p.iter().map(|s| d.get(*s)).cmp(q.iter().map(|s| d.get(*s)))
-                }
-                _ => x.cmp_with(y, &[]),
-            };
+            let o = x.cmp_with(y, ranks.get(i).unwrap_or(&NONE));
             if o != Ordering::Equal {
                 return o;
             }
@@ -93,11 +89,15 @@ pub fn cmp_keys(a: &Key, b: &Key, dicts: &[Dict]) -> Ordering {
     })
 }
 
-/// Merges sorted sources into one sorted stream; under rollup, rows with equal keys become one.
+/// A row from source `.0` (its index, which breaks ties: the earliest source first).
+type Tagged = (usize, Result<Row, String>);
+
+/// Merges sorted sources into one sorted stream (a k-way merge on a heap: a row costs
+/// O(log sources) comparisons); under rollup, rows with equal keys become one, combined in
+/// source order.
 pub struct Merge<'a> {
-    sources: Vec<Box<dyn Iterator<Item = Result<Row, String>> + 'a>>,
-    heads: Vec<Option<Row>>,
-    dicts: &'a [Dict],
+    merged: std::iter::Peekable<Box<dyn Iterator<Item = Tagged> + 'a>>,
+    ranks: std::sync::Arc<Vec<Vec<u32>>>,
     metrics: &'a [AggregatorSpec],
     rollup: bool,
     failed: bool,
@@ -110,40 +110,27 @@ impl<'a> Merge<'a> {
         metrics: &'a [AggregatorSpec],
         rollup: bool,
     ) -> Merge<'a> {
-        let heads = sources.iter().map(|_| None).collect();
+        let ranks = std::sync::Arc::new(dicts.iter().map(Dict::ranks).collect::<Vec<_>>());
+        let order = ranks.clone();
+        // An error sorts first, so that it ends the merge as soon as it is read.
+        let less = move |a: &Tagged, b: &Tagged| match (&a.1, &b.1) {
+            (Ok((x, _)), Ok((y, _))) => match cmp_keys(x, y, &order) {
+                Ordering::Equal => a.0 < b.0,
+                o => o == Ordering::Less,
+            },
+            (Err(_), Ok(_)) => true,
+            (Ok(_), Err(_)) => false,
+            (Err(_), Err(_)) => a.0 < b.0,
+        };
+        let tagged = sources.into_iter().enumerate().map(|(i, s)| s.map(move |r| (i, r)));
+        let merged: Box<dyn Iterator<Item = Tagged> + 'a> = Box::new(itertools::kmerge_by(tagged, less));
         Merge {
-            sources,
-            heads,
-            dicts,
+            merged: merged.peekable(),
+            ranks,
             metrics,
             rollup,
             failed: false,
         }
-    }
-
-    /// Fills empty heads; an error ends the merge.
-    fn fill(&mut self) -> Result<(), String> {
-        for (i, s) in self.sources.iter_mut().enumerate() {
-            if self.heads[i].is_none() {
-                if let Some(r) = s.next() {
-                    self.heads[i] = Some(r?);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The index of the smallest head (the earliest source on ties, keeping input order).
-    fn smallest(&self) -> Option<usize> {
-        let mut best: Option<(usize, &Key)> = None;
-        for (i, h) in self.heads.iter().enumerate() {
-            if let Some((k, _)) = h {
-                if best.is_none_or(|(_, b)| cmp_keys(k, b, self.dicts) == Ordering::Less) {
-                    best = Some((i, k));
-                }
-            }
-        }
-        best.map(|(i, _)| i)
     }
 }
 
@@ -154,26 +141,19 @@ impl Iterator for Merge<'_> {
         if self.failed {
             return None;
         }
-        if let Err(e) = self.fill() {
-            self.failed = true;
-            return Some(Err(e));
-        }
-        let i = self.smallest()?;
-        let mut row = self.heads[i].take()?;
+        let mut row = match self.merged.next()?.1 {
+            Ok(r) => r,
+            Err(e) => {
+                self.failed = true;
+                return Some(Err(e));
+            }
+        };
         if self.rollup {
-            loop {
-                if let Err(e) = self.fill() {
-                    self.failed = true;
-                    return Some(Err(e));
-                }
-                let Some(j) = self.smallest() else { break };
-                let equal = self.heads[j]
-                    .as_ref()
-                    .is_some_and(|(k, _)| cmp_keys(k, &row.0, self.dicts) == Ordering::Equal);
-                if !equal {
+            while let Some((_, Ok((k, _)))) = self.merged.peek() {
+                if cmp_keys(k, &row.0, &self.ranks) != Ordering::Equal {
                     break;
                 }
-                if let Some((_, accs)) = self.heads[j].take() {
+                if let Some((_, Ok((_, accs)))) = self.merged.next() {
                     for ((m, into), other) in self.metrics.iter().zip(row.1.iter_mut()).zip(accs) {
                         m.combine(into, other);
                     }

@@ -143,9 +143,11 @@ pub async fn run(task: Value, dir: &Path, live: Arc<Mutex<Outcome>>, pushed: Arc
             )),
         }
     } else {
-        match super::parallel_task::splits(&task, &spec).await {
+        match super::parallel_task::splits(&task, &spec, &actions).await {
             Err(e) => Err(e),
-            Ok(Some(splits)) => super::parallel_task::run(&task, &spec, splits, dir, &actions, &live, &pushed).await,
+            Ok(Some((splits, at_once))) => {
+                super::parallel_task::run(&task, &spec, splits, at_once, dir, &actions, &live, &pushed).await
+            }
             Ok(None) => run_spec(&id, spec, None, Role::Task, dir, &actions, &live, &pushed).await,
         }
     };

@@ -6,7 +6,9 @@
 //! 2. With `granularitySpec.intervals`, the supervisor (this task) locks them first, as a single
 //!    task does.
 //! 3. Each split runs as a `single_phase_sub_task`, a real task in the task API (same group and
-//!    priority, `supervisorTaskId` naming this task), at most `maxNumConcurrentSubTasks` at once.
+//!    priority, `supervisorTaskId` naming this task), at most `maxNumConcurrentSubTasks` at once,
+//!    and no more than the cluster's task slots besides this task's own (with none, the task
+//!    runs in one peon rather than wait for ever).
 //!    A sub-task reads its split, allocates its segments through the Overlord for its
 //!    supervisor (which is granted the same locks; when overwriting, in the version of the
 //!    group's lock), pushes them to deep storage and lists them in its report. It publishes
@@ -41,10 +43,21 @@ const POLL: Duration = Duration::from_millis(250);
 /// How often progress is logged.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
-/// The splits of a task that runs as sub-tasks; `None` when it runs in one peon (one split,
-/// `maxNumConcurrentSubTasks` 1, hashed partitioning, or not an `index_parallel` task).
-pub async fn splits(task: &Value, spec: &IngestSpec) -> Result<Option<Vec<Value>>, String> {
+/// The splits of a task that runs as sub-tasks, and how many run at once; `None` when it runs in
+/// one peon (one split, `maxNumConcurrentSubTasks` 1, hashed partitioning, not an
+/// `index_parallel` task, or no task slot in the cluster besides this task's own).
+pub async fn splits(task: &Value, spec: &IngestSpec, actions: &TaskActions) -> Result<Option<(Vec<Value>, usize)>, String> {
     if spec.task_type != "index_parallel" || spec.max_num_concurrent_sub_tasks < 2 || spec.hashed.is_some() {
+        return Ok(None);
+    }
+    // Sub-tasks need slots of their own: this task holds one while it waits for them.
+    let capacity = actions
+        .total_worker_capacity()
+        .await
+        .unwrap_or(spec.max_num_concurrent_sub_tasks + 1);
+    let others = capacity.saturating_sub(1);
+    if others == 0 {
+        log("the cluster has no task slot besides this task's own: running in one peon, without sub-tasks");
         return Ok(None);
     }
     if matches!(spec.source, InputSource::Inline { .. } | InputSource::Druid { .. }) {
@@ -58,7 +71,8 @@ pub async fn splits(task: &Value, spec: &IngestSpec) -> Result<Option<Vec<Value>
     let splits = tokio::task::spawn_blocking(move || source.splits(&original, &hint))
         .await
         .map_err(|e| format!("the listing thread failed: {e}"))??;
-    Ok((splits.len() > 1).then_some(splits))
+    let at_once = spec.max_num_concurrent_sub_tasks.min(others).min(splits.len() as u64) as usize;
+    Ok((splits.len() > 1).then_some((splits, at_once)))
 }
 
 /// One sub-task's spec: the parent's, reading `split`.
@@ -91,6 +105,7 @@ pub async fn run(
     task: &Value,
     spec: &IngestSpec,
     splits: Vec<Value>,
+    concurrency: usize,
     dir: &Path,
     actions: &TaskActions,
     live: &Arc<Mutex<Outcome>>,
@@ -108,7 +123,6 @@ pub async fn run(
         log(&format!("locked {} interval(s) before reading", versions.len()));
     }
     let total = splits.len();
-    let concurrency = spec.max_num_concurrent_sub_tasks.min(total as u64) as usize;
     log(&format!(
         "running {total} sub-task(s), {concurrency} at a time, each retried up to {} time(s)",
         spec.max_retry

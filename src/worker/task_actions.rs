@@ -81,6 +81,16 @@ impl TaskActions {
         Ok(v["status"].clone())
     }
 
+    /// Task slots of every worker of the cluster.
+    pub async fn total_worker_capacity(&self) -> Result<u64, String> {
+        let v = self
+            .call("worker capacity", "/druid/indexer/v1/totalWorkerCapacity", None)
+            .await?;
+        v["currentClusterCapacity"]
+            .as_u64()
+            .ok_or_else(|| format!("worker capacity: unexpected answer {v}"))
+    }
+
     /// A task's reports.
     pub async fn task_reports(&self, id: &str) -> Result<Value, String> {
         self.call("task reports", &format!("/druid/indexer/v1/task/{id}/reports"), None)
