@@ -1244,7 +1244,9 @@ fn a_parallel_spec_on_a_one_slot_node_runs_in_one_peon_instead_of_waiting_for_ev
     let port = common::free_port();
     let _dev = common::spawn_dev(dir.path(), port, &["--worker-capacity", "1"]);
     let urls = vec![format!("http://127.0.0.1:{port}")];
-    wait_for_blocking("the dev node to lead", Duration::from_secs(30), || common::leader_of(&urls));
+    wait_for_blocking("the dev node to lead", Duration::from_secs(30), || {
+        common::leader_of(&urls)
+    });
     let parallel = json!({"maxNumConcurrentSubTasks": 4, "splitHintSpec": {"type": "maxSize", "maxSplitSize": 1}});
     run_to_success(&urls, &spec("solo", input.path(), false, parallel), "solo");
     let report = get(&urls, &format!("{API}/task/solo/reports")).unwrap();
@@ -1255,4 +1257,96 @@ fn a_parallel_spec_on_a_one_slot_node_runs_in_one_peon_instead_of_waiting_for_ev
         "{report}"
     );
     assert_eq!(used_segments(&urls).len(), 2);
+}
+
+/// Range partitioning: `single_dim` on page (rows held in memory) and `range` on page and user
+/// (rows spilled to sorted runs): each day split into ranges of about targetRowsPerSegment rows,
+/// published with Druid's `single` and `range` shard specs, every file holding exactly the rows
+/// of its range, and all rows there. A partition dimension that is not a string dimension is
+/// refused at submit.
+#[test]
+fn range_partitions_hold_the_rows_of_their_ranges() {
+    let deep = tempfile::tempdir().unwrap();
+    let input = tempfile::tempdir().unwrap();
+    let rows = write_input(input.path(), 2);
+    let (_cluster, urls) = start(deep.path(), 1);
+    let expect = expected_rollup(&rows);
+    let per_day = expect.len() as u64 / 2;
+
+    let mut single = spec(
+        "single",
+        input.path(),
+        false,
+        json!({"partitionsSpec": {"type": "single_dim", "partitionDimension": "page", "targetRowsPerSegment": per_day / 3}}),
+    );
+    single["spec"]["dataSchema"]["dataSource"] = json!("by-page");
+    run_to_success(&urls, &single, "single");
+    let mut ranged = spec(
+        "ranged",
+        input.path(),
+        false,
+        json!({"partitionsSpec": {"type": "range", "partitionDimensions": ["page", "user"], "targetRowsPerSegment": per_day / 5},
+            "maxRowsInMemory": 40}),
+    );
+    ranged["spec"]["dataSchema"]["dataSource"] = json!("by-page-user");
+    run_to_success(&urls, &ranged, "ranged");
+
+    for (datasource, kind) in [("by-page", "single"), ("by-page-user", "range")] {
+        let segments = used_segments_of(&urls, datasource);
+        let days: std::collections::BTreeSet<&str> = segments.iter().map(|s| s["interval"].as_str().unwrap()).collect();
+        assert_eq!(days.len(), 2, "{segments:?}");
+        assert!(segments.len() >= 6, "{kind}: {} segments for two days", segments.len());
+        let mut total = 0;
+        for s in &segments {
+            let shard = &s["shardSpec"];
+            assert_eq!(shard["type"], kind, "{s}");
+            let n = segments.iter().filter(|o| o["interval"] == s["interval"]).count();
+            assert_eq!(shard["numCorePartitions"], n, "{s}");
+            let got = pyarrow_rows(&load_paths(std::slice::from_ref(s)));
+            total += got.len();
+            // The row's values against the range [start, end), null (a missing value) first.
+            let tuple = |r: &Value| -> Vec<String> {
+                if kind == "single" {
+                    vec![r["page"].as_str().unwrap().to_string()]
+                } else {
+                    vec![
+                        r["page"].as_str().unwrap().to_string(),
+                        r["user"].as_str().unwrap().to_string(),
+                    ]
+                }
+            };
+            let bound = |b: &Value| -> Option<Vec<String>> {
+                match b {
+                    Value::Null => None,
+                    Value::String(v) => Some(vec![v.clone()]),
+                    Value::Array(a) => Some(a.iter().map(|v| v.as_str().unwrap().to_string()).collect()),
+                    other => panic!("bound {other}"),
+                }
+            };
+            let (start, end) = (bound(&shard["start"]), bound(&shard["end"]));
+            if kind == "single" {
+                assert_eq!(shard["dimension"], "page", "{s}");
+            } else {
+                assert_eq!(shard["dimensions"], json!(["page", "user"]), "{s}");
+            }
+            assert!(!got.is_empty(), "an empty range: {s}");
+            for r in &got {
+                let t = tuple(r);
+                assert!(start.as_ref().is_none_or(|b| t >= *b), "{t:?} before {start:?} in {s}");
+                assert!(end.as_ref().is_none_or(|b| t < *b), "{t:?} not before {end:?} in {s}");
+            }
+        }
+        assert_eq!(total, expect.len(), "{kind}: every rolled-up row, once");
+    }
+
+    let mut bad = spec(
+        "bad-range",
+        input.path(),
+        false,
+        json!({"partitionsSpec": {"type": "single_dim", "partitionDimension": "delta"}}),
+    );
+    bad["spec"]["dataSchema"]["dimensionsSpec"]["dimensions"] = json!(["page", {"type": "long", "name": "delta"}]);
+    let (s, v) = post(&urls, &format!("{API}/task"), &bad);
+    assert_eq!(s, 400, "{v}");
+    assert!(v.to_string().contains("partitionsSpec.partitionDimension"), "{v}");
 }

@@ -69,11 +69,18 @@ pub struct Ingested {
     buckets: BTreeMap<Interval, Bucket>,
     /// Intervals whose rows were spilled: one merged, sorted run each, and its row count.
     merged: BTreeMap<Interval, (PathBuf, u64)>,
+    /// Range partitioning: each interval's boundaries, the first values of its second, third,
+    /// ... range.
+    range_bounds: BTreeMap<Interval, Vec<RangeTuple>>,
     dims: Vec<FoundDim>,
     dicts: Vec<rows::Dict>,
     typed: bool,
     spec: IngestSpec,
 }
+
+/// The values of the range partition dimensions of a row, compared as Druid does (a missing
+/// value first, then strings in order).
+pub type RangeTuple = Vec<Option<String>>;
 
 /// One Parquet file written for one segment partition.
 #[derive(Debug, Clone)]
@@ -194,6 +201,7 @@ pub fn read_input(
         problems: b.problems,
         buckets: b.buckets,
         merged: BTreeMap::new(),
+        range_bounds: BTreeMap::new(),
         dims: b.dims,
         dicts: b.dicts,
         typed,
@@ -201,6 +209,9 @@ pub fn read_input(
     };
     if let Some(dir) = spill_dir {
         ingested.merge_runs(runs, dir)?;
+    }
+    if spec.range.is_some() {
+        ingested.find_range_bounds()?;
     }
     Ok(ingested)
 }
@@ -234,6 +245,88 @@ impl Ingested {
         Ok(())
     }
 
+    /// Range partitioning: counts the rows of each interval by their partition values, and
+    /// cuts ranges of about `targetRowsPerSegment` rows (a value's rows stay in one range).
+    fn find_range_bounds(&mut self) -> Result<(), IngestError> {
+        let Some(range) = self.spec.range.clone() else {
+            return Ok(());
+        };
+        for interval in self.intervals() {
+            let mut counts: BTreeMap<RangeTuple, u64> = BTreeMap::new();
+            let mut count = |key: &rows::Key| -> Result<(), IngestError> {
+                *counts.entry(self.range_tuple(key, &range)?).or_default() += 1;
+                Ok(())
+            };
+            match self.merged.get(&interval) {
+                Some((path, _)) => {
+                    for row in spill::RunReader::open(path).map_err(IngestError::Write)? {
+                        count(&row.map_err(IngestError::Write)?.0)?;
+                    }
+                }
+                None => {
+                    for key in self.buckets.get(&interval).into_iter().flat_map(rows::Bucket::keys) {
+                        count(key)?;
+                    }
+                }
+            }
+            let mut bounds = Vec::new();
+            let mut held = 0u64;
+            for (tuple, n) in counts {
+                if held >= range.target_rows_per_segment {
+                    bounds.push(tuple.clone());
+                    held = 0;
+                }
+                held += n;
+            }
+            self.range_bounds.insert(interval, bounds);
+        }
+        Ok(())
+    }
+
+    /// The partition dimensions' values of a row; a multi-value row cannot be placed in a
+    /// range (Druid refuses it too).
+    fn range_tuple(&self, key: &rows::Key, range: &spec::Range) -> Result<RangeTuple, IngestError> {
+        range
+            .dimensions
+            .iter()
+            .map(|name| {
+                let Some(i) = self.dims.iter().position(|d| d.name == *name) else {
+                    return Ok(None);
+                };
+                match key.dims.get(i) {
+                    None | Some(rows::DimValue::Null) => Ok(None),
+                    Some(rows::DimValue::Str(id)) => Ok(Some(self.dicts[i].get(*id).to_string())),
+                    Some(rows::DimValue::Long(v)) => Ok(Some(v.to_string())),
+                    Some(rows::DimValue::Double(v)) => Ok(Some(v.to_string())),
+                    Some(rows::DimValue::Multi(_)) => Err(IngestError::Write(format!(
+                        "cannot partition on the multi-value dimension [{name}]: a row has several values there"
+                    ))),
+                }
+            })
+            .collect()
+    }
+
+    /// The boundaries of `interval`'s ranges: the first values of its second, third, ... range
+    /// (none: one range).
+    pub fn range_bounds(&self, interval: &Interval) -> &[RangeTuple] {
+        self.range_bounds.get(interval).map_or(&[], Vec::as_slice)
+    }
+
+    /// The partition a row goes to: its hashed shard or its range; 0 for dynamic partitioning.
+    fn partition_of(&self, interval: &Interval, key: &rows::Key, n: u32) -> usize {
+        if let Some(h) = &self.spec.hashed {
+            return self.shard_of(key, h, n) as usize;
+        }
+        match (&self.spec.range, self.range_tuple_lenient(key)) {
+            (Some(_), Some(t)) => self.range_bounds(interval).partition_point(|b| *b <= t),
+            _ => 0,
+        }
+    }
+
+    fn range_tuple_lenient(&self, key: &rows::Key) -> Option<RangeTuple> {
+        self.spec.range.as_ref().and_then(|r| self.range_tuple(key, r).ok())
+    }
+
     fn rows_of(&self, interval: &Interval) -> u64 {
         match self.merged.get(interval) {
             Some((_, n)) => *n,
@@ -258,6 +351,13 @@ impl Ingested {
     /// How many partitions (files) the rows of `interval` make.
     pub fn partitions(&self, interval: &Interval) -> usize {
         let rows = self.rows_of(interval);
+        if self.spec.range.is_some() {
+            return if rows == 0 {
+                0
+            } else {
+                self.range_bounds(interval).len() + 1
+            };
+        }
         match &self.spec.hashed {
             None => rows.div_ceil(self.spec.max_rows_per_segment) as usize,
             Some(h) => match h.num_shards {
@@ -355,26 +455,28 @@ impl Ingested {
         let mut shards: Vec<Vec<spill::Row>> = Vec::new();
         let mut shared: Option<Box<dyn Iterator<Item = Result<spill::Row, String>>>> = None;
         let mut run_path = None;
-        match (source, &self.spec.hashed) {
-            (Source::Run(path), None) => {
+        let split = self.spec.hashed.is_some() || self.spec.range.is_some();
+        match (source, split) {
+            (Source::Run(path), false) => {
                 let reader = spill::RunReader::open(&path).map_err(IngestError::Write)?;
                 // The file can go now: the reader holds it open.
                 let _ = std::fs::remove_file(&path);
                 shared = Some(Box::new(reader));
             }
-            (Source::Memory(rows), None) => shared = Some(Box::new(rows.into_iter().map(Ok))),
-            (Source::Run(path), Some(_)) => run_path = Some(path),
-            (Source::Memory(rows), Some(h)) => {
+            (Source::Memory(rows), false) => shared = Some(Box::new(rows.into_iter().map(Ok))),
+            (Source::Run(path), true) => run_path = Some(path),
+            (Source::Memory(rows), true) => {
                 shards = (0..n).map(|_| Vec::new()).collect();
                 for row in rows {
-                    let k = self.shard_of(&row.0, h, n) as usize;
+                    let k = self.partition_of(interval, &row.0, n).min(n as usize - 1);
                     shards[k].push(row);
                 }
             }
         }
-        let limit = match self.spec.hashed {
-            None => self.spec.max_rows_per_segment.min(usize::MAX as u64) as usize,
-            Some(_) => usize::MAX,
+        let limit = if split {
+            usize::MAX
+        } else {
+            self.spec.max_rows_per_segment.min(usize::MAX as u64) as usize
         };
         std::fs::create_dir_all(dir)
             .map_err(|e| IngestError::Write(format!("cannot create [{}]: {e}", dir.display())))?;
@@ -390,12 +492,13 @@ impl Ingested {
         let mut out = Vec::new();
         let this = &*self;
         for (k, num) in partition_nums.iter().enumerate() {
-            let mut own: Box<dyn Iterator<Item = Result<spill::Row, String>>> = match (&run_path, &self.spec.hashed) {
-                (Some(path), Some(h)) => {
+            let mut own: Box<dyn Iterator<Item = Result<spill::Row, String>>> = match &run_path {
+                Some(path) => {
                     let reader = spill::RunReader::open(path).map_err(IngestError::Write)?;
+                    let at = *interval;
                     Box::new(reader.filter(move |r| {
                         r.as_ref()
-                            .map_or(true, |(key, _)| this.shard_of(key, h, n) as usize == k)
+                            .map_or(true, |(key, _)| this.partition_of(&at, key, n).min(n as usize - 1) == k)
                     }))
                 }
                 _ if !shards.is_empty() => Box::new(std::mem::take(&mut shards[k]).into_iter().map(Ok)),

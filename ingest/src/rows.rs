@@ -159,6 +159,11 @@ impl Bucket {
         self.len() == 0
     }
 
+    /// Every row's key, in no order.
+    pub fn keys(&self) -> impl Iterator<Item = &Key> {
+        self.rolled.keys().chain(self.plain.iter().map(|(k, _)| k))
+    }
+
     /// The rows sorted by time, then dimensions (`ranks[i]`: the string order of dimension
     /// `i`, from [`Dict::ranks`]).
     pub fn into_sorted(self, ranks: &[Vec<u32>]) -> Vec<(Key, Vec<Acc>)> {

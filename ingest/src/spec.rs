@@ -220,6 +220,19 @@ struct PartitionsSpecJson {
     target_rows_per_segment: Option<i64>,
     #[serde(default)]
     partition_dimensions: Vec<String>,
+    #[serde(default)]
+    partition_dimension: Option<String>,
+}
+
+/// `partitionsSpec` of type `single_dim` or `range`: each segment interval's rows split into
+/// ranges of the partition dimensions' values (compared as strings, a missing value first), each
+/// holding about `target_rows_per_segment` rows, as Druid's range partitioning does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Range {
+    pub dimensions: Vec<String>,
+    pub target_rows_per_segment: u64,
+    /// `single_dim` (Druid's `single` shard spec) rather than `range`.
+    pub single_dim: bool,
 }
 
 /// `partitionsSpec` of type `hashed`: each segment interval's rows split into shards by a hash
@@ -306,8 +319,10 @@ pub struct IngestSpec {
     pub append_to_existing: bool,
     pub drop_existing: bool,
     pub max_rows_per_segment: u64,
-    /// `hashed` partitioning; `None`: `dynamic`.
+    /// `hashed` partitioning; `None`: `dynamic` (or range).
     pub hashed: Option<Hashed>,
+    /// `single_dim` or `range` partitioning.
+    pub range: Option<Range>,
     pub max_rows_in_memory: u64,
     /// Estimated bytes of rows held before they are spilled (`maxBytesInMemory`).
     pub max_bytes_in_memory: u64,
@@ -589,6 +604,7 @@ impl IngestSpec {
         let tuning = spec.tuning_config.unwrap_or_default();
         let mut max_rows_per_segment = tuning.max_rows_per_segment.unwrap_or(DEFAULT_MAX_ROWS_PER_SEGMENT);
         let mut hashed = None;
+        let mut range = None;
         if let Some(p) = tuning.partitions_spec {
             match p.kind.as_str() {
                 "dynamic" => {
@@ -632,11 +648,53 @@ impl IngestSpec {
                         partition_dimensions: p.partition_dimensions,
                     });
                 }
+                kind @ ("single_dim" | "range") => {
+                    let at = |f: &str| format!("spec.tuningConfig.partitionsSpec.{f}");
+                    let single_dim = kind == "single_dim";
+                    let (field, names) = if single_dim {
+                        ("partitionDimension", p.partition_dimension.into_iter().collect::<Vec<_>>())
+                    } else {
+                        ("partitionDimensions", p.partition_dimensions)
+                    };
+                    if names.is_empty() || names.iter().any(String::is_empty) {
+                        return Err(SpecError::new(at(field), format!("{kind} partitioning needs {field}")));
+                    }
+                    if let Dimensions::Declared(declared) = &dimensions {
+                        for d in &names {
+                            match declared.iter().find(|x| x.name == *d) {
+                                Some(x) if x.kind == DimType::String => {}
+                                Some(_) => {
+                                    return Err(SpecError::new(at(field), format!("[{d}] is not a string dimension; range partitioning needs string dimensions")))
+                                }
+                                None => {
+                                    return Err(SpecError::new(at(field), format!("[{d}] is not in dimensionsSpec.dimensions")))
+                                }
+                            }
+                        }
+                    }
+                    let target = match (p.target_rows_per_segment, p.max_rows_per_segment) {
+                        (Some(t), _) if t > 0 => t as u64,
+                        (Some(t), _) if t != -1 => return Err(SpecError::new(at("targetRowsPerSegment"), "must be positive")),
+                        (_, Some(m)) if m > 0 => m,
+                        _ => DEFAULT_MAX_ROWS_PER_SEGMENT,
+                    };
+                    if io.append_to_existing {
+                        return Err(SpecError::new(
+                            at("type"),
+                            format!("{kind} partitioning rewrites whole intervals; it cannot append (set appendToExisting to false)"),
+                        ));
+                    }
+                    range = Some(Range {
+                        dimensions: names,
+                        target_rows_per_segment: target,
+                        single_dim,
+                    });
+                }
                 other => {
                     return Err(SpecError::new(
                         "spec.tuningConfig.partitionsSpec.type",
                         format!(
-                            "partitionsSpec [{other}] is not supported by this raftlord version; use \"dynamic\" or \"hashed\""
+                            "partitionsSpec [{other}] is not supported by this raftlord version; use \"dynamic\", \"hashed\", \"single_dim\" or \"range\""
                         ),
                     ))
                 }
@@ -700,6 +758,7 @@ impl IngestSpec {
             filter,
             transforms,
             hashed,
+            range,
             max_rows_per_segment,
             max_num_concurrent_sub_tasks,
             max_retry: tuning.max_retry.unwrap_or(3),

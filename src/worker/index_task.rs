@@ -438,11 +438,16 @@ async fn ingest(
                     v
                 }
             };
-            // Hashed partitions say how rows were split, as Druid's hashed shard spec.
-            let shard = spec.hashed.as_ref().map(|h| {
+            // Hashed and range partitions say how rows were split, as Druid's shard specs.
+            let mut shard = spec.hashed.as_ref().map(|h| {
                 json!({"type": "hashed", "partitionNum": 0, "partitions": n, "bucketId": 0, "numBuckets": n,
                     "partitionDimensions": h.partition_dimensions, "partitionFunction": "murmur3_32_abs"})
             });
+            if let Some(r) = &spec.range {
+                shard = Some(json!({"type": if r.single_dim { "single" } else { "range" },
+                    "dimensions": r.dimensions, "partitionNum": 0, "numCorePartitions": n,
+                    "bounds": ingested.range_bounds(&interval)}));
+            }
             plan.push((interval, version, (0..n as u32).collect(), shard));
         }
     }
@@ -624,8 +629,30 @@ pub(super) async fn tombstones(
 }
 
 /// An appended partition keeps the allocated shard spec, numbered as allocated; a hashed one is
-/// its own bucket.
+/// its own bucket; a range one gets its range from the interval's boundaries (Druid's `single`
+/// shard spec takes one value, `range` a list, null at the open ends).
 fn shard_spec_for(mut shard: Value, f: &SegmentFile) -> Value {
+    if let Some(bounds) = shard.as_object_mut().and_then(|o| o.remove("bounds")) {
+        let k = f.partition_num as usize;
+        let bound = |i: Option<usize>| -> Value {
+            match i.and_then(|i| bounds.get(i)) {
+                None => Value::Null,
+                Some(tuple) if shard["type"] == "single" => tuple.get(0).cloned().unwrap_or(Value::Null),
+                Some(tuple) => tuple.clone(),
+            }
+        };
+        let (start, end) = (bound(k.checked_sub(1)), bound(Some(k)));
+        if shard["type"] == "single" {
+            shard["dimension"] = shard["dimensions"][0].clone();
+            if let Some(o) = shard.as_object_mut() {
+                o.remove("dimensions");
+            }
+        }
+        shard["start"] = start;
+        shard["end"] = end;
+        shard["partitionNum"] = json!(f.partition_num);
+        return shard;
+    }
     if shard.get("partitionNum").is_some() {
         shard["partitionNum"] = json!(f.partition_num);
     }

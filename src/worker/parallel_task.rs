@@ -44,10 +44,18 @@ const POLL: Duration = Duration::from_millis(250);
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 /// The splits of a task that runs as sub-tasks, and how many run at once; `None` when it runs in
-/// one peon (one split, `maxNumConcurrentSubTasks` 1, hashed partitioning, not an
+/// one peon (one split, `maxNumConcurrentSubTasks` 1, hashed or range partitioning, not an
 /// `index_parallel` task, or no task slot in the cluster besides this task's own).
-pub async fn splits(task: &Value, spec: &IngestSpec, actions: &TaskActions) -> Result<Option<(Vec<Value>, usize)>, String> {
-    if spec.task_type != "index_parallel" || spec.max_num_concurrent_sub_tasks < 2 || spec.hashed.is_some() {
+pub async fn splits(
+    task: &Value,
+    spec: &IngestSpec,
+    actions: &TaskActions,
+) -> Result<Option<(Vec<Value>, usize)>, String> {
+    if spec.task_type != "index_parallel"
+        || spec.max_num_concurrent_sub_tasks < 2
+        || spec.hashed.is_some()
+        || spec.range.is_some()
+    {
         return Ok(None);
     }
     // Sub-tasks need slots of their own: this task holds one while it waits for them.
