@@ -1350,3 +1350,55 @@ fn range_partitions_hold_the_rows_of_their_ranges() {
     assert_eq!(s, 400, "{v}");
     assert!(v.to_string().contains("partitionsSpec.partitionDimension"), "{v}");
 }
+
+/// Compaction by segment ids (Druid's `segments` inputSpec): it runs on exactly the segments
+/// named when they are those visible in their umbrella interval, and fails naming both lists
+/// once they are not (here: after that compaction overshadowed them). An id of another
+/// datasource is refused at submit.
+#[test]
+fn compaction_by_segment_ids_runs_only_on_the_segments_visible_now() {
+    let deep = tempfile::tempdir().unwrap();
+    let input = tempfile::tempdir().unwrap();
+    let rows = write_input(input.path(), 2);
+    let (_cluster, urls) = start(deep.path(), 1);
+    run_to_success(&urls, &spec("ids-in", input.path(), false, json!({})), "ids-in");
+    let before = used_segments(&urls);
+    assert_eq!(before.len(), 2);
+    let ids: Vec<Value> = before.iter().map(|s| s["identifier"].clone()).collect();
+    let by_ids = |id: &str, ids: &[Value]| {
+        json!({"type": "compact", "id": id, "dataSource": "wiki",
+            "ioConfig": {"type": "compact", "inputSpec": {"type": "segments", "segments": ids}}})
+    };
+    run_to_success(&urls, &by_ids("ids-1", &ids), "ids-1");
+    let now = visible(&used_segments(&urls));
+    assert_eq!(now.len(), 2);
+    for s in &now {
+        assert!(s["lastCompactionState"].is_object(), "{s}");
+        assert!(!ids.contains(&s["identifier"]), "{s} was not rewritten");
+    }
+    let got = pyarrow_rows(&load_paths(&now));
+    assert_eq!(got.len(), expected_rollup(&rows).len());
+
+    // The same ids again: they are overshadowed now.
+    let (s, v) = post(&urls, &format!("{API}/task"), &by_ids("ids-2", &ids));
+    assert_eq!(s, 200, "{v}");
+    let status = wait_done(&urls, "ids-2");
+    assert_eq!(status["statusCode"], "FAILED", "{status}");
+    let report = get(&urls, &format!("{API}/task/ids-2/reports")).unwrap();
+    let error = report["ingestionStatsAndErrors"]["payload"]["errorMsg"]
+        .as_str()
+        .unwrap_or("");
+    assert!(error.contains("not those visible now"), "{report}");
+    assert!(error.contains(now[0]["identifier"].as_str().unwrap()), "{report}");
+
+    let (s, v) = post(
+        &urls,
+        &format!("{API}/task"),
+        &by_ids(
+            "ids-3",
+            &[json!("other_2024-05-01T00:00:00.000Z_2024-05-02T00:00:00.000Z_v1")],
+        ),
+    );
+    assert_eq!(s, 400, "{v}");
+    assert!(v.to_string().contains("ioConfig.inputSpec.segments[0]"), "{v}");
+}

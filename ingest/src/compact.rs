@@ -12,7 +12,9 @@
 //! - `segmentGranularity`: the named granularity every segment's interval is one bucket of.
 //!
 //! The interval must hold whole segments and be aligned with the new segment granularity, so
-//! that no row outside it is rewritten or lost. Accepted forms: `ioConfig.inputSpec` of type
+//! that no row outside it is rewritten or lost. With `inputSpec` of type `segments` (Druid's
+//! segment ids), the interval is their umbrella, and the task fails unless they are exactly the
+//! segments visible there when it runs. Accepted forms: `ioConfig.inputSpec` of type
 //! `interval`, and the older top-level `interval`. Each new segment carries Druid's
 //! `lastCompactionState` (what the Coordinator's auto-compaction compares against).
 
@@ -27,12 +29,53 @@ use crate::spec::SpecError;
 pub struct CompactSpec {
     pub datasource: String,
     pub interval: Interval,
+    /// `inputSpec` of type `segments`: the segments named, which must be those visible in
+    /// `interval` (their umbrella) when the task runs.
+    pub segments: Option<Vec<SegmentName>>,
     pub dimensions_spec: Option<Value>,
     pub metrics_spec: Option<Value>,
     /// `granularitySpec` as given (`segmentGranularity`, `queryGranularity`, `rollup`).
     pub granularity_spec: Map<String, Value>,
     pub tuning_config: Value,
     pub drop_existing: bool,
+}
+
+/// A segment id taken apart: start, end (ms), version, partition.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SegmentName {
+    pub start: i64,
+    pub end: i64,
+    pub version: String,
+    pub partition: u32,
+}
+
+impl SegmentName {
+    /// Reads Druid's segment id `dataSource_start_end_version[_partitionNum]` of `datasource`.
+    pub fn parse(datasource: &str, id: &str) -> Result<SegmentName, String> {
+        let rest = id
+            .strip_prefix(datasource)
+            .and_then(|r| r.strip_prefix('_'))
+            .ok_or_else(|| format!("[{id}] is not a segment id of datasource [{datasource}]"))?;
+        let parts: Vec<&str> = rest.split('_').collect();
+        if parts.len() < 3 {
+            return Err(format!(
+                "[{id}] is not a segment id (dataSource_start_end_version[_partition])"
+            ));
+        }
+        let interval = Interval::parse(&format!("{}/{}", parts[0], parts[1])).map_err(|e| format!("[{id}]: {e}"))?;
+        let (version, partition) = match parts[2..].split_last() {
+            Some((last, head)) if !head.is_empty() && last.parse::<u32>().is_ok() => {
+                (head.join("_"), last.parse::<u32>().unwrap_or(0))
+            }
+            _ => (parts[2..].join("_"), 0),
+        };
+        Ok(SegmentName {
+            start: interval.start,
+            end: interval.end,
+            version,
+            partition,
+        })
+    }
 }
 
 /// What a compaction reads about one existing segment.
@@ -71,8 +114,34 @@ impl CompactSpec {
             .filter(|d| !d.is_empty())
             .ok_or_else(|| SpecError::new("dataSource", "a compact task needs \"dataSource\""))?
             .to_string();
+        let mut segments = None;
         let (interval, field) = match (task.get("interval"), task.pointer("/ioConfig/inputSpec")) {
-            (Some(Value::String(s)), _) => (s.as_str(), "interval"),
+            (Some(Value::String(s)), _) => (s.as_str().to_string(), "interval"),
+            (_, Some(input)) if input.get("type").and_then(Value::as_str) == Some("segments") => {
+                let field = "ioConfig.inputSpec.segments";
+                let ids: Vec<&str> = match input.get("segments") {
+                    Some(Value::Array(a)) if !a.is_empty() => a
+                        .iter()
+                        .map(|v| v.as_str())
+                        .collect::<Option<_>>()
+                        .ok_or_else(|| SpecError::new(field, "must be a list of segment ids"))?,
+                    _ => return Err(SpecError::new(field, "required, a non-empty list of segment ids")),
+                };
+                let mut names = Vec::new();
+                for (i, id) in ids.iter().enumerate() {
+                    names.push(
+                        SegmentName::parse(&datasource, id).map_err(|e| SpecError::new(format!("{field}[{i}]"), e))?,
+                    );
+                }
+                names.sort();
+                names.dedup();
+                let start = names.iter().map(|n| n.start).min().unwrap_or(0);
+                let end = names.iter().map(|n| n.end).max().unwrap_or(0);
+                let umbrella = Interval::new(start, end)
+                    .ok_or_else(|| SpecError::new(field, "the segments span no valid interval"))?;
+                segments = Some(names);
+                (umbrella.to_string(), field)
+            }
             (_, Some(input)) => {
                 match input.get("type").and_then(Value::as_str) {
                     Some("interval") => {}
@@ -80,17 +149,17 @@ impl CompactSpec {
                         return Err(SpecError::new(
                             "ioConfig.inputSpec.type",
                             format!(
-                                "inputSpec [{other}] is not supported by this raftlord version; use {{\"type\": \"interval\", \"interval\": ...}}"
+                                "inputSpec [{other}] is not supported; use {{\"type\": \"interval\", \"interval\": ...}} or {{\"type\": \"segments\", \"segments\": [...]}}"
                             ),
                         ))
                     }
-                    None => return Err(SpecError::new("ioConfig.inputSpec.type", "required: \"interval\"")),
+                    None => return Err(SpecError::new("ioConfig.inputSpec.type", "required: \"interval\" or \"segments\"")),
                 }
                 let s = input
                     .get("interval")
                     .and_then(Value::as_str)
                     .ok_or_else(|| SpecError::new("ioConfig.inputSpec.interval", "required, an ISO-8601 interval"))?;
-                (s, "ioConfig.inputSpec.interval")
+                (s.to_string(), "ioConfig.inputSpec.interval")
             }
             _ => {
                 return Err(SpecError::new(
@@ -99,7 +168,7 @@ impl CompactSpec {
                 ))
             }
         };
-        let interval = Interval::parse(interval).map_err(|e| SpecError::new(field, e.to_string()))?;
+        let interval = Interval::parse(&interval).map_err(|e| SpecError::new(field, e.to_string()))?;
         if interval.duration_ms() <= 0 {
             return Err(SpecError::new(field, "the interval is empty"));
         }
@@ -141,6 +210,7 @@ impl CompactSpec {
         let spec = CompactSpec {
             datasource,
             interval,
+            segments,
             dimensions_spec,
             metrics_spec,
             granularity_spec,
@@ -433,8 +503,26 @@ mod tests {
             err(
                 json!({"type": "compact", "dataSource": "w", "ioConfig": {"inputSpec": {"type": "segments", "segments": []}}})
             ),
+            "ioConfig.inputSpec.segments"
+        );
+        assert_eq!(
+            err(json!({"type": "compact", "dataSource": "w", "ioConfig": {"inputSpec": {"type": "pick"}}})),
             "ioConfig.inputSpec.type"
         );
+        // Segment ids, datasource names with underscores included; the interval is their umbrella.
+        let ok = CompactSpec::from_task(
+            &json!({"type": "compact", "dataSource": "w_x", "ioConfig": {"inputSpec": {
+            "type": "segments", "segments": ["w_x_2024-01-02T00:00:00.000Z_2024-01-03T00:00:00.000Z_v_1_2",
+                "w_x_2024-01-01T00:00:00.000Z_2024-01-02T00:00:00.000Z_v1"]}}}),
+        )
+        .unwrap();
+        assert_eq!(
+            ok.interval.to_string(),
+            "2024-01-01T00:00:00.000Z/2024-01-03T00:00:00.000Z"
+        );
+        let names = ok.segments.unwrap();
+        assert_eq!((names[0].version.as_str(), names[0].partition), ("v1", 0));
+        assert_eq!((names[1].version.as_str(), names[1].partition), ("v_1", 2));
         assert_eq!(
             err(json!({"type": "compact", "dataSource": "w", "interval": "soon"})),
             "interval"

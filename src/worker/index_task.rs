@@ -185,6 +185,9 @@ pub async fn run_compact(
     let deep = Arc::new(deep_storage()?);
     // The lock first: what the interval holds cannot change after it is read.
     actions.lock(&compact.interval).await?;
+    if let Some(named) = &compact.segments {
+        check_named_segments(&actions, &compact.datasource, &compact.interval, named).await?;
+    }
     let used = used_segment_files(&actions, &deep, dir, &compact.datasource, &compact.interval).await?;
     let existing = tokio::task::spawn_blocking(move || {
         used.into_iter()
@@ -210,6 +213,62 @@ pub async fn run_compact(
         remove_pushed(pushed).await;
     }
     result
+}
+
+/// A compaction given segment ids runs only on exactly the segments visible now in their
+/// umbrella interval, as Druid's: anything else means they changed since the spec was written.
+async fn check_named_segments(
+    actions: &TaskActions,
+    datasource: &str,
+    interval: &Interval,
+    named: &[raftlord_ingest::compact::SegmentName],
+) -> Result<(), String> {
+    let used = actions
+        .submit(json!({"type": "retrieveUsedSegments", "dataSource": datasource,
+            "intervals": [interval.to_string()], "visibility": "ONLY_VISIBLE"}))
+        .await?;
+    let mut visible: Vec<raftlord_ingest::compact::SegmentName> = used
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["loadSpec"]["type"] != "tombstone")
+        .filter_map(|s| {
+            let i = Interval::parse(s["interval"].as_str()?).ok()?;
+            Some(raftlord_ingest::compact::SegmentName {
+                start: i.start,
+                end: i.end,
+                version: s["version"].as_str()?.to_string(),
+                partition: s["shardSpec"]["partitionNum"].as_u64().unwrap_or(0) as u32,
+            })
+        })
+        .collect();
+    visible.sort();
+    if visible == named {
+        return Ok(());
+    }
+    let show = |names: &[raftlord_ingest::compact::SegmentName]| {
+        names
+            .iter()
+            .map(|n| {
+                let mut id = format!(
+                    "{datasource}_{}_{}_{}",
+                    crate::interval::iso(n.start),
+                    crate::interval::iso(n.end),
+                    n.version
+                );
+                if n.partition > 0 {
+                    id.push_str(&format!("_{}", n.partition));
+                }
+                id
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Err(format!(
+        "the segments in ioConfig.inputSpec.segments are not those visible now in {interval}: given [{}], visible [{}]",
+        show(named),
+        show(&visible)
+    ))
 }
 
 /// The used segments visible now in `interval` of `datasource`: interval and local file of each
