@@ -86,7 +86,14 @@ pub async fn splits(
 /// One sub-task's spec: the parent's, reading `split`.
 fn sub_task(parent: &Value, split: &Value, spec_id: usize, attempt: u32) -> (String, Value) {
     let parent_id = parent["id"].as_str().unwrap_or_default();
-    let id = format!("{SUB_TASK_TYPE}_{parent_id}_{spec_id}_{attempt}");
+    let mut id = format!("{SUB_TASK_TYPE}_{parent_id}_{spec_id}_{attempt}");
+    if id.len() > crate::tasks::spec::MAX_ID_BYTES {
+        // A long parent id: a digest of it stands in.
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        parent_id.hash(&mut h);
+        id = format!("{SUB_TASK_TYPE}_{:016x}_{spec_id}_{attempt}", h.finish());
+    }
     let mut t = parent.clone();
     t["type"] = json!(SUB_TASK_TYPE);
     t["id"] = json!(id);
@@ -348,4 +355,34 @@ fn add_stats(live: &Mutex<Outcome>, reports: &Value) {
         o.stats.unparseable += n("unparseable");
         o.problems.extend(problems);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sub_task_is_the_parents_spec_reading_its_split_in_its_group() {
+        let parent = json!({"type": "index_parallel", "id": "p", "groupId": "g", "context": {"priority": 60},
+            "spec": {"ioConfig": {"inputSource": {"type": "local", "baseDir": "/in", "filter": "*"}},
+                     "tuningConfig": {"maxNumConcurrentSubTasks": 4}}});
+        let split = json!({"type": "local", "files": ["/in/a"]});
+        let (id, t) = sub_task(&parent, &split, 2, 1);
+        assert_eq!(id, "single_phase_sub_task_p_2_1");
+        assert_eq!(t["id"], id.as_str());
+        assert_eq!(t["type"], "single_phase_sub_task");
+        assert_eq!((&t["groupId"], &t["supervisorTaskId"]), (&json!("g"), &json!("p")));
+        assert_eq!(t["context"]["priority"], 60);
+        assert_eq!(t["spec"]["ioConfig"]["inputSource"], split);
+        assert_eq!(t["spec"]["tuningConfig"]["maxNumConcurrentSubTasks"], 1);
+        // Without a group or a priority: the parent's id, and index_parallel's default priority.
+        let (_, t) = sub_task(&json!({"id": "p", "spec": {}}), &split, 0, 1);
+        assert_eq!(t["groupId"], "p");
+        assert_eq!(t["context"]["priority"], 50);
+        // A parent id near the length limit still gives a valid id, distinct per split and attempt.
+        let long = "x".repeat(250);
+        let (a, _) = sub_task(&json!({"id": long, "spec": {}}), &split, 0, 1);
+        let (b, _) = sub_task(&json!({"id": long, "spec": {}}), &split, 0, 2);
+        assert!(a.len() <= crate::tasks::spec::MAX_ID_BYTES && a != b, "{a} {b}");
+    }
 }
