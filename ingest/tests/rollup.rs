@@ -527,5 +527,16 @@ fn hashed_partitions_keep_each_key_in_one_shard_in_memory_and_spilled() {
         err(json!({"type": "hashed", "numShards": 0})),
         "spec.tuningConfig.partitionsSpec.numShards"
     );
-    assert_eq!(err(json!({"type": "range"})), "spec.tuningConfig.partitionsSpec.type");
+    assert_eq!(
+        err(json!({"type": "sketched"})),
+        "spec.tuningConfig.partitionsSpec.type"
+    );
+    assert_eq!(
+        err(json!({"type": "range"})),
+        "spec.tuningConfig.partitionsSpec.partitionDimensions"
+    );
+    assert_eq!(
+        err(json!({"type": "single_dim", "targetRowsPerSegment": 0, "partitionDimension": "p"})),
+        "spec.tuningConfig.partitionsSpec.targetRowsPerSegment"
+    );
 }
