@@ -1402,3 +1402,83 @@ fn compaction_by_segment_ids_runs_only_on_the_segments_visible_now() {
     assert_eq!(s, 400, "{v}");
     assert!(v.to_string().contains("ioConfig.inputSpec.segments[0]"), "{v}");
 }
+
+/// A peon killed -9 between pushing its first segment and publishing: the S3 server is paused
+/// (SIGSTOP) as soon as the task log shows a push, so the next upload hangs, and the peon is
+/// killed there. The task fails, nothing is published, the pushed objects stay as files no
+/// segment names, and a kill of the interval removes exactly those.
+#[test]
+fn a_peon_killed_between_push_and_publish_leaves_files_that_the_next_kill_removes() {
+    let s3 = S3Server::start();
+    s3.python(r#"s3.create_bucket(Bucket="deep")"#, &[]);
+    let input = tempfile::tempdir().unwrap();
+    // Three days of rows that hardly roll up, so writing each day's file takes a while.
+    let mut text = String::with_capacity(64 << 20);
+    for i in 0..300_000u64 {
+        text.push_str(&format!(
+            "{{\"time\": {}, \"page\": \"p{}\", \"user\": \"u{}\", \"country\": \"NO\", \"added\": {}, \"delta\": 1.5}}\n",
+            START_MS + (i as i64) * (3 * DAY_MS / 300_000),
+            i % 7919,
+            i % 97,
+            i % 50
+        ));
+    }
+    std::fs::write(input.path().join("big.json"), text).unwrap();
+    let env = s3.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let cluster = ThreeNodes::start_with_env(
+        &["--worker-capacity", "1", "--deep-storage", "s3://deep/segments"],
+        &env,
+    );
+    let urls = cluster.urls();
+    wait_for_blocking("a leader", Duration::from_secs(30), || common::leader_of(&urls));
+    let mut victim = spec("pushing", input.path(), false, json!({}));
+    victim["spec"]["ioConfig"]["inputSource"]["filter"] = json!("*.json");
+    let (s, v) = post(&urls, &format!("{API}/task"), &victim);
+    assert_eq!(s, 200, "{v}");
+    let task_file = |name: &str| -> Option<String> {
+        (1..=3).find_map(|n| {
+            std::fs::read_to_string(cluster.dir.path().join(format!("n{n}/worker/tasks/pushing/{name}"))).ok()
+        })
+    };
+    wait_for_blocking("the first push in the task log", Duration::from_secs(120), || {
+        task_file("log").filter(|l| l.contains("pushed segment"))
+    });
+    let s3_pid = nix::unistd::Pid::from_raw(s3.child.id() as i32);
+    nix::sys::signal::kill(s3_pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let pid = task_file("peon.pid")
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .and_then(|v| v["pid"].as_i64())
+        .expect("the peon's pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    nix::sys::signal::kill(s3_pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let log = task_file("log").unwrap_or_default();
+    assert!(
+        !log.contains("published"),
+        "the task published before it was killed:\n{log}"
+    );
+
+    let status = wait_done(&urls, "pushing");
+    assert_eq!(status["statusCode"], "FAILED", "{status}");
+    assert!(used_segments(&urls).is_empty());
+    let orphans = s3.keys("deep", "segments/");
+    assert!(!orphans.is_empty(), "the push the log showed left no object");
+
+    run_to_success(
+        &urls,
+        &json!({"type": "kill", "id": "sweep", "dataSource": "wiki",
+            "interval": "2024-05-01T00:00:00.000Z/2024-05-04T00:00:00.000Z"}),
+        "sweep",
+    );
+    let report = get(&urls, &format!("{API}/task/sweep/reports")).unwrap();
+    assert_eq!(
+        report["killUnusedSegments"]["payload"]["numOrphanFilesDeleted"],
+        orphans.len(),
+        "{report}"
+    );
+    assert_eq!(s3.keys("deep", "segments/"), Vec::<String>::new());
+}
