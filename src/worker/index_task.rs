@@ -323,14 +323,7 @@ async fn run_spec(
 ) -> Result<(), String> {
     let deep = Arc::new(deep_storage()?);
     pushed.lock().unwrap_or_else(|p| p.into_inner()).deep = Some(deep.clone());
-    let mut versions: BTreeMap<Interval, String> = BTreeMap::new();
-    if let Some(cover) = spec.lock_intervals() {
-        for i in cover {
-            let v = actions.lock(&i).await?;
-            versions.insert(i, v);
-        }
-        log(&format!("locked {} interval(s) before reading", versions.len()));
-    }
+    let mut versions = lock_up_front(&spec, actions).await?;
     if let raftlord_ingest::source::InputSource::Druid {
         datasource, interval, ..
     } = &spec.source
@@ -361,6 +354,24 @@ async fn run_spec(
         pushed,
     )
     .await
+}
+
+/// With `granularitySpec.intervals` (or a `druid` source's interval), locks the segment
+/// intervals they cover before anything is read, as Druid's `isReady` does; returns each lock's
+/// version.
+pub(super) async fn lock_up_front(
+    spec: &IngestSpec,
+    actions: &TaskActions,
+) -> Result<BTreeMap<Interval, String>, String> {
+    let mut versions = BTreeMap::new();
+    if let Some(cover) = spec.lock_intervals() {
+        for i in cover {
+            let v = actions.lock(&i).await?;
+            versions.insert(i, v);
+        }
+        log(&format!("locked {} interval(s) before reading", versions.len()));
+    }
+    Ok(versions)
 }
 
 /// Removes the files a task pushed to deep storage and did not publish, and stops any more from

@@ -34,7 +34,7 @@ use raftlord_ingest::source::InputSource;
 use raftlord_ingest::spec::SUB_TASK_TYPE;
 use raftlord_ingest::IngestSpec;
 
-use super::index_task::{deep_storage, log, set_state, tombstones, write_report, Outcome, Pushed};
+use super::index_task::{deep_storage, lock_up_front, log, set_state, tombstones, write_report, Outcome, Pushed};
 use super::task_actions::TaskActions;
 use crate::interval::Interval;
 
@@ -129,14 +129,7 @@ pub async fn run(
     let id = task["id"].as_str().unwrap_or_default().to_string();
     let deep = Arc::new(deep_storage()?);
     pushed.lock().unwrap_or_else(|p| p.into_inner()).deep = Some(deep);
-    let mut versions: BTreeMap<Interval, String> = BTreeMap::new();
-    if let Some(cover) = spec.lock_intervals() {
-        for i in cover {
-            let v = actions.lock(&i).await?;
-            versions.insert(i, v);
-        }
-        log(&format!("locked {} interval(s) before reading", versions.len()));
-    }
+    let mut versions = lock_up_front(spec, actions).await?;
     let total = splits.len();
     log(&format!(
         "running {total} sub-task(s), {concurrency} at a time, each retried up to {} time(s)",

@@ -80,9 +80,13 @@ impl Engine {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        // Appends are synced before they are acknowledged, so a damaged write-ahead log means
-        // acknowledged entries are gone: refuse to open instead of stopping at the damage.
-        opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::AbsoluteConsistency);
+        // Appends are synced before they are acknowledged, so damage inside the write-ahead log
+        // means acknowledged entries are gone: refuse to open instead of stopping at it. A torn
+        // last record is what a process killed in the middle of a write leaves; it was never
+        // synced, so never acknowledged, and is dropped. (Refusing it, as absolute consistency
+        // does, left a node killed with SIGKILL unable to start again.) A log that lost synced
+        // entries at its end is told apart by the log mark ([`crate::mark`]).
+        opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::TolerateCorruptedTailRecords);
         opts.set_paranoid_checks(true);
         // Keep recovery bounded and the write-ahead log small: values are also in memtables.
         opts.set_max_total_wal_size(256 << 20);

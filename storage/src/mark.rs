@@ -1,9 +1,9 @@
 //! The log mark: how far the log had been synced, kept in a file beside the database.
 //!
-//! RocksDB notices a write-ahead log that is cut in the middle of a record or has flipped
-//! bytes, but a log cut exactly at a record boundary, or lost files, look like a log that
-//! simply ended there: the node would start and serve what is left, its acknowledged entries
-//! gone. So the log store records the last synced index in `log-mark` outside the database:
+//! RocksDB notices flipped bytes inside the write-ahead log, but a log cut at its end (at a
+//! record boundary, or inside the last record, which is also what a process killed in the
+//! middle of a write leaves and so must open), or lost files, look like a log that simply ended
+//! there: the node would start and serve what is left, its acknowledged entries gone. So the log store records the last synced index in `log-mark` outside the database:
 //! after a synced append at most once per [`WRITE_EVERY`], within [`WRITE_EVERY`] once appends
 //! pause, on orderly shutdown, and lowered before a truncation (a follower dropping entries a new leader overwrote). On open, a log
 //! that ends before its mark has lost entries, and the node refuses to start
