@@ -323,7 +323,7 @@ async fn run_spec(
 ) -> Result<(), String> {
     let deep = Arc::new(deep_storage()?);
     pushed.lock().unwrap_or_else(|p| p.into_inner()).deep = Some(deep.clone());
-    let mut versions = lock_up_front(&spec, actions).await?;
+    let versions = lock_up_front(&spec, actions).await?;
     if let raftlord_ingest::source::InputSource::Druid {
         datasource, interval, ..
     } = &spec.source
