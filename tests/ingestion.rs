@@ -523,6 +523,21 @@ fn druids_rollup_tutorial_spec_runs_unchanged_and_gives_the_documented_rows() {
     );
 }
 
+/// `big.json` in `dir`: `rows` rows `step_ms` apart from the start, `pages` distinct pages.
+fn write_big_input(dir: &Path, rows: u64, step_ms: i64, pages: u64) {
+    let mut text = String::with_capacity(64 << 20);
+    for i in 0..rows {
+        text.push_str(&format!(
+            "{{\"time\": {}, \"page\": \"p{}\", \"user\": \"u{}\", \"country\": \"NO\", \"added\": {}, \"delta\": 1.5}}\n",
+            START_MS + (i as i64) * step_ms,
+            i % pages,
+            i % 97,
+            i % 50
+        ));
+    }
+    std::fs::write(dir.join("big.json"), text).unwrap();
+}
+
 /// A peon killed -9 while it reads: the task fails, nothing is published, and deep storage holds
 /// nothing of it.
 #[test]
@@ -530,17 +545,7 @@ fn a_peon_killed_mid_ingestion_fails_the_task_and_publishes_nothing() {
     let deep = tempfile::tempdir().unwrap();
     let input = tempfile::tempdir().unwrap();
     // Enough rows that reading takes seconds, not milliseconds.
-    let mut text = String::with_capacity(64 << 20);
-    for i in 0..400_000u64 {
-        text.push_str(&format!(
-            "{{\"time\": {}, \"page\": \"p{}\", \"user\": \"u{}\", \"country\": \"NO\", \"added\": {}, \"delta\": 1.5}}\n",
-            START_MS + (i as i64) * 600,
-            i % 5000,
-            i % 97,
-            i % 50
-        ));
-    }
-    std::fs::write(input.path().join("big.json"), text).unwrap();
+    write_big_input(input.path(), 400_000, 600, 5000);
     let (cluster, urls) = start(deep.path(), 1);
     let mut victim = spec("victim", input.path(), false, json!({}));
     victim["spec"]["ioConfig"]["inputSource"]["filter"] = json!("*.json");
@@ -928,6 +933,20 @@ fs = pyarrow.fs.S3FileSystem(access_key="test-key", secret_key="test-secret", re
         serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
     }
 
+    /// Three nodes, each a worker with one slot, with deep storage in this server's bucket
+    /// `deep` under `segments/`; once they have a leader.
+    fn cluster(&self) -> (ThreeNodes, Vec<String>) {
+        let env = self.env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let cluster = ThreeNodes::start_with_env(
+            &["--worker-capacity", "1", "--deep-storage", "s3://deep/segments"],
+            &env,
+        );
+        let urls = cluster.urls();
+        wait_for_blocking("a leader", Duration::from_secs(30), || common::leader_of(&urls));
+        (cluster, urls)
+    }
+
     /// Every key in `bucket` under `prefix`.
     fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
         let v = self.python(
@@ -968,14 +987,7 @@ s3.put_object(Bucket="input", Key="wiki/README.txt", Body=b"not input")
 "#,
         &[input.path().to_str().unwrap()],
     );
-    let env = s3.env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let cluster = ThreeNodes::start_with_env(
-        &["--worker-capacity", "1", "--deep-storage", "s3://deep/segments"],
-        &env,
-    );
-    let urls = cluster.urls();
-    wait_for_blocking("a leader", Duration::from_secs(30), || common::leader_of(&urls));
+    let (_cluster, urls) = s3.cluster();
 
     // By prefix, with the glob leaving README.txt out; keys from the worker's environment.
     let mut first = spec("s3-one", input.path(), false, json!({}));
@@ -1413,25 +1425,8 @@ fn a_peon_killed_between_push_and_publish_leaves_files_that_the_next_kill_remove
     s3.python(r#"s3.create_bucket(Bucket="deep")"#, &[]);
     let input = tempfile::tempdir().unwrap();
     // Three days of rows that hardly roll up, so writing each day's file takes a while.
-    let mut text = String::with_capacity(64 << 20);
-    for i in 0..300_000u64 {
-        text.push_str(&format!(
-            "{{\"time\": {}, \"page\": \"p{}\", \"user\": \"u{}\", \"country\": \"NO\", \"added\": {}, \"delta\": 1.5}}\n",
-            START_MS + (i as i64) * (3 * DAY_MS / 300_000),
-            i % 7919,
-            i % 97,
-            i % 50
-        ));
-    }
-    std::fs::write(input.path().join("big.json"), text).unwrap();
-    let env = s3.env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let cluster = ThreeNodes::start_with_env(
-        &["--worker-capacity", "1", "--deep-storage", "s3://deep/segments"],
-        &env,
-    );
-    let urls = cluster.urls();
-    wait_for_blocking("a leader", Duration::from_secs(30), || common::leader_of(&urls));
+    write_big_input(input.path(), 300_000, 3 * DAY_MS / 300_000, 7919);
+    let (cluster, urls) = s3.cluster();
     let mut victim = spec("pushing", input.path(), false, json!({}));
     victim["spec"]["ioConfig"]["inputSource"]["filter"] = json!("*.json");
     let (s, v) = post(&urls, &format!("{API}/task"), &victim);

@@ -139,22 +139,27 @@ fn generate(dir: &Path, rows: u64) -> anyhow::Result<(std::path::PathBuf, std::p
     Ok((json_path, csv_path))
 }
 
+/// The benchmarks' data schema: hourly rollup of the six dimensions, count and three sums.
+pub(crate) fn data_schema(datasource: &str) -> Value {
+    json!({
+        "dataSource": datasource,
+        "timestampSpec": {"column": "time", "format": "iso"},
+        "dimensionsSpec": {"dimensions": DIMS},
+        "metricsSpec": [
+            {"type": "count", "name": "count"},
+            {"type": "longSum", "name": "added", "fieldName": "added"},
+            {"type": "longSum", "name": "deleted", "fieldName": "deleted"},
+            {"type": "longSum", "name": "delta", "fieldName": "delta"}
+        ],
+        "granularitySpec": {"segmentGranularity": "DAY", "queryGranularity": "HOUR", "rollup": true}
+    })
+}
+
 fn spec(input: &Path, format: Value) -> anyhow::Result<IngestSpec> {
     let dir = input.parent().unwrap_or(Path::new("."));
     let name = input.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     let task = json!({"type": "index_parallel", "id": "bench", "spec": {
-        "dataSchema": {
-            "dataSource": "wikipedia",
-            "timestampSpec": {"column": "time", "format": "iso"},
-            "dimensionsSpec": {"dimensions": DIMS},
-            "metricsSpec": [
-                {"type": "count", "name": "count"},
-                {"type": "longSum", "name": "added", "fieldName": "added"},
-                {"type": "longSum", "name": "deleted", "fieldName": "deleted"},
-                {"type": "longSum", "name": "delta", "fieldName": "delta"}
-            ],
-            "granularitySpec": {"segmentGranularity": "DAY", "queryGranularity": "HOUR", "rollup": true}
-        },
+        "dataSchema": data_schema("wikipedia"),
         "ioConfig": {"type": "index_parallel", "inputSource": {"type": "local", "baseDir": dir, "filter": name},
             "inputFormat": format},
         "tuningConfig": {"partitionsSpec": {"type": "dynamic", "maxRowsPerSegment": 50_000_000}}

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::cluster::{poll, Raftlord};
-use crate::ingest::{row, Rng, DIMS, FIELDS};
+use crate::ingest::{data_schema, row, Rng, FIELDS};
 
 /// Writes `rows` rows into `parts` gzipped JSON-lines files in `dir`.
 fn generate(dir: &Path, rows: u64, parts: u64) -> anyhow::Result<()> {
@@ -35,18 +35,7 @@ fn generate(dir: &Path, rows: u64, parts: u64) -> anyhow::Result<()> {
 
 fn task(id: &str, datasource: &str, input: &Path, sub_tasks: u64) -> Value {
     json!({"type": "index_parallel", "id": id, "spec": {
-        "dataSchema": {
-            "dataSource": datasource,
-            "timestampSpec": {"column": "time", "format": "iso"},
-            "dimensionsSpec": {"dimensions": DIMS},
-            "metricsSpec": [
-                {"type": "count", "name": "count"},
-                {"type": "longSum", "name": "added", "fieldName": "added"},
-                {"type": "longSum", "name": "deleted", "fieldName": "deleted"},
-                {"type": "longSum", "name": "delta", "fieldName": "delta"}
-            ],
-            "granularitySpec": {"segmentGranularity": "DAY", "queryGranularity": "HOUR", "rollup": true}
-        },
+        "dataSchema": data_schema(datasource),
         "ioConfig": {"type": "index_parallel", "inputSource": {"type": "local", "baseDir": input, "filter": "*.json.gz"},
             "inputFormat": {"type": "json"}},
         "tuningConfig": {"partitionsSpec": {"type": "dynamic", "maxRowsPerSegment": 50_000_000},

@@ -224,6 +224,17 @@ async fn an_undecodable_entry_is_reported_with_its_index_and_commands() {
 }
 
 /// The largest write-ahead log file of the database under `dir`: the one holding the entries.
+/// Entries 1 to 50, one append (one write-ahead log record) each, then the log mark at 50.
+async fn append_fifty_records_and_mark(log: &mut LogStore<C>) {
+    use openraft::storage::RaftLogStorageExt;
+    for i in 1..=50 {
+        log.blocking_append(vec![entry(1, i, vec![(format!("key-{i}"), "v".repeat(100))], i)])
+            .await
+            .unwrap();
+    }
+    log.persist_mark().unwrap();
+}
+
 fn largest_wal(dir: &std::path::Path) -> std::path::PathBuf {
     std::fs::read_dir(dir.join("db"))
         .unwrap()
@@ -290,12 +301,7 @@ async fn a_write_ahead_log_record_torn_by_a_kill_is_dropped_and_the_node_starts(
     {
         let engine = Engine::open(dir.path()).unwrap();
         let mut log = LogStore::<C>::new(engine);
-        for i in 1..=50 {
-            log.blocking_append(vec![entry(1, i, vec![(format!("key-{i}"), "v".repeat(100))], i)])
-                .await
-                .unwrap();
-        }
-        log.persist_mark().unwrap();
+        append_fifty_records_and_mark(&mut log).await;
         // The write the kill interrupts: a large record, cut short below.
         log.blocking_append(vec![entry(1, 51, vec![("big".to_string(), "w".repeat(20_000))], 51)])
             .await
@@ -316,18 +322,11 @@ async fn a_write_ahead_log_record_torn_by_a_kill_is_dropped_and_the_node_starts(
 /// kept beside the database now tells the loss apart.
 #[tokio::test]
 async fn a_write_ahead_log_cut_at_a_record_boundary_is_refused_at_start() {
-    use openraft::storage::RaftLogStorageExt;
     let dir = tempfile::tempdir().unwrap();
     {
         let engine = Engine::open(dir.path()).unwrap();
         let mut log = LogStore::<C>::new(engine);
-        // One append (one write-ahead log record) per entry.
-        for i in 1..=50 {
-            log.blocking_append(vec![entry(1, i, vec![(format!("key-{i}"), "v".repeat(100))], i)])
-                .await
-                .unwrap();
-        }
-        log.persist_mark().unwrap();
+        append_fifty_records_and_mark(&mut log).await;
     }
     let wal = largest_wal(dir.path());
     let bytes = std::fs::read(&wal).unwrap();

@@ -781,6 +781,29 @@ fn golden_json_of_delete_segments() {
     );
 }
 
+/// `task` allocates in the lock's version (overwriting) for its supervisor `supervisor`.
+fn allocate_for(s: &mut State, index: u64, task: &str, supervisor: &str) -> AllocateOutcome {
+    let Reply::Allocated { outcome } = s.apply(
+        ctx(index, 10_000 + index),
+        Command::AllocateSegment {
+            task: task.into(),
+            request: AllocateRequest {
+                timestamp: day().start + 3_600_000,
+                preferred_interval: day(),
+                sequence_name: task.into(),
+                previous_segment_id: None,
+                skip_lineage_check: false,
+                lock_type: LockType::Exclusive,
+                supervisor_task_id: Some(supervisor.into()),
+                use_lock_version: true,
+            },
+        },
+    ) else {
+        panic!()
+    };
+    outcome
+}
+
 /// A sub-task allocating for its supervisor: overwriting, the segments get the group lock's new
 /// version (not the used segments' one), numbered across sub-tasks; the supervisor holds the
 /// same lock and can publish them after the sub-tasks are gone.
@@ -813,27 +836,7 @@ fn sub_task_allocations_overwrite_in_the_group_lock_version_held_by_the_supervis
         );
         assert!(matches!(r, Reply::Submitted { .. }), "{r:?}");
     }
-    let alloc = |s: &mut State, index: u64, sub: &str| {
-        let Reply::Allocated { outcome } = s.apply(
-            ctx(index, 10_000 + index),
-            Command::AllocateSegment {
-                task: sub.into(),
-                request: AllocateRequest {
-                    timestamp: day().start + 3_600_000,
-                    preferred_interval: day(),
-                    sequence_name: sub.into(),
-                    previous_segment_id: None,
-                    skip_lineage_check: false,
-                    lock_type: LockType::Exclusive,
-                    supervisor_task_id: Some("par".into()),
-                    use_lock_version: true,
-                },
-            },
-        ) else {
-            panic!()
-        };
-        allocated(&outcome).clone()
-    };
+    let alloc = |s: &mut State, index: u64, sub: &str| allocated(&allocate_for(s, index, sub, "par")).clone();
     let a = alloc(&mut s, 10, "sub0");
     let b = alloc(&mut s, 11, "sub1");
     assert!(
@@ -861,23 +864,6 @@ fn sub_task_allocations_overwrite_in_the_group_lock_version_held_by_the_supervis
     assert!(matches!(r, PublishOutcome::Published { .. }), "{r:?}");
     // A task of another group cannot name the supervisor to take its lock.
     submit(&mut s, 21, "other", 50);
-    let Reply::Allocated { outcome } = s.apply(
-        ctx(22, 30_000),
-        Command::AllocateSegment {
-            task: "other".into(),
-            request: AllocateRequest {
-                timestamp: day().start,
-                preferred_interval: day(),
-                sequence_name: "o".into(),
-                previous_segment_id: None,
-                skip_lineage_check: false,
-                lock_type: LockType::Exclusive,
-                supervisor_task_id: Some("par".into()),
-                use_lock_version: true,
-            },
-        },
-    ) else {
-        panic!()
-    };
+    let outcome = allocate_for(&mut s, 22, "other", "par");
     assert!(matches!(outcome, AllocateOutcome::Refused { .. }), "{outcome:?}");
 }
