@@ -186,6 +186,16 @@ fn load_paths(segments: &[Value]) -> Vec<String> {
         .collect()
 }
 
+/// Marks segments of `wiki` unused by id, as the Coordinator API does.
+fn mark_unused(urls: &[String], ids: &[String]) {
+    let (s, v) = post(
+        urls,
+        "/druid/coordinator/v1/datasources/wiki/markUnused",
+        &json!({"segmentIds": ids}),
+    );
+    assert_eq!(s, 200, "{v}");
+}
+
 fn used_segments(urls: &[String]) -> Vec<Value> {
     used_segments_of(urls, "wiki")
 }
@@ -377,12 +387,7 @@ fn index_parallel_builds_rolled_up_parquet_segments_that_pyarrow_reads_back() {
         .map(|s| s["identifier"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(old_ids.len(), 3);
-    let (s, v) = post(
-        &urls,
-        "/druid/coordinator/v1/datasources/wiki/markUnused",
-        &json!({"segmentIds": old_ids}),
-    );
-    assert_eq!(s, 200, "{v}");
+    mark_unused(&urls, &old_ids);
     let orphan_dir = deep
         .path()
         .join("wiki/2024-05-02T00:00:00.000Z_2024-05-03T00:00:00.000Z/v-orphan/0");
@@ -1079,12 +1084,7 @@ print(json.dumps(rows))
         .map(|s| s["identifier"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(old_ids.len(), 6);
-    let (s, v) = post(
-        &urls,
-        "/druid/coordinator/v1/datasources/wiki/markUnused",
-        &json!({"segmentIds": old_ids}),
-    );
-    assert_eq!(s, 200, "{v}");
+    mark_unused(&urls, &old_ids);
     s3.python(
         r#"s3.put_object(Bucket="deep", Key=sys.argv[1], Body=b"left by a killed peon")"#,
         &["segments/wiki/2024-05-02T00:00:00.000Z_2024-05-03T00:00:00.000Z/v-orphan/0/index.parquet"],
