@@ -1477,3 +1477,161 @@ fn a_peon_killed_between_push_and_publish_leaves_files_that_the_next_kill_remove
     );
     assert_eq!(s3.keys("deep", "segments/"), Vec::<String>::new());
 }
+
+/// `hashed` partitioning in parallel: Druid's two phases. The rows of each hour are spread over
+/// four files, so only the merge phase can roll them up perfectly; the buckets must be those a
+/// single peon makes, and the partial segments of phase 1 must be gone afterwards.
+#[test]
+fn hashed_index_parallel_runs_two_phases_and_rolls_up_perfectly_across_sub_tasks() {
+    let deep = tempfile::tempdir().unwrap();
+    let generated = tempfile::tempdir().unwrap();
+    let rows = write_input(generated.path(), 2);
+    // Row i goes to file i % 4: every (hour, page, user, country) is spread over the files.
+    let input = tempfile::tempdir().unwrap();
+    let mut files: Vec<Vec<u8>> = vec![Vec::new(); 4];
+    for (i, r) in rows.iter().enumerate() {
+        writeln!(files[i % 4], "{r}").unwrap();
+    }
+    for (k, f) in files.iter().enumerate() {
+        std::fs::write(input.path().join(format!("part-{k}.json")), f).unwrap();
+    }
+    let (_cluster, urls) = start(deep.path(), 2);
+    let hashed = json!({"type": "hashed", "numShards": 3, "partitionDimensions": ["page", "user"]});
+    let tuning = json!({"partitionsSpec": hashed, "forceGuaranteedRollup": true, "maxNumConcurrentSubTasks": 4,
+        "totalNumMergeTasks": 2, "splitHintSpec": {"type": "maxSize", "maxSplitSize": 1}});
+    let mut task = spec("hash-par", input.path(), false, tuning);
+    task["spec"]["ioConfig"]["inputSource"]["filter"] = json!("*.json");
+    run_to_success(&urls, &task, "hash-par");
+
+    let segments = used_segments(&urls);
+    let paths = load_paths(&segments);
+    let got = pyarrow_rows(&paths);
+    // Perfect rollup: exactly the rows the test computes, each once.
+    let mut found: BTreeMap<RowKey, RowMetrics> = BTreeMap::new();
+    for r in &got {
+        let key = (
+            r["__time"].as_i64().unwrap(),
+            r["page"].as_str().unwrap().to_string(),
+            r["user"].as_str().unwrap().to_string(),
+            r["country"].as_str().unwrap().to_string(),
+        );
+        let metrics = (
+            r["count"].as_i64().unwrap(),
+            r["added"].as_i64().unwrap(),
+            r["delta_max"].as_f64().unwrap(),
+        );
+        assert!(found.insert(key.clone(), metrics).is_none(), "{key:?} is in two rows");
+    }
+    assert_eq!(found, expected_rollup(&rows));
+
+    // Each day: partitions 0..n of n non-empty buckets of 3, each bucket holding its own
+    // (page, user) pairs.
+    let mut by_day: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
+    for s in &segments {
+        by_day
+            .entry(s["interval"].as_str().unwrap().to_string())
+            .or_default()
+            .push(s);
+    }
+    assert_eq!(by_day.len(), 2, "{segments:?}");
+    let mut parallel_buckets: BTreeMap<(String, u64), Vec<(String, String)>> = BTreeMap::new();
+    for (day, set) in &by_day {
+        let mut nums: Vec<u64> = set
+            .iter()
+            .map(|s| s["shardSpec"]["partitionNum"].as_u64().unwrap())
+            .collect();
+        nums.sort();
+        assert_eq!(nums, (0..set.len() as u64).collect::<Vec<_>>(), "{day}: {set:?}");
+        for s in set {
+            let shard = &s["shardSpec"];
+            assert_eq!(shard["type"], "hashed", "{s}");
+            assert_eq!(
+                (shard["numBuckets"].as_u64(), shard["partitions"].as_u64()),
+                (Some(3), Some(set.len() as u64)),
+                "{s}"
+            );
+            assert_eq!(shard["partitionDimensions"], json!(["page", "user"]), "{s}");
+            let pairs = pyarrow_rows(&load_paths(std::slice::from_ref(*s)))
+                .iter()
+                .map(|r| {
+                    (
+                        r["page"].as_str().unwrap().to_string(),
+                        r["user"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect::<std::collections::BTreeSet<_>>();
+            parallel_buckets.insert(
+                (day.clone(), shard["bucketId"].as_u64().unwrap()),
+                pairs.into_iter().collect(),
+            );
+        }
+    }
+
+    // The two phases ran as Druid's sub-task types, in the supervisor's group; only phase 1's
+    // rows count in the report.
+    let report = get(&urls, &format!("{API}/task/hash-par/reports")).unwrap();
+    let payload = &report["ingestionStatsAndErrors"]["payload"];
+    assert_eq!(
+        payload["rowStats"]["buildSegments"]["processed"],
+        rows.len(),
+        "{report}"
+    );
+    assert_eq!(payload["segmentsPublished"], segments.len(), "{report}");
+    let mut types = BTreeMap::new();
+    for sub in report["parallelIndexProgress"]["payload"]["subtasks"]
+        .as_array()
+        .unwrap()
+    {
+        let status = wait_done(&urls, sub["taskId"].as_str().unwrap());
+        assert_eq!(status["statusCode"], "SUCCESS", "{status}");
+        assert_eq!(status["groupId"], "hash-par", "{status}");
+        *types.entry(status["type"].as_str().unwrap().to_string()).or_insert(0) += 1;
+    }
+    assert_eq!(
+        types,
+        BTreeMap::from([
+            ("partial_index_generate".to_string(), 4),
+            ("partial_index_generic_merge".to_string(), 2)
+        ])
+    );
+    // Nothing of phase 1 stays in deep storage: only the published files.
+    let mut left: Vec<String> = walk(deep.path()).iter().map(|p| p.display().to_string()).collect();
+    let mut published: Vec<String> = paths
+        .iter()
+        .map(|p| std::fs::canonicalize(p).unwrap().display().to_string())
+        .collect();
+    left.sort();
+    published.sort();
+    assert_eq!(left, published);
+
+    // The same spec in one peon puts each (page, user) in the same bucket.
+    let mut single = spec(
+        "hash-one",
+        input.path(),
+        false,
+        json!({"partitionsSpec": hashed, "forceGuaranteedRollup": true}),
+    );
+    single["spec"]["ioConfig"]["inputSource"]["filter"] = json!("*.json");
+    single["spec"]["dataSchema"]["dataSource"] = json!("wiki-one");
+    run_to_success(&urls, &single, "hash-one");
+    let mut single_buckets: BTreeMap<(String, u64), Vec<(String, String)>> = BTreeMap::new();
+    for s in used_segments_of(&urls, "wiki-one") {
+        let pairs = pyarrow_rows(&load_paths(std::slice::from_ref(&s)))
+            .iter()
+            .map(|r| {
+                (
+                    r["page"].as_str().unwrap().to_string(),
+                    r["user"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect::<std::collections::BTreeSet<_>>();
+        if !pairs.is_empty() {
+            let key = (
+                s["interval"].as_str().unwrap().to_string(),
+                s["shardSpec"]["bucketId"].as_u64().unwrap(),
+            );
+            single_buckets.insert(key, pairs.into_iter().collect());
+        }
+    }
+    assert_eq!(parallel_buckets, single_buckets);
+}

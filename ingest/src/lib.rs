@@ -146,7 +146,7 @@ pub fn read_input(
         let mut n: u64 = 0;
         for (line, record) in records {
             n += 1;
-            let at = format!("Path: {name}, Line: {line}");
+            let at = rows::At { file: &name, line };
             let err = match record {
                 Ok(r) => match b.add(&r, &at) {
                     Ok(()) => None,
@@ -434,6 +434,41 @@ impl Ingested {
                 partition_nums.len()
             )));
         }
+        let wanted: Vec<(u32, u32)> = partition_nums.iter().enumerate().map(|(k, n)| (k as u32, *n)).collect();
+        self.write_parts(interval, version, parts, &wanted, dir)
+    }
+
+    /// Hashed partitioning with the bucket count fixed by the caller (the merge phase of
+    /// Druid's two-phase parallel ingestion, whose rows were bucketed by earlier tasks): writes
+    /// the rows of `interval` hashed into `num_buckets`, bucket `b` as partition `n` for each
+    /// `(b, n)` of `wanted`. A row that hashes to a bucket not wanted is an error, never dropped.
+    pub fn write_hashed_buckets(
+        &mut self,
+        interval: &Interval,
+        version: &str,
+        num_buckets: u32,
+        wanted: &[(u32, u32)],
+        dir: &Path,
+    ) -> Result<Vec<SegmentFile>, IngestError> {
+        if self.spec.hashed.is_none() || num_buckets == 0 || wanted.iter().any(|(b, _)| *b >= num_buckets) {
+            return Err(IngestError::Write(format!(
+                "cannot write hashed buckets {wanted:?} of {num_buckets} for {interval}"
+            )));
+        }
+        self.write_parts(interval, version, num_buckets as usize, wanted, dir)
+    }
+
+    /// Writes the partitions `(k, partition number)` of `wanted` of `interval`'s rows split into
+    /// `parts` partitions; fails unless every row went into one of them.
+    fn write_parts(
+        &mut self,
+        interval: &Interval,
+        version: &str,
+        parts: usize,
+        wanted: &[(u32, u32)],
+        dir: &Path,
+    ) -> Result<Vec<SegmentFile>, IngestError> {
+        let expected = self.rows_of(interval);
         // Where the sorted rows come from: the merged run on disk, or the bucket in memory.
         enum Source {
             Run(PathBuf),
@@ -491,7 +526,8 @@ impl Ingested {
             .collect();
         let mut out = Vec::new();
         let this = &*self;
-        for (k, num) in partition_nums.iter().enumerate() {
+        for &(k, num) in wanted {
+            let k = k as usize;
             let mut own: Box<dyn Iterator<Item = Result<spill::Row, String>>> = match &run_path {
                 Some(path) => {
                     let reader = spill::RunReader::open(path).map_err(IngestError::Write)?;
@@ -527,7 +563,7 @@ impl Ingested {
             out.push(SegmentFile {
                 interval: *interval,
                 version: version.to_string(),
-                partition_num: *num,
+                partition_num: num,
                 path,
                 rows: w.rows,
                 bytes: w.bytes,
@@ -537,6 +573,14 @@ impl Ingested {
         }
         if let Some(path) = run_path {
             let _ = std::fs::remove_file(path);
+        }
+        let written: u64 = out.iter().map(|f| f.rows).sum();
+        if written != expected {
+            return Err(IngestError::Write(format!(
+                "{interval}: {written} of its {expected} rows fell into the partitions written {:?}; \
+                 the others would have been lost",
+                wanted.iter().map(|(k, _)| k).collect::<Vec<_>>()
+            )));
         }
         Ok(out)
     }

@@ -38,6 +38,19 @@ pub struct ParseProblem {
     pub time_of_exception_millis: i64,
 }
 
+/// Where a record was read, for messages: `Path: <file>, Line: <line>` (Druid's wording).
+/// Formatted only when a message needs it.
+pub struct At<'a> {
+    pub file: &'a str,
+    pub line: u64,
+}
+
+impl std::fmt::Display for At<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Path: {}, Line: {}", self.file, self.line)
+    }
+}
+
 /// The hasher of the in-memory tables: fast, and seeded per process.
 pub type Hasher = foldhash::fast::RandomState;
 
@@ -352,7 +365,7 @@ impl<'a> RowBuilder<'a> {
     }
 
     /// Adds one record; `at` names its file and line for problems.
-    pub fn add(&mut self, record: &Record, at: &str) -> Result<(), RowError> {
+    pub fn add(&mut self, record: &Record, at: &At<'_>) -> Result<(), RowError> {
         let spec = self.spec;
         let time = match record.get(&spec.timestamp.column) {
             FieldRef::Absent | FieldRef::Null => spec.timestamp.missing_value,

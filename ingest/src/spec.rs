@@ -174,6 +174,8 @@ struct TuningConfigJson {
     #[serde(default)]
     max_retry: Option<u64>,
     #[serde(default)]
+    total_num_merge_tasks: Option<u64>,
+    #[serde(default)]
     split_hint_spec: Option<SplitHintJson>,
 }
 
@@ -334,11 +336,21 @@ pub struct IngestSpec {
     pub max_num_concurrent_sub_tasks: u64,
     /// `maxRetry`: how often a failed sub-task is run again.
     pub max_retry: u64,
+    /// `totalNumMergeTasks`: how many second-phase sub-tasks hashed parallel ingestion runs.
+    pub total_num_merge_tasks: u64,
     pub split_hint: SplitHint,
 }
 
 /// Druid's type of the sub-tasks an `index_parallel` task runs with dynamic partitioning.
 pub const SUB_TASK_TYPE: &str = "single_phase_sub_task";
+/// Druid's type of the first-phase sub-tasks of hashed parallel ingestion: each reads a split
+/// and writes its rows bucketed by hash, as partial segments.
+pub const PARTIAL_GENERATE_TYPE: &str = "partial_index_generate";
+/// Druid's type of the second-phase sub-tasks of hashed parallel ingestion: each merges the
+/// partial segments of some buckets into the final segments.
+pub const PARTIAL_MERGE_TYPE: &str = "partial_index_generic_merge";
+/// Druid's default `totalNumMergeTasks`.
+pub const DEFAULT_TOTAL_NUM_MERGE_TASKS: u64 = 10;
 
 /// Druid's default `maxRowsPerSegment` for dynamic partitioning.
 pub const DEFAULT_MAX_ROWS_PER_SEGMENT: u64 = 5_000_000;
@@ -351,7 +363,10 @@ pub const DEFAULT_MAX_BYTES_IN_MEMORY: u64 = 96 * 1024 * 1024;
 impl IngestSpec {
     /// Whether raftlord's peon runs tasks of this type through [`IngestSpec`].
     pub fn handles(task_type: &str) -> bool {
-        matches!(task_type, "index" | "index_parallel" | SUB_TASK_TYPE)
+        matches!(
+            task_type,
+            "index" | "index_parallel" | SUB_TASK_TYPE | PARTIAL_GENERATE_TYPE | PARTIAL_MERGE_TYPE
+        )
     }
 
     /// Reads and checks the spec of an `index` or `index_parallel` task.
@@ -762,6 +777,16 @@ impl IngestSpec {
             max_rows_per_segment,
             max_num_concurrent_sub_tasks,
             max_retry: tuning.max_retry.unwrap_or(3),
+            total_num_merge_tasks: match tuning.total_num_merge_tasks {
+                None => DEFAULT_TOTAL_NUM_MERGE_TASKS,
+                Some(n) if (1..=10_000).contains(&n) => n,
+                Some(_) => {
+                    return Err(SpecError::new(
+                        "spec.tuningConfig.totalNumMergeTasks",
+                        "must be between 1 and 10000",
+                    ))
+                }
+            },
             split_hint,
             max_rows_in_memory: tuning.max_rows_in_memory.unwrap_or(DEFAULT_MAX_ROWS_IN_MEMORY).max(1),
             // Druid: 0 or absent means a sixth of the heap, negative means no limit.

@@ -540,3 +540,45 @@ fn hashed_partitions_keep_each_key_in_one_shard_in_memory_and_spilled() {
         "spec.tuningConfig.partitionsSpec.targetRowsPerSegment"
     );
 }
+
+/// The merge phase of hashed parallel ingestion writes only the buckets it was given; a row
+/// hashing elsewhere (a bucketing that disagreed between the phases) fails the write instead of
+/// being dropped, in memory and after spilling.
+#[test]
+fn writing_some_hash_buckets_refuses_to_drop_rows_of_the_others() {
+    let schema = json!({"dataSource": "rollup-tutorial",
+        "timestampSpec": {"format": "iso", "column": "timestamp"},
+        "dimensionsSpec": {"dimensions": ["srcIP", "dstIP"]},
+        "metricsSpec": [{"type": "count", "name": "count"}],
+        "granularitySpec": {"segmentGranularity": "week", "queryGranularity": "minute", "rollup": true}});
+    let io = json!({"type": "index_parallel", "inputSource": {"type": "inline", "data": TUTORIAL},
+        "inputFormat": {"type": "json"}});
+    let tuning = json!({"partitionsSpec": {"type": "hashed", "numShards": 2, "partitionDimensions": ["srcIP"]},
+        "maxRowsInMemory": 2});
+    let s = spec(schema, io, tuning);
+    for spill in [false, true] {
+        let spill_dir = tempfile::tempdir().unwrap();
+        let read = || read_input(&s, spill.then(|| spill_dir.path()), &mut |_| {}, &mut |_| {}).unwrap();
+        let mut got = read();
+        let iv = got.intervals()[0];
+        let out = tempfile::tempdir().unwrap();
+        // Both buckets, numbered 5 and 9: every row is written.
+        let files = got
+            .write_hashed_buckets(&iv, "v", 2, &[(0, 5), (1, 9)], out.path())
+            .unwrap();
+        let nums: Vec<u32> = files.iter().map(|f| f.partition_num).collect();
+        assert_eq!(nums, [5, 9]);
+        let total: u64 = files.iter().map(|f| f.rows).sum();
+        assert!(files.iter().all(|f| f.rows > 0), "both buckets hold rows: {files:?}");
+        // One bucket only: the other's rows would be lost, so the write fails.
+        let mut got = read();
+        let err = got
+            .write_hashed_buckets(&iv, "v", 2, &[(1, 0)], out.path())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("of its {total} rows")), "spill {spill}: {err}");
+        // A bucket past the count is refused before anything is written.
+        let mut got = read();
+        assert!(got.write_hashed_buckets(&iv, "v", 2, &[(2, 0)], out.path()).is_err());
+    }
+}

@@ -57,9 +57,46 @@ pub struct Outcome {
 /// Whether the task publishes its own segments, or is a sub-task that pushes them for its
 /// supervisor (the parallel `index_parallel` task) to publish.
 #[derive(Clone, Copy)]
-enum Role<'a> {
+pub(super) enum Role<'a> {
     Task,
-    SubTask { supervisor: &'a str },
+    SubTask {
+        supervisor: &'a str,
+    },
+    /// The first phase of hashed parallel ingestion: each interval's rows are written as one
+    /// partial segment per non-empty hash bucket, for the second phase to merge.
+    Partial {
+        supervisor: &'a str,
+    },
+    /// The second phase: the buckets given, in the versions given, as final segments.
+    Merge {
+        supervisor: &'a str,
+        partitions: &'a BTreeMap<Interval, MergeInterval>,
+    },
+}
+
+impl<'a> Role<'a> {
+    fn supervisor(self) -> Option<&'a str> {
+        match self {
+            Role::Task => None,
+            Role::SubTask { supervisor } | Role::Partial { supervisor } | Role::Merge { supervisor, .. } => {
+                Some(supervisor)
+            }
+        }
+    }
+}
+
+/// What a second-phase sub-task writes of one interval.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MergeInterval {
+    /// The version of the supervisor's lock on the interval.
+    pub version: String,
+    /// How many hash buckets the interval's rows were split into.
+    pub num_buckets: u32,
+    /// How many partitions the interval's segment set has (its non-empty buckets).
+    pub num_core_partitions: u32,
+    /// `(bucket, partition number)` of each bucket this sub-task writes.
+    pub buckets: Vec<(u32, u32)>,
 }
 
 /// Druid's `ingestionStatsAndErrors` report.
@@ -131,16 +168,22 @@ pub async fn run(task: Value, dir: &Path, live: Arc<Mutex<Outcome>>, pushed: Arc
     let id = task.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
     let spec = IngestSpec::from_task(&task).map_err(|e| format!("invalid spec: {e}"))?;
     let actions = TaskActions::from_env(task.clone())?;
-    let result = if spec.task_type == raftlord_ingest::spec::SUB_TASK_TYPE {
+    use raftlord_ingest::spec::{PARTIAL_GENERATE_TYPE, PARTIAL_MERGE_TYPE, SUB_TASK_TYPE};
+    let sub_task = [SUB_TASK_TYPE, PARTIAL_GENERATE_TYPE, PARTIAL_MERGE_TYPE].contains(&spec.task_type.as_str());
+    let result = if sub_task {
         match task.get("supervisorTaskId").and_then(Value::as_str) {
+            Some(supervisor) if spec.task_type == PARTIAL_MERGE_TYPE => {
+                super::parallel_task::run_merge(&task, &spec, supervisor, dir, &actions, &live, &pushed).await
+            }
             Some(supervisor) => {
-                let role = Role::SubTask { supervisor };
+                let role = if spec.task_type == PARTIAL_GENERATE_TYPE {
+                    Role::Partial { supervisor }
+                } else {
+                    Role::SubTask { supervisor }
+                };
                 run_spec(&id, spec, None, role, dir, &actions, &live, &pushed).await
             }
-            None => Err(format!(
-                "a {} needs supervisorTaskId",
-                raftlord_ingest::spec::SUB_TASK_TYPE
-            )),
+            None => Err(format!("a {} needs supervisorTaskId", spec.task_type)),
         }
     } else {
         match super::parallel_task::splits(&task, &spec, &actions).await {
@@ -397,7 +440,7 @@ pub async fn remove_pushed(pushed: Arc<Mutex<Pushed>>) {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn ingest(
+pub(super) async fn ingest(
     id: &str,
     spec: &IngestSpec,
     mut versions: BTreeMap<Interval, String>,
@@ -464,15 +507,46 @@ async fn ingest(
     ));
 
     // Versions and partition numbers.
-    let mut plan: Vec<(Interval, String, Vec<u32>, Option<Value>)> = Vec::new();
+    let mut plan: Vec<Planned> = Vec::new();
+    let hashed_shard = |n: usize| {
+        spec.hashed.as_ref().map(|h| {
+            json!({"type": "hashed", "partitionNum": 0, "partitions": n, "bucketId": 0, "numBuckets": n,
+                "partitionDimensions": h.partition_dimensions, "partitionFunction": "murmur3_32_abs"})
+        })
+    };
     for interval in ingested.intervals() {
         let n = ingested.partitions(&interval);
+        if let Role::Merge { partitions, .. } = role {
+            let m = partitions.get(&interval).ok_or_else(|| {
+                format!("the partial segments hold rows in {interval}, which this merge task was not given")
+            })?;
+            let mut shard = hashed_shard(m.num_buckets as usize);
+            if let Some(s) = shard.as_mut() {
+                s["partitions"] = json!(m.num_core_partitions);
+            }
+            plan.push(Planned {
+                interval,
+                version: m.version.clone(),
+                parts: m.buckets.clone(),
+                num_buckets: Some(m.num_buckets),
+                shard,
+            });
+            continue;
+        }
+        if let Role::Partial { .. } = role {
+            // Partial segments live under the sub-task's own id until the merge phase.
+            plan.push(Planned {
+                interval,
+                version: id.to_string(),
+                parts: (0..n as u32).map(|k| (k, k)).collect(),
+                num_buckets: None,
+                shard: hashed_shard(n),
+            });
+            continue;
+        }
         // A sub-task allocates through the Overlord for its supervisor, appending or in the
         // version of the group's lock.
-        let supervisor = match role {
-            Role::SubTask { supervisor } => Some((supervisor, !spec.append_to_existing)),
-            Role::Task => None,
-        };
+        let supervisor = role.supervisor().map(|s| (s, !spec.append_to_existing));
         if spec.append_to_existing || supervisor.is_some() {
             let mut nums = Vec::new();
             let mut version = None;
@@ -498,7 +572,13 @@ async fn ingest(
                 shard = Some(a.shard_spec.clone());
             }
             let version = version.ok_or("nothing was allocated")?;
-            plan.push((interval, version, nums, shard));
+            plan.push(Planned {
+                interval,
+                version,
+                parts: nums.into_iter().enumerate().map(|(k, num)| (k as u32, num)).collect(),
+                num_buckets: None,
+                shard,
+            });
         } else {
             let version = match versions.iter().find(|(i, _)| i.contains(&interval)) {
                 Some((_, v)) => v.clone(),
@@ -509,16 +589,19 @@ async fn ingest(
                 }
             };
             // Hashed and range partitions say how rows were split, as Druid's shard specs.
-            let mut shard = spec.hashed.as_ref().map(|h| {
-                json!({"type": "hashed", "partitionNum": 0, "partitions": n, "bucketId": 0, "numBuckets": n,
-                    "partitionDimensions": h.partition_dimensions, "partitionFunction": "murmur3_32_abs"})
-            });
+            let mut shard = hashed_shard(n);
             if let Some(r) = &spec.range {
                 shard = Some(json!({"type": if r.single_dim { "single" } else { "range" },
                     "dimensions": r.dimensions, "partitionNum": 0, "numCorePartitions": n,
                     "bounds": ingested.range_bounds(&interval)}));
             }
-            plan.push((interval, version, (0..n as u32).collect(), shard));
+            plan.push(Planned {
+                interval,
+                version,
+                parts: (0..n as u32).map(|k| (k, k)).collect(),
+                num_buckets: None,
+                shard,
+            });
         }
     }
 
@@ -532,19 +615,37 @@ async fn ingest(
     // Write, push, describe.
     set_state(live, "BUILD_SEGMENTS", dir, id);
     let segments_dir = dir.join("segments");
+    let partial = matches!(role, Role::Partial { .. });
     let deep = deep.clone();
     let datasource = spec.datasource.clone();
     let pushed_w = pushed.clone();
     let segments: Vec<Value> = tokio::task::spawn_blocking(move || -> Result<Vec<Value>, String> {
         let mut ingested = ingested;
         let mut out = Vec::new();
-        for (interval, version, nums, shard) in plan {
+        for Planned {
+            interval,
+            version,
+            parts,
+            num_buckets,
+            shard,
+        } in plan
+        {
             let local = segments_dir.join(interval.to_string().replace('/', "_"));
-            let files = ingested
-                .write_bucket(&interval, &version, &nums, &local)
-                .map_err(|e| e.to_string())?;
+            let files = match num_buckets {
+                Some(n) => ingested.write_hashed_buckets(&interval, &version, n, &parts, &local),
+                None => {
+                    let nums: Vec<u32> = parts.iter().map(|(_, num)| *num).collect();
+                    ingested.write_bucket(&interval, &version, &nums, &local)
+                }
+            }
+            .map_err(|e| e.to_string())?;
             let total = files.len();
             for f in files {
+                if partial && f.rows == 0 {
+                    // An empty hash bucket: nothing for the merge phase.
+                    std::fs::remove_file(&f.path).ok();
+                    continue;
+                }
                 let load_spec = {
                     // Pushed under the lock, so a stop either waits for this file or sees it.
                     let mut g = pushed_w.lock().unwrap_or_else(|p| p.into_inner());
@@ -562,10 +663,15 @@ async fn ingest(
                     load_spec
                 };
                 std::fs::remove_file(&f.path).ok();
-                let shard_spec = match &shard {
-                    Some(s) => s.clone(),
+                let mut shard_spec = match &shard {
+                    Some(s) => shard_spec_for(s.clone(), &f),
                     None => json!({"type": "numbered", "partitionNum": f.partition_num, "partitions": total}),
                 };
+                if let Some((bucket, _)) = parts.iter().find(|(_, num)| *num == f.partition_num) {
+                    if shard_spec.get("bucketId").is_some() {
+                        shard_spec["bucketId"] = json!(bucket);
+                    }
+                }
                 let mut segment = json!({
                     "dataSource": datasource,
                     "interval": interval.to_string(),
@@ -573,7 +679,7 @@ async fn ingest(
                     "loadSpec": load_spec,
                     "dimensions": f.dimensions.join(","),
                     "metrics": f.metrics.join(","),
-                    "shardSpec": shard_spec_for(shard_spec, &f),
+                    "shardSpec": shard_spec,
                     "binaryVersion": raftlord_ingest::BINARY_VERSION,
                     "size": f.bytes,
                 });
@@ -599,7 +705,7 @@ async fn ingest(
     .await
     .map_err(|e| format!("the writer thread failed: {e}"))??;
 
-    if let Role::SubTask { supervisor } = role {
+    if let Some(supervisor) = role.supervisor() {
         // Pushed: the supervisor publishes them, or removes them if it fails.
         let n = segments.len();
         pushed.lock().unwrap_or_else(|p| p.into_inner()).files.clear();
@@ -631,6 +737,16 @@ async fn ingest(
     o.segments_published = n as u64;
     o.state = "COMPLETED";
     Ok(())
+}
+
+/// One interval's segments to write: their version, `(partition index, partition number)` of
+/// each, the hash bucket count when fixed by the caller, and the shard spec they share.
+struct Planned {
+    interval: Interval,
+    version: String,
+    parts: Vec<(u32, u32)>,
+    num_buckets: Option<u32>,
+    shard: Option<Value>,
 }
 
 /// Most tombstones one task writes: a bucket per hour over years of existing data would make

@@ -1,40 +1,55 @@
-//! An `index_parallel` task with `maxNumConcurrentSubTasks` above 1: Druid's single-phase
-//! parallel ingestion (dynamic partitioning).
+//! An `index_parallel` task with `maxNumConcurrentSubTasks` above 1: Druid's parallel
+//! ingestion, single-phase for dynamic partitioning and two-phase for `hashed`.
 //!
 //! 1. The input is listed and split as Druid's `maxSize` split hint does
 //!    ([`raftlord_ingest::source::InputSource::splits`]); one split runs as an ordinary task.
 //! 2. With `granularitySpec.intervals`, the supervisor (this task) locks them first, as a single
 //!    task does.
-//! 3. Each split runs as a `single_phase_sub_task`, a real task in the task API (same group and
-//!    priority, `supervisorTaskId` naming this task), at most `maxNumConcurrentSubTasks` at once,
-//!    and no more than the cluster's task slots besides this task's own (with none, the task
-//!    runs in one peon rather than wait for ever).
-//!    A sub-task reads its split, allocates its segments through the Overlord for its
-//!    supervisor (which is granted the same locks; when overwriting, in the version of the
-//!    group's lock), pushes them to deep storage and lists them in its report. It publishes
-//!    nothing.
-//! 4. A failed sub-task runs again, up to `maxRetry` times; past that the supervisor shuts down
-//!    the others, removes what they pushed and fails.
-//! 5. Once every split has succeeded, the supervisor publishes all their segments in one
-//!    `segmentTransactionalInsert` (with tombstones for `dropExisting`).
+//! 3. Each split runs as a sub-task, a real task in the task API (same group and priority,
+//!    `supervisorTaskId` naming this task), at most `maxNumConcurrentSubTasks` at once, and no
+//!    more than the cluster's task slots besides this task's own (with none, the task runs in
+//!    one peon rather than wait for ever). A failed sub-task runs again, up to `maxRetry` times;
+//!    past that the supervisor shuts down the others, removes what they pushed and fails.
+//! 4. Dynamic partitioning: each split is a `single_phase_sub_task`. It reads its split,
+//!    allocates its segments through the Overlord for its supervisor (which is granted the same
+//!    locks; when overwriting, in the version of the group's lock), pushes them to deep storage
+//!    and lists them in its report. Rollup is per sub-task (Druid's best-effort rollup).
+//! 5. `hashed` partitioning with `numShards` (Druid's perfect rollup), in two phases:
+//!    - each split is a `partial_index_generate` sub-task: it reads its split, rolls it up, and
+//!      pushes each interval's non-empty hash buckets as partial segments (Parquet files under
+//!      its own id in deep storage);
+//!    - the supervisor locks every interval they hold, numbers each interval's non-empty
+//!      buckets 0.. (the segments' partition numbers), and deals the buckets out to at most
+//!      `totalNumMergeTasks` (default 10) `partial_index_generic_merge` sub-tasks;
+//!    - each merge sub-task fetches the partial segments of its buckets and rolls them up again
+//!      with the metrics' combining aggregators, as a compaction does, so that no two rows of a
+//!      segment set share time and dimensions, and pushes one segment per bucket.
 //!
-//! The report carries Druid's `ingestionStatsAndErrors` summed over the sub-tasks, and
-//! `parallelIndexProgress` with each sub-task and its status, live while the task runs. Rollup
-//! is per sub-task (Druid's best-effort rollup of dynamic partitioning); `hashed` partitioning
-//! runs in one peon.
+//!    `hashed` with `targetRowsPerSegment` (whose shard count Druid finds in a cardinality
+//!    phase first) and range partitioning run in one peon.
+//! 6. Once every sub-task has succeeded, the supervisor publishes all their segments in one
+//!    `segmentTransactionalInsert` (with tombstones for `dropExisting`), then removes the
+//!    partial segments.
+//!
+//! The report carries Druid's `ingestionStatsAndErrors` summed over the sub-tasks that read the
+//! input, and `parallelIndexProgress` with each sub-task and its status, live while the task
+//! runs.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use raftlord_ingest::compact::{CompactSpec, Existing};
 use raftlord_ingest::source::InputSource;
-use raftlord_ingest::spec::SUB_TASK_TYPE;
+use raftlord_ingest::spec::{PARTIAL_GENERATE_TYPE, PARTIAL_MERGE_TYPE, SUB_TASK_TYPE};
 use raftlord_ingest::IngestSpec;
 
-use super::index_task::{deep_storage, lock_up_front, log, set_state, tombstones, write_report, Outcome, Pushed};
+use super::index_task::{
+    deep_storage, ingest, lock_up_front, log, set_state, tombstones, write_report, MergeInterval, Outcome, Pushed, Role,
+};
 use super::task_actions::TaskActions;
 use crate::interval::Interval;
 
@@ -53,7 +68,7 @@ pub async fn splits(
 ) -> Result<Option<(Vec<Value>, usize)>, String> {
     if spec.task_type != "index_parallel"
         || spec.max_num_concurrent_sub_tasks < 2
-        || spec.hashed.is_some()
+        || spec.hashed.as_ref().is_some_and(|h| h.num_shards.is_none())
         || spec.range.is_some()
     {
         return Ok(None);
@@ -84,18 +99,18 @@ pub async fn splits(
 }
 
 /// One sub-task's spec: the parent's, reading `split`.
-fn sub_task(parent: &Value, split: &Value, spec_id: usize, attempt: u32) -> (String, Value) {
+fn sub_task(parent: &Value, kind: &str, split: &Value, spec_id: usize, attempt: u32) -> (String, Value) {
     let parent_id = parent["id"].as_str().unwrap_or_default();
-    let mut id = format!("{SUB_TASK_TYPE}_{parent_id}_{spec_id}_{attempt}");
+    let mut id = format!("{kind}_{parent_id}_{spec_id}_{attempt}");
     if id.len() > crate::tasks::spec::MAX_ID_BYTES {
         // A long parent id: a digest of it stands in.
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         parent_id.hash(&mut h);
-        id = format!("{SUB_TASK_TYPE}_{:016x}_{spec_id}_{attempt}", h.finish());
+        id = format!("{kind}_{:016x}_{spec_id}_{attempt}", h.finish());
     }
     let mut t = parent.clone();
-    t["type"] = json!(SUB_TASK_TYPE);
+    t["type"] = json!(kind);
     t["id"] = json!(id);
     t["groupId"] = json!(parent["groupId"].as_str().unwrap_or(parent_id));
     t["supervisorTaskId"] = json!(parent_id);
@@ -114,7 +129,8 @@ fn sub_task(parent: &Value, split: &Value, spec_id: usize, attempt: u32) -> (Str
     (id, t)
 }
 
-/// Runs the task as sub-tasks, one per split, and publishes what they pushed.
+/// Runs the task as sub-tasks, one per split (and, for hashed partitioning, a second phase that
+/// merges their buckets), and publishes what they pushed.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     task: &Value,
@@ -128,18 +144,126 @@ pub async fn run(
 ) -> Result<(), String> {
     let id = task["id"].as_str().unwrap_or_default().to_string();
     let deep = Arc::new(deep_storage()?);
-    pushed.lock().unwrap_or_else(|p| p.into_inner()).deep = Some(deep);
+    pushed.lock().unwrap_or_else(|p| p.into_inner()).deep = Some(deep.clone());
     let mut versions = lock_up_front(spec, actions).await?;
     let total = splits.len();
-    log(&format!(
-        "running {total} sub-task(s), {concurrency} at a time, each retried up to {} time(s)",
-        spec.max_retry
-    ));
     set_state(live, "BUILD_SEGMENTS", dir, &id);
+    let ctx = PhaseContext {
+        spec,
+        concurrency,
+        dir,
+        id: &id,
+        actions,
+        live,
+        pushed,
+    };
+    let mut partials = Vec::new();
+    let mut segments = if spec.hashed.is_some() {
+        log(&format!(
+            "hashed partitioning, phase 1 of 2: {total} {PARTIAL_GENERATE_TYPE} sub-task(s), {concurrency} at a time"
+        ));
+        partials = run_phase(&ctx, total, 0, true, |i, attempt| {
+            sub_task(task, PARTIAL_GENERATE_TYPE, &splits[i], i, attempt)
+        })
+        .await?;
+        let merges = plan_merges(spec, &partials, &mut versions, actions).await?;
+        log(&format!(
+            "phase 2 of 2: {} {PARTIAL_MERGE_TYPE} sub-task(s) merge {} partial segment(s)",
+            merges.len(),
+            partials.len()
+        ));
+        run_phase(&ctx, merges.len(), total, false, |j, attempt| {
+            merge_task(task, spec, &merges[j], total + j, attempt)
+        })
+        .await?
+    } else {
+        log(&format!(
+            "running {total} sub-task(s), {concurrency} at a time, each retried up to {} time(s)",
+            spec.max_retry
+        ));
+        let mut segments = run_phase(&ctx, total, 0, true, |i, attempt| {
+            sub_task(task, SUB_TASK_TYPE, &splits[i], i, attempt)
+        })
+        .await?;
+        if !spec.append_to_existing {
+            number_core_partitions(&mut segments);
+        }
+        segments
+    };
+
+    let filled: Vec<Interval> = {
+        let mut f: Vec<Interval> = segments
+            .iter()
+            .filter_map(|s| s["interval"].as_str().and_then(|i| Interval::parse(i).ok()))
+            .collect();
+        f.sort();
+        f.dedup();
+        f
+    };
+    let tombstones = if spec.drop_existing {
+        tombstones(spec, &filled, &mut versions, actions).await?
+    } else {
+        Vec::new()
+    };
+    set_state(live, "PUBLISHING", dir, &id);
+    let n = segments.len();
+    segments.extend(tombstones);
+    if !segments.is_empty() {
+        actions.publish(segments).await?;
+    }
+    pushed.lock().unwrap_or_else(|p| p.into_inner()).files.clear();
+    log(&format!("published {n} segment(s) pushed by the sub-tasks"));
+    if !partials.is_empty() {
+        // Their rows are in the published segments now.
+        let load_specs: Vec<Value> = partials.iter().map(|p| p["loadSpec"].clone()).collect();
+        let removed =
+            tokio::task::spawn_blocking(move || load_specs.iter().filter(|l| deep.delete(l).unwrap_or(false)).count())
+                .await
+                .unwrap_or(0);
+        log(&format!("removed {removed} partial segment file(s) of phase 1"));
+    }
+    update(live, |o| {
+        o.segments_published = n as u64;
+        o.state = "COMPLETED";
+    });
+    Ok(())
+}
+
+/// What every phase of a parallel task shares.
+struct PhaseContext<'a> {
+    spec: &'a IngestSpec,
+    concurrency: usize,
+    dir: &'a Path,
+    id: &'a str,
+    actions: &'a TaskActions,
+    live: &'a Arc<Mutex<Outcome>>,
+    pushed: &'a Arc<Mutex<Pushed>>,
+}
+
+/// Runs `count` sub-tasks (`make(i, attempt)` gives the id and spec of attempt `attempt` of the
+/// `i`th), at most `concurrency` at once, each retried up to `maxRetry` times; returns every
+/// segment they pushed. Spec ids in the progress report start at `first_spec_id`; `stats`: their
+/// row counts are this task's (the phase that reads the input).
+async fn run_phase(
+    ctx: &PhaseContext<'_>,
+    count: usize,
+    first_spec_id: usize,
+    stats: bool,
+    make: impl Fn(usize, u32) -> (String, Value),
+) -> Result<Vec<Value>, String> {
+    let PhaseContext {
+        spec,
+        concurrency,
+        dir,
+        id,
+        actions,
+        live,
+        pushed,
+    } = *ctx;
     let started = Instant::now();
     let mut last_log = Instant::now();
-    let mut queue: VecDeque<usize> = (0..total).collect();
-    let mut attempts = vec![0u32; total];
+    let mut queue: VecDeque<usize> = (0..count).collect();
+    let mut attempts = vec![0u32; count];
     let mut running: BTreeMap<usize, String> = BTreeMap::new();
     let mut segments: Vec<Value> = Vec::new();
     let mut succeeded = 0usize;
@@ -147,19 +271,16 @@ pub async fn run(
         while running.len() < concurrency {
             let Some(i) = queue.pop_front() else { break };
             attempts[i] += 1;
-            let (sub_id, sub) = sub_task(task, &splits[i], i, attempts[i]);
+            let (sub_id, sub) = make(i, attempts[i]);
             actions.submit_task(&sub).await?;
-            log(&format!(
-                "submitted sub-task [{sub_id}] (split {i}, attempt {})",
-                attempts[i]
-            ));
+            log(&format!("submitted sub-task [{sub_id}] (attempt {})", attempts[i]));
             running.insert(i, sub_id.clone());
             pushed
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .running_subtasks
                 .push(sub_id.clone());
-            update(live, |o| o.subtasks.push((i, sub_id, "RUNNING".into())));
+            update(live, |o| o.subtasks.push((first_spec_id + i, sub_id, "RUNNING".into())));
         }
         if running.is_empty() {
             break;
@@ -195,7 +316,9 @@ pub async fn run(
                     .unwrap_or_else(|p| p.into_inner())
                     .files
                     .extend(theirs.iter().map(|s| s["loadSpec"].clone()));
-                add_stats(live, &reports);
+                if stats {
+                    add_stats(live, &reports);
+                }
                 segments.extend(theirs);
                 succeeded += 1;
                 continue;
@@ -215,74 +338,256 @@ pub async fn run(
                     attempts[i], spec.max_retry
                 ));
             }
-            log(&format!("sub-task [{sub_id}] failed, running its split again: {why}"));
+            log(&format!("sub-task [{sub_id}] failed, running it again: {why}"));
             queue.push_back(i);
         }
         if last_log.elapsed() >= PROGRESS_EVERY {
             last_log = Instant::now();
             let o = live.lock().unwrap_or_else(|e| e.into_inner()).clone();
             log(&format!(
-                "sub-tasks: {succeeded} of {total} succeeded, {} running; {} rows read in {:.0} s",
+                "sub-tasks: {succeeded} of {count} succeeded, {} running; {} rows read in {:.0} s",
                 running.len(),
                 o.stats.processed,
                 started.elapsed().as_secs_f64()
             ));
-            write_report(dir, &id, &o);
+            write_report(dir, id, &o);
         }
     }
+    Ok(segments)
+}
 
-    // Overwriting: a new version's set gets its size as the core partition count when it is
-    // 0..n (no partition lost to a failed attempt), else none (Druid's appending form).
-    if !spec.append_to_existing {
-        let mut sets: BTreeMap<(String, String), Vec<u64>> = BTreeMap::new();
-        for s in &segments {
-            let key = (
-                s["interval"].as_str().unwrap_or("").to_string(),
-                s["version"].as_str().unwrap_or("").to_string(),
-            );
-            sets.entry(key)
-                .or_default()
-                .push(s["shardSpec"]["partitionNum"].as_u64().unwrap_or(0));
-        }
-        for s in &mut segments {
-            let key = (
-                s["interval"].as_str().unwrap_or("").to_string(),
-                s["version"].as_str().unwrap_or("").to_string(),
-            );
-            let nums = &sets[&key];
-            let contiguous = nums.iter().all(|p| *p < nums.len() as u64);
-            let n = if contiguous { nums.len() } else { 0 };
-            s["shardSpec"] =
-                json!({"type": "numbered", "partitionNum": s["shardSpec"]["partitionNum"], "partitions": n});
+/// Overwriting with dynamic partitions: a new version's set gets its size as the core partition
+/// count when it is 0..n (no partition lost to a failed attempt), else none (Druid's appending
+/// form).
+fn number_core_partitions(segments: &mut [Value]) {
+    let key = |s: &Value| {
+        (
+            s["interval"].as_str().unwrap_or("").to_string(),
+            s["version"].as_str().unwrap_or("").to_string(),
+        )
+    };
+    let mut sets: BTreeMap<(String, String), Vec<u64>> = BTreeMap::new();
+    for s in segments.iter() {
+        sets.entry(key(s))
+            .or_default()
+            .push(s["shardSpec"]["partitionNum"].as_u64().unwrap_or(0));
+    }
+    for s in segments.iter_mut() {
+        let nums = &sets[&key(s)];
+        let contiguous = nums.iter().all(|p| *p < nums.len() as u64);
+        let n = if contiguous { nums.len() } else { 0 };
+        s["shardSpec"] = json!({"type": "numbered", "partitionNum": s["shardSpec"]["partitionNum"], "partitions": n});
+    }
+}
+
+/// One second-phase sub-task of hashed parallel ingestion: the partial segments it reads and
+/// what it writes of each interval.
+#[derive(Debug, Default, PartialEq)]
+struct MergePlan {
+    partials: Vec<Value>,
+    partitions: BTreeMap<Interval, MergeInterval>,
+}
+
+/// Groups the partial segments of phase 1 by interval and hash bucket, locks each interval
+/// (its version is the segments'), numbers each interval's non-empty buckets 0.. (Druid's
+/// partition ids), and deals the buckets out to at most `totalNumMergeTasks` merge tasks.
+async fn plan_merges(
+    spec: &IngestSpec,
+    partials: &[Value],
+    versions: &mut BTreeMap<Interval, String>,
+    actions: &TaskActions,
+) -> Result<Vec<MergePlan>, String> {
+    let grouped = group_partials(partials)?;
+    for interval in grouped.keys() {
+        if !versions.iter().any(|(i, _)| i.contains(interval)) {
+            let v = actions.lock(interval).await?;
+            versions.insert(*interval, v);
         }
     }
-    let filled: Vec<Interval> = {
-        let mut f: Vec<Interval> = segments
+    deal_merges(grouped, versions, spec.total_num_merge_tasks)
+}
+
+/// Per interval: the bucket count, and the partial segments of each bucket.
+type Grouped = BTreeMap<Interval, (u32, BTreeMap<u32, Vec<Value>>)>;
+
+fn group_partials(partials: &[Value]) -> Result<Grouped, String> {
+    let mut grouped: Grouped = BTreeMap::new();
+    for p in partials {
+        let interval = p["interval"]
+            .as_str()
+            .and_then(|i| Interval::parse(i).ok())
+            .ok_or_else(|| format!("a partial segment has no readable interval: {p}"))?;
+        let (Some(bucket), Some(buckets)) = (
+            p["shardSpec"]["bucketId"].as_u64().and_then(|b| u32::try_from(b).ok()),
+            p["shardSpec"]["numBuckets"]
+                .as_u64()
+                .and_then(|b| u32::try_from(b).ok()),
+        ) else {
+            return Err(format!("a partial segment has no hash bucket: {p}"));
+        };
+        let entry = grouped.entry(interval).or_insert_with(|| (buckets, BTreeMap::new()));
+        if entry.0 != buckets {
+            return Err(format!("partial segments of {interval} disagree on the bucket count"));
+        }
+        entry.1.entry(bucket).or_default().push(p.clone());
+    }
+    Ok(grouped)
+}
+
+fn deal_merges(
+    grouped: Grouped,
+    versions: &BTreeMap<Interval, String>,
+    total_num_merge_tasks: u64,
+) -> Result<Vec<MergePlan>, String> {
+    let all_buckets: std::collections::BTreeSet<u32> = grouped.values().flat_map(|(_, b)| b.keys().copied()).collect();
+    let tasks = (total_num_merge_tasks as usize).min(all_buckets.len()).max(1);
+    let task_of = |bucket: u32| all_buckets.iter().position(|b| *b == bucket).unwrap_or(0) % tasks;
+    let mut plans: Vec<MergePlan> = (0..tasks).map(|_| MergePlan::default()).collect();
+    for (interval, (num_buckets, buckets)) in grouped {
+        let version = versions
             .iter()
-            .filter_map(|s| s["interval"].as_str().and_then(|i| Interval::parse(i).ok()))
-            .collect();
-        f.sort();
-        f.dedup();
-        f
-    };
-    let tombstones = if spec.drop_existing {
-        tombstones(spec, &filled, &mut versions, actions).await?
-    } else {
-        Vec::new()
-    };
-    set_state(live, "PUBLISHING", dir, &id);
-    let n = segments.len();
-    segments.extend(tombstones);
-    if !segments.is_empty() {
-        actions.publish(segments).await?;
+            .find(|(i, _)| i.contains(&interval))
+            .map(|(_, v)| v.clone())
+            .ok_or_else(|| format!("no lock is held on {interval}"))?;
+        let num_core_partitions = buckets.len() as u32;
+        for (partition, (bucket, files)) in buckets.into_iter().enumerate() {
+            let plan = &mut plans[task_of(bucket)];
+            plan.partials.extend(files);
+            plan.partitions
+                .entry(interval)
+                .or_insert_with(|| MergeInterval {
+                    version: version.clone(),
+                    num_buckets,
+                    num_core_partitions,
+                    buckets: Vec::new(),
+                })
+                .buckets
+                .push((bucket, partition as u32));
+        }
     }
-    pushed.lock().unwrap_or_else(|p| p.into_inner()).files.clear();
-    log(&format!("published {n} segment(s) pushed by {total} sub-task(s)"));
-    update(live, |o| {
-        o.segments_published = n as u64;
-        o.state = "COMPLETED";
-    });
-    Ok(())
+    plans.retain(|p| !p.partials.is_empty());
+    Ok(plans)
+}
+
+/// The spec of a merge sub-task: the parent's, reading the partial segments of `plan` (a
+/// `druid` source over their umbrella interval, whose files the sub-task fetches itself).
+fn merge_task(parent: &Value, spec: &IngestSpec, plan: &MergePlan, spec_id: usize, attempt: u32) -> (String, Value) {
+    let start = plan.partitions.keys().map(|i| i.start).min().unwrap_or(0);
+    let end = plan.partitions.keys().map(|i| i.end).max().unwrap_or(0);
+    let umbrella = Interval::new(start, end).map(|i| i.to_string()).unwrap_or_default();
+    let source = json!({"type": "druid", "dataSource": spec.datasource, "interval": umbrella});
+    let (id, mut t) = sub_task(parent, PARTIAL_MERGE_TYPE, &source, spec_id, attempt);
+    if let Some(io) = t.pointer_mut("/spec/ioConfig").and_then(Value::as_object_mut) {
+        io.remove("inputFormat");
+    }
+    t["partialSegments"] = json!(plan
+        .partials
+        .iter()
+        .map(|p| json!({"interval": p["interval"], "loadSpec": p["loadSpec"]}))
+        .collect::<Vec<_>>());
+    t["mergePartitions"] = json!(plan
+        .partitions
+        .iter()
+        .map(|(i, m)| {
+            let mut v = json!(m);
+            v["interval"] = json!(i.to_string());
+            v
+        })
+        .collect::<Vec<_>>());
+    (id, t)
+}
+
+/// A merge sub-task (in its peon): fetches its partial segments, reads their schema, and writes
+/// its buckets as final segments, combining the rows of each with the metrics' combining
+/// aggregators (the perfect rollup of hashed partitioning), for its supervisor to publish.
+pub async fn run_merge(
+    task: &Value,
+    spec: &IngestSpec,
+    supervisor: &str,
+    dir: &Path,
+    actions: &TaskActions,
+    live: &Arc<Mutex<Outcome>>,
+    pushed: &Arc<Mutex<Pushed>>,
+) -> Result<(), String> {
+    let id = task["id"].as_str().unwrap_or_default().to_string();
+    let deep = Arc::new(deep_storage()?);
+    pushed.lock().unwrap_or_else(|p| p.into_inner()).deep = Some(deep.clone());
+    let mut partitions: BTreeMap<Interval, MergeInterval> = BTreeMap::new();
+    for p in task["mergePartitions"].as_array().into_iter().flatten() {
+        let interval = p["interval"]
+            .as_str()
+            .and_then(|i| Interval::parse(i).ok())
+            .ok_or("mergePartitions: an entry has no readable interval")?;
+        let m: MergeInterval = serde_json::from_value(p.clone()).map_err(|e| format!("mergePartitions: {e}"))?;
+        partitions.insert(interval, m);
+    }
+    let mut wanted: Vec<(Interval, Value)> = Vec::new();
+    for p in task["partialSegments"].as_array().into_iter().flatten() {
+        let interval = p["interval"]
+            .as_str()
+            .and_then(|i| Interval::parse(i).ok())
+            .ok_or("partialSegments: an entry has no readable interval")?;
+        wanted.push((interval, p["loadSpec"].clone()));
+    }
+    if partitions.is_empty() || wanted.is_empty() {
+        return Err("a merge sub-task needs mergePartitions and partialSegments".to_string());
+    }
+    let into = dir.join("partials");
+    let fetch_deep = deep.clone();
+    let existing: Vec<(Existing, PathBuf)> = tokio::task::spawn_blocking(move || {
+        wanted
+            .into_iter()
+            .map(|(interval, load_spec)| {
+                let file = fetch_deep.fetch(&load_spec, &into)?;
+                let metadata = raftlord_ingest::segment::read_metadata(&file)?;
+                Ok((Existing { interval, metadata }, file))
+            })
+            .collect::<Result<Vec<_>, String>>()
+    })
+    .await
+    .map_err(|e| format!("the download thread failed: {e}"))??;
+    log(&format!("merging {} partial segment(s)", existing.len()));
+    let start = partitions.keys().map(|i| i.start).min().unwrap_or(0);
+    let end = partitions.keys().map(|i| i.end).max().unwrap_or(0);
+    let mut granularity = serde_json::Map::new();
+    granularity.insert("segmentGranularity".into(), spec.segment_granularity_json.clone());
+    granularity.insert("queryGranularity".into(), spec.query_granularity_json.clone());
+    granularity.insert("rollup".into(), json!(spec.rollup));
+    let reindex = CompactSpec {
+        datasource: spec.datasource.clone(),
+        interval: Interval::new(start, end).ok_or("the merge partitions span no interval")?,
+        segments: None,
+        dimensions_spec: None,
+        metrics_spec: None,
+        granularity_spec: granularity,
+        tuning_config: task.pointer("/spec/tuningConfig").cloned().unwrap_or_else(|| json!({})),
+        drop_existing: false,
+    };
+    let schemas: Vec<Existing> = existing.iter().map(|(e, _)| e.clone()).collect();
+    let index = reindex
+        .index_task(&id, &schemas, None)
+        .map_err(|e| format!("cannot read the partial segments' schema: {e}"))?;
+    let mut merge_spec = IngestSpec::from_task(&index).map_err(|e| format!("invalid merge spec: {e}"))?;
+    merge_spec
+        .source
+        .with_segment_files(existing.into_iter().map(|(_, f)| f).collect());
+    let role = Role::Merge {
+        supervisor,
+        partitions: &partitions,
+    };
+    ingest(
+        &id,
+        &merge_spec,
+        BTreeMap::new(),
+        None,
+        role,
+        dir,
+        &deep,
+        actions,
+        live,
+        pushed,
+    )
+    .await
 }
 
 /// Shuts down the sub-tasks still running and waits for them to end, so that whatever one of
@@ -360,7 +665,7 @@ mod tests {
             "spec": {"ioConfig": {"inputSource": {"type": "local", "baseDir": "/in", "filter": "*"}},
                      "tuningConfig": {"maxNumConcurrentSubTasks": 4}}});
         let split = json!({"type": "local", "files": ["/in/a"]});
-        let (id, t) = sub_task(&parent, &split, 2, 1);
+        let (id, t) = sub_task(&parent, SUB_TASK_TYPE, &split, 2, 1);
         assert_eq!(id, "single_phase_sub_task_p_2_1");
         assert_eq!(t["id"], id.as_str());
         assert_eq!(t["type"], "single_phase_sub_task");
@@ -369,13 +674,82 @@ mod tests {
         assert_eq!(t["spec"]["ioConfig"]["inputSource"], split);
         assert_eq!(t["spec"]["tuningConfig"]["maxNumConcurrentSubTasks"], 1);
         // Without a group or a priority: the parent's id, and index_parallel's default priority.
-        let (_, t) = sub_task(&json!({"id": "p", "spec": {}}), &split, 0, 1);
+        let (_, t) = sub_task(&json!({"id": "p", "spec": {}}), SUB_TASK_TYPE, &split, 0, 1);
         assert_eq!(t["groupId"], "p");
         assert_eq!(t["context"]["priority"], 50);
         // A parent id near the length limit still gives a valid id, distinct per split and attempt.
         let long = "x".repeat(250);
-        let (a, _) = sub_task(&json!({"id": long, "spec": {}}), &split, 0, 1);
-        let (b, _) = sub_task(&json!({"id": long, "spec": {}}), &split, 0, 2);
+        let (a, _) = sub_task(&json!({"id": long, "spec": {}}), SUB_TASK_TYPE, &split, 0, 1);
+        let (b, _) = sub_task(&json!({"id": long, "spec": {}}), SUB_TASK_TYPE, &split, 0, 2);
         assert!(a.len() <= crate::tasks::spec::MAX_ID_BYTES && a != b, "{a} {b}");
+    }
+
+    /// Phase 1's partial segments become merge tasks: each interval's non-empty buckets are
+    /// numbered 0.. in bucket order, a bucket's partials all go to one task, and no more tasks
+    /// run than `totalNumMergeTasks` or than there are buckets.
+    #[test]
+    fn partial_segments_are_dealt_out_by_bucket_and_numbered_per_interval() {
+        let day = |d: u32| format!("2024-05-0{d}T00:00:00.000Z/2024-05-0{}T00:00:00.000Z", d + 1);
+        let partial = |d: u32, bucket: u32, file: &str| {
+            json!({"interval": day(d), "shardSpec": {"type": "hashed", "bucketId": bucket, "numBuckets": 4},
+                "loadSpec": {"type": "local", "path": file}})
+        };
+        // Day 1 holds buckets 0, 2 and 3 (3 twice, from two phase-1 tasks); day 2 only bucket 2.
+        let partials = vec![
+            partial(1, 3, "a"),
+            partial(1, 0, "b"),
+            partial(2, 2, "c"),
+            partial(1, 2, "d"),
+            partial(1, 3, "e"),
+        ];
+        let grouped = group_partials(&partials).unwrap();
+        let versions: BTreeMap<Interval, String> = (1..=2)
+            .map(|d| (Interval::parse(&day(d)).unwrap(), format!("v{d}")))
+            .collect();
+        let plans = deal_merges(grouped.clone(), &versions, 2).unwrap();
+        assert_eq!(plans.len(), 2);
+        let files = |p: &MergePlan| -> Vec<String> {
+            let mut f: Vec<String> = p
+                .partials
+                .iter()
+                .map(|v| v["loadSpec"]["path"].as_str().unwrap().to_string())
+                .collect();
+            f.sort();
+            f
+        };
+        // Buckets 0, 2, 3 in order: 0 and 3 to task 0, 2 to task 1.
+        assert_eq!(files(&plans[0]), ["a", "b", "e"]);
+        assert_eq!(files(&plans[1]), ["c", "d"]);
+        let d1 = Interval::parse(&day(1)).unwrap();
+        let d2 = Interval::parse(&day(2)).unwrap();
+        assert_eq!(
+            plans[0].partitions[&d1],
+            MergeInterval {
+                version: "v1".into(),
+                num_buckets: 4,
+                num_core_partitions: 3,
+                buckets: vec![(0, 0), (3, 2)]
+            }
+        );
+        assert_eq!(plans[1].partitions[&d1].buckets, vec![(2, 1)]);
+        assert_eq!(
+            plans[1].partitions[&d2],
+            MergeInterval {
+                version: "v2".into(),
+                num_buckets: 4,
+                num_core_partitions: 1,
+                buckets: vec![(2, 0)]
+            }
+        );
+        assert!(!plans[0].partitions.contains_key(&d2));
+        // Ten merge tasks asked for, three buckets: three tasks.
+        assert_eq!(deal_merges(grouped.clone(), &versions, 10).unwrap().len(), 3);
+        // No lock on an interval: refused.
+        let err = deal_merges(grouped, &BTreeMap::new(), 2).unwrap_err();
+        assert!(err.contains("no lock"), "{err}");
+        // Partials that disagree on the bucket count: refused.
+        let mut odd = partial(1, 1, "f");
+        odd["shardSpec"]["numBuckets"] = json!(5);
+        assert!(group_partials(&[partial(1, 0, "b"), odd]).is_err());
     }
 }

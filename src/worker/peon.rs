@@ -5,8 +5,9 @@
 //! SIGTERM (a shutdown request) ends the task FAILED.
 //!
 //! Task types the peon runs: `noop` (Druid's `NoopTask`: waits `runTime` milliseconds, 2500
-//! when absent or 0, then succeeds), `index` / `index_parallel` / `single_phase_sub_task`
-//! (native batch ingestion, see [`super::index_task`] and [`super::parallel_task`]), `compact`
+//! when absent or 0, then succeeds), `index` / `index_parallel` and their sub-tasks
+//! `single_phase_sub_task`, `partial_index_generate` and `partial_index_generic_merge` (native
+//! batch ingestion, see [`super::index_task`] and [`super::parallel_task`]), `compact`
 //! and `kill` ([`super::kill_task`]). Every other type ends FAILED with a
 //! message saying it is not supported by this peon.
 
@@ -111,7 +112,7 @@ pub async fn run(dir: &Path) -> i32 {
             r
         }
         other => Err(format!(
-            "this raftlord peon cannot run '{other}' tasks; it runs noop, index, index_parallel, single_phase_sub_task, compact and kill tasks"
+            "this raftlord peon cannot run '{other}' tasks; it runs noop, index, index_parallel (and its sub-tasks), compact and kill tasks"
         )),
     };
     let duration = started.elapsed().as_millis() as i64;
