@@ -1,7 +1,8 @@
 //! A node that cannot work correctly says why and stops, rather than serve wrong or half-applied
 //! state or fail in silence: an unreadable Raft log entry stops it with the entry's index and
 //! command kinds (and `raftlord debug log` shows the entry); a peer with another cluster secret
-//! is named in the log every few seconds.
+//! is named in the log every few seconds; a node that lost its data and finds its peers in a
+//! cluster with history warns, and a new cluster forming does not.
 
 mod common;
 
@@ -137,4 +138,71 @@ fn a_peer_with_another_cluster_secret_is_named_in_the_log() {
     );
     assert!(said.contains(&format!("127.0.0.1:{p2}")), "{said}");
     drop((n1, n2));
+}
+
+/// Found on every fresh three-node start: the nodes that did not initialise the cluster
+/// themselves warned that they had "no Raft state but its peers already form a cluster", the
+/// warning meant for a member whose data was lost. A cluster forming says nothing of the kind;
+/// a member restarted on an empty data directory, once the cluster has history, still does.
+#[test]
+fn a_new_cluster_forms_without_the_lost_data_warning_and_a_wiped_member_gets_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let peers = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}=http://127.0.0.1:{p}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let spawn = |id: u64, stderr: &std::path::Path| common::Proc {
+        child: Command::new(raftlord_bin())
+            .args(["server", "--node-id", &id.to_string(), "--worker-capacity", "0"])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{}", ports[id as usize - 1]),
+                "--peers",
+                &peers,
+            ])
+            .arg("--data-dir")
+            .arg(dir.path().join(id.to_string()))
+            .env("RAFTLORD_CLUSTER_SECRET", "s")
+            .env("RAFTLORD_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(stderr).unwrap())
+            .spawn()
+            .unwrap(),
+        url: format!("http://127.0.0.1:{}", ports[id as usize - 1]),
+    };
+    let logs: Vec<std::path::PathBuf> = (1..=3).map(|id| dir.path().join(format!("node{id}.err"))).collect();
+    let mut nodes: Vec<common::Proc> = (1..=3).map(|id| spawn(id, &logs[id as usize - 1])).collect();
+    let urls: Vec<String> = nodes.iter().map(|n| n.url.clone()).collect();
+    let (_, leader) = wait_for_blocking("a leader", Duration::from_secs(30), || common::leader_of(&urls));
+    // History: tasks, so the log reaches past a fresh cluster's first entries.
+    for i in 0..20 {
+        let r = http()
+            .post(format!("{leader}/druid/indexer/v1/task"))
+            .json(&serde_json::json!({"type": "noop", "id": format!("t{i}"), "dataSource": "wiki"}))
+            .send()
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().unwrap_or_default());
+    }
+    const LOST: &str = "no Raft state but its peers already form a cluster with history";
+    for log in &logs {
+        let text = std::fs::read_to_string(log).unwrap();
+        assert!(!text.contains(LOST), "a forming cluster warned of lost data: {text}");
+    }
+
+    // A follower loses its data directory and starts again with the same flags.
+    let follower = (1..=3u64).find(|id| urls[*id as usize - 1] != leader).unwrap();
+    let i = follower as usize - 1;
+    assert!(terminate(&mut nodes[i]).success());
+    std::fs::remove_dir_all(dir.path().join(follower.to_string())).unwrap();
+    let wiped_log = dir.path().join("wiped.err");
+    nodes[i] = spawn(follower, &wiped_log);
+    let said = wait_for_blocking("the wiped member to warn", Duration::from_secs(30), || {
+        let text = std::fs::read_to_string(&wiped_log).unwrap_or_default();
+        text.contains(LOST).then_some(text)
+    });
+    assert!(said.contains("remove-node"), "{said}");
 }

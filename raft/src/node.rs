@@ -143,7 +143,21 @@ pub struct RaftNode<S: StateMachine> {
     pub(crate) disk: crate::disk::DiskSpace,
     /// Stops this node's own tasks (the election nudger) on shutdown.
     stop: CancellationToken,
+    /// The node started with no Raft state at all (a new or a wiped data directory).
+    started_empty: bool,
 }
+
+/// What the peers of a forming cluster answered.
+enum PeerCheck {
+    /// None belongs to a cluster: this set of peers forms one.
+    AllNew,
+    /// Peer `id` belongs to a cluster, whose log reaches `last_index`.
+    Formed { id: u64, last_index: u64 },
+}
+
+/// The highest log index of a cluster formed a moment ago (its membership entry, the first
+/// leader's blank entry, and the first changes a new leader makes).
+const FRESH_LOG_INDEX: u64 = 5;
 
 impl<S: StateMachine> RaftNode<S> {
     /// Opens the state from `engine` and starts Raft. The node serves RPCs once its router is
@@ -181,7 +195,19 @@ impl<S: StateMachine> RaftNode<S> {
         let (sm, shared) = StateMachineStore::<S>::open(SnapshotStore::new(engine)).map_err(NodeError::Storage)?;
         let network = HttpNetwork::new(id, &secret, faults);
         let refusals = network.refusals();
-        let log_handle = log.clone();
+        let mut log_handle = log.clone();
+        let started_empty = {
+            use openraft::storage::RaftLogStorage;
+            let state = log_handle
+                .get_log_state()
+                .await
+                .map_err(|e| NodeError::Raft(e.to_string()))?;
+            let vote = log_handle
+                .read_vote()
+                .await
+                .map_err(|e| NodeError::Raft(e.to_string()))?;
+            state.last_log_id.is_none() && state.last_purged_log_id.is_none() && vote.is_none()
+        };
         let raft = Raft::<S>::new(id, config, network, log, sm)
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
@@ -227,6 +253,7 @@ impl<S: StateMachine> RaftNode<S> {
             contact,
             disk,
             stop,
+            started_empty,
         });
         tokio::spawn(crate::elect::run(Arc::downgrade(&node), timing, node.stop.clone()));
         Ok(node)
@@ -240,39 +267,58 @@ impl<S: StateMachine> RaftNode<S> {
     /// Joins or forms the cluster as `formation` says; returns once this node is a member
     /// (or `cancel` fires).
     pub async fn form(&self, formation: &ClusterFormation, cancel: &CancellationToken) -> Result<(), NodeError> {
-        if self.is_initialized().await? {
+        if self.is_initialized().await? && !self.started_empty {
             return Ok(());
         }
         match formation {
             ClusterFormation::Single => {
+                if self.is_initialized().await? {
+                    return Ok(());
+                }
                 let members = BTreeMap::from([(self.id, NodeInfo { url: self.url.clone() })]);
                 self.initialize(members).await
             }
             ClusterFormation::Join => Ok(()),
             ClusterFormation::Peers(peers) => {
                 loop {
-                    if self.is_initialized().await? {
-                        return Ok(());
-                    }
+                    // A node that started empty asks its peers even when the leader has
+                    // already reached it (which can happen first): whether it joins a cluster
+                    // forming now or one with history is worth telling the operator.
+                    let initialized = self.is_initialized().await?;
                     match self.peers_all_new(peers).await? {
-                        Some(true) => {
+                        Some(PeerCheck::AllNew) if !initialized => {
                             let members = peers
                                 .iter()
                                 .map(|(id, url)| (*id, NodeInfo { url: url.clone() }))
                                 .collect();
                             return self.initialize(members).await;
                         }
-                        // A peer already belongs to a cluster: the leader will bring us in.
-                        Some(false) => {
-                            tracing::warn!(
+                        // A peer formed this same cluster a moment ago (every node of a new
+                        // cluster starts together, and one initialises first): the leader
+                        // brings this node in, as expected.
+                        Some(PeerCheck::Formed { id, last_index }) if last_index <= FRESH_LOG_INDEX => {
+                            tracing::info!(
                                 node_id = self.id,
-                                "this node has no Raft state but its peers already form a cluster: it will be \
-                                 caught up by the leader. If it was a member whose data was lost, the safer \
-                                 procedure is `raftlord cluster remove-node` and then `add-node` with --join"
+                                peer = id,
+                                "peer {id} formed the cluster first; this node joins it"
                             );
                             return Ok(());
                         }
-                        None => {}
+                        Some(PeerCheck::Formed { id, last_index }) => {
+                            tracing::warn!(
+                                node_id = self.id,
+                                peer = id,
+                                peer_last_log_index = last_index,
+                                "this node started with no Raft state but its peers already form a cluster with \
+                                 history: the leader catches this node up. If it was a member whose data was lost, \
+                                 the safer procedure is `raftlord cluster remove-node` and then `add-node` with \
+                                 --join"
+                            );
+                            return Ok(());
+                        }
+                        // Already a member, and a peer does not answer: nothing to wait for.
+                        _ if initialized => return Ok(()),
+                        _ => {}
                     }
                     tokio::select! {
                         _ = cancel.cancelled() => return Ok(()),
@@ -339,9 +385,9 @@ impl<S: StateMachine> RaftNode<S> {
         }
     }
 
-    /// `Some(true)` when every other peer answers and none belongs to a cluster, `Some(false)`
-    /// when one does, `None` while some peer cannot be reached.
-    async fn peers_all_new(&self, peers: &BTreeMap<u64, String>) -> Result<Option<bool>, NodeError> {
+    /// `AllNew` when every other peer answers and none belongs to a cluster, `Formed` when one
+    /// does, `None` while some peer cannot be reached.
+    async fn peers_all_new(&self, peers: &BTreeMap<u64, String>) -> Result<Option<PeerCheck>, NodeError> {
         let mut all_answered = true;
         for (&id, url) in peers.iter().filter(|(id, _)| **id != self.id) {
             let resp = self
@@ -366,12 +412,17 @@ impl<S: StateMachine> RaftNode<S> {
                         answered: s.node_id,
                     })
                 }
-                Some(s) if s.initialized => return Ok(Some(false)),
+                Some(s) if s.initialized => {
+                    return Ok(Some(PeerCheck::Formed {
+                        id,
+                        last_index: s.last_log.map_or(0, |l| l.index),
+                    }))
+                }
                 Some(_) => {}
                 None => all_answered = false,
             }
         }
-        Ok(all_answered.then_some(true))
+        Ok(all_answered.then_some(PeerCheck::AllNew))
     }
 
     /// The current leader's id and URL, as this node knows it.
