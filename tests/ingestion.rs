@@ -1478,7 +1478,131 @@ fn a_peon_killed_between_push_and_publish_leaves_files_that_the_next_kill_remove
     assert_eq!(s3.keys("deep", "segments/"), Vec::<String>::new());
 }
 
-/// `hashed` partitioning in parallel: Druid's two phases. The rows of each hour are spread over
+/// The (page, user) pairs of each segment of `datasource` with rows, by day and bucket.
+type Buckets = BTreeMap<(String, u64), Vec<(String, String)>>;
+
+fn pairs_by_bucket(urls: &[String], datasource: &str) -> Buckets {
+    let mut out = Buckets::new();
+    for s in used_segments_of(urls, datasource) {
+        let pairs = pyarrow_rows(&load_paths(std::slice::from_ref(&s)))
+            .iter()
+            .map(|r| {
+                (
+                    r["page"].as_str().unwrap().to_string(),
+                    r["user"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect::<std::collections::BTreeSet<_>>();
+        if !pairs.is_empty() {
+            let key = (
+                s["interval"].as_str().unwrap().to_string(),
+                s["shardSpec"]["bucketId"].as_u64().unwrap(),
+            );
+            out.insert(key, pairs.into_iter().collect());
+        }
+    }
+    out
+}
+
+/// Runs a parallel hashed spec (`partitionsSpec` `hashed`) into `datasource` and checks what
+/// Druid's hashed parallel ingestion promises: perfect rollup of `rows`, each day's segments
+/// numbered 0..n with `num_buckets` buckets, the sub-task types `phases` ran (type -> count),
+/// and phase 1's row counts in the report.
+#[allow(clippy::too_many_arguments)]
+fn run_hashed_parallel(
+    urls: &[String],
+    input: &Path,
+    id: &str,
+    datasource: &str,
+    hashed: Value,
+    rows: &[Value],
+    num_buckets: u64,
+    phases: &[(&str, usize)],
+) {
+    let tuning = json!({"partitionsSpec": hashed, "forceGuaranteedRollup": true, "maxNumConcurrentSubTasks": 4,
+        "totalNumMergeTasks": 2, "splitHintSpec": {"type": "maxSize", "maxSplitSize": 1}});
+    let mut task = spec(id, input, false, tuning);
+    task["spec"]["ioConfig"]["inputSource"]["filter"] = json!("*.json");
+    task["spec"]["dataSchema"]["dataSource"] = json!(datasource);
+    run_to_success(urls, &task, id);
+
+    let segments = used_segments_of(urls, datasource);
+    let got = pyarrow_rows(&load_paths(&segments));
+    // Perfect rollup: exactly the rows the test computes, each once.
+    let mut found: BTreeMap<RowKey, RowMetrics> = BTreeMap::new();
+    for r in &got {
+        let key = (
+            r["__time"].as_i64().unwrap(),
+            r["page"].as_str().unwrap().to_string(),
+            r["user"].as_str().unwrap().to_string(),
+            r["country"].as_str().unwrap().to_string(),
+        );
+        let metrics = (
+            r["count"].as_i64().unwrap(),
+            r["added"].as_i64().unwrap(),
+            r["delta_max"].as_f64().unwrap(),
+        );
+        assert!(
+            found.insert(key.clone(), metrics).is_none(),
+            "{id}: {key:?} is in two rows"
+        );
+    }
+    assert_eq!(found, expected_rollup(rows), "{id}");
+
+    // Each day: partitions 0..n of its non-empty buckets.
+    let mut by_day: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
+    for s in &segments {
+        by_day
+            .entry(s["interval"].as_str().unwrap().to_string())
+            .or_default()
+            .push(s);
+    }
+    assert_eq!(by_day.len(), 2, "{segments:?}");
+    for (day, set) in &by_day {
+        let mut nums: Vec<u64> = set
+            .iter()
+            .map(|s| s["shardSpec"]["partitionNum"].as_u64().unwrap())
+            .collect();
+        nums.sort();
+        assert_eq!(nums, (0..set.len() as u64).collect::<Vec<_>>(), "{day}: {set:?}");
+        for s in set {
+            let shard = &s["shardSpec"];
+            assert_eq!(shard["type"], "hashed", "{s}");
+            assert_eq!(
+                (shard["numBuckets"].as_u64(), shard["partitions"].as_u64()),
+                (Some(num_buckets), Some(set.len() as u64)),
+                "{s}"
+            );
+            assert_eq!(shard["partitionDimensions"], json!(["page", "user"]), "{s}");
+        }
+    }
+
+    // The phases ran as Druid's sub-task types, in the supervisor's group; only the rows of the
+    // phase that builds the partial segments count in the report.
+    let report = get(urls, &format!("{API}/task/{id}/reports")).unwrap();
+    let payload = &report["ingestionStatsAndErrors"]["payload"];
+    assert_eq!(
+        payload["rowStats"]["buildSegments"]["processed"],
+        rows.len(),
+        "{report}"
+    );
+    assert_eq!(payload["segmentsPublished"], segments.len(), "{report}");
+    let mut types = BTreeMap::new();
+    for sub in report["parallelIndexProgress"]["payload"]["subtasks"]
+        .as_array()
+        .unwrap()
+    {
+        let status = wait_done(urls, sub["taskId"].as_str().unwrap());
+        assert_eq!(status["statusCode"], "SUCCESS", "{status}");
+        assert_eq!(status["groupId"], id, "{status}");
+        *types.entry(status["type"].as_str().unwrap().to_string()).or_insert(0) += 1;
+    }
+    let expected: BTreeMap<String, usize> = phases.iter().map(|(t, n)| (t.to_string(), *n)).collect();
+    assert_eq!(types, expected, "{id}");
+}
+
+/// `hashed` partitioning in parallel: Druid's two phases with `numShards`, three with
+/// `targetRowsPerSegment` (a cardinality phase first). The rows of each hour are spread over
 /// four files, so only the merge phase can roll them up perfectly; the buckets must be those a
 /// single peon makes, and the partial segments of phase 1 must be gone afterwards.
 #[test]
@@ -1497,112 +1621,32 @@ fn hashed_index_parallel_runs_two_phases_and_rolls_up_perfectly_across_sub_tasks
     }
     let (_cluster, urls) = start(deep.path(), 2);
     let hashed = json!({"type": "hashed", "numShards": 3, "partitionDimensions": ["page", "user"]});
-    let tuning = json!({"partitionsSpec": hashed, "forceGuaranteedRollup": true, "maxNumConcurrentSubTasks": 4,
-        "totalNumMergeTasks": 2, "splitHintSpec": {"type": "maxSize", "maxSplitSize": 1}});
-    let mut task = spec("hash-par", input.path(), false, tuning);
-    task["spec"]["ioConfig"]["inputSource"]["filter"] = json!("*.json");
-    run_to_success(&urls, &task, "hash-par");
-
-    let segments = used_segments(&urls);
-    let paths = load_paths(&segments);
-    let got = pyarrow_rows(&paths);
-    // Perfect rollup: exactly the rows the test computes, each once.
-    let mut found: BTreeMap<RowKey, RowMetrics> = BTreeMap::new();
-    for r in &got {
-        let key = (
-            r["__time"].as_i64().unwrap(),
-            r["page"].as_str().unwrap().to_string(),
-            r["user"].as_str().unwrap().to_string(),
-            r["country"].as_str().unwrap().to_string(),
-        );
-        let metrics = (
-            r["count"].as_i64().unwrap(),
-            r["added"].as_i64().unwrap(),
-            r["delta_max"].as_f64().unwrap(),
-        );
-        assert!(found.insert(key.clone(), metrics).is_none(), "{key:?} is in two rows");
-    }
-    assert_eq!(found, expected_rollup(&rows));
-
-    // Each day: partitions 0..n of n non-empty buckets of 3, each bucket holding its own
-    // (page, user) pairs.
-    let mut by_day: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
-    for s in &segments {
-        by_day
-            .entry(s["interval"].as_str().unwrap().to_string())
-            .or_default()
-            .push(s);
-    }
-    assert_eq!(by_day.len(), 2, "{segments:?}");
-    let mut parallel_buckets: BTreeMap<(String, u64), Vec<(String, String)>> = BTreeMap::new();
-    for (day, set) in &by_day {
-        let mut nums: Vec<u64> = set
-            .iter()
-            .map(|s| s["shardSpec"]["partitionNum"].as_u64().unwrap())
-            .collect();
-        nums.sort();
-        assert_eq!(nums, (0..set.len() as u64).collect::<Vec<_>>(), "{day}: {set:?}");
-        for s in set {
-            let shard = &s["shardSpec"];
-            assert_eq!(shard["type"], "hashed", "{s}");
-            assert_eq!(
-                (shard["numBuckets"].as_u64(), shard["partitions"].as_u64()),
-                (Some(3), Some(set.len() as u64)),
-                "{s}"
-            );
-            assert_eq!(shard["partitionDimensions"], json!(["page", "user"]), "{s}");
-            let pairs = pyarrow_rows(&load_paths(std::slice::from_ref(*s)))
-                .iter()
-                .map(|r| {
-                    (
-                        r["page"].as_str().unwrap().to_string(),
-                        r["user"].as_str().unwrap().to_string(),
-                    )
-                })
-                .collect::<std::collections::BTreeSet<_>>();
-            parallel_buckets.insert(
-                (day.clone(), shard["bucketId"].as_u64().unwrap()),
-                pairs.into_iter().collect(),
-            );
-        }
-    }
-
-    // The two phases ran as Druid's sub-task types, in the supervisor's group; only phase 1's
-    // rows count in the report.
-    let report = get(&urls, &format!("{API}/task/hash-par/reports")).unwrap();
-    let payload = &report["ingestionStatsAndErrors"]["payload"];
-    assert_eq!(
-        payload["rowStats"]["buildSegments"]["processed"],
-        rows.len(),
-        "{report}"
+    run_hashed_parallel(
+        &urls,
+        input.path(),
+        "hash-par",
+        "wiki",
+        hashed.clone(),
+        &rows,
+        3,
+        &[("partial_index_generate", 4), ("partial_index_generic_merge", 2)],
     );
-    assert_eq!(payload["segmentsPublished"], segments.len(), "{report}");
-    let mut types = BTreeMap::new();
-    for sub in report["parallelIndexProgress"]["payload"]["subtasks"]
-        .as_array()
-        .unwrap()
-    {
-        let status = wait_done(&urls, sub["taskId"].as_str().unwrap());
-        assert_eq!(status["statusCode"], "SUCCESS", "{status}");
-        assert_eq!(status["groupId"], "hash-par", "{status}");
-        *types.entry(status["type"].as_str().unwrap().to_string()).or_insert(0) += 1;
-    }
-    assert_eq!(
-        types,
-        BTreeMap::from([
-            ("partial_index_generate".to_string(), 4),
-            ("partial_index_generic_merge".to_string(), 2)
-        ])
+    // 12 (page, user) pairs a day, 5 rows per segment: the sketches give 3 shards a day.
+    let by_target = json!({"type": "hashed", "targetRowsPerSegment": 5, "partitionDimensions": ["page", "user"]});
+    run_hashed_parallel(
+        &urls,
+        input.path(),
+        "hash-card",
+        "wiki-card",
+        by_target,
+        &rows,
+        3,
+        &[
+            ("partial_dimension_cardinality", 4),
+            ("partial_index_generate", 4),
+            ("partial_index_generic_merge", 2),
+        ],
     );
-    // Nothing of phase 1 stays in deep storage: only the published files.
-    let mut left: Vec<String> = walk(deep.path()).iter().map(|p| p.display().to_string()).collect();
-    let mut published: Vec<String> = paths
-        .iter()
-        .map(|p| std::fs::canonicalize(p).unwrap().display().to_string())
-        .collect();
-    left.sort();
-    published.sort();
-    assert_eq!(left, published);
 
     // The same spec in one peon puts each (page, user) in the same bucket.
     let mut single = spec(
@@ -1614,24 +1658,19 @@ fn hashed_index_parallel_runs_two_phases_and_rolls_up_perfectly_across_sub_tasks
     single["spec"]["ioConfig"]["inputSource"]["filter"] = json!("*.json");
     single["spec"]["dataSchema"]["dataSource"] = json!("wiki-one");
     run_to_success(&urls, &single, "hash-one");
-    let mut single_buckets: BTreeMap<(String, u64), Vec<(String, String)>> = BTreeMap::new();
-    for s in used_segments_of(&urls, "wiki-one") {
-        let pairs = pyarrow_rows(&load_paths(std::slice::from_ref(&s)))
-            .iter()
-            .map(|r| {
-                (
-                    r["page"].as_str().unwrap().to_string(),
-                    r["user"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect::<std::collections::BTreeSet<_>>();
-        if !pairs.is_empty() {
-            let key = (
-                s["interval"].as_str().unwrap().to_string(),
-                s["shardSpec"]["bucketId"].as_u64().unwrap(),
-            );
-            single_buckets.insert(key, pairs.into_iter().collect());
-        }
-    }
-    assert_eq!(parallel_buckets, single_buckets);
+    let parallel = pairs_by_bucket(&urls, "wiki");
+    assert_eq!(parallel.len(), 6, "{parallel:?}");
+    assert_eq!(parallel, pairs_by_bucket(&urls, "wiki-one"));
+    assert_eq!(parallel, pairs_by_bucket(&urls, "wiki-card"));
+
+    // Nothing of phase 1 stays in deep storage: only the published files.
+    let mut left: Vec<String> = walk(deep.path()).iter().map(|p| p.display().to_string()).collect();
+    let mut published: Vec<String> = ["wiki", "wiki-card", "wiki-one"]
+        .iter()
+        .flat_map(|d| load_paths(&used_segments_of(&urls, d)))
+        .map(|p| std::fs::canonicalize(p).unwrap().display().to_string())
+        .collect();
+    left.sort();
+    published.sort();
+    assert_eq!(left, published);
 }

@@ -140,6 +140,10 @@ enum Cmd {
         rows: u64,
         #[arg(long, default_value_t = 4)]
         parts: u64,
+        /// Hashed partitioning into this many shards (two-phase parallel ingestion), instead
+        /// of dynamic.
+        #[arg(long)]
+        hashed: Option<u32>,
     },
     /// Tasks completing continuously; memory and snapshot size at the start and the end.
     Soak {
@@ -208,7 +212,7 @@ async fn main() -> anyhow::Result<()> {
         } => load::submit(&bin, clients, seconds, (!no_etcd).then_some(etcd), rounds).await,
         Cmd::Failover { rounds, writers } => chaos::failover(&bin, rounds, writers).await,
         Cmd::Ingest { rows, json_only } => tokio::task::spawn_blocking(move || ingest::run(rows, json_only)).await?,
-        Cmd::Parallel { rows, parts } => parallel::run(&bin, rows, parts).await,
+        Cmd::Parallel { rows, parts, hashed } => parallel::run(&bin, rows, parts, hashed).await,
         Cmd::Partitions {
             rounds,
             hold_ms,

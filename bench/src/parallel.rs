@@ -2,7 +2,9 @@
 //! (each node a worker), run once in one peon (`maxNumConcurrentSubTasks` 1) and once as N
 //! sub-tasks (`maxNumConcurrentSubTasks` N, one file per split): the wall time of each, from
 //! submission to SUCCESS, and the speed-up. The rows are those of `ingest` (Wikipedia-shaped,
-//! 21 fields), split into N files of consecutive rows.
+//! 21 fields), split into N files of consecutive rows. With `--hashed S`, both runs use
+//! `hashed` partitioning into S shards: the sub-tasks then run Druid's two phases (partial
+//! segments, then their merge), and both give perfect rollup.
 
 use std::io::Write;
 use std::path::Path;
@@ -33,12 +35,16 @@ fn generate(dir: &Path, rows: u64, parts: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn task(id: &str, datasource: &str, input: &Path, sub_tasks: u64) -> Value {
+fn task(id: &str, datasource: &str, input: &Path, sub_tasks: u64, hashed: Option<u32>) -> Value {
+    let partitions = match hashed {
+        Some(n) => json!({"type": "hashed", "numShards": n}),
+        None => json!({"type": "dynamic", "maxRowsPerSegment": 50_000_000}),
+    };
     json!({"type": "index_parallel", "id": id, "spec": {
         "dataSchema": data_schema(datasource),
         "ioConfig": {"type": "index_parallel", "inputSource": {"type": "local", "baseDir": input, "filter": "*.json.gz"},
             "inputFormat": {"type": "json"}},
-        "tuningConfig": {"partitionsSpec": {"type": "dynamic", "maxRowsPerSegment": 50_000_000},
+        "tuningConfig": {"partitionsSpec": partitions, "forceGuaranteedRollup": hashed.is_some(),
             "maxNumConcurrentSubTasks": sub_tasks, "splitHintSpec": {"type": "maxSize", "maxSplitSize": 1}}
     }})
 }
@@ -82,7 +88,7 @@ async fn run_task(client: &reqwest::Client, url: &str, task: &Value) -> anyhow::
     Ok((secs, report))
 }
 
-pub async fn run(bin: &Path, rows: u64, parts: u64) -> anyhow::Result<()> {
+pub async fn run(bin: &Path, rows: u64, parts: u64, hashed: Option<u32>) -> anyhow::Result<()> {
     anyhow::ensure!(parts >= 2, "--parts must be at least 2");
     let dir = tempfile::tempdir()?;
     let input = dir.path().join("input");
@@ -106,19 +112,22 @@ pub async fn run(bin: &Path, rows: u64, parts: u64) -> anyhow::Result<()> {
     let leader = cluster.wait_leader(Duration::from_secs(60)).await?;
     let url = cluster.urls[&leader].clone();
     let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
-    let (one, report) = run_task(&client, &url, &task("bench-one", "wiki-one", &input, 1)).await?;
+    let (one, report) = run_task(&client, &url, &task("bench-one", "wiki-one", &input, 1, hashed)).await?;
     let processed = report["ingestionStatsAndErrors"]["payload"]["rowStats"]["buildSegments"]["processed"].clone();
     println!(
         "one peon:         {processed} rows in {one:.2} s ({:.0} rows/s)",
         rows as f64 / one
     );
-    let (many, report) = run_task(&client, &url, &task("bench-many", "wiki-many", &input, parts)).await?;
+    let (many, report) = run_task(&client, &url, &task("bench-many", "wiki-many", &input, parts, hashed)).await?;
     let processed = report["ingestionStatsAndErrors"]["payload"]["rowStats"]["buildSegments"]["processed"].clone();
     let subtasks = report["parallelIndexProgress"]["payload"]["succeeded"].clone();
     println!(
         "{parts} sub-tasks:      {processed} rows in {many:.2} s ({:.0} rows/s; {subtasks} sub-tasks succeeded)",
         rows as f64 / many
     );
+    if let Some(n) = hashed {
+        println!("(hashed into {n} shards: {subtasks} sub-tasks over the phases)");
+    }
     println!(
         "speed-up {:.2}x with {parts} sub-tasks on three workers ({} cores on this machine)",
         one / many,

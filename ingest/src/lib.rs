@@ -28,6 +28,9 @@ pub mod timestamp;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use datasketches::hll::{HllSketch, HllType, HllUnion};
 use serde_json::{json, Value};
 
 use raftlord_time::interval::Interval;
@@ -37,6 +40,23 @@ pub use spec::{IngestSpec, SpecError};
 
 use rows::{Bucket, FoundDim, RowBuilder, RowError};
 use segment::DimColumn;
+
+/// `lgK` of the group key sketches ([`Ingested::group_key_sketches`]): Druid's.
+const SKETCH_LG_K: u8 = 11;
+
+/// The estimated number of distinct group keys over the sketches `serialized` (each from
+/// [`Ingested::group_key_sketches`]), as Druid's supervisor merges its sub-tasks' sketches.
+pub fn estimate_distinct(serialized: &[&str]) -> Result<f64, String> {
+    let mut union = HllUnion::new(SKETCH_LG_K).map_err(|e| format!("cannot merge cardinality sketches: {e}"))?;
+    for text in serialized {
+        let bytes = BASE64
+            .decode(text)
+            .map_err(|e| format!("a cardinality sketch is not base64: {e}"))?;
+        let sketch = HllSketch::deserialize(&bytes).map_err(|e| format!("an unreadable cardinality sketch: {e}"))?;
+        union.update(&sketch);
+    }
+    Ok(union.estimate())
+}
 
 /// The `binaryVersion` of raftlord's Parquet segments.
 pub const BINARY_VERSION: u32 = 9;
@@ -371,6 +391,13 @@ impl Ingested {
     /// key (the partition dimensions' values as lists of strings, or the row's time and every
     /// non-null dimension when none are named), so a row lands where Druid would put it.
     fn shard_of(&self, key: &rows::Key, h: &spec::Hashed, n: u32) -> u32 {
+        let bytes = self.group_key(key, h);
+        let hash = murmur3::murmur3_32(&mut std::io::Cursor::new(bytes), 0).unwrap_or(0) as i32;
+        (hash % n as i32).unsigned_abs()
+    }
+
+    /// The JSON of a row's hashed-partitioning group key, the bytes Druid hashes.
+    fn group_key(&self, key: &rows::Key, h: &spec::Hashed) -> Vec<u8> {
         let values = |i: usize| -> Vec<String> {
             match key.dims.get(i) {
                 None | Some(rows::DimValue::Null) => Vec::new(),
@@ -407,9 +434,38 @@ impl Ingested {
                     .collect(),
             )
         };
-        let bytes = serde_json::to_vec(&group_key).unwrap_or_default();
-        let hash = murmur3::murmur3_32(&mut std::io::Cursor::new(bytes), 0).unwrap_or(0) as i32;
-        (hash % n as i32).unsigned_abs()
+        serde_json::to_vec(&group_key).unwrap_or_default()
+    }
+
+    /// Druid's cardinality phase of parallel `hashed` ingestion with `targetRowsPerSegment`:
+    /// for each interval, a sketch (Apache DataSketches HLL, `lgK` 11, as Druid's) of the
+    /// distinct group keys its rows hash by, serialized and in base64. Sketches of several
+    /// inputs are combined by [`estimate_distinct`].
+    pub fn group_key_sketches(&self) -> Result<BTreeMap<Interval, String>, IngestError> {
+        let h = self
+            .spec
+            .hashed
+            .as_ref()
+            .ok_or_else(|| IngestError::Write("group key sketches need hashed partitioning".to_string()))?;
+        let mut out = BTreeMap::new();
+        for interval in self.intervals() {
+            let mut sketch = HllSketch::new(SKETCH_LG_K, HllType::Hll4)
+                .map_err(|e| IngestError::Write(format!("cannot make a cardinality sketch: {e}")))?;
+            match self.merged.get(&interval) {
+                Some((path, _)) => {
+                    for row in spill::RunReader::open(path).map_err(IngestError::Write)? {
+                        sketch.update(self.group_key(&row.map_err(IngestError::Write)?.0, h));
+                    }
+                }
+                None => {
+                    for key in self.buckets.get(&interval).into_iter().flat_map(rows::Bucket::keys) {
+                        sketch.update(self.group_key(key, h));
+                    }
+                }
+            }
+            out.insert(interval, BASE64.encode(sketch.serialize()));
+        }
+        Ok(out)
     }
 
     /// Rows after rollup, over all intervals.

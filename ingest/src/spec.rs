@@ -349,6 +349,9 @@ pub const PARTIAL_GENERATE_TYPE: &str = "partial_index_generate";
 /// Druid's type of the second-phase sub-tasks of hashed parallel ingestion: each merges the
 /// partial segments of some buckets into the final segments.
 pub const PARTIAL_MERGE_TYPE: &str = "partial_index_generic_merge";
+/// Druid's type of the sub-tasks that, before hashed parallel ingestion with
+/// `targetRowsPerSegment`, estimate each interval's distinct group keys (its shard count).
+pub const CARDINALITY_TYPE: &str = "partial_dimension_cardinality";
 /// Druid's default `totalNumMergeTasks`.
 pub const DEFAULT_TOTAL_NUM_MERGE_TASKS: u64 = 10;
 
@@ -365,7 +368,7 @@ impl IngestSpec {
     pub fn handles(task_type: &str) -> bool {
         matches!(
             task_type,
-            "index" | "index_parallel" | SUB_TASK_TYPE | PARTIAL_GENERATE_TYPE | PARTIAL_MERGE_TYPE
+            "index" | "index_parallel" | SUB_TASK_TYPE | CARDINALITY_TYPE | PARTIAL_GENERATE_TYPE | PARTIAL_MERGE_TYPE
         )
     }
 

@@ -582,3 +582,43 @@ fn writing_some_hash_buckets_refuses_to_drop_rows_of_the_others() {
         assert!(got.write_hashed_buckets(&iv, "v", 2, &[(2, 0)], out.path()).is_err());
     }
 }
+
+/// The cardinality phase: each input's sketch of its distinct group keys, merged, estimates
+/// the distinct keys of all inputs together (keys seen by both counted once), within HLL's
+/// error at Druid's lgK 11; small sets are counted exactly.
+#[test]
+fn group_key_sketches_of_overlapping_inputs_merge_to_the_distinct_count() {
+    let read = |pages: std::ops::Range<u32>| {
+        let data: String = pages
+            .map(|p| {
+                format!(
+                    "{{\"timestamp\":\"2018-01-01T01:00:00Z\",\"page\":\"p{p}\",\"user\":\"u{}\"}}\n",
+                    p % 7
+                )
+            })
+            .collect();
+        let s = spec(
+            json!({"dataSource": "d", "timestampSpec": {"format": "iso", "column": "timestamp"},
+                "dimensionsSpec": {"dimensions": ["page", "user"]},
+                "granularitySpec": {"segmentGranularity": "day", "queryGranularity": "hour", "rollup": true}}),
+            json!({"type": "index_parallel", "inputSource": {"type": "inline", "data": data},
+                "inputFormat": {"type": "json"}}),
+            json!({"partitionsSpec": {"type": "hashed", "targetRowsPerSegment": 100, "partitionDimensions": ["page"]}}),
+        );
+        let got = read_input(&s, None, &mut |_| {}, &mut |_| {}).unwrap();
+        let sketches = got.group_key_sketches().unwrap();
+        assert_eq!(sketches.len(), 1);
+        sketches.into_values().next().unwrap()
+    };
+    let (a, b) = (read(0..20_000), read(10_000..30_000));
+    let both = raftlord_ingest::estimate_distinct(&[a.as_str(), b.as_str()]).unwrap();
+    assert!((both - 30_000.0).abs() < 30_000.0 * 0.05, "{both}");
+    let one = raftlord_ingest::estimate_distinct(&[a.as_str()]).unwrap();
+    assert!((one - 20_000.0).abs() < 20_000.0 * 0.05, "{one}");
+    let small = read(0..12);
+    assert_eq!(
+        raftlord_ingest::estimate_distinct(&[small.as_str()]).unwrap().round(),
+        12.0
+    );
+    assert!(raftlord_ingest::estimate_distinct(&["not a sketch"]).is_err());
+}

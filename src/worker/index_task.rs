@@ -52,6 +52,8 @@ pub struct Outcome {
     pub pushed_segments: Vec<Value>,
     /// A parallel task's sub-tasks: (spec id, attempt's task id, status).
     pub subtasks: Vec<(usize, String, String)>,
+    /// A cardinality sub-task's sketches: interval -> base64 of the serialized sketch.
+    pub cardinalities: Option<Value>,
 }
 
 /// Whether the task publishes its own segments, or is a sub-task that pushes them for its
@@ -66,6 +68,13 @@ pub(super) enum Role<'a> {
     /// partial segment per non-empty hash bucket, for the second phase to merge.
     Partial {
         supervisor: &'a str,
+        /// Each interval's bucket count, found by the cardinality phase; `None`: `numShards`.
+        num_shards: Option<&'a BTreeMap<Interval, u32>>,
+    },
+    /// The cardinality phase (hashed with `targetRowsPerSegment`): each interval's distinct
+    /// group keys, sketched, in the report; nothing pushed.
+    Cardinality {
+        supervisor: &'a str,
     },
     /// The second phase: the buckets given, in the versions given, as final segments.
     Merge {
@@ -78,9 +87,10 @@ impl<'a> Role<'a> {
     fn supervisor(self) -> Option<&'a str> {
         match self {
             Role::Task => None,
-            Role::SubTask { supervisor } | Role::Partial { supervisor } | Role::Merge { supervisor, .. } => {
-                Some(supervisor)
-            }
+            Role::SubTask { supervisor }
+            | Role::Partial { supervisor, .. }
+            | Role::Cardinality { supervisor }
+            | Role::Merge { supervisor, .. } => Some(supervisor),
         }
     }
 }
@@ -105,6 +115,10 @@ pub fn report(task_id: &str, o: &Outcome) -> Value {
     if !o.pushed_segments.is_empty() {
         r["pushedSegments"] = json!({"type": "pushedSegments", "taskId": task_id,
             "payload": {"segments": o.pushed_segments}});
+    }
+    if let Some(c) = &o.cardinalities {
+        r["partialDimensionCardinality"] =
+            json!({"type": "partialDimensionCardinality", "taskId": task_id, "payload": {"sketches": c}});
     }
     if !o.subtasks.is_empty() {
         let count = |status: &str| o.subtasks.iter().filter(|(_, _, s)| s == status).count();
@@ -168,22 +182,33 @@ pub async fn run(task: Value, dir: &Path, live: Arc<Mutex<Outcome>>, pushed: Arc
     let id = task.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
     let spec = IngestSpec::from_task(&task).map_err(|e| format!("invalid spec: {e}"))?;
     let actions = TaskActions::from_env(task.clone())?;
-    use raftlord_ingest::spec::{PARTIAL_GENERATE_TYPE, PARTIAL_MERGE_TYPE, SUB_TASK_TYPE};
-    let sub_task = [SUB_TASK_TYPE, PARTIAL_GENERATE_TYPE, PARTIAL_MERGE_TYPE].contains(&spec.task_type.as_str());
+    use raftlord_ingest::spec::{CARDINALITY_TYPE, PARTIAL_GENERATE_TYPE, PARTIAL_MERGE_TYPE, SUB_TASK_TYPE};
+    let sub_task = [
+        SUB_TASK_TYPE,
+        CARDINALITY_TYPE,
+        PARTIAL_GENERATE_TYPE,
+        PARTIAL_MERGE_TYPE,
+    ]
+    .contains(&spec.task_type.as_str());
     let result = if sub_task {
-        match task.get("supervisorTaskId").and_then(Value::as_str) {
-            Some(supervisor) if spec.task_type == PARTIAL_MERGE_TYPE => {
+        let num_shards = interval_to_num_shards(&task);
+        match (task.get("supervisorTaskId").and_then(Value::as_str), &num_shards) {
+            (None, _) => Err(format!("a {} needs supervisorTaskId", spec.task_type)),
+            (_, Err(e)) => Err(e.clone()),
+            (Some(supervisor), _) if spec.task_type == PARTIAL_MERGE_TYPE => {
                 super::parallel_task::run_merge(&task, &spec, supervisor, dir, &actions, &live, &pushed).await
             }
-            Some(supervisor) => {
-                let role = if spec.task_type == PARTIAL_GENERATE_TYPE {
-                    Role::Partial { supervisor }
-                } else {
-                    Role::SubTask { supervisor }
+            (Some(supervisor), Ok(num_shards)) => {
+                let role = match spec.task_type.as_str() {
+                    PARTIAL_GENERATE_TYPE => Role::Partial {
+                        supervisor,
+                        num_shards: num_shards.as_ref(),
+                    },
+                    CARDINALITY_TYPE => Role::Cardinality { supervisor },
+                    _ => Role::SubTask { supervisor },
                 };
                 run_spec(&id, spec, None, role, dir, &actions, &live, &pushed).await
             }
-            None => Err(format!("a {} needs supervisorTaskId", spec.task_type)),
         }
     } else {
         match super::parallel_task::splits(&task, &spec, &actions).await {
@@ -199,6 +224,26 @@ pub async fn run(task: Value, dir: &Path, live: Arc<Mutex<Outcome>>, pushed: Arc
         remove_pushed(pushed).await;
     }
     result
+}
+
+/// A `partial_index_generate` task's `intervalToNumShards` (Druid's field: each interval's
+/// bucket count, from the cardinality phase), when given.
+fn interval_to_num_shards(task: &Value) -> Result<Option<BTreeMap<Interval, u32>>, String> {
+    let Some(map) = task.get("intervalToNumShards").filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let map = map.as_object().ok_or("intervalToNumShards must be an object")?;
+    let mut out = BTreeMap::new();
+    for (interval, n) in map {
+        let i = Interval::parse(interval).map_err(|e| format!("intervalToNumShards: {e}"))?;
+        let n = n
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("intervalToNumShards[{interval}] must be a positive shard count"))?;
+        out.insert(i, n);
+    }
+    Ok(Some(out))
 }
 
 /// Shuts down the sub-tasks a parallel task still has running.
@@ -506,6 +551,25 @@ pub(super) async fn ingest(
         ingested.stats.thrown_away
     ));
 
+    if let Role::Cardinality { supervisor } = role {
+        let sketches = tokio::task::spawn_blocking(move || ingested.group_key_sketches())
+            .await
+            .map_err(|e| format!("the sketching thread failed: {e}"))?
+            .map_err(|e| e.to_string())?;
+        let payload: serde_json::Map<String, Value> = sketches
+            .into_iter()
+            .map(|(i, sketch)| (i.to_string(), json!(sketch)))
+            .collect();
+        log(&format!(
+            "sketched the group keys of {} interval(s) for supervisor task [{supervisor}]",
+            payload.len()
+        ));
+        let mut o = live.lock().unwrap_or_else(|e| e.into_inner());
+        o.cardinalities = Some(Value::Object(payload));
+        o.state = "COMPLETED";
+        return Ok(());
+    }
+
     // Versions and partition numbers.
     let mut plan: Vec<Planned> = Vec::new();
     let hashed_shard = |n: usize| {
@@ -533,14 +597,20 @@ pub(super) async fn ingest(
             });
             continue;
         }
-        if let Role::Partial { .. } = role {
+        if let Role::Partial { num_shards, .. } = role {
+            let n = match num_shards {
+                None => n as u32,
+                Some(m) => *m.get(&interval).ok_or_else(|| {
+                    format!("rows in {interval}, where the cardinality phase found none; was the input changed?")
+                })?,
+            };
             // Partial segments live under the sub-task's own id until the merge phase.
             plan.push(Planned {
                 interval,
                 version: id.to_string(),
-                parts: (0..n as u32).map(|k| (k, k)).collect(),
-                num_buckets: None,
-                shard: hashed_shard(n),
+                parts: (0..n).map(|k| (k, k)).collect(),
+                num_buckets: Some(n),
+                shard: hashed_shard(n as usize),
             });
             continue;
         }

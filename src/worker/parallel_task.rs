@@ -1,5 +1,5 @@
 //! An `index_parallel` task with `maxNumConcurrentSubTasks` above 1: Druid's parallel
-//! ingestion, single-phase for dynamic partitioning and two-phase for `hashed`.
+//! ingestion, single-phase for dynamic partitioning and multi-phase for `hashed`.
 //!
 //! 1. The input is listed and split as Druid's `maxSize` split hint does
 //!    ([`raftlord_ingest::source::InputSource::splits`]); one split runs as an ordinary task.
@@ -14,7 +14,7 @@
 //!    allocates its segments through the Overlord for its supervisor (which is granted the same
 //!    locks; when overwriting, in the version of the group's lock), pushes them to deep storage
 //!    and lists them in its report. Rollup is per sub-task (Druid's best-effort rollup).
-//! 5. `hashed` partitioning with `numShards` (Druid's perfect rollup), in two phases:
+//! 5. `hashed` partitioning (Druid's perfect rollup), in two phases:
 //!    - each split is a `partial_index_generate` sub-task: it reads its split, rolls it up, and
 //!      pushes each interval's non-empty hash buckets as partial segments (Parquet files under
 //!      its own id in deep storage);
@@ -25,8 +25,11 @@
 //!      with the metrics' combining aggregators, as a compaction does, so that no two rows of a
 //!      segment set share time and dimensions, and pushes one segment per bucket.
 //!
-//!    `hashed` with `targetRowsPerSegment` (whose shard count Druid finds in a cardinality
-//!    phase first) and range partitioning run in one peon.
+//!    With `targetRowsPerSegment` instead of `numShards`, a cardinality phase comes first:
+//!    each split is a `partial_dimension_cardinality` sub-task that sketches each interval's
+//!    distinct group keys (HLL); the supervisor merges the sketches and gives each interval
+//!    `ceil(distinct / targetRowsPerSegment)` buckets, passed to phase 1 as
+//!    `intervalToNumShards`. Range partitioning runs in one peon.
 //! 6. Once every sub-task has succeeded, the supervisor publishes all their segments in one
 //!    `segmentTransactionalInsert` (with tombstones for `dropExisting`), then removes the
 //!    partial segments.
@@ -44,7 +47,7 @@ use serde_json::{json, Value};
 
 use raftlord_ingest::compact::{CompactSpec, Existing};
 use raftlord_ingest::source::InputSource;
-use raftlord_ingest::spec::{PARTIAL_GENERATE_TYPE, PARTIAL_MERGE_TYPE, SUB_TASK_TYPE};
+use raftlord_ingest::spec::{CARDINALITY_TYPE, PARTIAL_GENERATE_TYPE, PARTIAL_MERGE_TYPE, SUB_TASK_TYPE};
 use raftlord_ingest::IngestSpec;
 
 use super::index_task::{
@@ -66,11 +69,7 @@ pub async fn splits(
     spec: &IngestSpec,
     actions: &TaskActions,
 ) -> Result<Option<(Vec<Value>, usize)>, String> {
-    if spec.task_type != "index_parallel"
-        || spec.max_num_concurrent_sub_tasks < 2
-        || spec.hashed.as_ref().is_some_and(|h| h.num_shards.is_none())
-        || spec.range.is_some()
-    {
+    if spec.task_type != "index_parallel" || spec.max_num_concurrent_sub_tasks < 2 || spec.range.is_some() {
         return Ok(None);
     }
     // Sub-tasks need slots of their own: this task holds one while it waits for them.
@@ -158,30 +157,69 @@ pub async fn run(
         pushed,
     };
     let mut partials = Vec::new();
-    let mut segments = if spec.hashed.is_some() {
+    let mut segments = if let Some(hashed) = &spec.hashed {
+        // With targetRowsPerSegment, each interval's shard count comes from its distinct group
+        // keys, sketched by a first pass over the splits (Druid's cardinality phase).
+        let mut num_shards = None;
+        let mut next_spec_id = 0;
+        if hashed.num_shards.is_none() {
+            log(&format!(
+                "hashed partitioning, phase 1 of 3: {total} {CARDINALITY_TYPE} sub-task(s), {concurrency} at a time"
+            ));
+            let (_, reports) = run_phase(&ctx, total, 0, false, |i, attempt| {
+                sub_task(task, CARDINALITY_TYPE, &splits[i], i, attempt)
+            })
+            .await?;
+            let shards = shard_counts(&reports, hashed.target_rows_per_segment)?;
+            log(&format!(
+                "shards per interval for {} rows per segment: {}",
+                hashed.target_rows_per_segment,
+                shards
+                    .iter()
+                    .map(|(i, n)| format!("{i}: {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            num_shards = Some(shards);
+            next_spec_id = total;
+        }
+        let phases = if num_shards.is_some() { (2, 3) } else { (1, 2) };
         log(&format!(
-            "hashed partitioning, phase 1 of 2: {total} {PARTIAL_GENERATE_TYPE} sub-task(s), {concurrency} at a time"
+            "hashed partitioning, phase {} of {}: {total} {PARTIAL_GENERATE_TYPE} sub-task(s), {concurrency} at a time",
+            phases.0, phases.1
         ));
-        partials = run_phase(&ctx, total, 0, true, |i, attempt| {
-            sub_task(task, PARTIAL_GENERATE_TYPE, &splits[i], i, attempt)
+        let generate_from = next_spec_id;
+        (partials, _) = run_phase(&ctx, total, generate_from, true, |i, attempt| {
+            let (id, mut t) = sub_task(task, PARTIAL_GENERATE_TYPE, &splits[i], generate_from + i, attempt);
+            if let Some(shards) = &num_shards {
+                t["intervalToNumShards"] = json!(shards
+                    .iter()
+                    .map(|(i, n)| (i.to_string(), json!(n)))
+                    .collect::<serde_json::Map<_, _>>());
+            }
+            (id, t)
         })
         .await?;
         let merges = plan_merges(spec, &partials, &mut versions, actions).await?;
         log(&format!(
-            "phase 2 of 2: {} {PARTIAL_MERGE_TYPE} sub-task(s) merge {} partial segment(s)",
+            "phase {} of {}: {} {PARTIAL_MERGE_TYPE} sub-task(s) merge {} partial segment(s)",
+            phases.1,
+            phases.1,
             merges.len(),
             partials.len()
         ));
-        run_phase(&ctx, merges.len(), total, false, |j, attempt| {
-            merge_task(task, spec, &merges[j], total + j, attempt)
+        let merge_from = generate_from + total;
+        run_phase(&ctx, merges.len(), merge_from, false, |j, attempt| {
+            merge_task(task, spec, &merges[j], merge_from + j, attempt)
         })
         .await?
+        .0
     } else {
         log(&format!(
             "running {total} sub-task(s), {concurrency} at a time, each retried up to {} time(s)",
             spec.max_retry
         ));
-        let mut segments = run_phase(&ctx, total, 0, true, |i, attempt| {
+        let (mut segments, _) = run_phase(&ctx, total, 0, true, |i, attempt| {
             sub_task(task, SUB_TASK_TYPE, &splits[i], i, attempt)
         })
         .await?;
@@ -242,7 +280,7 @@ struct PhaseContext<'a> {
 
 /// Runs `count` sub-tasks (`make(i, attempt)` gives the id and spec of attempt `attempt` of the
 /// `i`th), at most `concurrency` at once, each retried up to `maxRetry` times; returns every
-/// segment they pushed. Spec ids in the progress report start at `first_spec_id`; `stats`: their
+/// segment they pushed, and the report of each that succeeded. Spec ids in the progress report start at `first_spec_id`; `stats`: their
 /// row counts are this task's (the phase that reads the input).
 async fn run_phase(
     ctx: &PhaseContext<'_>,
@@ -250,7 +288,7 @@ async fn run_phase(
     first_spec_id: usize,
     stats: bool,
     make: impl Fn(usize, u32) -> (String, Value),
-) -> Result<Vec<Value>, String> {
+) -> Result<(Vec<Value>, Vec<Value>), String> {
     let PhaseContext {
         spec,
         concurrency,
@@ -266,6 +304,7 @@ async fn run_phase(
     let mut attempts = vec![0u32; count];
     let mut running: BTreeMap<usize, String> = BTreeMap::new();
     let mut segments: Vec<Value> = Vec::new();
+    let mut succeeded_reports: Vec<Value> = Vec::new();
     let mut succeeded = 0usize;
     loop {
         while running.len() < concurrency {
@@ -320,6 +359,7 @@ async fn run_phase(
                     add_stats(live, &reports);
                 }
                 segments.extend(theirs);
+                succeeded_reports.push(reports);
                 succeeded += 1;
                 continue;
             }
@@ -353,7 +393,36 @@ async fn run_phase(
             write_report(dir, id, &o);
         }
     }
-    Ok(segments)
+    Ok((segments, succeeded_reports))
+}
+
+/// Each interval's shard count from the cardinality sub-tasks' reports: its distinct group
+/// keys (their sketches merged) over `target_rows_per_segment`, rounded up, as Druid's
+/// supervisor computes it.
+fn shard_counts(reports: &[Value], target_rows_per_segment: u64) -> Result<BTreeMap<Interval, u32>, String> {
+    let mut sketches: BTreeMap<Interval, Vec<&str>> = BTreeMap::new();
+    for r in reports {
+        let Some(found) = r
+            .pointer("/partialDimensionCardinality/payload/sketches")
+            .and_then(Value::as_object)
+        else {
+            return Err(format!("a cardinality sub-task's report has no sketches: {r}"));
+        };
+        for (interval, sketch) in found {
+            let i = Interval::parse(interval).map_err(|e| format!("a cardinality report's interval: {e}"))?;
+            let s = sketch.as_str().ok_or("a cardinality sketch is not a string")?;
+            sketches.entry(i).or_default().push(s);
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (interval, s) in sketches {
+        let distinct = raftlord_ingest::estimate_distinct(&s)?;
+        let n = (distinct / target_rows_per_segment.max(1) as f64)
+            .ceil()
+            .clamp(1.0, 10_000.0) as u32;
+        out.insert(interval, n);
+    }
+    Ok(out)
 }
 
 /// Overwriting with dynamic partitions: a new version's set gets its size as the core partition

@@ -6,10 +6,10 @@
 //!
 //! Task types the peon runs: `noop` (Druid's `NoopTask`: waits `runTime` milliseconds, 2500
 //! when absent or 0, then succeeds), `index` / `index_parallel` and their sub-tasks
-//! `single_phase_sub_task`, `partial_index_generate` and `partial_index_generic_merge` (native
-//! batch ingestion, see [`super::index_task`] and [`super::parallel_task`]), `compact`
-//! and `kill` ([`super::kill_task`]). Every other type ends FAILED with a
-//! message saying it is not supported by this peon.
+//! `single_phase_sub_task`, `partial_dimension_cardinality`, `partial_index_generate` and
+//! `partial_index_generic_merge` (native batch ingestion, see [`super::index_task`] and
+//! [`super::parallel_task`]), `compact` and `kill` ([`super::kill_task`]). Every other type
+//! ends FAILED with a message saying it is not supported by this peon.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
