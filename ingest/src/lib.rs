@@ -41,6 +41,10 @@ pub use spec::{IngestSpec, SpecError};
 use rows::{Bucket, FoundDim, RowBuilder, RowError};
 use segment::DimColumn;
 
+/// Most partitions of an interval whose rows are split into runs of their own in one pass
+/// (each run's writer holds a 64 KiB buffer); past that, each partition reads the merged run.
+const MAX_SPLIT_RUNS: usize = 256;
+
 /// `lgK` of the group key sketches ([`Ingested::group_key_sketches`]): Druid's.
 const SKETCH_LG_K: u8 = 11;
 
@@ -93,6 +97,8 @@ pub struct Ingested {
     /// ... range.
     range_bounds: BTreeMap<Interval, Vec<RangeTuple>>,
     dims: Vec<FoundDim>,
+    /// The indexes of `dims`, by name in order.
+    dims_by_name: Vec<usize>,
     dicts: Vec<rows::Dict>,
     typed: bool,
     spec: IngestSpec,
@@ -222,6 +228,11 @@ pub fn read_input(
         buckets: b.buckets,
         merged: BTreeMap::new(),
         range_bounds: BTreeMap::new(),
+        dims_by_name: {
+            let mut order: Vec<usize> = (0..b.dims.len()).collect();
+            order.sort_by(|x, y| b.dims[*x].name.cmp(&b.dims[*y].name));
+            order
+        },
         dims: b.dims,
         dicts: b.dicts,
         typed,
@@ -396,45 +407,22 @@ impl Ingested {
         (hash % n as i32).unsigned_abs()
     }
 
-    /// The JSON of a row's hashed-partitioning group key, the bytes Druid hashes.
+    /// The JSON of a row's hashed-partitioning group key, the bytes Druid hashes: the
+    /// partition dimensions' values as lists of strings, `[["a"], []]`, or, with none named,
+    /// the time and every non-null dimension by name, `[time, {"dim": ["a"], ...}]`. Written
+    /// straight from the row's dictionary ids, without building JSON values.
     fn group_key(&self, key: &rows::Key, h: &spec::Hashed) -> Vec<u8> {
-        let values = |i: usize| -> Vec<String> {
-            match key.dims.get(i) {
-                None | Some(rows::DimValue::Null) => Vec::new(),
-                Some(rows::DimValue::Str(id)) => vec![self.dicts[i].get(*id).to_string()],
-                Some(rows::DimValue::Long(v)) => vec![v.to_string()],
-                Some(rows::DimValue::Double(v)) => vec![v.to_string()],
-                Some(rows::DimValue::Multi(ids)) => ids.iter().map(|id| self.dicts[i].get(*id).to_string()).collect(),
-            }
-        };
-        let index_of = |name: &str| self.dims.iter().position(|d| d.name == name);
-        let group_key = if h.partition_dimensions.is_empty() {
-            let mut dims = serde_json::Map::new();
-            let mut named: Vec<(usize, &str)> = self
-                .dims
-                .iter()
-                .enumerate()
-                .map(|(i, d)| (i, d.name.as_str()))
-                .collect();
-            named.sort_by(|a, b| a.1.cmp(b.1));
-            for (i, name) in named {
-                let mut v = values(i);
-                if !v.is_empty() {
-                    v.sort();
-                    v.dedup();
-                    dims.insert(name.to_string(), json!(v));
-                }
-            }
-            json!([key.time, dims])
-        } else {
-            Value::Array(
-                h.partition_dimensions
-                    .iter()
-                    .map(|d| json!(index_of(d).map(values).unwrap_or_default()))
-                    .collect(),
-            )
-        };
-        serde_json::to_vec(&group_key).unwrap_or_default()
+        let mut out = Vec::with_capacity(128);
+        let written = serde_json::to_writer(
+            &mut out,
+            &GroupKey {
+                ingested: self,
+                key,
+                hashed: h,
+            },
+        );
+        debug_assert!(written.is_ok(), "a group key is plain JSON");
+        out
     }
 
     /// Druid's cardinality phase of parallel `hashed` ingestion with `targetRowsPerSegment`:
@@ -546,6 +534,7 @@ impl Ingested {
         let mut shards: Vec<Vec<spill::Row>> = Vec::new();
         let mut shared: Option<Box<dyn Iterator<Item = Result<spill::Row, String>>>> = None;
         let mut run_path = None;
+        let mut split_runs: BTreeMap<usize, PathBuf> = BTreeMap::new();
         let split = self.spec.hashed.is_some() || self.spec.range.is_some();
         match (source, split) {
             (Source::Run(path), false) => {
@@ -555,6 +544,34 @@ impl Ingested {
                 shared = Some(Box::new(reader));
             }
             (Source::Memory(rows), false) => shared = Some(Box::new(rows.into_iter().map(Ok))),
+            (Source::Run(path), true) if wanted.len() <= MAX_SPLIT_RUNS => {
+                // One pass over the merged run splits it into a run per partition, rather than
+                // one pass (and a hash of every row) per partition.
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| IngestError::Write(format!("cannot create [{}]: {e}", dir.display())))?;
+                let mut writers = Vec::with_capacity(wanted.len());
+                for &(k, _) in wanted {
+                    let p = dir.join(format!("part-{k}.run"));
+                    writers.push((
+                        k as usize,
+                        p.clone(),
+                        spill::RunWriter::create(&p, 64 * 1024).map_err(IngestError::Write)?,
+                    ));
+                }
+                for row in spill::RunReader::open(&path).map_err(IngestError::Write)? {
+                    let row = row.map_err(IngestError::Write)?;
+                    let k = self.partition_of(interval, &row.0, n).min(n as usize - 1);
+                    // A row of a partition not written is left out here and counted below.
+                    if let Some((_, _, w)) = writers.iter_mut().find(|(wk, _, _)| *wk == k) {
+                        w.push(&row).map_err(IngestError::Write)?;
+                    }
+                }
+                let _ = std::fs::remove_file(&path);
+                for (k, p, w) in writers {
+                    w.finish().map_err(IngestError::Write)?;
+                    split_runs.insert(k, p);
+                }
+            }
             (Source::Run(path), true) => run_path = Some(path),
             (Source::Memory(rows), true) => {
                 shards = (0..n).map(|_| Vec::new()).collect();
@@ -594,6 +611,13 @@ impl Ingested {
                     }))
                 }
                 _ if !shards.is_empty() => Box::new(std::mem::take(&mut shards[k]).into_iter().map(Ok)),
+                _ if split_runs.contains_key(&k) => {
+                    let p = &split_runs[&k];
+                    let reader = spill::RunReader::open(p).map_err(IngestError::Write)?;
+                    // The file can go now: the reader holds it open.
+                    let _ = std::fs::remove_file(p);
+                    Box::new(reader)
+                }
                 _ => Box::new(std::iter::empty()),
             };
             let rows: &mut dyn Iterator<Item = Result<spill::Row, String>> = match shared.as_mut() {
@@ -648,5 +672,193 @@ impl Ingested {
             .iter()
             .map(|d| json!({"type": d.kind(self.typed).druid_name(), "name": d.name}))
             .collect::<Vec<_>>())
+    }
+}
+
+/// A row's hashed-partitioning group key, serialized as Druid writes it ([`Ingested::group_key`]).
+struct GroupKey<'a> {
+    ingested: &'a Ingested,
+    key: &'a rows::Key,
+    hashed: &'a spec::Hashed,
+}
+
+/// One dimension's values of a row, as a JSON list of strings (Druid's form for hashing).
+struct DimStrings<'a> {
+    ingested: &'a Ingested,
+    value: Option<&'a rows::DimValue>,
+    dim: usize,
+}
+
+impl DimStrings<'_> {
+    fn is_empty(&self) -> bool {
+        matches!(self.value, None | Some(rows::DimValue::Null))
+    }
+}
+
+impl serde::Serialize for DimStrings<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let dict = &self.ingested.dicts[self.dim];
+        match self.value {
+            None | Some(rows::DimValue::Null) => s.serialize_seq(Some(0))?.end(),
+            Some(rows::DimValue::Str(id)) => {
+                let mut seq = s.serialize_seq(Some(1))?;
+                seq.serialize_element(dict.get(*id))?;
+                seq.end()
+            }
+            Some(rows::DimValue::Long(v)) => {
+                let mut seq = s.serialize_seq(Some(1))?;
+                seq.serialize_element(&v.to_string())?;
+                seq.end()
+            }
+            Some(rows::DimValue::Double(v)) => {
+                let mut seq = s.serialize_seq(Some(1))?;
+                seq.serialize_element(&v.to_string())?;
+                seq.end()
+            }
+            Some(rows::DimValue::Multi(ids)) => {
+                let mut values: Vec<&str> = ids.iter().map(|id| dict.get(*id)).collect();
+                values.sort_unstable();
+                values.dedup();
+                let mut seq = s.serialize_seq(Some(values.len()))?;
+                for v in values {
+                    seq.serialize_element(v)?;
+                }
+                seq.end()
+            }
+        }
+    }
+}
+
+impl serde::Serialize for GroupKey<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        let ing = self.ingested;
+        let strings = |dim: usize| DimStrings {
+            ingested: ing,
+            value: self.key.dims.get(dim),
+            dim,
+        };
+        if self.hashed.partition_dimensions.is_empty() {
+            let mut seq = s.serialize_seq(Some(2))?;
+            seq.serialize_element(&self.key.time)?;
+            seq.serialize_element(&AllDims {
+                key: self,
+                strings: &strings,
+            })?;
+            return seq.end();
+        }
+        let mut seq = s.serialize_seq(Some(self.hashed.partition_dimensions.len()))?;
+        for name in &self.hashed.partition_dimensions {
+            match ing.dims.iter().position(|d| d.name == *name) {
+                Some(i) => seq.serialize_element(&strings(i))?,
+                None => seq.serialize_element(&[(); 0])?,
+            }
+        }
+        return seq.end();
+
+        /// Every non-null dimension of the row, by name in order.
+        struct AllDims<'a, 'b, F: Fn(usize) -> DimStrings<'a>> {
+            key: &'b GroupKey<'a>,
+            strings: &'b F,
+        }
+        impl<'a, F: Fn(usize) -> DimStrings<'a>> serde::Serialize for AllDims<'a, '_, F> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut map = s.serialize_map(None)?;
+                for &i in &self.key.ingested.dims_by_name {
+                    let values = (self.strings)(i);
+                    if !values.is_empty() {
+                        map.serialize_entry(&self.key.ingested.dims[i].name, &values)?;
+                    }
+                }
+                map.end()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The group key as JSON values, the plain way: what [`Ingested::group_key`] must write
+    /// byte for byte (the bytes are hashed into Druid's buckets).
+    fn group_key_as_values(ing: &Ingested, key: &rows::Key, h: &spec::Hashed) -> Vec<u8> {
+        let values = |i: usize| -> Vec<String> {
+            let mut v: Vec<String> = match key.dims.get(i) {
+                None | Some(rows::DimValue::Null) => Vec::new(),
+                Some(rows::DimValue::Str(id)) => vec![ing.dicts[i].get(*id).to_string()],
+                Some(rows::DimValue::Long(v)) => vec![v.to_string()],
+                Some(rows::DimValue::Double(v)) => vec![v.to_string()],
+                Some(rows::DimValue::Multi(ids)) => ids.iter().map(|id| ing.dicts[i].get(*id).to_string()).collect(),
+            };
+            v.sort();
+            v.dedup();
+            v
+        };
+        let value = if h.partition_dimensions.is_empty() {
+            let mut dims = serde_json::Map::new();
+            let mut named: Vec<(usize, &str)> =
+                ing.dims.iter().enumerate().map(|(i, d)| (i, d.name.as_str())).collect();
+            named.sort_by(|a, b| a.1.cmp(b.1));
+            for (i, name) in named {
+                let v = values(i);
+                if !v.is_empty() {
+                    dims.insert(name.to_string(), json!(v));
+                }
+            }
+            json!([key.time, dims])
+        } else {
+            Value::Array(
+                h.partition_dimensions
+                    .iter()
+                    .map(|d| {
+                        json!(ing
+                            .dims
+                            .iter()
+                            .position(|x| x.name == *d)
+                            .map(values)
+                            .unwrap_or_default())
+                    })
+                    .collect(),
+            )
+        };
+        serde_json::to_vec(&value).unwrap()
+    }
+
+    #[test]
+    fn group_keys_are_written_as_druid_hashes_them() {
+        let data = [
+            r#"{"t": "2024-01-01T00:00:00Z", "page": "Main", "n": 3, "x": 1.5, "tags": ["b", "a", "b"]}"#,
+            r#"{"t": "2024-01-01T01:00:00Z", "page": "Talk \"quoted\" é", "x": -0.25}"#,
+            r#"{"t": "2024-01-01T02:00:00Z", "n": -7, "tags": "solo"}"#,
+            r#"{"t": "2024-01-01T03:00:00Z"}"#,
+        ]
+        .join("\n");
+        let task = json!({"type": "index", "spec": {
+            "dataSchema": {"dataSource": "d", "timestampSpec": {"column": "t", "format": "iso"},
+                "dimensionsSpec": {"dimensions": ["page", {"type": "long", "name": "n"},
+                    {"type": "double", "name": "x"}, "tags", "absent"]},
+                "granularitySpec": {"segmentGranularity": "day", "queryGranularity": "none"}},
+            "ioConfig": {"type": "index", "inputSource": {"type": "inline", "data": data}, "inputFormat": {"type": "json"}},
+            "tuningConfig": {"partitionsSpec": {"type": "hashed", "numShards": 3}}}});
+        let spec = IngestSpec::from_task(&task).unwrap();
+        let ing = read_input(&spec, None, &mut |_| {}, &mut |_| {}).unwrap();
+        let keys: Vec<&rows::Key> = ing.buckets.values().flat_map(rows::Bucket::keys).collect();
+        assert_eq!(keys.len(), 4);
+        for partition_dimensions in [vec![], vec!["tags".to_string(), "page".to_string(), "nope".to_string()]] {
+            let h = spec::Hashed {
+                num_shards: Some(3),
+                target_rows_per_segment: 1,
+                partition_dimensions,
+            };
+            for key in &keys {
+                let written = ing.group_key(key, &h);
+                assert_eq!(
+                    String::from_utf8(written).unwrap(),
+                    String::from_utf8(group_key_as_values(&ing, key, &h)).unwrap()
+                );
+            }
+        }
     }
 }

@@ -20,19 +20,48 @@ pub type Row = (Key, Vec<Acc>);
 
 /// Writes sorted rows to `path`; returns how many.
 pub fn write_run(path: &Path, rows: impl Iterator<Item = Row>) -> Result<u64, String> {
-    let f = File::create(path).map_err(|e| format!("cannot create [{}]: {e}", path.display()))?;
-    let mut w = BufWriter::with_capacity(1 << 20, f);
-    let mut n = 0;
+    let mut w = RunWriter::create(path, 1 << 20)?;
     for row in rows {
-        let bytes = postcard::to_stdvec(&row).map_err(|e| format!("cannot encode a row: {e}"))?;
-        w.write_all(&(bytes.len() as u32).to_le_bytes())
-            .and_then(|_| w.write_all(&bytes))
-            .map_err(|e| format!("cannot write [{}]: {e}", path.display()))?;
-        n += 1;
+        w.push(&row)?;
     }
-    w.flush()
-        .map_err(|e| format!("cannot write [{}]: {e}", path.display()))?;
-    Ok(n)
+    w.finish()
+}
+
+/// Writes a run row by row (several can be written at once, each with its own buffer).
+pub struct RunWriter {
+    w: BufWriter<File>,
+    rows: u64,
+    name: String,
+}
+
+impl RunWriter {
+    /// A new run at `path`, written through a buffer of `buffer` bytes.
+    pub fn create(path: &Path, buffer: usize) -> Result<RunWriter, String> {
+        let f = File::create(path).map_err(|e| format!("cannot create [{}]: {e}", path.display()))?;
+        Ok(RunWriter {
+            w: BufWriter::with_capacity(buffer, f),
+            rows: 0,
+            name: path.display().to_string(),
+        })
+    }
+
+    pub fn push(&mut self, row: &Row) -> Result<(), String> {
+        let bytes = postcard::to_stdvec(row).map_err(|e| format!("cannot encode a row: {e}"))?;
+        self.w
+            .write_all(&(bytes.len() as u32).to_le_bytes())
+            .and_then(|_| self.w.write_all(&bytes))
+            .map_err(|e| format!("cannot write [{}]: {e}", self.name))?;
+        self.rows += 1;
+        Ok(())
+    }
+
+    /// Flushes the run; returns how many rows it holds.
+    pub fn finish(mut self) -> Result<u64, String> {
+        self.w
+            .flush()
+            .map_err(|e| format!("cannot write [{}]: {e}", self.name))?;
+        Ok(self.rows)
+    }
 }
 
 /// The read buffer of one run. A merge reads every run of an interval at once, and a long input
