@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Installs the system packages raftlord's build needs, when they are missing (Debian/Ubuntu).
 # RocksDB's Rust bindings are generated with bindgen, which needs libclang.
+# With --bench, also the peers the benchmarks run side by side: etcd and DuckDB.
 set -euo pipefail
+
+bench=false
+[ "${1:-}" = "--bench" ] && bench=true
 
 missing=()
 dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
@@ -11,6 +15,9 @@ command -v c++ >/dev/null 2>&1 || missing+=(g++)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
 dpkg -s libfaketime >/dev/null 2>&1 || missing+=(libfaketime)
+if $bench; then
+  command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+fi
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}" >&2
@@ -33,4 +40,8 @@ fi
 if ! python3 -c "import moto.server, flask, flask_cors, boto3" >/dev/null 2>&1; then
   echo "installing: moto[server] (PyPI)" >&2
   pip_install "moto[server]"
+fi
+if $bench && ! python3 -c "import duckdb" >/dev/null 2>&1; then
+  echo "installing: duckdb (PyPI)" >&2
+  pip_install duckdb
 fi
