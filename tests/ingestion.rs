@@ -104,6 +104,26 @@ fn expected_rollup(rows: &[Value]) -> BTreeMap<RowKey, RowMetrics> {
     out
 }
 
+/// The rows read back, by key; fails if two share time and dimensions (rollup left them apart).
+fn rolled_up(got: &[Value]) -> BTreeMap<RowKey, RowMetrics> {
+    let mut seen = BTreeMap::new();
+    for r in got {
+        let key = (
+            r["__time"].as_i64().unwrap(),
+            r["page"].as_str().unwrap().to_string(),
+            r["user"].as_str().unwrap().to_string(),
+            r["country"].as_str().unwrap().to_string(),
+        );
+        let v = (
+            r["count"].as_i64().unwrap(),
+            r["added"].as_i64().unwrap(),
+            r["delta_max"].as_f64().unwrap(),
+        );
+        assert!(seen.insert(key, v).is_none(), "two rows share time and dimensions: {r}");
+    }
+    seen
+}
+
 /// Reads Parquet files with pyarrow: every row as a JSON object, `__time` in ms.
 fn pyarrow_rows(paths: &[String]) -> Vec<Value> {
     let script = r#"
@@ -269,22 +289,7 @@ fn index_parallel_builds_rolled_up_parquet_segments_that_pyarrow_reads_back() {
     let expect = expected_rollup(&rows);
     let got = pyarrow_rows(&paths);
     assert_eq!(got.len(), expect.len());
-    let mut seen = BTreeMap::new();
-    for r in &got {
-        let key = (
-            r["__time"].as_i64().unwrap(),
-            r["page"].as_str().unwrap().to_string(),
-            r["user"].as_str().unwrap().to_string(),
-            r["country"].as_str().unwrap().to_string(),
-        );
-        let v = (
-            r["count"].as_i64().unwrap(),
-            r["added"].as_i64().unwrap(),
-            r["delta_max"].as_f64().unwrap(),
-        );
-        assert!(seen.insert(key, v).is_none(), "two rows share time and dimensions: {r}");
-    }
-    assert_eq!(seen, expect);
+    assert_eq!(rolled_up(&got), expect);
 
     // Re-ingest with overwrite: a new version for every day, above the old one.
     run_to_success(&urls, &spec("again", input.path(), false, json!({})), "again");
@@ -1529,25 +1534,7 @@ fn run_hashed_parallel(
     let segments = used_segments_of(urls, datasource);
     let got = pyarrow_rows(&load_paths(&segments));
     // Perfect rollup: exactly the rows the test computes, each once.
-    let mut found: BTreeMap<RowKey, RowMetrics> = BTreeMap::new();
-    for r in &got {
-        let key = (
-            r["__time"].as_i64().unwrap(),
-            r["page"].as_str().unwrap().to_string(),
-            r["user"].as_str().unwrap().to_string(),
-            r["country"].as_str().unwrap().to_string(),
-        );
-        let metrics = (
-            r["count"].as_i64().unwrap(),
-            r["added"].as_i64().unwrap(),
-            r["delta_max"].as_f64().unwrap(),
-        );
-        assert!(
-            found.insert(key.clone(), metrics).is_none(),
-            "{id}: {key:?} is in two rows"
-        );
-    }
-    assert_eq!(found, expected_rollup(rows), "{id}");
+    assert_eq!(rolled_up(&got), expected_rollup(rows), "{id}");
 
     // Each day: partitions 0..n of its non-empty buckets.
     let mut by_day: BTreeMap<String, Vec<&Value>> = BTreeMap::new();

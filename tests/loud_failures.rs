@@ -148,12 +148,7 @@ fn a_peer_with_another_cluster_secret_is_named_in_the_log() {
 fn a_new_cluster_forms_without_the_lost_data_warning_and_a_wiped_member_gets_it() {
     let dir = tempfile::tempdir().unwrap();
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let peers = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("{}=http://127.0.0.1:{p}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",");
+    let peers = common::peers_flag(&ports);
     let spawn = |id: u64, stderr: &std::path::Path| common::Proc {
         child: Command::new(raftlord_bin())
             .args(["server", "--node-id", &id.to_string(), "--worker-capacity", "0"])

@@ -396,6 +396,14 @@ async fn used_segment_files(
     .map_err(|e| format!("the download thread failed: {e}"))?
 }
 
+/// Opens deep storage for the task and registers it for removing what the task pushes and
+/// does not publish.
+pub(super) fn open_deep_storage(pushed: &Mutex<Pushed>) -> Result<Arc<DeepStorage>, String> {
+    let deep = Arc::new(deep_storage()?);
+    pushed.lock().unwrap_or_else(|p| p.into_inner()).deep = Some(deep.clone());
+    Ok(deep)
+}
+
 /// Locks what the spec names up front, resolves a `druid` source's segments (under those
 /// locks), then ingests.
 #[allow(clippy::too_many_arguments)]
@@ -409,8 +417,7 @@ async fn run_spec(
     live: &Arc<Mutex<Outcome>>,
     pushed: &Arc<Mutex<Pushed>>,
 ) -> Result<(), String> {
-    let deep = Arc::new(deep_storage()?);
-    pushed.lock().unwrap_or_else(|p| p.into_inner()).deep = Some(deep.clone());
+    let deep = open_deep_storage(pushed)?;
     let versions = lock_up_front(&spec, actions).await?;
     if let raftlord_ingest::source::InputSource::Druid {
         datasource, interval, ..

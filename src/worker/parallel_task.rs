@@ -51,7 +51,8 @@ use raftlord_ingest::spec::{CARDINALITY_TYPE, PARTIAL_GENERATE_TYPE, PARTIAL_MER
 use raftlord_ingest::IngestSpec;
 
 use super::index_task::{
-    deep_storage, ingest, lock_up_front, log, set_state, tombstones, write_report, MergeInterval, Outcome, Pushed, Role,
+    ingest, lock_up_front, log, open_deep_storage, set_state, tombstones, write_report, MergeInterval, Outcome, Pushed,
+    Role,
 };
 use super::task_actions::TaskActions;
 use crate::interval::Interval;
@@ -142,8 +143,7 @@ pub async fn run(
     pushed: &Arc<Mutex<Pushed>>,
 ) -> Result<(), String> {
     let id = task["id"].as_str().unwrap_or_default().to_string();
-    let deep = Arc::new(deep_storage()?);
-    pushed.lock().unwrap_or_else(|p| p.into_inner()).deep = Some(deep.clone());
+    let deep = open_deep_storage(pushed)?;
     let mut versions = lock_up_front(spec, actions).await?;
     let total = splits.len();
     set_state(live, "BUILD_SEGMENTS", dir, &id);
@@ -538,12 +538,17 @@ fn deal_merges(
     Ok(plans)
 }
 
+/// The interval from the first start to the last end of a merge task's intervals.
+fn umbrella(partitions: &BTreeMap<Interval, MergeInterval>) -> Option<Interval> {
+    let start = partitions.keys().map(|i| i.start).min()?;
+    let end = partitions.keys().map(|i| i.end).max()?;
+    Interval::new(start, end)
+}
+
 /// The spec of a merge sub-task: the parent's, reading the partial segments of `plan` (a
 /// `druid` source over their umbrella interval, whose files the sub-task fetches itself).
 fn merge_task(parent: &Value, spec: &IngestSpec, plan: &MergePlan, spec_id: usize, attempt: u32) -> (String, Value) {
-    let start = plan.partitions.keys().map(|i| i.start).min().unwrap_or(0);
-    let end = plan.partitions.keys().map(|i| i.end).max().unwrap_or(0);
-    let umbrella = Interval::new(start, end).map(|i| i.to_string()).unwrap_or_default();
+    let umbrella = umbrella(&plan.partitions).map(|i| i.to_string()).unwrap_or_default();
     let source = json!({"type": "druid", "dataSource": spec.datasource, "interval": umbrella});
     let (id, mut t) = sub_task(parent, PARTIAL_MERGE_TYPE, &source, spec_id, attempt);
     if let Some(io) = t.pointer_mut("/spec/ioConfig").and_then(Value::as_object_mut) {
@@ -579,8 +584,7 @@ pub async fn run_merge(
     pushed: &Arc<Mutex<Pushed>>,
 ) -> Result<(), String> {
     let id = task["id"].as_str().unwrap_or_default().to_string();
-    let deep = Arc::new(deep_storage()?);
-    pushed.lock().unwrap_or_else(|p| p.into_inner()).deep = Some(deep.clone());
+    let deep = open_deep_storage(pushed)?;
     let mut partitions: BTreeMap<Interval, MergeInterval> = BTreeMap::new();
     for p in task["mergePartitions"].as_array().into_iter().flatten() {
         let interval = p["interval"]
@@ -616,15 +620,13 @@ pub async fn run_merge(
     .await
     .map_err(|e| format!("the download thread failed: {e}"))??;
     log(&format!("merging {} partial segment(s)", existing.len()));
-    let start = partitions.keys().map(|i| i.start).min().unwrap_or(0);
-    let end = partitions.keys().map(|i| i.end).max().unwrap_or(0);
     let mut granularity = serde_json::Map::new();
     granularity.insert("segmentGranularity".into(), spec.segment_granularity_json.clone());
     granularity.insert("queryGranularity".into(), spec.query_granularity_json.clone());
     granularity.insert("rollup".into(), json!(spec.rollup));
     let reindex = CompactSpec {
         datasource: spec.datasource.clone(),
-        interval: Interval::new(start, end).ok_or("the merge partitions span no interval")?,
+        interval: umbrella(&partitions).ok_or("the merge partitions span no interval")?,
         segments: None,
         dimensions_spec: None,
         metrics_spec: None,

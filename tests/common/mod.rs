@@ -298,6 +298,16 @@ pub fn leader_of(urls: &[String]) -> Option<(u64, String)> {
     None
 }
 
+/// `--peers` for nodes 1, 2, ... on 127.0.0.1 at `ports`.
+pub fn peers_flag(ports: &[u16]) -> String {
+    ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}=http://127.0.0.1:{p}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Three `raftlord server` processes forming one cluster, each started with `extra` flags.
 pub struct ThreeNodes {
     pub dir: tempfile::TempDir,
@@ -318,12 +328,7 @@ impl ThreeNodes {
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> ThreeNodes {
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let peers = ports
-            .iter()
-            .enumerate()
-            .map(|(i, p)| format!("{}=http://127.0.0.1:{p}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
+        let peers = peers_flag(&ports);
         let mut t = ThreeNodes {
             dir,
             ports,
