@@ -43,6 +43,20 @@ fn run_to_success(urls: &[String], task: &Value, id: &str) {
     assert_eq!(status["statusCode"], "SUCCESS", "{status}");
 }
 
+/// Submits `task`, waits for it to fail, and returns the error of its report, and the report.
+fn run_to_failure(urls: &[String], task: &Value, id: &str) -> (String, Value) {
+    let (s, v) = post(urls, &format!("{API}/task"), task);
+    assert_eq!(s, 200, "{v}");
+    let status = wait_done(urls, id);
+    assert_eq!(status["statusCode"], "FAILED", "{status}");
+    let report = get(urls, &format!("{API}/task/{id}/reports")).unwrap();
+    let error = report["ingestionStatsAndErrors"]["payload"]["errorMsg"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    (error, report)
+}
+
 fn wait_done(urls: &[String], id: &str) -> Value {
     wait_for_blocking(&format!("task {id} to finish"), Duration::from_secs(120), || {
         let v = get(urls, &format!("{API}/task/{id}/status"))?;
@@ -1233,14 +1247,7 @@ fn index_parallel_runs_sub_tasks_and_publishes_their_segments_once() {
     tuning["maxRetry"] = json!(1);
     let mut bad = spec("par-bad", bad_input.path(), false, tuning);
     bad["spec"]["dataSchema"]["dataSource"] = json!("wiki-bad");
-    let (s, v) = post(&urls, &format!("{API}/task"), &bad);
-    assert_eq!(s, 200, "{v}");
-    let status = wait_done(&urls, "par-bad");
-    assert_eq!(status["statusCode"], "FAILED", "{status}");
-    let report = get(&urls, &format!("{API}/task/par-bad/reports")).unwrap();
-    let error = report["ingestionStatsAndErrors"]["payload"]["errorMsg"]
-        .as_str()
-        .unwrap_or("");
+    let (error, report) = run_to_failure(&urls, &bad, "par-bad");
     assert!(
         error.contains("after 2 attempt(s)") && error.contains("day-9.json.gz"),
         "{report}"
@@ -1397,14 +1404,7 @@ fn compaction_by_segment_ids_runs_only_on_the_segments_visible_now() {
     assert_eq!(got.len(), expected_rollup(&rows).len());
 
     // The same ids again: they are overshadowed now.
-    let (s, v) = post(&urls, &format!("{API}/task"), &by_ids("ids-2", &ids));
-    assert_eq!(s, 200, "{v}");
-    let status = wait_done(&urls, "ids-2");
-    assert_eq!(status["statusCode"], "FAILED", "{status}");
-    let report = get(&urls, &format!("{API}/task/ids-2/reports")).unwrap();
-    let error = report["ingestionStatsAndErrors"]["payload"]["errorMsg"]
-        .as_str()
-        .unwrap_or("");
+    let (error, report) = run_to_failure(&urls, &by_ids("ids-2", &ids), "ids-2");
     assert!(error.contains("not those visible now"), "{report}");
     assert!(error.contains(now[0]["identifier"].as_str().unwrap()), "{report}");
 
