@@ -1661,3 +1661,69 @@ fn hashed_index_parallel_runs_two_phases_and_rolls_up_perfectly_across_sub_tasks
     published.sort();
     assert_eq!(left, published);
 }
+
+/// A parallel task shut down while its sub-tasks run: it shuts them down and waits for them,
+/// so nothing is published and nothing any of them pushed (one that succeeded first included)
+/// stays in deep storage.
+#[test]
+fn a_parallel_task_shut_down_mid_run_stops_its_sub_tasks_and_leaves_no_files() {
+    let deep = tempfile::tempdir().unwrap();
+    let input = tempfile::tempdir().unwrap();
+    // Two small splits first (their sub-tasks succeed at once), then four that take seconds.
+    let scratch = tempfile::tempdir().unwrap();
+    let files = [
+        ("a-0", 1_000),
+        ("a-1", 1_000),
+        ("b-0", 150_000),
+        ("b-1", 150_000),
+        ("b-2", 150_000),
+        ("b-3", 150_000),
+    ];
+    for (name, rows) in files {
+        write_big_input(scratch.path(), rows, 600, 5000);
+        std::fs::rename(
+            scratch.path().join("big.json"),
+            input.path().join(format!("{name}.json")),
+        )
+        .unwrap();
+    }
+    let (_cluster, urls) = start(deep.path(), 2);
+    let tuning = json!({"maxNumConcurrentSubTasks": 2, "splitHintSpec": {"type": "maxSize", "maxSplitSize": 1}});
+    let mut task = spec("stopped", input.path(), false, tuning);
+    task["spec"]["ioConfig"]["inputSource"]["filter"] = json!("*.json");
+    let (s, v) = post(&urls, &format!("{API}/task"), &task);
+    assert_eq!(s, 200, "{v}");
+    // Once one sub-task has succeeded (its segments pushed, not yet published).
+    wait_for_blocking("a sub-task to succeed", Duration::from_secs(60), || {
+        let r = get(&urls, &format!("{API}/task/stopped/reports"))?;
+        (r["parallelIndexProgress"]["payload"]["succeeded"].as_u64()? >= 1).then_some(())
+    });
+    let (s, v) = post(&urls, &format!("{API}/task/stopped/shutdown"), &json!({}));
+    assert_eq!(s, 200, "{v}");
+    let status = wait_done(&urls, "stopped");
+    assert_eq!(status["statusCode"], "FAILED", "{status}");
+    // Every sub-task ended.
+    let tasks = get(&urls, &format!("{API}/tasks")).unwrap();
+    let subs: Vec<&Value> = tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| {
+            t["id"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("single_phase_sub_task_stopped_")
+        })
+        .collect();
+    assert!(subs.len() >= 2, "{tasks}");
+    for t in subs {
+        let done = wait_done(&urls, t["id"].as_str().unwrap());
+        assert!(
+            done["statusCode"] == "SUCCESS" || done["statusCode"] == "FAILED",
+            "{done}"
+        );
+    }
+    assert!(used_segments(&urls).is_empty());
+    let left = walk(&deep.path().join("wiki"));
+    assert!(left.is_empty(), "files of a stopped parallel task stayed: {left:?}");
+}

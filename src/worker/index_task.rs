@@ -37,6 +37,10 @@ use crate::interval::Interval;
 /// worker for its peons.
 pub const DEEP_STORAGE_ENV: &str = "RAFTLORD_DEEP_STORAGE";
 
+/// How long a stopped parallel task waits for the sub-tasks it shut down to end (a stopped peon
+/// has `--peon-graceful-stop-ms`, 10 s by default, before it is killed).
+pub const SUB_TASK_STOP_WAIT: Duration = Duration::from_secs(5);
+
 /// How often progress is logged and the live report rewritten.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
@@ -220,7 +224,7 @@ pub async fn run(task: Value, dir: &Path, live: Arc<Mutex<Outcome>>, pushed: Arc
         }
     };
     if result.is_err() {
-        stop_subtasks(&pushed, &actions).await;
+        stop_subtasks(&pushed, &actions, SUB_TASK_STOP_WAIT).await;
         remove_pushed(pushed).await;
     }
     result
@@ -246,13 +250,45 @@ fn interval_to_num_shards(task: &Value) -> Result<Option<BTreeMap<Interval, u32>
     Ok(Some(out))
 }
 
-/// Shuts down the sub-tasks a parallel task still has running.
-pub async fn stop_subtasks(pushed: &Mutex<Pushed>, actions: &TaskActions) {
+/// Shuts down the sub-tasks a parallel task still has running and waits up to `wait` for them
+/// to end, so that whatever one of them pushed before it ended (a sub-task that succeeded just
+/// before) is known, and removed with the rest of what this task pushed.
+pub async fn stop_subtasks(pushed: &Mutex<Pushed>, actions: &TaskActions, wait: Duration) {
     let running = std::mem::take(&mut pushed.lock().unwrap_or_else(|p| p.into_inner()).running_subtasks);
-    for id in running {
-        match actions.shutdown_task(&id).await {
+    for id in &running {
+        match actions.shutdown_task(id).await {
             Ok(()) => log(&format!("shut down sub-task [{id}]")),
             Err(e) => log(&format!("could not shut down sub-task [{id}]: {e}")),
+        }
+    }
+    let deadline = Instant::now() + wait;
+    for id in &running {
+        let code = loop {
+            let code = match actions.task_status(id).await {
+                Ok(s) => s["statusCode"].as_str().unwrap_or("").to_string(),
+                Err(_) => String::new(),
+            };
+            if code == "SUCCESS" || code == "FAILED" || Instant::now() >= deadline {
+                break code;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        match code.as_str() {
+            "SUCCESS" => {
+                if let Ok(r) = actions.task_reports(id).await {
+                    let theirs = r.pointer("/pushedSegments/payload/segments").and_then(Value::as_array);
+                    pushed
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .files
+                        .extend(theirs.into_iter().flatten().map(|s| s["loadSpec"].clone()));
+                }
+            }
+            "FAILED" => {}
+            _ => log(&format!(
+                "sub-task [{id}] had not ended after {} s; it removes what it pushed itself",
+                wait.as_secs()
+            )),
         }
     }
 }

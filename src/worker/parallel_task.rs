@@ -51,8 +51,8 @@ use raftlord_ingest::spec::{CARDINALITY_TYPE, PARTIAL_GENERATE_TYPE, PARTIAL_MER
 use raftlord_ingest::IngestSpec;
 
 use super::index_task::{
-    ingest, lock_up_front, log, open_deep_storage, set_state, tombstones, write_report, MergeInterval, Outcome, Pushed,
-    Role,
+    ingest, lock_up_front, log, open_deep_storage, set_state, stop_subtasks, tombstones, write_report, MergeInterval,
+    Outcome, Pushed, Role,
 };
 use super::task_actions::TaskActions;
 use crate::interval::Interval;
@@ -305,6 +305,7 @@ async fn run_phase(
     let mut running: BTreeMap<usize, String> = BTreeMap::new();
     let mut segments: Vec<Value> = Vec::new();
     let mut succeeded_reports: Vec<Value> = Vec::new();
+    let mut reported: Vec<(String, String)> = Vec::new();
     let mut succeeded = 0usize;
     loop {
         while running.len() < concurrency {
@@ -372,7 +373,8 @@ async fn run_phase(
                 .unwrap_or("no reason given")
                 .to_string();
             if attempts[i] as u64 > spec.max_retry {
-                wind_down(&running, actions, pushed).await;
+                // Past this, what they pushed is removed with the rest.
+                stop_subtasks(pushed, actions, Duration::from_secs(120)).await;
                 return Err(format!(
                     "sub-task [{sub_id}] failed after {} attempt(s) (maxRetry {}): {why}",
                     attempts[i], spec.max_retry
@@ -381,16 +383,21 @@ async fn run_phase(
             log(&format!("sub-task [{sub_id}] failed, running it again: {why}"));
             queue.push_back(i);
         }
+        let o = live.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if last_log.elapsed() >= PROGRESS_EVERY {
             last_log = Instant::now();
-            let o = live.lock().unwrap_or_else(|e| e.into_inner()).clone();
             log(&format!(
                 "sub-tasks: {succeeded} of {count} succeeded, {} running; {} rows read in {:.0} s",
                 running.len(),
                 o.stats.processed,
                 started.elapsed().as_secs_f64()
             ));
+        }
+        // The live report shows each sub-task's start and end as soon as they are seen.
+        let seen: Vec<(String, String)> = o.subtasks.iter().map(|(_, t, s)| (t.clone(), s.clone())).collect();
+        if seen != reported {
             write_report(dir, id, &o);
+            reported = seen;
         }
     }
     Ok((segments, succeeded_reports))
@@ -659,44 +666,6 @@ pub async fn run_merge(
         pushed,
     )
     .await
-}
-
-/// Shuts down the sub-tasks still running and waits for them to end, so that whatever one of
-/// them pushed before it ended is known and removed with the rest.
-async fn wind_down(running: &BTreeMap<usize, String>, actions: &TaskActions, pushed: &Mutex<Pushed>) {
-    for id in running.values() {
-        if let Err(e) = actions.shutdown_task(id).await {
-            log(&format!("could not shut down sub-task [{id}]: {e}"));
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    for id in running.values() {
-        let code = loop {
-            let code = match actions.task_status(id).await {
-                Ok(s) => s["statusCode"].as_str().unwrap_or("").to_string(),
-                Err(_) => String::new(),
-            };
-            if code == "SUCCESS" || code == "FAILED" || Instant::now() >= deadline {
-                break code;
-            }
-            tokio::time::sleep(POLL).await;
-        };
-        if code == "SUCCESS" {
-            if let Ok(r) = actions.task_reports(id).await {
-                let theirs = r.pointer("/pushedSegments/payload/segments").and_then(Value::as_array);
-                pushed
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .files
-                    .extend(theirs.into_iter().flatten().map(|s| s["loadSpec"].clone()));
-            }
-        }
-    }
-    pushed
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .running_subtasks
-        .clear();
 }
 
 fn update(live: &Mutex<Outcome>, f: impl FnOnce(&mut Outcome)) {

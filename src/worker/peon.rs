@@ -84,7 +84,7 @@ pub async fn run(dir: &Path) -> i32 {
                     } => r,
                     _ = term.recv() => {
                         if let Ok(a) = &actions {
-                            index_task::stop_subtasks(&pushed, a).await;
+                            index_task::stop_subtasks(&pushed, a, index_task::SUB_TASK_STOP_WAIT).await;
                         }
                         index_task::remove_pushed(pushed.clone()).await;
                         Err("the task was stopped (SIGTERM) before it finished".to_string())
