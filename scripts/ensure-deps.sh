@@ -15,6 +15,8 @@ command -v c++ >/dev/null 2>&1 || missing+=(g++)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
 dpkg -s libfaketime >/dev/null 2>&1 || missing+=(libfaketime)
+# The https input test makes its own CA and server certificate.
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if $bench; then
   command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 fi

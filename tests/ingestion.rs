@@ -1727,3 +1727,133 @@ fn a_parallel_task_shut_down_mid_run_stops_its_sub_tasks_and_leaves_no_files() {
     let left = walk(&deep.path().join("wiki"));
     assert!(left.is_empty(), "files of a stopped parallel task stayed: {left:?}");
 }
+
+/// The http input source over https: a real TLS server (Python's, with a certificate the test
+/// makes for 127.0.0.1 and gives the nodes through `SSL_CERT_FILE`) serves the input and the
+/// task reads it; a name the certificate does not cover fails the task, naming the URI.
+#[test]
+fn https_input_is_read_from_a_tls_server_whose_certificate_is_checked() {
+    let deep = tempfile::tempdir().unwrap();
+    let input = tempfile::tempdir().unwrap();
+    let rows = write_input(input.path(), 2);
+    let tls = tempfile::tempdir().unwrap();
+    // A CA, and a server certificate it signs for 127.0.0.1 (a self-signed certificate is a CA,
+    // which rustls refuses as a server's).
+    let file = |name: &str| tls.path().join(name).display().to_string();
+    std::fs::write(
+        file("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    let steps: [Vec<String>; 3] = [
+        [
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=raftlord test CA",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(["-keyout".into(), file("ca.key"), "-out".into(), file("ca.pem")])
+        .collect(),
+        ["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["-keyout".into(), file("key.pem"), "-out".into(), file("leaf.csr")])
+            .collect(),
+        ["x509", "-req", "-days", "1", "-CAcreateserial"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([
+                "-in".into(),
+                file("leaf.csr"),
+                "-CA".into(),
+                file("ca.pem"),
+                "-CAkey".into(),
+                file("ca.key"),
+                "-extfile".into(),
+                file("leaf.ext"),
+                "-out".into(),
+                file("cert.pem"),
+            ])
+            .collect(),
+    ];
+    for args in steps {
+        let made = std::process::Command::new("openssl")
+            .args(&args)
+            .output()
+            .expect("openssl (scripts/ensure-deps.sh installs it)");
+        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    }
+    let (cert, key) = (file("cert.pem"), file("key.pem"));
+    let port = common::free_port();
+    let server = r#"
+import http.server, ssl, sys, functools
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[1])
+httpd = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[2])), handler)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[3], sys.argv[4])
+httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+httpd.serve_forever()
+"#;
+    let child = std::process::Command::new("python3")
+        .args(["-c", server])
+        .arg(input.path())
+        .arg(port.to_string())
+        .arg(&cert)
+        .arg(&key)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _server = common::Proc {
+        child,
+        url: String::new(),
+    };
+    wait_for_blocking("the TLS server to listen", Duration::from_secs(30), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    let ca = file("ca.pem");
+    let cluster = ThreeNodes::start_with_env(
+        &[
+            "--worker-capacity",
+            "1",
+            "--deep-storage",
+            &deep.path().display().to_string(),
+        ],
+        &[("SSL_CERT_FILE", ca.as_str())],
+    );
+    let urls = cluster.urls();
+    wait_for_blocking("a leader", Duration::from_secs(30), || common::leader_of(&urls));
+    let with_uris = |id: &str, host: &str| {
+        let mut s = spec(id, input.path(), false, json!({}));
+        let uris: Vec<String> = (0..2)
+            .map(|d| format!("https://{host}:{port}/day-{d}.json.gz"))
+            .collect();
+        s["spec"]["ioConfig"]["inputSource"] = json!({"type": "http", "uris": uris});
+        s
+    };
+    run_to_success(&urls, &with_uris("tls", "127.0.0.1"), "tls");
+    let got = pyarrow_rows(&load_paths(&used_segments(&urls)));
+    assert_eq!(rolled_up(&got), expected_rollup(&rows));
+
+    // `localhost` is not a name the certificate covers.
+    let mut other = with_uris("wrong-name", "localhost");
+    other["spec"]["dataSchema"]["dataSource"] = json!("wiki-wrong-name");
+    let (s, v) = post(&urls, &format!("{API}/task"), &other);
+    assert_eq!(s, 200, "{v}");
+    let status = wait_done(&urls, "wrong-name");
+    assert_eq!(status["statusCode"], "FAILED", "{status}");
+    let msg = status["errorMsg"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains(&format!("https://localhost:{port}/day-0.json.gz")),
+        "{status}"
+    );
+    assert!(used_segments_of(&urls, "wiki-wrong-name").is_empty());
+    drop(cluster);
+}
