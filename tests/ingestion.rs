@@ -196,11 +196,26 @@ fn spec(id: &str, input: &Path, append: bool, extra_tuning: Value) -> Value {
 /// Three nodes, each a worker with `slots` slots, sharing the deep storage `deep`; once they
 /// have a leader.
 fn start(deep: &Path, slots: u32) -> (ThreeNodes, Vec<String>) {
+    start_with_env(deep, slots, &[])
+}
+
+/// [`start`] with `env` added to each node's environment.
+fn start_with_env(deep: &Path, slots: u32, env: &[(&str, &str)]) -> (ThreeNodes, Vec<String>) {
     let deep_flag = deep.display().to_string();
-    let cluster = ThreeNodes::start(&["--worker-capacity", &slots.to_string(), "--deep-storage", &deep_flag]);
+    let cluster = ThreeNodes::start_with_env(
+        &["--worker-capacity", &slots.to_string(), "--deep-storage", &deep_flag],
+        env,
+    );
     let urls = cluster.urls();
     wait_for_blocking("a leader", Duration::from_secs(30), || common::leader_of(&urls));
     (cluster, urls)
+}
+
+/// Nothing of `datasource` is published, and deep storage holds no file of it.
+fn assert_nothing_left(urls: &[String], deep: &Path, datasource: &str) {
+    assert!(used_segments_of(urls, datasource).is_empty());
+    let left = walk(&deep.join(datasource));
+    assert!(left.is_empty(), "files of [{datasource}] stayed: {left:?}");
 }
 
 fn used_segments_of(urls: &[String], datasource: &str) -> Vec<Value> {
@@ -589,9 +604,7 @@ fn a_peon_killed_mid_ingestion_fails_the_task_and_publishes_nothing() {
     .unwrap();
     let status = wait_done(&urls, "victim");
     assert_eq!(status["statusCode"], "FAILED", "{status}");
-    assert!(used_segments(&urls).is_empty());
-    let left = walk(&deep.path().join("wiki"));
-    assert!(left.is_empty(), "{left:?}");
+    assert_nothing_left(&urls, deep.path(), "wiki");
 }
 
 /// An HTTP server for the test: serves the files of `dir` under `/data/` to requests carrying
@@ -1252,9 +1265,7 @@ fn index_parallel_runs_sub_tasks_and_publishes_their_segments_once() {
         error.contains("after 2 attempt(s)") && error.contains("day-9.json.gz"),
         "{report}"
     );
-    assert!(used_segments_of(&urls, "wiki-bad").is_empty());
-    let left = walk(&deep.path().join("wiki-bad"));
-    assert!(left.is_empty(), "files of a failed parallel task stayed: {left:?}");
+    assert_nothing_left(&urls, deep.path(), "wiki-bad");
 }
 
 /// Found a trap: on a node with one task slot (`raftlord dev` on a 2-core machine), a parallel
@@ -1723,9 +1734,7 @@ fn a_parallel_task_shut_down_mid_run_stops_its_sub_tasks_and_leaves_no_files() {
             "{done}"
         );
     }
-    assert!(used_segments(&urls).is_empty());
-    let left = walk(&deep.path().join("wiki"));
-    assert!(left.is_empty(), "files of a stopped parallel task stayed: {left:?}");
+    assert_nothing_left(&urls, deep.path(), "wiki");
 }
 
 /// The http input source over https: a real TLS server (Python's, with a certificate the test
@@ -1819,17 +1828,7 @@ httpd.serve_forever()
         std::net::TcpStream::connect(("127.0.0.1", port)).ok()
     });
     let ca = file("ca.pem");
-    let cluster = ThreeNodes::start_with_env(
-        &[
-            "--worker-capacity",
-            "1",
-            "--deep-storage",
-            &deep.path().display().to_string(),
-        ],
-        &[("SSL_CERT_FILE", ca.as_str())],
-    );
-    let urls = cluster.urls();
-    wait_for_blocking("a leader", Duration::from_secs(30), || common::leader_of(&urls));
+    let (cluster, urls) = start_with_env(deep.path(), 1, &[("SSL_CERT_FILE", ca.as_str())]);
     let with_uris = |id: &str, host: &str| {
         let mut s = spec(id, input.path(), false, json!({}));
         let uris: Vec<String> = (0..2)
