@@ -44,14 +44,15 @@ impl Dev {
         let before = self.stored().await;
         let (s, v) = self.submit(body).await;
         assert_eq!(s, status, "body {body:.80}: {v}");
-        let msg = v["message"]
+        let msg = v["errorMessage"]
             .as_str()
             .unwrap_or_else(|| panic!("JSON error body expected, got {v}"));
         assert!(
             msg.contains(message_part),
             "message {msg:?} should mention {message_part:?}"
         );
-        assert!(v["error"].is_string());
+        assert_eq!(v["error"], "druidException", "{v}");
+        assert!(v["errorCode"].is_string() && v["category"].is_string() && v["persona"].is_string(), "{v}");
         assert_eq!(self.stored().await, before, "a rejected submission changed the state");
     }
 }
@@ -254,13 +255,13 @@ async fn bad_submissions_get_a_clear_4xx_and_change_nothing() {
     assert_eq!((v["task"].as_str(), v["payload"].is_null()), (Some("missing"), true));
     let (s, v) = d.get("/task/missing/status").await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    assert!(v["status"].is_null() && v["message"].is_string());
+    assert!(v["status"].is_null() && v["errorMessage"].is_string());
     let (s, v) = d.get("/tasks?state=sleeping").await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
-    assert!(v["message"].as_str().unwrap().contains("sleeping"));
+    assert!(v["errorMessage"].as_str().unwrap().contains("sleeping"));
     let (s, v) = d.get("/tasks?createdTimeInterval=yesterday").await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
-    assert!(v["message"].as_str().unwrap().contains("createdTimeInterval"));
+    assert!(v["errorMessage"].as_str().unwrap().contains("createdTimeInterval"));
     let r = d.client.post(d.u("/taskStatus")).json(&json!([])).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     d.node.stop().await;
@@ -287,7 +288,7 @@ async fn internal_routes_need_the_cluster_secret_and_reject_malformed_rpcs() {
             .unwrap();
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{path}");
         let v: Value = r.json().await.unwrap();
-        assert_eq!(v["error"], "unauthorized");
+        assert_eq!(v["errorCode"], "unauthorized");
         let r = d
             .client
             .post(format!("{}{path}", d.url))
@@ -314,8 +315,8 @@ async fn internal_routes_need_the_cluster_secret_and_reject_malformed_rpcs() {
             .unwrap();
         assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{path}");
         let v: Value = r.json().await.unwrap();
-        assert_eq!(v["error"], "invalidInput", "{path}");
-        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{path}: {v}");
+        assert_eq!(v["errorCode"], "invalidInput", "{path}");
+        assert!(v["errorMessage"].as_str().is_some_and(|m| !m.is_empty()), "{path}: {v}");
     }
     let r = d
         .client
@@ -358,4 +359,61 @@ async fn node_announces_itself_and_discovery_lists_it() {
     })
     .await;
     d.node.stop().await;
+}
+
+/// Druid's clients (`druidapi`'s `check_error`, the web console) show `errorMessage`, else
+/// `error`: task routes answer Druid's `ErrorResponse`, with the category matching the status;
+/// the Coordinator's and worker config's older routes answer `{"error": "<message>"}`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_come_in_druids_shapes_with_the_reason_where_druid_clients_read_it() {
+    let d = Dev::start(Limits::default()).await;
+    let cases: [(reqwest::RequestBuilder, StatusCode, &str, &str); 4] = [
+        (
+            d.client.post(d.u("/task")).header("content-type", "application/json").body("{\"type\":"),
+            StatusCode::BAD_REQUEST,
+            "INVALID_INPUT",
+            "invalidInput",
+        ),
+        (
+            d.client.get(format!("{}/no/such/route", d.url)),
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "notFound",
+        ),
+        (
+            d.client.get(d.u("/task/nope/reports")),
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "notFound",
+        ),
+        (
+            d.client.put(d.u("/task")),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "INVALID_INPUT",
+            "methodNotAllowed",
+        ),
+    ];
+    for (request, status, category, code) in cases {
+        let r = request.send().await.unwrap();
+        assert_eq!(r.status(), status);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"], "druidException", "{v}");
+        assert_eq!((v["category"].as_str(), v["errorCode"].as_str()), (Some(category), Some(code)), "{v}");
+        assert_eq!(v["persona"], "USER", "{v}");
+        assert_eq!(v["context"], json!({}), "{v}");
+        assert!(v["errorMessage"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    }
+
+    // Older routes: only the reason, under `error`.
+    let coordinator = format!("{}/druid/coordinator/v1/datasources/wiki/markUnused", d.url);
+    let r = d.client.post(coordinator).json(&json!({"interval": "not an interval"})).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let v: Value = r.json().await.unwrap();
+    let reason = v["error"].as_str().unwrap_or_else(|| panic!("{v}"));
+    assert!(reason.contains("interval"), "{v}");
+    assert_eq!(v.as_object().map(|o| o.len()), Some(1), "{v}");
+    let r = d.client.post(d.u("/worker")).json(&json!({"selectStrategy": 5})).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["error"].as_str().is_some_and(|m| m != "druidException" && !m.is_empty()), "{v}");
 }

@@ -58,7 +58,7 @@ fn submit_until_answered(
             Ok(resp) if resp.status().is_success() => return Some(true),
             Ok(resp) if resp.status() == 400 => {
                 let v: Value = resp.json().unwrap_or_default();
-                let msg = v["message"].as_str().unwrap_or_default();
+                let msg = v["errorMessage"].as_str().unwrap_or_default();
                 // A retry of a write that committed before its answer was lost.
                 assert!(msg.contains("already exists"), "unexpected 400: {v}");
                 return Some(true);

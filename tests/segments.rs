@@ -58,9 +58,7 @@ impl Dev {
         let before = self.stored().await;
         let (s, v) = fut.await;
         assert!(s.is_client_error(), "{s}: {v}");
-        let msg = v["message"]
-            .as_str()
-            .unwrap_or_else(|| panic!("JSON error expected: {v}"));
+        let msg = common::error_reason(&v).unwrap_or_else(|| panic!("JSON error expected: {v}"));
         assert!(msg.contains(part), "{msg:?} should mention {part:?}");
         assert_eq!(self.stored().await, before, "bad input changed the state");
     }

@@ -42,7 +42,7 @@ async fn until_answered(
             Ok(resp) if resp.status() == 200 => return Some(true),
             Ok(resp) if resp.status() == 400 => {
                 let v: Value = resp.json().await.unwrap_or_default();
-                return Some(v["message"].as_str().is_some_and(|m| m.contains("already exists")));
+                return Some(v["errorMessage"].as_str().is_some_and(|m| m.contains("already exists")));
             }
             _ => tokio::time::sleep(Duration::from_millis(20)).await,
         }

@@ -88,7 +88,7 @@ impl Report {
         v.extend(self.exited.iter().cloned());
         v.extend(self.problems.iter().cloned());
         match &self.refusal {
-            Some((503, body)) if body["message"].as_str().is_some_and(|m| m.contains("free")) => {}
+            Some((503, body)) if body["errorMessage"].as_str().is_some_and(|m| m.contains("free")) => {}
             other => v.push(format!(
                 "the full leader answered {other:?}, not a 503 saying the disk is full"
             )),
@@ -282,7 +282,7 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<Report> {
                 let l = leader(&c, nodes)?;
                 match submit(&c, &nodes[l - 1].url, &id)? {
                     (200, _) => Some(()),
-                    (400, v) if v["message"].as_str().is_some_and(|m| m.contains("already exists")) => Some(()),
+                    (400, v) if v["errorMessage"].as_str().is_some_and(|m| m.contains("already exists")) => Some(()),
                     _ => None,
                 }
             })?;
@@ -336,7 +336,7 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<Report> {
                     acked.insert(id);
                 }
                 // Refused before it was proposed; any other failure leaves the outcome open.
-                Some((503, v)) if v["message"].as_str().is_some_and(|m| m.contains("free")) => {
+                Some((503, v)) if v["errorMessage"].as_str().is_some_and(|m| m.contains("free")) => {
                     refused.insert(id);
                 }
                 _ => {}

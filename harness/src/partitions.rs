@@ -543,7 +543,7 @@ fn submit(c: &reqwest::blocking::Client, urls: &[String], body: &Value, give_up:
             Ok(r) if r.status() == 400 => {
                 let v: Value = r.json().unwrap_or_default();
                 // A retry of a write that committed before its answer was lost.
-                return v["message"].as_str().is_some_and(|m| m.contains("already exists"));
+                return v["errorMessage"].as_str().is_some_and(|m| m.contains("already exists"));
             }
             _ => std::thread::sleep(Duration::from_millis(20)), // back off before the retry
         }

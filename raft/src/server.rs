@@ -50,19 +50,51 @@ pub async fn require_secret(State(secret): State<Arc<str>>, req: Request, next: 
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
         Some(g) if constant_time_eq(g.as_bytes(), secret.as_bytes()) => next.run(req).await,
-        _ => (
+        _ => error_response(
             StatusCode::UNAUTHORIZED,
-            Json(serde_json::json!({
-                "error": "unauthorized",
-                "message": "this route needs the cluster secret as 'Authorization: Bearer <secret>'"
-            })),
-        )
-            .into_response(),
+            "unauthorized",
+            "this route needs the cluster secret as 'Authorization: Bearer <secret>'",
+        ),
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Whether `given` is the cluster secret, compared in constant time.
+pub fn constant_time_eq(given: &[u8], secret: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    given.ct_eq(secret).into()
+}
+
+/// An error answer in the one shape every route of a node uses, that of Druid's
+/// `ErrorResponse`: `{"error": "druidException", "errorCode", "persona", "category",
+/// "errorMessage", "context"}`. Druid's clients show `errorMessage`.
+pub fn error_response(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (status, Json(error_body(status, code, &message.into()))).into_response()
+}
+
+/// The body of [`error_response`]; `category` and `persona` follow from the status as Druid
+/// maps its categories to statuses.
+pub fn error_body(status: StatusCode, code: &str, message: &str) -> serde_json::Value {
+    let (category, persona) = match status.as_u16() {
+        400 | 405 | 411 | 413 | 414 | 415 | 422 => ("INVALID_INPUT", "USER"),
+        401 => ("UNAUTHORIZED", "USER"),
+        403 => ("FORBIDDEN", "USER"),
+        404 => ("NOT_FOUND", "USER"),
+        409 => ("CONFLICT", "USER"),
+        429 => ("CAPACITY_EXCEEDED", "ADMIN"),
+        501 => ("UNSUPPORTED", "USER"),
+        503 | 507 => ("SERVICE_UNAVAILABLE", "OPERATOR"),
+        504 => ("TIMEOUT", "OPERATOR"),
+        s if s < 500 => ("INVALID_INPUT", "USER"),
+        _ => ("UNCATEGORIZED", "OPERATOR"),
+    };
+    serde_json::json!({
+        "error": "druidException",
+        "errorCode": code,
+        "persona": persona,
+        "category": category,
+        "errorMessage": message,
+        "context": {},
+    })
 }
 
 type Tc<S> = crate::types::TypeConfig<S>;
@@ -76,13 +108,7 @@ type Tc<S> = crate::types::TypeConfig<S>;
 /// leader backs off and replicates again once space is freed.
 fn disk_low<S: StateMachine>(node: &RaftNode<S>) -> Option<Response> {
     let message = node.disk.check().err()?;
-    Some(
-        (
-            StatusCode::INSUFFICIENT_STORAGE,
-            Json(serde_json::json!({"error": "insufficientStorage", "message": message})),
-        )
-            .into_response(),
-    )
+    Some(error_response(StatusCode::INSUFFICIENT_STORAGE, "insufficientStorage", message))
 }
 
 /// Bodies at least this large are decoded on a blocking thread: decoding tens of MiB on an async
@@ -138,11 +164,7 @@ async fn vote<S: StateMachine>(State(node): State<Arc<RaftNode<S>>>, body: axum:
 }
 
 fn invalid_rpc(message: String) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        Json(serde_json::json!({"error": "invalidInput", "message": message})),
-    )
-        .into_response()
+    error_response(StatusCode::BAD_REQUEST, "invalidInput", message)
 }
 
 async fn snapshot<S: StateMachine>(State(node): State<Arc<RaftNode<S>>>, body: axum::body::Bytes) -> Response {
@@ -208,11 +230,7 @@ fn node_error(e: NodeError) -> Response {
         NodeError::InvalidMembership(_) => (StatusCode::BAD_REQUEST, "invalidMembership"),
         _ => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
     };
-    let mut resp = (
-        status,
-        Json(serde_json::json!({"error": kind, "message": e.to_string()})),
-    )
-        .into_response();
+    let mut resp = error_response(status, kind, e.to_string());
     if let NodeError::NotLeader { leader: Some((_, url)) } = &e {
         if let Ok(v) = header::HeaderValue::from_str(url) {
             resp.headers_mut().insert("X-Raftlord-Leader", v);

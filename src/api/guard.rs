@@ -6,8 +6,8 @@
 //!   what serde_json reads back (128 levels), so anything accepted here can be stored in the
 //!   Raft log, read back and re-encoded by every reader.
 //! - [`json_errors`]: an error answered by axum's own extractors (a path, query string or body
-//!   that does not decode, an unknown method) comes as `text/plain`; it is rewritten to
-//!   `{"error": <kind>, "message": <text>}`, the shape of [`ApiError`](super::ApiError).
+//!   that does not decode, an unknown method) comes as `text/plain`; it is rewritten to the
+//!   JSON shape of [`ApiError`](super::ApiError), Druid's `ErrorResponse`.
 
 use axum::body::{to_bytes, Body, HttpBody as _};
 use axum::extract::{Request, State};
@@ -74,7 +74,7 @@ pub async fn json_errors(req: Request, next: Next) -> Response {
         Ok(b) if !b.is_empty() => String::from_utf8_lossy(&b).into_owned(),
         _ => status.canonical_reason().unwrap_or("error").to_string(),
     };
-    let body = serde_json::json!({"error": kind(status), "message": text}).to_string();
+    let body = raftlord_raft::server::error_body(status, kind(status), &text).to_string();
     parts.headers.remove(header::CONTENT_LENGTH);
     parts
         .headers
@@ -82,7 +82,7 @@ pub async fn json_errors(req: Request, next: Next) -> Response {
     Response::from_parts(parts, Body::from(body))
 }
 
-/// The `error` field for a status, matching [`ApiError`]'s kinds where they overlap.
+/// The `errorCode` for a status, matching [`ApiError`]'s kinds where they overlap.
 fn kind(status: StatusCode) -> &'static str {
     match status {
         StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => "invalidInput",
@@ -90,7 +90,8 @@ fn kind(status: StatusCode) -> &'static str {
         StatusCode::METHOD_NOT_ALLOWED => "methodNotAllowed",
         StatusCode::PAYLOAD_TOO_LARGE => "payloadTooLarge",
         StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupportedMediaType",
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => "unauthorized",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "forbidden",
         StatusCode::SERVICE_UNAVAILABLE => "unavailable",
         s if s.is_client_error() => "invalidInput",
         _ => "internalError",

@@ -6,8 +6,10 @@
 //! `/druid/indexer/v1/leader` and `/isLeader`, `/status*` are answered by every node.
 //!
 //! Errors go through [`ApiError`], mapped to an HTTP status in exactly one place; the body is
-//! `{"error": "<kind>", "message": "<what was wrong>"}`. [`guard`] bounds every request body
-//! and turns the errors of axum's own extractors into the same JSON shape.
+//! Druid's `ErrorResponse` (`errorCode`, `persona`, `category`, `errorMessage`, `context`), or
+//! Druid's older `{"error": "<message>"}` on the routes where Druid answers that.
+//! [`guard`] bounds every request body and turns the errors of axum's own extractors into the
+//! same JSON shape.
 
 mod actions;
 mod error;
@@ -90,6 +92,7 @@ pub fn router(state: AppState) -> Router {
         .merge(druid)
         .merge(status::routes(state.clone()))
         .with_state(state.clone())
+        .layer(middleware::from_fn(error::legacy_errors))
         .fallback(not_found);
     guard::guarded(app, state.config.limits.max_payload_bytes).merge(raftlord_raft::server::router(state.raft.clone()))
 }

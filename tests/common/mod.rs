@@ -17,6 +17,12 @@ use tokio::net::TcpListener;
 
 pub const SECRET: &str = "test-secret";
 
+/// The reason an error body gives, read as Druid's clients read it: `errorMessage` (Druid's
+/// `ErrorResponse`), else `error` (the older `{"error": "<message>"}` map).
+pub fn error_reason(v: &serde_json::Value) -> Option<&str> {
+    v["errorMessage"].as_str().or_else(|| v["error"].as_str())
+}
+
 /// Polls `cond` until it returns `Some`, failing the test after `timeout`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut cond: F) -> T
 where
