@@ -28,6 +28,13 @@ impl Dev {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// GET of a path outside the Overlord's prefix.
+    async fn get_abs(&self, path: &str) -> (StatusCode, Value) {
+        let r = self.client.get(format!("{}{path}", self.url)).send().await.unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
     async fn get(&self, path: &str) -> (StatusCode, Value) {
         let r = self.client.get(self.u(path)).send().await.unwrap();
         let status = r.status();
@@ -358,6 +365,40 @@ async fn node_announces_itself_and_discovery_lists_it() {
         (d.node.discovery.nodes(Some(raftlord::nodes::NodeRole::Overlord)).len() == 1).then_some(())
     })
     .await;
+    // Druid's readiness routes see it now.
+    let r = d.client.get(format!("{}/status/selfDiscovered", d.url)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let (_, v) = d.get_abs("/status/selfDiscovered/status").await;
+    assert_eq!(v, json!({"selfDiscovered": true}));
+    d.node.stop().await;
+}
+
+/// `/status` carries Druid's `version`, `modules` and `memory`; `/status/properties` is a map
+/// of strings with the node's settings and without its secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_properties_answer_as_druids_and_leave_the_secret_out() {
+    let d = Dev::start(Limits::default()).await;
+    let (s, v) = d.get_abs("/status").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert!(v["modules"].is_array(), "{v}");
+    let m = &v["memory"];
+    for field in ["maxMemory", "totalMemory", "freeMemory", "usedMemory", "directMemory"] {
+        assert!(m[field].is_u64(), "{field}: {m}");
+    }
+    // The live-heap count needs the binary's allocator, so this in-process node reads 0 there.
+    assert!(m["totalMemory"].as_u64() > Some(0) && m["maxMemory"].as_u64() >= m["totalMemory"].as_u64(), "{m}");
+    assert!(m["usedMemory"].as_u64() <= m["totalMemory"].as_u64(), "{m}");
+
+    let (s, p) = d.get_abs("/status/properties").await;
+    assert_eq!(s, StatusCode::OK);
+    let p = p.as_object().unwrap_or_else(|| panic!("a map expected: {p}"));
+    assert!(p.values().all(Value::is_string), "Druid's properties are strings: {p:?}");
+    assert_eq!(p["druid.host"], d.url.as_str());
+    assert_eq!(p["raftlord.nodeId"], "1");
+    assert!(p.contains_key("druid.indexer.queue.maxTaskPayloadSize"));
+    let text = serde_json::to_string(p).unwrap();
+    assert!(!text.contains(SECRET), "the cluster secret leaked: {text}");
     d.node.stop().await;
 }
 

@@ -1,7 +1,15 @@
-//! raftlord's own routes: `/status` (Raft view), `/status/health`, `/status/nodes` (announced
-//! nodes), the internal announcement routes nodes use to register with the leader, and
-//! `/internal/state/tasks` and `/internal/state/segments`, a replica's own task table and
-//! segment metadata.
+//! Status routes every node answers, and internal state routes.
+//!
+//! - `/status`: Druid's `version`, `modules` and `memory` fields beside raftlord's Raft view
+//!   (members, leader, term, indexes, snapshot, task and segment counts);
+//! - `/status/health`, `/status/properties` (the node's effective settings under Druid's
+//!   property names where Druid has one, `raftlord.*` otherwise; secrets are left out, as
+//!   Druid leaves out its hidden properties), `/status/selfDiscovered/status` and
+//!   `/status/selfDiscovered` (whether this node's announcement is in the replicated node
+//!   table), `/status/nodes` (announced nodes);
+//! - behind the cluster secret: the announcement routes nodes register with the leader through,
+//!   and `/internal/state/tasks` and `/internal/state/segments`, a replica's own task table and
+//!   segment metadata.
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -31,6 +39,9 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/status", get(status))
         .route("/status/health", get(health))
         .route("/status/nodes", get(nodes))
+        .route("/status/properties", get(properties))
+        .route("/status/selfDiscovered/status", get(self_discovered_status))
+        .route("/status/selfDiscovered", get(self_discovered))
         .merge(internal)
 }
 
@@ -49,9 +60,97 @@ async fn status(State(state): State<AppState>) -> Response {
         "bytes": snapshot_bytes,
         "building": state.raft.shared.building_snapshot(),
     });
-    v["heap_live_bytes"] = json!(crate::alloc::live_bytes());
+    let heap = crate::alloc::live_bytes();
+    v["heap_live_bytes"] = json!(heap);
     v["version"] = json!(env!("CARGO_PKG_VERSION"));
+    v["modules"] = json!([]);
+    v["memory"] = memory(heap as u64, v["storage_memory_bytes"].as_u64().unwrap_or(0));
     Json(v).into_response()
+}
+
+/// Druid's `memory` object, in a Rust process's terms: `maxMemory` is the machine's physical
+/// memory, `totalMemory` the process's resident set, `usedMemory` the live Rust heap,
+/// `freeMemory` the rest of the resident set, `directMemory` RocksDB's memtables and readers.
+fn memory(heap: u64, storage: u64) -> serde_json::Value {
+    // SAFETY: sysconf only reads system constants.
+    let (pages, page_size) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    let page_size = u64::try_from(page_size).unwrap_or(4096);
+    let max = u64::try_from(pages).unwrap_or(0).saturating_mul(page_size);
+    let resident = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |p| p.saturating_mul(page_size));
+    json!({
+        "maxMemory": max,
+        "totalMemory": resident,
+        "freeMemory": resident.saturating_sub(heap),
+        "usedMemory": heap,
+        "directMemory": storage,
+    })
+}
+
+/// The node's effective settings as Druid's `/status/properties` map of strings.
+async fn properties(State(state): State<AppState>) -> Response {
+    let c = &state.config;
+    let roles: Vec<String> = c
+        .roles
+        .iter()
+        .filter_map(|r| serde_json::to_value(r).ok()?.as_str().map(str::to_string))
+        .collect();
+    let mut p: std::collections::BTreeMap<&str, String> = [
+        ("druid.service", "raftlord".to_string()),
+        ("druid.host", c.advertise.clone()),
+        ("druid.plaintextPort", c.listen.port().to_string()),
+        ("druid.indexer.queue.maxTaskPayloadSize", c.limits.max_payload_bytes.to_string()),
+        ("druid.indexer.logs.directory", c.task_log_dir.display().to_string()),
+        ("raftlord.nodeId", c.node_id.to_string()),
+        ("raftlord.listen", c.listen.to_string()),
+        ("raftlord.dataDir", c.data_dir.display().to_string()),
+        ("raftlord.roles", roles.join(",")),
+        ("raftlord.raft.heartbeatMs", c.raft.heartbeat_ms.to_string()),
+        ("raftlord.raft.electionMinMs", c.raft.election_min_ms.to_string()),
+        ("raftlord.raft.electionMaxMs", c.raft.election_max_ms.to_string()),
+        ("raftlord.raft.snapshotEvery", c.raft.snapshot_every.to_string()),
+        ("raftlord.raft.minFreeBytes", c.raft.min_free_bytes.to_string()),
+        ("raftlord.workerTimeoutMs", c.overlord.worker_timeout.as_millis().to_string()),
+        ("raftlord.assignTimeoutMs", c.overlord.assign_timeout.as_millis().to_string()),
+    ]
+    .into_iter()
+    .collect();
+    if let Some(n) = c.limits.max_active_tasks {
+        p.insert("raftlord.maxActiveTasks", n.to_string());
+    }
+    if let Some(w) = &c.worker {
+        p.insert("druid.worker.capacity", w.capacity.to_string());
+        p.insert("druid.worker.category", w.category.clone());
+        p.insert("druid.worker.version", w.version.clone());
+        p.insert("druid.indexer.task.baseTaskDir", w.base_dir.display().to_string());
+        p.insert("raftlord.deepStorage", w.deep_storage.clone());
+        p.insert("raftlord.gracefulStopMs", w.graceful_stop.as_millis().to_string());
+    }
+    Json(p).into_response()
+}
+
+/// Whether the replicated node table holds this node's announcement.
+async fn is_self_discovered(state: &AppState) -> bool {
+    let g = state.raft.shared.read().await;
+    g.state.nodes.get(&state.config.node_name()).is_some()
+}
+
+async fn self_discovered_status(State(state): State<AppState>) -> Response {
+    Json(json!({ "selfDiscovered": is_self_discovered(&state).await })).into_response()
+}
+
+/// 200 once this node is discovered, else 503: what Druid's readiness probes call.
+async fn self_discovered(State(state): State<AppState>) -> Result<Response, ApiError> {
+    if is_self_discovered(&state).await {
+        Ok(StatusCode::OK.into_response())
+    } else {
+        Err(ApiError::Unavailable(format!(
+            "{} has not been discovered yet: its announcement is not in the replicated node table",
+            state.config.node_name()
+        )))
+    }
 }
 
 async fn health() -> Response {
