@@ -59,7 +59,10 @@ impl Dev {
             "message {msg:?} should mention {message_part:?}"
         );
         assert_eq!(v["error"], "druidException", "{v}");
-        assert!(v["errorCode"].is_string() && v["category"].is_string() && v["persona"].is_string(), "{v}");
+        assert!(
+            v["errorCode"].is_string() && v["category"].is_string() && v["persona"].is_string(),
+            "{v}"
+        );
         assert_eq!(self.stored().await, before, "a rejected submission changed the state");
     }
 }
@@ -366,7 +369,12 @@ async fn node_announces_itself_and_discovery_lists_it() {
     })
     .await;
     // Druid's readiness routes see it now.
-    let r = d.client.get(format!("{}/status/selfDiscovered", d.url)).send().await.unwrap();
+    let r = d
+        .client
+        .get(format!("{}/status/selfDiscovered", d.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let (_, v) = d.get_abs("/status/selfDiscovered/status").await;
     assert_eq!(v, json!({"selfDiscovered": true}));
@@ -387,13 +395,19 @@ async fn status_and_properties_answer_as_druids_and_leave_the_secret_out() {
         assert!(m[field].is_u64(), "{field}: {m}");
     }
     // The live-heap count needs the binary's allocator, so this in-process node reads 0 there.
-    assert!(m["totalMemory"].as_u64() > Some(0) && m["maxMemory"].as_u64() >= m["totalMemory"].as_u64(), "{m}");
+    assert!(
+        m["totalMemory"].as_u64() > Some(0) && m["maxMemory"].as_u64() >= m["totalMemory"].as_u64(),
+        "{m}"
+    );
     assert!(m["usedMemory"].as_u64() <= m["totalMemory"].as_u64(), "{m}");
 
     let (s, p) = d.get_abs("/status/properties").await;
     assert_eq!(s, StatusCode::OK);
     let p = p.as_object().unwrap_or_else(|| panic!("a map expected: {p}"));
-    assert!(p.values().all(Value::is_string), "Druid's properties are strings: {p:?}");
+    assert!(
+        p.values().all(Value::is_string),
+        "Druid's properties are strings: {p:?}"
+    );
     assert_eq!(p["druid.host"], d.url.as_str());
     assert_eq!(p["raftlord.nodeId"], "1");
     assert!(p.contains_key("druid.indexer.queue.maxTaskPayloadSize"));
@@ -410,7 +424,10 @@ async fn errors_come_in_druids_shapes_with_the_reason_where_druid_clients_read_i
     let d = Dev::start(Limits::default()).await;
     let cases: [(reqwest::RequestBuilder, StatusCode, &str, &str); 4] = [
         (
-            d.client.post(d.u("/task")).header("content-type", "application/json").body("{\"type\":"),
+            d.client
+                .post(d.u("/task"))
+                .header("content-type", "application/json")
+                .body("{\"type\":"),
             StatusCode::BAD_REQUEST,
             "INVALID_INPUT",
             "invalidInput",
@@ -439,7 +456,11 @@ async fn errors_come_in_druids_shapes_with_the_reason_where_druid_clients_read_i
         assert_eq!(r.status(), status);
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["error"], "druidException", "{v}");
-        assert_eq!((v["category"].as_str(), v["errorCode"].as_str()), (Some(category), Some(code)), "{v}");
+        assert_eq!(
+            (v["category"].as_str(), v["errorCode"].as_str()),
+            (Some(category), Some(code)),
+            "{v}"
+        );
         assert_eq!(v["persona"], "USER", "{v}");
         assert_eq!(v["context"], json!({}), "{v}");
         assert!(v["errorMessage"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
@@ -447,14 +468,89 @@ async fn errors_come_in_druids_shapes_with_the_reason_where_druid_clients_read_i
 
     // Older routes: only the reason, under `error`.
     let coordinator = format!("{}/druid/coordinator/v1/datasources/wiki/markUnused", d.url);
-    let r = d.client.post(coordinator).json(&json!({"interval": "not an interval"})).send().await.unwrap();
+    let r = d
+        .client
+        .post(coordinator)
+        .json(&json!({"interval": "not an interval"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let v: Value = r.json().await.unwrap();
     let reason = v["error"].as_str().unwrap_or_else(|| panic!("{v}"));
     assert!(reason.contains("interval"), "{v}");
     assert_eq!(v.as_object().map(|o| o.len()), Some(1), "{v}");
-    let r = d.client.post(d.u("/worker")).json(&json!({"selectStrategy": 5})).send().await.unwrap();
+    let r = d
+        .client
+        .post(d.u("/worker"))
+        .json(&json!({"selectStrategy": 5}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let v: Value = r.json().await.unwrap();
-    assert!(v["error"].as_str().is_some_and(|m| m != "druidException" && !m.is_empty()), "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|m| m != "druidException" && !m.is_empty()),
+        "{v}"
+    );
+}
+
+/// Only a task's own peon acts in its name: task actions without credentials are 401, with a
+/// token of another task or of an attempt that is not the task's current one 403, and nothing
+/// is locked by a refused one. (The peon's own token is exercised by every ingestion test.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_actions_need_the_tasks_own_token_or_the_cluster_secret() {
+    use raftlord::tasks::token;
+    let d = Dev::start(Limits::default()).await;
+    for id in ["t1", "t2"] {
+        let (s, v) = d
+            .submit(&json!({"type": "noop", "id": id, "dataSource": "wiki"}).to_string())
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    let locks = || async {
+        let g = d.node.raft.shared.read().await;
+        serde_json::to_string(&g.state.locks).unwrap()
+    };
+    let before = locks().await;
+    let body = json!({"task": {"id": "t1"},
+                      "action": {"type": "lockTryAcquire", "interval": "2024-01-01/2024-01-02"}});
+    let act = |credential: Option<String>| {
+        let mut r = d.client.post(d.u("/action")).json(&body);
+        if let Some(c) = credential {
+            r = r.bearer_auth(c);
+        }
+        async move {
+            let r = r.send().await.unwrap();
+            let status = r.status();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let refused = [
+        (None, StatusCode::UNAUTHORIZED, "token"),
+        (Some("wrong-secret".to_string()), StatusCode::UNAUTHORIZED, "token"),
+        (Some("task.7.abc".to_string()), StatusCode::UNAUTHORIZED, "malformed"),
+        // t2's token, and t1's token for an assignment t1 does not have.
+        (Some(token::mint(SECRET, "t2", 5)), StatusCode::FORBIDDEN, "t1"),
+        (Some(token::mint(SECRET, "t1", 5)), StatusCode::FORBIDDEN, "attempt"),
+        // A token made with another secret.
+        (
+            Some(token::mint("not-the-secret", "t1", 5)),
+            StatusCode::FORBIDDEN,
+            "t1",
+        ),
+    ];
+    for (credential, status, reason) in refused {
+        let (s, v) = act(credential.clone()).await;
+        assert_eq!(s, status, "{credential:?}: {v}");
+        let message = v["errorMessage"].as_str().unwrap_or_default();
+        assert!(message.contains(reason), "{credential:?}: {v}");
+        assert_eq!(locks().await, before, "a refused action changed the locks");
+    }
+    let (s, v) = act(Some(SECRET.to_string())).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(v["result"]["version"].is_string(), "{v}");
+    d.node.stop().await;
 }

@@ -11,13 +11,19 @@ use serde_json::{json, Value};
 
 const DAY: &str = "2024-01-01T00:00:00.000Z/2024-01-02T00:00:00.000Z";
 
-/// POSTs to whichever node answers, following redirects, until a definitive (non-503) answer.
+/// POSTs with the cluster secret to whichever node answers as the leader (a follower's redirect
+/// is not followed: it would drop the secret), until a definitive (non-503) answer.
 fn post_any(urls: &[String], path: &str, body: &Value) -> (u16, Value) {
     wait_for_blocking(&format!("an answer to POST {path}"), Duration::from_secs(60), || {
         urls.iter().find_map(|u| {
-            let r = http().post(format!("{u}{path}")).json(body).send().ok()?;
+            let r = http_no_redirect()
+                .post(format!("{u}{path}"))
+                .bearer_auth(SECRET)
+                .json(body)
+                .send()
+                .ok()?;
             let status = r.status().as_u16();
-            (status != 503).then(|| (status, r.json().unwrap_or(Value::Null)))
+            (status != 503 && status != 307).then(|| (status, r.json().unwrap_or(Value::Null)))
         })
     })
 }
@@ -80,6 +86,7 @@ fn kill_9_leader_between_lock_grant_and_publish_lands_once_or_is_rejected() {
         std::thread::spawn(move || {
             http()
                 .post(format!("{url}/druid/indexer/v1/action"))
+                .bearer_auth(SECRET)
                 .json(&body)
                 .send()
                 .ok()

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::start_single;
+use common::{start_single, SECRET};
 use raftlord::config::Limits;
 use raftlord::node::RunningNode;
 use reqwest::StatusCode;
@@ -57,11 +57,12 @@ impl Node {
     }
 
     async fn action(&self, task: &str, action: Value) -> (StatusCode, Value) {
-        self.post(
-            "/druid/indexer/v1/action",
-            json!({"task": {"id": task}, "action": action}),
-        )
-        .await
+        let body = json!({"task": {"id": task}, "action": action});
+        let r = self
+            .client
+            .post(format!("{}/druid/indexer/v1/action", self.url))
+            .bearer_auth(SECRET);
+        self.send(r.json(&body)).await
     }
 
     async fn applied(&self) -> u64 {
@@ -245,7 +246,10 @@ async fn every_error_answer_is_json() {
         // Druid's `ErrorResponse`, or on its older routes `{"error": "<message>"}`.
         let reason = common::error_reason(&body).filter(|m| !m.is_empty() && *m != "druidException");
         assert!(reason.is_some(), "{body}");
-        assert!(body["errorCode"].is_string() || body.as_object().is_some_and(|o| o.len() == 1), "{body}");
+        assert!(
+            body["errorCode"].is_string() || body.as_object().is_some_and(|o| o.len() == 1),
+            "{body}"
+        );
     }
     n.node.stop().await;
 }

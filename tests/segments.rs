@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{wait_for, SingleNode};
+use common::{wait_for, SingleNode, SECRET};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -16,7 +16,11 @@ const DAY: &str = "2024-01-01T00:00:00.000Z/2024-01-02T00:00:00.000Z";
 
 impl Dev {
     async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut r = self.client.request(method, format!("{}{}", self.url, path));
+        // Task actions need the cluster secret (or a task's token); other routes ignore it.
+        let mut r = self
+            .client
+            .request(method, format!("{}{}", self.url, path))
+            .bearer_auth(SECRET);
         if let Some(b) = body {
             r = r.json(&b);
         }
@@ -41,11 +45,8 @@ impl Dev {
     }
 
     async fn action(&self, task: &str, action: Value) -> (StatusCode, Value) {
-        self.post(
-            "/druid/indexer/v1/action",
-            json!({"task": {"type": "index", "id": task, "dataSource": "wiki"}, "action": action}),
-        )
-        .await
+        let body = json!({"task": {"type": "index", "id": task, "dataSource": "wiki"}, "action": action});
+        self.post("/druid/indexer/v1/action", body).await
     }
 
     async fn stored(&self) -> String {
@@ -111,6 +112,7 @@ async fn locks_publish_and_segment_views_over_http() {
                 json!({"task": {"id": "mid"}, "action": {"type": "lockAcquire", "interval": DAY, "timeoutMs": 30000}});
             let r = client
                 .post(format!("{url}/druid/indexer/v1/action"))
+                .bearer_auth(SECRET)
                 .json(&body)
                 .send()
                 .await

@@ -166,6 +166,7 @@ pub async fn run(
         anyhow::ensure!(r.status() == 200, "submit {id}: {}", r.text().await?);
         let v: Value = client
             .post(format!("{url}/druid/indexer/v1/action"))
+            .bearer_auth(crate::cluster::SECRET)
             .json(&json!({"task": {"id": id}, "action": {"type": "lockTryAcquire", "interval": interval(0, days)}}))
             .send()
             .await?
@@ -214,6 +215,7 @@ pub async fn run(
                 let v: Value = loop {
                     let r = client
                         .post(format!("{url}/druid/indexer/v1/action"))
+                        .bearer_auth(crate::cluster::SECRET)
                         .json(&body)
                         .send()
                         .await;

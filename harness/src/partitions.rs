@@ -516,7 +516,10 @@ fn action_traced(
     while Instant::now() < give_up {
         attempt += 1;
         let url = &urls[attempt % urls.len()];
-        match c.post(format!("{url}/druid/indexer/v1/action")).json(&envelope).send() {
+        // A follower's redirect drops the secret (another host): the 401 that follows is
+        // retried on the next node like any other refusal that changed nothing.
+        let request = c.post(format!("{url}/druid/indexer/v1/action")).bearer_auth(SECRET);
+        match request.json(&envelope).send() {
             Ok(r) if r.status().is_success() || r.status() == 400 => {
                 let s = r.status().as_u16();
                 return (Some((s, r.json().unwrap_or_default())), ambiguous);

@@ -108,7 +108,11 @@ type Tc<S> = crate::types::TypeConfig<S>;
 /// leader backs off and replicates again once space is freed.
 fn disk_low<S: StateMachine>(node: &RaftNode<S>) -> Option<Response> {
     let message = node.disk.check().err()?;
-    Some(error_response(StatusCode::INSUFFICIENT_STORAGE, "insufficientStorage", message))
+    Some(error_response(
+        StatusCode::INSUFFICIENT_STORAGE,
+        "insufficientStorage",
+        message,
+    ))
 }
 
 /// Bodies at least this large are decoded on a blocking thread: decoding tens of MiB on an async

@@ -6,6 +6,10 @@
 //! revoked (the state machine's release counter moved), never on a timer. A publish that breaks
 //! a rule answers 200 with Druid's `SegmentPublishResult` (`success: false`, `errorMsg`,
 //! `retryable`), as Druid does; malformed actions are 400.
+//!
+//! Only the task's own peon acts in its name: a request carries the token of the task's current
+//! assignment ([`crate::tasks::token`]) or the cluster secret as `Authorization: Bearer`;
+//! without either it is 401, and a token of another task or attempt is 403.
 
 use std::time::Duration;
 
@@ -26,6 +30,7 @@ use crate::locks::{LockOutcome, LockRequest, LockType};
 use crate::segments::segment::SegmentKey;
 use crate::segments::{DataSegment, DataSegmentJson};
 use crate::sm::{AllocateOutcome, AllocateRequest, Command, Publish, PublishKind, PublishOutcome, Reply};
+use crate::tasks::token;
 
 /// Druid's default `taskLockTimeout` (5 minutes).
 pub const DEFAULT_LOCK_TIMEOUT_MS: u64 = 300_000;
@@ -146,7 +151,47 @@ fn parse<'a, T: Deserialize<'a>>(raw: &'a RawValue, what: &str) -> Result<T, Api
     serde_json::from_str(raw.get()).map_err(|e| ApiError::BadRequest(format!("invalid {what} action: {e}")))
 }
 
+/// Who may act in a task's name: the holder of the cluster secret, or the peon of the task's
+/// current assignment with its token ([`crate::tasks::token`]).
+enum ActingAs {
+    Secret,
+    Token(String),
+}
+
+fn acting_as(state: &AppState, headers: &HeaderMap) -> Result<ActingAs, ApiError> {
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(g) if token::is_token(g) => Ok(ActingAs::Token(g.to_string())),
+        Some(g) if raftlord_raft::server::constant_time_eq(g.as_bytes(), state.config.cluster_secret.as_bytes()) => {
+            Ok(ActingAs::Secret)
+        }
+        _ => Err(ApiError::Unauthorized(
+            "task actions need the task's token (or the cluster secret) as 'Authorization: Bearer <token>'".into(),
+        )),
+    }
+}
+
+/// Checks that `who` may act for task `id`, whose current assignment was made at
+/// `assigned_index`.
+fn check_acting(state: &AppState, who: &ActingAs, id: &str, assigned_index: Option<u64>) -> Result<(), ApiError> {
+    let ActingAs::Token(t) = who else { return Ok(()) };
+    match token::verify(&state.config.cluster_secret, id, t) {
+        Err(token::TokenError::Malformed) => Err(ApiError::Unauthorized(format!(
+            "the task token is malformed; task [{id}]'s peon reads its token from its task directory"
+        ))),
+        Err(e) => Err(ApiError::Forbidden(e.to_string())),
+        Ok(index) if Some(index) == assigned_index => Ok(()),
+        Ok(_) => Err(ApiError::Forbidden(format!(
+            "this token was issued for another attempt of task [{id}]; only the peon of its current attempt may act for it"
+        ))),
+    }
+}
+
 async fn action(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let who = acting_as(&state, &headers)?;
     let bytes = read_body(&state, &headers, body).await?;
     let env: Envelope = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::BadRequest(format!("expected {{\"task\": <task>, \"action\": <action>}}: {e}")))?;
@@ -158,7 +203,10 @@ async fn action(State(state): State<AppState>, headers: HeaderMap, body: Body) -
     let datasource = {
         let g = state.raft.shared.read().await;
         match g.state.tasks.get(&id) {
-            Some(t) if t.is_active() => t.spec.datasource.clone(),
+            Some(t) if t.is_active() => {
+                check_acting(&state, &who, &id, t.assignment.as_ref().map(|a| a.index))?;
+                t.spec.datasource.clone()
+            }
             Some(_) => return Err(ApiError::BadRequest(format!("Task [{id}] is not active"))),
             None => return Err(ApiError::TaskNotFound { id, field: "result" }),
         }

@@ -101,7 +101,10 @@ async fn properties(State(state): State<AppState>) -> Response {
         ("druid.service", "raftlord".to_string()),
         ("druid.host", c.advertise.clone()),
         ("druid.plaintextPort", c.listen.port().to_string()),
-        ("druid.indexer.queue.maxTaskPayloadSize", c.limits.max_payload_bytes.to_string()),
+        (
+            "druid.indexer.queue.maxTaskPayloadSize",
+            c.limits.max_payload_bytes.to_string(),
+        ),
         ("druid.indexer.logs.directory", c.task_log_dir.display().to_string()),
         ("raftlord.nodeId", c.node_id.to_string()),
         ("raftlord.listen", c.listen.to_string()),
@@ -112,8 +115,14 @@ async fn properties(State(state): State<AppState>) -> Response {
         ("raftlord.raft.electionMaxMs", c.raft.election_max_ms.to_string()),
         ("raftlord.raft.snapshotEvery", c.raft.snapshot_every.to_string()),
         ("raftlord.raft.minFreeBytes", c.raft.min_free_bytes.to_string()),
-        ("raftlord.workerTimeoutMs", c.overlord.worker_timeout.as_millis().to_string()),
-        ("raftlord.assignTimeoutMs", c.overlord.assign_timeout.as_millis().to_string()),
+        (
+            "raftlord.workerTimeoutMs",
+            c.overlord.worker_timeout.as_millis().to_string(),
+        ),
+        (
+            "raftlord.assignTimeoutMs",
+            c.overlord.assign_timeout.as_millis().to_string(),
+        ),
     ]
     .into_iter()
     .collect();

@@ -232,11 +232,17 @@ async fn view(state: &AppState, host: &str, term: u64) -> SyncResponse {
             let Some(task) = g.state.tasks.get(id) else { continue };
             let accepted = task.assignment.as_ref().is_some_and(|a| a.accepted);
             let stop = !task.is_active();
+            let to_start = !accepted && !stop;
             assignments.push(AssignedTask {
                 id: id.clone(),
                 accepted,
                 stop,
-                payload: (!accepted && !stop).then(|| task.spec.payload.clone()),
+                payload: to_start.then(|| task.spec.payload.clone()),
+                token: task
+                    .assignment
+                    .as_ref()
+                    .filter(|_| to_start)
+                    .map(|a| crate::tasks::token::mint(&state.config.cluster_secret, id, a.index)),
             });
         }
     }

@@ -105,14 +105,10 @@ pub fn secret_in(dir: &Path) -> anyhow::Result<String> {
             return Ok(s.trim().to_string());
         }
     }
-    std::fs::create_dir_all(dir)?;
     let secret = generate_secret();
-    std::fs::write(&path, &secret)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    }
+    // Created readable by its owner only before the secret is written into it: there is no
+    // moment when another user could open it. An empty file left by a crash is replaced.
+    crate::worker::runner::write_private(dir, "cluster-secret", &secret)?;
     Ok(secret)
 }
 
@@ -277,5 +273,26 @@ pub async fn wait_for_stop_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_secret_file_is_private_from_creation_and_kept_across_starts() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let first = secret_in(dir.path()).unwrap();
+        let path = dir.path().join("cluster-secret");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(secret_in(dir.path()).unwrap(), first, "a restart must keep the secret");
+        // An empty file (a crash between create and write) is replaced by a new private one.
+        std::fs::write(&path, "").unwrap();
+        let second = secret_in(dir.path()).unwrap();
+        assert!(second.len() >= 32 && second != first);
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
     }
 }

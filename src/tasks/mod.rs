@@ -13,6 +13,7 @@ pub mod idempotency;
 pub mod lock_needs;
 pub mod query;
 pub mod spec;
+pub mod token;
 
 use std::sync::Arc;
 

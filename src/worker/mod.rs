@@ -156,7 +156,7 @@ impl WorkerService {
                 self.runner.stop(&a.id, "the task was shut down");
             } else if !self.runner.knows(&a.id) {
                 match (&a.payload, a.accepted) {
-                    (Some(payload), false) => self.runner.start(&a.id, payload.get()),
+                    (Some(payload), false) => self.runner.start(&a.id, payload.get(), a.token.as_deref()),
                     // Accepted earlier, but this worker has no trace of it (its task directory
                     // is gone): it cannot be running here.
                     _ => self.runner.finish_without_peon(

@@ -65,6 +65,7 @@ pub async fn run(dir: &Path) -> i32 {
         head.id,
         head.task_type
     );
+    super::task_actions::set_token(dir);
     let mut report = json!({});
     let result: Result<(), String> = match head.task_type.as_str() {
         "noop" => run_noop(&head).await,

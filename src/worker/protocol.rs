@@ -41,6 +41,9 @@ pub struct AssignedTask {
     /// The task spec, sent while the task still has to be started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<Box<RawValue>>,
+    /// The peon's task token ([`crate::tasks::token`]), sent with the payload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 /// The answer to a sync.

@@ -171,7 +171,10 @@ impl PeonRunner {
     /// Starts a peon for a task (once: a task already known is left alone): through the peon
     /// launcher, or else by writing its directory and exec'ing the peon command on a blocking
     /// thread.
-    pub fn start(&self, id: &str, payload: &str) {
+    ///
+    /// The task's `token` is written into the task directory first, readable by its owner only
+    /// ([`crate::tasks::token`]).
+    pub fn start(&self, id: &str, payload: &str, token: Option<&str>) {
         {
             let mut g = self.lock();
             if g.contains_key(id) {
@@ -186,6 +189,11 @@ impl PeonRunner {
             Ok(d) => d,
             Err(e) => return self.finish_without_peon(&id, &e.to_string()),
         };
+        if let Some(token) = token {
+            if let Err(e) = write_private(&dir, crate::tasks::token::TOKEN_FILE, token) {
+                return self.finish_without_peon(&id, &format!("the worker could not write the task's token: {e}"));
+            }
+        }
         if let Some(exe) = self.cfg.launcher.clone() {
             tokio::spawn(async move {
                 if let Err(why) = runner.launch(&exe, &id, &dir, &payload).await {
@@ -595,6 +603,23 @@ pub fn process_start_time(pid: i32) -> Option<u64> {
         return None;
     }
     fields.get(19)?.parse().ok()
+}
+
+/// Writes `name` in `dir` (created if needed) with `contents`, readable by its owner only from
+/// the moment it exists; a file already there is replaced.
+pub fn write_private(dir: &Path, name: &str, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(name);
+    let _ = std::fs::remove_file(&path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()
 }
 
 #[cfg(test)]

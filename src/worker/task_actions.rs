@@ -20,6 +20,17 @@ use crate::interval::Interval;
 /// Environment variable with the comma-separated URLs of nodes that serve the task API.
 pub const API_ENV: &str = "RAFTLORD_PEON_API";
 
+/// This peon's task token, read from its task directory at start ([`set_token`]).
+static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Reads the task token the worker left in `dir` (if any): every later request of this peon
+/// carries it as `Authorization: Bearer <token>`.
+pub fn set_token(dir: &std::path::Path) {
+    if let Ok(t) = std::fs::read_to_string(dir.join(crate::tasks::token::TOKEN_FILE)) {
+        let _ = TOKEN.set(t.trim().to_string());
+    }
+}
+
 /// How long an action is retried through failovers before the task fails.
 const RETRY_FOR: Duration = Duration::from_secs(60);
 
@@ -51,6 +62,7 @@ impl TaskActions {
             return Err(format!("the worker gave this peon no task API ({API_ENV})"));
         }
         let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(660))
             .connect_timeout(Duration::from_secs(2))
             .build()
@@ -113,23 +125,45 @@ impl TaskActions {
     async fn call(&self, kind: &str, path: &str, body: Option<String>) -> Result<Value, String> {
         let deadline = tokio::time::Instant::now() + RETRY_FOR;
         let mut attempt = 0usize;
+        // Where a follower's 307 pointed: followed by hand, because a client following a
+        // redirect to another host drops the `Authorization` header the token travels in.
+        let mut redirected: Option<String> = None;
         loop {
-            let url = &self.urls[attempt % self.urls.len()];
-            attempt += 1;
-            let request = match &body {
+            let target = match redirected.take() {
+                Some(location) => location,
+                None => {
+                    let url = &self.urls[attempt % self.urls.len()];
+                    attempt += 1;
+                    format!("{url}{path}")
+                }
+            };
+            let mut request = match &body {
                 Some(b) => self
                     .http
-                    .post(format!("{url}{path}"))
+                    .post(&target)
                     .header("content-type", "application/json")
                     .body(b.clone()),
-                None => self.http.get(format!("{url}{path}")),
+                None => self.http.get(&target),
             };
+            if let Some(token) = TOKEN.get() {
+                request = request.bearer_auth(token);
+            }
             let sent = request.send().await;
             let retry_why = match sent {
                 Ok(r) if r.status().is_success() => {
                     return r.json().await.map_err(|e| format!("{kind}: unreadable answer: {e}"));
                 }
-                Ok(r) if r.status().as_u16() == 503 || r.status().as_u16() == 307 => {
+                Ok(r) if r.status().as_u16() == 307 => {
+                    let location = r.headers().get(reqwest::header::LOCATION).and_then(|l| l.to_str().ok());
+                    match location {
+                        Some(l) if target != l && tokio::time::Instant::now() < deadline => {
+                            redirected = Some(l.to_string());
+                            continue;
+                        }
+                        _ => format!("307 without a usable Location from {target}"),
+                    }
+                }
+                Ok(r) if r.status().as_u16() == 503 => {
                     format!("{} {}", r.status(), r.text().await.unwrap_or_default())
                 }
                 Ok(r) => {
