@@ -35,6 +35,67 @@ pub struct NodeConfig {
     pub task_log_dir: PathBuf,
     /// Set when this node is also a worker.
     pub worker: Option<WorkerSettings>,
+    pub auth: AuthSettings,
+    /// HTTPS instead of HTTP, for clients and between nodes.
+    pub tls: Option<TlsSettings>,
+}
+
+/// A node's certificate, and the CA its peers' certificates are signed by.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// PEM certificate chain of this node.
+    pub cert: PathBuf,
+    /// PEM private key of `cert`.
+    pub key: PathBuf,
+    /// PEM certificates trusted beside the system's roots (a private CA).
+    pub ca: Option<PathBuf>,
+}
+
+/// Users and permissions ([`crate::security`], [`crate::api::auth`]).
+#[derive(Clone)]
+pub struct AuthSettings {
+    /// Off: every route is open to anyone who can reach the node.
+    pub enabled: bool,
+    /// The `admin` user's password, set at the cluster's first start.
+    pub initial_admin_password: Option<String>,
+    /// Name of the authenticator in the basic-security routes.
+    pub authenticator: String,
+    /// Name of the authorizer in the basic-security routes.
+    pub authorizer: String,
+}
+
+/// The authenticator's and authorizer's name when none is given.
+pub const DEFAULT_AUTH_NAME: &str = "basic";
+
+impl AuthSettings {
+    /// Auth off.
+    pub fn off() -> AuthSettings {
+        AuthSettings {
+            enabled: false,
+            initial_admin_password: None,
+            authenticator: DEFAULT_AUTH_NAME.into(),
+            authorizer: DEFAULT_AUTH_NAME.into(),
+        }
+    }
+
+    /// Auth on, with `admin`'s first password.
+    pub fn basic(initial_admin_password: &str) -> AuthSettings {
+        AuthSettings {
+            enabled: true,
+            initial_admin_password: Some(initial_admin_password.into()),
+            ..AuthSettings::off()
+        }
+    }
+}
+
+impl std::fmt::Debug for AuthSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthSettings")
+            .field("enabled", &self.enabled)
+            .field("authenticator", &self.authenticator)
+            .field("authorizer", &self.authorizer)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A worker's size and how it runs peons.
@@ -54,6 +115,8 @@ pub struct WorkerSettings {
     /// ([`crate::worker::deep_storage`]); shared by every node.
     pub deep_storage: String,
     pub timing: WorkerTiming,
+    /// The cluster's CA, handed to peons so that they reach the nodes over HTTPS.
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// Limits on what clients may submit.
@@ -92,4 +155,5 @@ pub struct WorkerNodeConfig {
     pub cluster_secret: String,
     pub task_log_dir: PathBuf,
     pub worker: WorkerSettings,
+    pub tls: Option<TlsSettings>,
 }

@@ -11,6 +11,8 @@
 //!   request). A request being answered is never cut: long polls and blocking lock waits have
 //!   their own server-side maximums.
 //! - Stopping finishes the requests in flight, then closes every connection.
+//! - With a TLS config ([`raftlord_raft::tls`]) every connection is HTTPS: a client that does
+//!   not finish the handshake within the header timeout, or speaks plain HTTP, is dropped.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,7 +78,9 @@ pub fn serve(
     app: axum::Router,
     stop: CancellationToken,
     limits: ServerLimits,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) -> JoinHandle<()> {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     tokio::spawn(async move {
         let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
         let (open_tx, open_rx) = watch::channel(());
@@ -105,18 +109,17 @@ pub fn serve(
             let service = TowerToHyperService::new(app.clone());
             let stop = stop.clone();
             let open = open_rx.clone();
+            let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let mut builder = hyper::server::conn::http1::Builder::new();
-                builder
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(limits.header_read_timeout);
-                let conn = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
-                let mut conn = std::pin::pin!(conn);
-                tokio::select! {
-                    _ = conn.as_mut() => {}
-                    _ = stop.cancelled() => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = conn.await;
+                match acceptor {
+                    None => serve_connection(stream, service, limits, &stop).await,
+                    Some(acceptor) => {
+                        // A client that does not complete the handshake in time (or speaks
+                        // plain HTTP) is dropped like one that does not send its headers.
+                        let shake = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream));
+                        if let Ok(Ok(tls)) = shake.await {
+                            serve_connection(tls, service, limits, &stop).await;
+                        }
                     }
                 }
                 drop(permit);
@@ -126,6 +129,33 @@ pub fn serve(
         drop(open_rx);
         open_tx.closed().await;
     })
+}
+
+/// Serves one connection until the client closes it or `stop` asks every connection to finish.
+async fn serve_connection<S, T>(stream: T, service: S, limits: ServerLimits, stop: &CancellationToken)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let conn = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
 }
 
 #[cfg(test)]

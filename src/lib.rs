@@ -33,6 +33,7 @@ pub mod leader;
 pub mod locks;
 pub mod node;
 pub mod nodes;
+pub mod security;
 pub mod segments;
 pub mod sm;
 pub mod tasks;

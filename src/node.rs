@@ -55,6 +55,27 @@ pub enum StartError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("worker stage failed: {0}")]
     Worker(String),
+    #[error("TLS settings: {0}")]
+    Tls(String),
+}
+
+/// The server side of `tls`, after trusting its CA in every client of this process.
+fn tls_server(tls: Option<&crate::config::TlsSettings>) -> Result<Option<Arc<rustls::ServerConfig>>, StartError> {
+    let Some(t) = tls else { return Ok(None) };
+    if let Some(ca) = &t.ca {
+        raftlord_raft::tls::trust(ca).map_err(StartError::Tls)?;
+    }
+    raftlord_raft::tls::server_config(&t.cert, &t.key)
+        .map(Some)
+        .map_err(StartError::Tls)
+}
+
+fn scheme(tls: &Option<Arc<rustls::ServerConfig>>) -> &'static str {
+    if tls.is_some() {
+        "https"
+    } else {
+        "http"
+    }
 }
 
 /// A started node.
@@ -118,8 +139,9 @@ impl RunningNode {
             addr: config.listen,
             source,
         })?;
+        let tls = tls_server(config.tls.as_ref())?;
         if config.advertise.is_empty() {
-            config.advertise = format!("http://{local}");
+            config.advertise = format!("{}://{local}", scheme(&tls));
         }
         let url = config.advertise.trim_end_matches('/').to_string();
 
@@ -157,8 +179,17 @@ impl RunningNode {
             critical(
                 "the leader's services",
                 &fatal_tx,
-                LeaderServices::new(raft.clone(), heartbeats.clone(), config.overlord.clone())
-                    .run(services_stop.child_token()),
+                LeaderServices::new(
+                    raft.clone(),
+                    heartbeats.clone(),
+                    config.overlord.clone(),
+                    config
+                        .auth
+                        .initial_admin_password
+                        .clone()
+                        .filter(|_| config.auth.enabled),
+                )
+                .run(services_stop.child_token()),
             ),
         ];
         let worker = match &config.worker {
@@ -188,7 +219,7 @@ impl RunningNode {
             config: config.clone(),
             discovery: discovery.clone(),
             heartbeats,
-            http: reqwest::Client::new(),
+            http: raftlord_raft::tls::client_builder().build().unwrap_or_default(),
         };
         let http_stop = CancellationToken::new();
         let mut app = api::router(state);
@@ -196,7 +227,7 @@ impl RunningNode {
             let routes = crate::worker::http::routes(w.clone(), &config.cluster_secret);
             app = app.merge(api::guard::guarded(routes, config.limits.max_payload_bytes));
         }
-        let http = serve(listener, app, http_stop.clone());
+        let http = serve(listener, app, http_stop.clone(), tls);
         info!(url = %url, "serving http");
         {
             let raft = raft.clone();
@@ -260,9 +291,14 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError>
 
 /// Serves `app` on `listener` until `stop` is cancelled, finishing requests in flight. The
 /// descriptor limit is raised first and the connection cap set below it.
-fn serve(listener: TcpListener, app: axum::Router, stop: CancellationToken) -> JoinHandle<()> {
+fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    stop: CancellationToken,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> JoinHandle<()> {
     let limits = crate::http_server::ServerLimits::for_fd_limit(crate::http_server::raise_fd_limit());
-    crate::http_server::serve(listener, app, stop, limits)
+    crate::http_server::serve(listener, app, stop, limits, tls)
 }
 
 fn announcement(config: &NodeConfig, url: &str) -> NodeAnnouncement {
@@ -287,7 +323,9 @@ async fn send_to_leader(raft: &Raft, path: &str, body: &serde_json::Value, comma
             .map_err(|e| e.to_string());
     }
     let (_, leader) = raft.leader().ok_or("no leader yet")?;
-    let resp = reqwest::Client::new()
+    let resp = raftlord_raft::tls::client_builder()
+        .build()
+        .map_err(|e| e.to_string())?
         .post(format!("{leader}{path}"))
         .bearer_auth(raft.secret())
         .timeout(Duration::from_secs(3))
@@ -408,6 +446,14 @@ fn start_worker(
                 crate::worker::index_task::DEEP_STORAGE_ENV.to_string(),
                 settings.deep_storage.clone(),
             ),
+            (
+                raftlord_raft::tls::CA_ENV.to_string(),
+                settings
+                    .tls_ca
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+            ),
         ],
     })
     .map_err(|e| {
@@ -441,8 +487,9 @@ impl RunningWorkerNode {
     /// Starts a worker-only node on `config.listen`.
     pub async fn start(config: WorkerNodeConfig) -> Result<RunningWorkerNode, StartError> {
         let (listener, local) = bind(config.listen).await?;
+        let tls = tls_server(config.tls.as_ref())?;
         let url = if config.advertise.is_empty() {
-            format!("http://{local}")
+            format!("{}://{local}", scheme(&tls))
         } else {
             config.advertise.trim_end_matches('/').to_string()
         };
@@ -466,7 +513,7 @@ impl RunningWorkerNode {
         let app = crate::worker::http::routes(worker.clone(), &config.cluster_secret)
             .route("/status/health", axum::routing::get(|| async { axum::Json(true) }));
         let app = api::guard::guarded(app, crate::config::Limits::default().max_payload_bytes);
-        let http = serve(listener, app, http_stop.clone());
+        let http = serve(listener, app, http_stop.clone(), tls);
         info!(url = %url, "worker serving http");
         // announcement
         let announcement_id = format!("worker-{}", worker.worker.host);

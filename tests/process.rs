@@ -182,10 +182,13 @@ fn bootstrap_starts_three_nodes_and_stops_them_on_sigterm() {
             "50",
             "--election-timeout-ms",
             "300",
+            "--initial-admin-password",
+            "pw",
         ])
         .arg("--data-dir")
         .arg(dir.path())
         .env("RAFTLORD_LOG", "warn")
+        .env_remove("RAFTLORD_AUTH")
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -212,15 +215,23 @@ fn bootstrap_starts_three_nodes_and_stops_them_on_sigterm() {
         }
     }
     assert_eq!(urls.len(), 3, "bootstrap printed {urls:?}");
-    let leader = leader_of(&urls).expect("a leader once bootstrap says the cluster is up");
-    // A client retries while the cluster answers 503 (a loaded machine can delay heartbeats).
+    let leader = urls.iter().find(|u| {
+        http_no_redirect()
+            .get(format!("{u}/druid/indexer/v1/isLeader"))
+            .send()
+            .is_ok_and(|r| r.status() == 200)
+    });
+    assert!(leader.is_some(), "a leader once bootstrap says the cluster is up");
+    // A client retries while the cluster answers 503 (a loaded machine can delay heartbeats),
+    // and while the leader has not yet created the admin user (401).
     let status = wait_for_blocking("an answer other than 503", Duration::from_secs(30), || {
         let r = http()
             .post(format!("{}/druid/indexer/v1/task", urls[2]))
+            .basic_auth("admin", Some("pw"))
             .body(r#"{"type":"noop","id":"b1"}"#)
             .send()
             .ok()?;
-        (r.status() != 503).then_some(r.status())
+        (r.status() != 503 && r.status() != 401).then_some(r.status())
     });
     assert_eq!(status, 200, "submission through node 3 (leader is {leader:?})");
 
@@ -263,6 +274,7 @@ fn a_component_that_fails_to_start_stops_the_node_with_a_clear_message() {
             "/tmp/x",
         ])
         .env("RAFTLORD_CLUSTER_SECRET", "s")
+        .env("RAFTLORD_AUTH", "none")
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -276,6 +288,7 @@ fn cli(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(raftlord_bin())
         .args(args)
         .env("RAFTLORD_CLUSTER_SECRET", SECRET)
+        .env("RAFTLORD_AUTH", "none")
         .env("RAFTLORD_LOG", "warn")
         .output()
         .unwrap();
@@ -338,6 +351,7 @@ fn cli_submits_lists_stops_tasks_and_changes_membership_through_any_node() {
             .args(["--heartbeat-ms", "50", "--election-timeout-ms", "300"])
             .args(["--worker-capacity", "0"])
             .env("RAFTLORD_CLUSTER_SECRET", SECRET)
+            .env("RAFTLORD_AUTH", "none")
             .env("RAFTLORD_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()

@@ -43,6 +43,7 @@ fn spawn_worker(dir: &Path, port: u16, join: &str, capacity: u32, secret: &str) 
             "200",
         ])
         .env("RAFTLORD_CLUSTER_SECRET", secret)
+        .env("RAFTLORD_AUTH", "none")
         .env("RAFTLORD_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -72,6 +72,7 @@ impl Raftlord {
             .arg(self.dir.join(format!("node-{id}")))
             .args(&self.extra)
             .env("RAFTLORD_CLUSTER_SECRET", SECRET)
+            .env("RAFTLORD_AUTH", "none")
             .env("RAFTLORD_LOG", "warn")
             .stdout(Stdio::null())
             .kill_on_drop(true)

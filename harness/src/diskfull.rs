@@ -252,6 +252,7 @@ pub fn run(bin: &Path, opts: &Options) -> anyhow::Result<Report> {
                 &opts.floor_mb.to_string(),
             ])
             .env("RAFTLORD_CLUSTER_SECRET", SECRET)
+            .env("RAFTLORD_AUTH", "none")
             .env("RAFTLORD_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)

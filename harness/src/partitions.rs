@@ -264,6 +264,7 @@ impl NetCluster {
             .arg(self.dir.path().join(format!("n{k}")))
             .args(["--worker-capacity", &self.capacity.to_string()])
             .env("RAFTLORD_CLUSTER_SECRET", SECRET)
+            .env("RAFTLORD_AUTH", "none")
             .env("RAFTLORD_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -13,6 +13,7 @@
 //!   that one fsync carries many writes (openraft 0.9 flushes once per append);
 //! - [`network`] and [`server`]: Raft RPCs over HTTP, authenticated with the cluster secret, with
 //!   a fault injector that tests use to partition nodes;
+//! - [`tls`]: HTTPS for the node's port and the cluster CA its clients trust;
 //! - [`node`]: one Raft member wired together, cluster formation from a static peer list, and
 //!   membership changes.
 //!
@@ -28,6 +29,7 @@ pub mod node;
 pub mod proposer;
 pub mod server;
 pub mod state_machine;
+pub mod tls;
 pub mod types;
 
 pub use node::{ClusterFormation, NodeError, RaftNode, RaftSettings};

@@ -93,7 +93,7 @@ impl Refusals {
 
 impl HttpNetwork {
     pub fn new(id: NodeId, secret: &str, faults: Faults) -> Self {
-        let client = reqwest::Client::builder()
+        let client = crate::tls::client_builder()
             .connect_timeout(Duration::from_millis(500))
             .pool_idle_timeout(Duration::from_secs(30))
             .tcp_nodelay(true)

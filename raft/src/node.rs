@@ -225,7 +225,7 @@ impl<S: StateMachine> RaftNode<S> {
             log_bytes,
             settings.snapshot_every,
         ));
-        let client = reqwest::Client::builder()
+        let client = crate::tls::client_builder()
             .connect_timeout(Duration::from_millis(500))
             .timeout(Duration::from_secs(5))
             .build()

@@ -89,9 +89,12 @@ impl IntoResponse for ApiError {
 }
 
 /// Whether Druid answers errors on `path` with its older `{"error": "<message>"}` map: the
-/// Coordinator's datasource and segment routes and the Overlord's worker config routes.
+/// Coordinator's datasource and segment routes, the Overlord's worker config routes and the
+/// basic-security routes.
 pub fn is_legacy_route(path: &str) -> bool {
-    path.starts_with("/druid/coordinator/v1/") || path.starts_with("/druid/indexer/v1/worker")
+    path.starts_with("/druid/coordinator/v1/")
+        || path.starts_with("/druid/indexer/v1/worker")
+        || path.starts_with("/druid-ext/basic-security/")
 }
 
 /// Answers the errors of [`is_legacy_route`] routes as `{"error": "<message>"}`.

@@ -1,9 +1,11 @@
 //! The HTTP API: Druid's Overlord routes, raftlord's status and internal routes.
 //!
 //! Druid clients talk to any node. A node that is not the leader answers Druid routes with
-//! `307 Temporary Redirect` to the same path on the leader, or `503` with `Retry-After` while
-//! there is no leader (or the new leader has not yet applied its own term's first entry). Only
-//! `/druid/indexer/v1/leader` and `/isLeader`, `/status*` are answered by every node.
+//! `307 Temporary Redirect` to the same path on the leader (with auth on it forwards the request
+//! to the leader instead, since clients drop credentials on a redirect to another host), or
+//! `503` with `Retry-After` while there is no leader (or the new leader has not yet applied its
+//! own term's first entry). Only `/druid/indexer/v1/leader` and `/isLeader`, `/status*` are
+//! answered by every node. [`auth`] checks who calls and what they may do.
 //!
 //! Errors go through [`ApiError`], mapped to an HTTP status in exactly one place; the body is
 //! Druid's `ErrorResponse` (`errorCode`, `persona`, `category`, `errorMessage`, `context`), or
@@ -12,8 +14,10 @@
 //! same JSON shape.
 
 mod actions;
+pub mod auth;
 mod error;
 pub mod guard;
+mod security;
 mod segments;
 mod status;
 mod tasks;
@@ -84,6 +88,7 @@ pub fn router(state: AppState) -> Router {
         .merge(workers::routes())
         .merge(actions::routes())
         .merge(segments::routes())
+        .merge(security::routes())
         .layer(middleware::from_fn_with_state(state.clone(), leader_only))
         .merge(tasks::any_node_routes())
         .merge(workers::any_node_routes())
@@ -91,6 +96,7 @@ pub fn router(state: AppState) -> Router {
     let app = Router::new()
         .merge(druid)
         .merge(status::routes(state.clone()))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
         .with_state(state.clone())
         .layer(middleware::from_fn(error::legacy_errors))
         .fallback(not_found);
@@ -116,10 +122,12 @@ pub fn leader_redirect(raft: &Raft) -> Result<Option<String>, ApiError> {
     }
 }
 
-/// Serves leader-only routes on the leader; redirects elsewhere.
+/// Serves leader-only routes on the leader; elsewhere redirects to the leader, or with auth on
+/// forwards the request there (HTTP clients drop credentials on a redirect to another host).
 async fn leader_only(State(state): State<AppState>, req: Request, next: Next) -> Response {
     match leader_redirect(&state.raft) {
         Ok(None) => next.run(req).await,
+        Ok(Some(leader)) if state.config.auth.enabled => forward(&state, &leader, req).await,
         Ok(Some(leader)) => {
             let path_and_query = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
             let location = format!("{}{}", leader.trim_end_matches('/'), path_and_query);
@@ -129,6 +137,61 @@ async fn leader_only(State(state): State<AppState>, req: Request, next: Next) ->
             }
         }
         Err(e) => e.into_response(),
+    }
+}
+
+/// Headers that belong to one connection, not to the request or answer they travel with.
+fn hop_by_hop(name: &header::HeaderName) -> bool {
+    [
+        header::CONNECTION,
+        header::HOST,
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::TE,
+        header::TRAILER,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+    ]
+    .contains(name)
+        || name.as_str() == "keep-alive"
+}
+
+/// The client a follower forwards requests with: no redirects (the answer goes back as it is)
+/// and no overall timeout (a blocking `lockAcquire` may wait for minutes).
+static FORWARDER: std::sync::LazyLock<reqwest::Client> = std::sync::LazyLock::new(|| {
+    raftlord_raft::tls::client_builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .build()
+        .expect("an HTTP client without TLS settings builds")
+});
+
+/// Sends `req` to the leader at `leader` and streams its answer back.
+async fn forward(state: &AppState, leader: &str, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let limit = state.config.limits.max_payload_bytes;
+    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+        return ApiError::PayloadTooLarge(format!("the request body is larger than the limit of {limit} bytes"))
+            .into_response();
+    };
+    let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let url = format!("{}{}", leader.trim_end_matches('/'), path_and_query);
+    let mut request = FORWARDER.request(parts.method.clone(), &url).body(bytes);
+    for (name, value) in parts.headers.iter().filter(|(n, _)| !hop_by_hop(n)) {
+        request = request.header(name, value);
+    }
+    match request.send().await {
+        Ok(answer) => {
+            let mut resp = Response::builder().status(answer.status());
+            for (name, value) in answer.headers().iter().filter(|(n, _)| !hop_by_hop(n)) {
+                resp = resp.header(name, value);
+            }
+            resp.body(axum::body::Body::from_stream(answer.bytes_stream()))
+                .unwrap_or_else(|e| {
+                    ApiError::Unavailable(format!("the leader's answer is not usable: {e}")).into_response()
+                })
+        }
+        Err(e) => ApiError::Unavailable(format!("the leader at {leader} did not answer: {e}")).into_response(),
     }
 }
 

@@ -9,10 +9,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::auth::Identity;
 use super::tasks::read_body;
 use super::{ApiError, AppState};
 use crate::interval::{iso, Interval};
@@ -372,12 +373,17 @@ fn druid_datasource(state: &crate::sm::State, ds: &str) -> Result<Value, ApiErro
     Ok(json!({"name": ds, "properties": {}, "segments": segments}))
 }
 
-async fn metadata_datasources(State(state): State<AppState>, Query(q): Query<ViewQuery>) -> Response {
+async fn metadata_datasources(
+    State(state): State<AppState>,
+    Extension(who): Extension<Identity>,
+    Query(q): Query<ViewQuery>,
+) -> Response {
     let g = state.raft.shared.view().await;
     let names: Vec<&String> = g
         .state
         .segments
         .datasources()
+        .filter(|(n, _)| !who.is_restricted() || who.reads(&g.state, n))
         .filter(|(_, d)| d.used_count() > 0 || (q.include_unused.is_some() && d.total_count() > 0))
         .map(|(n, _)| n)
         .collect();
@@ -487,6 +493,7 @@ async fn unused_segments(
 
 async fn metadata_all_segments(
     State(state): State<AppState>,
+    Extension(who): Extension<Identity>,
     axum::extract::RawQuery(raw): axum::extract::RawQuery,
 ) -> Result<Response, ApiError> {
     let mut wanted: Vec<String> = Vec::new();
@@ -509,6 +516,9 @@ async fn metadata_all_segments(
     let mut rows = Vec::new();
     for (ds, d) in g.state.segments.datasources() {
         if !wanted.is_empty() && !wanted.contains(ds) {
+            continue;
+        }
+        if who.is_restricted() && !who.reads(&g.state, ds) {
             continue;
         }
         let hidden = if with_status {
@@ -545,9 +555,18 @@ fn summary(d: &crate::segments::Datasource) -> Value {
     json!({"count": count, "size": size, "minTime": iso(min), "maxTime": iso(max)})
 }
 
-async fn coordinator_datasources(State(state): State<AppState>, Query(q): Query<ViewQuery>) -> Response {
+async fn coordinator_datasources(
+    State(state): State<AppState>,
+    Extension(who): Extension<Identity>,
+    Query(q): Query<ViewQuery>,
+) -> Response {
     let g = state.raft.shared.view().await;
-    let used = g.state.segments.datasources().filter(|(_, d)| d.used_count() > 0);
+    let used = g
+        .state
+        .segments
+        .datasources()
+        .filter(|(_, d)| d.used_count() > 0)
+        .filter(|(n, _)| !who.is_restricted() || who.reads(&g.state, n));
     if q.simple.is_some() || q.full.is_some() {
         let rows: Vec<Value> = used
             .map(|(n, d)| json!({"name": n, "properties": {"tiers": {}, "segments": summary(d)}}))

@@ -7,11 +7,13 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde_json::json;
 
+use super::auth::Identity;
 use super::{leader_redirect, ApiError, AppState};
 use crate::clock::now_ms;
+use crate::security::Action;
 use crate::sm::{Command, Reply};
 use crate::tasks::idempotency::validate_key;
 use crate::tasks::query::{StateFilter, TaskQuery};
@@ -70,9 +72,18 @@ pub(super) async fn read_body(
     to_bytes(body, limit).await.map_err(|_| too_large())
 }
 
-async fn submit(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn submit(
+    State(state): State<AppState>,
+    Extension(who): Extension<Identity>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let bytes = read_body(&state, &headers, body).await?;
     let task = parse_submission(&bytes, now_ms(), &mut rand::rng()).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    if who.is_restricted() {
+        let g = state.raft.shared.view().await;
+        who.require(&g.state, "DATASOURCE", &task.datasource, Action::Write)?;
+    }
     let max_active = state.config.limits.max_active_tasks;
     let idempotency_key = match headers.get(IDEMPOTENCY_KEY) {
         None => None,
@@ -179,18 +190,32 @@ fn serde_urlencoded_pairs(raw: &str) -> Result<Vec<(String, String)>, String> {
         .collect())
 }
 
-async fn run_query(state: &AppState, params: &[(String, String)]) -> Result<Response, ApiError> {
+/// Runs a task list query; a caller sees only the tasks of datasources they may read.
+async fn run_query(state: &AppState, who: &Identity, params: &[(String, String)]) -> Result<Response, ApiError> {
     let query = TaskQuery::from_params(params.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let g = state.raft.shared.view().await;
-    Ok(Json(query.run(&g.state.tasks)).into_response())
+    let mut rows = query.run(&g.state.tasks);
+    if who.is_restricted() {
+        rows.retain(|t| who.reads(&g.state, &t.data_source));
+    }
+    Ok(Json(rows).into_response())
 }
 
-async fn list(State(state): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
-    run_query(&state, &parse_query(q.as_deref())?).await
+async fn list(
+    State(state): State<AppState>,
+    Extension(who): Extension<Identity>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    run_query(&state, &who, &parse_query(q.as_deref())?).await
 }
 
-async fn with_state(state: AppState, q: Option<String>, filter: StateFilter) -> Result<Response, ApiError> {
+async fn with_state(
+    state: AppState,
+    who: Identity,
+    q: Option<String>,
+    filter: StateFilter,
+) -> Result<Response, ApiError> {
     let mut params = parse_query(q.as_deref())?;
     params.retain(|(k, _)| k != "state");
     let name = match filter {
@@ -200,23 +225,30 @@ async fn with_state(state: AppState, q: Option<String>, filter: StateFilter) -> 
         StateFilter::Complete => "complete",
     };
     params.push(("state".into(), name.into()));
-    run_query(&state, &params).await
+    run_query(&state, &who, &params).await
 }
 
-async fn waiting(State(s): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
-    with_state(s, q, StateFilter::Waiting).await
+type Who = Extension<Identity>;
+
+async fn waiting(State(s): State<AppState>, Extension(w): Who, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+    with_state(s, w, q, StateFilter::Waiting).await
 }
-async fn pending(State(s): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
-    with_state(s, q, StateFilter::Pending).await
+async fn pending(State(s): State<AppState>, Extension(w): Who, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+    with_state(s, w, q, StateFilter::Pending).await
 }
-async fn running(State(s): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
-    with_state(s, q, StateFilter::Running).await
+async fn running(State(s): State<AppState>, Extension(w): Who, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+    with_state(s, w, q, StateFilter::Running).await
 }
-async fn complete(State(s): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
-    with_state(s, q, StateFilter::Complete).await
+async fn complete(State(s): State<AppState>, Extension(w): Who, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+    with_state(s, w, q, StateFilter::Complete).await
 }
 
-async fn task_statuses(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn task_statuses(
+    State(state): State<AppState>,
+    Extension(who): Extension<Identity>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let bytes = read_body(&state, &headers, body).await?;
     let ids: Vec<String> = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::BadRequest(format!("expected a JSON array of task ids: {e}")))?;
@@ -226,7 +258,9 @@ async fn task_statuses(State(state): State<AppState>, headers: HeaderMap, body: 
     let g = state.raft.shared.view().await;
     let out: BTreeMap<&str, _> = ids
         .iter()
-        .filter_map(|id| g.state.tasks.get(id).map(|t| (id.as_str(), t.status())))
+        .filter_map(|id| g.state.tasks.get(id).map(|t| (id.as_str(), t)))
+        .filter(|(_, t)| !who.is_restricted() || who.reads(&g.state, &t.spec.datasource))
+        .map(|(id, t)| (id, t.status()))
         .collect();
     Ok(Json(out).into_response())
 }

@@ -19,6 +19,8 @@ pub async fn run(args: BootstrapArgs) -> anyhow::Result<i32> {
     if args.nodes == 0 {
         anyhow::bail!("--nodes must be at least 1");
     }
+    // Refuse before starting anything when auth is neither set up nor turned off.
+    let auth = args.node.auth.settings(false)?;
     std::fs::create_dir_all(&args.data_dir)?;
     let secret = secret_in(&args.data_dir)?;
     // Every node reads finished tasks' logs from one shared directory.
@@ -30,9 +32,28 @@ pub async fn run(args: BootstrapArgs) -> anyhow::Result<i32> {
     if node_args.deep_storage.is_none() {
         node_args.deep_storage = Some(args.data_dir.join("deep-storage").display().to_string());
     }
+    if args.tls && node_args.tls.tls_cert.is_none() {
+        let ca = super::local_ca::make(&args.data_dir.join("tls"), &[&args.host])?;
+        node_args.tls.tls_cert = Some(std::path::absolute(&ca.cert)?);
+        node_args.tls.tls_key = Some(std::path::absolute(&ca.key)?);
+        node_args.tls.tls_ca = Some(std::path::absolute(&ca.ca)?);
+    }
+    if let Some(ca) = &node_args.tls.tls_ca {
+        raftlord_raft::tls::trust(ca).map_err(anyhow::Error::msg)?;
+    }
+    let scheme = if node_args.tls.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let node_flags = node_args.to_flags();
     let peers: BTreeMap<u64, String> = (1..=args.nodes)
-        .map(|id| (id, format!("http://{}:{}", args.host, args.base_port as u64 + id - 1)))
+        .map(|id| {
+            (
+                id,
+                format!("{scheme}://{}:{}", args.host, args.base_port as u64 + id - 1),
+            )
+        })
         .collect();
     let peer_list = peers
         .iter()
@@ -42,7 +63,7 @@ pub async fn run(args: BootstrapArgs) -> anyhow::Result<i32> {
     let exe = std::env::current_exe()?;
     let mut children: Vec<(u64, Child)> = Vec::new();
     for (id, url) in &peers {
-        let listen = url.trim_start_matches("http://").to_string();
+        let listen = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest).to_string();
         let mut command = Command::new(&exe);
         command
             .arg("server")
@@ -51,6 +72,10 @@ pub async fn run(args: BootstrapArgs) -> anyhow::Result<i32> {
             .arg(args.data_dir.join(format!("node-{id}")))
             .args(node_flags.clone())
             .env("RAFTLORD_CLUSTER_SECRET", &secret)
+            .env(
+                "RAFTLORD_INITIAL_ADMIN_PASSWORD",
+                auth.initial_admin_password.as_deref().unwrap_or_default(),
+            )
             .stdin(Stdio::null())
             .kill_on_drop(true);
         // If this process dies without stopping them (SIGKILL), the nodes get SIGTERM.
@@ -62,7 +87,9 @@ pub async fn run(args: BootstrapArgs) -> anyhow::Result<i32> {
         children.push((*id, child));
     }
 
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+    let client = raftlord_raft::tls::client_builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
     let deadline = Instant::now() + Duration::from_secs(60);
     let leader = loop {
         if let Some(l) = find_leader(&client, &peers).await {
@@ -80,6 +107,14 @@ pub async fn run(args: BootstrapArgs) -> anyhow::Result<i32> {
                 println!("  node {id}: {url}");
             }
             println!("cluster secret: {}", args.data_dir.join("cluster-secret").display());
+            if let Some(ca) = &node_args.tls.tls_ca {
+                println!("TLS: clients trust {} (--tls-ca, or curl --cacert)", ca.display());
+            }
+            if auth.enabled {
+                println!("auth: on; log in as 'admin' with the initial admin password");
+            } else {
+                println!("auth: off (--auth none)");
+            }
             println!("Ctrl-C stops all nodes.");
         }
         None => eprintln!("raftlord: the cluster did not elect a leader within 60 s; stopping the nodes"),

@@ -9,8 +9,23 @@ use reqwest::{Client, RequestBuilder};
 use super::{ClusterCommand, SegmentsCommand, TaskCommand};
 use crate::api::status_url;
 
-fn client() -> anyhow::Result<Client> {
-    Ok(Client::builder().timeout(Duration::from_secs(120)).build()?)
+/// An HTTP client that sends the credentials of `url` (if any) with every request.
+fn client(url: &super::UrlArg) -> anyhow::Result<Client> {
+    if let Some(ca) = &url.tls_ca {
+        raftlord_raft::tls::trust(ca).map_err(anyhow::Error::msg)?;
+    }
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some((user, password)) = url.credentials()? {
+        use base64::Engine as _;
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Basic {token}"))?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    Ok(raftlord_raft::tls::client_builder()
+        .timeout(Duration::from_secs(120))
+        .default_headers(headers)
+        .build()?)
 }
 
 /// How long the CLI keeps retrying while the cluster answers 503 (no leader yet).
@@ -56,7 +71,12 @@ fn base(url: &str) -> &str {
 }
 
 pub async fn cluster(cmd: ClusterCommand) -> anyhow::Result<i32> {
-    let c = client()?;
+    let url = match &cmd {
+        ClusterCommand::Status(u)
+        | ClusterCommand::AddNode { url: u, .. }
+        | ClusterCommand::RemoveNode { url: u, .. } => u,
+    };
+    let c = client(url)?;
     match cmd {
         ClusterCommand::Status(u) => send(c.get(status_url(&u.url))).await,
         ClusterCommand::AddNode {
@@ -101,7 +121,13 @@ async fn leader_of(c: &Client, url: &str) -> anyhow::Result<String> {
 }
 
 pub async fn task(cmd: TaskCommand) -> anyhow::Result<i32> {
-    let c = client()?;
+    let url = match &cmd {
+        TaskCommand::Submit { url, .. }
+        | TaskCommand::Status { url, .. }
+        | TaskCommand::List { url, .. }
+        | TaskCommand::Shutdown { url, .. } => url,
+    };
+    let c = client(url)?;
     match cmd {
         TaskCommand::Submit { file, url, wait } => {
             let mut body = Vec::new();
@@ -168,7 +194,8 @@ pub(super) fn encode(segment: &str) -> String {
 }
 
 pub async fn segments(cmd: SegmentsCommand) -> anyhow::Result<i32> {
-    let c = client()?;
+    let SegmentsCommand::List { url, .. } = &cmd;
+    let c = client(url)?;
     match cmd {
         SegmentsCommand::List { datasource, url } => super::watch::list_segments(&c, base(&url.url), &datasource).await,
     }

@@ -9,6 +9,7 @@
 mod bootstrap;
 mod client;
 mod debug;
+pub mod local_ca;
 mod serve;
 mod watch;
 
@@ -162,6 +163,126 @@ pub struct NodeArgs {
     /// environment variables, e.g. AWS_ENDPOINT_URL for MinIO). Default: DATA_DIR/deep-storage.
     #[arg(long, env = "RAFTLORD_DEEP_STORAGE")]
     pub deep_storage: Option<String>,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// HTTPS for clients and between nodes.
+#[derive(Debug, Clone, Args)]
+pub struct TlsArgs {
+    /// PEM certificate (chain) of this node: it then serves HTTPS only, and its peers must be
+    /// https:// URLs.
+    #[arg(long, env = "RAFTLORD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "RAFTLORD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM certificates of the CA that signed the nodes' certificates, trusted beside the
+    /// system's roots by this node, its peons and its clients.
+    #[arg(long, env = "RAFTLORD_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The node's TLS settings, if it serves HTTPS.
+    pub fn settings(&self) -> Option<crate::config::TlsSettings> {
+        Some(crate::config::TlsSettings {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            ca: self.tls_ca.clone(),
+        })
+    }
+
+    pub fn to_flags(&self) -> Vec<String> {
+        let mut flags = Vec::new();
+        for (name, value) in [("cert", &self.tls_cert), ("key", &self.tls_key), ("ca", &self.tls_ca)] {
+            if let Some(v) = value {
+                flags.push(format!("--tls-{name}={}", v.display()));
+            }
+        }
+        flags
+    }
+
+    /// Refuses `urls` that are not HTTPS when this node serves HTTPS: a node with TLS on
+    /// never talks to a peer in plain HTTP.
+    pub fn check_peer_urls<'a>(&self, urls: impl IntoIterator<Item = &'a String>) -> anyhow::Result<()> {
+        if self.tls_cert.is_none() {
+            return Ok(());
+        }
+        for url in urls {
+            if !url.starts_with("https://") {
+                anyhow::bail!("TLS is on (--tls-cert) but the peer {url} is plain HTTP: every node must use https://");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether requests need a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    /// Druid's basic-security: users with passwords, roles with permissions.
+    Basic,
+    /// No authentication: anyone who reaches the node may do anything.
+    None,
+}
+
+/// Users and permissions.
+#[derive(Debug, Clone, Args)]
+pub struct AuthArgs {
+    /// `basic` (users and roles, as Druid's basic-security) or `none`. `server` and `bootstrap`
+    /// need `basic` with --initial-admin-password, or `none` given explicitly; `dev` runs with
+    /// `none` unless --initial-admin-password is given.
+    #[arg(long, env = "RAFTLORD_AUTH", value_enum)]
+    pub auth: Option<AuthMode>,
+    /// Password of the `admin` user (every permission), created at the cluster's first start;
+    /// later changes go through the basic-security API and are kept.
+    #[arg(long, env = "RAFTLORD_INITIAL_ADMIN_PASSWORD", hide_env_values = true)]
+    pub initial_admin_password: Option<String>,
+    /// Name of the authenticator in `/druid-ext/basic-security/authentication/db/{name}/...`,
+    /// as Druid's `druid.auth.authenticatorChain`.
+    #[arg(long, env = "RAFTLORD_AUTHENTICATOR_NAME", default_value = crate::config::DEFAULT_AUTH_NAME)]
+    pub authenticator_name: String,
+    /// Name of the authorizer in `/druid-ext/basic-security/authorization/db/{name}/...`, as
+    /// Druid's `druid.auth.authorizers`.
+    #[arg(long, env = "RAFTLORD_AUTHORIZER_NAME", default_value = crate::config::DEFAULT_AUTH_NAME)]
+    pub authorizer_name: String,
+}
+
+impl AuthArgs {
+    /// The settings these flags ask for. `dev` runs without auth unless a password is given;
+    /// any other node refuses to guess.
+    pub fn settings(&self, dev: bool) -> anyhow::Result<crate::config::AuthSettings> {
+        let password = self.initial_admin_password.as_deref().filter(|p| !p.is_empty());
+        let mut settings = match (self.auth, password) {
+            (Some(AuthMode::None), _) => crate::config::AuthSettings::off(),
+            (_, Some(p)) => crate::config::AuthSettings::basic(p),
+            (None, None) if dev => crate::config::AuthSettings::off(),
+            (Some(AuthMode::Basic), None) | (None, None) => anyhow::bail!(
+                "authentication needs the admin user's first password: give --initial-admin-password \
+                 (or RAFTLORD_INITIAL_ADMIN_PASSWORD), or run without authentication with --auth none"
+            ),
+        };
+        settings.authenticator = self.authenticator_name.clone();
+        settings.authorizer = self.authorizer_name.clone();
+        Ok(settings)
+    }
+
+    /// The flags for a child node process; the password travels in its environment instead.
+    pub fn to_flags(&self) -> Vec<String> {
+        let mut flags = vec![
+            format!("--authenticator-name={}", self.authenticator_name),
+            format!("--authorizer-name={}", self.authorizer_name),
+        ];
+        match self.auth {
+            Some(AuthMode::Basic) => flags.push("--auth=basic".into()),
+            Some(AuthMode::None) => flags.push("--auth=none".into()),
+            None => {}
+        }
+        flags
+    }
 }
 
 impl NodeArgs {
@@ -197,6 +318,8 @@ impl NodeArgs {
         if let Some(d) = &self.deep_storage {
             flags.push(format!("--deep-storage={d}"));
         }
+        flags.extend(self.auth.to_flags());
+        flags.extend(self.tls.to_flags());
         flags
     }
 }
@@ -278,6 +401,10 @@ pub struct BootstrapArgs {
     /// Address the nodes listen on.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
+    /// Serve HTTPS with certificates from a throwaway CA made in DIR/tls (kept across
+    /// restarts; clients trust DIR/tls/ca.pem). Ignored when --tls-cert is given.
+    #[arg(long)]
+    pub tls: bool,
     #[command(flatten)]
     pub node: NodeArgs,
 }
@@ -363,6 +490,38 @@ pub struct UrlArg {
     /// Any node of the cluster; requests follow redirects to the leader.
     #[arg(long, env = "RAFTLORD_URL", default_value = "http://127.0.0.1:8090")]
     pub url: String,
+    /// User to log in as, on a cluster with auth on.
+    #[arg(long, env = "RAFTLORD_USER")]
+    pub user: Option<String>,
+    /// The user's password.
+    #[arg(long, env = "RAFTLORD_PASSWORD", hide_env_values = true, requires = "user")]
+    pub password: Option<String>,
+    /// A file whose first line is `user:password`, instead of --user and --password (keeps the
+    /// password out of the process list and shell history).
+    #[arg(long, env = "RAFTLORD_CREDENTIALS_FILE", conflicts_with_all = ["user", "password"])]
+    pub credentials_file: Option<PathBuf>,
+    /// PEM certificates of the cluster's CA, trusted beside the system's roots (for https://).
+    #[arg(long, env = "RAFTLORD_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+}
+
+impl UrlArg {
+    /// The user and password to send, if any.
+    pub fn credentials(&self) -> anyhow::Result<Option<(String, String)>> {
+        if let Some(path) = &self.credentials_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cannot read the credentials file {}: {e}", path.display()))?;
+            let line = text.lines().next().unwrap_or_default().trim();
+            let (user, password) = line
+                .split_once(':')
+                .ok_or_else(|| anyhow::anyhow!("the credentials file {} must hold 'user:password'", path.display()))?;
+            return Ok(Some((user.to_string(), password.to_string())));
+        }
+        Ok(self
+            .user
+            .clone()
+            .map(|u| (u, self.password.clone().unwrap_or_default())))
+    }
 }
 
 fn parse_peers(s: &str) -> Result<BTreeMap<u64, String>, String> {

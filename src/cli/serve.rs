@@ -88,6 +88,7 @@ fn worker_settings(args: &NodeArgs, data_dir: &Path) -> Option<WorkerSettings> {
             heartbeat: Duration::from_millis(args.worker_heartbeat_ms.max(10)),
             ..WorkerTiming::default()
         },
+        tls_ca: args.tls.tls_ca.clone(),
     })
 }
 
@@ -114,6 +115,15 @@ pub fn secret_in(dir: &Path) -> anyhow::Result<String> {
 
 pub async fn dev(args: DevArgs) -> anyhow::Result<i32> {
     check_deep_storage(&args.node, &args.data_dir)?;
+    let auth = args.node.auth.settings(true)?;
+    if auth.enabled {
+        println!("auth: on; log in as 'admin' with the initial admin password");
+    } else {
+        println!(
+            "auth: off; anyone who can reach {} may do anything (give --initial-admin-password to turn it on)",
+            args.listen
+        );
+    }
     let secret = secret_in(&args.data_dir)?;
     let config = NodeConfig {
         node_id: 1,
@@ -128,6 +138,8 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<i32> {
         overlord: overlord_settings(&args.node),
         task_log_dir: task_log_dir(&args.node, &args.data_dir),
         worker: worker_settings(&args.node, &args.data_dir),
+        auth,
+        tls: args.node.tls.settings(),
     };
     run_until_signal(config).await
 }
@@ -147,10 +159,14 @@ pub async fn server(mut args: ServerArgs) -> anyhow::Result<i32> {
     if !controller {
         return worker_only(args).await;
     }
+    let auth = args.node.auth.settings(false)?;
     let node_id = match args.node_id {
         Some(0) | None => anyhow::bail!("--node-id must be a positive integer for an overlord or coordinator"),
         Some(id) => id,
     };
+    if let Some(peers) = &args.peers {
+        args.node.tls.check_peer_urls(peers.values())?;
+    }
     let formation = match (&args.peers, &args.join) {
         (Some(peers), _) => {
             if !peers.contains_key(&node_id) {
@@ -164,6 +180,7 @@ pub async fn server(mut args: ServerArgs) -> anyhow::Result<i32> {
     let advertise = match (&args.advertise, &args.peers) {
         (Some(a), _) => a.trim_end_matches('/').to_string(),
         (None, Some(peers)) => peers[&node_id].clone(),
+        (None, None) if args.node.tls.tls_cert.is_some() => format!("https://{}", args.listen),
         (None, None) => format!("http://{}", args.listen),
     };
     let worker = if args.roles.contains(&Role::Worker) {
@@ -184,6 +201,8 @@ pub async fn server(mut args: ServerArgs) -> anyhow::Result<i32> {
         overlord: overlord_settings(&args.node),
         task_log_dir: task_log_dir(&args.node, &args.data_dir),
         worker,
+        auth,
+        tls: args.node.tls.settings(),
     };
     run_until_signal(config).await
 }
@@ -199,19 +218,27 @@ async fn worker_only(args: ServerArgs) -> anyhow::Result<i32> {
     let Some(worker) = worker_settings(&args.node, &args.data_dir) else {
         anyhow::bail!("a worker-only node needs --worker-capacity of at least 1");
     };
+    let seeds: Vec<String> = seed
+        .split(',')
+        .map(|s| s.trim().trim_end_matches('/').to_string())
+        .collect();
+    args.node.tls.check_peer_urls(&seeds)?;
+    let scheme = if args.node.tls.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let config = WorkerNodeConfig {
         listen: args.listen,
         advertise: args
             .advertise
             .clone()
-            .unwrap_or_else(|| format!("http://{}", args.listen)),
-        seeds: seed
-            .split(',')
-            .map(|s| s.trim().trim_end_matches('/').to_string())
-            .collect(),
+            .unwrap_or_else(|| format!("{scheme}://{}", args.listen)),
+        seeds,
         cluster_secret: args.cluster_secret.clone(),
         task_log_dir: task_log_dir(&args.node, &args.data_dir),
         worker,
+        tls: args.node.tls.settings(),
     };
     let node = match RunningWorkerNode::start(config).await {
         Ok(node) => node,

@@ -71,14 +71,23 @@ pub struct LeaderServices {
     raft: Arc<Raft>,
     heartbeats: Heartbeats,
     settings: OverlordSettings,
+    initial_admin_password: Option<String>,
 }
 
 impl LeaderServices {
-    pub fn new(raft: Arc<Raft>, heartbeats: Heartbeats, settings: OverlordSettings) -> Self {
+    /// With `initial_admin_password` (auth on), the leader creates the `admin` user when the
+    /// cluster has none.
+    pub fn new(
+        raft: Arc<Raft>,
+        heartbeats: Heartbeats,
+        settings: OverlordSettings,
+        initial_admin_password: Option<String>,
+    ) -> Self {
         LeaderServices {
             raft,
             heartbeats,
             settings,
+            initial_admin_password,
         }
     }
 
@@ -105,6 +114,9 @@ impl LeaderServices {
                         self.settings.retention,
                         token.clone(),
                     ));
+                    if let Some(password) = &self.initial_admin_password {
+                        services.spawn(create_admin(self.raft.clone(), password.clone(), token.clone()));
+                    }
                     term = Some(token);
                 }
                 (Some(token), false) => {
@@ -127,6 +139,42 @@ impl LeaderServices {
         if let Some(token) = term {
             token.cancel();
         }
+    }
+}
+
+/// Creates the `admin` user with its first password, unless the cluster has one already (a
+/// later password change through the API is kept across restarts and leader changes).
+async fn create_admin(raft: Arc<Raft>, password: String, cancel: CancellationToken) {
+    let mut pause = Duration::from_millis(50);
+    loop {
+        if raft
+            .shared
+            .read()
+            .await
+            .state
+            .security
+            .users
+            .contains_key(crate::security::ADMIN)
+        {
+            return;
+        }
+        let pw = password.clone();
+        let Ok(credentials) = tokio::task::spawn_blocking(move || crate::security::Credentials::new(&pw)).await else {
+            return;
+        };
+        let command = Command::Security(crate::security::SecurityCommand::InitAdmin { credentials });
+        match raft.proposer.propose(command).await {
+            Ok(_) => {
+                info!("created the admin user with the initial admin password");
+                return;
+            }
+            Err(e) => debug!(error = %e, "the admin user was not created yet; retrying"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {} // back off before proposing again
+        }
+        pause = (pause * 2).min(Duration::from_secs(2));
     }
 }
 

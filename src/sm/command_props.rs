@@ -298,6 +298,44 @@ fn command() -> impl Strategy<Value = Command> {
             completed_tasks_before_ms,
             audit_before_ms
         }),
+        security_command().prop_map(Command::Security),
+    ]
+}
+
+fn credentials() -> impl Strategy<Value = crate::security::Credentials> {
+    (
+        proptest::collection::vec(any::<u8>(), 0..40),
+        proptest::collection::vec(any::<u8>(), 0..70),
+        prop_oneof![Just(0u32), Just(1u32), Just(10_000u32), any::<u32>()],
+    )
+        .prop_map(|(salt, hash, iterations)| crate::security::Credentials { salt, hash, iterations })
+}
+
+fn security_command() -> impl Strategy<Value = crate::security::SecurityCommand> {
+    use crate::security::{Action, Permission, Resource, SecurityCommand as S};
+    let pattern = prop_oneof![
+        Just(".*".to_string()),
+        Just("wiki(".to_string()),
+        Just("a{99999}".to_string()),
+        text()
+    ];
+    let permission = (pattern, text(), any::<bool>()).prop_map(|(name, kind, write)| Permission {
+        resource: Resource { name, kind },
+        action: if write { Action::Write } else { Action::Read },
+    });
+    prop_oneof![
+        text().prop_map(|name| S::CreateUser { name }),
+        text().prop_map(|name| S::DeleteUser { name }),
+        (text(), credentials()).prop_map(|(name, credentials)| S::SetCredentials { name, credentials }),
+        text().prop_map(|name| S::CreateAuthzUser { name }),
+        text().prop_map(|name| S::DeleteAuthzUser { name }),
+        text().prop_map(|name| S::CreateRole { name }),
+        text().prop_map(|name| S::DeleteRole { name }),
+        (text(), text()).prop_map(|(user, role)| S::AssignRole { user, role }),
+        (text(), text()).prop_map(|(user, role)| S::UnassignRole { user, role }),
+        (text(), proptest::collection::vec(permission, 0..3))
+            .prop_map(|(role, permissions)| S::SetPermissions { role, permissions }),
+        credentials().prop_map(|credentials| S::InitAdmin { credentials }),
     ]
 }
 

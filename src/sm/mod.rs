@@ -41,6 +41,9 @@ pub struct State {
     /// Recent submissions' idempotency keys.
     #[serde(default)]
     pub idempotency: IdempotencyKeys,
+    /// Users, roles and permissions.
+    #[serde(default)]
+    pub security: crate::security::SecurityState,
 }
 
 pub use allocate::{AllocateOutcome, AllocateRequest};
@@ -153,6 +156,8 @@ pub enum Command {
         completed_tasks_before_ms: u64,
         audit_before_ms: u64,
     },
+    /// Change users, roles or permissions.
+    Security(crate::security::SecurityCommand),
 }
 
 /// Most complete tasks one [`Command::PruneHistory`] removes, so that one entry's apply stays
@@ -233,6 +238,11 @@ pub enum Reply {
         audit: usize,
         worker_config_history: usize,
     },
+    /// `error` says why a security command changed nothing.
+    Security {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
 }
 
 impl StateMachine for State {
@@ -282,6 +292,9 @@ impl State {
                     Err(rejected) => Reply::SubmitRejected { id, rejected },
                 }
             }
+            Command::Security(command) => Reply::Security {
+                error: self.security.apply(command).err(),
+            },
             Command::ShutdownTask { id, reason } => Reply::Shutdown {
                 outcome: self.tasks.apply_shutdown(ctx.time_ms, &id, &reason),
             },

@@ -6,6 +6,7 @@ use serde_json::value::RawValue;
 
 use super::*;
 use crate::locks::LockType;
+use crate::security::{Action, Credentials, Permission, Resource, SecurityCommand};
 use crate::segments::{DataSegment, SegmentKey};
 use crate::tasks::{NewTask, SHUTDOWN_BY_USER};
 
@@ -160,6 +161,39 @@ fn golden_json_of_lock_and_segment_commands_and_replies() {
             },
             json!({"setDatasourceMetadata": {"datasource": "wiki", "metadata": null}}),
         ),
+        (
+            Command::Security(SecurityCommand::SetCredentials {
+                name: "ana".into(),
+                credentials: Credentials {
+                    salt: vec![1, 2, 3],
+                    hash: vec![255, 0],
+                    iterations: 10_000,
+                },
+            }),
+            json!({"security": {"setCredentials": {"name": "ana",
+                   "credentials": {"salt": "AQID", "hash": "/wA=", "iterations": 10000}}}}),
+        ),
+        (
+            Command::Security(SecurityCommand::SetPermissions {
+                role: "wiki-reader".into(),
+                permissions: vec![Permission {
+                    resource: Resource {
+                        name: "wiki.*".into(),
+                        kind: "DATASOURCE".into(),
+                    },
+                    action: Action::Read,
+                }],
+            }),
+            json!({"security": {"setPermissions": {"role": "wiki-reader", "permissions": [
+                   {"resource": {"name": "wiki.*", "type": "DATASOURCE"}, "action": "READ"}]}}}),
+        ),
+        (
+            Command::Security(SecurityCommand::AssignRole {
+                user: "ana".into(),
+                role: "wiki-reader".into(),
+            }),
+            json!({"security": {"assignRole": {"user": "ana", "role": "wiki-reader"}}}),
+        ),
     ];
     for (cmd, golden) in cmds {
         assert_eq!(serde_json::to_value(&cmd).unwrap(), golden, "{cmd:?}");
@@ -167,6 +201,13 @@ fn golden_json_of_lock_and_segment_commands_and_replies() {
         assert_eq!(back, cmd);
     }
     let replies = vec![
+        (
+            Reply::Security {
+                error: Some("User [x] does not exist.".into()),
+            },
+            json!({"reply": "security", "error": "User [x] does not exist."}),
+        ),
+        (Reply::Security { error: None }, json!({"reply": "security"})),
         (
             Reply::Lock {
                 outcome: LockOutcome::Refused { reason: "r".into() },

@@ -45,6 +45,7 @@ pub fn validate(command: &Command) -> Result<(), String> {
         }
         Command::DeletePendingSegments { created, .. } => created.as_ref().map_or(Ok(()), Interval::check),
         Command::DeleteSegments { keys, .. } => keys.iter().try_for_each(check_key),
+        Command::Security(command) => crate::security::validate(command),
         Command::ShutdownTask { .. }
         | Command::ShutdownDatasourceTasks { .. }
         | Command::AnnounceNode { .. }
@@ -91,5 +92,6 @@ pub fn kind(command: &Command) -> &'static str {
         Command::DeleteSegments { .. } => "deleteSegments",
         Command::SetDatasourceMetadata { .. } => "setDatasourceMetadata",
         Command::PruneHistory { .. } => "pruneHistory",
+        Command::Security(_) => "security",
     }
 }

@@ -66,6 +66,10 @@ pub async fn run(dir: &Path) -> i32 {
         head.task_type
     );
     super::task_actions::set_token(dir);
+    if let Err(e) = raftlord_raft::tls::trust_from_env() {
+        eprintln!("peon: {e}");
+        return 2;
+    }
     let mut report = json!({});
     let result: Result<(), String> = match head.task_type.as_str() {
         "noop" => run_noop(&head).await,

@@ -109,7 +109,7 @@ pub struct LeaderClient {
 
 impl LeaderClient {
     pub fn new(seeds: Vec<String>, secret: String) -> Self {
-        let http = reqwest::Client::builder()
+        let http = raftlord_raft::tls::client_builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(2))
             .build()

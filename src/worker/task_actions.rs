@@ -61,7 +61,7 @@ impl TaskActions {
         if urls.is_empty() {
             return Err(format!("the worker gave this peon no task API ({API_ENV})"));
         }
-        let http = reqwest::Client::builder()
+        let http = raftlord_raft::tls::client_builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(660))
             .connect_timeout(Duration::from_secs(2))

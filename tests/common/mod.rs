@@ -82,6 +82,8 @@ pub fn node_config(id: u64, dir: &Path, formation: ClusterFormation, snapshot_ev
         overlord: Default::default(),
         task_log_dir: dir.join("task-logs"),
         worker: None,
+        auth: raftlord::config::AuthSettings::off(),
+        tls: None,
     }
 }
 
@@ -235,6 +237,7 @@ pub fn spawn_server_with_env(
         .args(["--heartbeat-ms", "50", "--election-timeout-ms", "300"])
         .args(extra)
         .env("RAFTLORD_CLUSTER_SECRET", SECRET)
+        .env("RAFTLORD_AUTH", "none")
         .env("RAFTLORD_LOG", "warn")
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
@@ -378,8 +381,13 @@ pub struct SingleNode {
 
 /// Starts an in-process single-node cluster on data in `dir` and waits until it leads.
 pub async fn start_single(dir: &Path, limits: Limits) -> RunningNode {
+    start_single_with(dir, |cfg| cfg.limits = limits).await
+}
+
+/// [`start_single`] with the node's configuration changed by `change`.
+pub async fn start_single_with(dir: &Path, change: impl FnOnce(&mut NodeConfig)) -> RunningNode {
     let mut cfg = node_config(1, dir, ClusterFormation::Single, 1000);
-    cfg.limits = limits;
+    change(&mut cfg);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let node = RunningNode::start_on(listener, cfg, Faults::default()).await.unwrap();
     wait_for("the node to lead", Duration::from_secs(20), || async {
@@ -391,8 +399,13 @@ pub async fn start_single(dir: &Path, limits: Limits) -> RunningNode {
 
 impl SingleNode {
     pub async fn start(limits: Limits) -> SingleNode {
+        SingleNode::start_with(|cfg| cfg.limits = limits).await
+    }
+
+    /// A single node whose configuration `change` adjusts.
+    pub async fn start_with(change: impl FnOnce(&mut NodeConfig)) -> SingleNode {
         let dir = tempfile::tempdir().unwrap();
-        let node = start_single(dir.path(), limits).await;
+        let node = start_single_with(dir.path(), change).await;
         SingleNode {
             url: node.url.clone(),
             node,
