@@ -22,6 +22,8 @@ pub struct Raftlord {
     dir: std::path::PathBuf,
     bin: std::path::PathBuf,
     extra: Vec<String>,
+    /// The CA of a cluster that serves HTTPS.
+    ca: Option<reqwest::Certificate>,
 }
 
 impl Raftlord {
@@ -32,10 +34,22 @@ impl Raftlord {
 
     /// Starts `n` nodes with extra command-line flags.
     pub async fn start_with(bin: &Path, dir: &Path, n: u64, extra: &[&str]) -> anyhow::Result<Raftlord> {
+        Self::start_with_ca(bin, dir, n, extra, None).await
+    }
+
+    /// Starts `n` nodes serving HTTPS with certificates `ca` signed, with extra flags.
+    pub async fn start_with_ca(
+        bin: &Path,
+        dir: &Path,
+        n: u64,
+        extra: &[&str],
+        ca: Option<reqwest::Certificate>,
+    ) -> anyhow::Result<Raftlord> {
+        let scheme = if ca.is_some() { "https" } else { "http" };
         let ports: BTreeMap<u64, u16> = (1..=n).map(|id| (id, free_port())).collect();
         let urls: BTreeMap<u64, String> = ports
             .iter()
-            .map(|(id, p)| (*id, format!("http://127.0.0.1:{p}")))
+            .map(|(id, p)| (*id, format!("{scheme}://127.0.0.1:{p}")))
             .collect();
         let peers = urls
             .iter()
@@ -50,6 +64,7 @@ impl Raftlord {
             dir: dir.to_path_buf(),
             bin: bin.to_path_buf(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            ca,
         };
         for id in 1..=n {
             c.spawn(id)?;
@@ -81,9 +96,18 @@ impl Raftlord {
         Ok(())
     }
 
+    /// A client builder that trusts this cluster's CA, if it has one.
+    pub fn client_builder(&self) -> reqwest::ClientBuilder {
+        let b = reqwest::Client::builder();
+        match &self.ca {
+            Some(ca) => b.add_root_certificate(ca.clone()),
+            None => b,
+        }
+    }
+
     /// The leader's id, waiting up to `timeout` for one.
     pub async fn wait_leader(&self, timeout: Duration) -> anyhow::Result<u64> {
-        let client = reqwest::Client::builder().timeout(Duration::from_millis(500)).build()?;
+        let client = self.client_builder().timeout(Duration::from_millis(500)).build()?;
         let deadline = Instant::now() + timeout;
         loop {
             for (id, url) in &self.urls {

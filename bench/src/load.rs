@@ -97,7 +97,11 @@ fn task_body(id: &str) -> String {
 }
 
 fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
+    load_client(reqwest::Client::builder())
+}
+
+fn load_client(builder: reqwest::ClientBuilder) -> reqwest::Client {
+    builder
         .pool_max_idle_per_host(256)
         .timeout(Duration::from_secs(10))
         .build()
@@ -116,7 +120,17 @@ async fn post_json(client: reqwest::Client, url: String, body: String) -> bool {
 }
 
 async fn raftlord_load(leader_url: String, clients: usize, duration: Duration, total: Option<u64>, tag: &str) -> Stats {
-    let client = http_client();
+    raftlord_load_with(http_client(), leader_url, clients, duration, total, tag).await
+}
+
+async fn raftlord_load_with(
+    client: reqwest::Client,
+    leader_url: String,
+    clients: usize,
+    duration: Duration,
+    total: Option<u64>,
+    tag: &str,
+) -> Stats {
     let tag = tag.to_string();
     closed_loop(clients, duration, total, move |c, n| {
         let (client, url) = (client.clone(), format!("{leader_url}/druid/indexer/v1/task"));
@@ -154,6 +168,110 @@ async fn etcd_load(url: String, clients: usize, duration: Duration) -> Stats {
         post_json(client, url, body)
     })
     .await
+}
+
+/// Submissions/s with users and HTTPS on against both off, on fresh three-node clusters
+/// alternated `rounds` times; every request of the secured run carries HTTP Basic credentials
+/// of a user checked against its role (not the admin), over TLS.
+pub async fn secure(bin: &Path, clients: usize, seconds: u64, rounds: usize, tls: bool) -> anyhow::Result<()> {
+    let duration = Duration::from_secs(seconds);
+    let name = if tls { "auth+tls" } else { "auth" };
+    println!("3 nodes on loopback, fsync on, {clients} concurrent clients, {VALUE_BYTES}-byte task specs, {seconds} s per run");
+    let mut ratios = Vec::new();
+    for round in 1..=rounds.max(1) {
+        let dir = tempfile::tempdir()?;
+        let mut plain = Raftlord::start(bin, &dir.path().join("plain"), 3).await?;
+        let leader = plain.wait_leader(Duration::from_secs(30)).await?;
+        raftlord_load(
+            plain.urls[&leader].clone(),
+            clients,
+            Duration::from_secs(2),
+            None,
+            "warm",
+        )
+        .await;
+        let off = raftlord_load(plain.urls[&leader].clone(), clients, duration, None, "run").await;
+        plain.stop_all().await;
+        println!("round {round}: {}", off.line("off"));
+
+        let ca = raftlord::cli::local_ca::make(&dir.path().join("tls"), &[])?;
+        let cert = reqwest::Certificate::from_pem(&std::fs::read(&ca.ca)?)?;
+        let mut flags = vec![
+            "--worker-capacity=0".to_string(),
+            "--auth=basic".to_string(),
+            "--initial-admin-password=bench-admin".to_string(),
+        ];
+        if tls {
+            flags.push(format!("--tls-cert={}", ca.cert.display()));
+            flags.push(format!("--tls-key={}", ca.key.display()));
+            flags.push(format!("--tls-ca={}", ca.ca.display()));
+        }
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let dir_on = dir.path().join("secured");
+        let mut secured = Raftlord::start_with_ca(bin, &dir_on, 3, &flags, tls.then_some(cert)).await?;
+        let leader = secured.wait_leader(Duration::from_secs(30)).await?;
+        let url = secured.urls[&leader].clone();
+        add_bench_user(&secured, &url).await?;
+        let headers = {
+            let mut h = reqwest::header::HeaderMap::new();
+            let token = base64::engine::general_purpose::STANDARD.encode("bench:bench-pw");
+            h.insert(reqwest::header::AUTHORIZATION, format!("Basic {token}").parse()?);
+            h
+        };
+        let client = load_client(secured.client_builder().default_headers(headers));
+        raftlord_load_with(
+            client.clone(),
+            url.clone(),
+            clients,
+            Duration::from_secs(2),
+            None,
+            "warm",
+        )
+        .await;
+        let on = raftlord_load_with(client, url, clients, duration, None, "run").await;
+        secured.stop_all().await;
+        println!("round {round}: {}", on.line(name));
+        ratios.push(on.rate() / off.rate());
+    }
+    let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.2}x")).collect();
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "ratio {name}/off writes/s: median {:.2}x (rounds: {})",
+        ratios[ratios.len() / 2],
+        shown.join(", ")
+    );
+    Ok(())
+}
+
+/// Creates the user `bench` (password `bench-pw`) with WRITE on the datasource `bench`.
+async fn add_bench_user(cluster: &Raftlord, url: &str) -> anyhow::Result<()> {
+    let admin = cluster.client_builder().build()?;
+    let authn = format!("{url}/druid-ext/basic-security/authentication/db/basic");
+    let authz = format!("{url}/druid-ext/basic-security/authorization/db/basic");
+    let permissions = json!([{"resource": {"name": "bench", "type": "DATASOURCE"}, "action": "WRITE"}]);
+    let steps = [
+        (format!("{authn}/users/bench"), None),
+        (
+            format!("{authn}/users/bench/credentials"),
+            Some(json!({"password": "bench-pw"})),
+        ),
+        (format!("{authz}/users/bench"), None),
+        (format!("{authz}/roles/bench-writer"), None),
+        (format!("{authz}/roles/bench-writer/permissions"), Some(permissions)),
+        (format!("{authz}/users/bench/roles/bench-writer"), None),
+    ];
+    for (step, body) in steps {
+        // The leader creates the admin user just after it is elected: retry until it exists.
+        poll(&format!("POST {step}"), Duration::from_secs(30), || {
+            let mut r = admin.post(&step).basic_auth("admin", Some("bench-admin"));
+            if let Some(b) = &body {
+                r = r.json(b);
+            }
+            async move { r.send().await.ok().filter(|r| r.status().is_success()) }
+        })
+        .await?;
+    }
+    Ok(())
 }
 
 /// Alternates raftlord and etcd `rounds` times (fresh clusters each time, so neither gains from

@@ -63,6 +63,19 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Submissions/s with users (HTTP Basic, role-checked) and TLS on against both off, side by
+    /// side on fresh 3-node clusters.
+    Secure {
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Users only, over plain HTTP.
+        #[arg(long)]
+        no_tls: bool,
+    },
     /// Leader kill -9 to first acknowledged write, N times, under a write load; then lost and
     /// duplicated writes.
     Failover {
@@ -210,6 +223,12 @@ async fn main() -> anyhow::Result<()> {
             etcd,
             rounds,
         } => load::submit(&bin, clients, seconds, (!no_etcd).then_some(etcd), rounds).await,
+        Cmd::Secure {
+            clients,
+            seconds,
+            rounds,
+            no_tls,
+        } => load::secure(&bin, clients, seconds, rounds, !no_tls).await,
         Cmd::Failover { rounds, writers } => chaos::failover(&bin, rounds, writers).await,
         Cmd::Ingest { rows, json_only } => tokio::task::spawn_blocking(move || ingest::run(rows, json_only)).await?,
         Cmd::Parallel { rows, parts, hashed } => parallel::run(&bin, rows, parts, hashed).await,

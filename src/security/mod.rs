@@ -333,16 +333,25 @@ fn compile(pattern: &str) -> Result<regex::Regex, regex::Error> {
 /// Whether the permission name `pattern` (a regular expression) matches all of `name`, as
 /// Druid's `Pattern.matcher(name).matches()`.
 pub fn name_matches(pattern: &str, name: &str) -> bool {
+    if pattern == ".*" {
+        return true;
+    }
+    // A name without regular-expression syntax matches only itself.
+    if !pattern.contains(|c: char| "\\.+*?()|[]{}^$".contains(c)) {
+        return pattern == name;
+    }
     let mut guard = PATTERNS.lock().unwrap_or_else(|p| p.into_inner());
     let cache = guard.get_or_insert_with(HashMap::new);
-    if cache.len() >= MAX_PATTERNS && !cache.contains_key(pattern) {
+    if let Some(compiled) = cache.get(pattern) {
+        return compiled.as_ref().is_some_and(|re| re.is_match(name));
+    }
+    if cache.len() >= MAX_PATTERNS {
         cache.clear();
     }
-    cache
-        .entry(pattern.to_string())
-        .or_insert_with(|| compile(pattern).ok())
-        .as_ref()
-        .is_some_and(|re| re.is_match(name))
+    let compiled = compile(pattern).ok();
+    let matched = compiled.as_ref().is_some_and(|re| re.is_match(name));
+    cache.insert(pattern.to_string(), compiled);
+    matched
 }
 
 fn check_name(what: &str, name: &str) -> Result<(), String> {
