@@ -156,4 +156,7 @@ pub struct WorkerNodeConfig {
     pub task_log_dir: PathBuf,
     pub worker: WorkerSettings,
     pub tls: Option<TlsSettings>,
+    /// The worker's read routes (task logs, reports, its task list) need no credentials:
+    /// the cluster runs with auth off.
+    pub open_reads: bool,
 }

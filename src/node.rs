@@ -224,7 +224,7 @@ impl RunningNode {
         let http_stop = CancellationToken::new();
         let mut app = api::router(state);
         if let Some(w) = &worker {
-            let routes = crate::worker::http::routes(w.clone(), &config.cluster_secret);
+            let routes = crate::worker::http::routes(w.clone(), &config.cluster_secret, !config.auth.enabled);
             app = app.merge(api::guard::guarded(routes, config.limits.max_payload_bytes));
         }
         let http = serve(listener, app, http_stop.clone(), tls);
@@ -510,7 +510,7 @@ impl RunningWorkerNode {
         )];
         // http
         let http_stop = CancellationToken::new();
-        let app = crate::worker::http::routes(worker.clone(), &config.cluster_secret)
+        let app = crate::worker::http::routes(worker.clone(), &config.cluster_secret, config.open_reads)
             .route("/status/health", axum::routing::get(|| async { axum::Json(true) }));
         let app = api::guard::guarded(app, crate::config::Limits::default().max_payload_bytes);
         let http = serve(listener, app, http_stop.clone(), tls);

@@ -451,9 +451,14 @@ fn a_cluster_with_auth_serves_through_any_node_and_its_peons_use_task_tokens() {
     let follower = urls.iter().find(|u| **u != leader).unwrap().clone();
     let as_admin = |r: reqwest::blocking::RequestBuilder| r.basic_auth("admin", Some(ADMIN_PW));
 
-    // Without credentials, a follower refuses as the leader would.
+    // Without credentials, a follower refuses as the leader would; a worker's own task list,
+    // logs and reports need the cluster secret.
     let r = client.get(format!("{follower}/druid/indexer/v1/tasks")).send().unwrap();
     assert_eq!(r.status(), 401);
+    let worker_tasks = format!("{follower}/druid/worker/v1/tasks");
+    assert_eq!(client.get(&worker_tasks).send().unwrap().status(), 401);
+    let r = client.get(&worker_tasks).bearer_auth(SECRET).send().unwrap();
+    assert_eq!(r.status(), 200);
 
     let task = json!({
         "type": "index_parallel", "id": "auth-par",

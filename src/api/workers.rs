@@ -157,7 +157,14 @@ async fn worker_of(state: &AppState, id: &str) -> Result<Option<String>, ApiErro
 }
 
 async fn proxy(state: &AppState, url: String) -> Option<Response> {
-    let resp = state.http.get(url).timeout(Duration::from_secs(30)).send().await.ok()?;
+    let resp = state
+        .http
+        .get(url)
+        .bearer_auth(&state.config.cluster_secret)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .ok()?;
     if !resp.status().is_success() {
         return None;
     }

@@ -239,6 +239,9 @@ async fn worker_only(args: ServerArgs) -> anyhow::Result<i32> {
         task_log_dir: task_log_dir(&args.node, &args.data_dir),
         worker,
         tls: args.node.tls.settings(),
+        // Without `--auth none`, a worker-only node assumes the cluster checks users and
+        // keeps task logs and reports behind the cluster secret.
+        open_reads: args.node.auth.auth == Some(super::AuthMode::None),
     };
     let node = match RunningWorkerNode::start(config).await {
         Ok(node) => node,

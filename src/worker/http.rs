@@ -1,8 +1,9 @@
 //! The worker's routes under `/druid/worker/v1`, as a Druid MiddleManager serves them.
 //!
 //! `GET /enabled`, `GET /tasks`, `GET /task/{id}/log?offset=N` and `GET /task/{id}/reports`
-//! are open; `POST /enable`, `POST /disable` and `POST /task/{id}/shutdown` change state and need
-//! the cluster secret.
+//! are open while auth is off, and need the cluster secret (which the leader sends when it
+//! fetches a running task's log or reports) when it is on; `POST /enable`, `POST /disable` and
+//! `POST /task/{id}/shutdown` change state and always need the cluster secret.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
@@ -23,23 +24,29 @@ use crate::api::ApiError;
 
 const BASE: &str = "/druid/worker/v1";
 
-pub fn routes(worker: WorkerService, secret: &str) -> Router {
+/// The worker's routes; `open_reads`: its reads need no credentials (auth off).
+pub fn routes(worker: WorkerService, secret: &str, open_reads: bool) -> Router {
     let secret: std::sync::Arc<str> = secret.into();
     let changes = Router::new()
         .route(&format!("{BASE}/enable"), post(enable))
         .route(&format!("{BASE}/disable"), post(disable))
         .route(&format!("{BASE}/task/{{id}}/shutdown"), post(shutdown))
         .layer(middleware::from_fn_with_state(
-            secret,
+            secret.clone(),
             raftlord_raft::server::require_secret,
         ));
-    Router::new()
+    let mut reads = Router::new()
         .route(&format!("{BASE}/enabled"), get(enabled))
         .route(&format!("{BASE}/tasks"), get(tasks))
         .route(&format!("{BASE}/task/{{id}}/log"), get(log))
-        .route(&format!("{BASE}/task/{{id}}/reports"), get(reports))
-        .merge(changes)
-        .with_state(worker)
+        .route(&format!("{BASE}/task/{{id}}/reports"), get(reports));
+    if !open_reads {
+        reads = reads.layer(middleware::from_fn_with_state(
+            secret,
+            raftlord_raft::server::require_secret,
+        ));
+    }
+    reads.merge(changes).with_state(worker)
 }
 
 async fn enabled(State(w): State<WorkerService>) -> Response {
