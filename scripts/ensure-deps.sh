@@ -43,6 +43,11 @@ if ! python3 -c "import moto.server, flask, flask_cors, boto3" >/dev/null 2>&1; 
   echo "installing: moto[server] (PyPI)" >&2
   pip_install "moto[server]"
 fi
+# The fuzz test drives every route of /openapi.json with schemathesis.
+if ! python3 -c "import schemathesis" >/dev/null 2>&1; then
+  echo "installing: schemathesis (PyPI)" >&2
+  pip_install schemathesis
+fi
 if $bench && ! python3 -c "import duckdb" >/dev/null 2>&1; then
   echo "installing: duckdb (PyPI)" >&2
   pip_install duckdb

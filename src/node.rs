@@ -222,11 +222,10 @@ impl RunningNode {
             http: raftlord_raft::tls::client_builder().build().unwrap_or_default(),
         };
         let http_stop = CancellationToken::new();
-        let mut app = api::router(state);
-        if let Some(w) = &worker {
-            let routes = crate::worker::http::routes(w.clone(), &config.cluster_secret, !config.auth.enabled);
-            app = app.merge(api::guard::guarded(routes, config.limits.max_payload_bytes));
-        }
+        let worker_routes = worker
+            .as_ref()
+            .map(|w| crate::worker::http::routes(w.clone(), &config.cluster_secret, !config.auth.enabled));
+        let app = api::router(state, worker_routes);
         let http = serve(listener, app, http_stop.clone(), tls);
         info!(url = %url, "serving http");
         {
@@ -510,8 +509,9 @@ impl RunningWorkerNode {
         )];
         // http
         let http_stop = CancellationToken::new();
-        let app = crate::worker::http::routes(worker.clone(), &config.cluster_secret, config.open_reads)
-            .route("/status/health", axum::routing::get(|| async { axum::Json(true) }));
+        let (app, _) =
+            crate::worker::http::routes(worker.clone(), &config.cluster_secret, config.open_reads).split_for_parts();
+        let app = app.route("/status/health", axum::routing::get(|| async { axum::Json(true) }));
         let app = api::guard::guarded(app, crate::config::Limits::default().max_payload_bytes);
         let http = serve(listener, app, http_stop.clone(), tls);
         info!(url = %url, "worker serving http");

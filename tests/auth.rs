@@ -57,56 +57,10 @@ async fn stored(d: &SingleNode) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_refuses_without_credentials_or_permission_and_changes_nothing() {
-    let d = SingleNode::start_with(|cfg| cfg.auth = AuthSettings::basic(ADMIN_PW)).await;
     // The leader creates the admin user at the first start.
-    wait_for("the admin user", Duration::from_secs(20), || async {
-        (call(&d, ADMIN, Method::GET, "/status", None).await.0 == StatusCode::OK).then_some(())
-    })
-    .await;
+    let d = start_with_users().await;
 
-    // ana may read and write `wiki` and read the cluster's state; bob has no role.
-    for (user, pw) in [("ana", "ana-pw"), ("bob", "bob-pw")] {
-        ok(&d, ADMIN, Method::POST, &format!("{AUTHN}/users/{user}"), None).await;
-        let body = json!({"password": pw});
-        ok(
-            &d,
-            ADMIN,
-            Method::POST,
-            &format!("{AUTHN}/users/{user}/credentials"),
-            Some(body),
-        )
-        .await;
-        ok(&d, ADMIN, Method::POST, &format!("{AUTHZ}/users/{user}"), None).await;
-    }
-    ok(&d, ADMIN, Method::POST, &format!("{AUTHZ}/roles/wiki-rw"), None).await;
-    let permissions = json!([
-        {"resource": {"name": "wiki", "type": "DATASOURCE"}, "action": "READ"},
-        {"resource": {"name": "wiki", "type": "DATASOURCE"}, "action": "WRITE"},
-        {"resource": {"name": ".*", "type": "STATE"}, "action": "READ"},
-    ]);
-    ok(
-        &d,
-        ADMIN,
-        Method::POST,
-        &format!("{AUTHZ}/roles/wiki-rw/permissions"),
-        Some(permissions),
-    )
-    .await;
-    ok(
-        &d,
-        ADMIN,
-        Method::POST,
-        &format!("{AUTHZ}/users/ana/roles/wiki-rw"),
-        None,
-    )
-    .await;
-    let v = ok(&d, ADMIN, Method::GET, &format!("{AUTHN}/users/ana"), None).await;
-    assert_eq!(v["credentials"]["iterations"], 10_000, "{v}");
-    assert!(
-        !v.to_string().contains("ana-pw"),
-        "a password is never stored or shown: {v}"
-    );
-
+    add_ana_and_bob(&d).await;
     for (id, ds) in [("t-wiki", "wiki"), ("t-other", "other")] {
         let task = json!({"type": "noop", "id": id, "dataSource": ds});
         ok(&d, ADMIN, Method::POST, "/druid/indexer/v1/task", Some(task)).await;
@@ -383,6 +337,146 @@ async fn every_route_refuses_without_credentials_or_permission_and_changes_nothi
     )
     .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    d.node.stop().await;
+}
+
+/// ana may read and write `wiki` and read the cluster's state; bob has no role.
+async fn add_ana_and_bob(d: &SingleNode) {
+    // ana may read and write `wiki` and read the cluster's state; bob has no role.
+    for (user, pw) in [("ana", "ana-pw"), ("bob", "bob-pw")] {
+        ok(d, ADMIN, Method::POST, &format!("{AUTHN}/users/{user}"), None).await;
+        let body = json!({"password": pw});
+        ok(
+            d,
+            ADMIN,
+            Method::POST,
+            &format!("{AUTHN}/users/{user}/credentials"),
+            Some(body),
+        )
+        .await;
+        ok(d, ADMIN, Method::POST, &format!("{AUTHZ}/users/{user}"), None).await;
+    }
+    ok(d, ADMIN, Method::POST, &format!("{AUTHZ}/roles/wiki-rw"), None).await;
+    let permissions = json!([
+        {"resource": {"name": "wiki", "type": "DATASOURCE"}, "action": "READ"},
+        {"resource": {"name": "wiki", "type": "DATASOURCE"}, "action": "WRITE"},
+        {"resource": {"name": ".*", "type": "STATE"}, "action": "READ"},
+    ]);
+    ok(
+        d,
+        ADMIN,
+        Method::POST,
+        &format!("{AUTHZ}/roles/wiki-rw/permissions"),
+        Some(permissions),
+    )
+    .await;
+    ok(
+        d,
+        ADMIN,
+        Method::POST,
+        &format!("{AUTHZ}/users/ana/roles/wiki-rw"),
+        None,
+    )
+    .await;
+    let v = ok(d, ADMIN, Method::GET, &format!("{AUTHN}/users/ana"), None).await;
+    assert_eq!(v["credentials"]["iterations"], 10_000, "{v}");
+    assert!(
+        !v.to_string().contains("ana-pw"),
+        "a password is never stored or shown: {v}"
+    );
+}
+
+/// A node with users on, once the leader has created the admin user.
+async fn start_with_users() -> SingleNode {
+    let d = SingleNode::start_with(|cfg| cfg.auth = AuthSettings::basic(ADMIN_PW)).await;
+    wait_for("the admin user", Duration::from_secs(20), || async {
+        (call(&d, ADMIN, Method::GET, "/status", None).await.0 == StatusCode::OK).then_some(())
+    })
+    .await;
+    d
+}
+
+/// Every operation of `/openapi.json` answers by its rule: 401 without credentials (or with a
+/// user's where only the cluster secret or a task token is taken), 403 for a user without the
+/// permission, and serves one who has it; a refusal changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_of_the_openapi_document_refuses_or_serves_by_its_rule() {
+    use raftlord::api::auth::{policy, Need};
+    let d = start_with_users().await;
+    add_ana_and_bob(&d).await;
+    let task = json!({"type": "noop", "id": "t-wiki", "dataSource": "wiki"});
+    ok(&d, ADMIN, Method::POST, "/druid/indexer/v1/task", Some(task)).await;
+    let (s, doc) = call(&d, None, Method::GET, "/openapi.json", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let paths = doc["paths"].as_object().expect("paths");
+    let mut operations = 0;
+    for (template, item) in paths {
+        let path = template
+            .replace("{id}", "t-wiki")
+            .replace("{ds}", "wiki")
+            .replace("{host}", "h:1")
+            .replace("{authenticator}", "basic")
+            .replace("{authorizer}", "basic")
+            .replace("{user}", "zed")
+            .replace("{role}", "zed-role");
+        for (method, op) in item.as_object().unwrap() {
+            let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let body = op.get("requestBody").map(|_| json!({}));
+            let need = policy(&method, template);
+            operations += 1;
+            let refused = |who: Who, want: StatusCode| {
+                let (method, path, body) = (method.clone(), path.clone(), body.clone());
+                let d = &d;
+                async move {
+                    let before = stored(d).await;
+                    let (s, v) = call(d, who, method.clone(), &path, body.as_ref()).await;
+                    assert_eq!(s, want, "{method} {path} as {who:?}: {v}");
+                    assert_eq!(stored(d).await, before, "{method} {path}: a refusal changed the state");
+                }
+            };
+            let served = |who: Who| {
+                let (method, path, body) = (method.clone(), path.clone(), body.clone());
+                let d = &d;
+                async move {
+                    let (s, v) = call(d, who, method.clone(), &path, body.as_ref()).await;
+                    assert!(
+                        s != StatusCode::UNAUTHORIZED && s != StatusCode::FORBIDDEN,
+                        "{method} {path} as {who:?}: {s} {v}"
+                    );
+                }
+            };
+            match need {
+                Need::Open => served(None).await,
+                Need::OwnCheck => {
+                    refused(None, StatusCode::UNAUTHORIZED).await;
+                    refused(ADMIN, StatusCode::UNAUTHORIZED).await;
+                    let before = stored(&d).await;
+                    let r = d
+                        .client
+                        .request(method.clone(), format!("{}{path}", d.url))
+                        .bearer_auth("wrong");
+                    let r = r.send().await.unwrap();
+                    assert_eq!(
+                        r.status(),
+                        StatusCode::UNAUTHORIZED,
+                        "{method} {path} with a wrong secret"
+                    );
+                    assert_eq!(stored(&d).await, before);
+                }
+                Need::Login => {
+                    refused(None, StatusCode::UNAUTHORIZED).await;
+                    served(BOB).await;
+                    served(ADMIN).await;
+                }
+                Need::Permission(..) => {
+                    refused(None, StatusCode::UNAUTHORIZED).await;
+                    refused(BOB, StatusCode::FORBIDDEN).await;
+                    served(ADMIN).await;
+                }
+            }
+        }
+    }
+    assert!(operations >= 80, "the document lists {operations} operations");
     d.node.stop().await;
 }
 

@@ -50,11 +50,18 @@ pub async fn require_secret(State(secret): State<Arc<str>>, req: Request, next: 
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
         Some(g) if constant_time_eq(g.as_bytes(), secret.as_bytes()) => next.run(req).await,
-        _ => error_response(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "this route needs the cluster secret as 'Authorization: Bearer <secret>'",
-        ),
+        _ => {
+            let mut resp = error_response(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this route needs the cluster secret as 'Authorization: Bearer <secret>'",
+            );
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"raftlord cluster\""),
+            );
+            resp
+        }
     }
 }
 

@@ -17,11 +17,12 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::tasks::read_body;
 use super::{ApiError, AppState};
@@ -39,8 +40,8 @@ pub const DEFAULT_LOCK_TIMEOUT_MS: u64 = 300_000;
 /// a request never holds a connection open without limit.
 pub const MAX_LOCK_WAIT_MS: u64 = 600_000;
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/druid/indexer/v1/action", post(action))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(action))
 }
 
 #[derive(Deserialize)]
@@ -190,6 +191,14 @@ fn check_acting(state: &AppState, who: &ActingAs, id: &str, assigned_index: Opti
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/druid/indexer/v1/action",
+    tag = "tasks",
+    summary = "A task action: locks, segment allocation, publishing (the task's token or the cluster secret)",
+    request_body(content = serde_json::Value, content_type = "application/json"),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn action(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let who = acting_as(&state, &headers)?;
     let bytes = read_body(&state, &headers, body).await?;

@@ -17,6 +17,7 @@ mod actions;
 pub mod auth;
 mod error;
 pub mod guard;
+pub mod openapi;
 mod security;
 mod segments;
 mod status;
@@ -30,6 +31,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use utoipa_axum::router::OpenApiRouter;
 
 pub use error::ApiError;
 
@@ -74,8 +76,9 @@ impl AppState {
     }
 }
 
-/// The whole HTTP surface of a node.
-pub fn router(state: AppState) -> Router {
+/// The whole HTTP surface of a node, with `extra` routes (the worker's, on a node that is one)
+/// under the same guards; `/openapi.json` describes all of them but the Raft RPCs.
+pub fn router(state: AppState, extra: Option<OpenApiRouter>) -> Router {
     let secret: Arc<str> = state.config.cluster_secret.as_str().into();
     let internal = workers::internal_routes()
         .layer(middleware::from_fn_with_state(state.clone(), leader_only))
@@ -83,7 +86,7 @@ pub fn router(state: AppState) -> Router {
             secret,
             raftlord_raft::server::require_secret,
         ));
-    let druid = Router::new()
+    let druid = OpenApiRouter::new()
         .merge(tasks::routes())
         .merge(workers::routes())
         .merge(actions::routes())
@@ -93,14 +96,20 @@ pub fn router(state: AppState) -> Router {
         .merge(tasks::any_node_routes())
         .merge(workers::any_node_routes())
         .merge(internal);
-    let app = Router::new()
+    let mut app = OpenApiRouter::with_openapi(openapi::base())
         .merge(druid)
         .merge(status::routes(state.clone()))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
-        .with_state(state.clone())
+        .with_state(state.clone());
+    if let Some(extra) = extra {
+        app = app.merge(extra);
+    }
+    let (app, doc) = app
         .layer(middleware::from_fn(error::legacy_errors))
-        .fallback(not_found);
-    guard::guarded(app, state.config.limits.max_payload_bytes).merge(raftlord_raft::server::router(state.raft.clone()))
+        .fallback(not_found)
+        .split_for_parts();
+    guard::guarded(app.merge(openapi::route(doc)), state.config.limits.max_payload_bytes)
+        .merge(raftlord_raft::server::router(state.raft.clone()))
 }
 
 async fn not_found(req: Request) -> ApiError {

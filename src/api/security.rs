@@ -8,51 +8,31 @@
 
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{ApiError, AppState};
 use crate::security::{Credentials, Permission, SecurityCommand as C};
 use crate::sm::{Command, Reply};
 
-const AUTHN: &str = "/druid-ext/basic-security/authentication";
-const AUTHZ: &str = "/druid-ext/basic-security/authorization";
-
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route(&format!("{AUTHN}/loadStatus"), get(authn_load_status))
-        .route(&format!("{AUTHN}/refreshAll"), post(refresh_all))
-        .route(&format!("{AUTHN}/db/{{authenticator}}/users"), get(authn_users))
-        .route(
-            &format!("{AUTHN}/db/{{authenticator}}/users/{{user}}"),
-            get(authn_user).post(create_authn_user).delete(delete_authn_user),
-        )
-        .route(
-            &format!("{AUTHN}/db/{{authenticator}}/users/{{user}}/credentials"),
-            post(set_credentials),
-        )
-        .route(&format!("{AUTHZ}/loadStatus"), get(authz_load_status))
-        .route(&format!("{AUTHZ}/refreshAll"), post(refresh_all))
-        .route(&format!("{AUTHZ}/db/{{authorizer}}/users"), get(authz_users))
-        .route(
-            &format!("{AUTHZ}/db/{{authorizer}}/users/{{user}}"),
-            get(authz_user).post(create_authz_user).delete(delete_authz_user),
-        )
-        .route(&format!("{AUTHZ}/db/{{authorizer}}/roles"), get(roles))
-        .route(
-            &format!("{AUTHZ}/db/{{authorizer}}/roles/{{role}}"),
-            get(role).post(create_role).delete(delete_role),
-        )
-        .route(
-            &format!("{AUTHZ}/db/{{authorizer}}/users/{{user}}/roles/{{role}}"),
-            post(assign_role).delete(unassign_role),
-        )
-        .route(
-            &format!("{AUTHZ}/db/{{authorizer}}/roles/{{role}}/permissions"),
-            get(permissions).post(set_permissions),
-        )
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(authn_load_status))
+        .routes(routes!(refresh_all))
+        .routes(routes!(authn_users))
+        .routes(routes!(authn_user, create_authn_user, delete_authn_user))
+        .routes(routes!(set_credentials))
+        .routes(routes!(authz_load_status))
+        .routes(routes!(refresh_all_authz))
+        .routes(routes!(authz_users))
+        .routes(routes!(authz_user, create_authz_user, delete_authz_user))
+        .routes(routes!(roles))
+        .routes(routes!(role, create_role, delete_role))
+        .routes(routes!(assign_role, unassign_role))
+        .routes(routes!(permissions, set_permissions))
 }
 
 fn authenticator(state: &AppState, name: &str) -> Result<(), ApiError> {
@@ -83,25 +63,73 @@ async fn change(state: &AppState, command: C) -> Result<Response, ApiError> {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/druid-ext/basic-security/authentication/loadStatus",
+    tag = "security",
+    summary = "Whether the authenticator's users are loaded",
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn authn_load_status(State(state): State<AppState>) -> Response {
     Json(json!({ state.config.auth.authenticator.clone(): true })).into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/druid-ext/basic-security/authorization/loadStatus",
+    tag = "security",
+    summary = "Whether the authorizer's users and roles are loaded",
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn authz_load_status(State(state): State<AppState>) -> Response {
     Json(json!({ state.config.auth.authorizer.clone(): true })).into_response()
 }
 
 /// Druid's nodes poll the metadata store; here every node applies the same log: nothing to do.
+#[utoipa::path(
+    post,
+    path = "/druid-ext/basic-security/authentication/refreshAll",
+    tag = "security",
+    summary = "Nothing to refresh: every node applies the same log",
+    responses((status = 200, description = "success"), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn refresh_all() -> Response {
     axum::http::StatusCode::OK.into_response()
 }
 
+#[utoipa::path(
+    post,
+    path = "/druid-ext/basic-security/authorization/refreshAll",
+    tag = "security",
+    summary = "Nothing to refresh: every node applies the same log",
+    responses((status = 200, description = "success"))
+)]
+async fn refresh_all_authz() -> Response {
+    refresh_all().await
+}
+
+#[utoipa::path(
+    get,
+    path = "/druid-ext/basic-security/authentication/db/{authenticator}/users",
+    tag = "security",
+    summary = "The authenticator's users",
+    params(("authenticator" = String, Path, description = "authenticator name")),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn authn_users(State(state): State<AppState>, Path(a): Path<String>) -> Result<Response, ApiError> {
     authenticator(&state, &a)?;
     let g = state.raft.shared.view().await;
     Ok(Json(g.state.security.users.keys().collect::<Vec<_>>()).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/druid-ext/basic-security/authentication/db/{authenticator}/users/{user}",
+    tag = "security",
+    summary = "A user and its credentials (salt, hash, iterations)",
+    params(("authenticator" = String, Path, description = "authenticator name"), ("user" = String, Path, description = "user name")),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn authn_user(
     State(state): State<AppState>,
     Path((a, user)): Path<(String, String)>,
@@ -114,6 +142,14 @@ async fn authn_user(
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/druid-ext/basic-security/authentication/db/{authenticator}/users/{user}",
+    tag = "security",
+    summary = "Create a user",
+    params(("authenticator" = String, Path, description = "authenticator name"), ("user" = String, Path, description = "user name")),
+    responses((status = 200, description = "success"), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn create_authn_user(
     State(state): State<AppState>,
     Path((a, name)): Path<(String, String)>,
@@ -122,6 +158,14 @@ async fn create_authn_user(
     change(&state, C::CreateUser { name }).await
 }
 
+#[utoipa::path(
+    delete,
+    path = "/druid-ext/basic-security/authentication/db/{authenticator}/users/{user}",
+    tag = "security",
+    summary = "Delete a user",
+    params(("authenticator" = String, Path, description = "authenticator name"), ("user" = String, Path, description = "user name")),
+    responses((status = 200, description = "success"), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn delete_authn_user(
     State(state): State<AppState>,
     Path((a, name)): Path<(String, String)>,
@@ -135,6 +179,15 @@ struct PasswordBody {
     password: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/druid-ext/basic-security/authentication/db/{authenticator}/users/{user}/credentials",
+    tag = "security",
+    summary = "Set a user's password ({\"password\": ...})",
+    params(("authenticator" = String, Path, description = "authenticator name"), ("user" = String, Path, description = "user name")),
+    request_body(content = serde_json::Value, content_type = "application/json"),
+    responses((status = 200, description = "success"), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn set_credentials(
     State(state): State<AppState>,
     Path((a, name)): Path<(String, String)>,
@@ -158,12 +211,28 @@ struct FullQuery {
     full: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/druid-ext/basic-security/authorization/db/{authorizer}/users",
+    tag = "security",
+    summary = "The authorizer's users",
+    params(("authorizer" = String, Path, description = "authorizer name")),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn authz_users(State(state): State<AppState>, Path(a): Path<String>) -> Result<Response, ApiError> {
     authorizer(&state, &a)?;
     let g = state.raft.shared.view().await;
     Ok(Json(g.state.security.authz_users.keys().collect::<Vec<_>>()).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/druid-ext/basic-security/authorization/db/{authorizer}/users/{user}",
+    tag = "security",
+    summary = "A user and its roles (?full: with permissions)",
+    params(("authorizer" = String, Path, description = "authorizer name"), ("user" = String, Path, description = "user name"), ("full" = Option<String>, Query)),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn authz_user(
     State(state): State<AppState>,
     Path((a, user)): Path<(String, String)>,
@@ -187,6 +256,14 @@ async fn authz_user(
     Ok(Json(json!({"name": user, "roles": u.roles})).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/druid-ext/basic-security/authorization/db/{authorizer}/users/{user}",
+    tag = "security",
+    summary = "Create a user of the authorizer",
+    params(("authorizer" = String, Path, description = "authorizer name"), ("user" = String, Path, description = "user name")),
+    responses((status = 200, description = "success"), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn create_authz_user(
     State(state): State<AppState>,
     Path((a, name)): Path<(String, String)>,
@@ -195,6 +272,14 @@ async fn create_authz_user(
     change(&state, C::CreateAuthzUser { name }).await
 }
 
+#[utoipa::path(
+    delete,
+    path = "/druid-ext/basic-security/authorization/db/{authorizer}/users/{user}",
+    tag = "security",
+    summary = "Delete a user of the authorizer",
+    params(("authorizer" = String, Path, description = "authorizer name"), ("user" = String, Path, description = "user name")),
+    responses((status = 200, description = "success"), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn delete_authz_user(
     State(state): State<AppState>,
     Path((a, name)): Path<(String, String)>,
@@ -203,12 +288,28 @@ async fn delete_authz_user(
     change(&state, C::DeleteAuthzUser { name }).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/druid-ext/basic-security/authorization/db/{authorizer}/roles",
+    tag = "security",
+    summary = "Roles",
+    params(("authorizer" = String, Path, description = "authorizer name")),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn roles(State(state): State<AppState>, Path(a): Path<String>) -> Result<Response, ApiError> {
     authorizer(&state, &a)?;
     let g = state.raft.shared.view().await;
     Ok(Json(g.state.security.roles.keys().collect::<Vec<_>>()).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/druid-ext/basic-security/authorization/db/{authorizer}/roles/{role}",
+    tag = "security",
+    summary = "A role, its users and permissions",
+    params(("authorizer" = String, Path, description = "authorizer name"), ("role" = String, Path, description = "role name")),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn role(State(state): State<AppState>, Path((a, role)): Path<(String, String)>) -> Result<Response, ApiError> {
     authorizer(&state, &a)?;
     let g = state.raft.shared.view().await;
@@ -226,6 +327,14 @@ async fn role(State(state): State<AppState>, Path((a, role)): Path<(String, Stri
     Ok(Json(json!({"name": role, "users": users, "permissions": permissions})).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/druid-ext/basic-security/authorization/db/{authorizer}/roles/{role}",
+    tag = "security",
+    summary = "Create a role",
+    params(("authorizer" = String, Path, description = "authorizer name"), ("role" = String, Path, description = "role name")),
+    responses((status = 200, description = "success"), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn create_role(
     State(state): State<AppState>,
     Path((a, name)): Path<(String, String)>,
@@ -234,6 +343,14 @@ async fn create_role(
     change(&state, C::CreateRole { name }).await
 }
 
+#[utoipa::path(
+    delete,
+    path = "/druid-ext/basic-security/authorization/db/{authorizer}/roles/{role}",
+    tag = "security",
+    summary = "Delete a role (and take it from its users)",
+    params(("authorizer" = String, Path, description = "authorizer name"), ("role" = String, Path, description = "role name")),
+    responses((status = 200, description = "success"), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn delete_role(
     State(state): State<AppState>,
     Path((a, name)): Path<(String, String)>,
@@ -242,6 +359,14 @@ async fn delete_role(
     change(&state, C::DeleteRole { name }).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/druid-ext/basic-security/authorization/db/{authorizer}/users/{user}/roles/{role}",
+    tag = "security",
+    summary = "Give a user a role",
+    params(("authorizer" = String, Path, description = "authorizer name"), ("user" = String, Path, description = "user name"), ("role" = String, Path, description = "role name")),
+    responses((status = 200, description = "success"), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn assign_role(
     State(state): State<AppState>,
     Path((a, user, role)): Path<(String, String, String)>,
@@ -250,6 +375,14 @@ async fn assign_role(
     change(&state, C::AssignRole { user, role }).await
 }
 
+#[utoipa::path(
+    delete,
+    path = "/druid-ext/basic-security/authorization/db/{authorizer}/users/{user}/roles/{role}",
+    tag = "security",
+    summary = "Take a role from a user",
+    params(("authorizer" = String, Path, description = "authorizer name"), ("user" = String, Path, description = "user name"), ("role" = String, Path, description = "role name")),
+    responses((status = 200, description = "success"), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn unassign_role(
     State(state): State<AppState>,
     Path((a, user, role)): Path<(String, String, String)>,
@@ -258,6 +391,14 @@ async fn unassign_role(
     change(&state, C::UnassignRole { user, role }).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/druid-ext/basic-security/authorization/db/{authorizer}/roles/{role}/permissions",
+    tag = "security",
+    summary = "A role's permissions",
+    params(("authorizer" = String, Path, description = "authorizer name"), ("role" = String, Path, description = "role name")),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn permissions(
     State(state): State<AppState>,
     Path((a, role)): Path<(String, String)>,
@@ -270,6 +411,15 @@ async fn permissions(
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/druid-ext/basic-security/authorization/db/{authorizer}/roles/{role}/permissions",
+    tag = "security",
+    summary = "Replace a role's permissions",
+    params(("authorizer" = String, Path, description = "authorizer name"), ("role" = String, Path, description = "role name")),
+    request_body(content = serde_json::Value, content_type = "application/json"),
+    responses((status = 200, description = "success"), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn set_permissions(
     State(state): State<AppState>,
     Path((a, role)): Path<(String, String)>,

@@ -8,10 +8,11 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::auth::Identity;
 use super::tasks::read_body;
@@ -21,78 +22,216 @@ use crate::locks::LockFilterPolicy;
 use crate::segments::{validate_datasource, DataSegmentJson, SegmentFilter, SegmentKey};
 use crate::sm::{Command, Reply};
 
-const OVERLORD: &str = "/druid/indexer/v1";
-const COORDINATOR: &str = "/druid/coordinator/v1";
-
 /// Routes served by the leader.
-pub fn routes() -> Router<AppState> {
-    let mut r = Router::new()
-        .route(&format!("{OVERLORD}/lockedIntervals"), post(locked_intervals_v1))
-        .route(&format!("{OVERLORD}/lockedIntervals/v2"), post(locked_intervals_v2))
-        .route(&format!("{OVERLORD}/activeLocks"), post(active_locks))
-        .route(&format!("{OVERLORD}/audit"), get(audit))
-        .route(
-            &format!("{OVERLORD}/pendingSegments/{{ds}}"),
-            axum::routing::delete(delete_pending),
-        )
-        .route(
-            &format!("{OVERLORD}/datasources/{{ds}}/metadata"),
-            get(get_metadata).delete(reset_metadata),
-        )
-        .route(
-            &format!("{COORDINATOR}/metadata/datasources"),
-            get(metadata_datasources),
-        )
-        .route(
-            &format!("{COORDINATOR}/metadata/datasources/{{ds}}"),
-            get(metadata_datasource),
-        )
-        .route(
-            &format!("{COORDINATOR}/metadata/datasources/{{ds}}/segments"),
-            get(metadata_segments_of).post(metadata_segments_in),
-        )
-        .route(
-            &format!("{COORDINATOR}/metadata/datasources/{{ds}}/segments/{{id}}"),
-            get(metadata_segment),
-        )
-        .route(
-            &format!("{COORDINATOR}/metadata/datasources/{{ds}}/unusedSegments"),
-            get(unused_segments),
-        )
-        .route(&format!("{COORDINATOR}/metadata/segments"), get(metadata_all_segments))
-        .route(&format!("{COORDINATOR}/datasources"), get(coordinator_datasources))
-        .route(
-            &format!("{COORDINATOR}/datasources/{{ds}}/intervals"),
-            get(datasource_intervals),
-        );
-    // Mark used / unused: the Overlord's routes and the Coordinator's older ones.
-    for base in [OVERLORD, COORDINATOR] {
-        let by_filter = |used| {
-            post(
-                move |State(s): State<AppState>, Path(ds): Path<String>, h: HeaderMap, b: Body| {
-                    mark_by_filter(s, ds, h, b, used)
-                },
-            )
-        };
-        let one =
-            |used| move |State(s): State<AppState>, Path((ds, id)): Path<(String, String)>| mark_one(s, ds, id, used);
-        let all = |used| move |State(s): State<AppState>, Path(ds): Path<String>| mark_all(s, ds, used);
-        r = r
-            .route(&format!("{base}/datasources/{{ds}}/markUsed"), by_filter(true))
-            .route(&format!("{base}/datasources/{{ds}}/markUnused"), by_filter(false))
-            .route(
-                &format!("{base}/datasources/{{ds}}/segments/{{id}}"),
-                post(one(true)).delete(one(false)),
-            );
-        let ds_route = post(all(true)).delete(all(false));
-        let ds_route = if base == COORDINATOR {
-            ds_route.get(coordinator_datasource)
-        } else {
-            ds_route
-        };
-        r = r.route(&format!("{base}/datasources/{{ds}}"), ds_route);
-    }
-    r
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(locked_intervals_v1))
+        .routes(routes!(locked_intervals_v2))
+        .routes(routes!(active_locks))
+        .routes(routes!(audit))
+        .routes(routes!(delete_pending))
+        .routes(routes!(get_metadata, reset_metadata))
+        .routes(routes!(metadata_datasources))
+        .routes(routes!(metadata_datasource))
+        .routes(routes!(metadata_segments_of, metadata_segments_in))
+        .routes(routes!(metadata_segment))
+        .routes(routes!(unused_segments))
+        .routes(routes!(metadata_all_segments))
+        .routes(routes!(coordinator_datasources))
+        .routes(routes!(datasource_intervals))
+        // Mark used / unused: the Overlord's routes and the Coordinator's older ones.
+        .routes(routes!(overlord_mark_used))
+        .routes(routes!(overlord_mark_unused))
+        .routes(routes!(overlord_mark_segment_used, overlord_mark_segment_unused))
+        .routes(routes!(overlord_mark_all_used, overlord_mark_all_unused))
+        .routes(routes!(coordinator_mark_used))
+        .routes(routes!(coordinator_mark_unused))
+        .routes(routes!(coordinator_mark_segment_used, coordinator_mark_segment_unused))
+        .routes(routes!(
+            coordinator_datasource,
+            coordinator_mark_all_used,
+            coordinator_mark_all_unused
+        ))
+}
+
+#[utoipa::path(
+    post,
+    path = "/druid/indexer/v1/datasources/{ds}/markUsed",
+    tag = "segments",
+    summary = "Mark segments used by interval or ids",
+    params(("ds" = String, Path, description = "datasource name")),
+    request_body(content = serde_json::Value, content_type = "application/json"),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
+async fn overlord_mark_used(
+    State(s): State<AppState>,
+    Path(ds): Path<String>,
+    h: HeaderMap,
+    b: Body,
+) -> Result<Response, ApiError> {
+    mark_by_filter(s, ds, h, b, true).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/druid/indexer/v1/datasources/{ds}/markUnused",
+    tag = "segments",
+    summary = "Mark segments unused by interval or ids",
+    params(("ds" = String, Path, description = "datasource name")),
+    request_body(content = serde_json::Value, content_type = "application/json"),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
+async fn overlord_mark_unused(
+    State(s): State<AppState>,
+    Path(ds): Path<String>,
+    h: HeaderMap,
+    b: Body,
+) -> Result<Response, ApiError> {
+    mark_by_filter(s, ds, h, b, false).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/druid/indexer/v1/datasources/{ds}/segments/{id}",
+    tag = "segments",
+    summary = "Mark one segment used",
+    params(("ds" = String, Path, description = "datasource name"), ("id" = String, Path, description = "task id")),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
+async fn overlord_mark_segment_used(
+    State(s): State<AppState>,
+    Path((ds, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    mark_one(s, ds, id, true).await
+}
+
+#[utoipa::path(
+    delete,
+    path = "/druid/indexer/v1/datasources/{ds}/segments/{id}",
+    tag = "segments",
+    summary = "Mark one segment unused",
+    params(("ds" = String, Path, description = "datasource name"), ("id" = String, Path, description = "task id")),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
+async fn overlord_mark_segment_unused(
+    State(s): State<AppState>,
+    Path((ds, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    mark_one(s, ds, id, false).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/druid/indexer/v1/datasources/{ds}",
+    tag = "segments",
+    summary = "Mark every segment of a datasource used",
+    params(("ds" = String, Path, description = "datasource name")),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
+async fn overlord_mark_all_used(State(s): State<AppState>, Path(ds): Path<String>) -> Result<Response, ApiError> {
+    mark_all(s, ds, true).await
+}
+
+#[utoipa::path(
+    delete,
+    path = "/druid/indexer/v1/datasources/{ds}",
+    tag = "segments",
+    summary = "Mark every segment of a datasource unused",
+    params(("ds" = String, Path, description = "datasource name")),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
+async fn overlord_mark_all_unused(State(s): State<AppState>, Path(ds): Path<String>) -> Result<Response, ApiError> {
+    mark_all(s, ds, false).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/druid/coordinator/v1/datasources/{ds}/markUsed",
+    tag = "segments",
+    summary = "Mark segments used by interval or ids",
+    params(("ds" = String, Path, description = "datasource name")),
+    request_body(content = serde_json::Value, content_type = "application/json"),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
+async fn coordinator_mark_used(
+    State(s): State<AppState>,
+    Path(ds): Path<String>,
+    h: HeaderMap,
+    b: Body,
+) -> Result<Response, ApiError> {
+    mark_by_filter(s, ds, h, b, true).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/druid/coordinator/v1/datasources/{ds}/markUnused",
+    tag = "segments",
+    summary = "Mark segments unused by interval or ids",
+    params(("ds" = String, Path, description = "datasource name")),
+    request_body(content = serde_json::Value, content_type = "application/json"),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
+async fn coordinator_mark_unused(
+    State(s): State<AppState>,
+    Path(ds): Path<String>,
+    h: HeaderMap,
+    b: Body,
+) -> Result<Response, ApiError> {
+    mark_by_filter(s, ds, h, b, false).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/druid/coordinator/v1/datasources/{ds}/segments/{id}",
+    tag = "segments",
+    summary = "Mark one segment used",
+    params(("ds" = String, Path, description = "datasource name"), ("id" = String, Path, description = "task id")),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
+async fn coordinator_mark_segment_used(
+    State(s): State<AppState>,
+    Path((ds, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    mark_one(s, ds, id, true).await
+}
+
+#[utoipa::path(
+    delete,
+    path = "/druid/coordinator/v1/datasources/{ds}/segments/{id}",
+    tag = "segments",
+    summary = "Mark one segment unused",
+    params(("ds" = String, Path, description = "datasource name"), ("id" = String, Path, description = "task id")),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
+async fn coordinator_mark_segment_unused(
+    State(s): State<AppState>,
+    Path((ds, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    mark_one(s, ds, id, false).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/druid/coordinator/v1/datasources/{ds}",
+    tag = "segments",
+    summary = "Mark every segment of a datasource used",
+    params(("ds" = String, Path, description = "datasource name")),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
+async fn coordinator_mark_all_used(State(s): State<AppState>, Path(ds): Path<String>) -> Result<Response, ApiError> {
+    mark_all(s, ds, true).await
+}
+
+#[utoipa::path(
+    delete,
+    path = "/druid/coordinator/v1/datasources/{ds}",
+    tag = "segments",
+    summary = "Mark every segment of a datasource unused",
+    params(("ds" = String, Path, description = "datasource name")),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
+async fn coordinator_mark_all_unused(State(s): State<AppState>, Path(ds): Path<String>) -> Result<Response, ApiError> {
+    mark_all(s, ds, false).await
 }
 
 fn bad(msg: impl Into<String>) -> ApiError {
@@ -134,6 +273,14 @@ async fn json_body<T: serde::de::DeserializeOwned>(
 
 // ---- locks ----
 
+#[utoipa::path(
+    post,
+    path = "/druid/indexer/v1/lockedIntervals",
+    tag = "locks",
+    summary = "Locked intervals by datasource ({datasource: minPriority})",
+    request_body(content = serde_json::Value, content_type = "application/json"),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn locked_intervals_v1(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -162,6 +309,14 @@ async fn policies(state: &AppState, headers: &HeaderMap, body: Body) -> Result<V
     Ok(p)
 }
 
+#[utoipa::path(
+    post,
+    path = "/druid/indexer/v1/lockedIntervals/v2",
+    tag = "locks",
+    summary = "Locked intervals for lock filter policies",
+    request_body(content = serde_json::Value, content_type = "application/json"),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn locked_intervals_v2(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -172,6 +327,14 @@ async fn locked_intervals_v2(
     Ok(Json(g.state.locks.locked_intervals(&p)).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/druid/indexer/v1/activeLocks",
+    tag = "locks",
+    summary = "Active locks for lock filter policies",
+    request_body(content = serde_json::Value, content_type = "application/json"),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn active_locks(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let p = policies(&state, &headers, body).await?;
     let g = state.raft.shared.view().await;
@@ -186,6 +349,13 @@ struct AuditQuery {
     count: Option<usize>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/druid/indexer/v1/audit",
+    tag = "locks",
+    summary = "Lock and segment changes",
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn audit(State(state): State<AppState>, Query(q): Query<AuditQuery>) -> Result<Response, ApiError> {
     if q.count == Some(0) {
         return Err(bad("count must be a positive integer"));
@@ -213,6 +383,14 @@ struct PendingQuery {
 }
 
 /// `DELETE /pendingSegments/{ds}?interval=`: deletes pending segments created in the interval.
+#[utoipa::path(
+    delete,
+    path = "/druid/indexer/v1/pendingSegments/{ds}",
+    tag = "segments",
+    summary = "Delete a datasource's pending segments",
+    params(("ds" = String, Path, description = "datasource name")),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn delete_pending(
     State(state): State<AppState>,
     Path(ds): Path<String>,
@@ -234,6 +412,14 @@ async fn delete_pending(
 
 // ---- datasource commit metadata ----
 
+#[utoipa::path(
+    get,
+    path = "/druid/indexer/v1/datasources/{ds}/metadata",
+    tag = "segments",
+    summary = "A datasource's commit metadata",
+    params(("ds" = String, Path, description = "datasource name")),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn get_metadata(State(state): State<AppState>, Path(ds): Path<String>) -> Result<Response, ApiError> {
     check_ds(&ds)?;
     let g = state.raft.shared.view().await;
@@ -243,6 +429,14 @@ async fn get_metadata(State(state): State<AppState>, Path(ds): Path<String>) -> 
     }
 }
 
+#[utoipa::path(
+    delete,
+    path = "/druid/indexer/v1/datasources/{ds}/metadata",
+    tag = "segments",
+    summary = "Reset a datasource's commit metadata",
+    params(("ds" = String, Path, description = "datasource name")),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn reset_metadata(State(state): State<AppState>, Path(ds): Path<String>) -> Result<Response, ApiError> {
     check_ds(&ds)?;
     match state
@@ -373,6 +567,14 @@ fn druid_datasource(state: &crate::sm::State, ds: &str) -> Result<Value, ApiErro
     Ok(json!({"name": ds, "properties": {}, "segments": segments}))
 }
 
+#[utoipa::path(
+    get,
+    path = "/druid/coordinator/v1/metadata/datasources",
+    tag = "segments",
+    summary = "Datasources with used segments",
+    params(("full" = Option<String>, Query), ("includeUnused" = Option<String>, Query)),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn metadata_datasources(
     State(state): State<AppState>,
     Extension(who): Extension<Identity>,
@@ -397,6 +599,14 @@ async fn metadata_datasources(
     Json(names).into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/druid/coordinator/v1/metadata/datasources/{ds}",
+    tag = "segments",
+    summary = "A datasource and its used segments",
+    params(("ds" = String, Path, description = "datasource name")),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn metadata_datasource(State(state): State<AppState>, Path(ds): Path<String>) -> Result<Response, ApiError> {
     let g = state.raft.shared.view().await;
     Ok(Json(druid_datasource(&g.state, &ds)?).into_response())
@@ -424,6 +634,14 @@ fn segments_view(state: &crate::sm::State, ds: &str, intervals: Option<&[Interva
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/druid/coordinator/v1/metadata/datasources/{ds}/segments",
+    tag = "segments",
+    summary = "A datasource's used segments",
+    params(("ds" = String, Path, description = "datasource name"), ("full" = Option<String>, Query)),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn metadata_segments_of(
     State(state): State<AppState>,
     Path(ds): Path<String>,
@@ -434,6 +652,15 @@ async fn metadata_segments_of(
     Ok(Json(segments_view(&g.state, &ds, None, q.full.is_some())).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/druid/coordinator/v1/metadata/datasources/{ds}/segments",
+    tag = "segments",
+    summary = "A datasource's used segments in the given intervals",
+    params(("ds" = String, Path, description = "datasource name"), ("full" = Option<String>, Query)),
+    request_body(content = serde_json::Value, content_type = "application/json"),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn metadata_segments_in(
     State(state): State<AppState>,
     Path(ds): Path<String>,
@@ -448,6 +675,14 @@ async fn metadata_segments_in(
     Ok(Json(segments_view(&g.state, &ds, Some(&intervals), q.full.is_some())).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/druid/coordinator/v1/metadata/datasources/{ds}/segments/{id}",
+    tag = "segments",
+    summary = "One segment",
+    params(("ds" = String, Path, description = "datasource name"), ("id" = String, Path, description = "task id")),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn metadata_segment(
     State(state): State<AppState>,
     Path((ds, id)): Path<(String, String)>,
@@ -463,6 +698,14 @@ async fn metadata_segment(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/druid/coordinator/v1/metadata/datasources/{ds}/unusedSegments",
+    tag = "segments",
+    summary = "A datasource's unused segments",
+    params(("ds" = String, Path, description = "datasource name")),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn unused_segments(
     State(state): State<AppState>,
     Path(ds): Path<String>,
@@ -491,6 +734,14 @@ async fn unused_segments(
     Ok(Json(rows).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/druid/coordinator/v1/metadata/segments",
+    tag = "segments",
+    summary = "Used segments of every datasource",
+    params(("datasources" = Option<String>, Query)),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn metadata_all_segments(
     State(state): State<AppState>,
     Extension(who): Extension<Identity>,
@@ -555,6 +806,14 @@ fn summary(d: &crate::segments::Datasource) -> Value {
     json!({"count": count, "size": size, "minTime": iso(min), "maxTime": iso(max)})
 }
 
+#[utoipa::path(
+    get,
+    path = "/druid/coordinator/v1/datasources",
+    tag = "segments",
+    summary = "Datasources with used segments",
+    params(("simple" = Option<String>, Query), ("full" = Option<String>, Query)),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn coordinator_datasources(
     State(state): State<AppState>,
     Extension(who): Extension<Identity>,
@@ -576,12 +835,28 @@ async fn coordinator_datasources(
     Json(used.map(|(n, _)| n).collect::<Vec<_>>()).into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/druid/coordinator/v1/datasources/{ds}",
+    tag = "segments",
+    summary = "A datasource's segment summary",
+    params(("ds" = String, Path, description = "datasource name")),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn coordinator_datasource(State(state): State<AppState>, Path(ds): Path<String>) -> Result<Response, ApiError> {
     let g = state.raft.shared.view().await;
     let d = with_used(&g.state, &ds)?;
     Ok(Json(json!({"tiers": {}, "segments": summary(d)})).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/druid/coordinator/v1/datasources/{ds}/intervals",
+    tag = "segments",
+    summary = "A datasource's intervals, newest first",
+    params(("ds" = String, Path, description = "datasource name")),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn datasource_intervals(
     State(state): State<AppState>,
     Path(ds): Path<String>,

@@ -15,36 +15,44 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{leader_redirect, ApiError, AppState};
 use crate::nodes::NodeAnnouncement;
 use crate::sm::{Command, Reply};
 
-pub fn routes(state: AppState) -> Router<AppState> {
+pub fn routes(state: AppState) -> OpenApiRouter<AppState> {
     let secret: std::sync::Arc<str> = state.config.cluster_secret.as_str().into();
-    let internal = Router::new()
-        .route("/internal/nodes/announce", post(announce))
-        .route("/internal/nodes/withdraw", post(withdraw))
-        .route("/internal/state/tasks", get(local_tasks))
-        .route("/internal/state/segments", get(local_segments))
+    let internal = OpenApiRouter::new()
+        .routes(routes!(announce))
+        .routes(routes!(withdraw))
+        .routes(routes!(local_tasks))
+        .routes(routes!(local_segments))
         .layer(middleware::from_fn_with_state(
             secret,
             raftlord_raft::server::require_secret,
         ));
-    Router::new()
-        .route("/status", get(status))
-        .route("/status/health", get(health))
-        .route("/status/nodes", get(nodes))
-        .route("/status/properties", get(properties))
-        .route("/status/selfDiscovered/status", get(self_discovered_status))
-        .route("/status/selfDiscovered", get(self_discovered))
+    OpenApiRouter::new()
+        .routes(routes!(status))
+        .routes(routes!(health))
+        .routes(routes!(nodes))
+        .routes(routes!(properties))
+        .routes(routes!(self_discovered_status))
+        .routes(routes!(self_discovered))
         .merge(internal)
 }
 
+#[utoipa::path(
+    get,
+    path = "/status",
+    tag = "status",
+    summary = "The node's Raft view, counts, memory and version",
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn status(State(state): State<AppState>) -> Response {
     let mut v = serde_json::to_value(state.raft.status().await).unwrap_or_default();
     let g = state.raft.shared.read().await;
@@ -90,6 +98,13 @@ fn memory(heap: u64, storage: u64) -> serde_json::Value {
 }
 
 /// The node's effective settings as Druid's `/status/properties` map of strings.
+#[utoipa::path(
+    get,
+    path = "/status/properties",
+    tag = "status",
+    summary = "The node's effective settings (secrets left out)",
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn properties(State(state): State<AppState>) -> Response {
     let c = &state.config;
     let roles: Vec<String> = c
@@ -146,11 +161,25 @@ async fn is_self_discovered(state: &AppState) -> bool {
     g.state.nodes.get(&state.config.node_name()).is_some()
 }
 
+#[utoipa::path(
+    get,
+    path = "/status/selfDiscovered/status",
+    tag = "status",
+    summary = "Whether this node's announcement is replicated",
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn self_discovered_status(State(state): State<AppState>) -> Response {
     Json(json!({ "selfDiscovered": is_self_discovered(&state).await })).into_response()
 }
 
 /// 200 once this node is discovered, else 503: what Druid's readiness probes call.
+#[utoipa::path(
+    get,
+    path = "/status/selfDiscovered",
+    tag = "status",
+    summary = "200 once this node is discovered, else 503",
+    responses((status = 200, description = "success"), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn self_discovered(State(state): State<AppState>) -> Result<Response, ApiError> {
     if is_self_discovered(&state).await {
         Ok(StatusCode::OK.into_response())
@@ -162,10 +191,24 @@ async fn self_discovered(State(state): State<AppState>) -> Result<Response, ApiE
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/status/health",
+    tag = "status",
+    summary = "true while the node serves",
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn health() -> Response {
     Json(true).into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/status/nodes",
+    tag = "status",
+    summary = "Announced nodes",
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn nodes(State(state): State<AppState>) -> Response {
     let g = state.raft.shared.read().await;
     let nodes: Vec<&NodeAnnouncement> = g.state.nodes.all().collect();
@@ -174,6 +217,13 @@ async fn nodes(State(state): State<AppState>) -> Response {
 
 /// This node's own copy of the task table (no redirect): how operators and tests compare
 /// replicas.
+#[utoipa::path(
+    get,
+    path = "/internal/state/tasks",
+    tag = "internal",
+    summary = "This replica's task table (cluster secret)",
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn local_tasks(State(state): State<AppState>) -> Response {
     let g = state.raft.shared.view().await;
     let applied = g.last_applied.map(|l| l.index);
@@ -183,6 +233,13 @@ async fn local_tasks(State(state): State<AppState>) -> Response {
 
 /// This node's own copy of segment metadata and locks, per datasource: used and total segment
 /// counts, every segment id, the commit metadata, and the locks.
+#[utoipa::path(
+    get,
+    path = "/internal/state/segments",
+    tag = "internal",
+    summary = "This replica's segments and locks (cluster secret)",
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn local_segments(State(state): State<AppState>) -> Response {
     let g = state.raft.shared.view().await;
     let applied = g.last_applied.map(|l| l.index);
@@ -214,6 +271,14 @@ async fn on_leader(state: &AppState, path: &str, command: Command) -> Result<Res
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/internal/nodes/announce",
+    tag = "internal",
+    summary = "Record a node's announcement (cluster secret)",
+    request_body(content = serde_json::Value, content_type = "application/json"),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn announce(State(state): State<AppState>, Json(node): Json<NodeAnnouncement>) -> Result<Response, ApiError> {
     on_leader(&state, "/internal/nodes/announce", Command::AnnounceNode { node }).await
 }
@@ -223,6 +288,14 @@ struct Withdraw {
     id: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/internal/nodes/withdraw",
+    tag = "internal",
+    summary = "Remove a node's announcement (cluster secret)",
+    request_body(content = serde_json::Value, content_type = "application/json"),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn withdraw(State(state): State<AppState>, Json(w): Json<Withdraw>) -> Result<Response, ApiError> {
     on_leader(&state, "/internal/nodes/withdraw", Command::WithdrawNode { id: w.id }).await
 }

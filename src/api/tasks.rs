@@ -6,9 +6,10 @@ use axum::body::{to_bytes, Body};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::auth::Identity;
 use super::{leader_redirect, ApiError, AppState};
@@ -20,35 +21,28 @@ use crate::tasks::query::{StateFilter, TaskQuery};
 use crate::tasks::spec::parse_submission;
 use crate::tasks::{SubmitRejected, SHUTDOWN_BY_USER};
 
-const BASE: &str = "/druid/indexer/v1";
-
 /// The header that makes a submission safe to retry (see [`crate::tasks::idempotency`]).
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// Routes served only by the leader.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route(&format!("{BASE}/task"), post(submit))
-        .route(&format!("{BASE}/task/{{id}}"), get(get_task))
-        .route(&format!("{BASE}/task/{{id}}/status"), get(task_status))
-        .route(&format!("{BASE}/task/{{id}}/shutdown"), post(shutdown))
-        .route(
-            &format!("{BASE}/datasources/{{ds}}/shutdownAllTasks"),
-            post(shutdown_all),
-        )
-        .route(&format!("{BASE}/tasks"), get(list))
-        .route(&format!("{BASE}/waitingTasks"), get(waiting))
-        .route(&format!("{BASE}/pendingTasks"), get(pending))
-        .route(&format!("{BASE}/runningTasks"), get(running))
-        .route(&format!("{BASE}/completeTasks"), get(complete))
-        .route(&format!("{BASE}/taskStatus"), post(task_statuses))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(submit))
+        .routes(routes!(get_task))
+        .routes(routes!(task_status))
+        .routes(routes!(shutdown))
+        .routes(routes!(shutdown_all))
+        .routes(routes!(list))
+        .routes(routes!(waiting))
+        .routes(routes!(pending))
+        .routes(routes!(running))
+        .routes(routes!(complete))
+        .routes(routes!(task_statuses))
 }
 
 /// Routes every node answers itself.
-pub fn any_node_routes() -> Router<AppState> {
-    Router::new()
-        .route(&format!("{BASE}/leader"), get(leader))
-        .route(&format!("{BASE}/isLeader"), get(is_leader))
+pub fn any_node_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(leader)).routes(routes!(is_leader))
 }
 
 pub(super) async fn read_body(
@@ -72,6 +66,14 @@ pub(super) async fn read_body(
     to_bytes(body, limit).await.map_err(|_| too_large())
 }
 
+#[utoipa::path(
+    post,
+    path = "/druid/indexer/v1/task",
+    tag = "tasks",
+    summary = "Submit a task (Druid's task spec, unchanged)",
+    request_body(content = serde_json::Value, content_type = "application/json"),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn submit(
     State(state): State<AppState>,
     Extension(who): Extension<Identity>,
@@ -118,6 +120,14 @@ async fn submit(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/druid/indexer/v1/task/{id}",
+    tag = "tasks",
+    summary = "A task's spec",
+    params(("id" = String, Path, description = "task id")),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn get_task(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let g = state.raft.shared.read().await;
     let task = g.state.tasks.get(&id).ok_or(ApiError::TaskNotFound {
@@ -133,6 +143,14 @@ async fn get_task(State(state): State<AppState>, Path(id): Path<String>) -> Resu
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/druid/indexer/v1/task/{id}/status",
+    tag = "tasks",
+    summary = "A task's status (TaskStatusPlus)",
+    params(("id" = String, Path, description = "task id")),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn task_status(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let g = state.raft.shared.read().await;
     let task = g.state.tasks.get(&id).ok_or(ApiError::TaskNotFound {
@@ -142,6 +160,14 @@ async fn task_status(State(state): State<AppState>, Path(id): Path<String>) -> R
     Ok(Json(json!({ "task": id, "status": task.status_plus() })).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/druid/indexer/v1/task/{id}/shutdown",
+    tag = "tasks",
+    summary = "Stop a task",
+    params(("id" = String, Path, description = "task id")),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn shutdown(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     // Druid answers 200 even for unknown or finished tasks: shutdown is a no-op for them.
     state
@@ -153,6 +179,14 @@ async fn shutdown(State(state): State<AppState>, Path(id): Path<String>) -> Resu
     Ok(Json(json!({ "task": id })).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/druid/indexer/v1/datasources/{ds}/shutdownAllTasks",
+    tag = "tasks",
+    summary = "Stop every active task of a datasource",
+    params(("ds" = String, Path, description = "datasource name")),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn shutdown_all(State(state): State<AppState>, Path(ds): Path<String>) -> Result<Response, ApiError> {
     let has_active = state
         .raft
@@ -202,6 +236,14 @@ async fn run_query(state: &AppState, who: &Identity, params: &[(String, String)]
     Ok(Json(rows).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/druid/indexer/v1/tasks",
+    tag = "tasks",
+    summary = "List tasks",
+    params(("state" = Option<String>, Query, description = "waiting, pending, running or complete"), ("datasource" = Option<String>, Query), ("type" = Option<String>, Query), ("max" = Option<u64>, Query), ("createdTimeInterval" = Option<String>, Query)),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn list(
     State(state): State<AppState>,
     Extension(who): Extension<Identity>,
@@ -230,19 +272,55 @@ async fn with_state(
 
 type Who = Extension<Identity>;
 
+#[utoipa::path(
+    get,
+    path = "/druid/indexer/v1/waitingTasks",
+    tag = "tasks",
+    summary = "Waiting tasks",
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn waiting(State(s): State<AppState>, Extension(w): Who, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
     with_state(s, w, q, StateFilter::Waiting).await
 }
+#[utoipa::path(
+    get,
+    path = "/druid/indexer/v1/pendingTasks",
+    tag = "tasks",
+    summary = "Pending tasks",
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn pending(State(s): State<AppState>, Extension(w): Who, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
     with_state(s, w, q, StateFilter::Pending).await
 }
+#[utoipa::path(
+    get,
+    path = "/druid/indexer/v1/runningTasks",
+    tag = "tasks",
+    summary = "Running tasks",
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn running(State(s): State<AppState>, Extension(w): Who, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
     with_state(s, w, q, StateFilter::Running).await
 }
+#[utoipa::path(
+    get,
+    path = "/druid/indexer/v1/completeTasks",
+    tag = "tasks",
+    summary = "Complete tasks",
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn complete(State(s): State<AppState>, Extension(w): Who, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
     with_state(s, w, q, StateFilter::Complete).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/druid/indexer/v1/taskStatus",
+    tag = "tasks",
+    summary = "Statuses of the given task ids",
+    request_body(content = serde_json::Value, content_type = "application/json"),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn task_statuses(
     State(state): State<AppState>,
     Extension(who): Extension<Identity>,
@@ -265,6 +343,13 @@ async fn task_statuses(
     Ok(Json(out).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/druid/indexer/v1/leader",
+    tag = "status",
+    summary = "The leader's URL",
+    responses((status = 200, description = "success", body = String), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn leader(State(state): State<AppState>) -> Result<Response, ApiError> {
     match state.raft.leader() {
         Some((_, url)) => Ok((StatusCode::OK, url).into_response()),
@@ -272,6 +357,13 @@ async fn leader(State(state): State<AppState>) -> Result<Response, ApiError> {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/druid/indexer/v1/isLeader",
+    tag = "status",
+    summary = "Whether this node leads (200) or not (404)",
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn is_leader(State(state): State<AppState>) -> Response {
     if matches!(leader_redirect(&state.raft), Ok(None)) {
         (StatusCode::OK, Json(json!({"leader": true}))).into_response()

@@ -9,10 +9,12 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+
+use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{ApiError, AppState};
 use crate::sm::{Command, Reply};
@@ -22,37 +24,40 @@ use crate::worker::protocol::{AssignedTask, Report, ReportResponse, SyncResponse
 use crate::worker::runner::{log_file, report_file};
 use crate::workers::{AuditInfo, Classified, UpdatesApplied, WorkerBehaviorConfig};
 
-const BASE: &str = "/druid/indexer/v1";
-
 /// Longest a sync may wait.
 const MAX_SYNC_WAIT: Duration = Duration::from_secs(30);
 
 /// Overlord routes served by the leader.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route(&format!("{BASE}/workers"), get(workers))
-        .route(&format!("{BASE}/worker/{{host}}/enable"), post(enable))
-        .route(&format!("{BASE}/worker/{{host}}/disable"), post(disable))
-        .route(&format!("{BASE}/worker"), get(get_config).post(set_config))
-        .route(&format!("{BASE}/worker/history"), get(history))
-        .route(&format!("{BASE}/totalWorkerCapacity"), get(total_capacity))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(workers))
+        .routes(routes!(enable))
+        .routes(routes!(disable))
+        .routes(routes!(get_config, set_config))
+        .routes(routes!(history))
+        .routes(routes!(total_capacity))
 }
 
 /// Routes every node answers from its own replica (logs and reports are read from the task log
 /// directory or fetched from the worker).
-pub fn any_node_routes() -> Router<AppState> {
-    Router::new()
-        .route(&format!("{BASE}/task/{{id}}/log"), get(task_log))
-        .route(&format!("{BASE}/task/{{id}}/reports"), get(task_reports))
+pub fn any_node_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(task_log))
+        .routes(routes!(task_reports))
 }
 
 /// The worker protocol, served by the leader, behind the cluster secret.
-pub fn internal_routes() -> Router<AppState> {
-    Router::new()
-        .route("/internal/workers/sync", get(sync))
-        .route("/internal/workers/report", post(report))
+pub fn internal_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(sync)).routes(routes!(report))
 }
 
+#[utoipa::path(
+    get,
+    path = "/druid/indexer/v1/workers",
+    tag = "workers",
+    summary = "Workers (ImmutableWorkerInfo)",
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn workers(State(state): State<AppState>) -> Response {
     let g = state.raft.shared.read().await;
     let rows: Vec<serde_json::Value> = g
@@ -81,14 +86,37 @@ async fn set_enabled(state: &AppState, host: String, enabled: bool) -> Result<Re
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/druid/indexer/v1/worker/{host}/enable",
+    tag = "workers",
+    summary = "Enable a worker",
+    params(("host" = String, Path, description = "worker host:port")),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn enable(State(state): State<AppState>, Path(host): Path<String>) -> Result<Response, ApiError> {
     set_enabled(&state, host, true).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/druid/indexer/v1/worker/{host}/disable",
+    tag = "workers",
+    summary = "Disable a worker: it keeps its tasks and gets no new ones",
+    params(("host" = String, Path, description = "worker host:port")),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn disable(State(state): State<AppState>, Path(host): Path<String>) -> Result<Response, ApiError> {
     set_enabled(&state, host, false).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/druid/indexer/v1/worker",
+    tag = "workers",
+    summary = "The worker behaviour config",
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn get_config(State(state): State<AppState>) -> Response {
     let g = state.raft.shared.read().await;
     Json(g.state.workers.config.clone()).into_response()
@@ -102,6 +130,14 @@ fn header_text(headers: &HeaderMap, name: &str) -> String {
         .to_string()
 }
 
+#[utoipa::path(
+    post,
+    path = "/druid/indexer/v1/worker",
+    tag = "workers",
+    summary = "Replace the worker behaviour config (audited)",
+    request_body(content = serde_json::Value, content_type = "application/json"),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn set_config(State(state): State<AppState>, headers: HeaderMap, body: String) -> Result<Response, ApiError> {
     let config: WorkerBehaviorConfig = serde_json::from_str(&body)
         .map_err(|e| ApiError::BadRequest(format!("invalid worker behavior config: {e}")))?;
@@ -124,6 +160,14 @@ struct HistoryQuery {
     count: Option<usize>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/druid/indexer/v1/worker/history",
+    tag = "workers",
+    summary = "Worker config history",
+    params(("count" = Option<u64>, Query)),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn history(State(state): State<AppState>, Query(q): Query<HistoryQuery>) -> Result<Response, ApiError> {
     if q.count == Some(0) {
         return Err(ApiError::BadRequest("count must be a positive integer".into()));
@@ -134,6 +178,13 @@ async fn history(State(state): State<AppState>, Query(q): Query<HistoryQuery>) -
     Ok(Json(&all[skip..]).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/druid/indexer/v1/totalWorkerCapacity",
+    tag = "workers",
+    summary = "Task slots of the cluster",
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn total_capacity(State(state): State<AppState>) -> Response {
     let g = state.raft.shared.read().await;
     let (capacity, used) = g.state.workers.capacity(&g.state.tasks);
@@ -177,6 +228,14 @@ async fn proxy(state: &AppState, url: String) -> Option<Response> {
     Some(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/druid/indexer/v1/task/{id}/log",
+    tag = "tasks",
+    summary = "A task's log (text)",
+    params(("id" = String, Path, description = "task id"), ("offset" = Option<i64>, Query, description = "byte offset; negative: the last N bytes")),
+    responses((status = 200, description = "success", body = String), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn task_log(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -198,6 +257,14 @@ async fn task_log(
     Err(no_log(&id))
 }
 
+#[utoipa::path(
+    get,
+    path = "/druid/indexer/v1/task/{id}/reports",
+    tag = "tasks",
+    summary = "A task's reports",
+    params(("id" = String, Path, description = "task id")),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn task_reports(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     validate_id("task id", &id).map_err(|_| no_report(&id))?;
     let worker = worker_of(&state, &id).await.map_err(|_| no_report(&id))?;
@@ -272,6 +339,14 @@ async fn view(state: &AppState, host: &str, term: u64) -> SyncResponse {
 }
 
 /// Long poll: answers when the worker's view differs from what it last saw, or at the timeout.
+#[utoipa::path(
+    get,
+    path = "/internal/workers/sync",
+    tag = "internal",
+    summary = "A worker's assignments (long poll; cluster secret)",
+    params(("host" = String, Query), ("hash" = Option<u64>, Query), ("timeout" = Option<u64>, Query)),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn sync(State(state): State<AppState>, Query(q): Query<SyncQuery>) -> Result<Response, ApiError> {
     if q.timeout <= 0 {
         return Err(ApiError::BadRequest(
@@ -300,6 +375,14 @@ async fn sync(State(state): State<AppState>, Query(q): Query<SyncQuery>) -> Resu
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/internal/workers/report",
+    tag = "internal",
+    summary = "A worker's task reports (cluster secret)",
+    request_body(content = serde_json::Value, content_type = "application/json"),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn report(State(state): State<AppState>, Json(r): Json<Report>) -> Result<Response, ApiError> {
     let w = &r.worker;
     if w.host.is_empty() || w.capacity == 0 || !(w.scheme == "http" || w.scheme == "https") {

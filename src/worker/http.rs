@@ -13,33 +13,32 @@ use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::header;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::urlencode;
 use super::WorkerService;
 use crate::api::ApiError;
 
-const BASE: &str = "/druid/worker/v1";
-
 /// The worker's routes; `open_reads`: its reads need no credentials (auth off).
-pub fn routes(worker: WorkerService, secret: &str, open_reads: bool) -> Router {
+pub fn routes(worker: WorkerService, secret: &str, open_reads: bool) -> OpenApiRouter {
     let secret: std::sync::Arc<str> = secret.into();
-    let changes = Router::new()
-        .route(&format!("{BASE}/enable"), post(enable))
-        .route(&format!("{BASE}/disable"), post(disable))
-        .route(&format!("{BASE}/task/{{id}}/shutdown"), post(shutdown))
+    let changes = OpenApiRouter::new()
+        .routes(routes!(enable))
+        .routes(routes!(disable))
+        .routes(routes!(shutdown))
         .layer(middleware::from_fn_with_state(
             secret.clone(),
             raftlord_raft::server::require_secret,
         ));
-    let mut reads = Router::new()
-        .route(&format!("{BASE}/enabled"), get(enabled))
-        .route(&format!("{BASE}/tasks"), get(tasks))
-        .route(&format!("{BASE}/task/{{id}}/log"), get(log))
-        .route(&format!("{BASE}/task/{{id}}/reports"), get(reports));
+    let mut reads = OpenApiRouter::new()
+        .routes(routes!(enabled))
+        .routes(routes!(tasks))
+        .routes(routes!(log))
+        .routes(routes!(reports));
     if !open_reads {
         reads = reads.layer(middleware::from_fn_with_state(
             secret,
@@ -49,6 +48,13 @@ pub fn routes(worker: WorkerService, secret: &str, open_reads: bool) -> Router {
     reads.merge(changes).with_state(worker)
 }
 
+#[utoipa::path(
+    get,
+    path = "/druid/worker/v1/enabled",
+    tag = "worker",
+    summary = "Whether this worker takes new tasks",
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn enabled(State(w): State<WorkerService>) -> Response {
     Json(json!({ w.worker.host.clone(): !w.disabled() })).into_response()
 }
@@ -64,18 +70,47 @@ async fn set_enabled(w: &WorkerService, enable: bool) -> Result<Response, ApiErr
     Ok(Json(answer).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/druid/worker/v1/enable",
+    tag = "worker",
+    summary = "Enable this worker (cluster secret)",
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn enable(State(w): State<WorkerService>) -> Result<Response, ApiError> {
     set_enabled(&w, true).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/druid/worker/v1/disable",
+    tag = "worker",
+    summary = "Disable this worker (cluster secret)",
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn disable(State(w): State<WorkerService>) -> Result<Response, ApiError> {
     set_enabled(&w, false).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/druid/worker/v1/tasks",
+    tag = "worker",
+    summary = "This worker's tasks",
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn tasks(State(w): State<WorkerService>) -> Response {
     Json(w.runner.ids()).into_response()
 }
 
+#[utoipa::path(
+    post,
+    path = "/druid/worker/v1/task/{id}/shutdown",
+    tag = "worker",
+    summary = "Stop a task's peon (cluster secret)",
+    params(("id" = String, Path, description = "task id")),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn shutdown(State(w): State<WorkerService>, UrlPath(id): UrlPath<String>) -> Result<Response, ApiError> {
     if !w.runner.knows(&id) {
         return Err(ApiError::NotFound(format!("this worker has no task [{id}]")));
@@ -90,6 +125,14 @@ pub struct Offset {
     pub offset: i64,
 }
 
+#[utoipa::path(
+    get,
+    path = "/druid/worker/v1/task/{id}/log",
+    tag = "worker",
+    summary = "A task's log (text)",
+    params(("id" = String, Path, description = "task id"), ("offset" = Option<i64>, Query)),
+    responses((status = 200, description = "success", body = String), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn log(
     State(w): State<WorkerService>,
     UrlPath(id): UrlPath<String>,
@@ -99,6 +142,14 @@ async fn log(
     serve_log(&path, q.offset)
 }
 
+#[utoipa::path(
+    get,
+    path = "/druid/worker/v1/task/{id}/reports",
+    tag = "worker",
+    summary = "A task's reports",
+    params(("id" = String, Path, description = "task id")),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+)]
 async fn reports(State(w): State<WorkerService>, UrlPath(id): UrlPath<String>) -> Result<Response, ApiError> {
     let path = w.runner.report_path(&id).ok_or_else(|| no_report(&id))?;
     serve_report(&path)
