@@ -4,7 +4,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
+
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -165,55 +165,9 @@ fn dev_node_keeps_tasks_across_restart() {
 }
 
 #[test]
-fn bootstrap_starts_three_nodes_and_stops_them_on_sigterm() {
+fn bootstrap_starts_three_nodes_and_stops_them_on_sigterm_with_its_output_closed() {
     let dir = tempfile::tempdir().unwrap();
-    let base = (0..50)
-        .map(|_| free_port())
-        .find(|p| *p < 65000 && (1..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()))
-        .expect("three consecutive free ports");
-    let mut child = Command::new(raftlord_bin())
-        .args([
-            "bootstrap",
-            "--nodes",
-            "3",
-            "--base-port",
-            &base.to_string(),
-            "--heartbeat-ms",
-            "50",
-            "--election-timeout-ms",
-            "300",
-            "--initial-admin-password",
-            "pw",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env("RAFTLORD_LOG", "warn")
-        .env_remove("RAFTLORD_AUTH")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    // Owned from here on, so a failing assertion still stops bootstrap and its nodes.
-    let mut proc = Proc {
-        child,
-        url: String::new(),
-    };
-    let mut lines = BufReader::new(stdout).lines();
-    let mut urls = Vec::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if let Some(url) = line
-            .trim()
-            .strip_prefix("node ")
-            .and_then(|l| l.split_once(": "))
-            .map(|(_, u)| u.to_string())
-        {
-            urls.push(url);
-        }
-        if line.contains("Ctrl-C") {
-            break;
-        }
-    }
+    let (mut proc, urls) = spawn_bootstrap(dir.path(), &["--initial-admin-password", "pw"]);
     assert_eq!(urls.len(), 3, "bootstrap printed {urls:?}");
     let leader = urls.iter().find(|u| {
         http_no_redirect()

@@ -118,3 +118,35 @@ fn a_tls_cluster_forms_fails_over_and_refuses_plain_http() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// `bootstrap --tls` makes a throwaway CA in DATA_DIR/tls and starts every node on HTTPS with
+/// it; a client that trusts `ca.pem` is served through any node. Without a password or
+/// `--auth none`, bootstrap refuses to start anything.
+#[test]
+fn bootstrap_tls_makes_a_local_ca_and_serves_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let refused = std::process::Command::new(raftlord_bin())
+        .args(["bootstrap", "--nodes", "1"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env_remove("RAFTLORD_AUTH")
+        .env_remove("RAFTLORD_INITIAL_ADMIN_PASSWORD")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--auth none"));
+
+    let (mut proc, urls) = spawn_bootstrap(dir.path(), &["--tls", "--auth", "none"]);
+    assert_eq!(urls.len(), 3, "{urls:?}");
+    assert!(urls.iter().all(|u| u.starts_with("https://")), "{urls:?}");
+    let c = client(&dir.path().join("tls").join("ca.pem"));
+    let first = wait_for_blocking("a leader over HTTPS", Duration::from_secs(30), || leader(&c, &urls));
+    let follower = urls.iter().find(|u| **u != first).unwrap();
+    let r = c
+        .post(format!("{follower}/druid/indexer/v1/task"))
+        .json(&json!({"type": "noop", "id": "boot-tls"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(terminate(&mut proc).success());
+}

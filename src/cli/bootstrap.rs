@@ -13,6 +13,16 @@ use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
 use super::serve::{secret_in, wait_for_stop_signal};
+
+/// Prints a line to standard output, ignoring a closed one: whoever started bootstrap may stop
+/// reading once the cluster is up (`raftlord bootstrap | head`), and the cluster must still run
+/// and stop cleanly.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
 use super::BootstrapArgs;
 
 pub async fn run(args: BootstrapArgs) -> anyhow::Result<i32> {
@@ -102,20 +112,20 @@ pub async fn run(args: BootstrapArgs) -> anyhow::Result<i32> {
     };
     match &leader {
         Some(l) => {
-            println!("raftlord cluster of {} nodes is up; leader is node {l}", args.nodes);
+            say!("raftlord cluster of {} nodes is up; leader is node {l}", args.nodes);
             for (id, url) in &peers {
-                println!("  node {id}: {url}");
+                say!("  node {id}: {url}");
             }
-            println!("cluster secret: {}", args.data_dir.join("cluster-secret").display());
+            say!("cluster secret: {}", args.data_dir.join("cluster-secret").display());
             if let Some(ca) = &node_args.tls.tls_ca {
-                println!("TLS: clients trust {} (--tls-ca, or curl --cacert)", ca.display());
+                say!("TLS: clients trust {} (--tls-ca, or curl --cacert)", ca.display());
             }
             if auth.enabled {
-                println!("auth: on; log in as 'admin' with the initial admin password");
+                say!("auth: on; log in as 'admin' with the initial admin password");
             } else {
-                println!("auth: off (--auth none)");
+                say!("auth: off (--auth none)");
             }
-            println!("Ctrl-C stops all nodes.");
+            say!("Ctrl-C stops all nodes.");
         }
         None => eprintln!("raftlord: the cluster did not elect a leader within 60 s; stopping the nodes"),
     }
@@ -160,10 +170,10 @@ async fn stop_all(children: &mut [(u64, Child)]) {
     }
     for (id, child) in children.iter_mut() {
         match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
-            Ok(_) => println!("node {id} stopped"),
+            Ok(_) => say!("node {id} stopped"),
             Err(_) => {
                 let _ = child.kill().await;
-                println!("node {id} killed after 10 s");
+                say!("node {id} killed after 10 s");
             }
         }
     }

@@ -123,6 +123,12 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<i32> {
             "auth: off; anyone who can reach {} may do anything (give --initial-admin-password to turn it on)",
             args.listen
         );
+        if !args.listen.ip().is_loopback() {
+            eprintln!(
+                "raftlord: warning: auth is off and this node listens on {}, beyond this machine",
+                args.listen
+            );
+        }
     }
     let secret = secret_in(&args.data_dir)?;
     let config = NodeConfig {

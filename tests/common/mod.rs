@@ -268,6 +268,47 @@ pub fn spawn_dev(dir: &Path, port: u16, extra: &[&str]) -> Proc {
     }
 }
 
+/// Starts `raftlord bootstrap` for three nodes on consecutive free ports with `extra` flags
+/// and data in `dir`; returns it (stopped when dropped) and the node URLs it printed once the
+/// cluster was up. Its standard output is closed after that: bootstrap must run on and stop
+/// cleanly without a reader (it once panicked on the broken pipe when it stopped).
+pub fn spawn_bootstrap(dir: &Path, extra: &[&str]) -> (Proc, Vec<String>) {
+    use std::io::{BufRead, BufReader};
+    let base = (0..50)
+        .map(|_| free_port())
+        .find(|p| *p < 65000 && (1..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()))
+        .expect("three consecutive free ports");
+    let mut child = Command::new(raftlord_bin())
+        .args(["bootstrap", "--nodes", "3", "--base-port", &base.to_string()])
+        .args(["--heartbeat-ms", "50", "--election-timeout-ms", "300"])
+        .args(extra)
+        .arg("--data-dir")
+        .arg(dir)
+        .env("RAFTLORD_LOG", "warn")
+        .env_remove("RAFTLORD_AUTH")
+        .env_remove("RAFTLORD_INITIAL_ADMIN_PASSWORD")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    // Owned from here on, so a failing assertion still stops bootstrap and its nodes.
+    let proc = Proc {
+        child,
+        url: String::new(),
+    };
+    let mut urls = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if let Some((_, url)) = line.trim().strip_prefix("node ").and_then(|l| l.split_once(": ")) {
+            urls.push(url.to_string());
+        }
+        if line.contains("Ctrl-C") {
+            break;
+        }
+    }
+    (proc, urls)
+}
+
 /// Sends SIGTERM and waits for the exit status.
 pub fn terminate(p: &mut Proc) -> std::process::ExitStatus {
     let _ = Command::new("kill").args(["-TERM", &p.child.id().to_string()]).status();
