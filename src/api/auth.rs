@@ -304,7 +304,9 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
     }
     let authorization = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let checked = {
-        let g = state.raft.shared.view().await;
+        // A short read under the lock: a copy of the state (`view`) would cost more than the
+        // check itself on every request.
+        let g = state.raft.shared.read().await;
         identify(&state, &g.state, authorization).and_then(|who| {
             if let Need::Permission(kind, name, action) = need {
                 let name = match name {

@@ -83,7 +83,7 @@ async fn submit(
     let bytes = read_body(&state, &headers, body).await?;
     let task = parse_submission(&bytes, now_ms(), &mut rand::rng()).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     if who.is_restricted() {
-        let g = state.raft.shared.view().await;
+        let g = state.raft.shared.read().await;
         who.require(&g.state, "DATASOURCE", &task.datasource, Action::Write)?;
     }
     let max_active = state.config.limits.max_active_tasks;
