@@ -7,7 +7,7 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -51,17 +51,7 @@ fn fuzzing_every_route_gets_no_server_error_and_druid_shaped_refusals() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("python3 -m schemathesis.cli (scripts/ensure-deps.sh installs schemathesis)");
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let status = loop {
-        if let Some(s) = fuzz.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = fuzz.kill();
-            panic!("the fuzz run did not finish within 10 minutes");
-        }
-        std::thread::sleep(Duration::from_millis(200)); // polling a child process under the deadline above
-    };
+    let status = wait_for_blocking("the fuzz run", Duration::from_secs(600), || fuzz.try_wait().unwrap());
     let out = fuzz.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
