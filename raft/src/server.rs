@@ -41,6 +41,11 @@ pub fn router<S: StateMachine>(node: Arc<RaftNode<S>>) -> Router {
         .with_state(node)
 }
 
+/// The OpenAPI description of the routes of [`router`].
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(append, vote, snapshot, raft_state, add_node, remove_node))]
+pub struct RaftApi;
+
 /// Rejects requests that do not carry the cluster secret.
 pub async fn require_secret(State(secret): State<Arc<str>>, req: Request, next: Next) -> Response {
     let given = req
@@ -126,6 +131,19 @@ fn disk_low<S: StateMachine>(node: &RaftNode<S>) -> Option<Response> {
 /// worker would hold up the heartbeats that keep this follower from calling an election.
 const DECODE_APART: usize = 1 << 20;
 
+#[utoipa::path(
+    post,
+    path = "/raft/append",
+    tag = "raft",
+    summary = "openraft's AppendEntries (cluster secret)",
+    request_body(content = serde_json::Value, content_type = "application/json"),
+    responses(
+        (status = 200, description = "success", body = serde_json::Value),
+        (status = "4XX", description = "refused: no cluster secret (401) or a malformed request (400)", body = serde_json::Value),
+        (status = 503, description = "not the leader, or no quorum", body = serde_json::Value),
+        (status = 507, description = "this node is low on disk", body = serde_json::Value)
+    )
+)]
 async fn append<S: StateMachine>(State(node): State<Arc<RaftNode<S>>>, body: axum::body::Bytes) -> Response {
     let large = body.len() >= DECODE_APART;
     let decode = move || serde_json::from_slice::<openraft::raft::AppendEntriesRequest<Tc<S>>>(&body);
@@ -161,6 +179,19 @@ async fn append<S: StateMachine>(State(node): State<Arc<RaftNode<S>>>, body: axu
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/raft/vote",
+    tag = "raft",
+    summary = "openraft's Vote (cluster secret)",
+    request_body(content = serde_json::Value, content_type = "application/json"),
+    responses(
+        (status = 200, description = "success", body = serde_json::Value),
+        (status = "4XX", description = "refused: no cluster secret (401) or a malformed request (400)", body = serde_json::Value),
+        (status = 503, description = "not the leader, or no quorum", body = serde_json::Value),
+        (status = 507, description = "this node is low on disk", body = serde_json::Value)
+    )
+)]
 async fn vote<S: StateMachine>(State(node): State<Arc<RaftNode<S>>>, body: axum::body::Bytes) -> Response {
     match serde_json::from_slice::<openraft::raft::VoteRequest<u64>>(&body) {
         Ok(req) => {
@@ -178,6 +209,19 @@ fn invalid_rpc(message: String) -> Response {
     error_response(StatusCode::BAD_REQUEST, "invalidInput", message)
 }
 
+#[utoipa::path(
+    post,
+    path = "/raft/snapshot",
+    tag = "raft",
+    summary = "openraft's InstallSnapshot chunk (cluster secret)",
+    request_body(content = serde_json::Value, content_type = "application/json"),
+    responses(
+        (status = 200, description = "success", body = serde_json::Value),
+        (status = "4XX", description = "refused: no cluster secret (401) or a malformed request (400)", body = serde_json::Value),
+        (status = 503, description = "not the leader, or no quorum", body = serde_json::Value),
+        (status = 507, description = "this node is low on disk", body = serde_json::Value)
+    )
+)]
 async fn snapshot<S: StateMachine>(State(node): State<Arc<RaftNode<S>>>, body: axum::body::Bytes) -> Response {
     if let Some(refused) = disk_low(&node) {
         return refused;
@@ -198,6 +242,18 @@ pub struct RaftState {
     pub last_log: Option<openraft::LogId<u64>>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/internal/raft/state",
+    tag = "raft",
+    summary = "Whether this node belongs to a cluster (cluster secret)",
+    responses(
+        (status = 200, description = "success", body = serde_json::Value),
+        (status = "4XX", description = "refused: no cluster secret (401) or a malformed request (400)", body = serde_json::Value),
+        (status = 503, description = "not the leader, or no quorum", body = serde_json::Value),
+        (status = 507, description = "this node is low on disk", body = serde_json::Value)
+    )
+)]
 async fn raft_state<S: StateMachine>(State(node): State<Arc<RaftNode<S>>>) -> Response {
     match node.raft.is_initialized().await {
         Ok(initialized) => Json(RaftState {
@@ -221,6 +277,19 @@ struct RemoveNode {
     node_id: u64,
 }
 
+#[utoipa::path(
+    post,
+    path = "/internal/cluster/add-node",
+    tag = "raft",
+    summary = "Add a node: learner, catch up, voter (cluster secret)",
+    request_body(content = serde_json::Value, content_type = "application/json"),
+    responses(
+        (status = 200, description = "success", body = serde_json::Value),
+        (status = "4XX", description = "refused: no cluster secret (401) or a malformed request (400)", body = serde_json::Value),
+        (status = 503, description = "not the leader, or no quorum", body = serde_json::Value),
+        (status = 507, description = "this node is low on disk", body = serde_json::Value)
+    )
+)]
 async fn add_node<S: StateMachine>(State(node): State<Arc<RaftNode<S>>>, Json(req): Json<AddNode>) -> Response {
     match node.add_node(req.node_id, req.url).await {
         Ok(()) => Json(node.status().await).into_response(),
@@ -228,6 +297,19 @@ async fn add_node<S: StateMachine>(State(node): State<Arc<RaftNode<S>>>, Json(re
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/internal/cluster/remove-node",
+    tag = "raft",
+    summary = "Remove a node from the voters (cluster secret)",
+    request_body(content = serde_json::Value, content_type = "application/json"),
+    responses(
+        (status = 200, description = "success", body = serde_json::Value),
+        (status = "4XX", description = "refused: no cluster secret (401) or a malformed request (400)", body = serde_json::Value),
+        (status = 503, description = "not the leader, or no quorum", body = serde_json::Value),
+        (status = 507, description = "this node is low on disk", body = serde_json::Value)
+    )
+)]
 async fn remove_node<S: StateMachine>(State(node): State<Arc<RaftNode<S>>>, Json(req): Json<RemoveNode>) -> Response {
     match node.remove_node(req.node_id).await {
         Ok(()) => Json(node.status().await).into_response(),

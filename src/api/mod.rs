@@ -77,7 +77,7 @@ impl AppState {
 }
 
 /// The whole HTTP surface of a node, with `extra` routes (the worker's, on a node that is one)
-/// under the same guards; `/openapi.json` describes all of them but the Raft RPCs.
+/// under the same guards; `/openapi.json` describes all of them.
 pub fn router(state: AppState, extra: Option<OpenApiRouter>) -> Router {
     let secret: Arc<str> = state.config.cluster_secret.as_str().into();
     let internal = workers::internal_routes()
@@ -104,10 +104,11 @@ pub fn router(state: AppState, extra: Option<OpenApiRouter>) -> Router {
     if let Some(extra) = extra {
         app = app.merge(extra);
     }
-    let (app, doc) = app
+    let (app, mut doc) = app
         .layer(middleware::from_fn(error::legacy_errors))
         .fallback(not_found)
         .split_for_parts();
+    doc.merge(<raftlord_raft::server::RaftApi as utoipa::OpenApi>::openapi());
     guard::guarded(app.merge(openapi::route(doc)), state.config.limits.max_payload_bytes)
         .merge(raftlord_raft::server::router(state.raft.clone()))
 }
