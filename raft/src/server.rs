@@ -41,6 +41,21 @@ pub fn router<S: StateMachine>(node: Arc<RaftNode<S>>) -> Router {
         .with_state(node)
 }
 
+/// The refusals of the routes of [`router`], in their description.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum Refused {
+    #[response(
+        status = "4XX",
+        description = "refused: no cluster secret (401) or a malformed request (400)"
+    )]
+    Client(serde_json::Value),
+    #[response(status = 503, description = "not the leader, or no quorum")]
+    Unavailable(serde_json::Value),
+    #[response(status = 507, description = "this node is low on disk")]
+    LowDisk(serde_json::Value),
+}
+
 /// The OpenAPI description of the routes of [`router`].
 #[derive(utoipa::OpenApi)]
 #[openapi(paths(append, vote, snapshot, raft_state, add_node, remove_node))]
@@ -139,9 +154,7 @@ const DECODE_APART: usize = 1 << 20;
     request_body(content = serde_json::Value, content_type = "application/json"),
     responses(
         (status = 200, description = "success", body = serde_json::Value),
-        (status = "4XX", description = "refused: no cluster secret (401) or a malformed request (400)", body = serde_json::Value),
-        (status = 503, description = "not the leader, or no quorum", body = serde_json::Value),
-        (status = 507, description = "this node is low on disk", body = serde_json::Value)
+        Refused
     )
 )]
 async fn append<S: StateMachine>(State(node): State<Arc<RaftNode<S>>>, body: axum::body::Bytes) -> Response {
@@ -187,9 +200,7 @@ async fn append<S: StateMachine>(State(node): State<Arc<RaftNode<S>>>, body: axu
     request_body(content = serde_json::Value, content_type = "application/json"),
     responses(
         (status = 200, description = "success", body = serde_json::Value),
-        (status = "4XX", description = "refused: no cluster secret (401) or a malformed request (400)", body = serde_json::Value),
-        (status = 503, description = "not the leader, or no quorum", body = serde_json::Value),
-        (status = 507, description = "this node is low on disk", body = serde_json::Value)
+        Refused
     )
 )]
 async fn vote<S: StateMachine>(State(node): State<Arc<RaftNode<S>>>, body: axum::body::Bytes) -> Response {
@@ -217,9 +228,7 @@ fn invalid_rpc(message: String) -> Response {
     request_body(content = serde_json::Value, content_type = "application/json"),
     responses(
         (status = 200, description = "success", body = serde_json::Value),
-        (status = "4XX", description = "refused: no cluster secret (401) or a malformed request (400)", body = serde_json::Value),
-        (status = 503, description = "not the leader, or no quorum", body = serde_json::Value),
-        (status = 507, description = "this node is low on disk", body = serde_json::Value)
+        Refused
     )
 )]
 async fn snapshot<S: StateMachine>(State(node): State<Arc<RaftNode<S>>>, body: axum::body::Bytes) -> Response {
@@ -249,9 +258,7 @@ pub struct RaftState {
     summary = "Whether this node belongs to a cluster (cluster secret)",
     responses(
         (status = 200, description = "success", body = serde_json::Value),
-        (status = "4XX", description = "refused: no cluster secret (401) or a malformed request (400)", body = serde_json::Value),
-        (status = 503, description = "not the leader, or no quorum", body = serde_json::Value),
-        (status = 507, description = "this node is low on disk", body = serde_json::Value)
+        Refused
     )
 )]
 async fn raft_state<S: StateMachine>(State(node): State<Arc<RaftNode<S>>>) -> Response {
@@ -285,9 +292,7 @@ struct RemoveNode {
     request_body(content = serde_json::Value, content_type = "application/json"),
     responses(
         (status = 200, description = "success", body = serde_json::Value),
-        (status = "4XX", description = "refused: no cluster secret (401) or a malformed request (400)", body = serde_json::Value),
-        (status = 503, description = "not the leader, or no quorum", body = serde_json::Value),
-        (status = 507, description = "this node is low on disk", body = serde_json::Value)
+        Refused
     )
 )]
 async fn add_node<S: StateMachine>(State(node): State<Arc<RaftNode<S>>>, Json(req): Json<AddNode>) -> Response {
@@ -305,9 +310,7 @@ async fn add_node<S: StateMachine>(State(node): State<Arc<RaftNode<S>>>, Json(re
     request_body(content = serde_json::Value, content_type = "application/json"),
     responses(
         (status = 200, description = "success", body = serde_json::Value),
-        (status = "4XX", description = "refused: no cluster secret (401) or a malformed request (400)", body = serde_json::Value),
-        (status = 503, description = "not the leader, or no quorum", body = serde_json::Value),
-        (status = 507, description = "this node is low on disk", body = serde_json::Value)
+        Refused
     )
 )]
 async fn remove_node<S: StateMachine>(State(node): State<Arc<RaftNode<S>>>, Json(req): Json<RemoveNode>) -> Response {

@@ -197,7 +197,7 @@ fn check_acting(state: &AppState, who: &ActingAs, id: &str, assigned_index: Opti
     tag = "tasks",
     summary = "A task action: locks, segment allocation, publishing (the task's token or the cluster secret)",
     request_body(content = serde_json::Value, content_type = "application/json"),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn action(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let who = acting_as(&state, &headers)?;

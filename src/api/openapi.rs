@@ -31,6 +31,22 @@ pub struct ErrorBody {
     pub context: std::collections::BTreeMap<String, String>,
 }
 
+/// The refusals every route may answer, in every route's description.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum Refused {
+    /// Refused, changing nothing: bad input (400), no credentials (401), no permission (403),
+    /// not found (404), over a limit (413, 429).
+    #[response(status = "4XX", description = "Druid's error shape: refused, changing nothing")]
+    Client(ErrorBody),
+    /// No leader yet, or the write did not commit in time: retry.
+    #[response(
+        status = 503,
+        description = "no leader yet, or the write did not commit in time; retry"
+    )]
+    Unavailable(ErrorBody),
+}
+
 /// The document's title, version and description.
 pub fn base() -> utoipa::openapi::OpenApi {
     let mut doc = utoipa::openapi::OpenApiBuilder::new()

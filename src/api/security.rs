@@ -68,7 +68,7 @@ async fn change(state: &AppState, command: C) -> Result<Response, ApiError> {
     path = "/druid-ext/basic-security/authentication/loadStatus",
     tag = "security",
     summary = "Whether the authenticator's users are loaded",
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn authn_load_status(State(state): State<AppState>) -> Response {
     Json(json!({ state.config.auth.authenticator.clone(): true })).into_response()
@@ -79,7 +79,7 @@ async fn authn_load_status(State(state): State<AppState>) -> Response {
     path = "/druid-ext/basic-security/authorization/loadStatus",
     tag = "security",
     summary = "Whether the authorizer's users and roles are loaded",
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn authz_load_status(State(state): State<AppState>) -> Response {
     Json(json!({ state.config.auth.authorizer.clone(): true })).into_response()
@@ -91,7 +91,7 @@ async fn authz_load_status(State(state): State<AppState>) -> Response {
     path = "/druid-ext/basic-security/authentication/refreshAll",
     tag = "security",
     summary = "Nothing to refresh: every node applies the same log",
-    responses((status = 200, description = "success"), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success"), crate::api::openapi::Refused)
 )]
 async fn refresh_all() -> Response {
     axum::http::StatusCode::OK.into_response()
@@ -114,7 +114,7 @@ async fn refresh_all_authz() -> Response {
     tag = "security",
     summary = "The authenticator's users",
     params(("authenticator" = String, Path, description = "authenticator name")),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn authn_users(State(state): State<AppState>, Path(a): Path<String>) -> Result<Response, ApiError> {
     authenticator(&state, &a)?;
@@ -128,7 +128,7 @@ async fn authn_users(State(state): State<AppState>, Path(a): Path<String>) -> Re
     tag = "security",
     summary = "A user and its credentials (salt, hash, iterations)",
     params(("authenticator" = String, Path, description = "authenticator name"), ("user" = String, Path, description = "user name")),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn authn_user(
     State(state): State<AppState>,
@@ -148,7 +148,7 @@ async fn authn_user(
     tag = "security",
     summary = "Create a user",
     params(("authenticator" = String, Path, description = "authenticator name"), ("user" = String, Path, description = "user name")),
-    responses((status = 200, description = "success"), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success"), crate::api::openapi::Refused)
 )]
 async fn create_authn_user(
     State(state): State<AppState>,
@@ -164,7 +164,7 @@ async fn create_authn_user(
     tag = "security",
     summary = "Delete a user",
     params(("authenticator" = String, Path, description = "authenticator name"), ("user" = String, Path, description = "user name")),
-    responses((status = 200, description = "success"), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success"), crate::api::openapi::Refused)
 )]
 async fn delete_authn_user(
     State(state): State<AppState>,
@@ -186,7 +186,7 @@ struct PasswordBody {
     summary = "Set a user's password ({\"password\": ...})",
     params(("authenticator" = String, Path, description = "authenticator name"), ("user" = String, Path, description = "user name")),
     request_body(content = serde_json::Value, content_type = "application/json"),
-    responses((status = 200, description = "success"), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success"), crate::api::openapi::Refused)
 )]
 async fn set_credentials(
     State(state): State<AppState>,
@@ -217,7 +217,7 @@ struct FullQuery {
     tag = "security",
     summary = "The authorizer's users",
     params(("authorizer" = String, Path, description = "authorizer name")),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn authz_users(State(state): State<AppState>, Path(a): Path<String>) -> Result<Response, ApiError> {
     authorizer(&state, &a)?;
@@ -231,7 +231,7 @@ async fn authz_users(State(state): State<AppState>, Path(a): Path<String>) -> Re
     tag = "security",
     summary = "A user and its roles (?full: with permissions)",
     params(("authorizer" = String, Path, description = "authorizer name"), ("user" = String, Path, description = "user name"), ("full" = Option<String>, Query)),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn authz_user(
     State(state): State<AppState>,
@@ -262,7 +262,7 @@ async fn authz_user(
     tag = "security",
     summary = "Create a user of the authorizer",
     params(("authorizer" = String, Path, description = "authorizer name"), ("user" = String, Path, description = "user name")),
-    responses((status = 200, description = "success"), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success"), crate::api::openapi::Refused)
 )]
 async fn create_authz_user(
     State(state): State<AppState>,
@@ -278,7 +278,7 @@ async fn create_authz_user(
     tag = "security",
     summary = "Delete a user of the authorizer",
     params(("authorizer" = String, Path, description = "authorizer name"), ("user" = String, Path, description = "user name")),
-    responses((status = 200, description = "success"), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success"), crate::api::openapi::Refused)
 )]
 async fn delete_authz_user(
     State(state): State<AppState>,
@@ -294,7 +294,7 @@ async fn delete_authz_user(
     tag = "security",
     summary = "Roles",
     params(("authorizer" = String, Path, description = "authorizer name")),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn roles(State(state): State<AppState>, Path(a): Path<String>) -> Result<Response, ApiError> {
     authorizer(&state, &a)?;
@@ -308,7 +308,7 @@ async fn roles(State(state): State<AppState>, Path(a): Path<String>) -> Result<R
     tag = "security",
     summary = "A role, its users and permissions",
     params(("authorizer" = String, Path, description = "authorizer name"), ("role" = String, Path, description = "role name")),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn role(State(state): State<AppState>, Path((a, role)): Path<(String, String)>) -> Result<Response, ApiError> {
     authorizer(&state, &a)?;
@@ -333,7 +333,7 @@ async fn role(State(state): State<AppState>, Path((a, role)): Path<(String, Stri
     tag = "security",
     summary = "Create a role",
     params(("authorizer" = String, Path, description = "authorizer name"), ("role" = String, Path, description = "role name")),
-    responses((status = 200, description = "success"), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success"), crate::api::openapi::Refused)
 )]
 async fn create_role(
     State(state): State<AppState>,
@@ -349,7 +349,7 @@ async fn create_role(
     tag = "security",
     summary = "Delete a role (and take it from its users)",
     params(("authorizer" = String, Path, description = "authorizer name"), ("role" = String, Path, description = "role name")),
-    responses((status = 200, description = "success"), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success"), crate::api::openapi::Refused)
 )]
 async fn delete_role(
     State(state): State<AppState>,
@@ -365,7 +365,7 @@ async fn delete_role(
     tag = "security",
     summary = "Give a user a role",
     params(("authorizer" = String, Path, description = "authorizer name"), ("user" = String, Path, description = "user name"), ("role" = String, Path, description = "role name")),
-    responses((status = 200, description = "success"), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success"), crate::api::openapi::Refused)
 )]
 async fn assign_role(
     State(state): State<AppState>,
@@ -381,7 +381,7 @@ async fn assign_role(
     tag = "security",
     summary = "Take a role from a user",
     params(("authorizer" = String, Path, description = "authorizer name"), ("user" = String, Path, description = "user name"), ("role" = String, Path, description = "role name")),
-    responses((status = 200, description = "success"), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success"), crate::api::openapi::Refused)
 )]
 async fn unassign_role(
     State(state): State<AppState>,
@@ -397,7 +397,7 @@ async fn unassign_role(
     tag = "security",
     summary = "A role's permissions",
     params(("authorizer" = String, Path, description = "authorizer name"), ("role" = String, Path, description = "role name")),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn permissions(
     State(state): State<AppState>,
@@ -418,7 +418,7 @@ async fn permissions(
     summary = "Replace a role's permissions",
     params(("authorizer" = String, Path, description = "authorizer name"), ("role" = String, Path, description = "role name")),
     request_body(content = serde_json::Value, content_type = "application/json"),
-    responses((status = 200, description = "success"), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success"), crate::api::openapi::Refused)
 )]
 async fn set_permissions(
     State(state): State<AppState>,

@@ -61,7 +61,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
     summary = "Mark segments used by interval or ids",
     params(("ds" = String, Path, description = "datasource name")),
     request_body(content = serde_json::Value, content_type = "application/json"),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn overlord_mark_used(
     State(s): State<AppState>,
@@ -79,7 +79,7 @@ async fn overlord_mark_used(
     summary = "Mark segments unused by interval or ids",
     params(("ds" = String, Path, description = "datasource name")),
     request_body(content = serde_json::Value, content_type = "application/json"),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn overlord_mark_unused(
     State(s): State<AppState>,
@@ -96,7 +96,7 @@ async fn overlord_mark_unused(
     tag = "segments",
     summary = "Mark one segment used",
     params(("ds" = String, Path, description = "datasource name"), ("id" = String, Path, description = "task id")),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn overlord_mark_segment_used(
     State(s): State<AppState>,
@@ -111,7 +111,7 @@ async fn overlord_mark_segment_used(
     tag = "segments",
     summary = "Mark one segment unused",
     params(("ds" = String, Path, description = "datasource name"), ("id" = String, Path, description = "task id")),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn overlord_mark_segment_unused(
     State(s): State<AppState>,
@@ -126,7 +126,7 @@ async fn overlord_mark_segment_unused(
     tag = "segments",
     summary = "Mark every segment of a datasource used",
     params(("ds" = String, Path, description = "datasource name")),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn overlord_mark_all_used(State(s): State<AppState>, Path(ds): Path<String>) -> Result<Response, ApiError> {
     mark_all(s, ds, true).await
@@ -138,7 +138,7 @@ async fn overlord_mark_all_used(State(s): State<AppState>, Path(ds): Path<String
     tag = "segments",
     summary = "Mark every segment of a datasource unused",
     params(("ds" = String, Path, description = "datasource name")),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn overlord_mark_all_unused(State(s): State<AppState>, Path(ds): Path<String>) -> Result<Response, ApiError> {
     mark_all(s, ds, false).await
@@ -151,7 +151,7 @@ async fn overlord_mark_all_unused(State(s): State<AppState>, Path(ds): Path<Stri
     summary = "Mark segments used by interval or ids",
     params(("ds" = String, Path, description = "datasource name")),
     request_body(content = serde_json::Value, content_type = "application/json"),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn coordinator_mark_used(
     State(s): State<AppState>,
@@ -169,7 +169,7 @@ async fn coordinator_mark_used(
     summary = "Mark segments unused by interval or ids",
     params(("ds" = String, Path, description = "datasource name")),
     request_body(content = serde_json::Value, content_type = "application/json"),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn coordinator_mark_unused(
     State(s): State<AppState>,
@@ -186,7 +186,7 @@ async fn coordinator_mark_unused(
     tag = "segments",
     summary = "Mark one segment used",
     params(("ds" = String, Path, description = "datasource name"), ("id" = String, Path, description = "task id")),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn coordinator_mark_segment_used(
     State(s): State<AppState>,
@@ -201,7 +201,7 @@ async fn coordinator_mark_segment_used(
     tag = "segments",
     summary = "Mark one segment unused",
     params(("ds" = String, Path, description = "datasource name"), ("id" = String, Path, description = "task id")),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn coordinator_mark_segment_unused(
     State(s): State<AppState>,
@@ -216,7 +216,7 @@ async fn coordinator_mark_segment_unused(
     tag = "segments",
     summary = "Mark every segment of a datasource used",
     params(("ds" = String, Path, description = "datasource name")),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn coordinator_mark_all_used(State(s): State<AppState>, Path(ds): Path<String>) -> Result<Response, ApiError> {
     mark_all(s, ds, true).await
@@ -228,7 +228,7 @@ async fn coordinator_mark_all_used(State(s): State<AppState>, Path(ds): Path<Str
     tag = "segments",
     summary = "Mark every segment of a datasource unused",
     params(("ds" = String, Path, description = "datasource name")),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn coordinator_mark_all_unused(State(s): State<AppState>, Path(ds): Path<String>) -> Result<Response, ApiError> {
     mark_all(s, ds, false).await
@@ -279,7 +279,7 @@ async fn json_body<T: serde::de::DeserializeOwned>(
     tag = "locks",
     summary = "Locked intervals by datasource ({datasource: minPriority})",
     request_body(content = serde_json::Value, content_type = "application/json"),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn locked_intervals_v1(
     State(state): State<AppState>,
@@ -315,7 +315,7 @@ async fn policies(state: &AppState, headers: &HeaderMap, body: Body) -> Result<V
     tag = "locks",
     summary = "Locked intervals for lock filter policies",
     request_body(content = serde_json::Value, content_type = "application/json"),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn locked_intervals_v2(
     State(state): State<AppState>,
@@ -333,7 +333,7 @@ async fn locked_intervals_v2(
     tag = "locks",
     summary = "Active locks for lock filter policies",
     request_body(content = serde_json::Value, content_type = "application/json"),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn active_locks(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let p = policies(&state, &headers, body).await?;
@@ -354,7 +354,7 @@ struct AuditQuery {
     path = "/druid/indexer/v1/audit",
     tag = "locks",
     summary = "Lock and segment changes",
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn audit(State(state): State<AppState>, Query(q): Query<AuditQuery>) -> Result<Response, ApiError> {
     if q.count == Some(0) {
@@ -389,7 +389,7 @@ struct PendingQuery {
     tag = "segments",
     summary = "Delete a datasource's pending segments",
     params(("ds" = String, Path, description = "datasource name")),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn delete_pending(
     State(state): State<AppState>,
@@ -418,7 +418,7 @@ async fn delete_pending(
     tag = "segments",
     summary = "A datasource's commit metadata",
     params(("ds" = String, Path, description = "datasource name")),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn get_metadata(State(state): State<AppState>, Path(ds): Path<String>) -> Result<Response, ApiError> {
     check_ds(&ds)?;
@@ -435,7 +435,7 @@ async fn get_metadata(State(state): State<AppState>, Path(ds): Path<String>) -> 
     tag = "segments",
     summary = "Reset a datasource's commit metadata",
     params(("ds" = String, Path, description = "datasource name")),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn reset_metadata(State(state): State<AppState>, Path(ds): Path<String>) -> Result<Response, ApiError> {
     check_ds(&ds)?;
@@ -573,7 +573,7 @@ fn druid_datasource(state: &crate::sm::State, ds: &str) -> Result<Value, ApiErro
     tag = "segments",
     summary = "Datasources with used segments",
     params(("full" = Option<String>, Query), ("includeUnused" = Option<String>, Query)),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn metadata_datasources(
     State(state): State<AppState>,
@@ -605,7 +605,7 @@ async fn metadata_datasources(
     tag = "segments",
     summary = "A datasource and its used segments",
     params(("ds" = String, Path, description = "datasource name")),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn metadata_datasource(State(state): State<AppState>, Path(ds): Path<String>) -> Result<Response, ApiError> {
     let g = state.raft.shared.view().await;
@@ -640,7 +640,7 @@ fn segments_view(state: &crate::sm::State, ds: &str, intervals: Option<&[Interva
     tag = "segments",
     summary = "A datasource's used segments",
     params(("ds" = String, Path, description = "datasource name"), ("full" = Option<String>, Query)),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn metadata_segments_of(
     State(state): State<AppState>,
@@ -659,7 +659,7 @@ async fn metadata_segments_of(
     summary = "A datasource's used segments in the given intervals",
     params(("ds" = String, Path, description = "datasource name"), ("full" = Option<String>, Query)),
     request_body(content = serde_json::Value, content_type = "application/json"),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn metadata_segments_in(
     State(state): State<AppState>,
@@ -681,7 +681,7 @@ async fn metadata_segments_in(
     tag = "segments",
     summary = "One segment",
     params(("ds" = String, Path, description = "datasource name"), ("id" = String, Path, description = "task id")),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn metadata_segment(
     State(state): State<AppState>,
@@ -704,7 +704,7 @@ async fn metadata_segment(
     tag = "segments",
     summary = "A datasource's unused segments",
     params(("ds" = String, Path, description = "datasource name")),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn unused_segments(
     State(state): State<AppState>,
@@ -740,7 +740,7 @@ async fn unused_segments(
     tag = "segments",
     summary = "Used segments of every datasource",
     params(("datasources" = Option<String>, Query)),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn metadata_all_segments(
     State(state): State<AppState>,
@@ -812,7 +812,7 @@ fn summary(d: &crate::segments::Datasource) -> Value {
     tag = "segments",
     summary = "Datasources with used segments",
     params(("simple" = Option<String>, Query), ("full" = Option<String>, Query)),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn coordinator_datasources(
     State(state): State<AppState>,
@@ -841,7 +841,7 @@ async fn coordinator_datasources(
     tag = "segments",
     summary = "A datasource's segment summary",
     params(("ds" = String, Path, description = "datasource name")),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn coordinator_datasource(State(state): State<AppState>, Path(ds): Path<String>) -> Result<Response, ApiError> {
     let g = state.raft.shared.view().await;
@@ -855,7 +855,7 @@ async fn coordinator_datasource(State(state): State<AppState>, Path(ds): Path<St
     tag = "segments",
     summary = "A datasource's intervals, newest first",
     params(("ds" = String, Path, description = "datasource name")),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn datasource_intervals(
     State(state): State<AppState>,

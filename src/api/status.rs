@@ -51,7 +51,7 @@ pub fn routes(state: AppState) -> OpenApiRouter<AppState> {
     path = "/status",
     tag = "status",
     summary = "The node's Raft view, counts, memory and version",
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn status(State(state): State<AppState>) -> Response {
     let mut v = serde_json::to_value(state.raft.status().await).unwrap_or_default();
@@ -103,7 +103,7 @@ fn memory(heap: u64, storage: u64) -> serde_json::Value {
     path = "/status/properties",
     tag = "status",
     summary = "The node's effective settings (secrets left out)",
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn properties(State(state): State<AppState>) -> Response {
     let c = &state.config;
@@ -166,7 +166,7 @@ async fn is_self_discovered(state: &AppState) -> bool {
     path = "/status/selfDiscovered/status",
     tag = "status",
     summary = "Whether this node's announcement is replicated",
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn self_discovered_status(State(state): State<AppState>) -> Response {
     Json(json!({ "selfDiscovered": is_self_discovered(&state).await })).into_response()
@@ -178,7 +178,7 @@ async fn self_discovered_status(State(state): State<AppState>) -> Response {
     path = "/status/selfDiscovered",
     tag = "status",
     summary = "200 once this node is discovered, else 503",
-    responses((status = 200, description = "success"), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success"), crate::api::openapi::Refused)
 )]
 async fn self_discovered(State(state): State<AppState>) -> Result<Response, ApiError> {
     if is_self_discovered(&state).await {
@@ -196,7 +196,7 @@ async fn self_discovered(State(state): State<AppState>) -> Result<Response, ApiE
     path = "/status/health",
     tag = "status",
     summary = "true while the node serves",
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn health() -> Response {
     Json(true).into_response()
@@ -207,7 +207,7 @@ async fn health() -> Response {
     path = "/status/nodes",
     tag = "status",
     summary = "Announced nodes",
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn nodes(State(state): State<AppState>) -> Response {
     let g = state.raft.shared.read().await;
@@ -222,7 +222,7 @@ async fn nodes(State(state): State<AppState>) -> Response {
     path = "/internal/state/tasks",
     tag = "internal",
     summary = "This replica's task table (cluster secret)",
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn local_tasks(State(state): State<AppState>) -> Response {
     let g = state.raft.shared.view().await;
@@ -238,7 +238,7 @@ async fn local_tasks(State(state): State<AppState>) -> Response {
     path = "/internal/state/segments",
     tag = "internal",
     summary = "This replica's segments and locks (cluster secret)",
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn local_segments(State(state): State<AppState>) -> Response {
     let g = state.raft.shared.view().await;
@@ -277,7 +277,7 @@ async fn on_leader(state: &AppState, path: &str, command: Command) -> Result<Res
     tag = "internal",
     summary = "Record a node's announcement (cluster secret)",
     request_body(content = serde_json::Value, content_type = "application/json"),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn announce(State(state): State<AppState>, Json(node): Json<NodeAnnouncement>) -> Result<Response, ApiError> {
     on_leader(&state, "/internal/nodes/announce", Command::AnnounceNode { node }).await
@@ -294,7 +294,7 @@ struct Withdraw {
     tag = "internal",
     summary = "Remove a node's announcement (cluster secret)",
     request_body(content = serde_json::Value, content_type = "application/json"),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn withdraw(State(state): State<AppState>, Json(w): Json<Withdraw>) -> Result<Response, ApiError> {
     on_leader(&state, "/internal/nodes/withdraw", Command::WithdrawNode { id: w.id }).await

@@ -72,7 +72,7 @@ pub(super) async fn read_body(
     tag = "tasks",
     summary = "Submit a task (Druid's task spec, unchanged)",
     request_body(content = serde_json::Value, content_type = "application/json"),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn submit(
     State(state): State<AppState>,
@@ -126,7 +126,7 @@ async fn submit(
     tag = "tasks",
     summary = "A task's spec",
     params(("id" = String, Path, description = "task id")),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn get_task(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let g = state.raft.shared.read().await;
@@ -149,7 +149,7 @@ async fn get_task(State(state): State<AppState>, Path(id): Path<String>) -> Resu
     tag = "tasks",
     summary = "A task's status (TaskStatusPlus)",
     params(("id" = String, Path, description = "task id")),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn task_status(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let g = state.raft.shared.read().await;
@@ -166,7 +166,7 @@ async fn task_status(State(state): State<AppState>, Path(id): Path<String>) -> R
     tag = "tasks",
     summary = "Stop a task",
     params(("id" = String, Path, description = "task id")),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn shutdown(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     // Druid answers 200 even for unknown or finished tasks: shutdown is a no-op for them.
@@ -185,7 +185,7 @@ async fn shutdown(State(state): State<AppState>, Path(id): Path<String>) -> Resu
     tag = "tasks",
     summary = "Stop every active task of a datasource",
     params(("ds" = String, Path, description = "datasource name")),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn shutdown_all(State(state): State<AppState>, Path(ds): Path<String>) -> Result<Response, ApiError> {
     let has_active = state
@@ -242,7 +242,7 @@ async fn run_query(state: &AppState, who: &Identity, params: &[(String, String)]
     tag = "tasks",
     summary = "List tasks",
     params(("state" = Option<String>, Query, description = "waiting, pending, running or complete"), ("datasource" = Option<String>, Query), ("type" = Option<String>, Query), ("max" = Option<u64>, Query), ("createdTimeInterval" = Option<String>, Query)),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn list(
     State(state): State<AppState>,
@@ -277,7 +277,7 @@ type Who = Extension<Identity>;
     path = "/druid/indexer/v1/waitingTasks",
     tag = "tasks",
     summary = "Waiting tasks",
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn waiting(State(s): State<AppState>, Extension(w): Who, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
     with_state(s, w, q, StateFilter::Waiting).await
@@ -287,7 +287,7 @@ async fn waiting(State(s): State<AppState>, Extension(w): Who, RawQuery(q): RawQ
     path = "/druid/indexer/v1/pendingTasks",
     tag = "tasks",
     summary = "Pending tasks",
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn pending(State(s): State<AppState>, Extension(w): Who, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
     with_state(s, w, q, StateFilter::Pending).await
@@ -297,7 +297,7 @@ async fn pending(State(s): State<AppState>, Extension(w): Who, RawQuery(q): RawQ
     path = "/druid/indexer/v1/runningTasks",
     tag = "tasks",
     summary = "Running tasks",
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn running(State(s): State<AppState>, Extension(w): Who, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
     with_state(s, w, q, StateFilter::Running).await
@@ -307,7 +307,7 @@ async fn running(State(s): State<AppState>, Extension(w): Who, RawQuery(q): RawQ
     path = "/druid/indexer/v1/completeTasks",
     tag = "tasks",
     summary = "Complete tasks",
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn complete(State(s): State<AppState>, Extension(w): Who, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
     with_state(s, w, q, StateFilter::Complete).await
@@ -319,7 +319,7 @@ async fn complete(State(s): State<AppState>, Extension(w): Who, RawQuery(q): Raw
     tag = "tasks",
     summary = "Statuses of the given task ids",
     request_body(content = serde_json::Value, content_type = "application/json"),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn task_statuses(
     State(state): State<AppState>,
@@ -348,7 +348,7 @@ async fn task_statuses(
     path = "/druid/indexer/v1/leader",
     tag = "status",
     summary = "The leader's URL",
-    responses((status = 200, description = "success", body = String), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = String), crate::api::openapi::Refused)
 )]
 async fn leader(State(state): State<AppState>) -> Result<Response, ApiError> {
     match state.raft.leader() {
@@ -362,7 +362,7 @@ async fn leader(State(state): State<AppState>) -> Result<Response, ApiError> {
     path = "/druid/indexer/v1/isLeader",
     tag = "status",
     summary = "Whether this node leads (200) or not (404)",
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn is_leader(State(state): State<AppState>) -> Response {
     if matches!(leader_redirect(&state.raft), Ok(None)) {

@@ -56,7 +56,7 @@ pub fn internal_routes() -> OpenApiRouter<AppState> {
     path = "/druid/indexer/v1/workers",
     tag = "workers",
     summary = "Workers (ImmutableWorkerInfo)",
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn workers(State(state): State<AppState>) -> Response {
     let g = state.raft.shared.read().await;
@@ -92,7 +92,7 @@ async fn set_enabled(state: &AppState, host: String, enabled: bool) -> Result<Re
     tag = "workers",
     summary = "Enable a worker",
     params(("host" = String, Path, description = "worker host:port")),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn enable(State(state): State<AppState>, Path(host): Path<String>) -> Result<Response, ApiError> {
     set_enabled(&state, host, true).await
@@ -104,7 +104,7 @@ async fn enable(State(state): State<AppState>, Path(host): Path<String>) -> Resu
     tag = "workers",
     summary = "Disable a worker: it keeps its tasks and gets no new ones",
     params(("host" = String, Path, description = "worker host:port")),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn disable(State(state): State<AppState>, Path(host): Path<String>) -> Result<Response, ApiError> {
     set_enabled(&state, host, false).await
@@ -115,7 +115,7 @@ async fn disable(State(state): State<AppState>, Path(host): Path<String>) -> Res
     path = "/druid/indexer/v1/worker",
     tag = "workers",
     summary = "The worker behaviour config",
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn get_config(State(state): State<AppState>) -> Response {
     let g = state.raft.shared.read().await;
@@ -136,7 +136,7 @@ fn header_text(headers: &HeaderMap, name: &str) -> String {
     tag = "workers",
     summary = "Replace the worker behaviour config (audited)",
     request_body(content = serde_json::Value, content_type = "application/json"),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn set_config(State(state): State<AppState>, headers: HeaderMap, body: String) -> Result<Response, ApiError> {
     let config: WorkerBehaviorConfig = serde_json::from_str(&body)
@@ -166,7 +166,7 @@ struct HistoryQuery {
     tag = "workers",
     summary = "Worker config history",
     params(("count" = Option<u64>, Query)),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn history(State(state): State<AppState>, Query(q): Query<HistoryQuery>) -> Result<Response, ApiError> {
     if q.count == Some(0) {
@@ -183,7 +183,7 @@ async fn history(State(state): State<AppState>, Query(q): Query<HistoryQuery>) -
     path = "/druid/indexer/v1/totalWorkerCapacity",
     tag = "workers",
     summary = "Task slots of the cluster",
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn total_capacity(State(state): State<AppState>) -> Response {
     let g = state.raft.shared.read().await;
@@ -234,7 +234,7 @@ async fn proxy(state: &AppState, url: String) -> Option<Response> {
     tag = "tasks",
     summary = "A task's log (text)",
     params(("id" = String, Path, description = "task id"), ("offset" = Option<i64>, Query, description = "byte offset; negative: the last N bytes")),
-    responses((status = 200, description = "success", body = String), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = String), crate::api::openapi::Refused)
 )]
 async fn task_log(
     State(state): State<AppState>,
@@ -263,7 +263,7 @@ async fn task_log(
     tag = "tasks",
     summary = "A task's reports",
     params(("id" = String, Path, description = "task id")),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn task_reports(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     validate_id("task id", &id).map_err(|_| no_report(&id))?;
@@ -345,7 +345,7 @@ async fn view(state: &AppState, host: &str, term: u64) -> SyncResponse {
     tag = "internal",
     summary = "A worker's assignments (long poll; cluster secret)",
     params(("host" = String, Query), ("hash" = Option<u64>, Query), ("timeout" = Option<u64>, Query)),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn sync(State(state): State<AppState>, Query(q): Query<SyncQuery>) -> Result<Response, ApiError> {
     if q.timeout <= 0 {
@@ -381,7 +381,7 @@ async fn sync(State(state): State<AppState>, Query(q): Query<SyncQuery>) -> Resu
     tag = "internal",
     summary = "A worker's task reports (cluster secret)",
     request_body(content = serde_json::Value, content_type = "application/json"),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn report(State(state): State<AppState>, Json(r): Json<Report>) -> Result<Response, ApiError> {
     let w = &r.worker;

@@ -53,7 +53,7 @@ pub fn routes(worker: WorkerService, secret: &str, open_reads: bool) -> OpenApiR
     path = "/druid/worker/v1/enabled",
     tag = "worker",
     summary = "Whether this worker takes new tasks",
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn enabled(State(w): State<WorkerService>) -> Response {
     Json(json!({ w.worker.host.clone(): !w.disabled() })).into_response()
@@ -75,7 +75,7 @@ async fn set_enabled(w: &WorkerService, enable: bool) -> Result<Response, ApiErr
     path = "/druid/worker/v1/enable",
     tag = "worker",
     summary = "Enable this worker (cluster secret)",
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn enable(State(w): State<WorkerService>) -> Result<Response, ApiError> {
     set_enabled(&w, true).await
@@ -86,7 +86,7 @@ async fn enable(State(w): State<WorkerService>) -> Result<Response, ApiError> {
     path = "/druid/worker/v1/disable",
     tag = "worker",
     summary = "Disable this worker (cluster secret)",
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn disable(State(w): State<WorkerService>) -> Result<Response, ApiError> {
     set_enabled(&w, false).await
@@ -97,7 +97,7 @@ async fn disable(State(w): State<WorkerService>) -> Result<Response, ApiError> {
     path = "/druid/worker/v1/tasks",
     tag = "worker",
     summary = "This worker's tasks",
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn tasks(State(w): State<WorkerService>) -> Response {
     Json(w.runner.ids()).into_response()
@@ -109,7 +109,7 @@ async fn tasks(State(w): State<WorkerService>) -> Response {
     tag = "worker",
     summary = "Stop a task's peon (cluster secret)",
     params(("id" = String, Path, description = "task id")),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn shutdown(State(w): State<WorkerService>, UrlPath(id): UrlPath<String>) -> Result<Response, ApiError> {
     if !w.runner.knows(&id) {
@@ -131,7 +131,7 @@ pub struct Offset {
     tag = "worker",
     summary = "A task's log (text)",
     params(("id" = String, Path, description = "task id"), ("offset" = Option<i64>, Query)),
-    responses((status = 200, description = "success", body = String), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = String), crate::api::openapi::Refused)
 )]
 async fn log(
     State(w): State<WorkerService>,
@@ -148,7 +148,7 @@ async fn log(
     tag = "worker",
     summary = "A task's reports",
     params(("id" = String, Path, description = "task id")),
-    responses((status = 200, description = "success", body = serde_json::Value), (status = "4XX", description = "Druid's error shape: refused, changing nothing", body = crate::api::openapi::ErrorBody), (status = 503, description = "no leader yet, or the write did not commit in time; retry", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn reports(State(w): State<WorkerService>, UrlPath(id): UrlPath<String>) -> Result<Response, ApiError> {
     let path = w.runner.report_path(&id).ok_or_else(|| no_report(&id))?;
