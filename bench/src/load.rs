@@ -177,60 +177,23 @@ pub async fn secure(bin: &Path, clients: usize, seconds: u64, rounds: usize, tls
     let duration = Duration::from_secs(seconds);
     let name = if tls { "auth+tls" } else { "auth" };
     println!("3 nodes on loopback, fsync on, {clients} concurrent clients, {VALUE_BYTES}-byte task specs, {seconds} s per run");
+    println!("the two runs of a round alternate in order (odd rounds: off first), so drift of the machine within a round favours neither");
     let mut ratios = Vec::new();
     for round in 1..=rounds.max(1) {
         let dir = tempfile::tempdir()?;
-        let mut plain = Raftlord::start(bin, &dir.path().join("plain"), 3).await?;
-        let leader = plain.wait_leader(Duration::from_secs(30)).await?;
-        raftlord_load(
-            plain.urls[&leader].clone(),
-            clients,
-            Duration::from_secs(2),
-            None,
-            "warm",
-        )
-        .await;
-        let off = raftlord_load(plain.urls[&leader].clone(), clients, duration, None, "run").await;
-        plain.stop_all().await;
-        println!("round {round}: {}", off.line("off"));
-
-        let ca = raftlord::cli::local_ca::make(&dir.path().join("tls"), &[])?;
-        let cert = reqwest::Certificate::from_pem(&std::fs::read(&ca.ca)?)?;
-        let mut flags = vec![
-            "--worker-capacity=0".to_string(),
-            "--auth=basic".to_string(),
-            "--initial-admin-password=bench-admin".to_string(),
-        ];
-        if tls {
-            flags.push(format!("--tls-cert={}", ca.cert.display()));
-            flags.push(format!("--tls-key={}", ca.key.display()));
-            flags.push(format!("--tls-ca={}", ca.ca.display()));
-        }
-        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-        let dir_on = dir.path().join("secured");
-        let mut secured = Raftlord::start_with_ca(bin, &dir_on, 3, &flags, tls.then_some(cert)).await?;
-        let leader = secured.wait_leader(Duration::from_secs(30)).await?;
-        let url = secured.urls[&leader].clone();
-        add_bench_user(&secured, &url).await?;
-        let headers = {
-            let mut h = reqwest::header::HeaderMap::new();
-            let token = base64::engine::general_purpose::STANDARD.encode("bench:bench-pw");
-            h.insert(reqwest::header::AUTHORIZATION, format!("Basic {token}").parse()?);
-            h
+        let (off, on) = if round % 2 == 1 {
+            let off = plain_run(bin, dir.path(), clients, duration).await?;
+            println!("round {round}: {}", off.line("off"));
+            let on = secured_run(bin, dir.path(), clients, duration, tls).await?;
+            println!("round {round}: {}", on.line(name));
+            (off, on)
+        } else {
+            let on = secured_run(bin, dir.path(), clients, duration, tls).await?;
+            println!("round {round}: {}", on.line(name));
+            let off = plain_run(bin, dir.path(), clients, duration).await?;
+            println!("round {round}: {}", off.line("off"));
+            (off, on)
         };
-        let client = load_client(secured.client_builder().default_headers(headers));
-        raftlord_load_with(
-            client.clone(),
-            url.clone(),
-            clients,
-            Duration::from_secs(2),
-            None,
-            "warm",
-        )
-        .await;
-        let on = raftlord_load_with(client, url, clients, duration, None, "run").await;
-        secured.stop_all().await;
-        println!("round {round}: {}", on.line(name));
         ratios.push(on.rate() / off.rate());
     }
     let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.2}x")).collect();
@@ -241,6 +204,49 @@ pub async fn secure(bin: &Path, clients: usize, seconds: u64, rounds: usize, tls
         shown.join(", ")
     );
     Ok(())
+}
+
+/// One measured run against a three-node cluster with auth and TLS off.
+async fn plain_run(bin: &Path, dir: &Path, clients: usize, duration: Duration) -> anyhow::Result<Stats> {
+    let mut plain = Raftlord::start(bin, &dir.join("plain"), 3).await?;
+    let leader = plain.wait_leader(Duration::from_secs(30)).await?;
+    raftlord_load(plain.urls[&leader].clone(), clients, Duration::from_secs(2), None, "warm").await;
+    let off = raftlord_load(plain.urls[&leader].clone(), clients, duration, None, "run").await;
+    plain.stop_all().await;
+    Ok(off)
+}
+
+/// One measured run against a three-node cluster with auth on (and TLS when `tls`), logged in
+/// as a user whose permission is checked on every submission.
+async fn secured_run(bin: &Path, dir: &Path, clients: usize, duration: Duration, tls: bool) -> anyhow::Result<Stats> {
+    let ca = raftlord::cli::local_ca::make(&dir.join("tls"), &[])?;
+    let cert = reqwest::Certificate::from_pem(&std::fs::read(&ca.ca)?)?;
+    let mut flags = vec![
+        "--worker-capacity=0".to_string(),
+        "--auth=basic".to_string(),
+        "--initial-admin-password=bench-admin".to_string(),
+    ];
+    if tls {
+        flags.push(format!("--tls-cert={}", ca.cert.display()));
+        flags.push(format!("--tls-key={}", ca.key.display()));
+        flags.push(format!("--tls-ca={}", ca.ca.display()));
+    }
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut secured = Raftlord::start_with_ca(bin, &dir.join("secured"), 3, &flags, tls.then_some(cert)).await?;
+    let leader = secured.wait_leader(Duration::from_secs(30)).await?;
+    let url = secured.urls[&leader].clone();
+    add_bench_user(&secured, &url).await?;
+    let headers = {
+        let mut h = reqwest::header::HeaderMap::new();
+        let token = base64::engine::general_purpose::STANDARD.encode("bench:bench-pw");
+        h.insert(reqwest::header::AUTHORIZATION, format!("Basic {token}").parse()?);
+        h
+    };
+    let client = load_client(secured.client_builder().default_headers(headers));
+    raftlord_load_with(client.clone(), url.clone(), clients, Duration::from_secs(2), None, "warm").await;
+    let on = raftlord_load_with(client, url, clients, duration, None, "run").await;
+    secured.stop_all().await;
+    Ok(on)
 }
 
 /// Creates the user `bench` (password `bench-pw`) with WRITE on the datasource `bench`.
