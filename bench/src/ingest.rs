@@ -6,6 +6,11 @@
 //! group by the same six dimensions, compute count and three sums, sort, and write one
 //! zstd-compressed Parquet file. raftlord runs in this process through `raftlord-ingest` (what a
 //! peon runs); DuckDB runs from Python (`pip install duckdb`) with `SET threads = 1`.
+//!
+//! Each run reports its wall time and its CPU time (the ingesting thread's for raftlord, the
+//! Python process's for DuckDB): rows per CPU-second is the per-core rate, and it holds still
+//! on a shared machine where the wall time does not. With `--rounds`, the engines alternate
+//! and the medians are reported.
 
 use std::io::Write;
 use std::path::Path;
@@ -167,9 +172,16 @@ fn spec(input: &Path, format: Value) -> anyhow::Result<IngestSpec> {
     Ok(IngestSpec::from_task(&task)?)
 }
 
-/// One raftlord run: (rows read, bytes read uncompressed, rows written, seconds).
-fn raftlord_run(spec: &IngestSpec, out: &Path) -> anyhow::Result<(u64, u64, u64, f64)> {
+/// CPU time of the calling thread, in seconds.
+fn thread_cpu_secs() -> f64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map_or(0.0, |t| t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9)
+}
+
+/// One raftlord run: (rows read, bytes read, rows written, wall seconds, CPU seconds).
+fn raftlord_run(spec: &IngestSpec, out: &Path) -> anyhow::Result<(u64, u64, u64, f64, f64)> {
     let started = Instant::now();
+    let cpu = thread_cpu_secs();
     // As the peon runs it: rows beyond the in-memory limits spill to sorted runs on disk.
     let spill = out.join("spill");
     let mut ingested = read_input(spec, Some(&spill), &mut |_| {}, &mut |_| {})?;
@@ -186,11 +198,13 @@ fn raftlord_run(spec: &IngestSpec, out: &Path) -> anyhow::Result<(u64, u64, u64,
         ingested.stats.processed_bytes,
         written,
         started.elapsed().as_secs_f64(),
+        thread_cpu_secs() - cpu,
     ))
 }
 
-/// One DuckDB run through Python: (rows written, seconds), or why it could not run.
-fn duckdb_run(input: &Path, csv: bool, out: &Path) -> Result<(u64, f64), String> {
+/// One DuckDB run through Python: (rows written, wall seconds, CPU seconds), or why it could
+/// not run.
+fn duckdb_run(input: &Path, csv: bool, out: &Path) -> Result<(u64, f64, f64), String> {
     let reader = if csv {
         format!("read_csv('{}', header = true)", input.display())
     } else {
@@ -203,6 +217,7 @@ con = duckdb.connect()
 con.execute("SET threads = 1")
 con.execute("SET enable_progress_bar = false")
 t = time.perf_counter()
+c = time.process_time()
 con.execute("""COPY (
   SELECT date_trunc('hour', CAST("time" AS TIMESTAMP)) AS __time, {dims},
          count(*) AS count, sum(added) AS added, sum(deleted) AS deleted, sum(delta) AS delta
@@ -210,8 +225,9 @@ con.execute("""COPY (
   GROUP BY ALL ORDER BY __time, {dims}
 ) TO '{out}' (FORMAT parquet, COMPRESSION zstd)""")
 secs = time.perf_counter() - t
+cpu = time.process_time() - c
 rows = con.execute("SELECT count(*) FROM read_parquet('{out}')").fetchone()[0]
-print(rows, secs)
+print(rows, secs, cpu)
 "#,
         dims = DIMS.map(|d| format!("\"{d}\"")).join(", "),
         out = out.display(),
@@ -234,7 +250,8 @@ print(rows, secs)
     };
     let rows = it.next().and_then(|r| r.parse().ok()).ok_or_else(unreadable)?;
     let secs = it.next().and_then(|r| r.parse().ok()).ok_or_else(unreadable)?;
-    Ok((rows, secs))
+    let cpu = it.next().and_then(|r| r.parse().ok()).ok_or_else(unreadable)?;
+    Ok((rows, secs, cpu))
 }
 
 fn peak_rss_mib() -> f64 {
@@ -249,7 +266,12 @@ fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-pub fn run(rows: u64, json_only: bool) -> anyhow::Result<()> {
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+pub fn run(rows: u64, json_only: bool, rounds: usize) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let t = Instant::now();
     let (json_path, csv_path) = generate(dir.path(), rows)?;
@@ -272,32 +294,54 @@ pub fn run(rows: u64, json_only: bool) -> anyhow::Result<()> {
         if json_only && csv {
             continue;
         }
-        let out = dir.path().join(format!("raftlord-{name}"));
-        let (read, bytes, written, secs) = raftlord_run(&spec(path, format)?, &out)?;
-        let ours = read as f64 / secs;
-        println!(
-            "{name}: raftlord {read} rows ({:.0} MiB read) -> {written} rolled-up rows in {secs:.2} s: {ours:.0} rows/s on one core \
-             (peak resident memory of this process so far {:.0} MiB)",
-            bytes as f64 / 1048576.0,
-            peak_rss_mib()
-        );
-        if json_only {
-            continue;
-        }
-        let duck_out = dir.path().join(format!("duckdb-{name}.parquet"));
-        match duckdb_run(path, csv, &duck_out) {
-            Ok((duck_rows, duck_secs)) => {
-                let theirs = rows as f64 / duck_secs;
-                println!(
-                    "{name}: DuckDB   {rows} rows -> {duck_rows} rolled-up rows in {duck_secs:.2} s: {theirs:.0} rows/s \
-                     on one thread; raftlord/DuckDB {:.2}x",
-                    ours / theirs
-                );
-                if duck_rows != written {
-                    println!("{name}: the two disagree on the rolled-up row count ({written} vs {duck_rows})");
-                }
+        let (mut ours_wall, mut ours_cpu, mut theirs_wall, mut theirs_cpu) = (vec![], vec![], vec![], vec![]);
+        for round in 1..=rounds.max(1) {
+            let out = dir.path().join(format!("raftlord-{name}-{round}"));
+            let (read, bytes, written, secs, cpu) = raftlord_run(&spec(path, format.clone())?, &out)?;
+            std::fs::remove_dir_all(&out)?;
+            ours_wall.push(read as f64 / secs);
+            ours_cpu.push(read as f64 / cpu);
+            println!(
+                "{name}: raftlord {read} rows ({:.0} MiB read) -> {written} rolled-up rows in {secs:.2} s ({cpu:.2} s of CPU): \
+                 {:.0} rows/s, {:.0} rows per CPU-second (peak resident memory of this process so far {:.0} MiB)",
+                bytes as f64 / 1048576.0,
+                read as f64 / secs,
+                read as f64 / cpu,
+                peak_rss_mib()
+            );
+            if json_only {
+                continue;
             }
-            Err(e) => println!("{name}: DuckDB did not run (pip install duckdb): {e}"),
+            let duck_out = dir.path().join(format!("duckdb-{name}.parquet"));
+            match duckdb_run(path, csv, &duck_out) {
+                Ok((duck_rows, duck_secs, duck_cpu)) => {
+                    theirs_wall.push(rows as f64 / duck_secs);
+                    theirs_cpu.push(rows as f64 / duck_cpu);
+                    println!(
+                        "{name}: DuckDB   {rows} rows -> {duck_rows} rolled-up rows in {duck_secs:.2} s ({duck_cpu:.2} s of CPU): \
+                         {:.0} rows/s, {:.0} rows per CPU-second",
+                        rows as f64 / duck_secs,
+                        rows as f64 / duck_cpu
+                    );
+                    if duck_rows != written {
+                        println!("{name}: the two disagree on the rolled-up row count ({written} vs {duck_rows})");
+                    }
+                }
+                Err(e) => println!("{name}: DuckDB did not run (pip install duckdb): {e}"),
+            }
+        }
+        let (ow, oc) = (median(ours_wall), median(ours_cpu));
+        if theirs_cpu.is_empty() {
+            println!("{name}: raftlord median {ow:.0} rows/s, {oc:.0} rows per CPU-second");
+        } else {
+            let (tw, tc) = (median(theirs_wall), median(theirs_cpu));
+            println!(
+                "{name}: medians over {} rounds: raftlord {ow:.0} rows/s, {oc:.0} per CPU-second; DuckDB {tw:.0} rows/s, \
+                 {tc:.0} per CPU-second; raftlord/DuckDB {:.2}x by wall time, {:.2}x by CPU time",
+                rounds.max(1),
+                ow / tw,
+                oc / tc
+            );
         }
     }
     Ok(())

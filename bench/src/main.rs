@@ -145,6 +145,9 @@ enum Cmd {
         /// Only raftlord, JSON lines only: for memory figures on large inputs.
         #[arg(long)]
         json_only: bool,
+        /// Runs of each engine on each format, alternating; the medians are reported.
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
     },
     /// One index_parallel task over N files on three workers, in one peon and as N sub-tasks:
     /// the wall time of each and the speed-up.
@@ -230,7 +233,9 @@ async fn main() -> anyhow::Result<()> {
             no_tls,
         } => load::secure(&bin, clients, seconds, rounds, !no_tls).await,
         Cmd::Failover { rounds, writers } => chaos::failover(&bin, rounds, writers).await,
-        Cmd::Ingest { rows, json_only } => tokio::task::spawn_blocking(move || ingest::run(rows, json_only)).await?,
+        Cmd::Ingest { rows, json_only, rounds } => {
+            tokio::task::spawn_blocking(move || ingest::run(rows, json_only, rounds)).await?
+        }
         Cmd::Parallel { rows, parts, hashed } => parallel::run(&bin, rows, parts, hashed).await,
         Cmd::Partitions {
             rounds,

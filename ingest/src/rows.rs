@@ -71,12 +71,23 @@ impl Eq for DimValue {}
 
 impl std::hash::Hash for DimValue {
     fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        // One word per value where it fits (a string id with its tag), as a key hashes six or
+        // more of them per row.
         match self {
-            DimValue::Null => 0u8.hash(h),
-            DimValue::Long(v) => (1u8, v).hash(h),
-            DimValue::Double(v) => (2u8, v.to_bits()).hash(h),
-            DimValue::Str(s) => (3u8, s).hash(h),
-            DimValue::Multi(m) => (4u8, m).hash(h),
+            DimValue::Null => h.write_u64(0),
+            DimValue::Long(v) => {
+                h.write_u64(1);
+                h.write_i64(*v)
+            }
+            DimValue::Double(v) => {
+                h.write_u64(2);
+                h.write_u64(v.to_bits())
+            }
+            DimValue::Str(s) => h.write_u64((3 << 32) | u64::from(*s)),
+            DimValue::Multi(m) => {
+                h.write_u64(4);
+                m.hash(h)
+            }
         }
     }
 }
@@ -179,25 +190,90 @@ impl Bucket {
 
     /// The rows sorted by time, then dimensions (`ranks[i]`: the string order of dimension
     /// `i`, from [`Dict::ranks`]).
-    pub fn into_sorted(self, ranks: &[Vec<u32>]) -> Vec<(Key, Vec<Acc>)> {
-        let mut rows: Vec<(Key, Vec<Acc>)> = self.rolled.into_iter().collect();
-        rows.extend(self.plain);
-        let none: Vec<u32> = Vec::new();
-        rows.sort_unstable_by(|(a, _), (b, _)| {
-            a.time.cmp(&b.time).then_with(|| {
-                let n = a.dims.len().max(b.dims.len());
-                for i in 0..n {
-                    let x = a.dims.get(i).unwrap_or(&DimValue::Null);
-                    let y = b.dims.get(i).unwrap_or(&DimValue::Null);
-                    let o = x.cmp_with(y, ranks.get(i).unwrap_or(&none));
-                    if o != std::cmp::Ordering::Equal {
-                        return o;
+    ///
+    /// Rows are sorted through a small key per row (the time and the leading dimensions packed
+    /// into integers, [`Packer`]) and only rows whose keys tie are compared in full; then moved
+    /// once into their order.
+    pub fn into_sorted(mut self, ranks: &[Vec<u32>]) -> Vec<(Key, Vec<Acc>)> {
+        self.drain_sorted(ranks)
+    }
+
+    /// [`Bucket::into_sorted`], leaving the bucket empty with its table's capacity, so that
+    /// the next rows fill a table that is already grown.
+    pub fn drain_sorted(&mut self, ranks: &[Vec<u32>]) -> Vec<(Key, Vec<Acc>)> {
+        let mut rows: Vec<(Key, Vec<Acc>)> = self.rolled.drain().collect();
+        rows.append(&mut self.plain);
+        let packer = Packer::new(ranks);
+        let mut order: Vec<(i64, u128, u32)> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, (k, _))| (k.time, packer.pack(&k.dims, ranks), i as u32))
+            .collect();
+        order.sort_unstable_by(|a, b| {
+            (a.0, a.1)
+                .cmp(&(b.0, b.1))
+                .then_with(|| crate::spill::cmp_keys(&rows[a.2 as usize].0, &rows[b.2 as usize].0, ranks))
+        });
+        let mut slots: Vec<Option<(Key, Vec<Acc>)>> = rows.into_iter().map(Some).collect();
+        order.iter().filter_map(|(_, _, i)| slots[*i as usize].take()).collect()
+    }
+}
+
+/// Packs a row's leading dimensions into one integer that orders rows as
+/// [`crate::spill::cmp_keys`] does wherever two packed values differ: per dimension, null is 0,
+/// a number 1, a string its rank + 2, a multi-value the largest code; each dimension takes the
+/// bits its dictionary needs, as many dimensions as fit in 128 bits. After a number or a
+/// multi-value (whose order the code does not hold) the rest is zero, so such rows tie and are
+/// compared in full.
+pub struct Packer {
+    widths: Vec<u32>,
+}
+
+impl Packer {
+    pub fn new(ranks: &[Vec<u32>]) -> Packer {
+        let mut widths = Vec::new();
+        let mut used = 0;
+        for r in ranks {
+            let w = 64 - (r.len() as u64 + 2).leading_zeros();
+            if used + w > 128 {
+                break;
+            }
+            used += w;
+            widths.push(w);
+        }
+        Packer { widths }
+    }
+
+    pub fn pack(&self, dims: &[DimValue], ranks: &[Vec<u32>]) -> u128 {
+        let mut out = 0u128;
+        let mut exact = true;
+        for (i, w) in self.widths.iter().enumerate() {
+            let top = (1u128 << w) - 1;
+            let code = if !exact {
+                0
+            } else {
+                match dims.get(i) {
+                    None | Some(DimValue::Null) => 0,
+                    Some(DimValue::Long(_) | DimValue::Double(_)) => {
+                        exact = false;
+                        1
+                    }
+                    Some(DimValue::Str(id)) => match ranks[i].get(*id as usize) {
+                        Some(r) => u128::from(*r) + 2,
+                        None => {
+                            exact = false;
+                            top
+                        }
+                    },
+                    Some(DimValue::Multi(_)) => {
+                        exact = false;
+                        top
                     }
                 }
-                std::cmp::Ordering::Equal
-            })
-        });
-        rows
+            };
+            out = (out << w) | code;
+        }
+        out
     }
 }
 
@@ -277,6 +353,9 @@ pub struct RowBuilder<'a> {
     pub problems: Vec<ParseProblem>,
     typed_discovery: bool,
     discovering: bool,
+    /// The emptied bucket of the last spill, kept to be the next new bucket: a table grown to
+    /// a run's size is not grown again from nothing after every spill.
+    spare: Option<Bucket>,
 }
 
 /// Why a row was not taken.
@@ -312,6 +391,7 @@ impl<'a> RowBuilder<'a> {
             problems: Vec::new(),
             typed_discovery: typed,
             discovering,
+            spare: None,
         }
     }
 
@@ -336,11 +416,14 @@ impl<'a> RowBuilder<'a> {
         }
         std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create [{}]: {e}", dir.display()))?;
         let ranks: Vec<Vec<u32>> = self.dicts.iter().map(Dict::ranks).collect();
-        for (interval, bucket) in std::mem::take(&mut self.buckets) {
+        for (interval, mut bucket) in std::mem::take(&mut self.buckets) {
             let runs = self.runs.entry(interval).or_default();
             let path = dir.join(format!("{}-{}-{}.run", interval.start, interval.end, runs.len()));
-            crate::spill::write_run(&path, bucket.into_sorted(&ranks).into_iter())?;
+            crate::spill::write_run(&path, bucket.drain_sorted(&ranks).into_iter())?;
             runs.push(path);
+            if self.spare.as_ref().is_none_or(|s| s.rolled.capacity() < bucket.rolled.capacity()) {
+                self.spare = Some(bucket);
+            }
         }
         self.in_memory = 0;
         self.in_memory_bytes = 0;
@@ -481,7 +564,8 @@ impl<'a> RowBuilder<'a> {
         let truncated = spec.query_granularity.truncate(time);
         let row_bytes = row_bytes(&dims, spec.metrics.len());
         let key = Key { time: truncated, dims };
-        let b = self.buckets.entry(bucket).or_default();
+        let spare = &mut self.spare;
+        let b = self.buckets.entry(bucket).or_insert_with(|| spare.take().unwrap_or_default());
         let metrics = &spec.metrics;
         let fold = |accs: &mut Vec<Acc>| {
             for (m, acc) in metrics.iter().zip(accs.iter_mut()) {
@@ -643,5 +727,56 @@ fn typed_value(f: &FieldRef<'_>, dict: &mut Dict) -> DimValue {
             None => n.as_f64().map_or(DimValue::Null, DimValue::Double),
         },
         other => string_value(other, dict),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn dim_value() -> impl Strategy<Value = DimValue> {
+        prop_oneof![
+            Just(DimValue::Null),
+            (-3i64..3).prop_map(DimValue::Long),
+            (-3i64..3).prop_map(|v| DimValue::Double(v as f64 / 2.0)),
+            (0u32..6).prop_map(DimValue::Str),
+            proptest::collection::vec(0u32..6, 1..3).prop_map(|v| DimValue::Multi(v.into())),
+        ]
+    }
+
+    proptest! {
+        /// The packed sort keys order rows exactly as the full comparison does, whatever mix of
+        /// types, nulls, missing trailing dimensions and dictionary sizes the rows have.
+        #[test]
+        fn packed_sort_orders_rows_as_the_full_comparison(
+            rows in proptest::collection::vec(
+                ((0i64..3), proptest::collection::vec(dim_value(), 0..5)), 0..60),
+            dict_sizes in proptest::collection::vec(6usize..40, 4),
+            shuffle in any::<u64>(),
+        ) {
+            let mut dicts: Vec<Dict> = Vec::new();
+            for (d, n) in dict_sizes.iter().enumerate() {
+                let mut dict = Dict::default();
+                // Ids in an order unrelated to the strings' order.
+                for i in 0..*n {
+                    dict.id(&format!("{}-{}", (i as u64 * 7 + shuffle + d as u64) % 97, i));
+                }
+                dicts.push(dict);
+            }
+            let ranks: Vec<Vec<u32>> = dicts.iter().map(Dict::ranks).collect();
+            let mut bucket = Bucket::default();
+            for (time, dims) in rows {
+                bucket.plain.push((Key { time, dims }, Vec::new()));
+            }
+            let mut expected: Vec<Key> = bucket.plain.iter().map(|(k, _)| k.clone()).collect();
+            expected.sort_by(|a, b| crate::spill::cmp_keys(a, b, &ranks));
+            let got: Vec<Key> = bucket.into_sorted(&ranks).into_iter().map(|(k, _)| k).collect();
+            prop_assert_eq!(got.len(), expected.len());
+            for (g, e) in got.iter().zip(&expected) {
+                prop_assert_eq!(crate::spill::cmp_keys(g, e, &ranks), std::cmp::Ordering::Equal, "{:?} vs {:?}", g, e);
+            }
+        }
     }
 }

@@ -32,6 +32,8 @@ pub struct RunWriter {
     w: BufWriter<File>,
     rows: u64,
     name: String,
+    /// One row's encoding, reused from row to row (grown when a row does not fit).
+    scratch: Vec<u8>,
 }
 
 impl RunWriter {
@@ -42,14 +44,25 @@ impl RunWriter {
             w: BufWriter::with_capacity(buffer, f),
             rows: 0,
             name: path.display().to_string(),
+            scratch: vec![0; 1024],
         })
     }
 
     pub fn push(&mut self, row: &Row) -> Result<(), String> {
-        let bytes = postcard::to_stdvec(row).map_err(|e| format!("cannot encode a row: {e}"))?;
+        let len = loop {
+            match postcard::to_slice(row, &mut self.scratch) {
+                Ok(bytes) => break bytes.len(),
+                Err(postcard::Error::SerializeBufferFull) => {
+                    let grown = self.scratch.len() * 2;
+                    self.scratch.resize(grown, 0);
+                }
+                Err(e) => return Err(format!("cannot encode a row: {e}")),
+            }
+        };
+        let len32 = u32::try_from(len).map_err(|_| format!("a row of {len} bytes is too long to spill"))?;
         self.w
-            .write_all(&(bytes.len() as u32).to_le_bytes())
-            .and_then(|_| self.w.write_all(&bytes))
+            .write_all(&len32.to_le_bytes())
+            .and_then(|_| self.w.write_all(&self.scratch[..len]))
             .map_err(|e| format!("cannot write [{}]: {e}", self.name))?;
         self.rows += 1;
         Ok(())
