@@ -300,13 +300,13 @@ pub enum Record {
 #[derive(Debug, PartialEq)]
 pub struct Header {
     pub names: Vec<String>,
-    pub index: HashMap<String, usize>,
+    pub index: HashMap<String, usize, crate::rows::Hasher>,
     pub list_delimiter: Option<String>,
 }
 
 impl Header {
     fn new(names: Vec<String>, list_delimiter: Option<String>) -> Header {
-        let mut index = HashMap::new();
+        let mut index = HashMap::default();
         for (i, n) in names.iter().enumerate() {
             index.entry(n.clone()).or_insert(i);
         }
@@ -514,11 +514,11 @@ impl LineRecord {
     }
 
     fn get(&self, name: &str) -> FieldRef<'_> {
-        let Some(f) = self
-            .fields
-            .iter()
-            .find(|f| &self.text[f.key.0 as usize..f.key.1 as usize] == name)
-        else {
+        let text = self.text.as_bytes();
+        let Some(f) = self.fields.iter().find(|f| {
+            let (a, b) = (f.key.0 as usize, f.key.1 as usize);
+            b - a == name.len() && text.get(a..b) == Some(name.as_bytes())
+        }) else {
             return FieldRef::Absent;
         };
         match &f.value {
@@ -612,8 +612,9 @@ impl Iterator for DelimitedRecords {
                 continue;
             }
             let header = self.header.clone()?;
-            // The record's one buffer moves into the row; the reader starts a new one.
-            let values = std::mem::take(&mut self.record);
+            // The record's one buffer moves into the row; the reader starts a new one as large.
+            let room = csv::StringRecord::with_capacity(self.record.as_slice().len(), self.record.len());
+            let values = std::mem::replace(&mut self.record, room);
             return Some((line, Ok(Record::Columns { header, values })));
         }
     }

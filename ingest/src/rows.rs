@@ -214,8 +214,21 @@ impl Bucket {
                 .cmp(&(b.0, b.1))
                 .then_with(|| crate::spill::cmp_keys(&rows[a.2 as usize].0, &rows[b.2 as usize].0, ranks))
         });
-        let mut slots: Vec<Option<(Key, Vec<Acc>)>> = rows.into_iter().map(Some).collect();
-        order.iter().filter_map(|(_, _, i)| slots[*i as usize].take()).collect()
+        let mut perm: Vec<u32> = order.into_iter().map(|(_, _, i)| i).collect();
+        // In place, cycle by cycle: position i takes the row that was at perm[i].
+        for start in 0..perm.len() {
+            let mut at = start;
+            while perm[at] as usize != at {
+                let next = perm[at] as usize;
+                perm[at] = at as u32;
+                if next == start {
+                    break;
+                }
+                rows.swap(at, next);
+                at = next;
+            }
+        }
+        rows
     }
 }
 
