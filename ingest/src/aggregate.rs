@@ -167,11 +167,11 @@ impl AggregatorSpec {
                     *a = Some(a.map_or(v, |x| x.max(v)));
                 }
             }
-            (AggKind::First(v), Acc::Timed(a)) if a.as_ref().is_none_or(|(t, _)| time < *t) => {
-                *a = Some((time, self.value(v, input)));
+            (AggKind::First(v), Acc::Timed(a)) if a.as_deref().is_none_or(|(t, _)| time < *t) => {
+                *a = Some(Box::new((time, self.value(v, input))));
             }
-            (AggKind::Last(v), Acc::Timed(a)) if a.as_ref().is_none_or(|(t, _)| time >= *t) => {
-                *a = Some((time, self.value(v, input)));
+            (AggKind::Last(v), Acc::Timed(a)) if a.as_deref().is_none_or(|(t, _)| time >= *t) => {
+                *a = Some(Box::new((time, self.value(v, input))));
             }
             _ => {}
         }
@@ -202,14 +202,15 @@ impl AggregatorSpec {
                     }),
                 }
             }
-            (Acc::Timed(a), Acc::Timed(Some((t, v)))) => {
-                let take = match (kind, a.as_ref()) {
+            (Acc::Timed(a), Acc::Timed(Some(theirs))) => {
+                let t = theirs.0;
+                let take = match (kind, a.as_deref()) {
                     (_, None) => true,
                     (AggKind::First(_), Some((mine, _))) => t < *mine,
                     (_, Some((mine, _))) => t >= *mine,
                 };
                 if take {
-                    *a = Some((t, v));
+                    *a = Some(theirs);
                 }
             }
             _ => {}
@@ -248,8 +249,13 @@ pub enum Acc {
     Long(Option<i64>),
     Double(Option<f64>),
     /// First/last: the time of the chosen row and its value.
-    Timed(Option<(i64, Scalar)>),
+    /// Boxed: most metrics are numbers, and every accumulator of a row is as large as the
+    /// largest variant.
+    Timed(Option<Box<(i64, Scalar)>>),
 }
+
+// A row holds one per metric: three words (down from six before first/last were boxed).
+const _: () = assert!(std::mem::size_of::<Acc>() == 24);
 
 /// A single value of a first/last metric.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
@@ -348,11 +354,11 @@ mod tests {
         );
         assert_eq!(
             c(json!({"type": "longFirst", "name": "s", "fieldName": "x"})),
-            Acc::Timed(Some((1, Scalar::Long(4))))
+            Acc::Timed(Some(Box::new((1, Scalar::Long(4)))))
         );
         assert_eq!(
             c(json!({"type": "stringLast", "name": "s", "fieldName": "x", "maxStringBytes": 2})),
-            Acc::Timed(Some((9, Scalar::Null)))
+            Acc::Timed(Some(Box::new((9, Scalar::Null))))
         );
         let only_nulls = run(
             &agg(json!({"type": "longSum", "name": "s", "fieldName": "x"})),

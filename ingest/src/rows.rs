@@ -64,8 +64,12 @@ pub enum DimValue {
     Double(f64),
     Str(u32),
     /// Ids of a multi-value string, in the strings' order.
-    Multi(Box<[u32]>),
+    /// Boxed once more so that a value is two words, not three: a row holds one per dimension.
+    Multi(Box<Vec<u32>>),
 }
+
+// A row holds one per dimension: two words.
+const _: () = assert!(std::mem::size_of::<DimValue>() == 16);
 
 impl Eq for DimValue {}
 
@@ -712,7 +716,7 @@ fn string_value(f: &FieldRef<'_>, dict: &mut Dict) -> DimValue {
         1 => DimValue::Str(dict.id(&v[0])),
         _ => {
             v.sort();
-            DimValue::Multi(v.iter().map(|s| dict.id(s)).collect())
+            DimValue::Multi(Box::new(v.iter().map(|s| dict.id(s)).collect()))
         }
     };
     match f {
@@ -755,7 +759,7 @@ mod tests {
             (-3i64..3).prop_map(DimValue::Long),
             (-3i64..3).prop_map(|v| DimValue::Double(v as f64 / 2.0)),
             (0u32..6).prop_map(DimValue::Str),
-            proptest::collection::vec(0u32..6, 1..3).prop_map(|v| DimValue::Multi(v.into())),
+            proptest::collection::vec(0u32..6, 1..3).prop_map(|v| DimValue::Multi(Box::new(v))),
         ]
     }
 

@@ -245,7 +245,10 @@ fn batch(
                 for (_, accs) in rows {
                     b.append_option(match &accs[i] {
                         Acc::Long(v) => *v,
-                        Acc::Timed(Some((_, Scalar::Long(v)))) => Some(*v),
+                        Acc::Timed(Some(t)) => match **t {
+                            (_, Scalar::Long(v)) => Some(v),
+                            _ => None,
+                        },
                         _ => None,
                     });
                 }
@@ -269,7 +272,10 @@ fn batch(
                 let mut b = StringBuilder::new();
                 for (_, accs) in rows {
                     match &accs[i] {
-                        Acc::Timed(Some((_, Scalar::Str(s)))) => b.append_value(s),
+                        Acc::Timed(Some(t)) => match &**t {
+                            (_, Scalar::Str(s)) => b.append_value(s),
+                            _ => b.append_null(),
+                        },
                         _ => b.append_null(),
                     }
                 }
@@ -289,7 +295,10 @@ fn double_of(a: &Acc) -> Option<f64> {
     match a {
         Acc::Double(v) => *v,
         Acc::Long(v) => v.map(|x| x as f64),
-        Acc::Timed(Some((_, Scalar::Double(v)))) => Some(*v),
+        Acc::Timed(Some(t)) => match **t {
+            (_, Scalar::Double(v)) => Some(v),
+            _ => None,
+        },
         _ => None,
     }
 }
