@@ -210,7 +210,14 @@ pub async fn secure(bin: &Path, clients: usize, seconds: u64, rounds: usize, tls
 async fn plain_run(bin: &Path, dir: &Path, clients: usize, duration: Duration) -> anyhow::Result<Stats> {
     let mut plain = Raftlord::start(bin, &dir.join("plain"), 3).await?;
     let leader = plain.wait_leader(Duration::from_secs(30)).await?;
-    raftlord_load(plain.urls[&leader].clone(), clients, Duration::from_secs(2), None, "warm").await;
+    raftlord_load(
+        plain.urls[&leader].clone(),
+        clients,
+        Duration::from_secs(2),
+        None,
+        "warm",
+    )
+    .await;
     let off = raftlord_load(plain.urls[&leader].clone(), clients, duration, None, "run").await;
     plain.stop_all().await;
     Ok(off)
@@ -243,7 +250,15 @@ async fn secured_run(bin: &Path, dir: &Path, clients: usize, duration: Duration,
         h
     };
     let client = load_client(secured.client_builder().default_headers(headers));
-    raftlord_load_with(client.clone(), url.clone(), clients, Duration::from_secs(2), None, "warm").await;
+    raftlord_load_with(
+        client.clone(),
+        url.clone(),
+        clients,
+        Duration::from_secs(2),
+        None,
+        "warm",
+    )
+    .await;
     let on = raftlord_load_with(client, url, clients, duration, None, "run").await;
     secured.stop_all().await;
     Ok(on)

@@ -233,9 +233,11 @@ async fn main() -> anyhow::Result<()> {
             no_tls,
         } => load::secure(&bin, clients, seconds, rounds, !no_tls).await,
         Cmd::Failover { rounds, writers } => chaos::failover(&bin, rounds, writers).await,
-        Cmd::Ingest { rows, json_only, rounds } => {
-            tokio::task::spawn_blocking(move || ingest::run(rows, json_only, rounds)).await?
-        }
+        Cmd::Ingest {
+            rows,
+            json_only,
+            rounds,
+        } => tokio::task::spawn_blocking(move || ingest::run(rows, json_only, rounds)).await?,
         Cmd::Parallel { rows, parts, hashed } => parallel::run(&bin, rows, parts, hashed).await,
         Cmd::Partitions {
             rounds,

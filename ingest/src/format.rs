@@ -476,10 +476,10 @@ impl LineRecord {
                     let value = if r.len() >= 2 && r.starts_with('"') && !r.contains('\\') {
                         Slot::Text(at(r) + 1, at(r) + r.len() as u32 - 1)
                     } else {
-                        Slot::Value(scalar(r).map_or_else(
-                            || serde_json::from_str(r).map_err(|e| format!("not JSON: {e}")),
-                            Ok,
-                        )?)
+                        Slot::Value(
+                            scalar(r)
+                                .map_or_else(|| serde_json::from_str(r).map_err(|e| format!("not JSON: {e}")), Ok)?,
+                        )
                     };
                     out.push(LineField {
                         key: (at(k), at(k) + k.len() as u32),
@@ -635,7 +635,16 @@ mod tests {
 
     #[test]
     fn scalars_read_without_the_parser_equal_the_parsers_reading() {
-        for r in ["0", "7", "-12", "9223372036854775807", "-9223372036854775808", "true", "false", "null"] {
+        for r in [
+            "0",
+            "7",
+            "-12",
+            "9223372036854775807",
+            "-9223372036854775808",
+            "true",
+            "false",
+            "null",
+        ] {
             assert_eq!(scalar(r), Some(serde_json::from_str::<Value>(r).unwrap()), "{r}");
         }
         for r in ["-0", "1.5", "1e3", "18446744073709551615", "\"7\"", "[1]", "{}"] {

@@ -438,7 +438,11 @@ impl<'a> RowBuilder<'a> {
             let path = dir.join(format!("{}-{}-{}.run", interval.start, interval.end, runs.len()));
             crate::spill::write_run(&path, bucket.drain_sorted(&ranks).into_iter())?;
             runs.push(path);
-            if self.spare.as_ref().is_none_or(|s| s.rolled.capacity() < bucket.rolled.capacity()) {
+            if self
+                .spare
+                .as_ref()
+                .is_none_or(|s| s.rolled.capacity() < bucket.rolled.capacity())
+            {
                 self.spare = Some(bucket);
             }
         }
@@ -582,7 +586,10 @@ impl<'a> RowBuilder<'a> {
         let row_bytes = row_bytes(&dims, spec.metrics.len());
         let key = Key { time: truncated, dims };
         let spare = &mut self.spare;
-        let b = self.buckets.entry(bucket).or_insert_with(|| spare.take().unwrap_or_default());
+        let b = self
+            .buckets
+            .entry(bucket)
+            .or_insert_with(|| spare.take().unwrap_or_default());
         let metrics = &spec.metrics;
         let fold = |accs: &mut Vec<Acc>| {
             for (m, acc) in metrics.iter().zip(accs.iter_mut()) {
