@@ -586,10 +586,19 @@ impl<'a> RowBuilder<'a> {
         let row_bytes = row_bytes(&dims, spec.metrics.len());
         let key = Key { time: truncated, dims };
         let spare = &mut self.spare;
-        let b = self
-            .buckets
-            .entry(bucket)
-            .or_insert_with(|| spare.take().unwrap_or_default());
+        // The first table is made as large as memory allows at once (its slots stay untouched,
+        // and so unpaid, until rows fill them) instead of growing by doubling; later tables
+        // reuse the one emptied by the last spill.
+        let first = self.buckets.is_empty() && self.runs.is_empty();
+        let room = (spec.max_bytes_in_memory / row_bytes.max(1)).min(spec.max_rows_in_memory) as usize;
+        let b = self.buckets.entry(bucket).or_insert_with(|| match spare.take() {
+            Some(b) => b,
+            None if first && spec.rollup => Bucket {
+                rolled: HashMap::with_capacity_and_hasher(room, Hasher::default()),
+                plain: Vec::new(),
+            },
+            None => Bucket::default(),
+        });
         let metrics = &spec.metrics;
         let fold = |accs: &mut Vec<Acc>| {
             for (m, acc) in metrics.iter().zip(accs.iter_mut()) {
