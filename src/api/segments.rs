@@ -95,7 +95,7 @@ async fn overlord_mark_unused(
     path = "/druid/indexer/v1/datasources/{ds}/segments/{id}",
     tag = "segments",
     summary = "Mark one segment used",
-    params(("ds" = String, Path, description = "datasource name"), ("id" = String, Path, description = "task id")),
+    params(("ds" = String, Path, description = "datasource name"), ("id" = String, Path, description = "segment id")),
     responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn overlord_mark_segment_used(
@@ -110,7 +110,7 @@ async fn overlord_mark_segment_used(
     path = "/druid/indexer/v1/datasources/{ds}/segments/{id}",
     tag = "segments",
     summary = "Mark one segment unused",
-    params(("ds" = String, Path, description = "datasource name"), ("id" = String, Path, description = "task id")),
+    params(("ds" = String, Path, description = "datasource name"), ("id" = String, Path, description = "segment id")),
     responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn overlord_mark_segment_unused(
@@ -185,7 +185,7 @@ async fn coordinator_mark_unused(
     path = "/druid/coordinator/v1/datasources/{ds}/segments/{id}",
     tag = "segments",
     summary = "Mark one segment used",
-    params(("ds" = String, Path, description = "datasource name"), ("id" = String, Path, description = "task id")),
+    params(("ds" = String, Path, description = "datasource name"), ("id" = String, Path, description = "segment id")),
     responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn coordinator_mark_segment_used(
@@ -200,7 +200,7 @@ async fn coordinator_mark_segment_used(
     path = "/druid/coordinator/v1/datasources/{ds}/segments/{id}",
     tag = "segments",
     summary = "Mark one segment unused",
-    params(("ds" = String, Path, description = "datasource name"), ("id" = String, Path, description = "task id")),
+    params(("ds" = String, Path, description = "datasource name"), ("id" = String, Path, description = "segment id")),
     responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn coordinator_mark_segment_unused(
@@ -680,7 +680,7 @@ async fn metadata_segments_in(
     path = "/druid/coordinator/v1/metadata/datasources/{ds}/segments/{id}",
     tag = "segments",
     summary = "One segment",
-    params(("ds" = String, Path, description = "datasource name"), ("id" = String, Path, description = "task id")),
+    params(("ds" = String, Path, description = "datasource name"), ("id" = String, Path, description = "segment id")),
     responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn metadata_segment(
