@@ -93,6 +93,10 @@ pub struct Ingested {
     buckets: BTreeMap<Interval, Bucket>,
     /// Intervals whose rows were spilled: one merged, sorted run each, and its row count.
     merged: BTreeMap<Interval, (PathBuf, u64)>,
+    /// Intervals whose rows were spilled but make one partition whatever rollup leaves of them
+    /// (dynamic partitioning, at most `maxRowsPerSegment` rows before merging): their runs,
+    /// merged only as the partition is written, and the rows before merging (an upper bound).
+    deferred: BTreeMap<Interval, (Vec<PathBuf>, u64)>,
     /// Range partitioning: each interval's boundaries, the first values of its second, third,
     /// ... range.
     range_bounds: BTreeMap<Interval, Vec<RangeTuple>>,
@@ -222,11 +226,13 @@ pub fn read_input(
     }
     let typed = b.typed_discovery();
     let runs = std::mem::take(&mut b.runs);
+    let spilled = std::mem::take(&mut b.spilled_rows);
     let mut ingested = Ingested {
         stats: b.stats,
         problems: b.problems,
         buckets: b.buckets,
         merged: BTreeMap::new(),
+        deferred: BTreeMap::new(),
         range_bounds: BTreeMap::new(),
         dims_by_name: {
             let mut order: Vec<usize> = (0..b.dims.len()).collect();
@@ -239,7 +245,7 @@ pub fn read_input(
         spec: spec.clone(),
     };
     if let Some(dir) = spill_dir {
-        ingested.merge_runs(runs, dir)?;
+        ingested.merge_runs(runs, &spilled, dir)?;
     }
     if spec.range.is_some() {
         ingested.find_range_bounds()?;
@@ -249,10 +255,25 @@ pub fn read_input(
 
 impl Ingested {
     /// Merges each spilled interval's runs and remaining rows into one sorted, rolled-up run,
-    /// so its row count (and so its partitions) is known before anything is written.
-    fn merge_runs(&mut self, runs: BTreeMap<Interval, Vec<PathBuf>>, dir: &Path) -> Result<(), IngestError> {
+    /// so its row count (and so its partitions) is known before anything is written. An
+    /// interval that makes one dynamic partition whatever the merge leaves is not merged here
+    /// but as it is written ([`Ingested::deferred`]): its rows are not encoded, written and
+    /// read back once more.
+    fn merge_runs(
+        &mut self,
+        runs: BTreeMap<Interval, Vec<PathBuf>>,
+        spilled: &BTreeMap<Interval, u64>,
+        dir: &Path,
+    ) -> Result<(), IngestError> {
         let ranks: Vec<Vec<u32>> = self.dicts.iter().map(rows::Dict::ranks).collect();
+        let dynamic = self.spec.hashed.is_none() && self.spec.range.is_none();
         for (interval, paths) in runs {
+            let at_most = spilled.get(&interval).copied().unwrap_or(0)
+                + self.buckets.get(&interval).map_or(0, |b| b.len() as u64);
+            if dynamic && at_most <= self.spec.max_rows_per_segment {
+                self.deferred.insert(interval, (paths, at_most));
+                continue;
+            }
             let mut sources: Vec<Box<dyn Iterator<Item = Result<spill::Row, String>>>> = Vec::new();
             for p in &paths {
                 sources.push(Box::new(spill::RunReader::open(p).map_err(IngestError::Write)?));
@@ -358,11 +379,18 @@ impl Ingested {
         self.spec.range.as_ref().and_then(|r| self.range_tuple(key, r).ok())
     }
 
+    /// Rows of `interval` after rollup; for a deferred interval, before its merge (at most).
     fn rows_of(&self, interval: &Interval) -> u64 {
-        match self.merged.get(interval) {
-            Some((_, n)) => *n,
-            None => self.buckets.get(interval).map_or(0, |b| b.len() as u64),
+        match (self.merged.get(interval), self.deferred.get(interval)) {
+            (Some((_, n)), _) | (None, Some((_, n))) => *n,
+            (None, None) => self.buckets.get(interval).map_or(0, |b| b.len() as u64),
         }
+    }
+
+    /// Whether [`Ingested::rows`] is exact: false when spilled rows are merged (and rolled up)
+    /// only as they are written, and it is an upper bound.
+    pub fn rows_exact(&self) -> bool {
+        self.deferred.is_empty()
     }
 
     /// The segment intervals that hold rows, in order.
@@ -373,6 +401,7 @@ impl Ingested {
             .filter(|(_, b)| !b.is_empty())
             .map(|(i, _)| *i)
             .chain(self.merged.iter().filter(|(_, (_, n))| *n > 0).map(|(i, _)| *i))
+            .chain(self.deferred.keys().copied())
             .collect();
         out.sort();
         out.dedup();
@@ -456,7 +485,7 @@ impl Ingested {
         Ok(out)
     }
 
-    /// Rows after rollup, over all intervals.
+    /// Rows after rollup, over all intervals (an upper bound unless [`Ingested::rows_exact`]).
     pub fn rows(&self) -> u64 {
         self.intervals().iter().map(|i| self.rows_of(i)).sum()
     }
@@ -517,22 +546,28 @@ impl Ingested {
         enum Source {
             Run(PathBuf),
             Memory(Vec<spill::Row>),
+            /// Runs (and the rows still in memory) merged as they are written.
+            Runs(Vec<PathBuf>, Vec<spill::Row>),
         }
-        let source = match self.merged.remove(interval) {
-            Some((path, _)) => Source::Run(path),
-            None => {
-                let Some(bucket) = self.buckets.remove(interval) else {
-                    return Ok(Vec::new());
-                };
-                let ranks: Vec<Vec<u32>> = self.dicts.iter().map(rows::Dict::ranks).collect();
-                Source::Memory(bucket.into_sorted(&ranks))
+        let source = if let Some((path, _)) = self.merged.remove(interval) {
+            Source::Run(path)
+        } else {
+            let deferred = self.deferred.remove(interval);
+            let bucket = self.buckets.remove(interval);
+            let ranks: Vec<Vec<u32>> = self.dicts.iter().map(rows::Dict::ranks).collect();
+            let rows = bucket.map(|b| b.into_sorted(&ranks)).unwrap_or_default();
+            match deferred {
+                Some((paths, _)) => Source::Runs(paths, rows),
+                None if rows.is_empty() => return Ok(Vec::new()),
+                None => Source::Memory(rows),
             }
         };
+        let exact = !matches!(source, Source::Runs(..));
         // Dynamic partitions take the next `limit` rows each from one stream; hashed ones each
         // read the rows of their own shard (from memory, split once, or from the run again).
         let n = parts as u32;
         let mut shards: Vec<Vec<spill::Row>> = Vec::new();
-        let mut shared: Option<Box<dyn Iterator<Item = Result<spill::Row, String>>>> = None;
+        let mut shared: Option<Box<dyn Iterator<Item = Result<spill::Row, String>> + '_>> = None;
         let mut run_path = None;
         let mut split_runs: BTreeMap<usize, PathBuf> = BTreeMap::new();
         let split = self.spec.hashed.is_some() || self.spec.range.is_some();
@@ -544,6 +579,21 @@ impl Ingested {
                 shared = Some(Box::new(reader));
             }
             (Source::Memory(rows), false) => shared = Some(Box::new(rows.into_iter().map(Ok))),
+            (Source::Runs(paths, rows), _) => {
+                let mut sources: Vec<Box<dyn Iterator<Item = Result<spill::Row, String>>>> = Vec::new();
+                for p in &paths {
+                    sources.push(Box::new(spill::RunReader::open(p).map_err(IngestError::Write)?));
+                    // The file can go now: the reader holds it open.
+                    let _ = std::fs::remove_file(p);
+                }
+                sources.push(Box::new(rows.into_iter().map(Ok)));
+                shared = Some(Box::new(spill::Merge::new(
+                    sources,
+                    &self.dicts,
+                    &self.spec.metrics,
+                    self.spec.rollup,
+                )));
+            }
             (Source::Run(path), true) if wanted.len() <= MAX_SPLIT_RUNS => {
                 // One pass over the merged run splits it into a run per partition, rather than
                 // one pass (and a hash of every row) per partition.
@@ -655,7 +705,8 @@ impl Ingested {
             let _ = std::fs::remove_file(path);
         }
         let written: u64 = out.iter().map(|f| f.rows).sum();
-        if written != expected {
+        // A deferred interval's count was taken before its merge: it is a bound, not a count.
+        if written != expected && (exact || written > expected) {
             return Err(IngestError::Write(format!(
                 "{interval}: {written} of its {expected} rows fell into the partitions written {:?}; \
                  the others would have been lost",

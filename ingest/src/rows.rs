@@ -365,6 +365,8 @@ pub struct RowBuilder<'a> {
     in_memory_bytes: u64,
     /// Sorted runs written when memory filled up, by segment interval.
     pub runs: BTreeMap<Interval, Vec<std::path::PathBuf>>,
+    /// Rows written to each interval's runs.
+    pub spilled_rows: BTreeMap<Interval, u64>,
     spill_dir: Option<std::path::PathBuf>,
     pub stats: RowStats,
     pub problems: Vec<ParseProblem>,
@@ -403,6 +405,7 @@ impl<'a> RowBuilder<'a> {
             in_memory: 0,
             in_memory_bytes: 0,
             runs: BTreeMap::new(),
+            spilled_rows: BTreeMap::new(),
             spill_dir: spill_dir.map(|d| d.to_path_buf()),
             stats: RowStats::default(),
             problems: Vec::new(),
@@ -436,7 +439,8 @@ impl<'a> RowBuilder<'a> {
         for (interval, mut bucket) in std::mem::take(&mut self.buckets) {
             let runs = self.runs.entry(interval).or_default();
             let path = dir.join(format!("{}-{}-{}.run", interval.start, interval.end, runs.len()));
-            crate::spill::write_run(&path, bucket.drain_sorted(&ranks).into_iter())?;
+            let n = crate::spill::write_run(&path, bucket.drain_sorted(&ranks).into_iter())?;
+            *self.spilled_rows.entry(interval).or_default() += n;
             runs.push(path);
             if self
                 .spare

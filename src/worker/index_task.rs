@@ -584,9 +584,10 @@ pub(super) async fn ingest(
     }
     let secs = started.elapsed().as_secs_f64().max(1e-3);
     log(&format!(
-        "read {} rows in {secs:.1} s ({:.0} rows/s): {} after rollup in {} interval(s); {} unparseable, {} with errors, {} thrown away",
+        "read {} rows in {secs:.1} s ({:.0} rows/s): {}{} after rollup in {} interval(s); {} unparseable, {} with errors, {} thrown away",
         ingested.stats.processed,
         ingested.stats.processed as f64 / secs,
+        if ingested.rows_exact() { "" } else { "at most " },
         ingested.rows(),
         ingested.intervals().len(),
         ingested.stats.unparseable,
