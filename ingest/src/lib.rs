@@ -279,7 +279,7 @@ impl Ingested {
                 sources.push(Box::new(spill::RunReader::open(p).map_err(IngestError::Write)?));
             }
             if let Some(b) = self.buckets.remove(&interval) {
-                sources.push(Box::new(b.into_sorted(&ranks).into_iter().map(Ok)));
+                sources.push(Box::new(b.into_sorted(&ranks).map(Ok)));
             }
             let path = dir.join(format!("{}-{}-merged.run", interval.start, interval.end));
             let mut failed = None;
@@ -317,7 +317,7 @@ impl Ingested {
                 }
                 None => {
                     for key in self.buckets.get(&interval).into_iter().flat_map(rows::Bucket::keys) {
-                        count(key)?;
+                        count(&key)?;
                     }
                 }
             }
@@ -476,7 +476,7 @@ impl Ingested {
                 }
                 None => {
                     for key in self.buckets.get(&interval).into_iter().flat_map(rows::Bucket::keys) {
-                        sketch.update(self.group_key(key, h));
+                        sketch.update(self.group_key(&key, h));
                     }
                 }
             }
@@ -545,9 +545,9 @@ impl Ingested {
         // Where the sorted rows come from: the merged run on disk, or the bucket in memory.
         enum Source {
             Run(PathBuf),
-            Memory(Vec<spill::Row>),
+            Memory(rows::Sorted),
             /// Runs (and the rows still in memory) merged as they are written.
-            Runs(Vec<PathBuf>, Vec<spill::Row>),
+            Runs(Vec<PathBuf>, Option<rows::Sorted>),
         }
         let source = if let Some((path, _)) = self.merged.remove(interval) {
             Source::Run(path)
@@ -555,11 +555,11 @@ impl Ingested {
             let deferred = self.deferred.remove(interval);
             let bucket = self.buckets.remove(interval);
             let ranks: Vec<Vec<u32>> = self.dicts.iter().map(rows::Dict::ranks).collect();
-            let rows = bucket.map(|b| b.into_sorted(&ranks)).unwrap_or_default();
-            match deferred {
-                Some((paths, _)) => Source::Runs(paths, rows),
-                None if rows.is_empty() => return Ok(Vec::new()),
-                None => Source::Memory(rows),
+            let rows = bucket.map(|b| b.into_sorted(&ranks));
+            match (deferred, rows) {
+                (Some((paths, _)), rows) => Source::Runs(paths, rows),
+                (None, Some(rows)) if rows.len() > 0 => Source::Memory(rows),
+                (None, _) => return Ok(Vec::new()),
             }
         };
         let exact = !matches!(source, Source::Runs(..));
@@ -578,7 +578,7 @@ impl Ingested {
                 let _ = std::fs::remove_file(&path);
                 shared = Some(Box::new(reader));
             }
-            (Source::Memory(rows), false) => shared = Some(Box::new(rows.into_iter().map(Ok))),
+            (Source::Memory(rows), false) => shared = Some(Box::new(rows.map(Ok))),
             (Source::Runs(paths, rows), _) => {
                 let mut sources: Vec<Box<dyn Iterator<Item = Result<spill::Row, String>>>> = Vec::new();
                 for p in &paths {
@@ -586,7 +586,7 @@ impl Ingested {
                     // The file can go now: the reader holds it open.
                     let _ = std::fs::remove_file(p);
                 }
-                sources.push(Box::new(rows.into_iter().map(Ok)));
+                sources.push(Box::new(rows.into_iter().flatten().map(Ok)));
                 shared = Some(Box::new(spill::Merge::new(
                     sources,
                     &self.dicts,
@@ -895,7 +895,7 @@ mod tests {
             "tuningConfig": {"partitionsSpec": {"type": "hashed", "numShards": 3}}}});
         let spec = IngestSpec::from_task(&task).unwrap();
         let ing = read_input(&spec, None, &mut |_| {}, &mut |_| {}).unwrap();
-        let keys: Vec<&rows::Key> = ing.buckets.values().flat_map(rows::Bucket::keys).collect();
+        let keys: Vec<rows::Key> = ing.buckets.values().flat_map(rows::Bucket::keys).collect();
         assert_eq!(keys.len(), 4);
         for partition_dimensions in [vec![], vec!["tags".to_string(), "page".to_string(), "nope".to_string()]] {
             let h = spec::Hashed {

@@ -7,6 +7,7 @@
 //! null); a row outside `granularitySpec.intervals` is `thrownAway`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasher;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -171,70 +172,201 @@ pub struct Key {
     pub dims: Vec<DimValue>,
 }
 
-/// The rows of one segment bucket (one interval of `segmentGranularity`).
+/// The rows of one segment bucket (one interval of `segmentGranularity`), held flat: every
+/// row's time, dimension values and metrics side by side in three arrays, and under rollup a
+/// table of row numbers found by the hash of the row's key. A row costs no allocation of its
+/// own, sorting and spilling read the arrays in place, and a spill empties them without
+/// freeing them, so that the next rows fill memory that is already there.
 #[derive(Debug, Default)]
 pub struct Bucket {
-    rolled: HashMap<Key, Vec<Acc>, Hasher>,
-    plain: Vec<(Key, Vec<Acc>)>,
+    times: Vec<i64>,
+    /// Where each row's dimension values end in `dims` (they start where the previous row's
+    /// end): rows hold as many as they had up to their last non-null one.
+    ends: Vec<usize>,
+    dims: Vec<DimValue>,
+    /// `metrics` accumulators per row.
+    accs: Vec<Acc>,
+    metrics: usize,
+    /// Under rollup: the row of each distinct key.
+    table: hashbrown::HashTable<u32>,
+    hasher: Hasher,
 }
 
 impl Bucket {
+    /// An empty bucket for rows of `metrics` metrics, with room for `rows` rows of `dims`
+    /// dimension values (reserved, not touched: memory is paid for as rows fill it).
+    pub fn with_capacity(metrics: usize, rows: usize, dims: usize, rollup: bool) -> Bucket {
+        Bucket {
+            times: Vec::with_capacity(rows),
+            ends: Vec::with_capacity(rows),
+            dims: Vec::with_capacity(rows * dims),
+            accs: Vec::with_capacity(rows * metrics),
+            metrics,
+            table: if rollup {
+                hashbrown::HashTable::with_capacity(rows)
+            } else {
+                hashbrown::HashTable::new()
+            },
+            hasher: Hasher::default(),
+        }
+    }
+
     pub fn len(&self) -> usize {
-        self.rolled.len() + self.plain.len()
+        self.times.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Every row's key, in no order.
-    pub fn keys(&self) -> impl Iterator<Item = &Key> {
-        self.rolled.keys().chain(self.plain.iter().map(|(k, _)| k))
+    /// How many rows the bucket holds before its table must grow.
+    pub fn capacity(&self) -> usize {
+        self.times.capacity()
     }
 
-    /// The rows sorted by time, then dimensions (`ranks[i]`: the string order of dimension
-    /// `i`, from [`Dict::ranks`]).
+    fn dims_of(&self, i: usize) -> &[DimValue] {
+        row_dims(&self.ends, &self.dims, i)
+    }
+
+    fn accs_of(&self, i: usize) -> &[Acc] {
+        &self.accs[i * self.metrics..(i + 1) * self.metrics]
+    }
+
+    /// Adds a row of `time` and `dims` (which it empties): under `rollup`, a row with an equal
+    /// key takes it; otherwise a new row, its accumulators from `init`. `fold` then adds the
+    /// record's metrics to the row's accumulators. Returns whether a row was added.
+    pub fn add(
+        &mut self,
+        time: i64,
+        dims: &mut Vec<DimValue>,
+        rollup: bool,
+        init: impl Fn(usize) -> Acc,
+        fold: impl FnOnce(&mut [Acc]),
+    ) -> bool {
+        let m = self.metrics;
+        if rollup {
+            let hash = self.hasher.hash_one((time, dims.as_slice()));
+            let Bucket {
+                times,
+                ends,
+                dims: arena,
+                table,
+                hasher,
+                ..
+            } = self;
+            let same = |&i: &u32| times[i as usize] == time && row_dims(ends, arena, i as usize) == dims.as_slice();
+            if let Some(&i) = table.find(hash, same) {
+                dims.clear();
+                let i = i as usize;
+                fold(&mut self.accs[i * m..(i + 1) * m]);
+                return false;
+            }
+            let row = times.len() as u32;
+            table.insert_unique(hash, row, |&i| {
+                hasher.hash_one((times[i as usize], row_dims(ends, arena, i as usize)))
+            });
+        }
+        let i = self.times.len();
+        self.times.push(time);
+        self.dims.append(dims);
+        self.ends.push(self.dims.len());
+        self.accs.extend((0..m).map(init));
+        fold(&mut self.accs[i * m..(i + 1) * m]);
+        true
+    }
+
+    /// Every row's key, in no order.
+    pub fn keys(&self) -> impl Iterator<Item = Key> + '_ {
+        (0..self.len()).map(|i| Key {
+            time: self.times[i],
+            dims: self.dims_of(i).to_vec(),
+        })
+    }
+
+    /// The row numbers in row order: time, then dimensions (`ranks[i]`: the string order of
+    /// dimension `i`, from [`Dict::ranks`]).
     ///
     /// Rows are sorted through a small key per row (the time and the leading dimensions packed
-    /// into integers, [`Packer`]) and only rows whose keys tie are compared in full; then moved
-    /// once into their order.
-    pub fn into_sorted(mut self, ranks: &[Vec<u32>]) -> Vec<(Key, Vec<Acc>)> {
-        self.drain_sorted(ranks)
-    }
-
-    /// [`Bucket::into_sorted`], leaving the bucket empty with its table's capacity, so that
-    /// the next rows fill a table that is already grown.
-    pub fn drain_sorted(&mut self, ranks: &[Vec<u32>]) -> Vec<(Key, Vec<Acc>)> {
-        let mut rows: Vec<(Key, Vec<Acc>)> = self.rolled.drain().collect();
-        rows.append(&mut self.plain);
+    /// into an integer, [`Packer`]) and only rows whose keys tie are compared in full.
+    fn order(&self, ranks: &[Vec<u32>]) -> Vec<u32> {
         let packer = Packer::new(ranks);
-        let mut order: Vec<(i64, u128, u32)> = rows
-            .iter()
-            .enumerate()
-            .map(|(i, (k, _))| (k.time, packer.pack(&k.dims, ranks), i as u32))
+        let mut order: Vec<(i64, u128, u32)> = (0..self.len())
+            .map(|i| (self.times[i], packer.pack(self.dims_of(i), ranks), i as u32))
             .collect();
         order.sort_unstable_by(|a, b| {
-            (a.0, a.1)
-                .cmp(&(b.0, b.1))
-                .then_with(|| crate::spill::cmp_keys(&rows[a.2 as usize].0, &rows[b.2 as usize].0, ranks))
+            (a.0, a.1).cmp(&(b.0, b.1)).then_with(|| {
+                crate::spill::cmp_rows(a.0, self.dims_of(a.2 as usize), b.0, self.dims_of(b.2 as usize), ranks)
+            })
         });
-        let mut perm: Vec<u32> = order.into_iter().map(|(_, _, i)| i).collect();
-        // In place, cycle by cycle: position i takes the row that was at perm[i].
-        for start in 0..perm.len() {
-            let mut at = start;
-            while perm[at] as usize != at {
-                let next = perm[at] as usize;
-                perm[at] = at as u32;
-                if next == start {
-                    break;
-                }
-                rows.swap(at, next);
-                at = next;
-            }
+        order.into_iter().map(|(_, _, i)| i).collect()
+    }
+
+    /// Writes the rows, sorted, to a run at `path` and empties the bucket, keeping its memory
+    /// for the next rows. Returns how many rows were written.
+    pub fn spill(&mut self, path: &std::path::Path, ranks: &[Vec<u32>]) -> Result<u64, String> {
+        let mut w = crate::spill::RunWriter::create(path, 1 << 20)?;
+        for i in self.order(ranks) {
+            let i = i as usize;
+            w.push_parts(self.times[i], self.dims_of(i), self.accs_of(i))?;
         }
-        rows
+        self.times.clear();
+        self.ends.clear();
+        self.dims.clear();
+        self.accs.clear();
+        self.table.clear();
+        w.finish()
+    }
+
+    /// The rows, sorted as [`Bucket::spill`] writes them, each made into a [`Key`] and its
+    /// accumulators only as it is read.
+    pub fn into_sorted(mut self, ranks: &[Vec<u32>]) -> Sorted {
+        // The arrays of the last rows, after spills, are mostly empty room: it goes before
+        // the rows are written, and with it the table (only rows are looked up from here).
+        self.table = hashbrown::HashTable::new();
+        self.times.shrink_to_fit();
+        self.ends.shrink_to_fit();
+        self.dims.shrink_to_fit();
+        self.accs.shrink_to_fit();
+        let order = self.order(ranks).into_iter();
+        Sorted { bucket: self, order }
     }
 }
+
+fn row_dims<'a>(ends: &[usize], dims: &'a [DimValue], i: usize) -> &'a [DimValue] {
+    let start = if i == 0 { 0 } else { ends[i - 1] };
+    &dims[start..ends[i]]
+}
+
+/// A bucket's rows in order ([`Bucket::into_sorted`]).
+pub struct Sorted {
+    bucket: Bucket,
+    order: std::vec::IntoIter<u32>,
+}
+
+impl Iterator for Sorted {
+    type Item = (Key, Vec<Acc>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let i = self.order.next()? as usize;
+        let b = &mut self.bucket;
+        let start = if i == 0 { 0 } else { b.ends[i - 1] };
+        let dims = b.dims[start..b.ends[i]]
+            .iter_mut()
+            .map(|d| std::mem::replace(d, DimValue::Null))
+            .collect();
+        let accs = b.accs[i * b.metrics..(i + 1) * b.metrics]
+            .iter_mut()
+            .map(|a| std::mem::replace(a, Acc::Long(None)))
+            .collect();
+        Some((Key { time: b.times[i], dims }, accs))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.order.size_hint()
+    }
+}
+
+impl ExactSizeIterator for Sorted {}
 
 /// Packs a row's leading dimensions into one integer that orders rows as
 /// [`crate::spill::cmp_keys`] does wherever two packed values differ: per dimension, null is 0,
@@ -375,6 +507,8 @@ pub struct RowBuilder<'a> {
     /// The emptied bucket of the last spill, kept to be the next new bucket: a table grown to
     /// a run's size is not grown again from nothing after every spill.
     spare: Option<Bucket>,
+    /// The dimension values of the row being read, reused from row to row.
+    scratch: Vec<DimValue>,
 }
 
 /// Why a row was not taken.
@@ -412,6 +546,7 @@ impl<'a> RowBuilder<'a> {
             typed_discovery: typed,
             discovering,
             spare: None,
+            scratch: Vec::new(),
         }
     }
 
@@ -439,14 +574,10 @@ impl<'a> RowBuilder<'a> {
         for (interval, mut bucket) in std::mem::take(&mut self.buckets) {
             let runs = self.runs.entry(interval).or_default();
             let path = dir.join(format!("{}-{}-{}.run", interval.start, interval.end, runs.len()));
-            let n = crate::spill::write_run(&path, bucket.drain_sorted(&ranks).into_iter())?;
+            let n = bucket.spill(&path, &ranks)?;
             *self.spilled_rows.entry(interval).or_default() += n;
             runs.push(path);
-            if self
-                .spare
-                .as_ref()
-                .is_none_or(|s| s.rolled.capacity() < bucket.rolled.capacity())
-            {
+            if self.spare.as_ref().is_none_or(|s| s.capacity() < bucket.capacity()) {
                 self.spare = Some(bucket);
             }
         }
@@ -528,7 +659,7 @@ impl<'a> RowBuilder<'a> {
             self.discover(record);
         }
         let mut with_error = None;
-        let mut dims: Vec<DimValue> = Vec::with_capacity(self.dims.len());
+        let mut dims = std::mem::take(&mut self.scratch);
         for (d, dict) in self.dims.iter_mut().zip(self.dicts.iter_mut()) {
             let f = record.get(&d.name);
             let v = match d.declared {
@@ -588,45 +719,39 @@ impl<'a> RowBuilder<'a> {
         }
         let truncated = spec.query_granularity.truncate(time);
         let row_bytes = row_bytes(&dims, spec.metrics.len());
-        let key = Key { time: truncated, dims };
         let spare = &mut self.spare;
-        // The first table is made as large as memory allows at once (its slots stay untouched,
-        // and so unpaid, until rows fill them) instead of growing by doubling; later tables
-        // reuse the one emptied by the last spill.
+        // The first bucket is made as large as memory allows at once (its memory stays
+        // untouched, and so unpaid, until rows fill it) instead of growing by doubling; later
+        // buckets reuse the one emptied by the last spill.
         let first = self.buckets.is_empty() && self.runs.is_empty();
+        // With room to spare: rows are counted against the budget after they are added, and
+        // arrays that doubled at the last row would hold twice what the budget allows.
         let room = (spec.max_bytes_in_memory / row_bytes.max(1)).min(spec.max_rows_in_memory) as usize;
+        let room = room + room / 8 + 1;
+        let metrics = &spec.metrics;
+        let width = self.dims.len();
         let b = self.buckets.entry(bucket).or_insert_with(|| match spare.take() {
             Some(b) => b,
-            None if first && spec.rollup => Bucket {
-                rolled: HashMap::with_capacity_and_hasher(room, Hasher::default()),
-                plain: Vec::new(),
-            },
-            None => Bucket::default(),
+            None if first => Bucket::with_capacity(metrics.len(), room, width, spec.rollup),
+            None => Bucket::with_capacity(metrics.len(), 0, 0, spec.rollup),
         });
-        let metrics = &spec.metrics;
-        let fold = |accs: &mut Vec<Acc>| {
-            for (m, acc) in metrics.iter().zip(accs.iter_mut()) {
-                let input = match &m.field_name {
-                    Some(f) => record.get(f),
-                    None => FieldRef::Absent,
-                };
-                m.add(acc, time, &input);
-            }
-        };
-        if spec.rollup {
-            let before = b.rolled.len();
-            let accs = b
-                .rolled
-                .entry(key)
-                .or_insert_with(|| metrics.iter().map(|m| m.init()).collect());
-            fold(accs);
-            let added = b.rolled.len() - before;
-            self.in_memory += added;
-            self.in_memory_bytes += added as u64 * row_bytes;
-        } else {
-            let mut accs: Vec<Acc> = metrics.iter().map(|m| m.init()).collect();
-            fold(&mut accs);
-            b.plain.push((key, accs));
+        let added = b.add(
+            truncated,
+            &mut dims,
+            spec.rollup,
+            |i| metrics[i].init(),
+            |accs| {
+                for (m, acc) in metrics.iter().zip(accs.iter_mut()) {
+                    let input = match &m.field_name {
+                        Some(f) => record.get(f),
+                        None => FieldRef::Absent,
+                    };
+                    m.add(acc, time, &input);
+                }
+            },
+        );
+        self.scratch = dims;
+        if added {
             self.in_memory += 1;
             self.in_memory_bytes += row_bytes;
         }
@@ -668,17 +793,18 @@ impl<'a> RowBuilder<'a> {
     }
 }
 
-/// What one row held in memory costs: its key, metrics, and the table slot around them.
+/// What one row held in memory costs: its time, where its values end, its values (and the
+/// lists of multi-values), its metrics, and its slot in the rollup table.
 fn row_bytes(dims: &[DimValue], metrics: usize) -> u64 {
     use std::mem::size_of;
     let multi: usize = dims
         .iter()
         .map(|d| match d {
-            DimValue::Multi(m) => m.len() * size_of::<u32>(),
+            DimValue::Multi(m) => size_of::<Vec<u32>>() + m.len() * size_of::<u32>(),
             _ => 0,
         })
         .sum();
-    (size_of::<(Key, Vec<Acc>)>() + std::mem::size_of_val(dims) + multi + metrics * size_of::<Acc>() + 16) as u64
+    (size_of::<i64>() + size_of::<usize>() + size_of_val(dims) + multi + metrics * size_of::<Acc>() + 6) as u64
 }
 
 fn declared(d: &Dimension) -> FoundDim {
@@ -803,17 +929,64 @@ mod tests {
                 dicts.push(dict);
             }
             let ranks: Vec<Vec<u32>> = dicts.iter().map(Dict::ranks).collect();
-            let mut bucket = Bucket::default();
+            let mut bucket = Bucket::with_capacity(0, 0, 0, false);
+            let mut expected: Vec<Key> = Vec::new();
             for (time, dims) in rows {
-                bucket.plain.push((Key { time, dims }, Vec::new()));
+                expected.push(Key { time, dims: dims.clone() });
+                bucket.add(time, &mut dims.clone(), false, |_| Acc::Long(None), |_| {});
             }
-            let mut expected: Vec<Key> = bucket.plain.iter().map(|(k, _)| k.clone()).collect();
             expected.sort_by(|a, b| crate::spill::cmp_keys(a, b, &ranks));
-            let got: Vec<Key> = bucket.into_sorted(&ranks).into_iter().map(|(k, _)| k).collect();
+            let got: Vec<Key> = bucket.into_sorted(&ranks).map(|(k, _)| k).collect();
             prop_assert_eq!(got.len(), expected.len());
             for (g, e) in got.iter().zip(&expected) {
                 prop_assert_eq!(crate::spill::cmp_keys(g, e, &ranks), std::cmp::Ordering::Equal, "{:?} vs {:?}", g, e);
             }
+        }
+
+        /// Under rollup the flat bucket keeps one row per distinct key with every record's
+        /// metric added, as a map from key to sum does; its sorted rows read back from a spilled
+        /// run equal the rows it gives in memory (a row written by parts is encoded as a row).
+        #[test]
+        fn rolled_up_bucket_matches_a_map_and_its_spilled_run(
+            rows in proptest::collection::vec(
+                ((0i64..3), proptest::collection::vec(dim_value(), 0..4), -5i64..5), 0..80),
+            capacity in 0usize..40,
+        ) {
+            let ranks: Vec<Vec<u32>> = (0..4).map(|_| (0..6).collect()).collect();
+            let mut expected: HashMap<Key, i64> = HashMap::new();
+            let fill = |bucket: &mut Bucket| {
+                for (time, dims, v) in &rows {
+                    bucket.add(*time, &mut dims.clone(), true, |_| Acc::Long(Some(0)), |accs| {
+                        if let Acc::Long(Some(x)) = &mut accs[0] {
+                            *x += v;
+                        }
+                    });
+                }
+            };
+            for (time, dims, v) in &rows {
+                *expected.entry(Key { time: *time, dims: dims.clone() }).or_default() += v;
+            }
+            let mut bucket = Bucket::with_capacity(1, capacity, 3, true);
+            fill(&mut bucket);
+            prop_assert_eq!(bucket.len(), expected.len());
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("run");
+            prop_assert_eq!(bucket.spill(&path, &ranks).unwrap(), expected.len() as u64);
+            prop_assert!(bucket.is_empty());
+            // Filled again after the spill: the same rows, from memory that was kept.
+            fill(&mut bucket);
+            let in_memory: Vec<(Key, Vec<Acc>)> = bucket.into_sorted(&ranks).collect();
+            let from_run: Vec<(Key, Vec<Acc>)> =
+                crate::spill::RunReader::open(&path).unwrap().map(Result::unwrap).collect();
+            prop_assert_eq!(&in_memory, &from_run);
+            let got: HashMap<Key, i64> = in_memory
+                .into_iter()
+                .map(|(k, a)| match a.as_slice() {
+                    [Acc::Long(Some(x))] => (k, *x),
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+            prop_assert_eq!(got, expected);
         }
     }
 }

@@ -49,8 +49,14 @@ impl RunWriter {
     }
 
     pub fn push(&mut self, row: &Row) -> Result<(), String> {
+        self.push_parts(row.0.time, &row.0.dims, &row.1)
+    }
+
+    /// [`RunWriter::push`] of a row given by parts, encoded exactly as its [`Row`].
+    pub fn push_parts(&mut self, time: i64, dims: &[DimValue], accs: &[Acc]) -> Result<(), String> {
+        let row = ((time, dims), accs);
         let len = loop {
-            match postcard::to_slice(row, &mut self.scratch) {
+            match postcard::to_slice(&row, &mut self.scratch) {
                 Ok(bytes) => break bytes.len(),
                 Err(postcard::Error::SerializeBufferFull) => {
                     let grown = self.scratch.len() * 2;
@@ -121,11 +127,16 @@ impl Iterator for RunReader {
 /// every string is known (at the merge, after the last row is read), so that strings compare as
 /// integers: equal ids are equal strings, and a lower rank a lower string.
 pub fn cmp_keys(a: &Key, b: &Key, ranks: &[Vec<u32>]) -> Ordering {
+    cmp_rows(a.time, &a.dims, b.time, &b.dims, ranks)
+}
+
+/// [`cmp_keys`] of keys given by parts.
+pub fn cmp_rows(at: i64, a: &[DimValue], bt: i64, b: &[DimValue], ranks: &[Vec<u32>]) -> Ordering {
     static NONE: Vec<u32> = Vec::new();
-    a.time.cmp(&b.time).then_with(|| {
-        for i in 0..a.dims.len().max(b.dims.len()) {
-            let x = a.dims.get(i).unwrap_or(&DimValue::Null);
-            let y = b.dims.get(i).unwrap_or(&DimValue::Null);
+    at.cmp(&bt).then_with(|| {
+        for i in 0..a.len().max(b.len()) {
+            let x = a.get(i).unwrap_or(&DimValue::Null);
+            let y = b.get(i).unwrap_or(&DimValue::Null);
             let o = x.cmp_with(y, ranks.get(i).unwrap_or(&NONE));
             if o != Ordering::Equal {
                 return o;
