@@ -226,7 +226,9 @@ pub fn decode_row(bytes: &[u8]) -> Result<Row, String> {
                     3 => {
                         let k = r.u32()? as usize;
                         let s = r.take(k)?;
-                        Scalar::Str(String::from_utf8(s.to_vec()).map_err(|_| "a string that is not UTF-8".to_string())?)
+                        Scalar::Str(
+                            String::from_utf8(s.to_vec()).map_err(|_| "a string that is not UTF-8".to_string())?,
+                        )
                     }
                     t => return Err(format!("unknown scalar tag {t}")),
                 };
