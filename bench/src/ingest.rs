@@ -271,7 +271,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
-pub fn run(rows: u64, json_only: bool, rounds: usize) -> anyhow::Result<()> {
+/// `only`: `json` or `csv` only (both when `None`); `duckdb`: run DuckDB beside raftlord.
+pub fn run(rows: u64, only: Option<&str>, duckdb: bool, rounds: usize) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let t = Instant::now();
     let (json_path, csv_path) = generate(dir.path(), rows)?;
@@ -291,7 +292,7 @@ pub fn run(rows: u64, json_only: bool, rounds: usize) -> anyhow::Result<()> {
             true,
         ),
     ] {
-        if json_only && csv {
+        if only.is_some_and(|f| f != name.to_lowercase()) {
             continue;
         }
         let (mut ours_wall, mut ours_cpu, mut theirs_wall, mut theirs_cpu) = (vec![], vec![], vec![], vec![]);
@@ -309,7 +310,7 @@ pub fn run(rows: u64, json_only: bool, rounds: usize) -> anyhow::Result<()> {
                 read as f64 / cpu,
                 peak_rss_mib()
             );
-            if json_only {
+            if !duckdb {
                 continue;
             }
             let duck_out = dir.path().join(format!("duckdb-{name}.parquet"));

@@ -145,6 +145,12 @@ enum Cmd {
         /// Only raftlord, JSON lines only: for memory figures on large inputs.
         #[arg(long)]
         json_only: bool,
+        /// Only raftlord (no DuckDB), on the formats chosen: for profiles of one format.
+        #[arg(long)]
+        raftlord_only: bool,
+        /// One input format only: `json` or `csv` (both by default).
+        #[arg(long, value_parser = ["json", "csv"])]
+        format: Option<String>,
         /// Runs of each engine on each format, alternating; the medians are reported.
         #[arg(long, default_value_t = 1)]
         rounds: usize,
@@ -236,8 +242,14 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Ingest {
             rows,
             json_only,
+            raftlord_only,
+            format,
             rounds,
-        } => tokio::task::spawn_blocking(move || ingest::run(rows, json_only, rounds)).await?,
+        } => {
+            let format = if json_only { Some("json".to_string()) } else { format };
+            let duckdb = !(json_only || raftlord_only);
+            tokio::task::spawn_blocking(move || ingest::run(rows, format.as_deref(), duckdb, rounds)).await?
+        }
         Cmd::Parallel { rows, parts, hashed } => parallel::run(&bin, rows, parts, hashed).await,
         Cmd::Partitions {
             rounds,

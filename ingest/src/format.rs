@@ -146,6 +146,7 @@ impl InputFormat {
                 line_no: 0,
                 flatten: flatten.clone(),
                 done: false,
+                fields: 0,
             }),
             InputFormat::Delimited(d) => Box::new(DelimitedRecords::new(d.clone(), reader)),
             InputFormat::Parquet { .. } => Box::new(std::iter::once((
@@ -299,6 +300,8 @@ pub enum Record {
 /// Column names of delimited input and where each is.
 #[derive(Debug, PartialEq)]
 pub struct Header {
+    /// Unique in the process: what a [`FieldSlot`] remembers the header by.
+    id: u64,
     pub names: Vec<String>,
     pub index: HashMap<String, usize, crate::rows::Hasher>,
     pub list_delimiter: Option<String>,
@@ -306,16 +309,26 @@ pub struct Header {
 
 impl Header {
     fn new(names: Vec<String>, list_delimiter: Option<String>) -> Header {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let mut index = HashMap::default();
         for (i, n) in names.iter().enumerate() {
             index.entry(n.clone()).or_insert(i);
         }
         Header {
+            id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             names,
             index,
             list_delimiter,
         }
     }
+}
+
+/// Where one named field was in the records of one header: the rows of a delimited file share
+/// their header, so [`Record::get_cached`] looks a name up once per file, not once per row.
+#[derive(Debug, Clone, Default)]
+pub struct FieldSlot {
+    header: u64,
+    index: Option<usize>,
 }
 
 /// A field of a record, borrowed.
@@ -338,14 +351,24 @@ impl Record {
                 Some(Value::String(s)) => FieldRef::Text(s),
                 Some(v) => FieldRef::Json(v),
             },
-            Record::Columns { header, values } => match header.index.get(name).and_then(|i| values.get(*i)) {
-                None => FieldRef::Absent,
-                Some("") => FieldRef::Null,
-                Some(v) => match &header.list_delimiter {
-                    Some(d) if v.contains(d.as_str()) => FieldRef::List(v.split(d.as_str()).collect()),
-                    _ => FieldRef::Text(v),
-                },
-            },
+            Record::Columns { header, values } => column(header, values, header.index.get(name).copied()),
+        }
+    }
+
+    /// [`Record::get`], remembering in `slot` where the field is for the next record of the
+    /// same header.
+    pub fn get_cached(&self, name: &str, slot: &mut FieldSlot) -> FieldRef<'_> {
+        match self {
+            Record::Columns { header, values } => {
+                if slot.header != header.id {
+                    *slot = FieldSlot {
+                        header: header.id,
+                        index: header.index.get(name).copied(),
+                    };
+                }
+                column(header, values, slot.index)
+            }
+            _ => self.get(name),
         }
     }
 
@@ -363,6 +386,19 @@ impl Record {
     }
 }
 
+/// Column `index` of a delimited record: empty is null, and a value holding the list
+/// delimiter is a multi-value.
+fn column<'a>(header: &'a Header, values: &'a csv::StringRecord, index: Option<usize>) -> FieldRef<'a> {
+    match index.and_then(|i| values.get(i)) {
+        None => FieldRef::Absent,
+        Some("") => FieldRef::Null,
+        Some(v) => match &header.list_delimiter {
+            Some(d) if v.contains(d.as_str()) => FieldRef::List(v.split(d.as_str()).collect()),
+            _ => FieldRef::Text(v),
+        },
+    }
+}
+
 /// JSON lines, read into one reused buffer.
 struct JsonLines {
     reader: Box<dyn BufRead + Send>,
@@ -370,6 +406,8 @@ struct JsonLines {
     line_no: u64,
     flatten: Option<Flatten>,
     done: bool,
+    /// Fields of the last line: room for the next.
+    fields: usize,
 }
 
 impl Iterator for JsonLines {
@@ -387,7 +425,11 @@ impl Iterator for JsonLines {
                     // line instead of growing from nothing.
                     let room = self.line.capacity();
                     let line = std::mem::replace(&mut self.line, String::with_capacity(room));
-                    return Some((self.line_no, LineRecord::parse(line).map(Record::Line)));
+                    let record = LineRecord::parse(line, self.fields);
+                    if let Ok(r) = &record {
+                        self.fields = r.fields.len();
+                    }
+                    return Some((self.line_no, record.map(Record::Line)));
                 }
                 Ok(_) => return Some((self.line_no, parse_json_line(&self.line, self.flatten.as_ref()))),
                 Err(e) => {
@@ -480,47 +522,56 @@ impl<'de> serde::Deserialize<'de> for Parsed<'de> {
     }
 }
 
-/// The fields of a JSON object line, keys and plain strings borrowed from its text.
-struct Fields<'a>(Vec<(&'a str, Parsed<'a>)>);
+/// Reads the fields of a JSON object line into [`LineField`]s: keys and plain strings as
+/// places in the line's text (which starts at `base`), in one pass.
+struct FieldsSeed {
+    base: usize,
+    capacity: usize,
+}
 
-impl<'de> serde::Deserialize<'de> for Fields<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Fields<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Fields<'de>, A::Error> {
-                let mut out = Vec::with_capacity(m.size_hint().unwrap_or(16));
-                while let Some(e) = m.next_entry::<&'de str, Parsed<'de>>()? {
-                    out.push(e);
-                }
-                Ok(Fields(out))
-            }
+impl<'de> serde::de::DeserializeSeed<'de> for FieldsSeed {
+    type Value = Vec<LineField>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Vec<LineField>, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for FieldsSeed {
+    type Value = Vec<LineField>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Vec<LineField>, A::Error> {
+        let at = |s: &str| (s.as_ptr() as usize - self.base) as u32;
+        let mut out = Vec::with_capacity(self.capacity);
+        while let Some((k, v)) = m.next_entry::<&'de str, Parsed<'de>>()? {
+            out.push(LineField {
+                key: (at(k), at(k) + k.len() as u32),
+                value: match v {
+                    Parsed::Text(s) => Slot::Text(at(s), at(s) + s.len() as u32),
+                    Parsed::Value(v) => Slot::Value(v),
+                },
+            });
         }
-        d.deserialize_map(V)
+        Ok(out)
     }
 }
 
 impl LineRecord {
-    /// Reads one JSON object line, each value once. Keys with escapes, and anything that is
-    /// not an object, go through the general parser (which says what is wrong).
-    fn parse(text: String) -> Result<LineRecord, String> {
-        let fields = match serde_json::from_str::<Fields<'_>>(&text) {
-            Ok(Fields(f)) => {
-                let base = text.as_ptr() as usize;
-                let at = |s: &str| (s.as_ptr() as usize - base) as u32;
-                f.into_iter()
-                    .map(|(k, v)| LineField {
-                        key: (at(k), at(k) + k.len() as u32),
-                        value: match v {
-                            Parsed::Text(s) => Slot::Text(at(s), at(s) + s.len() as u32),
-                            Parsed::Value(v) => Slot::Value(v),
-                        },
-                    })
-                    .collect()
-            }
+    /// Reads one JSON object line, each value once; `fields`: how many the last line had, room
+    /// to start with. Keys with escapes, and anything that is not an object, go through the
+    /// general parser (which says what is wrong).
+    fn parse(text: String, fields: usize) -> Result<LineRecord, String> {
+        use serde::de::DeserializeSeed;
+        let seed = FieldsSeed {
+            base: text.as_ptr() as usize,
+            capacity: fields,
+        };
+        let mut de = serde_json::Deserializer::from_str(&text);
+        let parsed = seed.deserialize(&mut de).and_then(|f| de.end().map(|()| f));
+        let fields = match parsed {
+            Ok(f) => f,
             Err(_) => {
                 return match parse_json_line(&text, None)? {
                     Record::Json(m) => Ok(LineRecord::from_map(m)),
@@ -686,7 +737,7 @@ mod tests {
             "{\"a\": {\"b\": 2.5}}",
         ] {
             let line = format!("{{\"f\": {r}}}");
-            let Ok(Record::Line(l)) = LineRecord::parse(line.clone()).map(Record::Line) else {
+            let Ok(Record::Line(l)) = LineRecord::parse(line.clone(), 0).map(Record::Line) else {
                 panic!("{line}")
             };
             let expected: Value = serde_json::from_str(r).unwrap();
@@ -749,6 +800,29 @@ mod tests {
         let Ok(r) = &out[1].1 else { panic!() };
         assert_eq!(r.get("page"), FieldRef::Null);
         assert_eq!(r.get("nope"), FieldRef::Absent);
+    }
+
+    /// A field's place is remembered per header: files whose headers order the columns
+    /// differently are each read right with the same slot, whichever comes first.
+    #[test]
+    fn cached_field_places_follow_each_files_header() {
+        let format = json!({"type": "csv", "findColumnsFromHeader": true});
+        let a = read(format.clone(), "t,page,n\n1,Main,3\n2,Talk,4\n");
+        let b = read(format, "page,t\nHelp,9\n");
+        let mut page = FieldSlot::default();
+        let mut n = FieldSlot::default();
+        for (records, pages, ns) in [
+            (&a, vec!["Main", "Talk"], vec![FieldRef::Text("3"), FieldRef::Text("4")]),
+            (&b, vec!["Help"], vec![FieldRef::Absent]),
+            (&a, vec!["Main", "Talk"], vec![FieldRef::Text("3"), FieldRef::Text("4")]),
+        ] {
+            for ((_, r), (p, expected_n)) in records.iter().zip(pages.iter().zip(ns)) {
+                let r = r.as_ref().unwrap();
+                assert_eq!(r.get_cached("page", &mut page), FieldRef::Text(p));
+                assert_eq!(r.get_cached("page", &mut page), r.get("page"));
+                assert_eq!(r.get_cached("n", &mut n), expected_n);
+            }
+        }
     }
 
     #[test]

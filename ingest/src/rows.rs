@@ -15,7 +15,7 @@ use serde_json::Value;
 use raftlord_time::interval::Interval;
 
 use crate::aggregate::{as_double, as_long, as_text, Acc};
-use crate::format::{FieldRef, Record};
+use crate::format::{FieldRef, FieldSlot, Record};
 use crate::spec::{DimType, Dimension, Dimensions, IngestSpec};
 
 /// Druid's `rowStats` for one phase.
@@ -435,6 +435,8 @@ pub struct FoundDim {
     pub saw_double: bool,
     pub saw_text: bool,
     pub saw_multi: bool,
+    /// Where the field was in the last record.
+    slot: FieldSlot,
 }
 
 impl FoundDim {
@@ -509,6 +511,9 @@ pub struct RowBuilder<'a> {
     spare: Option<Bucket>,
     /// The dimension values of the row being read, reused from row to row.
     scratch: Vec<DimValue>,
+    /// Where the time and each metric's input field were in the last record.
+    time_slot: FieldSlot,
+    metric_slots: Vec<FieldSlot>,
 }
 
 /// Why a row was not taken.
@@ -547,6 +552,8 @@ impl<'a> RowBuilder<'a> {
             discovering,
             spare: None,
             scratch: Vec::new(),
+            time_slot: FieldSlot::default(),
+            metric_slots: Vec::new(),
         }
     }
 
@@ -606,7 +613,7 @@ impl<'a> RowBuilder<'a> {
     /// Adds one record; `at` names its file and line for problems.
     pub fn add(&mut self, record: &Record, at: &At<'_>) -> Result<(), RowError> {
         let spec = self.spec;
-        let time = match record.get(&spec.timestamp.column) {
+        let time = match record.get_cached(&spec.timestamp.column, &mut self.time_slot) {
             FieldRef::Absent | FieldRef::Null => spec.timestamp.missing_value,
             FieldRef::Text(s) => spec.timestamp.format.parse_str(s),
             FieldRef::Json(v) => spec.timestamp.format.parse_value(v),
@@ -661,7 +668,7 @@ impl<'a> RowBuilder<'a> {
         let mut with_error = None;
         let mut dims = std::mem::take(&mut self.scratch);
         for (d, dict) in self.dims.iter_mut().zip(self.dicts.iter_mut()) {
-            let f = record.get(&d.name);
+            let f = record.get_cached(&d.name, &mut d.slot);
             let v = match d.declared {
                 Some(DimType::String) => string_value(&f, dict),
                 None if !self.typed_discovery => string_value(&f, dict),
@@ -735,15 +742,17 @@ impl<'a> RowBuilder<'a> {
             None if first => Bucket::with_capacity(metrics.len(), room, width, spec.rollup),
             None => Bucket::with_capacity(metrics.len(), 0, 0, spec.rollup),
         });
+        let slots = &mut self.metric_slots;
+        slots.resize_with(metrics.len(), FieldSlot::default);
         let added = b.add(
             truncated,
             &mut dims,
             spec.rollup,
             |i| metrics[i].init(),
             |accs| {
-                for (m, acc) in metrics.iter().zip(accs.iter_mut()) {
+                for ((m, acc), slot) in metrics.iter().zip(accs.iter_mut()).zip(slots.iter_mut()) {
                     let input = match &m.field_name {
-                        Some(f) => record.get(f),
+                        Some(f) => record.get_cached(f, slot),
                         None => FieldRef::Absent,
                     };
                     m.add(acc, time, &input);
@@ -788,6 +797,7 @@ impl<'a> RowBuilder<'a> {
                 saw_double: false,
                 saw_text: false,
                 saw_multi: false,
+                slot: FieldSlot::default(),
             });
         }
     }
@@ -815,6 +825,7 @@ fn declared(d: &Dimension) -> FoundDim {
         saw_double: false,
         saw_text: false,
         saw_multi: false,
+        slot: FieldSlot::default(),
     }
 }
 
