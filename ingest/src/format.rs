@@ -599,7 +599,8 @@ impl LineRecord {
 
     fn get(&self, name: &str) -> FieldRef<'_> {
         let text = self.text.as_bytes();
-        let Some(f) = self.fields.iter().find(|f| {
+        // The last of repeated keys, as a parsed object (and Druid's reader) keeps it.
+        let Some(f) = self.fields.iter().rev().find(|f| {
             let (a, b) = (f.key.0 as usize, f.key.1 as usize);
             b - a == name.len() && text.get(a..b) == Some(name.as_bytes())
         }) else {
@@ -784,6 +785,20 @@ mod tests {
         let Ok(r) = &out[1].1 else { panic!("{:?}", out[1]) };
         assert_eq!(r.get("key"), FieldRef::Text("escaped key"));
         assert_eq!(out[2].1, Err("not a JSON object".to_string()));
+    }
+
+    /// A key given twice has its last value, whether the line is read in place or, with an
+    /// escaped key, through the general parser.
+    #[test]
+    fn repeated_json_keys_keep_the_last_value() {
+        let out = read(
+            json!({"type": "json"}),
+            "{\"a\": \"x\", \"n\": 1, \"a\": \"y\"}\n{\"\\u0061\": \"x\", \"a\": \"y\"}\n",
+        );
+        for (_, r) in &out {
+            let r = r.as_ref().unwrap();
+            assert_eq!(r.get("a"), FieldRef::Text("y"), "{r:?}");
+        }
     }
 
     #[test]

@@ -159,8 +159,9 @@ struct TuningConfigJson {
     partitions_spec: Option<PartitionsSpecJson>,
     #[serde(default)]
     max_rows_per_segment: Option<u64>,
+    /// An int in Druid; here at most 2^32 - 1, so that a bucket's row numbers fit in 32 bits.
     #[serde(default)]
-    max_rows_in_memory: Option<u64>,
+    max_rows_in_memory: Option<u32>,
     #[serde(default)]
     max_bytes_in_memory: Option<i64>,
     #[serde(default)]
@@ -791,7 +792,10 @@ impl IngestSpec {
                 }
             },
             split_hint,
-            max_rows_in_memory: tuning.max_rows_in_memory.unwrap_or(DEFAULT_MAX_ROWS_IN_MEMORY).max(1),
+            max_rows_in_memory: tuning
+                .max_rows_in_memory
+                .map_or(DEFAULT_MAX_ROWS_IN_MEMORY, u64::from)
+                .max(1),
             // Druid: 0 or absent means a sixth of the heap, negative means no limit.
             max_bytes_in_memory: match tuning.max_bytes_in_memory {
                 None | Some(0) => DEFAULT_MAX_BYTES_IN_MEMORY,

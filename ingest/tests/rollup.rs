@@ -210,6 +210,9 @@ fn bad_specs_are_refused_naming_the_field() {
     let mut bad = ds.clone();
     bad["timestampSpec"]["format"] = json!("yyyy-qq");
     assert_eq!(field(base(bad, io.clone())), "spec.dataSchema.timestampSpec.format");
+    let mut bad = base(ds.clone(), io.clone());
+    bad["spec"]["tuningConfig"] = json!({"maxRowsInMemory": 5_000_000_000u64});
+    assert_eq!(field(bad), "spec.tuningConfig.maxRowsInMemory");
     assert_eq!(field(json!({"type": "index", "dataSchema": {}})), "dataSchema");
     assert_eq!(
         field(json!({"type": "index", "spec": {"dataSchema": {"dataSource": 5}, "ioConfig": {}}})),
