@@ -390,6 +390,14 @@ impl Iterator for Sorted {
 
     fn next(&mut self) -> Option<Self::Item> {
         let i = self.order.next()? as usize;
+        // As in a spill: rows further on are fetched ahead.
+        if let Some(&far) = self.order.as_slice().get(16) {
+            prefetch(&self.bucket.ends[far as usize]);
+            prefetch(&self.bucket.times[far as usize]);
+        }
+        if let Some(&near) = self.order.as_slice().get(8) {
+            self.bucket.prefetch_row(near as usize);
+        }
         let b = &mut self.bucket;
         let start = if i == 0 { 0 } else { b.ends[i - 1] };
         let dims = b.dims[start..b.ends[i]]
