@@ -121,41 +121,63 @@ impl DimValue {
     }
 }
 
-/// The distinct strings of one dimension, each stored once.
+/// The distinct strings of one dimension, each stored once: end to end in one buffer, found
+/// by their hash through a table of ids (no allocation per string).
 #[derive(Debug, Default)]
 pub struct Dict {
-    index: std::collections::HashMap<Box<str>, u32, Hasher>,
-    values: Vec<Box<str>>,
+    bytes: String,
+    /// Where each id's string ends in `bytes` (it starts where the previous one ends).
+    ends: Vec<usize>,
+    index: hashbrown::HashTable<u32>,
+    hasher: Hasher,
+}
+
+fn dict_str<'a>(bytes: &'a str, ends: &[usize], id: usize) -> &'a str {
+    let start = if id == 0 { 0 } else { ends[id - 1] };
+    &bytes[start..ends[id]]
 }
 
 impl Dict {
     /// The id of `s`, added when new.
     pub fn id(&mut self, s: &str) -> u32 {
-        if let Some(&i) = self.index.get(s) {
+        let hash = self.hasher.hash_one(s);
+        let Dict {
+            bytes,
+            ends,
+            index,
+            hasher,
+        } = self;
+        if let Some(&i) = index.find(hash, |&i| dict_str(bytes, ends, i as usize) == s) {
             return i;
         }
-        let i = self.values.len() as u32;
-        self.values.push(s.into());
-        self.index.insert(s.into(), i);
+        let i = ends.len() as u32;
+        bytes.push_str(s);
+        ends.push(bytes.len());
+        index.insert_unique(hash, i, |&j| hasher.hash_one(dict_str(bytes, ends, j as usize)));
         i
     }
 
+    /// The string of `id` ("" for an id this dictionary never gave).
     pub fn get(&self, id: u32) -> &str {
-        self.values.get(id as usize).map_or("", |s| s)
+        if (id as usize) < self.ends.len() {
+            dict_str(&self.bytes, &self.ends, id as usize)
+        } else {
+            ""
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.values.len()
+        self.ends.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
+        self.ends.is_empty()
     }
 
     /// For each id, its position among the strings in sorted order.
     pub fn ranks(&self) -> Vec<u32> {
-        let mut order: Vec<u32> = (0..self.values.len() as u32).collect();
-        order.sort_unstable_by(|a, b| self.values[*a as usize].cmp(&self.values[*b as usize]));
+        let mut order: Vec<u32> = (0..self.len() as u32).collect();
+        order.sort_unstable_by(|a, b| self.get(*a).cmp(self.get(*b)));
         let mut rank = vec![0u32; order.len()];
         for (pos, id) in order.into_iter().enumerate() {
             rank[id as usize] = pos as u32;
@@ -1001,6 +1023,35 @@ mod tests {
             prop_assert_eq!(got.len(), expected.len());
             for (g, e) in got.iter().zip(&expected) {
                 prop_assert_eq!(crate::spill::cmp_keys(g, e, &ranks), std::cmp::Ordering::Equal, "{:?} vs {:?}", g, e);
+            }
+        }
+
+        /// Each distinct string gets the next id, the same string the same id, and every id
+        /// gives its string back; ranks order the ids as their strings sort.
+        #[test]
+        fn dictionary_ids_give_their_strings_back(words in proptest::collection::vec("[a-c]{0,3}|.{0,6}", 0..60)) {
+            let mut dict = Dict::default();
+            let mut seen: Vec<String> = Vec::new();
+            for w in &words {
+                let id = dict.id(w);
+                match seen.iter().position(|s| s == w) {
+                    Some(i) => prop_assert_eq!(id as usize, i),
+                    None => {
+                        prop_assert_eq!(id as usize, seen.len());
+                        seen.push(w.clone());
+                    }
+                }
+            }
+            prop_assert_eq!(dict.len(), seen.len());
+            for (i, w) in seen.iter().enumerate() {
+                prop_assert_eq!(dict.get(i as u32), w.as_str());
+            }
+            prop_assert_eq!(dict.get(seen.len() as u32), "");
+            let ranks = dict.ranks();
+            for a in 0..seen.len() {
+                for b in 0..seen.len() {
+                    prop_assert_eq!(ranks[a].cmp(&ranks[b]), seen[a].cmp(&seen[b]));
+                }
             }
         }
 
