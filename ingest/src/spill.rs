@@ -121,26 +121,20 @@ impl Iterator for RunReader {
 /// scalar, a string as its length and bytes). Integers are little-endian and fixed-width:
 /// runs are written and read once, so encoding speed counts for more than their size.
 pub fn encode_row(time: i64, dims: &[DimValue], accs: &[Acc], out: &mut Vec<u8>) {
+    fn tagged(out: &mut Vec<u8>, tag: u8, bytes: &[u8]) {
+        out.push(tag);
+        out.extend_from_slice(bytes);
+    }
     out.extend_from_slice(&time.to_le_bytes());
     out.extend_from_slice(&(dims.len() as u32).to_le_bytes());
     for d in dims {
         match d {
             DimValue::Null => out.push(0),
-            DimValue::Long(v) => {
-                out.push(1);
-                out.extend_from_slice(&v.to_le_bytes());
-            }
-            DimValue::Double(v) => {
-                out.push(2);
-                out.extend_from_slice(&v.to_bits().to_le_bytes());
-            }
-            DimValue::Str(id) => {
-                out.push(3);
-                out.extend_from_slice(&id.to_le_bytes());
-            }
+            DimValue::Long(v) => tagged(out, 1, &v.to_le_bytes()),
+            DimValue::Double(v) => tagged(out, 2, &v.to_bits().to_le_bytes()),
+            DimValue::Str(id) => tagged(out, 3, &id.to_le_bytes()),
             DimValue::Multi(ids) => {
-                out.push(4);
-                out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+                tagged(out, 4, &(ids.len() as u32).to_le_bytes());
                 for id in ids.iter() {
                     out.extend_from_slice(&id.to_le_bytes());
                 }
@@ -151,32 +145,18 @@ pub fn encode_row(time: i64, dims: &[DimValue], accs: &[Acc], out: &mut Vec<u8>)
     for a in accs {
         match a {
             Acc::Long(None) => out.push(0),
-            Acc::Long(Some(v)) => {
-                out.push(1);
-                out.extend_from_slice(&v.to_le_bytes());
-            }
+            Acc::Long(Some(v)) => tagged(out, 1, &v.to_le_bytes()),
             Acc::Double(None) => out.push(2),
-            Acc::Double(Some(v)) => {
-                out.push(3);
-                out.extend_from_slice(&v.to_bits().to_le_bytes());
-            }
+            Acc::Double(Some(v)) => tagged(out, 3, &v.to_bits().to_le_bytes()),
             Acc::Timed(None) => out.push(4),
             Acc::Timed(Some(t)) => {
-                out.push(5);
-                out.extend_from_slice(&t.0.to_le_bytes());
+                tagged(out, 5, &t.0.to_le_bytes());
                 match &t.1 {
                     Scalar::Null => out.push(0),
-                    Scalar::Long(v) => {
-                        out.push(1);
-                        out.extend_from_slice(&v.to_le_bytes());
-                    }
-                    Scalar::Double(v) => {
-                        out.push(2);
-                        out.extend_from_slice(&v.to_bits().to_le_bytes());
-                    }
+                    Scalar::Long(v) => tagged(out, 1, &v.to_le_bytes()),
+                    Scalar::Double(v) => tagged(out, 2, &v.to_bits().to_le_bytes()),
                     Scalar::Str(s) => {
-                        out.push(3);
-                        out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+                        tagged(out, 3, &(s.len() as u32).to_le_bytes());
                         out.extend_from_slice(s.as_bytes());
                     }
                 }
