@@ -241,7 +241,7 @@ impl Bucket {
         self.len() == 0
     }
 
-    /// How many rows the bucket holds before its table must grow.
+    /// How many rows the bucket holds before its arrays must grow.
     pub fn capacity(&self) -> usize {
         self.times.capacity()
     }
@@ -256,18 +256,14 @@ impl Bucket {
 
     /// Starts loading the cache lines of row `i`'s values and metrics.
     fn prefetch_row(&self, i: usize) {
-        let (dims, accs) = (self.dims_of(i).as_ptr_range(), self.accs_of(i).as_ptr_range());
-        let bytes = |r: std::ops::Range<*const u8>| (r.start, r.end);
-        for (start, end) in [
-            bytes(dims.start.cast()..dims.end.cast()),
-            bytes(accs.start.cast()..accs.end.cast()),
-        ] {
-            let mut p = start;
-            while p < end {
-                prefetch(p);
-                p = p.wrapping_add(64);
+        let lines = |start: *const u8, len: usize| {
+            for offset in (0..len).step_by(64).chain(len.checked_sub(1)) {
+                prefetch(start.wrapping_add(offset));
             }
-        }
+        };
+        let (dims, accs) = (self.dims_of(i), self.accs_of(i));
+        lines(dims.as_ptr().cast(), size_of_val(dims));
+        lines(accs.as_ptr().cast(), size_of_val(accs));
     }
 
     /// Adds a row of `time` and `dims` (which it empties): under `rollup`, a row with an equal
