@@ -503,19 +503,14 @@ impl<'de> serde::Deserialize<'de> for Parsed<'de> {
             fn visit_unit<E>(self) -> Result<Parsed<'de>, E> {
                 Ok(Parsed::Value(Value::Null))
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Parsed<'de>, A::Error> {
-                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-                while let Some(v) = seq.next_element::<Value>()? {
-                    out.push(v);
-                }
-                Ok(Parsed::Value(Value::Array(out)))
+            // Lists and objects are read by `Value`'s own deserializer.
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Parsed<'de>, A::Error> {
+                <Value as serde::Deserialize>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+                    .map(Parsed::Value)
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Parsed<'de>, A::Error> {
-                let mut out = Map::new();
-                while let Some((k, v)) = m.next_entry::<String, Value>()? {
-                    out.insert(k, v);
-                }
-                Ok(Parsed::Value(Value::Object(out)))
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, m: A) -> Result<Parsed<'de>, A::Error> {
+                <Value as serde::Deserialize>::deserialize(serde::de::value::MapAccessDeserializer::new(m))
+                    .map(Parsed::Value)
             }
         }
         d.deserialize_any(V)

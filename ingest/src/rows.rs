@@ -132,9 +132,14 @@ pub struct Dict {
     hasher: Hasher,
 }
 
+/// Item `i` of items stored end to end, `ends` holding where each ends: where it lies.
+fn span(ends: &[usize], i: usize) -> std::ops::Range<usize> {
+    let start = if i == 0 { 0 } else { ends[i - 1] };
+    start..ends[i]
+}
+
 fn dict_str<'a>(bytes: &'a str, ends: &[usize], id: usize) -> &'a str {
-    let start = if id == 0 { 0 } else { ends[id - 1] };
-    &bytes[start..ends[id]]
+    &bytes[span(ends, id)]
 }
 
 impl Dict {
@@ -199,7 +204,7 @@ pub struct Key {
 /// table of row numbers found by the hash of the row's key. A row costs no allocation of its
 /// own, sorting and spilling read the arrays in place, and a spill empties them without
 /// freeing them, so that the next rows fill memory that is already there.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Bucket {
     times: Vec<i64>,
     /// Where each row's dimension values end in `dims` (they start where the previous row's
@@ -209,6 +214,8 @@ pub struct Bucket {
     /// `metrics` accumulators per row.
     accs: Vec<Acc>,
     metrics: usize,
+    /// Whether rows with equal keys are combined.
+    rollup: bool,
     /// Under rollup: the row of each distinct key.
     table: hashbrown::HashTable<u32>,
     hasher: Hasher,
@@ -224,6 +231,7 @@ impl Bucket {
             dims: Vec::with_capacity(rows * dims),
             accs: Vec::with_capacity(rows * metrics),
             metrics,
+            rollup,
             table: if rollup {
                 hashbrown::HashTable::with_capacity(rows)
             } else {
@@ -266,19 +274,18 @@ impl Bucket {
         lines(accs.as_ptr().cast(), size_of_val(accs));
     }
 
-    /// Adds a row of `time` and `dims` (which it empties): under `rollup`, a row with an equal
+    /// Adds a row of `time` and `dims` (which it empties): under rollup, a row with an equal
     /// key takes it; otherwise a new row, its accumulators from `init`. `fold` then adds the
     /// record's metrics to the row's accumulators. Returns whether a row was added.
     pub fn add(
         &mut self,
         time: i64,
         dims: &mut Vec<DimValue>,
-        rollup: bool,
         init: impl Fn(usize) -> Acc,
         fold: impl FnOnce(&mut [Acc]),
     ) -> bool {
         let m = self.metrics;
-        if rollup {
+        if self.rollup {
             let hash = self.hasher.hash_one((time, dims.as_slice()));
             let Bucket {
                 times,
@@ -393,8 +400,7 @@ fn prefetch<T>(p: *const T) {
 }
 
 fn row_dims<'a>(ends: &[usize], dims: &'a [DimValue], i: usize) -> &'a [DimValue] {
-    let start = if i == 0 { 0 } else { ends[i - 1] };
-    &dims[start..ends[i]]
+    &dims[span(ends, i)]
 }
 
 /// A bucket's rows in order ([`Bucket::into_sorted`]).
@@ -417,8 +423,7 @@ impl Iterator for Sorted {
             self.bucket.prefetch_row(near as usize);
         }
         let b = &mut self.bucket;
-        let start = if i == 0 { 0 } else { b.ends[i - 1] };
-        let dims = b.dims[start..b.ends[i]]
+        let dims = b.dims[span(&b.ends, i)]
             .iter_mut()
             .map(|d| std::mem::replace(d, DimValue::Null))
             .collect();
@@ -815,7 +820,6 @@ impl<'a> RowBuilder<'a> {
         let added = b.add(
             truncated,
             &mut dims,
-            spec.rollup,
             |i| metrics[i].init(),
             |accs| {
                 for ((m, acc), slot) in metrics.iter().zip(accs.iter_mut()).zip(slots.iter_mut()) {
@@ -1012,7 +1016,7 @@ mod tests {
             let mut expected: Vec<Key> = Vec::new();
             for (time, dims) in rows {
                 expected.push(Key { time, dims: dims.clone() });
-                bucket.add(time, &mut dims.clone(), false, |_| Acc::Long(None), |_| {});
+                bucket.add(time, &mut dims.clone(), |_| Acc::Long(None), |_| {});
             }
             expected.sort_by(|a, b| crate::spill::cmp_keys(a, b, &ranks));
             let got: Vec<Key> = bucket.into_sorted(&ranks).map(|(k, _)| k).collect();
@@ -1064,7 +1068,7 @@ mod tests {
             let mut expected: HashMap<Key, i64> = HashMap::new();
             let fill = |bucket: &mut Bucket| {
                 for (time, dims, v) in &rows {
-                    bucket.add(*time, &mut dims.clone(), true, |_| Acc::Long(Some(0)), |accs| {
+                    bucket.add(*time, &mut dims.clone(), |_| Acc::Long(Some(0)), |accs| {
                         if let Acc::Long(Some(x)) = &mut accs[0] {
                             *x += v;
                         }
