@@ -21,6 +21,7 @@ fn main() {
         std::process::exit(raftlord::worker::launcher::serve());
     }
     if let raftlord::cli::Command::Peon { task_dir } = &cli.command {
+        raftlord::worker::peon::use_small_pages();
         // A peon runs one task: a single-threaded runtime is enough, and it leaves without
         // running the static destructors of the linked C++ code, which a peon never used.
         let code = match tokio::runtime::Builder::new_current_thread().enable_all().build() {

@@ -472,6 +472,20 @@ fn call(name: &str, args: Vec<Expr>) -> Result<Expr, String> {
 }
 
 impl Expr {
+    /// Adds the names of the fields the expression reads to `out`.
+    pub fn fields<'a>(&'a self, out: &mut Vec<&'a str>) {
+        match self {
+            Expr::Lit(_) => {}
+            Expr::Field(f) => out.push(f),
+            Expr::Neg(e) | Expr::Not(e) => e.fields(out),
+            Expr::Bin(_, a, b) => {
+                a.fields(out);
+                b.fields(out);
+            }
+            Expr::Call(_, args) => args.iter().for_each(|a| a.fields(out)),
+        }
+    }
+
     /// Parses an expression; the error says what is wrong (an unknown function by name).
     pub fn parse(text: &str) -> Result<Expr, String> {
         let toks = lex(text)?;

@@ -255,6 +255,21 @@ impl Filter {
         })
     }
 
+    /// Adds the names of the fields the filter reads to `out`.
+    pub fn fields<'a>(&'a self, out: &mut Vec<&'a str>) {
+        match self {
+            Filter::Const(_) => {}
+            Filter::And(fs) | Filter::Or(fs) => fs.iter().for_each(|f| f.fields(out)),
+            Filter::Not(f) => f.fields(out),
+            Filter::Expr(e) => e.fields(out),
+            Filter::Null { column }
+            | Filter::Values { column, .. }
+            | Filter::Regex { column, .. }
+            | Filter::Numeric { column, .. }
+            | Filter::Lexicographic { column, .. } => out.push(column),
+        }
+    }
+
     /// Whether the row `record`, with timestamp `time_ms`, passes.
     pub fn matches(&self, record: &Record, time_ms: i64) -> bool {
         match self {

@@ -134,10 +134,12 @@ impl InputFormat {
         }
     }
 
-    /// The records of one stream, each with the line it started on (1-based).
+    /// The records of one stream, each with the line it started on (1-based). With `keep`,
+    /// a JSON line's other fields are checked but not read into the record.
     pub fn records(
         &self,
         reader: Box<dyn BufRead + Send>,
+        keep: Option<Projection>,
     ) -> Box<dyn Iterator<Item = (u64, Result<Record, String>)> + Send> {
         match self {
             InputFormat::Json { flatten } => Box::new(JsonLines {
@@ -145,6 +147,7 @@ impl InputFormat {
                 line: String::new(),
                 line_no: 0,
                 flatten: flatten.clone(),
+                keep,
                 done: false,
                 fields: 0,
             }),
@@ -399,12 +402,37 @@ fn column<'a>(header: &'a Header, values: &'a csv::StringRecord, index: Option<u
     }
 }
 
+/// The fields a reader keeps of each record: the others are skipped.
+#[derive(Debug, Clone)]
+pub struct Projection {
+    names: Vec<String>,
+    /// Bit `n` is set when a name is `n` bytes long (names of 128 bytes or more are always
+    /// compared): most skipped keys are told apart by their length alone.
+    lengths: u128,
+}
+
+impl Projection {
+    pub fn new<S: Into<String>>(names: impl IntoIterator<Item = S>) -> Projection {
+        let names: Vec<String> = names.into_iter().map(Into::into).collect();
+        let lengths = names
+            .iter()
+            .fold(0u128, |bits, n| bits | 1u128.checked_shl(n.len() as u32).unwrap_or(0));
+        Projection { names, lengths }
+    }
+
+    fn keeps(&self, key: &str) -> bool {
+        let n = key.len();
+        (n >= 128 || self.lengths & (1 << n) != 0) && self.names.iter().any(|k| k == key)
+    }
+}
+
 /// JSON lines, read into one reused buffer.
 struct JsonLines {
     reader: Box<dyn BufRead + Send>,
     line: String,
     line_no: u64,
     flatten: Option<Flatten>,
+    keep: Option<Projection>,
     done: bool,
     /// Fields of the last line: room for the next.
     fields: usize,
@@ -425,7 +453,7 @@ impl Iterator for JsonLines {
                     // line instead of growing from nothing.
                     let room = self.line.capacity();
                     let line = std::mem::replace(&mut self.line, String::with_capacity(room));
-                    let record = LineRecord::parse(line, self.fields);
+                    let record = LineRecord::parse(line, self.fields, self.keep.as_ref());
                     if let Ok(r) = &record {
                         self.fields = r.fields.len();
                     }
@@ -448,6 +476,9 @@ impl Iterator for JsonLines {
 pub struct LineRecord {
     text: String,
     fields: Vec<LineField>,
+    /// Whether `text` is the line as read (else only the keys of a line that the general
+    /// parser read).
+    whole: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -518,13 +549,15 @@ impl<'de> serde::Deserialize<'de> for Parsed<'de> {
 }
 
 /// Reads the fields of a JSON object line into [`LineField`]s: keys and plain strings as
-/// places in the line's text (which starts at `base`), in one pass.
-struct FieldsSeed {
+/// places in the line's text (which starts at `base`), in one pass. Fields that `keep` does
+/// not name are checked and skipped.
+struct FieldsSeed<'k> {
     base: usize,
     capacity: usize,
+    keep: Option<&'k Projection>,
 }
 
-impl<'de> serde::de::DeserializeSeed<'de> for FieldsSeed {
+impl<'de> serde::de::DeserializeSeed<'de> for FieldsSeed<'_> {
     type Value = Vec<LineField>;
 
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Vec<LineField>, D::Error> {
@@ -532,7 +565,7 @@ impl<'de> serde::de::DeserializeSeed<'de> for FieldsSeed {
     }
 }
 
-impl<'de> serde::de::Visitor<'de> for FieldsSeed {
+impl<'de> serde::de::Visitor<'de> for FieldsSeed<'_> {
     type Value = Vec<LineField>;
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("a JSON object")
@@ -540,7 +573,12 @@ impl<'de> serde::de::Visitor<'de> for FieldsSeed {
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Vec<LineField>, A::Error> {
         let at = |s: &str| (s.as_ptr() as usize - self.base) as u32;
         let mut out = Vec::with_capacity(self.capacity);
-        while let Some((k, v)) = m.next_entry::<&'de str, Parsed<'de>>()? {
+        while let Some(k) = m.next_key::<&'de str>()? {
+            if self.keep.is_some_and(|p| !p.keeps(k)) {
+                m.next_value::<serde::de::IgnoredAny>()?;
+                continue;
+            }
+            let v = m.next_value::<Parsed<'de>>()?;
             out.push(LineField {
                 key: (at(k), at(k) + k.len() as u32),
                 value: match v {
@@ -554,14 +592,16 @@ impl<'de> serde::de::Visitor<'de> for FieldsSeed {
 }
 
 impl LineRecord {
-    /// Reads one JSON object line, each value once; `fields`: how many the last line had, room
-    /// to start with. Keys with escapes, and anything that is not an object, go through the
-    /// general parser (which says what is wrong).
-    fn parse(text: String, fields: usize) -> Result<LineRecord, String> {
+    /// Reads one JSON object line, each value once (of the fields `keep` names, if given);
+    /// `fields`: how many the last line had, room to start with. Keys with escapes, and
+    /// anything that is not an object, go through the general parser (which says what is
+    /// wrong).
+    fn parse(text: String, fields: usize, keep: Option<&Projection>) -> Result<LineRecord, String> {
         use serde::de::DeserializeSeed;
         let seed = FieldsSeed {
             base: text.as_ptr() as usize,
             capacity: fields,
+            keep,
         };
         let mut de = serde_json::Deserializer::from_str(&text);
         let parsed = seed.deserialize(&mut de).and_then(|f| de.end().map(|()| f));
@@ -574,7 +614,11 @@ impl LineRecord {
                 }
             }
         };
-        Ok(LineRecord { text, fields })
+        Ok(LineRecord {
+            text,
+            fields,
+            whole: true,
+        })
     }
 
     /// The same record from an already parsed object (keys with escapes).
@@ -589,7 +633,11 @@ impl LineRecord {
                 value: Slot::Value(v),
             });
         }
-        LineRecord { text, fields }
+        LineRecord {
+            text,
+            fields,
+            whole: false,
+        }
     }
 
     fn get(&self, name: &str) -> FieldRef<'_> {
@@ -609,7 +657,16 @@ impl LineRecord {
         }
     }
 
-    /// The object as JSON, for parse exception reports.
+    /// The record as a parse exception report shows it: the line as read, or the object.
+    pub fn shown(&self) -> String {
+        if self.whole {
+            self.text.trim().to_string()
+        } else {
+            self.to_json().to_string()
+        }
+    }
+
+    /// The object as JSON.
     pub fn to_json(&self) -> Value {
         let mut m = Map::new();
         for f in &self.fields {
@@ -710,7 +767,8 @@ mod tests {
 
     fn read(format: Value, text: &str) -> Vec<(u64, Result<Record, String>)> {
         let f = InputFormat::parse(&format).unwrap();
-        f.records(Box::new(Cursor::new(text.as_bytes().to_vec()))).collect()
+        f.records(Box::new(Cursor::new(text.as_bytes().to_vec())), None)
+            .collect()
     }
 
     #[test]
@@ -733,7 +791,7 @@ mod tests {
             "{\"a\": {\"b\": 2.5}}",
         ] {
             let line = format!("{{\"f\": {r}}}");
-            let Ok(Record::Line(l)) = LineRecord::parse(line.clone(), 0).map(Record::Line) else {
+            let Ok(Record::Line(l)) = LineRecord::parse(line.clone(), 0, None).map(Record::Line) else {
                 panic!("{line}")
             };
             let expected: Value = serde_json::from_str(r).unwrap();
@@ -780,6 +838,52 @@ mod tests {
         let Ok(r) = &out[1].1 else { panic!("{:?}", out[1]) };
         assert_eq!(r.get("key"), FieldRef::Text("escaped key"));
         assert_eq!(out[2].1, Err("not a JSON object".to_string()));
+    }
+
+    /// With a projection, a line's other fields are skipped (but still must be valid JSON), the
+    /// kept ones read as without it, and a report shows the whole line.
+    #[test]
+    fn json_lines_keep_only_the_projected_fields() {
+        let f = InputFormat::parse(&json!({"type": "json"})).unwrap();
+        let text = "{\"a\": \"x\", \"skip\": {\"deep\": [1, \"s\"]}, \"n\": 2, \"bb\": true, \"n\": 3}\n\
+                    {\"a\": \"x\", \"skip\": [1,, 2]}\n\
+                    {\"\\u0061\": \"escaped\", \"skip\": 1}\n";
+        let keep = Projection::new(["a", "n", "missing"]);
+        let out: Vec<_> = f
+            .records(Box::new(Cursor::new(text.as_bytes().to_vec())), Some(keep))
+            .collect();
+        let Ok(r) = &out[0].1 else { panic!("{:?}", out[0]) };
+        assert_eq!(r.get("a"), FieldRef::Text("x"));
+        assert_eq!(r.get("n"), FieldRef::Json(&json!(3)));
+        assert_eq!(r.get("skip"), FieldRef::Absent);
+        assert_eq!(r.get("bb"), FieldRef::Absent);
+        assert_eq!(r.names(), ["a", "n", "n"]);
+        assert_eq!(crate::rows::show(r), text.lines().next().unwrap());
+        assert!(out[1].1.is_err(), "a skipped field is still checked: {:?}", out[1]);
+        // A line with an escaped key goes through the general parser, which keeps everything.
+        let Ok(r) = &out[2].1 else { panic!("{:?}", out[2]) };
+        assert_eq!(r.get("a"), FieldRef::Text("escaped"));
+        let all = read(json!({"type": "json"}), text);
+        assert_eq!(all[0].1.as_ref().unwrap().names().len(), 5);
+    }
+
+    #[test]
+    fn a_projection_tells_names_apart_by_length_and_bytes() {
+        let long = "k".repeat(200);
+        let p = Projection::new(["ab", "abc", long.as_str(), ""]);
+        for (key, kept) in [
+            ("ab", true),
+            ("ba", false),
+            ("abc", true),
+            ("abd", false),
+            ("a", false),
+            ("", true),
+        ] {
+            assert_eq!(p.keeps(key), kept, "{key}");
+        }
+        assert!(p.keeps(&long));
+        assert!(!p.keeps(&"k".repeat(199)));
+        assert!(!p.keeps(&"j".repeat(200)));
     }
 
     /// A key given twice has its last value, whether the line is read in place or, with an

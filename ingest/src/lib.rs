@@ -140,6 +140,8 @@ pub fn read_input(
     // row) numbers.
     type Records = Box<dyn Iterator<Item = (u64, Result<format::Record, String>)> + Send>;
     type Open<'a> = Box<dyn FnOnce() -> Result<(String, u64, Records), IngestError> + 'a>;
+    // Only the fields a row is built from are read out of each record.
+    let keep = spec.input_fields().map(format::Projection::new);
     let mut inputs: Vec<Open<'_>> = Vec::new();
     if let source::InputSource::Druid { files, .. } = &spec.source {
         for f in files {
@@ -151,6 +153,7 @@ pub fn read_input(
         }
     }
     for open in spec.source.open().map_err(IngestError::Input)? {
+        let keep = &keep;
         inputs.push(Box::new(move || {
             let entity = open().map_err(IngestError::Input)?;
             let (name, size) = (entity.name.clone(), entity.size);
@@ -166,7 +169,7 @@ pub fn read_input(
                     };
                     Box::new(parquet_input::records(name.clone(), file, options).map_err(IngestError::Input)?)
                 }
-                format => format.records(entity.reader),
+                format => format.records(entity.reader, keep.clone()),
             };
             Ok((name, size, records))
         }));

@@ -912,7 +912,7 @@ pub fn show(record: &Record) -> String {
             let s = Value::Object(m.clone()).to_string();
             truncate(s, 1024)
         }
-        Record::Line(l) => truncate(l.to_json().to_string(), 1024),
+        Record::Line(l) => truncate(l.shown(), 1024),
         Record::Columns { header, values } => {
             let pairs: Vec<String> = header
                 .names

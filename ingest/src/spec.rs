@@ -841,6 +841,27 @@ impl IngestSpec {
     pub fn metric_inputs(&self) -> impl Iterator<Item = &str> {
         self.metrics.iter().filter_map(|m| m.field_name.as_deref())
     }
+
+    /// Every input field a row is built from (the timestamp, the dimensions, the metrics'
+    /// inputs, and what the transforms and the filter read), or `None` when any field may be
+    /// (dimensions discovered from the data). A reader may skip the other fields unread.
+    pub fn input_fields(&self) -> Option<Vec<&str>> {
+        let Dimensions::Declared(dims) = &self.dimensions else {
+            return None;
+        };
+        let mut out = vec![self.timestamp.column.as_str()];
+        out.extend(dims.iter().map(|d| d.name.as_str()));
+        out.extend(self.metric_inputs());
+        for (_, e) in &self.transforms {
+            e.fields(&mut out);
+        }
+        if let Some(f) = &self.filter {
+            f.fields(&mut out);
+        }
+        out.sort_unstable();
+        out.dedup();
+        Some(out)
+    }
 }
 
 fn path_error(e: serde_path_to_error::Error<serde_json::Error>) -> SpecError {

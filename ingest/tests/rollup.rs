@@ -145,6 +145,8 @@ fn csv_without_rollup_discovers_dimensions_splits_partitions_and_counts_bad_rows
             "inputFormat": {"type": "csv", "findColumnsFromHeader": true, "listDelimiter": "|"}}),
         json!({"partitionsSpec": {"type": "dynamic", "maxRowsPerSegment": 2}, "maxSavedParseExceptions": 5}),
     );
+    // Discovered dimensions may be any field: every field is read.
+    assert_eq!(s.input_fields(), None);
     let mut got = read_input(&s, None, &mut |_| {}, &mut |_| {}).unwrap();
     assert_eq!(got.stats.processed, 10);
     assert_eq!(got.stats.unparseable, 1);
@@ -433,6 +435,12 @@ fn transform_spec_filters_and_expression_transforms_shape_the_rows() {
         "filter": {"type": "selector", "dimension": "big", "value": "yes"}}));
     with_route["dimensionsSpec"]["dimensions"] = json!(["srcIP"]);
     let s = spec(with_route, io.clone(), json!({}));
+    // Only these fields are read out of each line: what the transforms and the filter read
+    // (dstIP, not a dimension any more, and big, a transform's output) and the rest.
+    assert_eq!(
+        s.input_fields(),
+        Some(vec!["big", "dstIP", "packets", "srcIP", "timestamp"])
+    );
     let mut got = read_input(&s, None, &mut |_| {}, &mut |_| {}).unwrap();
     assert_eq!((got.stats.processed, got.stats.thrown_away), (3, 6));
     let rows = all_rows(&mut got, dir.path());
