@@ -139,7 +139,7 @@ impl InputFormat {
     pub fn records(
         &self,
         reader: Box<dyn BufRead + Send>,
-        keep: Option<Projection>,
+        keep: Option<Arc<Projection>>,
     ) -> Box<dyn Iterator<Item = (u64, Result<Record, String>)> + Send> {
         match self {
             InputFormat::Json { flatten } => Box::new(JsonLines {
@@ -148,6 +148,7 @@ impl InputFormat {
                 line_no: 0,
                 flatten: flatten.clone(),
                 keep,
+                known: KnownKeys::default(),
                 done: false,
                 fields: 0,
             }),
@@ -310,15 +311,20 @@ pub struct Header {
     pub list_delimiter: Option<String>,
 }
 
+/// An id unique in the process, for what a [`FieldSlot`] remembers (headers, projections).
+fn next_source_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 impl Header {
     fn new(names: Vec<String>, list_delimiter: Option<String>) -> Header {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let mut index = HashMap::default();
         for (i, n) in names.iter().enumerate() {
             index.entry(n.clone()).or_insert(i);
         }
         Header {
-            id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            id: next_source_id(),
             names,
             index,
             list_delimiter,
@@ -326,11 +332,13 @@ impl Header {
     }
 }
 
-/// Where one named field was in the records of one header: the rows of a delimited file share
-/// their header, so [`Record::get_cached`] looks a name up once per file, not once per row.
+/// Where one named field was in the records of one header or projection: the rows of a
+/// delimited file share their header, and the lines of a JSON file their projection, so
+/// [`Record::get_cached`] looks a name up once per file, not once per row.
 #[derive(Debug, Clone, Default)]
 pub struct FieldSlot {
-    header: u64,
+    /// The id of the header or projection.
+    source: u64,
     index: Option<usize>,
 }
 
@@ -363,13 +371,23 @@ impl Record {
     pub fn get_cached(&self, name: &str, slot: &mut FieldSlot) -> FieldRef<'_> {
         match self {
             Record::Columns { header, values } => {
-                if slot.header != header.id {
+                if slot.source != header.id {
                     *slot = FieldSlot {
-                        header: header.id,
+                        source: header.id,
                         index: header.index.get(name).copied(),
                     };
                 }
                 column(header, values, slot.index)
+            }
+            Record::Line(LineRecord { keep: Some(keep), .. }) => {
+                if slot.source != keep.id {
+                    *slot = FieldSlot {
+                        source: keep.id,
+                        index: keep.index(name),
+                    };
+                }
+                let Record::Line(l) = self else { unreachable!() };
+                slot.index.map_or(FieldRef::Absent, |i| l.field(i))
             }
             _ => self.get(name),
         }
@@ -381,6 +399,7 @@ impl Record {
             Record::Line(l) => l
                 .fields
                 .iter()
+                .filter(|f| !matches!(f.value, Slot::Absent))
                 .map(|f| &l.text[f.key.0 as usize..f.key.1 as usize])
                 .collect(),
             Record::Json(m) => m.keys().map(String::as_str).collect(),
@@ -402,9 +421,12 @@ fn column<'a>(header: &'a Header, values: &'a csv::StringRecord, index: Option<u
     }
 }
 
-/// The fields a reader keeps of each record: the others are skipped.
-#[derive(Debug, Clone)]
+/// The fields a reader keeps of each record, the others being skipped: a kept field is
+/// found by its place in this list.
+#[derive(Debug, PartialEq)]
 pub struct Projection {
+    /// Unique in the process: what a [`FieldSlot`] remembers the projection by.
+    id: u64,
     names: Vec<String>,
     /// Bit `n` is set when a name is `n` bytes long (names of 128 bytes or more are always
     /// compared): most skipped keys are told apart by their length alone.
@@ -413,17 +435,71 @@ pub struct Projection {
 
 impl Projection {
     pub fn new<S: Into<String>>(names: impl IntoIterator<Item = S>) -> Projection {
-        let names: Vec<String> = names.into_iter().map(Into::into).collect();
+        let mut names: Vec<String> = names.into_iter().map(Into::into).collect();
+        names.dedup();
         let lengths = names
             .iter()
             .fold(0u128, |bits, n| bits | 1u128.checked_shl(n.len() as u32).unwrap_or(0));
-        Projection { names, lengths }
+        Projection {
+            id: next_source_id(),
+            names,
+            lengths,
+        }
     }
 
-    fn keeps(&self, key: &str) -> bool {
+    /// The place of `key` among the kept names.
+    fn index(&self, key: &str) -> Option<usize> {
         let n = key.len();
-        (n >= 128 || self.lengths & (1 << n) != 0) && self.names.iter().any(|k| k == key)
+        if n < 128 && self.lengths & (1 << n) == 0 {
+            return None;
+        }
+        self.names.iter().position(|k| k == key)
     }
+}
+
+/// The keys of the last line read, by position, each with its place in the projection: lines
+/// of one file mostly repeat their keys in the same order, so a key is usually told by one
+/// comparison with the key at its position in the line before.
+#[derive(Debug, Default)]
+struct KnownKeys(Vec<(String, Option<usize>)>);
+
+impl KnownKeys {
+    fn index(&mut self, position: usize, key: &str, keep: &Projection) -> Option<usize> {
+        if let Some((k, i)) = self.0.get(position) {
+            if same_short(k.as_bytes(), key.as_bytes()) {
+                return *i;
+            }
+        }
+        let i = keep.index(key);
+        if position < self.0.len() {
+            self.0[position] = (key.to_string(), i);
+        } else if position == self.0.len() {
+            self.0.push((key.to_string(), i));
+        }
+        i
+    }
+}
+
+/// Whether `a` and `b` are equal, compared in at most two loads each when they are 4 to 16
+/// bytes long (as keys mostly are) instead of a call to `memcmp`.
+fn same_short(a: &[u8], b: &[u8]) -> bool {
+    fn word(s: &[u8], at: usize) -> u64 {
+        let mut w = [0; 8];
+        w.copy_from_slice(&s[at..at + 8]);
+        u64::from_ne_bytes(w)
+    }
+    fn half(s: &[u8], at: usize) -> u32 {
+        let mut w = [0; 4];
+        w.copy_from_slice(&s[at..at + 4]);
+        u32::from_ne_bytes(w)
+    }
+    let n = a.len();
+    n == b.len()
+        && match n {
+            4..=7 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
+            8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
+            _ => a == b,
+        }
 }
 
 /// JSON lines, read into one reused buffer.
@@ -432,7 +508,8 @@ struct JsonLines {
     line: String,
     line_no: u64,
     flatten: Option<Flatten>,
-    keep: Option<Projection>,
+    keep: Option<Arc<Projection>>,
+    known: KnownKeys,
     done: bool,
     /// Fields of the last line: room for the next.
     fields: usize,
@@ -453,7 +530,7 @@ impl Iterator for JsonLines {
                     // line instead of growing from nothing.
                     let room = self.line.capacity();
                     let line = std::mem::replace(&mut self.line, String::with_capacity(room));
-                    let record = LineRecord::parse(line, self.fields, self.keep.as_ref());
+                    let record = LineRecord::parse(line, self.fields, self.keep.as_ref(), &mut self.known);
                     if let Ok(r) = &record {
                         self.fields = r.fields.len();
                     }
@@ -475,7 +552,9 @@ impl Iterator for JsonLines {
 #[derive(Debug, Clone, PartialEq)]
 pub struct LineRecord {
     text: String,
+    /// In the line's order; with a projection, one per kept name, in the projection's order.
     fields: Vec<LineField>,
+    keep: Option<Arc<Projection>>,
     /// Whether `text` is the line as read (else only the keys of a line that the general
     /// parser read).
     whole: bool,
@@ -493,6 +572,8 @@ enum Slot {
     Text(u32, u32),
     /// Anything else, parsed.
     Value(Value),
+    /// A kept name the line lacks.
+    Absent,
 }
 
 /// One value of a JSON line, read in one pass: a string without escapes stays in the line's
@@ -555,6 +636,7 @@ struct FieldsSeed<'k> {
     base: usize,
     capacity: usize,
     keep: Option<&'k Projection>,
+    known: &'k mut KnownKeys,
 }
 
 impl<'de> serde::de::DeserializeSeed<'de> for FieldsSeed<'_> {
@@ -572,20 +654,35 @@ impl<'de> serde::de::Visitor<'de> for FieldsSeed<'_> {
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Vec<LineField>, A::Error> {
         let at = |s: &str| (s.as_ptr() as usize - self.base) as u32;
-        let mut out = Vec::with_capacity(self.capacity);
-        while let Some(k) = m.next_key::<&'de str>()? {
-            if self.keep.is_some_and(|p| !p.keeps(k)) {
-                m.next_value::<serde::de::IgnoredAny>()?;
-                continue;
+        let field = |k: &str, v: Parsed<'_>| LineField {
+            key: (at(k), at(k) + k.len() as u32),
+            value: match v {
+                Parsed::Text(s) => Slot::Text(at(s), at(s) + s.len() as u32),
+                Parsed::Value(v) => Slot::Value(v),
+            },
+        };
+        let Some(keep) = self.keep else {
+            let mut out = Vec::with_capacity(self.capacity);
+            while let Some(k) = m.next_key::<&'de str>()? {
+                let v = m.next_value::<Parsed<'de>>()?;
+                out.push(field(k, v));
             }
-            let v = m.next_value::<Parsed<'de>>()?;
-            out.push(LineField {
-                key: (at(k), at(k) + k.len() as u32),
-                value: match v {
-                    Parsed::Text(s) => Slot::Text(at(s), at(s) + s.len() as u32),
-                    Parsed::Value(v) => Slot::Value(v),
-                },
-            });
+            return Ok(out);
+        };
+        let mut out: Vec<LineField> = (0..keep.names.len())
+            .map(|_| LineField {
+                key: (0, 0),
+                value: Slot::Absent,
+            })
+            .collect();
+        let mut position = 0;
+        while let Some(k) = m.next_key::<&'de str>()? {
+            match self.known.index(position, k, keep) {
+                // A repeated key overwrites: the last one counts.
+                Some(i) => out[i] = field(k, m.next_value::<Parsed<'de>>()?),
+                None => m.next_value::<serde::de::IgnoredAny>().map(drop)?,
+            }
+            position += 1;
         }
         Ok(out)
     }
@@ -596,12 +693,18 @@ impl LineRecord {
     /// `fields`: how many the last line had, room to start with. Keys with escapes, and
     /// anything that is not an object, go through the general parser (which says what is
     /// wrong).
-    fn parse(text: String, fields: usize, keep: Option<&Projection>) -> Result<LineRecord, String> {
+    fn parse(
+        text: String,
+        fields: usize,
+        keep: Option<&Arc<Projection>>,
+        known: &mut KnownKeys,
+    ) -> Result<LineRecord, String> {
         use serde::de::DeserializeSeed;
         let seed = FieldsSeed {
             base: text.as_ptr() as usize,
             capacity: fields,
-            keep,
+            keep: keep.map(|k| &**k),
+            known,
         };
         let mut de = serde_json::Deserializer::from_str(&text);
         let parsed = seed.deserialize(&mut de).and_then(|f| de.end().map(|()| f));
@@ -617,6 +720,7 @@ impl LineRecord {
         Ok(LineRecord {
             text,
             fields,
+            keep: keep.cloned(),
             whole: true,
         })
     }
@@ -636,24 +740,34 @@ impl LineRecord {
         LineRecord {
             text,
             fields,
+            keep: None,
             whole: false,
         }
     }
 
     fn get(&self, name: &str) -> FieldRef<'_> {
+        if let Some(keep) = &self.keep {
+            return keep.index(name).map_or(FieldRef::Absent, |i| self.field(i));
+        }
         let text = self.text.as_bytes();
         // The last of repeated keys, as a parsed object (and Druid's reader) keeps it.
-        let Some(f) = self.fields.iter().rev().find(|f| {
-            let (a, b) = (f.key.0 as usize, f.key.1 as usize);
-            b - a == name.len() && text.get(a..b) == Some(name.as_bytes())
-        }) else {
-            return FieldRef::Absent;
-        };
-        match &f.value {
-            Slot::Text(s, e) => FieldRef::Text(&self.text[*s as usize..*e as usize]),
-            Slot::Value(Value::Null) => FieldRef::Null,
-            Slot::Value(Value::String(s)) => FieldRef::Text(s),
-            Slot::Value(v) => FieldRef::Json(v),
+        self.fields
+            .iter()
+            .rposition(|f| {
+                let (a, b) = (f.key.0 as usize, f.key.1 as usize);
+                b - a == name.len() && text.get(a..b) == Some(name.as_bytes())
+            })
+            .map_or(FieldRef::Absent, |i| self.field(i))
+    }
+
+    /// Field `i` of `fields`.
+    fn field(&self, i: usize) -> FieldRef<'_> {
+        match self.fields.get(i).map(|f| &f.value) {
+            None | Some(Slot::Absent) => FieldRef::Absent,
+            Some(Slot::Text(s, e)) => FieldRef::Text(&self.text[*s as usize..*e as usize]),
+            Some(Slot::Value(Value::Null)) => FieldRef::Null,
+            Some(Slot::Value(Value::String(s))) => FieldRef::Text(s),
+            Some(Slot::Value(v)) => FieldRef::Json(v),
         }
     }
 
@@ -672,6 +786,7 @@ impl LineRecord {
         for f in &self.fields {
             let k = self.text[f.key.0 as usize..f.key.1 as usize].to_string();
             let v = match &f.value {
+                Slot::Absent => continue,
                 Slot::Text(s, e) => Value::String(self.text[*s as usize..*e as usize].to_string()),
                 Slot::Value(v) => v.clone(),
             };
@@ -790,12 +905,19 @@ mod tests {
             "[1, \"a\", [null]]",
             "{\"a\": {\"b\": 2.5}}",
         ] {
-            let line = format!("{{\"f\": {r}}}");
-            let Ok(Record::Line(l)) = LineRecord::parse(line.clone(), 0, None).map(Record::Line) else {
-                panic!("{line}")
-            };
+            let line = format!("{{\"skipped\": {r}, \"f\": {r}}}");
             let expected: Value = serde_json::from_str(r).unwrap();
-            assert_eq!(l.to_json()["f"], expected, "{r}");
+            // Read whole, and with only `f` kept.
+            let keep = Arc::new(Projection::new(["f"]));
+            for keep in [None, Some(&keep)] {
+                let parsed = LineRecord::parse(line.clone(), 0, keep, &mut KnownKeys::default());
+                let Ok(record) = parsed.map(Record::Line) else {
+                    panic!("{line}")
+                };
+                assert_eq!(record.names().len(), if keep.is_some() { 1 } else { 2 });
+                let Record::Line(l) = record else { unreachable!() };
+                assert_eq!(l.to_json()["f"], expected, "{r}");
+            }
         }
     }
 
@@ -847,8 +969,10 @@ mod tests {
         let f = InputFormat::parse(&json!({"type": "json"})).unwrap();
         let text = "{\"a\": \"x\", \"skip\": {\"deep\": [1, \"s\"]}, \"n\": 2, \"bb\": true, \"n\": 3}\n\
                     {\"a\": \"x\", \"skip\": [1,, 2]}\n\
-                    {\"\\u0061\": \"escaped\", \"skip\": 1}\n";
-        let keep = Projection::new(["a", "n", "missing"]);
+                    {\"\\u0061\": \"escaped\", \"skip\": 1}\n\
+                    {\"n\": 5, \"zz\": 1, \"a\": \"z\"}\n\
+                    {\"zz\": \"n\", \"a\": \"only\"}\n";
+        let keep = Arc::new(Projection::new(["a", "n", "missing"]));
         let out: Vec<_> = f
             .records(Box::new(Cursor::new(text.as_bytes().to_vec())), Some(keep))
             .collect();
@@ -857,33 +981,58 @@ mod tests {
         assert_eq!(r.get("n"), FieldRef::Json(&json!(3)));
         assert_eq!(r.get("skip"), FieldRef::Absent);
         assert_eq!(r.get("bb"), FieldRef::Absent);
-        assert_eq!(r.names(), ["a", "n", "n"]);
+        assert_eq!(r.names(), ["a", "n"]);
         assert_eq!(crate::rows::show(r), text.lines().next().unwrap());
         assert!(out[1].1.is_err(), "a skipped field is still checked: {:?}", out[1]);
         // A line with an escaped key goes through the general parser, which keeps everything.
         let Ok(r) = &out[2].1 else { panic!("{:?}", out[2]) };
         assert_eq!(r.get("a"), FieldRef::Text("escaped"));
+        // Keys in another order, or other keys at the same places, than the line before.
+        let fields = |i: usize| {
+            let r = out[i].1.as_ref().unwrap();
+            let mut slot = FieldSlot::default();
+            let cached = r.get_cached("a", &mut slot);
+            assert_eq!(cached, r.get("a"));
+            (cached, r.get("n"), r.get("zz"))
+        };
+        assert_eq!(
+            fields(3),
+            (FieldRef::Text("z"), FieldRef::Json(&json!(5)), FieldRef::Absent)
+        );
+        assert_eq!(fields(4), (FieldRef::Text("only"), FieldRef::Absent, FieldRef::Absent));
         let all = read(json!({"type": "json"}), text);
         assert_eq!(all[0].1.as_ref().unwrap().names().len(), 5);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn short_strings_compare_as_slices_do(a in proptest::collection::vec(0u8..3, 0..20), flip in proptest::option::of(0usize..20)) {
+            let mut b = a.clone();
+            if let Some(i) = flip.filter(|i| *i < b.len()) {
+                b[i] ^= 1;
+            }
+            proptest::prop_assert_eq!(same_short(&a, &b), a == b);
+            proptest::prop_assert_eq!(same_short(&a, &b[..b.len().saturating_sub(1)]), a[..] == b[..b.len().saturating_sub(1)]);
+        }
     }
 
     #[test]
     fn a_projection_tells_names_apart_by_length_and_bytes() {
         let long = "k".repeat(200);
         let p = Projection::new(["ab", "abc", long.as_str(), ""]);
-        for (key, kept) in [
-            ("ab", true),
-            ("ba", false),
-            ("abc", true),
-            ("abd", false),
-            ("a", false),
-            ("", true),
+        for (key, place) in [
+            ("ab", Some(0)),
+            ("ba", None),
+            ("abc", Some(1)),
+            ("abd", None),
+            ("a", None),
+            ("", Some(3)),
         ] {
-            assert_eq!(p.keeps(key), kept, "{key}");
+            assert_eq!(p.index(key), place, "{key}");
         }
-        assert!(p.keeps(&long));
-        assert!(!p.keeps(&"k".repeat(199)));
-        assert!(!p.keeps(&"j".repeat(200)));
+        assert_eq!(p.index(&long), Some(2));
+        assert_eq!(p.index(&"k".repeat(199)), None);
+        assert_eq!(p.index(&"j".repeat(200)), None);
     }
 
     /// A key given twice has its last value, whether the line is read in place or, with an

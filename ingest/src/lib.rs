@@ -141,7 +141,9 @@ pub fn read_input(
     type Records = Box<dyn Iterator<Item = (u64, Result<format::Record, String>)> + Send>;
     type Open<'a> = Box<dyn FnOnce() -> Result<(String, u64, Records), IngestError> + 'a>;
     // Only the fields a row is built from are read out of each record.
-    let keep = spec.input_fields().map(format::Projection::new);
+    let keep = spec
+        .input_fields()
+        .map(|f| std::sync::Arc::new(format::Projection::new(f)));
     let mut inputs: Vec<Open<'_>> = Vec::new();
     if let source::InputSource::Druid { files, .. } = &spec.source {
         for f in files {
