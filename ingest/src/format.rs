@@ -415,9 +415,18 @@ fn column<'a>(header: &'a Header, values: &'a csv::StringRecord, index: Option<u
         None => FieldRef::Absent,
         Some("") => FieldRef::Null,
         Some(v) => match &header.list_delimiter {
-            Some(d) if v.contains(d.as_str()) => FieldRef::List(v.split(d.as_str()).collect()),
+            Some(d) if holds(v, d) => FieldRef::List(v.split(d.as_str()).collect()),
             _ => FieldRef::Text(v),
         },
+    }
+}
+
+/// Whether `v` holds the delimiter `d`: a one-byte delimiter (Druid's default is `\u0001`) is
+/// looked for as a byte, without setting up a substring search per field.
+fn holds(v: &str, d: &str) -> bool {
+    match d.as_bytes() {
+        [b] => v.as_bytes().contains(b),
+        _ => v.contains(d),
     }
 }
 
@@ -1013,6 +1022,21 @@ mod tests {
             }
             proptest::prop_assert_eq!(same_short(&a, &b), a == b);
             proptest::prop_assert_eq!(same_short(&a, &b[..b.len().saturating_sub(1)]), a[..] == b[..b.len().saturating_sub(1)]);
+        }
+    }
+
+    #[test]
+    fn list_delimiters_of_one_byte_and_more_are_found() {
+        for (v, d, found) in [
+            ("a|b", "|", true),
+            ("ab", "|", false),
+            ("x\u{1}y", "\u{1}", true),
+            ("\u{e9}t\u{e9}", "\u{1}", false),
+            ("a::b", "::", true),
+            ("a:b:", "::", false),
+            ("a\u{e9}b", "\u{e9}", true),
+        ] {
+            assert_eq!(holds(v, d), found, "{v:?} {d:?}");
         }
     }
 
