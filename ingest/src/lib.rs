@@ -229,6 +229,7 @@ pub fn read_input(
             rows_in_memory: b.rows_in_memory(),
         });
     }
+    b.finish().map_err(IngestError::Write)?;
     let typed = b.typed_discovery();
     let runs = std::mem::take(&mut b.runs);
     let spilled = std::mem::take(&mut b.spilled_rows);

@@ -249,6 +249,16 @@ impl Bucket {
         self.len() == 0
     }
 
+    /// Whether rows with equal keys are combined as they are added (through the table); an
+    /// empty bucket only. Without, rows are only appended, and the table's memory is freed.
+    fn set_rollup(&mut self, rollup: bool) {
+        debug_assert!(self.is_empty(), "only an empty bucket changes how it takes rows");
+        if self.rollup != rollup {
+            self.rollup = rollup;
+            self.table = hashbrown::HashTable::new();
+        }
+    }
+
     /// How many rows the bucket holds before its arrays must grow.
     pub fn capacity(&self) -> usize {
         self.times.capacity()
@@ -334,10 +344,15 @@ impl Bucket {
         let mut order: Vec<(i64, u128, u32)> = (0..self.len())
             .map(|i| (self.times[i], packer.pack(self.dims_of(i), ranks), i as u32))
             .collect();
+        // Rows with equal keys (appended without rollup in memory) stay in the order they were
+        // added, the order in which their metrics are then combined.
         order.sort_unstable_by(|a, b| {
-            (a.0, a.1).cmp(&(b.0, b.1)).then_with(|| {
-                crate::spill::cmp_rows(a.0, self.dims_of(a.2 as usize), b.0, self.dims_of(b.2 as usize), ranks)
-            })
+            (a.0, a.1)
+                .cmp(&(b.0, b.1))
+                .then_with(|| {
+                    crate::spill::cmp_rows(a.0, self.dims_of(a.2 as usize), b.0, self.dims_of(b.2 as usize), ranks)
+                })
+                .then(a.2.cmp(&b.2))
         });
         order.into_iter().map(|(_, _, i)| i).collect()
     }
@@ -584,6 +599,12 @@ pub struct RowBuilder<'a> {
     spare: Option<Bucket>,
     /// The dimension values of the row being read, reused from row to row.
     scratch: Vec<DimValue>,
+    /// Under rollup, whether rows are combined only when sorted (into runs, then by the merge)
+    /// rather than as they are added: chosen at a spill when the table combined under a tenth
+    /// of the rows since the last, as its lookups then cost more than they save.
+    combine_at_sort: bool,
+    /// Rows given to the buckets since the last spill, before rollup.
+    offered: usize,
     /// Where the time and each metric's input field were in the last record.
     time_slot: FieldSlot,
     metric_slots: Vec<FieldSlot>,
@@ -625,6 +646,8 @@ impl<'a> RowBuilder<'a> {
             discovering,
             spare: None,
             scratch: Vec::new(),
+            combine_at_sort: false,
+            offered: 0,
             time_slot: FieldSlot::default(),
             metric_slots: Vec::new(),
         }
@@ -641,14 +664,31 @@ impl<'a> RowBuilder<'a> {
 
     /// Writes every bucket's rows to a sorted run when memory holds `maxRowsInMemory` rows.
     pub fn spill_if_full(&mut self) -> Result<(), String> {
-        let Some(dir) = self.spill_dir.clone() else {
-            return Ok(());
-        };
         if (self.in_memory as u64) < self.spec.max_rows_in_memory
             && self.in_memory_bytes < self.spec.max_bytes_in_memory
         {
             return Ok(());
         }
+        self.spill()
+    }
+
+    /// Called after the last record: rows held uncombined (see `combine_at_sort`) are
+    /// written to runs too, so that the merge combines them.
+    pub fn finish(&mut self) -> Result<(), String> {
+        if self.combine_at_sort {
+            self.spill()?;
+        }
+        Ok(())
+    }
+
+    fn spill(&mut self) -> Result<(), String> {
+        let Some(dir) = self.spill_dir.clone() else {
+            return Ok(());
+        };
+        if self.spec.rollup && !self.combine_at_sort && self.in_memory * 10 >= self.offered * 9 {
+            self.combine_at_sort = true;
+        }
+        self.offered = 0;
         std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create [{}]: {e}", dir.display()))?;
         let ranks: Vec<Vec<u32>> = self.dicts.iter().map(Dict::ranks).collect();
         for (interval, mut bucket) in std::mem::take(&mut self.buckets) {
@@ -810,10 +850,14 @@ impl<'a> RowBuilder<'a> {
         let room = room + room / 8 + 1;
         let metrics = &spec.metrics;
         let width = self.dims.len();
+        let rollup = spec.rollup && !self.combine_at_sort;
         let b = self.buckets.entry(bucket).or_insert_with(|| match spare.take() {
-            Some(b) => b,
-            None if first => Bucket::with_capacity(metrics.len(), room, width, spec.rollup),
-            None => Bucket::with_capacity(metrics.len(), 0, 0, spec.rollup),
+            Some(mut b) => {
+                b.set_rollup(rollup);
+                b
+            }
+            None if first => Bucket::with_capacity(metrics.len(), room, width, rollup),
+            None => Bucket::with_capacity(metrics.len(), 0, 0, rollup),
         });
         let slots = &mut self.metric_slots;
         slots.resize_with(metrics.len(), FieldSlot::default);
@@ -832,6 +876,7 @@ impl<'a> RowBuilder<'a> {
             },
         );
         self.scratch = dims;
+        self.offered += 1;
         if added {
             self.in_memory += 1;
             self.in_memory_bytes += row_bytes;
@@ -1099,6 +1144,51 @@ mod tests {
                 })
                 .collect();
             prop_assert_eq!(got, expected);
+        }
+    }
+
+    /// Under rollup, a spill after which the table had combined under a tenth of the rows turns
+    /// it off: rows are then held as they come and combined when sorted. Rows that do roll up
+    /// keep it on.
+    #[test]
+    fn rows_that_barely_roll_up_are_then_combined_only_when_sorted() {
+        let task = serde_json::json!({"type": "index", "spec": {
+            "dataSchema": {"dataSource": "d", "timestampSpec": {"column": "t", "format": "millis"},
+                "dimensionsSpec": {"dimensions": ["k"]},
+                "metricsSpec": [{"type": "count", "name": "c"}],
+                "granularitySpec": {"segmentGranularity": "day", "queryGranularity": "none"}},
+            "ioConfig": {"type": "index", "inputSource": {"type": "inline", "data": ""}, "inputFormat": {"type": "json"}},
+            "tuningConfig": {"maxRowsInMemory": 10}}});
+        let spec = IngestSpec::from_task(&task).unwrap();
+        let record = |k: u64| {
+            let v = serde_json::json!({"t": 1000, "k": format!("k{k}")});
+            let Value::Object(m) = v else { unreachable!() };
+            Record::Json(m)
+        };
+        let at = At { file: "f", line: 1 };
+        // Every row a new key, then each key five times over.
+        for (repeats, off) in [(1, true), (5, false)] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut b = RowBuilder::new(&spec, Some(dir.path()));
+            let mut i = 0;
+            while b.runs.is_empty() {
+                assert!(b.add(&record(i / repeats), &at).is_ok());
+                b.spill_if_full().unwrap();
+                i += 1;
+            }
+            assert_eq!(b.combine_at_sort, off, "{repeats} repeats");
+            for _ in 0..5 {
+                assert!(b.add(&record(0), &at).is_ok());
+            }
+            // Held as they came, or combined into one row.
+            assert_eq!(b.rows_in_memory(), if off { 5 } else { 1 }, "{repeats} repeats");
+            b.finish().unwrap();
+            let runs: usize = b.runs.values().map(Vec::len).sum();
+            assert_eq!(
+                runs,
+                if off { 2 } else { 1 },
+                "{repeats} repeats: what is held uncombined is spilled"
+            );
         }
     }
 }
