@@ -379,14 +379,13 @@ impl Record {
                 }
                 column(header, values, slot.index)
             }
-            Record::Line(LineRecord { keep: Some(keep), .. }) => {
+            Record::Line(l @ LineRecord { keep: Some(keep), .. }) => {
                 if slot.source != keep.id {
                     *slot = FieldSlot {
                         source: keep.id,
                         index: keep.index(name),
                     };
                 }
-                let Record::Line(l) = self else { unreachable!() };
                 slot.index.map_or(FieldRef::Absent, |i| l.field(i))
             }
             _ => self.get(name),
@@ -444,8 +443,7 @@ pub struct Projection {
 
 impl Projection {
     pub fn new<S: Into<String>>(names: impl IntoIterator<Item = S>) -> Projection {
-        let mut names: Vec<String> = names.into_iter().map(Into::into).collect();
-        names.dedup();
+        let names: Vec<String> = names.into_iter().map(Into::into).collect();
         let lengths = names
             .iter()
             .fold(0u128, |bits, n| bits | 1u128.checked_shl(n.len() as u32).unwrap_or(0));
@@ -480,10 +478,10 @@ impl KnownKeys {
             }
         }
         let i = keep.index(key);
-        if position < self.0.len() {
-            self.0[position] = (key.to_string(), i);
-        } else if position == self.0.len() {
-            self.0.push((key.to_string(), i));
+        // Positions come in order from 0, so a new one is the next.
+        match self.0.get_mut(position) {
+            Some(known) => *known = (key.to_string(), i),
+            None => self.0.push((key.to_string(), i)),
         }
         i
     }

@@ -1170,12 +1170,15 @@ mod tests {
         for (repeats, off) in [(1, true), (5, false)] {
             let dir = tempfile::tempdir().unwrap();
             let mut b = RowBuilder::new(&spec, Some(dir.path()));
-            let mut i = 0;
-            while b.runs.is_empty() {
+            // Up to the first spill (ten rows held after rollup).
+            for i in 0..10 * repeats {
                 assert!(b.add(&record(i / repeats), &at).is_ok());
                 b.spill_if_full().unwrap();
-                i += 1;
+                if !b.runs.is_empty() {
+                    break;
+                }
             }
+            assert_eq!(b.runs.values().map(Vec::len).sum::<usize>(), 1, "{repeats} repeats");
             assert_eq!(b.combine_at_sort, off, "{repeats} repeats");
             for _ in 0..5 {
                 assert!(b.add(&record(0), &at).is_ok());
