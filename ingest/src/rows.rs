@@ -259,6 +259,13 @@ impl Bucket {
         }
     }
 
+    /// Stops combining rows as they are added: the rows held stay (their keys distinct), the
+    /// table goes, and later rows are appended, to be combined when sorted.
+    fn stop_rollup(&mut self) {
+        self.rollup = false;
+        self.table = hashbrown::HashTable::new();
+    }
+
     /// How many rows the bucket holds before its arrays must grow.
     pub fn capacity(&self) -> usize {
         self.times.capacity()
@@ -574,6 +581,11 @@ fn transform(spec: &IngestSpec, record: &Record, time: i64) -> Option<(Record, i
     Some((Record::Json(m), new_time))
 }
 
+/// Rows offered since the last spill after which rollup's worth is judged early (see
+/// `RowBuilder::combine_at_sort`), when memory holds well more than that many rows: rows that
+/// barely roll up then skip the table for most of the run, not only from the next run on.
+pub const ROLLUP_CHECK_ROWS: usize = 65_536;
+
 /// Turns records into bucketed rows.
 pub struct RowBuilder<'a> {
     spec: &'a IngestSpec,
@@ -600,8 +612,9 @@ pub struct RowBuilder<'a> {
     /// The dimension values of the row being read, reused from row to row.
     scratch: Vec<DimValue>,
     /// Under rollup, whether rows are combined only when sorted (into runs, then by the merge)
-    /// rather than as they are added: chosen at a spill when the table combined under a tenth
-    /// of the rows since the last, as its lookups then cost more than they save.
+    /// rather than as they are added: chosen when the table combined under a tenth of the rows
+    /// offered since the last spill, as its lookups then cost more than they save; judged at
+    /// each spill, and early in a run ([`ROLLUP_CHECK_ROWS`]).
     combine_at_sort: bool,
     /// Rows given to the buckets since the last spill, before rollup.
     offered: usize,
@@ -685,9 +698,7 @@ impl<'a> RowBuilder<'a> {
         let Some(dir) = self.spill_dir.clone() else {
             return Ok(());
         };
-        if self.spec.rollup && !self.combine_at_sort && self.in_memory * 10 >= self.offered * 9 {
-            self.combine_at_sort = true;
-        }
+        self.check_rollup();
         self.offered = 0;
         std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create [{}]: {e}", dir.display()))?;
         let ranks: Vec<Vec<u32>> = self.dicts.iter().map(Dict::ranks).collect();
@@ -704,6 +715,23 @@ impl<'a> RowBuilder<'a> {
         self.in_memory = 0;
         self.in_memory_bytes = 0;
         Ok(())
+    }
+
+    /// Turns in-memory rollup off when the table combined under a tenth of the rows offered
+    /// since the last spill (see `combine_at_sort`): the buckets drop their tables and hold
+    /// further rows as they come, the rows already held staying as they are. Only where rows
+    /// can be spilled, as only the merge of runs combines rows then.
+    fn check_rollup(&mut self) {
+        if self.spill_dir.is_some()
+            && self.spec.rollup
+            && !self.combine_at_sort
+            && self.in_memory * 10 >= self.offered * 9
+        {
+            self.combine_at_sort = true;
+            for b in self.buckets.values_mut() {
+                b.stop_rollup();
+            }
+        }
     }
 
     /// Counts and saves a problem; `at` is where (file and line).
@@ -880,6 +908,9 @@ impl<'a> RowBuilder<'a> {
         if added {
             self.in_memory += 1;
             self.in_memory_bytes += row_bytes;
+        }
+        if self.offered == ROLLUP_CHECK_ROWS && room > 2 * ROLLUP_CHECK_ROWS {
+            self.check_rollup();
         }
         self.stats.processed += 1;
         if let Some(e) = with_error {
@@ -1192,6 +1223,68 @@ mod tests {
                 if off { 2 } else { 1 },
                 "{repeats} repeats: what is held uncombined is spilled"
             );
+        }
+    }
+
+    /// The same judgement made early in a run, when memory holds many more rows than the check
+    /// needs: rows that barely roll up stop using the table after `ROLLUP_CHECK_ROWS` rows, and
+    /// the merge of the runs still combines every row.
+    #[test]
+    fn rollup_is_judged_early_in_a_long_run_and_rows_still_combine() {
+        let task = serde_json::json!({"type": "index", "spec": {
+            "dataSchema": {"dataSource": "d", "timestampSpec": {"column": "t", "format": "millis"},
+                "dimensionsSpec": {"dimensions": ["k"]},
+                "metricsSpec": [{"type": "count", "name": "c"}],
+                "granularitySpec": {"segmentGranularity": "day", "queryGranularity": "none"}},
+            "ioConfig": {"type": "index", "inputSource": {"type": "inline", "data": ""}, "inputFormat": {"type": "json"}},
+            "tuningConfig": {"maxRowsInMemory": 1000000}}});
+        let spec = IngestSpec::from_task(&task).unwrap();
+        let record = |k: usize| {
+            let v = serde_json::json!({"t": 1000, "k": format!("k{k}")});
+            let Value::Object(m) = v else { unreachable!() };
+            Record::Json(m)
+        };
+        let at = At { file: "f", line: 1 };
+        // Distinct keys, then each key twice over.
+        for (repeats, off) in [(1, true), (2, false)] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut b = RowBuilder::new(&spec, Some(dir.path()));
+            let n = ROLLUP_CHECK_ROWS;
+            for i in 0..n {
+                assert!(b.add(&record(i / repeats), &at).is_ok());
+            }
+            assert!(b.runs.is_empty(), "no spill yet");
+            assert_eq!(b.combine_at_sort, off, "{repeats} repeats");
+            // Key 0 three more times: held as they came, or combined into its row.
+            for _ in 0..3 {
+                assert!(b.add(&record(0), &at).is_ok());
+            }
+            assert_eq!(b.rows_in_memory(), n / repeats + if off { 3 } else { 0 });
+            b.finish().unwrap();
+            let ranks: Vec<Vec<u32>> = b.dicts.iter().map(Dict::ranks).collect();
+            let mut sources: Vec<Box<dyn Iterator<Item = Result<crate::spill::Row, String>>>> = Vec::new();
+            for p in b.runs.values().flatten() {
+                sources.push(Box::new(crate::spill::RunReader::open(p).unwrap()));
+            }
+            for (_, bucket) in std::mem::take(&mut b.buckets) {
+                sources.push(Box::new(bucket.into_sorted(&ranks).map(Ok)));
+            }
+            let rows: Vec<crate::spill::Row> = crate::spill::Merge::new(sources, &b.dicts, &spec.metrics, true)
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert_eq!(rows.len(), n / repeats, "{repeats} repeats: one row per key");
+            let counts: Vec<Option<i64>> = rows
+                .iter()
+                .map(|(_, accs)| match accs[0] {
+                    Acc::Long(c) => c,
+                    _ => None,
+                })
+                .collect();
+            let key0 = b.dicts[0].id("k0");
+            let at0 = rows.iter().position(|(k, _)| k.dims == [DimValue::Str(key0)]).unwrap();
+            assert_eq!(counts[at0], Some(repeats as i64 + 3));
+            let total: i64 = counts.iter().map(|c| c.unwrap()).sum();
+            assert_eq!(total, n as i64 + 3);
         }
     }
 }
