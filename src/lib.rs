@@ -10,6 +10,7 @@
 //! - [`locks`]: task locks with Druid's lockbox rules and fencing tokens;
 //! - [`segments`]: segment metadata, the versioned timeline, commit metadata, pending segments;
 //! - [`audit`]: the trail of lock and segment changes;
+//! - [`coordinator`]: retention rules and their history;
 //! - [`interval`]: Druid's ISO-8601 intervals;
 //! - [`worker`]: the MiddleManager itself: runs assigned tasks in forked peon processes;
 //! - [`nodes`]: node announcements in the replicated state and in-process discovery;
@@ -27,6 +28,7 @@ pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod coordinator;
 pub mod http_server;
 pub use raftlord_time::interval;
 pub mod leader;

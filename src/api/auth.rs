@@ -167,6 +167,9 @@ pub fn policy(method: &Method, template: &str) -> Need {
         (true, "/datasources/{ds}/metadata") if read => DS_READ,
         (true, "/datasources/{ds}/metadata") => DS_WRITE,
         (false, "/metadata/datasources" | "/metadata/segments" | "/datasources") => Need::Login,
+        (false, "/rules" | "/rules/history") => STATE_READ,
+        (false, "/rules/{ds}" | "/rules/{ds}/history") if read => DS_READ,
+        (false, "/rules/{ds}") => DS_WRITE,
         (false, "/metadata/datasources/{ds}/segments") => DS_READ,
         (false, p) if p.starts_with("/metadata/datasources/{ds}") || p == "/datasources/{ds}/intervals" => DS_READ,
         (_, "/datasources/{ds}") if read => DS_READ,
@@ -362,6 +365,11 @@ mod tests {
             DS_WRITE
         );
         assert_eq!(policy(&get, "/druid/coordinator/v1/datasources/{ds}"), DS_READ);
+        assert_eq!(policy(&get, "/druid/coordinator/v1/rules"), STATE_READ);
+        assert_eq!(policy(&get, "/druid/coordinator/v1/rules/history"), STATE_READ);
+        assert_eq!(policy(&get, "/druid/coordinator/v1/rules/{ds}"), DS_READ);
+        assert_eq!(policy(&get, "/druid/coordinator/v1/rules/{ds}/history"), DS_READ);
+        assert_eq!(policy(&post, "/druid/coordinator/v1/rules/{ds}"), DS_WRITE);
         assert_eq!(policy(&post, "/druid/indexer/v1/action"), Need::OwnCheck);
         assert_eq!(policy(&get, "/status/health"), Need::Open);
         assert_eq!(policy(&get, "/something/new"), STATE_WRITE);

@@ -18,6 +18,7 @@ pub mod auth;
 mod error;
 pub mod guard;
 pub mod openapi;
+mod rules;
 mod security;
 mod segments;
 mod status;
@@ -76,6 +77,23 @@ impl AppState {
     }
 }
 
+/// Who made a change and why, from Druid's `X-Druid-Author` and `X-Druid-Comment` headers (and
+/// the client's address as a proxy forwarded it).
+pub(crate) fn audit_info(headers: &axum::http::HeaderMap) -> crate::workers::AuditInfo {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    crate::workers::AuditInfo {
+        author: text("X-Druid-Author"),
+        comment: text("X-Druid-Comment"),
+        ip: text("X-Forwarded-For"),
+    }
+}
+
 /// The whole HTTP surface of a node, with `extra` routes (the worker's, on a node that is one)
 /// under the same guards; `/openapi.json` describes all of them.
 pub fn router(state: AppState, extra: Option<OpenApiRouter>) -> Router {
@@ -91,6 +109,7 @@ pub fn router(state: AppState, extra: Option<OpenApiRouter>) -> Router {
         .merge(workers::routes())
         .merge(actions::routes())
         .merge(segments::routes())
+        .merge(rules::routes())
         .merge(security::routes())
         .layer(middleware::from_fn_with_state(state.clone(), leader_only))
         .merge(tasks::any_node_routes())

@@ -22,7 +22,7 @@ use crate::tasks::spec::validate_id;
 use crate::worker::http::{no_log, no_report, serve_log, serve_report, Offset};
 use crate::worker::protocol::{AssignedTask, Report, ReportResponse, SyncResponse};
 use crate::worker::runner::{log_file, report_file};
-use crate::workers::{AuditInfo, Classified, UpdatesApplied, WorkerBehaviorConfig};
+use crate::workers::{Classified, UpdatesApplied, WorkerBehaviorConfig};
 
 /// Longest a sync may wait.
 const MAX_SYNC_WAIT: Duration = Duration::from_secs(30);
@@ -122,14 +122,6 @@ async fn get_config(State(state): State<AppState>) -> Response {
     Json(g.state.workers.config.clone()).into_response()
 }
 
-fn header_text(headers: &HeaderMap, name: &str) -> String {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string()
-}
-
 #[utoipa::path(
     post,
     path = "/druid/indexer/v1/worker",
@@ -146,11 +138,7 @@ async fn set_config(State(state): State<AppState>, headers: HeaderMap, body: Str
             "autoScaler is not supported; set it to null or leave it out".into(),
         ));
     }
-    let audit = AuditInfo {
-        author: header_text(&headers, "X-Druid-Author"),
-        comment: header_text(&headers, "X-Druid-Comment"),
-        ip: header_text(&headers, "X-Forwarded-For"),
-    };
+    let audit = super::audit_info(&headers);
     state.propose(Command::SetWorkerConfig { config, audit }).await?;
     Ok(StatusCode::OK.into_response())
 }

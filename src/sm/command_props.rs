@@ -299,6 +299,66 @@ fn command() -> impl Strategy<Value = Command> {
             audit_before_ms
         }),
         security_command().prop_map(Command::Security),
+        (
+            prop_oneof![Just("_default".to_string()), Just("wiki".to_string()), text()],
+            proptest::collection::vec(rule(), 0..3),
+            (text(), text())
+        )
+            .prop_map(|(datasource, rules, (author, comment))| Command::SetRules {
+                datasource,
+                rules,
+                audit: crate::workers::AuditInfo {
+                    author,
+                    comment,
+                    ip: String::new()
+                }
+            }),
+    ]
+}
+
+/// Rules with boundary values: periods and intervals that do and do not read, replica counts
+/// at the edges of what is allowed.
+fn rule() -> impl Strategy<Value = crate::coordinator::rules::Rule> {
+    use crate::coordinator::rules::Rule;
+    let period = prop_oneof![
+        Just("P1M".to_string()),
+        Just("PT0.5S".to_string()),
+        Just("P9999Y".to_string()),
+        Just("P4294967295D".to_string()),
+        text()
+    ];
+    let interval = prop_oneof![
+        Just("2024-01-01/2024-02-01".to_string()),
+        Just("2024-01-01/P1D".to_string()),
+        text()
+    ];
+    let replicants = || {
+        proptest::option::of(proptest::collection::btree_map(
+            text(),
+            prop_oneof![Just(0i64), Just(-1), Just(i64::from(u32::MAX)), any::<i64>()],
+            0..3,
+        ))
+    };
+    prop_oneof![
+        (replicants(), any::<bool>()).prop_map(|(tiered_replicants, use_default_tier_for_null)| {
+            Rule::LoadForever {
+                tiered_replicants,
+                use_default_tier_for_null,
+            }
+        }),
+        (period.clone(), any::<bool>(), replicants()).prop_map(|(period, include_future, tiered_replicants)| {
+            Rule::LoadByPeriod {
+                period,
+                include_future,
+                tiered_replicants,
+                use_default_tier_for_null: true,
+            }
+        }),
+        interval.clone().prop_map(|interval| Rule::DropByInterval { interval }),
+        period.clone().prop_map(|period| Rule::DropBeforeByPeriod { period }),
+        (period, any::<bool>()).prop_map(|(period, include_future)| Rule::DropByPeriod { period, include_future }),
+        interval.prop_map(|interval| Rule::BroadcastByInterval { interval }),
+        Just(Rule::DropForever {}),
     ]
 }
 

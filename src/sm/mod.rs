@@ -44,6 +44,9 @@ pub struct State {
     /// Users, roles and permissions.
     #[serde(default)]
     pub security: crate::security::SecurityState,
+    /// Retention rules and their history.
+    #[serde(default)]
+    pub coordinator: crate::coordinator::CoordinatorState,
 }
 
 pub use allocate::{AllocateOutcome, AllocateRequest};
@@ -114,6 +117,12 @@ pub enum Command {
         config: WorkerBehaviorConfig,
         audit: AuditInfo,
     },
+    /// Replace a datasource's retention rules (or, for `_default`, the cluster's), audited.
+    SetRules {
+        datasource: String,
+        rules: Vec<crate::coordinator::rules::Rule>,
+        audit: AuditInfo,
+    },
     /// Try to grant a lock to an active task (Druid's `tryLock`).
     AcquireLock { task: String, request: LockRequest },
     /// Release a task's locks on exactly `interval`.
@@ -149,8 +158,8 @@ pub enum Command {
         metadata: Option<serde_json::Value>,
     },
     /// Forget complete tasks that ended before `completed_tasks_before_ms` (at most
-    /// [`PRUNE_MAX_TASKS`] per command) and audit records and worker-config history made
-    /// before `audit_before_ms`.
+    /// [`PRUNE_MAX_TASKS`] per command) and audit records, worker-config history and rule
+    /// history made before `audit_before_ms`.
     #[serde(rename_all = "camelCase")]
     PruneHistory {
         completed_tasks_before_ms: u64,
@@ -205,6 +214,7 @@ pub enum Reply {
         applied: UpdatesApplied,
     },
     ConfigSet,
+    RulesSet,
     Lock {
         outcome: LockOutcome,
     },
@@ -237,6 +247,8 @@ pub enum Reply {
         tasks: usize,
         audit: usize,
         worker_config_history: usize,
+        #[serde(default)]
+        rule_history: usize,
     },
     /// `error` says why a security command changed nothing.
     Security {
@@ -355,6 +367,14 @@ impl State {
                 self.workers.apply_set_config(ctx.time_ms, config, audit);
                 Reply::ConfigSet
             }
+            Command::SetRules {
+                datasource,
+                rules,
+                audit,
+            } => {
+                self.coordinator.apply_set_rules(ctx.time_ms, &datasource, rules, audit);
+                Reply::RulesSet
+            }
             Command::AcquireLock { task, request } => Reply::Lock {
                 outcome: self.acquire_lock(ctx, &task, &request),
             },
@@ -398,6 +418,7 @@ impl State {
                     .apply_prune_completed(completed_tasks_before_ms, PRUNE_MAX_TASKS),
                 audit: self.audit.apply_prune(audit_before_ms),
                 worker_config_history: self.workers.apply_prune_history(audit_before_ms),
+                rule_history: self.coordinator.apply_prune_history(audit_before_ms),
             },
         }
     }

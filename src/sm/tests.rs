@@ -358,8 +358,9 @@ fn golden_json_of_every_reply() {
                 tasks: 1,
                 audit: 2,
                 worker_config_history: 3,
+                rule_history: 4,
             },
-            json!({"reply": "pruned", "tasks": 1, "audit": 2, "workerConfigHistory": 3}),
+            json!({"reply": "pruned", "tasks": 1, "audit": 2, "workerConfigHistory": 3, "ruleHistory": 4}),
         ),
         (
             Reply::SubmitRejected {
@@ -598,11 +599,19 @@ fn pruning_forgets_only_complete_tasks_and_records_past_their_retention() {
             },
         },
     );
+    s.apply(
+        ctx(5, 3_500),
+        Command::SetRules {
+            datasource: "wiki".into(),
+            rules: vec![crate::coordinator::rules::Rule::DropForever {}],
+            audit: Default::default(),
+        },
+    );
     let audit_before = s.audit.len();
     assert!(audit_before > 0);
     // Nothing is old enough yet.
     let none = s.apply(
-        ctx(5, 4_000),
+        ctx(6, 4_000),
         Command::PruneHistory {
             completed_tasks_before_ms: 1_000,
             audit_before_ms: 1_000,
@@ -613,11 +622,12 @@ fn pruning_forgets_only_complete_tasks_and_records_past_their_retention() {
         Reply::Pruned {
             tasks: 0,
             audit: 0,
-            worker_config_history: 0
+            worker_config_history: 0,
+            rule_history: 0
         }
     );
     let pruned = s.apply(
-        ctx(6, 10_000),
+        ctx(7, 10_000),
         Command::PruneHistory {
             completed_tasks_before_ms: 9_000,
             audit_before_ms: 9_000,
@@ -628,9 +638,13 @@ fn pruning_forgets_only_complete_tasks_and_records_past_their_retention() {
         Reply::Pruned {
             tasks: 1,
             audit: audit_before,
-            worker_config_history: 0
+            worker_config_history: 0,
+            rule_history: 1
         }
     );
+    // The rules stay; only their history goes.
+    assert_eq!(s.coordinator.rules_of("wiki").len(), 1);
+    assert!(s.coordinator.rule_history(None).is_empty());
     assert!(s.tasks.get("done").is_none());
     assert!(s.tasks.get("running").is_some_and(|t| t.is_active()));
     assert_eq!(s.locks.locks_of("running").len(), 1, "an active task keeps its locks");

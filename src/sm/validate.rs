@@ -46,6 +46,15 @@ pub fn validate(command: &Command) -> Result<(), String> {
         Command::DeletePendingSegments { created, .. } => created.as_ref().map_or(Ok(()), Interval::check),
         Command::DeleteSegments { keys, .. } => keys.iter().try_for_each(check_key),
         Command::Security(command) => crate::security::validate(command),
+        Command::SetRules { datasource, rules, .. } => {
+            if datasource != crate::coordinator::DEFAULT_RULES {
+                crate::segments::validate_datasource(datasource)?;
+            }
+            rules
+                .iter()
+                .enumerate()
+                .try_for_each(|(i, r)| r.check(&format!("[{i}]")).map_err(|e| e.to_string()))
+        }
         Command::ShutdownTask { .. }
         | Command::ShutdownDatasourceTasks { .. }
         | Command::AnnounceNode { .. }
@@ -83,6 +92,7 @@ pub fn kind(command: &Command) -> &'static str {
         Command::FailUnstartedTask { .. } => "failUnstartedTask",
         Command::ReportTasks { .. } => "reportTasks",
         Command::SetWorkerConfig { .. } => "setWorkerConfig",
+        Command::SetRules { .. } => "setRules",
         Command::AcquireLock { .. } => "acquireLock",
         Command::ReleaseLock { .. } => "releaseLock",
         Command::PublishSegments { .. } => "publishSegments",

@@ -1,0 +1,163 @@
+//! Druid's retention-rule routes (`/druid/coordinator/v1/rules...`): every datasource's rules,
+//! one datasource's (with the cluster's `_default` rules after them on `?full`), replacing
+//! them (audited with `X-Druid-Author` and `X-Druid-Comment`), and the history of changes.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::tasks::read_body;
+use super::{audit_info, ApiError, AppState};
+use crate::coordinator::{rules, DEFAULT_RULES};
+use crate::interval::Interval;
+use crate::sm::Command;
+use crate::workers::AuditEntry;
+
+/// How far back the history goes when neither `interval` nor `count` is given (Druid's
+/// `druid.audit.manager.auditHistoryMillis` default: one week).
+const DEFAULT_HISTORY_MS: u64 = 7 * 24 * 3_600_000;
+
+/// Routes served by the leader.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(all_rules))
+        .routes(routes!(all_history))
+        .routes(routes!(get_rules, set_rules))
+        .routes(routes!(history))
+}
+
+#[utoipa::path(
+    get,
+    path = "/druid/coordinator/v1/rules",
+    tag = "coordinator",
+    summary = "Every datasource's retention rules, and the cluster's defaults under `_default`",
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
+)]
+async fn all_rules(State(state): State<AppState>) -> Response {
+    let g = state.raft.shared.read().await;
+    Json(g.state.coordinator.all_rules()).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct RulesQuery {
+    full: Option<String>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/druid/coordinator/v1/rules/{ds}",
+    tag = "coordinator",
+    summary = "A datasource's retention rules; with `full`, followed by the cluster's defaults",
+    params(("ds" = String, Path), ("full" = Option<String>, Query)),
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
+)]
+async fn get_rules(State(state): State<AppState>, Path(ds): Path<String>, Query(q): Query<RulesQuery>) -> Response {
+    let g = state.raft.shared.read().await;
+    let c = &g.state.coordinator;
+    let mut list = c.rules_of(&ds);
+    if q.full.is_some() && ds != DEFAULT_RULES {
+        list.extend(c.rules_of(DEFAULT_RULES));
+    }
+    Json(list).into_response()
+}
+
+#[utoipa::path(
+    post,
+    path = "/druid/coordinator/v1/rules/{ds}",
+    tag = "coordinator",
+    summary = "Replace a datasource's retention rules (`_default`: the cluster's), in order; audited",
+    params(("ds" = String, Path)),
+    request_body(content = serde_json::Value, content_type = "application/json"),
+    responses((status = 200, description = "success"), crate::api::openapi::Refused)
+)]
+async fn set_rules(
+    State(state): State<AppState>,
+    Path(ds): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    let body = read_body(&state, &headers, body).await?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid rules: {e}")))?;
+    let list = rules::parse_rules(&value).map_err(|e| ApiError::BadRequest(format!("invalid rules: {e}")))?;
+    state
+        .propose(Command::SetRules {
+            datasource: ds,
+            rules: list,
+            audit: audit_info(&headers),
+        })
+        .await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct HistoryQuery {
+    interval: Option<String>,
+    count: Option<String>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/druid/coordinator/v1/rules/history",
+    tag = "coordinator",
+    summary = "Changes of every datasource's rules: the last `count`, newest first, or those made within `interval` (default: the last week)",
+    params(("interval" = Option<String>, Query), ("count" = Option<u64>, Query)),
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
+)]
+async fn all_history(State(state): State<AppState>, Query(q): Query<HistoryQuery>) -> Result<Response, ApiError> {
+    changes(&state, None, &q).await
+}
+
+#[utoipa::path(
+    get,
+    path = "/druid/coordinator/v1/rules/{ds}/history",
+    tag = "coordinator",
+    summary = "Changes of a datasource's rules: the last `count`, newest first, or those made within `interval` (default: the last week)",
+    params(("ds" = String, Path), ("interval" = Option<String>, Query), ("count" = Option<u64>, Query)),
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
+)]
+async fn history(
+    State(state): State<AppState>,
+    Path(ds): Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> Result<Response, ApiError> {
+    changes(&state, Some(&ds), &q).await
+}
+
+/// The history as Druid's audit manager gives it: `count` takes the newest entries, newest
+/// first; otherwise the entries of `interval`, oldest first.
+async fn changes(state: &AppState, ds: Option<&str>, q: &HistoryQuery) -> Result<Response, ApiError> {
+    let count = match &q.count {
+        None => None,
+        Some(c) => match c.parse::<usize>() {
+            Ok(n) if n > 0 => Some(n),
+            _ => return Err(ApiError::BadRequest(format!("count [{c}] must be a positive integer"))),
+        },
+    };
+    let interval = match &q.interval {
+        Some(i) => Some(Interval::parse(i).map_err(|e| ApiError::BadRequest(format!("interval: {e}")))?),
+        None => None,
+    };
+    let g = state.raft.shared.read().await;
+    let all = g.state.coordinator.rule_history(ds);
+    let out: Vec<&AuditEntry> = match (count, interval) {
+        (Some(n), _) => all.into_iter().rev().take(n).collect(),
+        (None, interval) => {
+            let interval = interval.unwrap_or_else(|| {
+                let now = crate::clock::now_ms().min(i64::MAX as u64) as i64;
+                Interval {
+                    start: now.saturating_sub(DEFAULT_HISTORY_MS as i64),
+                    end: now.saturating_add(1),
+                }
+            });
+            all.into_iter()
+                .filter(|e| crate::interval::parse_instant(&e.audit_time).is_ok_and(|t| interval.contains_instant(t)))
+                .collect()
+        }
+    };
+    Ok(Json(out).into_response())
+}

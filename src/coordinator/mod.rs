@@ -1,0 +1,96 @@
+//! The Coordinator: what decides which segments are kept and where they are served.
+//!
+//! [`rules`] holds Druid's retention rules and their first-match evaluation, as pure functions
+//! of a segment's interval and the time of the run. [`CoordinatorState`] is the Coordinator's
+//! part of the replicated state: the rules of each datasource and of the cluster (`_default`),
+//! and the audited history of their changes.
+
+pub mod rules;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::iso;
+use crate::workers::{AuditEntry, AuditInfo};
+use rules::Rule;
+
+/// The name under which the cluster's default rules are kept (Druid's
+/// `druid.manager.rules.defaultRule`).
+pub const DEFAULT_RULES: &str = "_default";
+
+/// The default rules of a cluster whose `_default` rules were never set: load everything,
+/// twice, on the default tier (Druid's own default).
+pub fn initial_default_rules() -> Vec<Rule> {
+    vec![Rule::LoadForever {
+        tiered_replicants: Some(BTreeMap::from([(
+            rules::DEFAULT_TIER.to_string(),
+            i64::from(rules::DEFAULT_REPLICANTS),
+        )])),
+        use_default_tier_for_null: true,
+    }]
+}
+
+/// Rules by datasource, and who changed them when.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CoordinatorState {
+    #[serde(default)]
+    rules: BTreeMap<String, Vec<Rule>>,
+    #[serde(default)]
+    rule_history: Vec<AuditEntry>,
+}
+
+impl CoordinatorState {
+    /// A datasource's own rules (none unless set); for `_default`, the cluster's defaults.
+    pub fn rules_of(&self, datasource: &str) -> Vec<Rule> {
+        match self.rules.get(datasource) {
+            Some(r) => r.clone(),
+            None if datasource == DEFAULT_RULES => initial_default_rules(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Every datasource's rules that were set, and the defaults, as Druid's `GET /rules`.
+    pub fn all_rules(&self) -> BTreeMap<String, Vec<Rule>> {
+        let mut all = self.rules.clone();
+        all.entry(DEFAULT_RULES.to_string())
+            .or_insert_with(initial_default_rules);
+        all
+    }
+
+    /// Replaces a datasource's rules (an empty list removes them: the defaults then decide)
+    /// and records the change.
+    pub fn apply_set_rules(&mut self, time_ms: u64, datasource: &str, rules: Vec<Rule>, audit: AuditInfo) {
+        let payload = serde_json::to_string(&rules).unwrap_or_default();
+        if rules.is_empty() && datasource != DEFAULT_RULES {
+            self.rules.remove(datasource);
+        } else {
+            self.rules.insert(datasource.to_string(), rules);
+        }
+        self.rule_history.push(AuditEntry {
+            key: datasource.to_string(),
+            entry_type: "rules".into(),
+            audit_info: audit,
+            payload,
+            audit_time: iso(time_ms),
+        });
+    }
+
+    /// The changes of rules, oldest first: of one datasource, or of all.
+    pub fn rule_history(&self, datasource: Option<&str>) -> Vec<&AuditEntry> {
+        self.rule_history
+            .iter()
+            .filter(|e| datasource.is_none_or(|d| e.key == d))
+            .collect()
+    }
+
+    /// Removes the rule history made before `before_ms`; returns how many entries.
+    pub fn apply_prune_history(&mut self, before_ms: u64) -> usize {
+        let before = self.rule_history.len();
+        let cut = before_ms.min(i64::MAX as u64) as i64;
+        self.rule_history
+            .retain(|e| crate::interval::parse_instant(&e.audit_time).unwrap_or(i64::MAX) >= cut);
+        before - self.rule_history.len()
+    }
+}
