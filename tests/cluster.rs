@@ -109,6 +109,44 @@ async fn three_nodes_form_one_cluster_and_followers_redirect() {
         .await
         .unwrap();
     assert_eq!(r.status(), reqwest::StatusCode::NOT_FOUND);
+
+    // The Coordinator leads where the Overlord does, and every node says where.
+    let leader = c.leader().await;
+    for (id, expected) in [
+        (leader, reqwest::StatusCode::OK),
+        (follower, reqwest::StatusCode::NOT_FOUND),
+    ] {
+        let r = http
+            .get(format!("{}/druid/coordinator/v1/isLeader", c.url(id)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), expected, "node {id}");
+        let r = http
+            .get(format!("{}/druid/coordinator/v1/leader", c.url(id)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.text().await.unwrap(), c.url(leader), "node {id}");
+    }
+    // Retention rules set through a follower reach every node's state.
+    let r = follow
+        .post(format!("{}/druid/coordinator/v1/rules/wiki", c.url(follower)))
+        .header("content-type", "application/json")
+        .body(r#"[{"type": "loadByPeriod", "period": "P1M"}, {"type": "dropForever"}]"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    wait_for("the rules on every node", Duration::from_secs(10), || async {
+        for n in c.nodes.values() {
+            if n.raft.shared.read().await.state.coordinator.rules_of("wiki").len() != 2 {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
     c.stop_all().await;
 }
 

@@ -150,7 +150,7 @@ pub fn policy(method: &Method, template: &str) -> Need {
     match (overlord, path) {
         (_, "/isLeader") => Need::Open,
         (true, "/action") => Need::OwnCheck,
-        (true, "/leader") => STATE_READ,
+        (_, "/leader") => STATE_READ,
         (true, "/task") => Need::Login,
         (true, "/task/{id}" | "/task/{id}/status" | "/task/{id}/log" | "/task/{id}/reports") => TASK_READ,
         (true, "/task/{id}/shutdown") => TASK_WRITE,

@@ -15,10 +15,10 @@
 
 mod actions;
 pub mod auth;
+mod coordinator;
 mod error;
 pub mod guard;
 pub mod openapi;
-mod rules;
 mod security;
 mod segments;
 mod status;
@@ -109,10 +109,11 @@ pub fn router(state: AppState, extra: Option<OpenApiRouter>) -> Router {
         .merge(workers::routes())
         .merge(actions::routes())
         .merge(segments::routes())
-        .merge(rules::routes())
+        .merge(coordinator::routes())
         .merge(security::routes())
         .layer(middleware::from_fn_with_state(state.clone(), leader_only))
         .merge(tasks::any_node_routes())
+        .merge(coordinator::any_node_routes())
         .merge(workers::any_node_routes())
         .merge(internal);
     let mut app = OpenApiRouter::with_openapi(openapi::base())

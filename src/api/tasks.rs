@@ -351,6 +351,11 @@ async fn task_statuses(
     responses((status = 200, description = "success", body = String), crate::api::openapi::Refused)
 )]
 async fn leader(State(state): State<AppState>) -> Result<Response, ApiError> {
+    leader_url(&state)
+}
+
+/// The leader's URL as Druid's `/leader` routes answer it (plain text).
+pub(super) fn leader_url(state: &AppState) -> Result<Response, ApiError> {
     match state.raft.leader() {
         Some((_, url)) => Ok((StatusCode::OK, url).into_response()),
         None => Err(ApiError::NoLeader),
@@ -365,6 +370,11 @@ async fn leader(State(state): State<AppState>) -> Result<Response, ApiError> {
     responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn is_leader(State(state): State<AppState>) -> Response {
+    leadership(&state)
+}
+
+/// Whether this node leads, as Druid's `/isLeader` routes answer it: 200 or 404.
+pub(super) fn leadership(state: &AppState) -> Response {
     if matches!(leader_redirect(&state.raft), Ok(None)) {
         (StatusCode::OK, Json(json!({"leader": true}))).into_response()
     } else {

@@ -1,6 +1,7 @@
-//! Druid's retention-rule routes (`/druid/coordinator/v1/rules...`): every datasource's rules,
-//! one datasource's (with the cluster's `_default` rules after them on `?full`), replacing
-//! them (audited with `X-Druid-Author` and `X-Druid-Comment`), and the history of changes.
+//! The Coordinator's own routes (`/druid/coordinator/v1/...`): its leadership (the Raft
+//! leader's, as for the Overlord), and the retention rules: every datasource's rules, one
+//! datasource's (with the cluster's `_default` rules after them on `?full`), replacing them
+//! (audited with `X-Druid-Author` and `X-Druid-Comment`), and the history of changes.
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -20,6 +21,33 @@ use crate::workers::AuditEntry;
 /// How far back the history goes when neither `interval` nor `count` is given (Druid's
 /// `druid.audit.manager.auditHistoryMillis` default: one week).
 const DEFAULT_HISTORY_MS: u64 = 7 * 24 * 3_600_000;
+
+/// Routes every node answers itself.
+pub fn any_node_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(leader)).routes(routes!(is_leader))
+}
+
+#[utoipa::path(
+    get,
+    path = "/druid/coordinator/v1/leader",
+    tag = "coordinator",
+    summary = "The leading Coordinator's URL (the Raft leader's)",
+    responses((status = 200, description = "success", body = String), crate::api::openapi::Refused)
+)]
+async fn leader(State(state): State<AppState>) -> Result<Response, ApiError> {
+    super::tasks::leader_url(&state)
+}
+
+#[utoipa::path(
+    get,
+    path = "/druid/coordinator/v1/isLeader",
+    tag = "coordinator",
+    summary = "Whether this node is the leading Coordinator (200) or not (404)",
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
+)]
+async fn is_leader(State(state): State<AppState>) -> Response {
+    super::tasks::leadership(&state)
+}
 
 /// Routes served by the leader.
 pub fn routes() -> OpenApiRouter<AppState> {
