@@ -22,9 +22,11 @@ pub const DEFAULT_TIER: &str = "_default_tier";
 /// Replicas on the default tier when a load rule names none.
 pub const DEFAULT_REPLICANTS: u32 = 2;
 
-/// One retention rule, in Druid's JSON (`type` names the rule).
+/// One retention rule, in Druid's JSON (`type` names the rule). Fields a rule does not have are
+/// ignored, as Druid's JSON reader does (older Druid versions wrote `colocatedDataSources` on
+/// broadcast rules, for one).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "camelCase")]
 pub enum Rule {
     #[serde(rename_all = "camelCase")]
     LoadForever {
