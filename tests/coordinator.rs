@@ -1,6 +1,7 @@
-//! The Coordinator's retention-rule routes on one node, as Druid's clients use them: rules set
-//! and read back in Druid's JSON, the cluster defaults, the audited history, and bad rules
-//! refused with a 400 that names the field, changing nothing stored.
+//! The Coordinator's retention-rule and dynamic-config routes on one node, as Druid's clients
+//! use them: rules and config set and read back in Druid's JSON, the cluster defaults, the
+//! audited history, and bad input refused with a 400 that names the field, changing nothing
+//! stored.
 
 mod common;
 
@@ -38,7 +39,7 @@ impl SingleNode {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
-    async fn stored_rules(&self) -> String {
+    async fn stored_coordinator(&self) -> String {
         let g = self.node.raft.shared.read().await;
         serde_json::to_string(&g.state.coordinator).unwrap()
     }
@@ -141,14 +142,14 @@ async fn bad_rules_get_a_400_naming_the_field_and_change_nothing() {
         ("[{", "invalid rules"),
     ];
     for (body, part) in cases {
-        let before = dev.stored_rules().await;
+        let before = dev.stored_coordinator().await;
         let (s, v) = dev.post_rules("wikipedia", body, "mallory").await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {v}");
         let msg = v["error"]
             .as_str()
             .unwrap_or_else(|| panic!("{body}: JSON error expected, got {v}"));
         assert!(msg.contains(part), "{body}: {msg}");
-        assert_eq!(dev.stored_rules().await, before, "{body} changed what is stored");
+        assert_eq!(dev.stored_coordinator().await, before, "{body} changed what is stored");
     }
     // A datasource name Druid refuses.
     let (s, v) = dev.post_rules("bad%2Fname", "[]", "mallory").await;
@@ -157,5 +158,62 @@ async fn bad_rules_get_a_400_naming_the_field_and_change_nothing() {
         let (s, v) = dev.get_rules(&format!("/history?{q}")).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{q}: {v}");
         assert!(v["error"].is_string(), "{q}: {v}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamic_config_changes_only_the_fields_given_and_refuses_bad_values() {
+    let dev = SingleNode::start(Limits::default()).await;
+    let url = format!("{}/druid/coordinator/v1/config", dev.url);
+    let get = |u: String| {
+        let client = dev.client.clone();
+        async move {
+            let r = client.get(u).send().await.unwrap();
+            (r.status(), r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let post = |body: &str| {
+        dev.client
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("X-Druid-Author", "carol")
+            .body(body.to_string())
+            .send()
+    };
+    let (s, before) = get(url.clone()).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(before["maxSegmentsToMove"], 100);
+    assert_eq!(before["replicationThrottleLimit"], 500);
+    assert_eq!(before["pauseCoordination"], false);
+    let r = post(r#"{"maxSegmentsToMove": 7, "killDataSourceWhitelist": "wiki,logs"}"#)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let (_, after) = get(url.clone()).await;
+    assert_eq!(after["maxSegmentsToMove"], 7);
+    assert_eq!(after["killDataSourceWhitelist"], json!(["logs", "wiki"]));
+    assert_eq!(
+        after["replicationThrottleLimit"], 500,
+        "fields not given keep their values"
+    );
+    let (_, h) = get(format!("{url}/history?count=5")).await;
+    assert_eq!(h.as_array().unwrap().len(), 1, "{h}");
+    assert_eq!(h[0]["key"], "coordinator.config");
+    assert_eq!(h[0]["auditInfo"]["author"], "carol");
+
+    for (body, field) in [
+        (r#"{"maxSegmentsToMove": -5}"#, "maxSegmentsToMove"),
+        (r#"{"killTaskSlotRatio": 2}"#, "killTaskSlotRatio"),
+        (r#"{"pauseCoordination": "soon"}"#, "pauseCoordination"),
+        (r#"[]"#, "expected a JSON object"),
+        ("{", "invalid Coordinator dynamic config"),
+    ] {
+        let stored = dev.stored_coordinator().await;
+        let r = post(body).await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{body}");
+        let v: Value = r.json().await.unwrap();
+        let msg = v["error"].as_str().unwrap_or_default();
+        assert!(msg.contains(field), "{body}: {v}");
+        assert_eq!(dev.stored_coordinator().await, stored, "{body} changed what is stored");
     }
 }

@@ -168,6 +168,8 @@ pub fn policy(method: &Method, template: &str) -> Need {
         (true, "/datasources/{ds}/metadata") => DS_WRITE,
         (false, "/metadata/datasources" | "/metadata/segments" | "/datasources") => Need::Login,
         (false, "/rules" | "/rules/history") => STATE_READ,
+        (false, "/config" | "/config/history") if read => CONFIG_READ,
+        (false, "/config") => CONFIG_WRITE,
         (false, "/rules/{ds}" | "/rules/{ds}/history") if read => DS_READ,
         (false, "/rules/{ds}") => DS_WRITE,
         (false, "/metadata/datasources/{ds}/segments") => DS_READ,
@@ -370,6 +372,9 @@ mod tests {
         assert_eq!(policy(&get, "/druid/coordinator/v1/rules/{ds}"), DS_READ);
         assert_eq!(policy(&get, "/druid/coordinator/v1/rules/{ds}/history"), DS_READ);
         assert_eq!(policy(&post, "/druid/coordinator/v1/rules/{ds}"), DS_WRITE);
+        assert_eq!(policy(&get, "/druid/coordinator/v1/config"), CONFIG_READ);
+        assert_eq!(policy(&get, "/druid/coordinator/v1/config/history"), CONFIG_READ);
+        assert_eq!(policy(&post, "/druid/coordinator/v1/config"), CONFIG_WRITE);
         assert_eq!(policy(&post, "/druid/indexer/v1/action"), Need::OwnCheck);
         assert_eq!(policy(&get, "/status/health"), Need::Open);
         assert_eq!(policy(&get, "/something/new"), STATE_WRITE);

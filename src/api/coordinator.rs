@@ -1,7 +1,8 @@
 //! The Coordinator's own routes (`/druid/coordinator/v1/...`): its leadership (the Raft
-//! leader's, as for the Overlord), and the retention rules: every datasource's rules, one
-//! datasource's (with the cluster's `_default` rules after them on `?full`), replacing them
-//! (audited with `X-Druid-Author` and `X-Druid-Comment`), and the history of changes.
+//! leader's, as for the Overlord); its dynamic configuration; and the retention rules: every
+//! datasource's rules, one datasource's (with the cluster's `_default` rules after them on
+//! `?full`), replacing them. Changes are audited with `X-Druid-Author` and `X-Druid-Comment`,
+//! and each has its history route.
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -52,6 +53,8 @@ async fn is_leader(State(state): State<AppState>) -> Response {
 /// Routes served by the leader.
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
+        .routes(routes!(get_config, set_config))
+        .routes(routes!(config_history))
         .routes(routes!(all_rules))
         .routes(routes!(all_history))
         .routes(routes!(get_rules, set_rules))
@@ -122,6 +125,67 @@ async fn set_rules(
     Ok(StatusCode::OK.into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/druid/coordinator/v1/config",
+    tag = "coordinator",
+    summary = "The Coordinator's dynamic configuration",
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
+)]
+async fn get_config(State(state): State<AppState>) -> Response {
+    let g = state.raft.shared.read().await;
+    Json(&g.state.coordinator.dynamic_config).into_response()
+}
+
+#[utoipa::path(
+    post,
+    path = "/druid/coordinator/v1/config",
+    tag = "coordinator",
+    summary = "Change the Coordinator's dynamic configuration: the fields given, the others kept; audited",
+    request_body(content = serde_json::Value, content_type = "application/json"),
+    responses((status = 200, description = "success"), crate::api::openapi::Refused)
+)]
+async fn set_config(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    let body = read_body(&state, &headers, body).await?;
+    let change: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid Coordinator dynamic config: {e}")))?;
+    // Merged with the configuration as it is now; the command carries the whole result, so a
+    // change committed meanwhile is replaced, as in Druid.
+    let current = state.raft.shared.read().await.state.coordinator.dynamic_config.clone();
+    let config = current
+        .updated(&change)
+        .map_err(|e| ApiError::BadRequest(format!("invalid Coordinator dynamic config: {e}")))?;
+    state
+        .propose(Command::SetCoordinatorConfig {
+            config,
+            audit: audit_info(&headers),
+        })
+        .await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+#[utoipa::path(
+    get,
+    path = "/druid/coordinator/v1/config/history",
+    tag = "coordinator",
+    summary = "Changes of the dynamic configuration: the last `count`, newest first, or those made within `interval` (default: the last week)",
+    params(("interval" = Option<String>, Query), ("count" = Option<u64>, Query)),
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
+)]
+async fn config_history(State(state): State<AppState>, Query(q): Query<HistoryQuery>) -> Result<Response, ApiError> {
+    changes(&state, History::Config, &q).await
+}
+
+/// Which history a route shows.
+enum History<'a> {
+    Rules(Option<&'a str>),
+    Config,
+}
+
 #[derive(Debug, Deserialize)]
 struct HistoryQuery {
     interval: Option<String>,
@@ -137,7 +201,7 @@ struct HistoryQuery {
     responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn all_history(State(state): State<AppState>, Query(q): Query<HistoryQuery>) -> Result<Response, ApiError> {
-    changes(&state, None, &q).await
+    changes(&state, History::Rules(None), &q).await
 }
 
 #[utoipa::path(
@@ -153,12 +217,12 @@ async fn history(
     Path(ds): Path<String>,
     Query(q): Query<HistoryQuery>,
 ) -> Result<Response, ApiError> {
-    changes(&state, Some(&ds), &q).await
+    changes(&state, History::Rules(Some(&ds)), &q).await
 }
 
 /// The history as Druid's audit manager gives it: `count` takes the newest entries, newest
 /// first; otherwise the entries of `interval`, oldest first.
-async fn changes(state: &AppState, ds: Option<&str>, q: &HistoryQuery) -> Result<Response, ApiError> {
+async fn changes(state: &AppState, which: History<'_>, q: &HistoryQuery) -> Result<Response, ApiError> {
     let count = match &q.count {
         None => None,
         Some(c) => match c.parse::<usize>() {
@@ -171,7 +235,10 @@ async fn changes(state: &AppState, ds: Option<&str>, q: &HistoryQuery) -> Result
         None => None,
     };
     let g = state.raft.shared.read().await;
-    let all = g.state.coordinator.rule_history(ds);
+    let all = match which {
+        History::Rules(ds) => g.state.coordinator.rule_history(ds),
+        History::Config => g.state.coordinator.config_history(),
+    };
     let out: Vec<&AuditEntry> = match (count, interval) {
         (Some(n), _) => all.into_iter().rev().take(n).collect(),
         (None, interval) => {

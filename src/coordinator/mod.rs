@@ -1,10 +1,12 @@
 //! The Coordinator: what decides which segments are kept and where they are served.
 //!
 //! [`rules`] holds Druid's retention rules and their first-match evaluation, as pure functions
-//! of a segment's interval and the time of the run. [`CoordinatorState`] is the Coordinator's
-//! part of the replicated state: the rules of each datasource and of the cluster (`_default`),
-//! and the audited history of their changes.
+//! of a segment's interval and the time of the run; [`config`] the Coordinator's dynamic
+//! configuration. [`CoordinatorState`] is the Coordinator's part of the replicated state: the
+//! rules of each datasource and of the cluster (`_default`), the dynamic configuration, and the
+//! audited history of their changes.
 
+pub mod config;
 pub mod rules;
 
 use std::collections::BTreeMap;
@@ -31,7 +33,10 @@ pub fn initial_default_rules() -> Vec<Rule> {
     }]
 }
 
-/// Rules by datasource, and who changed them when.
+/// The audit key and type of the dynamic configuration's changes (Druid's).
+pub const CONFIG_AUDIT_KEY: &str = "coordinator.config";
+
+/// Rules by datasource, the dynamic configuration, and who changed them when.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CoordinatorState {
@@ -39,6 +44,10 @@ pub struct CoordinatorState {
     rules: BTreeMap<String, Vec<Rule>>,
     #[serde(default)]
     rule_history: Vec<AuditEntry>,
+    #[serde(default)]
+    pub dynamic_config: config::DynamicConfig,
+    #[serde(default)]
+    config_history: Vec<AuditEntry>,
 }
 
 impl CoordinatorState {
@@ -85,12 +94,34 @@ impl CoordinatorState {
             .collect()
     }
 
-    /// Removes the rule history made before `before_ms`; returns how many entries.
+    /// Replaces the dynamic configuration and records the change.
+    pub fn apply_set_config(&mut self, time_ms: u64, config: config::DynamicConfig, audit: AuditInfo) {
+        let payload = serde_json::to_string(&config).unwrap_or_default();
+        self.dynamic_config = config;
+        self.config_history.push(AuditEntry {
+            key: CONFIG_AUDIT_KEY.into(),
+            entry_type: CONFIG_AUDIT_KEY.into(),
+            audit_info: audit,
+            payload,
+            audit_time: iso(time_ms),
+        });
+    }
+
+    /// The changes of the dynamic configuration, oldest first.
+    pub fn config_history(&self) -> Vec<&AuditEntry> {
+        self.config_history.iter().collect()
+    }
+
+    /// Removes the rule and configuration history made before `before_ms`; returns how many
+    /// entries.
     pub fn apply_prune_history(&mut self, before_ms: u64) -> usize {
-        let before = self.rule_history.len();
         let cut = before_ms.min(i64::MAX as u64) as i64;
-        self.rule_history
-            .retain(|e| crate::interval::parse_instant(&e.audit_time).unwrap_or(i64::MAX) >= cut);
-        before - self.rule_history.len()
+        let mut removed = 0;
+        for history in [&mut self.rule_history, &mut self.config_history] {
+            let before = history.len();
+            history.retain(|e| crate::interval::parse_instant(&e.audit_time).unwrap_or(i64::MAX) >= cut);
+            removed += before - history.len();
+        }
+        removed
     }
 }

@@ -65,12 +65,12 @@ async fn prune_once(raft: &Raft, retention: Retention) {
                 tasks,
                 audit,
                 worker_config_history,
-                rule_history,
+                coordinator_history,
             }) => {
-                if tasks + audit + worker_config_history + rule_history > 0 {
+                if tasks + audit + worker_config_history + coordinator_history > 0 {
                     info!(
                         tasks,
-                        audit, worker_config_history, rule_history, "forgot records past their retention"
+                        audit, worker_config_history, coordinator_history, "forgot records past their retention"
                     );
                 }
                 if tasks < PRUNE_MAX_TASKS {

@@ -299,6 +299,13 @@ fn command() -> impl Strategy<Value = Command> {
             audit_before_ms
         }),
         security_command().prop_map(Command::Security),
+        (coordinator_config(), text()).prop_map(|(config, author)| Command::SetCoordinatorConfig {
+            config,
+            audit: crate::workers::AuditInfo {
+                author,
+                ..Default::default()
+            }
+        }),
         (
             prop_oneof![Just("_default".to_string()), Just("wiki".to_string()), text()],
             proptest::collection::vec(rule(), 0..3),
@@ -314,6 +321,36 @@ fn command() -> impl Strategy<Value = Command> {
                 }
             }),
     ]
+}
+
+/// Dynamic configurations with values at and past Druid's limits.
+fn coordinator_config() -> impl Strategy<Value = crate::coordinator::config::DynamicConfig> {
+    (
+        any::<u64>(),
+        any::<u32>(),
+        prop_oneof![
+            Just(0.0f64),
+            Just(1.0),
+            Just(-0.5),
+            Just(1.5),
+            Just(f64::MAX),
+            any::<f64>()
+        ],
+        prop_oneof![Just(0u32), Just(1), any::<u32>()],
+        proptest::collection::btree_set(text(), 0..3),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(wait, moves, ratio, threads, whitelist, pause)| crate::coordinator::config::DynamicConfig {
+                millis_to_wait_before_deleting: wait,
+                max_segments_to_move: moves,
+                kill_task_slot_ratio: ratio,
+                balancer_compute_threads: threads,
+                kill_data_source_whitelist: whitelist,
+                pause_coordination: pause,
+                ..Default::default()
+            },
+        )
 }
 
 /// Rules with boundary values: periods and intervals that do and do not read, replica counts

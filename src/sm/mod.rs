@@ -123,6 +123,11 @@ pub enum Command {
         rules: Vec<crate::coordinator::rules::Rule>,
         audit: AuditInfo,
     },
+    /// Replace the Coordinator's dynamic configuration, audited.
+    SetCoordinatorConfig {
+        config: crate::coordinator::config::DynamicConfig,
+        audit: AuditInfo,
+    },
     /// Try to grant a lock to an active task (Druid's `tryLock`).
     AcquireLock { task: String, request: LockRequest },
     /// Release a task's locks on exactly `interval`.
@@ -158,8 +163,8 @@ pub enum Command {
         metadata: Option<serde_json::Value>,
     },
     /// Forget complete tasks that ended before `completed_tasks_before_ms` (at most
-    /// [`PRUNE_MAX_TASKS`] per command) and audit records, worker-config history and rule
-    /// history made before `audit_before_ms`.
+    /// [`PRUNE_MAX_TASKS`] per command) and audit records, worker-config history and the
+    /// Coordinator's rule and config history made before `audit_before_ms`.
     #[serde(rename_all = "camelCase")]
     PruneHistory {
         completed_tasks_before_ms: u64,
@@ -248,7 +253,7 @@ pub enum Reply {
         audit: usize,
         worker_config_history: usize,
         #[serde(default)]
-        rule_history: usize,
+        coordinator_history: usize,
     },
     /// `error` says why a security command changed nothing.
     Security {
@@ -375,6 +380,10 @@ impl State {
                 self.coordinator.apply_set_rules(ctx.time_ms, &datasource, rules, audit);
                 Reply::RulesSet
             }
+            Command::SetCoordinatorConfig { config, audit } => {
+                self.coordinator.apply_set_config(ctx.time_ms, config, audit);
+                Reply::ConfigSet
+            }
             Command::AcquireLock { task, request } => Reply::Lock {
                 outcome: self.acquire_lock(ctx, &task, &request),
             },
@@ -418,7 +427,7 @@ impl State {
                     .apply_prune_completed(completed_tasks_before_ms, PRUNE_MAX_TASKS),
                 audit: self.audit.apply_prune(audit_before_ms),
                 worker_config_history: self.workers.apply_prune_history(audit_before_ms),
-                rule_history: self.coordinator.apply_prune_history(audit_before_ms),
+                coordinator_history: self.coordinator.apply_prune_history(audit_before_ms),
             },
         }
     }

@@ -358,9 +358,9 @@ fn golden_json_of_every_reply() {
                 tasks: 1,
                 audit: 2,
                 worker_config_history: 3,
-                rule_history: 4,
+                coordinator_history: 4,
             },
-            json!({"reply": "pruned", "tasks": 1, "audit": 2, "workerConfigHistory": 3, "ruleHistory": 4}),
+            json!({"reply": "pruned", "tasks": 1, "audit": 2, "workerConfigHistory": 3, "coordinatorHistory": 4}),
         ),
         (
             Reply::SubmitRejected {
@@ -623,7 +623,7 @@ fn pruning_forgets_only_complete_tasks_and_records_past_their_retention() {
             tasks: 0,
             audit: 0,
             worker_config_history: 0,
-            rule_history: 0
+            coordinator_history: 0
         }
     );
     let pruned = s.apply(
@@ -639,7 +639,7 @@ fn pruning_forgets_only_complete_tasks_and_records_past_their_retention() {
             tasks: 1,
             audit: audit_before,
             worker_config_history: 0,
-            rule_history: 1
+            coordinator_history: 1
         }
     );
     // The rules stay; only their history goes.

@@ -46,6 +46,7 @@ pub fn validate(command: &Command) -> Result<(), String> {
         Command::DeletePendingSegments { created, .. } => created.as_ref().map_or(Ok(()), Interval::check),
         Command::DeleteSegments { keys, .. } => keys.iter().try_for_each(check_key),
         Command::Security(command) => crate::security::validate(command),
+        Command::SetCoordinatorConfig { config, .. } => config.check(),
         Command::SetRules { datasource, rules, .. } => {
             if datasource != crate::coordinator::DEFAULT_RULES {
                 crate::segments::validate_datasource(datasource)?;
@@ -93,6 +94,7 @@ pub fn kind(command: &Command) -> &'static str {
         Command::ReportTasks { .. } => "reportTasks",
         Command::SetWorkerConfig { .. } => "setWorkerConfig",
         Command::SetRules { .. } => "setRules",
+        Command::SetCoordinatorConfig { .. } => "setCoordinatorConfig",
         Command::AcquireLock { .. } => "acquireLock",
         Command::ReleaseLock { .. } => "releaseLock",
         Command::PublishSegments { .. } => "publishSegments",
