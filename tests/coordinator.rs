@@ -1,7 +1,7 @@
-//! The Coordinator's retention-rule and dynamic-config routes on one node, as Druid's clients
-//! use them: rules and config set and read back in Druid's JSON, the cluster defaults, the
-//! audited history, and bad input refused with a 400 that names the field, changing nothing
-//! stored.
+//! The Coordinator's retention-rule, dynamic-config and compaction-config routes on one node,
+//! as Druid's clients use them: rules and configs set and read back in Druid's JSON, the
+//! cluster defaults, the audited history, and bad input refused with a 400 that names the
+//! field, changing nothing stored.
 
 mod common;
 
@@ -216,4 +216,108 @@ async fn dynamic_config_changes_only_the_fields_given_and_refuses_bad_values() {
         assert!(msg.contains(field), "{body}: {v}");
         assert_eq!(dev.stored_coordinator().await, stored, "{body} changed what is stored");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_configs_are_set_read_deleted_and_bad_ones_refused() {
+    let dev = SingleNode::start(Limits::default()).await;
+    let base = format!("{}/druid/coordinator/v1/config/compaction", dev.url);
+    let call = |method: reqwest::Method, url: String, body: Option<Value>| {
+        let mut r = dev.client.request(method, url).header("X-Druid-Author", "dan");
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        async move {
+            let r = r.send().await.unwrap();
+            (r.status(), r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    use reqwest::Method;
+    let (s, all) = call(Method::GET, base.clone(), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(all["compactionConfigs"], json!([]));
+    assert_eq!(all["compactionTaskSlotRatio"], 0.1);
+    assert_eq!(
+        call(Method::GET, format!("{base}/wiki"), None).await.0,
+        StatusCode::NOT_FOUND
+    );
+
+    let config = json!({"dataSource": "wiki", "skipOffsetFromLatest": "PT1H", "inputSegmentSizeBytes": 500000000,
+        "granularitySpec": {"segmentGranularity": "DAY"}});
+    let (s, v) = call(Method::POST, base.clone(), Some(config.clone())).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, got) = call(Method::GET, format!("{base}/wiki"), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(got["skipOffsetFromLatest"], "PT1H");
+    assert_eq!(got["taskPriority"], 25, "Druid's default");
+    let (_, all) = call(Method::GET, base.clone(), None).await;
+    assert_eq!(all["compactionConfigs"][0]["dataSource"], "wiki");
+
+    let (s, _) = call(Method::POST, format!("{base}/taskslots?ratio=0.5&max=4"), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, all) = call(Method::GET, base.clone(), None).await;
+    assert_eq!(
+        (
+            all["compactionTaskSlotRatio"].as_f64(),
+            all["maxCompactionTaskSlots"].as_u64()
+        ),
+        (Some(0.5), Some(4))
+    );
+
+    for (method, url, body, field) in [
+        (
+            Method::POST,
+            base.clone(),
+            Some(json!({"dataSource": "wiki", "skipOffsetFromLatest": "yesterday"})),
+            "skipOffsetFromLatest",
+        ),
+        (
+            Method::POST,
+            base.clone(),
+            Some(json!({"dataSource": "wiki", "inputSegmentSizeBytes": "lots"})),
+            "inputSegmentSizeBytes",
+        ),
+        (
+            Method::POST,
+            base.clone(),
+            Some(json!({"dataSource": "wiki", "inputSegmentSizeBytes": -3})),
+            "inputSegmentSizeBytes",
+        ),
+        (
+            Method::POST,
+            base.clone(),
+            Some(json!({"skipOffsetFromLatest": "P1D"})),
+            "dataSource",
+        ),
+        (Method::POST, format!("{base}/taskslots?ratio=3"), None, "ratio"),
+        (Method::POST, format!("{base}/taskslots?max=-1"), None, "max"),
+    ] {
+        let stored = dev.stored_coordinator().await;
+        let (s, v) = call(method, url.clone(), body.clone()).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{url} {body:?}: {v}");
+        assert!(
+            v["error"].as_str().unwrap_or_default().contains(field),
+            "{url} {body:?}: {v}"
+        );
+        assert_eq!(
+            dev.stored_coordinator().await,
+            stored,
+            "{url} {body:?} changed what is stored"
+        );
+    }
+
+    let (s, _) = call(Method::DELETE, format!("{base}/wiki"), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        call(Method::DELETE, format!("{base}/wiki"), None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let (s, h) = call(Method::GET, format!("{base}/wiki/history"), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let h = h.as_array().unwrap();
+    assert_eq!(h.len(), 2, "{h:?}");
+    assert_eq!(h[0]["compactionConfig"]["skipOffsetFromLatest"], "PT1H");
+    assert_eq!(h[0]["auditInfo"]["author"], "dan");
+    assert!(h[1]["compactionConfig"].is_null(), "the delete");
+    assert_eq!(h[1]["globalConfig"]["compactionTaskSlotRatio"], 0.5);
 }

@@ -168,8 +168,13 @@ pub fn policy(method: &Method, template: &str) -> Need {
         (true, "/datasources/{ds}/metadata") => DS_WRITE,
         (false, "/metadata/datasources" | "/metadata/segments" | "/datasources") => Need::Login,
         (false, "/rules" | "/rules/history") => STATE_READ,
-        (false, "/config" | "/config/history") if read => CONFIG_READ,
-        (false, "/config") => CONFIG_WRITE,
+        (false, p) if p == "/config" || p.starts_with("/config/") => {
+            if read {
+                CONFIG_READ
+            } else {
+                CONFIG_WRITE
+            }
+        }
         (false, "/rules/{ds}" | "/rules/{ds}/history") if read => DS_READ,
         (false, "/rules/{ds}") => DS_WRITE,
         (false, "/metadata/datasources/{ds}/segments") => DS_READ,
@@ -375,6 +380,18 @@ mod tests {
         assert_eq!(policy(&get, "/druid/coordinator/v1/config"), CONFIG_READ);
         assert_eq!(policy(&get, "/druid/coordinator/v1/config/history"), CONFIG_READ);
         assert_eq!(policy(&post, "/druid/coordinator/v1/config"), CONFIG_WRITE);
+        assert_eq!(
+            policy(&get, "/druid/coordinator/v1/config/compaction/{ds}"),
+            CONFIG_READ
+        );
+        assert_eq!(
+            policy(&Method::DELETE, "/druid/coordinator/v1/config/compaction/{ds}"),
+            CONFIG_WRITE
+        );
+        assert_eq!(
+            policy(&post, "/druid/coordinator/v1/config/compaction/taskslots"),
+            CONFIG_WRITE
+        );
         assert_eq!(policy(&post, "/druid/indexer/v1/action"), Need::OwnCheck);
         assert_eq!(policy(&get, "/status/health"), Need::Open);
         assert_eq!(policy(&get, "/something/new"), STATE_WRITE);

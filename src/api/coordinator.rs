@@ -14,9 +14,10 @@ use utoipa_axum::routes;
 
 use super::tasks::read_body;
 use super::{audit_info, ApiError, AppState};
+use crate::coordinator::compaction::{CompactionAuditEntry, DatasourceCompactionConfig};
 use crate::coordinator::{rules, DEFAULT_RULES};
 use crate::interval::Interval;
-use crate::sm::Command;
+use crate::sm::{Command, Reply};
 use crate::workers::AuditEntry;
 
 /// How far back the history goes when neither `interval` nor `count` is given (Druid's
@@ -55,6 +56,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(get_config, set_config))
         .routes(routes!(config_history))
+        .routes(routes!(compaction_configs, set_compaction_config))
+        .routes(routes!(compaction_config, delete_compaction_config))
+        .routes(routes!(compaction_slots))
+        .routes(routes!(compaction_history))
         .routes(routes!(all_rules))
         .routes(routes!(all_history))
         .routes(routes!(get_rules, set_rules))
@@ -180,6 +185,159 @@ async fn config_history(State(state): State<AppState>, Query(q): Query<HistoryQu
     changes(&state, History::Config, &q).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/druid/coordinator/v1/config/compaction",
+    tag = "coordinator",
+    summary = "Every datasource's auto-compaction config and the task slots compaction may take",
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
+)]
+async fn compaction_configs(State(state): State<AppState>) -> Response {
+    let g = state.raft.shared.read().await;
+    Json(g.state.coordinator.compaction.to_druid_json()).into_response()
+}
+
+#[utoipa::path(
+    post,
+    path = "/druid/coordinator/v1/config/compaction",
+    tag = "coordinator",
+    summary = "Add or replace a datasource's auto-compaction config (Druid's DataSourceCompactionConfig); audited",
+    request_body(content = serde_json::Value, content_type = "application/json"),
+    responses((status = 200, description = "success"), crate::api::openapi::Refused)
+)]
+async fn set_compaction_config(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    let body = read_body(&state, &headers, body).await?;
+    let bad = |e: String| ApiError::BadRequest(format!("invalid compaction config: {e}"));
+    let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| bad(e.to_string()))?;
+    let config = DatasourceCompactionConfig::parse(&value).map_err(bad)?;
+    state
+        .propose(Command::SetCompactionConfig {
+            datasource: config.data_source.clone(),
+            config: Some(config),
+            audit: audit_info(&headers),
+        })
+        .await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+#[utoipa::path(
+    get,
+    path = "/druid/coordinator/v1/config/compaction/{ds}",
+    tag = "coordinator",
+    summary = "A datasource's auto-compaction config (404 when it has none)",
+    params(("ds" = String, Path)),
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
+)]
+async fn compaction_config(State(state): State<AppState>, Path(ds): Path<String>) -> Result<Response, ApiError> {
+    let g = state.raft.shared.read().await;
+    match g.state.coordinator.compaction.configs.get(&ds) {
+        Some(c) => Ok(Json(c).into_response()),
+        None => Err(ApiError::NotFound(format!(
+            "datasource [{ds}] has no compaction config"
+        ))),
+    }
+}
+
+#[utoipa::path(
+    delete,
+    path = "/druid/coordinator/v1/config/compaction/{ds}",
+    tag = "coordinator",
+    summary = "Remove a datasource's auto-compaction config (404 when it has none); audited",
+    params(("ds" = String, Path)),
+    responses((status = 200, description = "success"), crate::api::openapi::Refused)
+)]
+async fn delete_compaction_config(
+    State(state): State<AppState>,
+    Path(ds): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let reply = state
+        .propose(Command::SetCompactionConfig {
+            datasource: ds.clone(),
+            config: None,
+            audit: audit_info(&headers),
+        })
+        .await?;
+    match reply {
+        Reply::CompactionConfigSet { changed: true } => Ok(StatusCode::OK.into_response()),
+        _ => Err(ApiError::NotFound(format!(
+            "datasource [{ds}] has no compaction config"
+        ))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SlotsQuery {
+    ratio: Option<String>,
+    max: Option<String>,
+    use_auto_scale_slots: Option<String>,
+}
+
+#[utoipa::path(
+    post,
+    path = "/druid/coordinator/v1/config/compaction/taskslots",
+    tag = "coordinator",
+    summary = "Set the share (`ratio`, 0 to 1) and number (`max`) of task slots auto-compaction may take; parameters not given keep their values",
+    params(("ratio" = Option<f64>, Query), ("max" = Option<u32>, Query), ("useAutoScaleSlots" = Option<bool>, Query)),
+    responses((status = 200, description = "success"), crate::api::openapi::Refused)
+)]
+async fn compaction_slots(State(state): State<AppState>, Query(q): Query<SlotsQuery>) -> Result<Response, ApiError> {
+    fn parsed<T: std::str::FromStr>(name: &str, v: &Option<String>) -> Result<Option<T>, ApiError> {
+        v.as_deref()
+            .map(|s| {
+                s.parse::<T>()
+                    .map_err(|_| ApiError::BadRequest(format!("{name}: [{s}] is not a valid value")))
+            })
+            .transpose()
+    }
+    let mut slots = state
+        .raft
+        .shared
+        .read()
+        .await
+        .state
+        .coordinator
+        .compaction
+        .slots
+        .clone();
+    if let Some(r) = parsed::<f64>("ratio", &q.ratio)? {
+        slots.compaction_task_slot_ratio = r;
+    }
+    if let Some(m) = parsed::<u32>("max", &q.max)? {
+        slots.max_compaction_task_slots = m;
+    }
+    if let Some(a) = parsed::<bool>("useAutoScaleSlots", &q.use_auto_scale_slots)? {
+        slots.use_auto_scale_slots = a;
+    }
+    slots.check().map_err(ApiError::BadRequest)?;
+    state.propose(Command::SetCompactionSlots { slots }).await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+#[utoipa::path(
+    get,
+    path = "/druid/coordinator/v1/config/compaction/{ds}/history",
+    tag = "coordinator",
+    summary = "Changes of a datasource's compaction config: the last `count`, newest first, or those made within `interval` (default: the last week)",
+    params(("ds" = String, Path), ("interval" = Option<String>, Query), ("count" = Option<u64>, Query)),
+    responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
+)]
+async fn compaction_history(
+    State(state): State<AppState>,
+    Path(ds): Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> Result<Response, ApiError> {
+    let (count, interval) = history_bounds(&q)?;
+    let g = state.raft.shared.read().await;
+    let all: Vec<&CompactionAuditEntry> = g.state.coordinator.compaction.history(&ds).iter().collect();
+    Ok(Json(select(all, count, interval, |e| e.audit_time.as_str())).into_response())
+}
+
 /// Which history a route shows.
 enum History<'a> {
     Rules(Option<&'a str>),
@@ -223,6 +381,17 @@ async fn history(
 /// The history as Druid's audit manager gives it: `count` takes the newest entries, newest
 /// first; otherwise the entries of `interval`, oldest first.
 async fn changes(state: &AppState, which: History<'_>, q: &HistoryQuery) -> Result<Response, ApiError> {
+    let (count, interval) = history_bounds(q)?;
+    let g = state.raft.shared.read().await;
+    let all = match which {
+        History::Rules(ds) => g.state.coordinator.rule_history(ds),
+        History::Config => g.state.coordinator.config_history(),
+    };
+    Ok(Json(select(all, count, interval, |e: &AuditEntry| e.audit_time.as_str())).into_response())
+}
+
+/// A history query's `count` (positive) and `interval`.
+fn history_bounds(q: &HistoryQuery) -> Result<(Option<usize>, Option<Interval>), ApiError> {
     let count = match &q.count {
         None => None,
         Some(c) => match c.parse::<usize>() {
@@ -234,25 +403,23 @@ async fn changes(state: &AppState, which: History<'_>, q: &HistoryQuery) -> Resu
         Some(i) => Some(Interval::parse(i).map_err(|e| ApiError::BadRequest(format!("interval: {e}")))?),
         None => None,
     };
-    let g = state.raft.shared.read().await;
-    let all = match which {
-        History::Rules(ds) => g.state.coordinator.rule_history(ds),
-        History::Config => g.state.coordinator.config_history(),
-    };
-    let out: Vec<&AuditEntry> = match (count, interval) {
-        (Some(n), _) => all.into_iter().rev().take(n).collect(),
-        (None, interval) => {
-            let interval = interval.unwrap_or_else(|| {
-                let now = crate::clock::now_ms().min(i64::MAX as u64) as i64;
-                Interval {
-                    start: now.saturating_sub(DEFAULT_HISTORY_MS as i64),
-                    end: now.saturating_add(1),
-                }
-            });
-            all.into_iter()
-                .filter(|e| crate::interval::parse_instant(&e.audit_time).is_ok_and(|t| interval.contains_instant(t)))
-                .collect()
+    Ok((count, interval))
+}
+
+/// The last `count` entries, newest first; or those made within `interval` (by default the last
+/// week), oldest first.
+fn select<T>(all: Vec<&T>, count: Option<usize>, interval: Option<Interval>, time: impl Fn(&T) -> &str) -> Vec<&T> {
+    if let Some(n) = count {
+        return all.into_iter().rev().take(n).collect();
+    }
+    let interval = interval.unwrap_or_else(|| {
+        let now = crate::clock::now_ms().min(i64::MAX as u64) as i64;
+        Interval {
+            start: now.saturating_sub(DEFAULT_HISTORY_MS as i64),
+            end: now.saturating_add(1),
         }
-    };
-    Ok(Json(out).into_response())
+    });
+    all.into_iter()
+        .filter(|e| crate::interval::parse_instant(time(e)).is_ok_and(|t| interval.contains_instant(t)))
+        .collect()
 }

@@ -2,10 +2,11 @@
 //!
 //! [`rules`] holds Druid's retention rules and their first-match evaluation, as pure functions
 //! of a segment's interval and the time of the run; [`config`] the Coordinator's dynamic
-//! configuration. [`CoordinatorState`] is the Coordinator's part of the replicated state: the
-//! rules of each datasource and of the cluster (`_default`), the dynamic configuration, and the
-//! audited history of their changes.
+//! configuration; [`compaction`] auto-compaction's configuration. [`CoordinatorState`] is the
+//! Coordinator's part of the replicated state: the rules of each datasource and of the cluster
+//! (`_default`), both configurations, and the audited history of their changes.
 
+pub mod compaction;
 pub mod config;
 pub mod rules;
 
@@ -48,6 +49,8 @@ pub struct CoordinatorState {
     pub dynamic_config: config::DynamicConfig,
     #[serde(default)]
     config_history: Vec<AuditEntry>,
+    #[serde(default)]
+    pub compaction: compaction::CompactionConfigs,
 }
 
 impl CoordinatorState {
@@ -112,8 +115,8 @@ impl CoordinatorState {
         self.config_history.iter().collect()
     }
 
-    /// Removes the rule and configuration history made before `before_ms`; returns how many
-    /// entries.
+    /// Removes the rule and configuration history (the compaction configs' too) made before
+    /// `before_ms`; returns how many entries.
     pub fn apply_prune_history(&mut self, before_ms: u64) -> usize {
         let cut = before_ms.min(i64::MAX as u64) as i64;
         let mut removed = 0;
@@ -122,6 +125,6 @@ impl CoordinatorState {
             history.retain(|e| crate::interval::parse_instant(&e.audit_time).unwrap_or(i64::MAX) >= cut);
             removed += before - history.len();
         }
-        removed
+        removed + self.compaction.apply_prune_history(before_ms)
     }
 }

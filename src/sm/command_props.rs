@@ -299,6 +299,41 @@ fn command() -> impl Strategy<Value = Command> {
             audit_before_ms
         }),
         security_command().prop_map(Command::Security),
+        (
+            prop_oneof![Just("wiki".to_string()), text()],
+            prop_oneof![Just("wiki".to_string()), text()],
+            prop_oneof![Just("P1D".to_string()), Just("P".to_string()), text()],
+            prop_oneof![Just(0u64), Just(1), Just(u64::MAX)],
+            any::<bool>()
+        )
+            .prop_map(|(datasource, data_source, skip, size, remove)| {
+                let config = crate::coordinator::compaction::DatasourceCompactionConfig::parse(&json!({
+                    "dataSource": "wiki"
+                }))
+                .expect("a minimal compaction config reads");
+                Command::SetCompactionConfig {
+                    datasource,
+                    config: (!remove).then_some(crate::coordinator::compaction::DatasourceCompactionConfig {
+                        data_source,
+                        skip_offset_from_latest: skip,
+                        input_segment_size_bytes: size,
+                        ..config
+                    }),
+                    audit: Default::default(),
+                }
+            }),
+        (
+            prop_oneof![Just(0.1f64), Just(-1.0), Just(2.0), any::<f64>()],
+            any::<u32>(),
+            any::<bool>()
+        )
+            .prop_map(|(ratio, max, auto)| Command::SetCompactionSlots {
+                slots: crate::coordinator::compaction::CompactionSlots {
+                    compaction_task_slot_ratio: ratio,
+                    max_compaction_task_slots: max,
+                    use_auto_scale_slots: auto,
+                }
+            }),
         (coordinator_config(), text()).prop_map(|(config, author)| Command::SetCoordinatorConfig {
             config,
             audit: crate::workers::AuditInfo {

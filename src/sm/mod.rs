@@ -128,6 +128,16 @@ pub enum Command {
         config: crate::coordinator::config::DynamicConfig,
         audit: AuditInfo,
     },
+    /// Add or replace (or with `null`, remove) a datasource's auto-compaction config, audited.
+    SetCompactionConfig {
+        datasource: String,
+        config: Option<crate::coordinator::compaction::DatasourceCompactionConfig>,
+        audit: AuditInfo,
+    },
+    /// Set the task slots auto-compaction may take.
+    SetCompactionSlots {
+        slots: crate::coordinator::compaction::CompactionSlots,
+    },
     /// Try to grant a lock to an active task (Druid's `tryLock`).
     AcquireLock { task: String, request: LockRequest },
     /// Release a task's locks on exactly `interval`.
@@ -220,6 +230,10 @@ pub enum Reply {
     },
     ConfigSet,
     RulesSet,
+    /// Whether a compaction config was there or is there now.
+    CompactionConfigSet {
+        changed: bool,
+    },
     Lock {
         outcome: LockOutcome,
     },
@@ -382,6 +396,20 @@ impl State {
             }
             Command::SetCoordinatorConfig { config, audit } => {
                 self.coordinator.apply_set_config(ctx.time_ms, config, audit);
+                Reply::ConfigSet
+            }
+            Command::SetCompactionConfig {
+                datasource,
+                config,
+                audit,
+            } => Reply::CompactionConfigSet {
+                changed: self
+                    .coordinator
+                    .compaction
+                    .apply_set(ctx.time_ms, &datasource, config, audit),
+            },
+            Command::SetCompactionSlots { slots } => {
+                self.coordinator.compaction.apply_set_slots(slots);
                 Reply::ConfigSet
             }
             Command::AcquireLock { task, request } => Reply::Lock {

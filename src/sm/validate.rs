@@ -47,6 +47,17 @@ pub fn validate(command: &Command) -> Result<(), String> {
         Command::DeleteSegments { keys, .. } => keys.iter().try_for_each(check_key),
         Command::Security(command) => crate::security::validate(command),
         Command::SetCoordinatorConfig { config, .. } => config.check(),
+        Command::SetCompactionConfig { datasource, config, .. } => {
+            crate::segments::validate_datasource(datasource)?;
+            match config {
+                Some(c) if c.data_source != *datasource => {
+                    Err(format!("dataSource: [{}] is not [{datasource}]", c.data_source))
+                }
+                Some(c) => c.check(),
+                None => Ok(()),
+            }
+        }
+        Command::SetCompactionSlots { slots } => slots.check(),
         Command::SetRules { datasource, rules, .. } => {
             if datasource != crate::coordinator::DEFAULT_RULES {
                 crate::segments::validate_datasource(datasource)?;
@@ -95,6 +106,8 @@ pub fn kind(command: &Command) -> &'static str {
         Command::SetWorkerConfig { .. } => "setWorkerConfig",
         Command::SetRules { .. } => "setRules",
         Command::SetCoordinatorConfig { .. } => "setCoordinatorConfig",
+        Command::SetCompactionConfig { .. } => "setCompactionConfig",
+        Command::SetCompactionSlots { .. } => "setCompactionSlots",
         Command::AcquireLock { .. } => "acquireLock",
         Command::ReleaseLock { .. } => "releaseLock",
         Command::PublishSegments { .. } => "publishSegments",
