@@ -1178,24 +1178,32 @@ mod tests {
         }
     }
 
-    /// Under rollup, a spill after which the table had combined under a tenth of the rows turns
-    /// it off: rows are then held as they come and combined when sorted. Rows that do roll up
-    /// keep it on.
-    #[test]
-    fn rows_that_barely_roll_up_are_then_combined_only_when_sorted() {
+    /// A spec of one string dimension `k` and a count, rolled up, holding `max_rows` rows in
+    /// memory; and its record of key `k{n}`.
+    fn counting_spec(max_rows: u64) -> IngestSpec {
         let task = serde_json::json!({"type": "index", "spec": {
             "dataSchema": {"dataSource": "d", "timestampSpec": {"column": "t", "format": "millis"},
                 "dimensionsSpec": {"dimensions": ["k"]},
                 "metricsSpec": [{"type": "count", "name": "c"}],
                 "granularitySpec": {"segmentGranularity": "day", "queryGranularity": "none"}},
             "ioConfig": {"type": "index", "inputSource": {"type": "inline", "data": ""}, "inputFormat": {"type": "json"}},
-            "tuningConfig": {"maxRowsInMemory": 10}}});
-        let spec = IngestSpec::from_task(&task).unwrap();
-        let record = |k: u64| {
-            let v = serde_json::json!({"t": 1000, "k": format!("k{k}")});
-            let Value::Object(m) = v else { unreachable!() };
-            Record::Json(m)
-        };
+            "tuningConfig": {"maxRowsInMemory": max_rows}}});
+        IngestSpec::from_task(&task).unwrap()
+    }
+
+    fn keyed_record(n: usize) -> Record {
+        let v = serde_json::json!({"t": 1000, "k": format!("k{n}")});
+        let Value::Object(m) = v else { unreachable!() };
+        Record::Json(m)
+    }
+
+    /// Under rollup, a spill after which the table had combined under a tenth of the rows turns
+    /// it off: rows are then held as they come and combined when sorted. Rows that do roll up
+    /// keep it on.
+    #[test]
+    fn rows_that_barely_roll_up_are_then_combined_only_when_sorted() {
+        let spec = counting_spec(10);
+        let record = keyed_record;
         let at = At { file: "f", line: 1 };
         // Every row a new key, then each key five times over.
         for (repeats, off) in [(1, true), (5, false)] {
@@ -1231,19 +1239,8 @@ mod tests {
     /// the merge of the runs still combines every row.
     #[test]
     fn rollup_is_judged_early_in_a_long_run_and_rows_still_combine() {
-        let task = serde_json::json!({"type": "index", "spec": {
-            "dataSchema": {"dataSource": "d", "timestampSpec": {"column": "t", "format": "millis"},
-                "dimensionsSpec": {"dimensions": ["k"]},
-                "metricsSpec": [{"type": "count", "name": "c"}],
-                "granularitySpec": {"segmentGranularity": "day", "queryGranularity": "none"}},
-            "ioConfig": {"type": "index", "inputSource": {"type": "inline", "data": ""}, "inputFormat": {"type": "json"}},
-            "tuningConfig": {"maxRowsInMemory": 1000000}}});
-        let spec = IngestSpec::from_task(&task).unwrap();
-        let record = |k: usize| {
-            let v = serde_json::json!({"t": 1000, "k": format!("k{k}")});
-            let Value::Object(m) = v else { unreachable!() };
-            Record::Json(m)
-        };
+        let spec = counting_spec(1_000_000);
+        let record = keyed_record;
         let at = At { file: "f", line: 1 };
         // Distinct keys, then each key twice over.
         for (repeats, off) in [(1, true), (2, false)] {

@@ -213,13 +213,11 @@ impl CompactionConfigs {
 
     /// Removes the history made before `before_ms`; returns how many entries.
     pub fn apply_prune_history(&mut self, before_ms: u64) -> usize {
-        let cut = before_ms.min(i64::MAX as u64) as i64;
-        let mut removed = 0;
-        for h in self.history.values_mut() {
-            let before = h.len();
-            h.retain(|e| crate::interval::parse_instant(&e.audit_time).unwrap_or(i64::MAX) >= cut);
-            removed += before - h.len();
-        }
+        let removed = self
+            .history
+            .values_mut()
+            .map(|h| crate::workers::prune_before(h, before_ms, |e| &e.audit_time))
+            .sum();
         self.history.retain(|_, h| !h.is_empty());
         removed
     }

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::iso;
-use crate::workers::{AuditEntry, AuditInfo};
+use crate::workers::{prune_before, AuditEntry, AuditInfo};
 use rules::Rule;
 
 /// The name under which the cluster's default rules are kept (Druid's
@@ -118,13 +118,8 @@ impl CoordinatorState {
     /// Removes the rule and configuration history (the compaction configs' too) made before
     /// `before_ms`; returns how many entries.
     pub fn apply_prune_history(&mut self, before_ms: u64) -> usize {
-        let cut = before_ms.min(i64::MAX as u64) as i64;
-        let mut removed = 0;
-        for history in [&mut self.rule_history, &mut self.config_history] {
-            let before = history.len();
-            history.retain(|e| crate::interval::parse_instant(&e.audit_time).unwrap_or(i64::MAX) >= cut);
-            removed += before - history.len();
-        }
-        removed + self.compaction.apply_prune_history(before_ms)
+        prune_before(&mut self.rule_history, before_ms, |e| &e.audit_time)
+            + prune_before(&mut self.config_history, before_ms, |e| &e.audit_time)
+            + self.compaction.apply_prune_history(before_ms)
     }
 }

@@ -117,6 +117,15 @@ pub struct AuditInfo {
     pub ip: String,
 }
 
+/// Removes the entries of a history made before `before_ms` (`time`: an entry's ISO time;
+/// one that does not read is kept); returns how many.
+pub fn prune_before<T>(history: &mut Vec<T>, before_ms: u64, time: impl Fn(&T) -> &str) -> usize {
+    let before = history.len();
+    let cut = before_ms.min(i64::MAX as u64) as i64;
+    history.retain(|e| crate::interval::parse_instant(time(e)).unwrap_or(i64::MAX) >= cut);
+    before - history.len()
+}
+
 /// One change of a config, as Druid's `AuditEntry`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -202,11 +211,7 @@ impl WorkerTable {
 
     /// Removes the config history made before `before_ms`; returns how many entries.
     pub fn apply_prune_history(&mut self, before_ms: u64) -> usize {
-        let before = self.history.len();
-        let cut = before_ms.min(i64::MAX as u64) as i64;
-        self.history
-            .retain(|e| crate::interval::parse_instant(&e.audit_time).unwrap_or(i64::MAX) >= cut);
-        before - self.history.len()
+        prune_before(&mut self.history, before_ms, |e| &e.audit_time)
     }
 
     /// Records a worker joining (or coming back, or changing its size). Keeps its tasks;
