@@ -236,9 +236,7 @@ async fn compaction_config(State(state): State<AppState>, Path(ds): Path<String>
     let g = state.raft.shared.read().await;
     match g.state.coordinator.compaction.configs.get(&ds) {
         Some(c) => Ok(Json(c).into_response()),
-        None => Err(ApiError::NotFound(format!(
-            "datasource [{ds}] has no compaction config"
-        ))),
+        None => Err(no_compaction_config(&ds)),
     }
 }
 
@@ -264,9 +262,7 @@ async fn delete_compaction_config(
         .await?;
     match reply {
         Reply::CompactionConfigSet { changed: true } => Ok(StatusCode::OK.into_response()),
-        _ => Err(ApiError::NotFound(format!(
-            "datasource [{ds}] has no compaction config"
-        ))),
+        _ => Err(no_compaction_config(&ds)),
     }
 }
 
@@ -336,6 +332,10 @@ async fn compaction_history(
     let g = state.raft.shared.read().await;
     let all: Vec<&CompactionAuditEntry> = g.state.coordinator.compaction.history(&ds).iter().collect();
     Ok(Json(select(all, count, interval, |e| e.audit_time.as_str())).into_response())
+}
+
+fn no_compaction_config(ds: &str) -> ApiError {
+    ApiError::NotFound(format!("datasource [{ds}] has no compaction config"))
 }
 
 /// Which history a route shows.

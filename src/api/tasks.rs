@@ -53,7 +53,7 @@ pub(super) async fn read_body(
     let limit = state.config.limits.max_payload_bytes;
     let too_large = || {
         ApiError::PayloadTooLarge(format!(
-            "the task payload is larger than the limit of {limit} bytes (--max-task-payload-bytes)"
+            "the request body is larger than the limit of {limit} bytes (--max-task-payload-bytes)"
         ))
     };
     let declared = headers

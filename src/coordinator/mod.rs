@@ -14,7 +14,6 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::clock::iso;
 use crate::workers::{prune_before, AuditEntry, AuditInfo};
 use rules::Rule;
 
@@ -74,19 +73,13 @@ impl CoordinatorState {
     /// Replaces a datasource's rules (an empty list removes them: the defaults then decide)
     /// and records the change.
     pub fn apply_set_rules(&mut self, time_ms: u64, datasource: &str, rules: Vec<Rule>, audit: AuditInfo) {
-        let payload = serde_json::to_string(&rules).unwrap_or_default();
+        let entry = AuditEntry::new(datasource, "rules", &rules, audit, time_ms);
         if rules.is_empty() && datasource != DEFAULT_RULES {
             self.rules.remove(datasource);
         } else {
             self.rules.insert(datasource.to_string(), rules);
         }
-        self.rule_history.push(AuditEntry {
-            key: datasource.to_string(),
-            entry_type: "rules".into(),
-            audit_info: audit,
-            payload,
-            audit_time: iso(time_ms),
-        });
+        self.rule_history.push(entry);
     }
 
     /// The changes of rules, oldest first: of one datasource, or of all.
@@ -99,15 +92,9 @@ impl CoordinatorState {
 
     /// Replaces the dynamic configuration and records the change.
     pub fn apply_set_config(&mut self, time_ms: u64, config: config::DynamicConfig, audit: AuditInfo) {
-        let payload = serde_json::to_string(&config).unwrap_or_default();
+        let entry = AuditEntry::new(CONFIG_AUDIT_KEY, CONFIG_AUDIT_KEY, &config, audit, time_ms);
         self.dynamic_config = config;
-        self.config_history.push(AuditEntry {
-            key: CONFIG_AUDIT_KEY.into(),
-            entry_type: CONFIG_AUDIT_KEY.into(),
-            audit_info: audit,
-            payload,
-            audit_time: iso(time_ms),
-        });
+        self.config_history.push(entry);
     }
 
     /// The changes of the dynamic configuration, oldest first.

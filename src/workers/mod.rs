@@ -117,6 +117,19 @@ pub struct AuditInfo {
     pub ip: String,
 }
 
+impl AuditEntry {
+    /// A change of `key` (of `entry_type`) to `value`, made at `time_ms` by `audit`'s author.
+    pub fn new(key: &str, entry_type: &str, value: &impl Serialize, audit: AuditInfo, time_ms: u64) -> AuditEntry {
+        AuditEntry {
+            key: key.to_string(),
+            entry_type: entry_type.to_string(),
+            audit_info: audit,
+            payload: serde_json::to_string(value).unwrap_or_default(),
+            audit_time: iso(time_ms),
+        }
+    }
+}
+
 /// Removes the entries of a history made before `before_ms` (`time`: an entry's ISO time;
 /// one that does not read is kept); returns how many.
 pub fn prune_before<T>(history: &mut Vec<T>, before_ms: u64, time: impl Fn(&T) -> &str) -> usize {
@@ -414,15 +427,9 @@ impl WorkerTable {
 
     /// Replaces the behaviour config and records who did it.
     pub fn apply_set_config(&mut self, time_ms: u64, config: WorkerBehaviorConfig, audit: AuditInfo) {
-        let payload = serde_json::to_string(&config).unwrap_or_default();
+        let entry = AuditEntry::new("worker.config", "worker.config", &config, audit, time_ms);
         self.config = config;
-        self.history.push(AuditEntry {
-            key: "worker.config".into(),
-            entry_type: "worker.config".into(),
-            audit_info: audit,
-            payload,
-            audit_time: iso(time_ms),
-        });
+        self.history.push(entry);
     }
 
     /// Workers with at least one free slot, counting capacity in use.
