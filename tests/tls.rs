@@ -28,6 +28,20 @@ fn leader(c: &reqwest::blocking::Client, urls: &[String]) -> Option<String> {
         .cloned()
 }
 
+/// Waits until `follower` names `leader` as the leader. A follower learns of a new leader from
+/// its first heartbeat and until then answers 503 ("retry shortly"), so requests that must be
+/// redirected are sent once it knows.
+fn wait_follower_knows(c: &reqwest::blocking::Client, follower: &str, leader: &str) {
+    wait_for_blocking("the follower to know the leader", Duration::from_secs(30), || {
+        c.get(format!("{follower}/druid/indexer/v1/leader"))
+            .send()
+            .ok()
+            .filter(|r| r.status() == 200)
+            .and_then(|r| r.text().ok())
+            .filter(|t| t == leader)
+    });
+}
+
 #[test]
 fn a_tls_cluster_forms_fails_over_and_refuses_plain_http() {
     let certs = tempfile::tempdir().unwrap();
@@ -78,6 +92,7 @@ fn a_tls_cluster_forms_fails_over_and_refuses_plain_http() {
     // A client that trusts the CA is served by any node (a follower redirects to the leader's
     // https:// URL).
     let follower = urls.iter().find(|u| **u != first).unwrap();
+    wait_follower_knows(&c, follower, &first);
     let r = c
         .post(format!("{follower}/druid/indexer/v1/task"))
         .json(&json!({"type": "noop", "id": "tls-1"}))
@@ -142,6 +157,7 @@ fn bootstrap_tls_makes_a_local_ca_and_serves_https() {
     let c = client(&dir.path().join("tls").join("ca.pem"));
     let first = wait_for_blocking("a leader over HTTPS", Duration::from_secs(30), || leader(&c, &urls));
     let follower = urls.iter().find(|u| **u != first).unwrap();
+    wait_follower_knows(&c, follower, &first);
     let r = c
         .post(format!("{follower}/druid/indexer/v1/task"))
         .json(&json!({"type": "noop", "id": "boot-tls"}))
