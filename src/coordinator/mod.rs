@@ -8,6 +8,8 @@
 
 pub mod compaction;
 pub mod config;
+pub mod load;
+pub mod planner;
 pub mod rules;
 
 use std::collections::BTreeMap;
@@ -50,6 +52,9 @@ pub struct CoordinatorState {
     config_history: Vec<AuditEntry>,
     #[serde(default)]
     pub compaction: compaction::CompactionConfigs,
+    /// Historicals and their replicas.
+    #[serde(default)]
+    pub load: load::LoadTable,
 }
 
 impl CoordinatorState {

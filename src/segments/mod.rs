@@ -214,7 +214,7 @@ impl Datasource {
 }
 
 /// Serde for a map with structured keys, as a sequence of pairs.
-mod pairs {
+pub(crate) mod pairs {
     use imbl::OrdMap;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 

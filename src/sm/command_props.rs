@@ -142,6 +142,13 @@ fn key() -> impl Strategy<Value = SegmentKey> {
     })
 }
 
+fn segment_ref() -> impl Strategy<Value = crate::coordinator::load::SegmentRef> {
+    (prop_oneof![Just("wiki".to_string()), text()], key()).prop_map(|(ds, key)| crate::coordinator::load::SegmentRef {
+        datasource: ds.into(),
+        key,
+    })
+}
+
 fn command() -> impl Strategy<Value = Command> {
     prop_oneof![
         (
@@ -341,6 +348,63 @@ fn command() -> impl Strategy<Value = Command> {
                 ..Default::default()
             }
         }),
+        (
+            text(),
+            text(),
+            prop_oneof![Just("http".to_string()), text()],
+            any::<u64>()
+        )
+            .prop_map(|(host, tier, scheme, max_size)| Command::RegisterHistorical {
+                server: crate::coordinator::load::Historical {
+                    scheme,
+                    host,
+                    tier,
+                    max_size
+                }
+            }),
+        prop_oneof![Just("h:1".to_string()), text()].prop_map(|host| Command::HistoricalLost { host }),
+        (
+            prop_oneof![Just("h:1".to_string()), text()],
+            proptest::collection::vec((segment_ref(), proptest::option::of(text())), 0..4),
+            proptest::collection::vec(segment_ref(), 0..4)
+        )
+            .prop_map(|(host, loads, drops)| Command::PlanReplicas {
+                loads: loads
+                    .into_iter()
+                    .map(|(segment, moved_from)| crate::coordinator::load::LoadRequest {
+                        host: host.clone(),
+                        segment,
+                        moved_from
+                    })
+                    .collect(),
+                drops: drops
+                    .into_iter()
+                    .map(|segment| crate::coordinator::load::DropRequest {
+                        host: host.clone(),
+                        segment
+                    })
+                    .collect(),
+            }),
+        (
+            prop_oneof![Just("h:1".to_string()), text()],
+            proptest::collection::vec((segment_ref(), 0u8..3, text()), 0..4),
+            any::<bool>()
+        )
+            .prop_map(|(host, reports, full)| Command::ReportReplicas {
+                host,
+                reports: reports
+                    .into_iter()
+                    .map(|(segment, kind, reason)| crate::coordinator::load::ReplicaReport {
+                        segment,
+                        outcome: match kind {
+                            0 => crate::coordinator::load::Outcome::Loaded,
+                            1 => crate::coordinator::load::Outcome::Dropped,
+                            _ => crate::coordinator::load::Outcome::Failed { reason },
+                        }
+                    })
+                    .collect(),
+                full
+            }),
         (
             prop_oneof![Just("_default".to_string()), Just("wiki".to_string()), text()],
             proptest::collection::vec(rule(), 0..3),

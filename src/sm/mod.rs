@@ -138,6 +138,23 @@ pub enum Command {
     SetCompactionSlots {
         slots: crate::coordinator::compaction::CompactionSlots,
     },
+    /// A Historical joined, came back, or changed its tier or cache size.
+    RegisterHistorical {
+        server: crate::coordinator::load::Historical,
+    },
+    /// A Historical stopped heartbeating: forget its replicas (they are loaded elsewhere).
+    HistoricalLost { host: String },
+    /// The Coordinator's loads and drops, each checked again when applied.
+    PlanReplicas {
+        loads: Vec<crate::coordinator::load::LoadRequest>,
+        drops: Vec<crate::coordinator::load::DropRequest>,
+    },
+    /// A Historical's outcomes; with `full`, everything it holds.
+    ReportReplicas {
+        host: String,
+        reports: Vec<crate::coordinator::load::ReplicaReport>,
+        full: bool,
+    },
     /// Try to grant a lock to an active task (Druid's `tryLock`).
     AcquireLock { task: String, request: LockRequest },
     /// Release a task's locks on exactly `interval`.
@@ -230,6 +247,16 @@ pub enum Reply {
     },
     ConfigSet,
     RulesSet,
+    /// `changed` is `None` when the Historical is unknown or already lost.
+    HistoricalChanged {
+        changed: Option<bool>,
+    },
+    ReplicasPlanned {
+        applied: crate::coordinator::load::PlanApplied,
+    },
+    ReplicasReported {
+        changed: usize,
+    },
     /// Whether a compaction config was there or is there now.
     CompactionConfigSet {
         changed: bool,
@@ -412,6 +439,24 @@ impl State {
                 self.coordinator.compaction.apply_set_slots(slots);
                 Reply::ConfigSet
             }
+            Command::RegisterHistorical { server } => Reply::HistoricalChanged {
+                changed: Some(self.coordinator.load.apply_register(ctx.time_ms, server)),
+            },
+            Command::HistoricalLost { host } => Reply::HistoricalChanged {
+                changed: self.coordinator.load.apply_lost(&host).map(|_| true),
+            },
+            Command::PlanReplicas { loads, drops } => Reply::ReplicasPlanned {
+                applied: self
+                    .coordinator
+                    .load
+                    .apply_plan(ctx.time_ms, &self.segments, &loads, &drops),
+            },
+            Command::ReportReplicas { host, reports, full } => Reply::ReplicasReported {
+                changed: self
+                    .coordinator
+                    .load
+                    .apply_report(ctx.time_ms, &self.segments, &host, &reports, full),
+            },
             Command::AcquireLock { task, request } => Reply::Lock {
                 outcome: self.acquire_lock(ctx, &task, &request),
             },

@@ -67,7 +67,25 @@ pub fn validate(command: &Command) -> Result<(), String> {
                 .enumerate()
                 .try_for_each(|(i, r)| r.check(&format!("[{i}]")).map_err(|e| e.to_string()))
         }
-        Command::ShutdownTask { .. }
+        Command::RegisterHistorical { server } => server.check(),
+        Command::PlanReplicas { loads, drops } => {
+            if loads.len() + drops.len() > MAX_REPLICA_REQUESTS {
+                return Err(format!("at most {MAX_REPLICA_REQUESTS} loads and drops per command"));
+            }
+            let mut keys = loads
+                .iter()
+                .map(|l| &l.segment.key)
+                .chain(drops.iter().map(|d| &d.segment.key));
+            keys.try_for_each(check_key)
+        }
+        Command::ReportReplicas { reports, .. } => {
+            if reports.len() > MAX_REPLICA_REQUESTS {
+                return Err(format!("at most {MAX_REPLICA_REQUESTS} outcomes per report"));
+            }
+            reports.iter().try_for_each(|r| check_key(&r.segment.key))
+        }
+        Command::HistoricalLost { .. }
+        | Command::ShutdownTask { .. }
         | Command::ShutdownDatasourceTasks { .. }
         | Command::AnnounceNode { .. }
         | Command::WithdrawNode { .. }
@@ -83,6 +101,9 @@ pub fn validate(command: &Command) -> Result<(), String> {
         | Command::PruneHistory { .. } => Ok(()),
     }
 }
+
+/// Most loads, drops or outcomes one command carries: a run or a report with more is split.
+pub const MAX_REPLICA_REQUESTS: usize = 20_000;
 
 fn check_key(key: &SegmentKey) -> Result<(), String> {
     key.interval().check()
@@ -108,6 +129,10 @@ pub fn kind(command: &Command) -> &'static str {
         Command::SetCoordinatorConfig { .. } => "setCoordinatorConfig",
         Command::SetCompactionConfig { .. } => "setCompactionConfig",
         Command::SetCompactionSlots { .. } => "setCompactionSlots",
+        Command::RegisterHistorical { .. } => "registerHistorical",
+        Command::HistoricalLost { .. } => "historicalLost",
+        Command::PlanReplicas { .. } => "planReplicas",
+        Command::ReportReplicas { .. } => "reportReplicas",
         Command::AcquireLock { .. } => "acquireLock",
         Command::ReleaseLock { .. } => "releaseLock",
         Command::PublishSegments { .. } => "publishSegments",

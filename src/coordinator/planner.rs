@@ -1,0 +1,574 @@
+//! The historical-management planner: one pure function from the replicated state to the
+//! loads, drops and metadata changes one Coordinator run proposes.
+//!
+//! One pass walks every segment in table order together with every Historical's replicas
+//! (both are ordered by datasource and segment key, so the pass is a merge and needs no hash
+//! of the cluster's replicas), and for each segment:
+//!
+//! - unused, deleted, overshadowed-and-marked, a tombstone, or matched by a drop rule: its
+//!   replicas are dropped (a drop rule and a covered overshadowed segment are also marked
+//!   unused, as Druid's Coordinator does);
+//! - matched by a load rule: each tier gets the rule's replica count, on the least utilised
+//!   Historicals of the tier that have room, never two on one Historical; replicas beyond the
+//!   first count against `replicationThrottleLimit`; a Historical's loads in flight are capped
+//!   by `maxSegmentsInNodeLoadingQueue` (0: no cap); surplus replicas are dropped, loading ones
+//!   first, then those on decommissioning and the most utilised Historicals; replicas on tiers
+//!   the rule does not name are dropped once the named tiers hold theirs;
+//! - matched by a broadcast rule: one replica on every Historical;
+//! - matched by no rule: left as it is, and counted.
+//!
+//! Then each tier whose Historicals have nothing loading or dropping is balanced by utilisation (Druid's
+//! `diskNormalized` idea: bytes held over cache size): up to `maxSegmentsToMove` loaded
+//! segments move from the most to the least utilised Historical while that narrows the gap.
+//! A move is a load that names the replica it replaces; that replica is dropped once the new
+//! one is loaded.
+//!
+//! Druid waits `millisToWaitBeforeDeleting` after gaining leadership before it marks
+//! overshadowed segments unused, because a new Druid leader does not yet know what is loaded.
+//! Here what is loaded is replicated state, so a new leader knows at once and needs no wait.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::iter::Peekable;
+
+use serde::Serialize;
+
+use super::load::{DropRequest, HistoricalRecord, LoadRequest, LoadTable, Replica, SegmentRef};
+use super::rules::{first_match, Action};
+use super::{CoordinatorState, DEFAULT_RULES};
+use crate::segments::segment::ShardKind;
+use crate::segments::{Datasource, SegmentKey, SegmentTable, StoredSegment};
+
+/// How long a Historical that failed to load a segment is not asked to load it again.
+pub const FAILED_RETRY_MS: i64 = 60_000;
+
+/// What one run found and decided, for `/druid/coordinator/v1/duties`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunStats {
+    pub used_segments: u64,
+    pub overshadowed: u64,
+    /// Segments no rule matched (left as they are).
+    pub unmatched: u64,
+    pub assigned: u64,
+    pub dropped: u64,
+    pub moved: u64,
+    /// Replicas a rule asks for that no Historical had room (or queue) for.
+    pub unplaceable: u64,
+    /// Replicas held back by `replicationThrottleLimit`.
+    pub throttled: u64,
+    pub marked_unused_by_rule: u64,
+    pub marked_unused_overshadowed: u64,
+    pub marked_unused_tombstones: u64,
+    /// Tiers rules name that no Historical serves.
+    pub unknown_tiers: BTreeSet<String>,
+}
+
+/// The decisions of one run.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub loads: Vec<LoadRequest>,
+    pub drops: Vec<DropRequest>,
+    /// Segments to mark unused, by datasource.
+    pub unused: BTreeMap<String, Vec<SegmentKey>>,
+    pub stats: RunStats,
+}
+
+/// A Historical during planning: its record and the bytes and loads it will have once the
+/// plan so far is applied.
+struct Server<'a> {
+    rec: &'a HistoricalRecord,
+    /// Bytes the cache must find room for (drops in flight included).
+    committed: u64,
+    /// Bytes it will serve (drops in flight excluded): what utilisation is measured by.
+    held: u64,
+    queue: u64,
+    decommissioning: bool,
+    /// Has loads or drops in flight or planned: not balanced this run.
+    busy: bool,
+}
+
+impl Server<'_> {
+    fn utilisation(&self) -> f64 {
+        self.held as f64 / self.rec.server.max_size.max(1) as f64
+    }
+    fn free(&self) -> u64 {
+        self.rec.server.max_size.saturating_sub(self.committed)
+    }
+}
+
+type Cursor<'a> = Peekable<imbl::ordmap::Iter<'a, SegmentRef, Replica, imbl::shared_ptr::DefaultSharedPtr>>;
+
+/// The planner's working state.
+struct Planner<'a> {
+    servers: Vec<Server<'a>>,
+    tiers: BTreeMap<&'a str, Vec<usize>>,
+    queue_cap: u64,
+    throttle: u64,
+    replicated: HashMap<String, u64>,
+    now: i64,
+    plan: Plan,
+}
+
+/// Plans one historical-management run at leader time `now_ms`.
+pub fn plan(segments: &SegmentTable, coordinator: &CoordinatorState, servers: &LoadTable, now_ms: i64) -> Plan {
+    let config = &coordinator.dynamic_config;
+    let records: Vec<&HistoricalRecord> = servers.serving().collect();
+    let mut p = Planner {
+        servers: records
+            .iter()
+            .map(|r| Server {
+                rec: r,
+                committed: r.committed_bytes(),
+                held: r.held_bytes(),
+                queue: r.loading(),
+                decommissioning: config.decommissioning_nodes.contains(&r.server.host),
+                busy: r.loading() > 0 || r.dropping() > 0,
+            })
+            .collect(),
+        tiers: BTreeMap::new(),
+        queue_cap: match config.max_segments_in_node_loading_queue {
+            0 => u64::MAX,
+            n => u64::from(n),
+        },
+        throttle: u64::from(config.replication_throttle_limit),
+        replicated: HashMap::new(),
+        now: now_ms,
+        plan: Plan::default(),
+    };
+    for (i, r) in records.iter().enumerate() {
+        p.tiers.entry(r.server.tier.as_str()).or_default().push(i);
+    }
+    let mut cursors: Vec<Cursor<'_>> = records.iter().map(|r| r.replicas().iter().peekable()).collect();
+    let defaults = coordinator.rules_of(DEFAULT_RULES);
+    let mut reps: Vec<(usize, &Replica)> = Vec::new();
+    for (name, ds) in segments.datasources() {
+        let own = coordinator.rules_of(name);
+        let overshadowed = ds.overshadowed();
+        let mut available: HashMap<&SegmentKey, bool> = HashMap::new();
+        let mut shadowed: Vec<(&SegmentKey, Vec<(usize, &Replica)>)> = Vec::new();
+        for (key, seg) in ds.all() {
+            reps.clear();
+            for (i, c) in cursors.iter_mut().enumerate() {
+                while let Some((r, rep)) = c.peek() {
+                    match (&*r.datasource, &r.key).cmp(&(name.as_str(), key)) {
+                        std::cmp::Ordering::Less => {
+                            p.drop_stale(i, r, rep);
+                            c.next();
+                        }
+                        std::cmp::Ordering::Equal => {
+                            reps.push((i, rep));
+                            c.next();
+                            break;
+                        }
+                        std::cmp::Ordering::Greater => break,
+                    }
+                }
+            }
+            let segment = || SegmentRef {
+                datasource: name.as_str().into(),
+                key: key.clone(),
+            };
+            if !seg.used {
+                p.drop_all(&reps, &segment());
+                continue;
+            }
+            p.plan.stats.used_segments += 1;
+            let tombstone = seg.shard_spec.kind == ShardKind::Tombstone;
+            if overshadowed.contains(key) {
+                p.plan.stats.overshadowed += 1;
+                shadowed.push((key, reps.clone()));
+                continue;
+            }
+            if tombstone {
+                p.drop_all(&reps, &segment());
+                if (key.start == i64::MIN || key.end == i64::MAX) && !covers_data(ds, key) {
+                    p.plan.stats.marked_unused_tombstones += 1;
+                    p.plan.unused.entry(name.clone()).or_default().push(key.clone());
+                }
+                continue;
+            }
+            let rule = first_match(&own, &defaults, &key.interval(), now_ms);
+            let Some(rule) = rule else {
+                p.plan.stats.unmatched += 1;
+                continue;
+            };
+            match rule.action() {
+                Action::Drop => {
+                    p.drop_all(&reps, &segment());
+                    p.plan.stats.marked_unused_by_rule += 1;
+                    p.plan.unused.entry(name.clone()).or_default().push(key.clone());
+                    available.insert(key, true);
+                }
+                Action::Broadcast => {
+                    p.broadcast(&reps, &segment, seg);
+                    available.insert(key, reps.iter().any(|(_, r)| matches!(r, Replica::Loaded { .. })));
+                }
+                Action::Load(tiers) => {
+                    let wants: u32 = tiers.values().sum();
+                    p.load(&reps, &segment, seg, &tiers);
+                    available.insert(
+                        key,
+                        wants == 0 || reps.iter().any(|(_, r)| matches!(r, Replica::Loaded { .. })),
+                    );
+                }
+            }
+        }
+        // An overshadowed segment is marked unused, and dropped, once what overshadows it is
+        // available.
+        for (key, reps) in shadowed {
+            let covered = ds
+                .overlapping(&key.interval())
+                .filter(|(k, s)| s.used && !overshadowed.contains(*k) && k.version > key.version)
+                .all(|(k, _)| available.get(k).copied().unwrap_or(false));
+            if covered {
+                p.plan.stats.marked_unused_overshadowed += 1;
+                p.plan.unused.entry(name.clone()).or_default().push(key.clone());
+                p.drop_all(
+                    &reps,
+                    &SegmentRef {
+                        datasource: name.as_str().into(),
+                        key: key.clone(),
+                    },
+                );
+            }
+        }
+    }
+    for (i, c) in cursors.iter_mut().enumerate() {
+        for (r, rep) in c {
+            p.drop_stale(i, r, rep);
+        }
+    }
+    p.balance(config.max_segments_to_move);
+    for v in p.plan.unused.values_mut() {
+        v.sort();
+        v.dedup();
+    }
+    p.plan
+}
+
+/// Whether moving `size` bytes from `s` to `d` narrows the gap between their utilisations.
+fn narrows(s: &Server<'_>, d: &Server<'_>, size: u64) -> bool {
+    let ratio = |bytes: u64, srv: &Server<'_>| bytes as f64 / srv.rec.server.max_size.max(1) as f64;
+    let before = ratio(s.held, s) - ratio(d.held, d);
+    let after = ratio(s.held.saturating_sub(size), s) - ratio(d.held + size, d);
+    after.abs() < before.abs() - 1e-12
+}
+
+/// Whether a tombstone hides any used segment with data.
+fn covers_data(ds: &Datasource, tombstone: &SegmentKey) -> bool {
+    ds.overlapping(&tombstone.interval())
+        .any(|(k, s)| s.used && k != tombstone && s.shard_spec.kind != ShardKind::Tombstone)
+}
+
+impl<'a> Planner<'a> {
+    fn drop_request(&mut self, server: usize, segment: SegmentRef, rep: &Replica) {
+        self.servers[server].busy = true;
+        if rep.wanted() {
+            self.servers[server].held = self.servers[server].held.saturating_sub(rep.size());
+        }
+        if matches!(rep, Replica::Load { .. }) {
+            self.servers[server].queue = self.servers[server].queue.saturating_sub(1);
+        }
+        self.plan.stats.dropped += 1;
+        self.plan.drops.push(DropRequest {
+            host: self.servers[server].rec.server.host.clone(),
+            segment,
+        });
+    }
+
+    /// A replica of a segment that is gone from the table.
+    fn drop_stale(&mut self, server: usize, segment: &SegmentRef, rep: &Replica) {
+        if !matches!(rep, Replica::Drop { .. }) {
+            self.drop_request(server, segment.clone(), rep);
+        }
+    }
+
+    fn drop_all(&mut self, reps: &[(usize, &Replica)], segment: &SegmentRef) {
+        for (i, rep) in reps {
+            if !matches!(rep, Replica::Drop { .. }) {
+                self.drop_request(*i, segment.clone(), rep);
+            }
+        }
+    }
+
+    /// Whether server `i` may be asked to load a segment of `size` it has `rep` of.
+    fn can_load(&self, i: usize, rep: Option<&Replica>, size: u64) -> bool {
+        let s = &self.servers[i];
+        let held = match rep {
+            None => 0,
+            Some(Replica::Failed { since_ms, .. }) if self.now - (*since_ms as i64) >= FAILED_RETRY_MS => 0,
+            Some(Replica::Drop { size, .. }) => *size,
+            Some(_) => return false,
+        };
+        !s.decommissioning && s.free() + held >= size && s.queue < self.queue_cap
+    }
+
+    fn request_load(
+        &mut self,
+        i: usize,
+        segment: SegmentRef,
+        size: u64,
+        rep: Option<&Replica>,
+        moved_from: Option<String>,
+    ) {
+        let s = &mut self.servers[i];
+        // Taking back a drop in flight needs no new room.
+        if !matches!(rep, Some(Replica::Drop { .. })) {
+            s.committed += size;
+        }
+        s.held += size;
+        s.queue += 1;
+        s.busy = true;
+        if moved_from.is_some() {
+            self.plan.stats.moved += 1;
+        } else {
+            self.plan.stats.assigned += 1;
+        }
+        self.plan.loads.push(LoadRequest {
+            host: s.rec.server.host.clone(),
+            segment,
+            moved_from,
+        });
+    }
+
+    fn broadcast(&mut self, reps: &[(usize, &Replica)], segment: &dyn Fn() -> SegmentRef, seg: &StoredSegment) {
+        for i in 0..self.servers.len() {
+            let rep = reps.iter().find(|(j, _)| *j == i).map(|(_, r)| *r);
+            let wanted = rep.is_some_and(Replica::wanted);
+            if self.servers[i].decommissioning {
+                if let Some(r) = rep.filter(|r| r.wanted()) {
+                    self.drop_request(i, segment(), r);
+                }
+            } else if !wanted {
+                if self.can_load(i, rep, seg.size) {
+                    self.request_load(i, segment(), seg.size, rep, None);
+                } else {
+                    self.plan.stats.unplaceable += 1;
+                }
+            }
+        }
+    }
+
+    fn load(
+        &mut self,
+        reps: &[(usize, &Replica)],
+        segment: &dyn Fn() -> SegmentRef,
+        seg: &StoredSegment,
+        tiers: &BTreeMap<String, u32>,
+    ) {
+        let mut satisfied = true;
+        let mut wanted_tiers: HashSet<&str> = HashSet::new();
+        for (tier, &target) in tiers {
+            if target == 0 {
+                continue;
+            }
+            wanted_tiers.insert(tier);
+            if !self.tiers.contains_key(tier.as_str()) {
+                self.plan.stats.unknown_tiers.insert(tier.clone());
+                continue;
+            }
+            if !self.load_tier(reps, segment, seg, tier, target) {
+                satisfied = false;
+            }
+        }
+        // Replicas on tiers the rule does not ask for go once the asked tiers hold theirs.
+        if satisfied {
+            for (i, rep) in reps {
+                let tier = self.servers[*i].rec.server.tier.as_str();
+                if !wanted_tiers.contains(tier) && !matches!(rep, Replica::Drop { .. }) {
+                    self.drop_request(*i, segment(), rep);
+                }
+            }
+        }
+    }
+
+    /// Plans one tier of a load rule; returns whether the tier holds its target loaded.
+    fn load_tier(
+        &mut self,
+        reps: &[(usize, &Replica)],
+        segment: &dyn Fn() -> SegmentRef,
+        seg: &StoredSegment,
+        tier: &str,
+        target: u32,
+    ) -> bool {
+        let target = target as usize;
+        let in_tier: Vec<(usize, &Replica)> = reps
+            .iter()
+            .filter(|(i, _)| self.servers[*i].rec.server.tier == tier)
+            .map(|(i, r)| (*i, *r))
+            .collect();
+        let host = |i: usize| self.servers[i].rec.server.host.as_str();
+        let holds = |h: &str, loaded_only: bool| {
+            in_tier.iter().any(|(j, r)| {
+                self.servers[*j].rec.server.host == h
+                    && match r {
+                        Replica::Loaded { .. } => true,
+                        Replica::Load { .. } => !loaded_only,
+                        _ => false,
+                    }
+            })
+        };
+        // A finished move: drop the replica it replaces.
+        let mut replaced: Vec<usize> = Vec::new();
+        for (_, r) in &in_tier {
+            if let Replica::Loaded {
+                moved_from: Some(from), ..
+            } = r
+            {
+                if let Some((j, _)) = in_tier.iter().find(|(j, r)| host(*j) == from && r.wanted()) {
+                    replaced.push(*j);
+                }
+            }
+        }
+        // A move in flight counts once: the replica it replaces stands for it.
+        let in_flight = |r: &Replica| match r {
+            Replica::Load {
+                moved_from: Some(from), ..
+            } => holds(from, true),
+            _ => false,
+        };
+        let mut loaded: Vec<usize> = Vec::new();
+        let mut loading: Vec<usize> = Vec::new();
+        for (i, r) in &in_tier {
+            if replaced.contains(i) {
+                continue;
+            }
+            match r {
+                Replica::Loaded { .. } => loaded.push(*i),
+                Replica::Load { .. } if !in_flight(r) => loading.push(*i),
+                _ => {}
+            }
+        }
+        let mut drops: Vec<usize> = replaced;
+        let useful = |v: &Vec<usize>, s: &Self| v.iter().filter(|i| !s.servers[**i].decommissioning).count();
+        let have = useful(&loaded, self) + useful(&loading, self);
+        if have < target {
+            let any = !loaded.is_empty() || !loading.is_empty();
+            let mut chosen: Vec<usize> = Vec::new();
+            for k in 0..(target - have) {
+                let beyond_first = any || k > 0;
+                if beyond_first && self.replicated.get(tier).copied().unwrap_or(0) >= self.throttle {
+                    self.plan.stats.throttled += 1;
+                    continue;
+                }
+                let candidate = self.tiers[tier]
+                    .iter()
+                    .copied()
+                    .filter(|i| !chosen.contains(i))
+                    .filter(|i| {
+                        let rep = in_tier.iter().find(|(j, _)| j == i).map(|(_, r)| *r);
+                        self.can_load(*i, rep, seg.size)
+                    })
+                    .min_by(|a, b| {
+                        self.servers[*a]
+                            .utilisation()
+                            .total_cmp(&self.servers[*b].utilisation())
+                    });
+                match candidate {
+                    Some(i) => {
+                        let rep = in_tier.iter().find(|(j, _)| *j == i).map(|(_, r)| *r);
+                        self.request_load(i, segment(), seg.size, rep, None);
+                        chosen.push(i);
+                        if beyond_first {
+                            *self.replicated.entry(tier.to_string()).or_default() += 1;
+                        }
+                    }
+                    None => self.plan.stats.unplaceable += 1,
+                }
+            }
+        }
+        // Replicas on decommissioning Historicals go (loaded ones once the tier holds its
+        // target elsewhere); then any surplus, loading replicas first, most utilised first.
+        let decom = |i: &usize, s: &Self| s.servers[*i].decommissioning;
+        let mut useful_loaded = useful(&loaded, self);
+        drops.extend(loading.iter().filter(|i| decom(i, self)));
+        if useful_loaded >= target {
+            drops.extend(loaded.iter().filter(|i| decom(i, self)));
+        }
+        let mut spare: Vec<usize> = loading.into_iter().filter(|i| !decom(i, self)).collect();
+        spare.sort_by(|a, b| self.rank(*b).total_cmp(&self.rank(*a)));
+        let mut excess = (useful_loaded + spare.len()).saturating_sub(target);
+        for i in spare {
+            if excess == 0 {
+                break;
+            }
+            drops.push(i);
+            excess -= 1;
+        }
+        let mut held: Vec<usize> = loaded.into_iter().filter(|i| !decom(i, self)).collect();
+        held.sort_by(|a, b| self.rank(*b).total_cmp(&self.rank(*a)));
+        for i in held {
+            if excess == 0 || useful_loaded <= target {
+                break;
+            }
+            drops.push(i);
+            excess -= 1;
+            useful_loaded -= 1;
+        }
+        drops.sort_unstable();
+        drops.dedup();
+        for i in drops {
+            if let Some((_, r)) = in_tier.iter().find(|(j, _)| *j == i) {
+                let r = *r;
+                self.drop_request(i, segment(), r);
+            }
+        }
+        useful_loaded >= target
+    }
+
+    /// Order of preference for dropping: decommissioning first, then by utilisation.
+    fn rank(&self, i: usize) -> f64 {
+        let s = &self.servers[i];
+        if s.decommissioning {
+            f64::MAX
+        } else {
+            s.utilisation()
+        }
+    }
+
+    /// Moves loaded segments from the most to the least utilised Historical of each tier with
+    /// nothing loading, while that narrows the gap.
+    fn balance(&mut self, max_moves: u32) {
+        let mut moves = 0u32;
+        let tiers: Vec<Vec<usize>> = self.tiers.values().cloned().collect();
+        for members in tiers {
+            let members: Vec<usize> = members
+                .into_iter()
+                .filter(|i| !self.servers[*i].decommissioning)
+                .collect();
+            if members.len() < 2 || members.iter().any(|i| self.servers[*i].busy) {
+                continue;
+            }
+            let mut moved: HashSet<SegmentRef> = HashSet::new();
+            while moves < max_moves {
+                let by_use = |a: &&usize, b: &&usize| {
+                    self.servers[**a]
+                        .utilisation()
+                        .total_cmp(&self.servers[**b].utilisation())
+                };
+                let (Some(&src), Some(&dst)) = (members.iter().max_by(by_use), members.iter().min_by(by_use)) else {
+                    break;
+                };
+                let (s, d) = (&self.servers[src], &self.servers[dst]);
+                let pick = s.rec.replicas().iter().find(|(seg, r)| {
+                    let size = r.size();
+                    matches!(r, Replica::Loaded { moved_from: None, .. })
+                        && !moved.contains(*seg)
+                        && d.rec.replica(seg).is_none()
+                        && size <= d.free()
+                        && narrows(s, d, size)
+                });
+                let Some((seg, r)) = pick else { break };
+                let (seg, size) = (seg.clone(), r.size());
+                let from = s.rec.server.host.clone();
+                self.servers[src].held -= size;
+                self.request_load(dst, seg.clone(), size, None, Some(from));
+                moved.insert(seg);
+                moves += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

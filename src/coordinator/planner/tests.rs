@@ -1,0 +1,386 @@
+use std::collections::{BTreeMap, HashSet};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::coordinator::load::{Historical, Outcome, ReplicaReport};
+use crate::coordinator::rules::Rule;
+use crate::segments::{DataSegment, SegmentFilter};
+use crate::workers::AuditInfo;
+
+const DAY: i64 = 86_400_000;
+/// 2026-01-01T00:00Z.
+const NOW: i64 = 1_767_225_600_000;
+
+fn segment(ds: &str, day: i64, version: &str, partition: u32, size: u64) -> DataSegment {
+    let start = NOW - day * DAY;
+    DataSegment::parse(
+        &serde_json::json!({
+            "dataSource": ds,
+            "interval": format!("{}/{}", crate::interval::iso(start), crate::interval::iso(start + DAY)),
+            "version": version,
+            "shardSpec": {"type": "numbered", "partitionNum": partition, "partitions": 0},
+            "loadSpec": {"type": "local", "path": "/x"},
+            "size": size,
+        })
+        .to_string(),
+    )
+    .unwrap()
+}
+
+fn server(n: usize, tier: &str, max_size: u64) -> Historical {
+    Historical {
+        scheme: "http".into(),
+        host: format!("h{n}:8083"),
+        tier: tier.into(),
+        max_size,
+    }
+}
+
+fn load_rule(tiers: &[(&str, i64)]) -> Rule {
+    Rule::LoadForever {
+        tiered_replicants: Some(tiers.iter().map(|(t, n)| (t.to_string(), *n)).collect()),
+        use_default_tier_for_null: true,
+    }
+}
+
+/// A cluster: segments, rules and Historicals.
+#[derive(Clone, Default)]
+struct Cluster {
+    segments: SegmentTable,
+    coordinator: CoordinatorState,
+    time: u64,
+}
+
+impl Cluster {
+    fn plan(&self) -> Plan {
+        plan(&self.segments, &self.coordinator, &self.coordinator.load, NOW)
+    }
+
+    /// Applies a plan as the leader would: loads and drops, then the segments to mark unused.
+    fn apply(&mut self, p: &Plan) {
+        self.time += 1;
+        self.coordinator
+            .load
+            .apply_plan(self.time, &self.segments, &p.loads, &p.drops);
+        for (ds, keys) in &p.unused {
+            self.segments
+                .apply_mark_unused(self.time, ds, &SegmentFilter::Keys { keys: keys.clone() });
+        }
+    }
+
+    /// Every Historical does what it was asked: loads what it should load, drops the rest.
+    fn historicals_work(&mut self) {
+        self.time += 1;
+        let hosts: Vec<String> = self.coordinator.load.serving().map(|s| s.server.host.clone()).collect();
+        for h in hosts {
+            let reports: Vec<ReplicaReport> = self
+                .coordinator
+                .load
+                .get(&h)
+                .unwrap()
+                .replicas()
+                .iter()
+                .filter_map(|(seg, r)| {
+                    let outcome = match r {
+                        Replica::Load { .. } => Outcome::Loaded,
+                        Replica::Drop { .. } => Outcome::Dropped,
+                        _ => return None,
+                    };
+                    Some(ReplicaReport {
+                        segment: seg.clone(),
+                        outcome,
+                    })
+                })
+                .collect();
+            self.coordinator
+                .load
+                .apply_report(self.time, &self.segments, &h, &reports, false);
+        }
+    }
+
+    /// Plans and works until a plan proposes nothing (or `rounds` pass); returns the rounds.
+    fn converge(&mut self, rounds: usize) -> usize {
+        for round in 0..rounds {
+            let p = self.plan();
+            if p.loads.is_empty() && p.drops.is_empty() && p.unused.is_empty() {
+                return round;
+            }
+            self.apply(&p);
+            self.historicals_work();
+        }
+        rounds
+    }
+
+    /// Loaded replicas of a segment, by tier.
+    fn loaded(&self, seg: &SegmentRef) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for s in self.coordinator.load.serving() {
+            if matches!(s.replica(seg), Some(Replica::Loaded { .. })) {
+                *out.entry(s.server.tier.clone()).or_default() += 1;
+            }
+        }
+        out
+    }
+}
+
+fn seg_ref(ds: &str, key: &SegmentKey) -> SegmentRef {
+    SegmentRef {
+        datasource: ds.into(),
+        key: key.clone(),
+    }
+}
+
+/// Checks what must hold after any plan is applied.
+fn check_invariants(c: &Cluster, p: &Plan) -> Result<(), TestCaseError> {
+    let mut seen = HashSet::new();
+    for l in &p.loads {
+        prop_assert!(
+            seen.insert((l.host.clone(), l.segment.clone())),
+            "two loads of one segment on one server"
+        );
+    }
+    for s in c.coordinator.load.serving() {
+        prop_assert!(
+            s.committed_bytes() <= s.server.max_size,
+            "{} holds {} bytes over its {}",
+            s.server.host,
+            s.committed_bytes(),
+            s.server.max_size
+        );
+        let sum: u64 = s.replicas().values().map(Replica::size).sum();
+        prop_assert_eq!(sum, s.committed_bytes());
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    servers: Vec<(usize, u64)>,
+    segments: Vec<(usize, i64, u32, u64)>,
+    hot: i64,
+    default: i64,
+    drop_before_day: Option<i64>,
+}
+
+fn case(ample: bool) -> impl Strategy<Value = Case> {
+    (
+        proptest::collection::vec((0usize..2, 1u64..60), 1..6),
+        proptest::collection::vec((0usize..2, 0i64..20, 0u32..2, 1u64..10), 0..40),
+        0i64..3,
+        0i64..4,
+        proptest::option::of(1i64..20),
+    )
+        .prop_map(move |(servers, segments, hot, default, drop_before_day)| Case {
+            servers: servers
+                .into_iter()
+                .map(|(t, size)| (t, if ample { 10_000 } else { size }))
+                .collect(),
+            segments,
+            hot,
+            default,
+            drop_before_day,
+        })
+}
+
+const TIERS: [&str; 2] = ["_default_tier", "hot"];
+const DATASOURCES: [&str; 2] = ["a", "b"];
+
+fn build(case: &Case) -> Cluster {
+    let mut c = Cluster::default();
+    for (i, (tier, size)) in case.servers.iter().enumerate() {
+        c.coordinator.load.apply_register(0, server(i, TIERS[*tier], *size));
+    }
+    for (ds, day, partition, size) in &case.segments {
+        c.segments
+            .apply_insert(0, vec![segment(DATASOURCES[*ds], *day, "v1", *partition, *size)]);
+    }
+    let mut rules = vec![];
+    if let Some(d) = case.drop_before_day {
+        rules.push(Rule::DropBeforeByPeriod {
+            period: format!("P{d}D"),
+        });
+    }
+    rules.push(load_rule(&[("hot", case.hot), ("_default_tier", case.default)]));
+    c.coordinator.apply_set_rules(0, "a", rules, AuditInfo::default());
+    c.coordinator.dynamic_config.replication_throttle_limit = 10_000;
+    c.coordinator.dynamic_config.max_segments_in_node_loading_queue = 0;
+    c
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Never over a cache's size, never two loads of one segment on one server, and applying a
+    /// plan then planning again proposes nothing new.
+    #[test]
+    fn a_plan_stays_within_capacity_and_a_replan_after_applying_it_proposes_nothing(case in case(false)) {
+        let mut c = build(&case);
+        for _ in 0..4 {
+            let p = c.plan();
+            c.apply(&p);
+            check_invariants(&c, &p)?;
+            let again = c.plan();
+            prop_assert!(again.loads.is_empty(), "re-plan loads {:?}", again.loads);
+            prop_assert!(again.drops.is_empty(), "re-plan drops {:?}", again.drops);
+            c.historicals_work();
+            check_invariants(&c, &again)?;
+        }
+    }
+
+    /// With room enough, every used segment ends with exactly its rule's replicas per tier (as
+    /// many as the tier has servers), and segments a drop rule matches end unused and unserved.
+    #[test]
+    fn replicas_reach_the_rule_count_when_capacity_allows(case in case(true)) {
+        let mut c = build(&case);
+        let rounds = c.converge(20);
+        prop_assert!(rounds < 20, "did not converge");
+        let tier_size = |t: &str| c.coordinator.load.serving().filter(|s| s.server.tier == t).count();
+        let defaults = c.coordinator.rules_of(DEFAULT_RULES);
+        for (name, ds) in c.segments.datasources() {
+            let own = c.coordinator.rules_of(name);
+            for (key, s) in ds.all() {
+                let loaded = c.loaded(&seg_ref(name, key));
+                let rule = first_match(&own, &defaults, &key.interval(), NOW);
+                match rule.map(|r| r.action()) {
+                    Some(Action::Load(tiers)) if s.used => {
+                        for (tier, n) in tiers {
+                            let want = (n as usize).min(tier_size(&tier));
+                            prop_assert_eq!(loaded.get(&tier).copied().unwrap_or(0), want, "{} in {}", key.id(name), tier);
+                        }
+                    }
+                    Some(Action::Drop) => {
+                        prop_assert!(!s.used, "a drop rule's segment stays used");
+                        prop_assert!(loaded.is_empty());
+                    }
+                    _ => prop_assert!(loaded.is_empty() || s.used),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_lost_historicals_segments_are_loaded_on_the_others() {
+    let mut c = Cluster::default();
+    for i in 0..3 {
+        c.coordinator.load.apply_register(0, server(i, "_default_tier", 1_000));
+    }
+    let segs: Vec<DataSegment> = (0..30).map(|d| segment("a", d, "v1", 0, 10)).collect();
+    c.segments.apply_insert(0, segs);
+    c.converge(10);
+    let lost_had = c.coordinator.load.get("h0:8083").unwrap().loaded();
+    assert!(lost_had > 0);
+    c.coordinator.load.apply_lost("h0:8083");
+    c.converge(10);
+    let (name, ds) = c.segments.datasources().next().unwrap();
+    for (key, _) in ds.all() {
+        let loaded = c.loaded(&seg_ref(name, key));
+        assert_eq!(
+            loaded.get("_default_tier"),
+            Some(&2),
+            "{} is not on two servers",
+            key.id(name)
+        );
+    }
+}
+
+#[test]
+fn balancing_moves_segments_to_a_new_historical_and_drops_them_where_they_were() {
+    let mut c = Cluster::default();
+    c.coordinator.load.apply_register(0, server(0, "_default_tier", 10_000));
+    c.coordinator
+        .apply_set_rules(0, "a", vec![load_rule(&[("_default_tier", 1)])], AuditInfo::default());
+    c.segments
+        .apply_insert(0, (0..40).map(|d| segment("a", d, "v1", 0, 10)).collect());
+    c.converge(10);
+    assert_eq!(c.coordinator.load.get("h0:8083").unwrap().loaded(), 40);
+    c.coordinator.load.apply_register(0, server(1, "_default_tier", 10_000));
+    c.coordinator.dynamic_config.max_segments_to_move = 5;
+    let first = c.plan();
+    assert_eq!(first.stats.moved, 5, "at most maxSegmentsToMove per run");
+    assert!(first.loads.iter().all(|l| l.moved_from.as_deref() == Some("h0:8083")));
+    c.converge(40);
+    let a = c.coordinator.load.get("h0:8083").unwrap().loaded();
+    let b = c.coordinator.load.get("h1:8083").unwrap().loaded();
+    assert_eq!(a + b, 40, "every segment is served once: {a} + {b}");
+    assert!(a.abs_diff(b) <= 1, "balanced: {a} vs {b}");
+}
+
+#[test]
+fn replication_beyond_the_first_replica_is_throttled_per_tier() {
+    let mut c = Cluster::default();
+    for i in 0..3 {
+        c.coordinator.load.apply_register(0, server(i, "_default_tier", 10_000));
+    }
+    c.coordinator
+        .apply_set_rules(0, "a", vec![load_rule(&[("_default_tier", 3)])], AuditInfo::default());
+    c.segments
+        .apply_insert(0, (0..10).map(|d| segment("a", d, "v1", 0, 1)).collect());
+    c.coordinator.dynamic_config.replication_throttle_limit = 4;
+    let p = c.plan();
+    // Ten first replicas are never throttled; of the twenty others, four go.
+    assert_eq!(p.stats.assigned, 14);
+    assert_eq!(p.stats.throttled, 16);
+}
+
+#[test]
+fn an_overshadowed_segment_is_marked_unused_only_once_its_replacement_is_loaded() {
+    let mut c = Cluster::default();
+    c.coordinator.load.apply_register(0, server(0, "_default_tier", 10_000));
+    c.coordinator
+        .apply_set_rules(0, "a", vec![load_rule(&[("_default_tier", 1)])], AuditInfo::default());
+    c.segments.apply_insert(0, vec![segment("a", 1, "v1", 0, 10)]);
+    c.converge(5);
+    c.segments.apply_insert(0, vec![segment("a", 1, "v2", 0, 10)]);
+    let p = c.plan();
+    assert_eq!(p.stats.overshadowed, 1);
+    assert!(p.unused.is_empty(), "v2 is not loaded yet: v1 must stay");
+    c.apply(&p);
+    c.historicals_work();
+    let p = c.plan();
+    assert_eq!(p.stats.marked_unused_overshadowed, 1);
+    assert_eq!(p.drops.len(), 1, "v1's replica goes with it");
+    c.converge(5);
+    let (_, ds) = c.segments.datasources().next().unwrap();
+    let used: Vec<&str> = ds.used().map(|(k, _)| &*k.version).collect();
+    assert_eq!(used, vec!["v2"]);
+    assert_eq!(c.coordinator.load.get("h0:8083").unwrap().loaded(), 1);
+}
+
+#[test]
+fn a_rule_naming_a_tier_no_historical_serves_is_counted() {
+    let mut c = Cluster::default();
+    c.coordinator.load.apply_register(0, server(0, "_default_tier", 10_000));
+    c.coordinator
+        .apply_set_rules(0, "a", vec![load_rule(&[("cold", 1)])], AuditInfo::default());
+    c.segments.apply_insert(0, vec![segment("a", 1, "v1", 0, 10)]);
+    let p = c.plan();
+    assert!(p.loads.is_empty());
+    assert_eq!(
+        p.stats.unknown_tiers,
+        std::collections::BTreeSet::from(["cold".to_string()])
+    );
+}
+
+#[test]
+fn decommissioning_historicals_hand_their_segments_over_before_dropping_them() {
+    let mut c = Cluster::default();
+    c.coordinator.load.apply_register(0, server(0, "_default_tier", 10_000));
+    c.coordinator
+        .apply_set_rules(0, "a", vec![load_rule(&[("_default_tier", 1)])], AuditInfo::default());
+    c.segments
+        .apply_insert(0, (0..5).map(|d| segment("a", d, "v1", 0, 10)).collect());
+    c.converge(5);
+    c.coordinator.load.apply_register(0, server(1, "_default_tier", 10_000));
+    c.coordinator
+        .dynamic_config
+        .decommissioning_nodes
+        .insert("h0:8083".into());
+    let p = c.plan();
+    assert_eq!(p.loads.len(), 5);
+    assert!(p.drops.is_empty(), "nothing is dropped before the new replicas load");
+    c.converge(10);
+    assert_eq!(c.coordinator.load.get("h0:8083").unwrap().replicas().len(), 0);
+    assert_eq!(c.coordinator.load.get("h1:8083").unwrap().loaded(), 5);
+}
