@@ -35,6 +35,8 @@ pub struct NodeConfig {
     pub task_log_dir: PathBuf,
     /// Set when this node is also a worker.
     pub worker: Option<WorkerSettings>,
+    /// Set when this node is also a Historical.
+    pub historical: Option<HistoricalSettings>,
     pub auth: AuthSettings,
     /// HTTPS instead of HTTP, for clients and between nodes.
     pub tls: Option<TlsSettings>,
@@ -117,6 +119,20 @@ pub struct WorkerSettings {
     pub timing: WorkerTiming,
     /// The cluster's CA, handed to peons so that they reach the nodes over HTTPS.
     pub tls_ca: Option<PathBuf>,
+}
+
+/// A Historical's cache and place in the cluster.
+#[derive(Debug, Clone)]
+pub struct HistoricalSettings {
+    /// Where cached segments are kept (`--segment-cache-dir`).
+    pub cache_dir: PathBuf,
+    /// Bytes of segments the cache may hold (`--max-segment-cache-size`).
+    pub max_size: u64,
+    /// Druid's `druid.server.tier`.
+    pub tier: String,
+    /// Deep storage segments are read from, as [`WorkerSettings::deep_storage`].
+    pub deep_storage: String,
+    pub timing: crate::worker::WorkerTiming,
 }
 
 /// Limits on what clients may submit.

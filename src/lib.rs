@@ -10,9 +10,11 @@
 //! - [`locks`]: task locks with Druid's lockbox rules and fencing tokens;
 //! - [`segments`]: segment metadata, the versioned timeline, commit metadata, pending segments;
 //! - [`audit`]: the trail of lock and segment changes;
-//! - [`coordinator`]: retention rules and their history;
+//! - [`coordinator`]: retention rules, dynamic and compaction configs, Historicals' replicas, the
+//!   load/drop/balance planner and the duties that run it;
 //! - [`interval`]: Druid's ISO-8601 intervals;
 //! - [`worker`]: the MiddleManager itself: runs assigned tasks in forked peon processes;
+//! - [`historical`]: the Historical: a segment cache loaded and dropped as the Coordinator asks;
 //! - [`nodes`]: node announcements in the replicated state and in-process discovery;
 //! - [`sm`]: the command envelope, dispatch to each concept's `apply`, and replies;
 //! - [`api`]: Druid's HTTP API and raftlord's own routes, one error-to-status mapping;
@@ -29,6 +31,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod coordinator;
+pub mod historical;
 pub mod http_server;
 pub use raftlord_time::interval;
 pub mod leader;

@@ -33,6 +33,7 @@ use tracing::{info, warn};
 use crate::api::{self, AppState};
 use crate::clock::now_ms;
 use crate::config::{NodeConfig, WorkerNodeConfig, WorkerSettings};
+use crate::historical::HistoricalService;
 use crate::leader::{Heartbeats, LeaderServices};
 use crate::nodes::discovery::NodeDiscovery;
 use crate::nodes::{NodeAnnouncement, NodeRole};
@@ -43,6 +44,7 @@ use crate::worker::runner::{PeonRunner, RunnerConfig};
 use crate::worker::WorkerService;
 use crate::workers::Worker;
 use crate::Raft;
+use utoipa_axum::router::OpenApiRouter;
 
 /// Why a node could not start; the message names the stage.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +57,8 @@ pub enum StartError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("worker stage failed: {0}")]
     Worker(String),
+    #[error("historical stage failed: {0}")]
+    Historical(String),
     #[error("TLS settings: {0}")]
     Tls(String),
 }
@@ -85,6 +89,8 @@ pub struct RunningNode {
     pub discovery: NodeDiscovery,
     /// This node's worker, when it is one.
     pub worker: Option<WorkerService>,
+    /// This node's Historical, when it is one.
+    pub historical: Option<HistoricalService>,
     config: Arc<NodeConfig>,
     engine: Engine,
     http_stop: CancellationToken,
@@ -169,6 +175,7 @@ impl RunningNode {
         let services_stop = CancellationToken::new();
         let discovery = NodeDiscovery::default();
         let heartbeats = Heartbeats::default();
+        let duties = crate::coordinator::duties::DutyLog::default();
         let (fatal_tx, fatal) = mpsc::unbounded_channel();
         let mut background = vec![
             critical(
@@ -182,6 +189,7 @@ impl RunningNode {
                 LeaderServices::new(
                     raft.clone(),
                     heartbeats.clone(),
+                    duties.clone(),
                     config.overlord.clone(),
                     config
                         .auth
@@ -211,6 +219,19 @@ impl RunningNode {
             }
             None => None,
         };
+        let historical = match &config.historical {
+            Some(settings) => {
+                let h = start_historical(settings, &url, vec![url.clone()], &config.cluster_secret)?;
+                background.push(critical(
+                    "the historical",
+                    &fatal_tx,
+                    h.clone().run(services_stop.child_token()),
+                ));
+                config.roles.push(NodeRole::Historical);
+                Some(h)
+            }
+            None => None,
+        };
 
         // 4. http, then cluster formation
         let config = Arc::new(config);
@@ -219,13 +240,22 @@ impl RunningNode {
             config: config.clone(),
             discovery: discovery.clone(),
             heartbeats,
+            duties,
             http: raftlord_raft::tls::client_builder().build().unwrap_or_default(),
         };
         let http_stop = CancellationToken::new();
-        let worker_routes = worker
-            .as_ref()
-            .map(|w| crate::worker::http::routes(w.clone(), &config.cluster_secret, !config.auth.enabled));
-        let app = api::router(state, worker_routes);
+        let mut extra = OpenApiRouter::new();
+        if let Some(w) = &worker {
+            extra = extra.merge(crate::worker::http::routes(
+                w.clone(),
+                &config.cluster_secret,
+                !config.auth.enabled,
+            ));
+        }
+        if let Some(h) = &historical {
+            extra = extra.merge(crate::historical::http::routes(h.clone()));
+        }
+        let app = api::router(state, Some(extra));
         let http = serve(listener, app, http_stop.clone(), tls);
         info!(url = %url, "serving http");
         {
@@ -252,6 +282,7 @@ impl RunningNode {
             url,
             discovery,
             worker,
+            historical,
             config,
             engine,
             http_stop,
@@ -465,6 +496,44 @@ fn start_worker(
     Ok(WorkerService::new(
         worker,
         runner,
+        LeaderClient::new(seeds, secret.to_string()),
+        settings.timing.clone(),
+    ))
+}
+
+/// Opens the Historical's segment cache (serving again what it finds intact there) and builds
+/// its service; the caller runs it.
+fn start_historical(
+    settings: &crate::config::HistoricalSettings,
+    url: &str,
+    seeds: Vec<String>,
+    secret: &str,
+) -> Result<HistoricalService, StartError> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| StartError::Historical(format!("bad URL {url}: {e}")))?;
+    let (Some(host), Some(port)) = (parsed.host_str(), parsed.port_or_known_default()) else {
+        return Err(StartError::Historical(format!("URL {url} has no host or port")));
+    };
+    let server = crate::coordinator::load::Historical {
+        scheme: parsed.scheme().to_string(),
+        host: format!("{host}:{port}"),
+        tier: settings.tier.clone(),
+        max_size: settings.max_size,
+    };
+    server.check().map_err(StartError::Historical)?;
+    let deep = crate::worker::deep_storage::DeepStorage::parse(&settings.deep_storage)
+        .map_err(|e| StartError::Historical(format!("deep storage: {e}")))?;
+    let (cache, found) =
+        crate::historical::cache::SegmentCache::open(&settings.cache_dir, deep).map_err(StartError::Historical)?;
+    info!(
+        historical = %server.host,
+        cache = %settings.cache_dir.display(),
+        found = found.len(),
+        "segment cache opened"
+    );
+    Ok(HistoricalService::new(
+        server,
+        cache,
+        found,
         LeaderClient::new(seeds, secret.to_string()),
         settings.timing.clone(),
     ))

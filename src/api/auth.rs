@@ -143,7 +143,8 @@ pub fn policy(method: &Method, template: &str) -> Need {
         return match template {
             "/status/health" | "/status/selfDiscovered" | "/status/selfDiscovered/status" => Need::Open,
             "/status" | "/status/nodes" | "/status/properties" => STATE_READ,
-            "/openapi.json" => Need::Open,
+            "/openapi.json" | "/druid/historical/v1/readiness" => Need::Open,
+            "/druid/historical/v1/loadstatus" | "/druid/historical/v1/segments" => STATE_READ,
             _ => STATE_WRITE,
         };
     };
@@ -168,6 +169,8 @@ pub fn policy(method: &Method, template: &str) -> Need {
         (true, "/datasources/{ds}/metadata") => DS_WRITE,
         (false, "/metadata/datasources" | "/metadata/segments" | "/datasources") => Need::Login,
         (false, "/rules" | "/rules/history") => STATE_READ,
+        (false, "/loadstatus" | "/loadqueue" | "/servers" | "/tiers" | "/tiers/{tier}" | "/duties") => STATE_READ,
+        (false, "/datasources/{ds}/loadstatus") => DS_READ,
         (false, p) if p == "/config" || p.starts_with("/config/") => {
             if read {
                 CONFIG_READ
@@ -373,6 +376,12 @@ mod tests {
         );
         assert_eq!(policy(&get, "/druid/coordinator/v1/datasources/{ds}"), DS_READ);
         assert_eq!(policy(&get, "/druid/coordinator/v1/rules"), STATE_READ);
+        assert_eq!(policy(&get, "/druid/coordinator/v1/loadstatus"), STATE_READ);
+        assert_eq!(
+            policy(&get, "/druid/coordinator/v1/datasources/{ds}/loadstatus"),
+            DS_READ
+        );
+        assert_eq!(policy(&get, "/druid/historical/v1/readiness"), Need::Open);
         assert_eq!(policy(&get, "/druid/coordinator/v1/rules/history"), STATE_READ);
         assert_eq!(policy(&get, "/druid/coordinator/v1/rules/{ds}"), DS_READ);
         assert_eq!(policy(&get, "/druid/coordinator/v1/rules/{ds}/history"), DS_READ);

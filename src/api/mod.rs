@@ -18,6 +18,7 @@ pub mod auth;
 mod coordinator;
 mod error;
 pub mod guard;
+mod load;
 pub mod openapi;
 mod security;
 mod segments;
@@ -51,8 +52,10 @@ pub struct AppState {
     pub raft: Arc<Raft>,
     pub config: Arc<NodeConfig>,
     pub discovery: NodeDiscovery,
-    /// Worker heartbeats received while this node leads.
+    /// Worker and Historical heartbeats received while this node leads.
     pub heartbeats: Heartbeats,
+    /// The Coordinator duties' last runs, while this node leads.
+    pub duties: crate::coordinator::duties::DutyLog,
     /// Client for fetching logs and reports from workers.
     pub http: reqwest::Client,
 }
@@ -99,6 +102,7 @@ pub(crate) fn audit_info(headers: &axum::http::HeaderMap) -> crate::workers::Aud
 pub fn router(state: AppState, extra: Option<OpenApiRouter>) -> Router {
     let secret: Arc<str> = state.config.cluster_secret.as_str().into();
     let internal = workers::internal_routes()
+        .merge(crate::historical::protocol::internal_routes())
         .layer(middleware::from_fn_with_state(state.clone(), leader_only))
         .layer(middleware::from_fn_with_state(
             secret,
@@ -110,6 +114,7 @@ pub fn router(state: AppState, extra: Option<OpenApiRouter>) -> Router {
         .merge(actions::routes())
         .merge(segments::routes())
         .merge(coordinator::routes())
+        .merge(load::routes())
         .merge(security::routes())
         .layer(middleware::from_fn_with_state(state.clone(), leader_only))
         .merge(tasks::any_node_routes())

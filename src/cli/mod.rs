@@ -81,6 +81,69 @@ pub struct DebugLogArgs {
     pub full: bool,
 }
 
+/// A size in bytes: a number, optionally followed by KB, MB, GB, TB (powers of 1000) or KiB,
+/// MiB, GiB, TiB (powers of 1024).
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("[{s}] is not a size such as 500MiB, 10GiB or 2000000000"))?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        other => {
+            return Err(format!(
+                "unknown size unit [{other}]; use KB, MB, GB, TB, KiB, MiB, GiB or TiB"
+            ))
+        }
+    };
+    n.checked_mul(factor).ok_or_else(|| format!("[{s}] is too large"))
+}
+
+/// A duration in milliseconds: a number of milliseconds, or an ISO-8601 duration of days,
+/// hours, minutes and seconds (PT60S, PT1M, PT0.5S).
+fn parse_period_ms(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    if let Ok(ms) = s.parse::<u64>() {
+        return if ms > 0 {
+            Ok(ms)
+        } else {
+            Err("the period must be positive".into())
+        };
+    }
+    let bad = || format!("[{s}] is not a duration such as PT60S, PT1M or 5000 (milliseconds)");
+    let d: iso8601::Duration = s.parse().map_err(|_| bad())?;
+    let ms = match d {
+        iso8601::Duration::YMDHMS {
+            year: 0,
+            month: 0,
+            day,
+            hour,
+            minute,
+            second,
+            millisecond,
+        } => {
+            ((u64::from(day) * 24 + u64::from(hour)) * 60 + u64::from(minute)) * 60_000
+                + u64::from(second) * 1000
+                + u64::from(millisecond)
+        }
+        _ => return Err(bad()),
+    };
+    if ms == 0 {
+        return Err("the period must be positive".into());
+    }
+    Ok(ms)
+}
+
 /// Druid's default worker capacity: one slot per CPU but one, at least one.
 pub fn default_worker_capacity() -> u32 {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -163,6 +226,21 @@ pub struct NodeArgs {
     /// environment variables, e.g. AWS_ENDPOINT_URL for MinIO). Default: DATA_DIR/deep-storage.
     #[arg(long, env = "RAFTLORD_DEEP_STORAGE")]
     pub deep_storage: Option<String>,
+    /// Where this node's Historical keeps the segments it serves. Default: DATA_DIR/segment-cache.
+    #[arg(long, env = "RAFTLORD_SEGMENT_CACHE_DIR")]
+    pub segment_cache_dir: Option<PathBuf>,
+    /// Most bytes of segments this node's Historical serves (e.g. 500MiB, 10GiB, 2000000000);
+    /// 0: not a Historical.
+    #[arg(long, env = "RAFTLORD_MAX_SEGMENT_CACHE_SIZE", default_value = "10GiB", value_parser = parse_bytes)]
+    pub max_segment_cache_size: u64,
+    /// The Historical's tier (Druid's `druid.server.tier`); rules name tiers in `tieredReplicants`.
+    #[arg(long, env = "RAFTLORD_TIER", default_value = crate::coordinator::rules::DEFAULT_TIER)]
+    pub tier: String,
+    /// How often the Coordinator's historical management runs at the least (it also runs soon
+    /// after segments, rules or Historicals change): an ISO-8601 duration such as PT60S (Druid's
+    /// `druid.coordinator.period`), or milliseconds.
+    #[arg(long, env = "RAFTLORD_COORDINATOR_PERIOD", default_value = "PT5S", value_parser = parse_period_ms)]
+    pub coordinator_period: u64,
     #[command(flatten)]
     pub auth: AuthArgs,
     #[command(flatten)]
@@ -305,6 +383,9 @@ impl NodeArgs {
             format!("--assign-timeout-ms={}", self.assign_timeout_ms),
             format!("--completed-task-retention-ms={}", self.completed_task_retention_ms),
             format!("--audit-retention-ms={}", self.audit_retention_ms),
+            format!("--max-segment-cache-size={}", self.max_segment_cache_size),
+            format!("--tier={}", self.tier),
+            format!("--coordinator-period={}", self.coordinator_period),
         ];
         if let Some(m) = self.max_active_tasks {
             flags.push(format!("--max-active-tasks={m}"));
@@ -346,6 +427,8 @@ pub enum Role {
     /// Druid's MiddleManager: runs tasks in peon processes.
     #[value(alias = "middleManager")]
     Worker,
+    /// Druid's Historical: serves segments from a local cache, loaded as the Coordinator asks.
+    Historical,
 }
 
 #[derive(Debug, Args)]
@@ -357,7 +440,7 @@ pub struct ServerArgs {
         env = "RAFTLORD_ROLES",
         value_enum,
         value_delimiter = ',',
-        default_value = "overlord,coordinator,worker"
+        default_value = "overlord,coordinator,worker,historical"
     )]
     pub roles: Vec<Role>,
     /// This member's Raft id (a positive integer, unique in the cluster). Not needed for a

@@ -40,7 +40,25 @@ fn overlord_settings(args: &NodeArgs) -> OverlordSettings {
             completed_tasks: Duration::from_millis(args.completed_task_retention_ms),
             audit: Duration::from_millis(args.audit_retention_ms),
         },
+        coordinator_period: Duration::from_millis(args.coordinator_period),
     }
+}
+
+/// The Historical settings, or `None` when the cache size is 0.
+fn historical_settings(args: &NodeArgs, data_dir: &Path) -> Option<crate::config::HistoricalSettings> {
+    (args.max_segment_cache_size > 0).then(|| crate::config::HistoricalSettings {
+        cache_dir: args
+            .segment_cache_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("segment-cache")),
+        max_size: args.max_segment_cache_size,
+        tier: args.tier.clone(),
+        deep_storage: deep_storage(args, data_dir),
+        timing: WorkerTiming {
+            heartbeat: Duration::from_millis(args.worker_heartbeat_ms.max(10)),
+            ..WorkerTiming::default()
+        },
+    })
 }
 
 fn task_log_dir(args: &NodeArgs, data_dir: &Path) -> std::path::PathBuf {
@@ -144,6 +162,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<i32> {
         overlord: overlord_settings(&args.node),
         task_log_dir: task_log_dir(&args.node, &args.data_dir),
         worker: worker_settings(&args.node, &args.data_dir),
+        historical: historical_settings(&args.node, &args.data_dir),
         auth,
         tls: args.node.tls.settings(),
     };
@@ -194,6 +213,11 @@ pub async fn server(mut args: ServerArgs) -> anyhow::Result<i32> {
     } else {
         None
     };
+    let historical = if args.roles.contains(&Role::Historical) {
+        historical_settings(&args.node, &args.data_dir)
+    } else {
+        None
+    };
     let config = NodeConfig {
         node_id,
         listen: args.listen,
@@ -207,6 +231,7 @@ pub async fn server(mut args: ServerArgs) -> anyhow::Result<i32> {
         overlord: overlord_settings(&args.node),
         task_log_dir: task_log_dir(&args.node, &args.data_dir),
         worker,
+        historical,
         auth,
         tls: args.node.tls.settings(),
     };

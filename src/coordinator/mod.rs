@@ -8,9 +8,11 @@
 
 pub mod compaction;
 pub mod config;
+pub mod duties;
 pub mod load;
 pub mod planner;
 pub mod rules;
+pub mod status;
 
 use std::collections::BTreeMap;
 

@@ -11,7 +11,9 @@
 //! - [`assigner`]: waiting tasks x free worker slots -> `AssignTasks` commands;
 //! - [`worker_monitor`]: workers silent past the timeout -> `WorkerLost`; assignments not
 //!   accepted in time -> `FailUnstartedTask`;
-//! - [`retention`]: records past their retention -> `PruneHistory`.
+//! - [`retention`]: records past their retention -> `PruneHistory`;
+//! - [`crate::coordinator::duties`]: the Coordinator's historical management -> `MarkSegments`,
+//!   `PlanReplicas`.
 //!
 //! A service that panics takes the supervisor down with it, and so the node (crash-only).
 
@@ -38,6 +40,8 @@ pub struct OverlordSettings {
     pub assign_timeout: Duration,
     /// How long complete tasks and audit records are kept.
     pub retention: retention::Retention,
+    /// How often the Coordinator's historical-management duty runs at the least.
+    pub coordinator_period: Duration,
 }
 
 impl Default for OverlordSettings {
@@ -46,6 +50,7 @@ impl Default for OverlordSettings {
             worker_timeout: Duration::from_secs(30),
             assign_timeout: Duration::from_secs(60),
             retention: retention::Retention::default(),
+            coordinator_period: Duration::from_secs(5),
         }
     }
 }
@@ -55,6 +60,12 @@ impl Default for OverlordSettings {
 pub struct Heartbeats(Arc<Mutex<HashMap<String, Instant>>>);
 
 impl Heartbeats {
+    /// The key a Historical's heartbeats are kept under (a node may be a worker too, on the
+    /// same `host:port`).
+    pub fn historical_key(host: &str) -> String {
+        format!("historical:{host}")
+    }
+
     pub fn beat(&self, host: &str) {
         let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
         g.insert(host.to_string(), Instant::now());
@@ -70,6 +81,7 @@ impl Heartbeats {
 pub struct LeaderServices {
     raft: Arc<Raft>,
     heartbeats: Heartbeats,
+    duties: crate::coordinator::duties::DutyLog,
     settings: OverlordSettings,
     initial_admin_password: Option<String>,
 }
@@ -80,12 +92,14 @@ impl LeaderServices {
     pub fn new(
         raft: Arc<Raft>,
         heartbeats: Heartbeats,
+        duties: crate::coordinator::duties::DutyLog,
         settings: OverlordSettings,
         initial_admin_password: Option<String>,
     ) -> Self {
         LeaderServices {
             raft,
             heartbeats,
+            duties,
             settings,
             initial_admin_password,
         }
@@ -107,6 +121,12 @@ impl LeaderServices {
                         self.raft.clone(),
                         self.heartbeats.clone(),
                         self.settings.clone(),
+                        token.clone(),
+                    ));
+                    services.spawn(crate::coordinator::duties::run(
+                        self.raft.clone(),
+                        self.settings.coordinator_period,
+                        self.duties.clone(),
                         token.clone(),
                     ));
                     services.spawn(retention::run(

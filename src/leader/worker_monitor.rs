@@ -8,6 +8,9 @@
 //!   start a peon for it late, and a task must never run twice. That late peon is stopped when
 //!   its worker reports it, and its task actions are refused (the task is no longer active).
 //!
+//! - A Historical silent past the same timeout is lost (`HistoricalLost`): its replicas are
+//!   forgotten and the next historical-management run loads them elsewhere.
+//!
 //! Both deadlines run on the monotonic clock, so a wall clock stepped ahead (NTP, an operator)
 //! fails nothing.
 
@@ -66,6 +69,15 @@ pub async fn run(raft: Arc<Raft>, heartbeats: Heartbeats, settings: OverlordSett
                 }
             }
             waiting_since = still_waiting;
+            for h in g.state.coordinator.load.serving() {
+                let host = &h.server.host;
+                let last = heartbeats
+                    .last(&Heartbeats::historical_key(host))
+                    .map_or(took_over, |t| t.max(took_over));
+                if last.elapsed() > settings.worker_timeout {
+                    commands.push(Command::HistoricalLost { host: host.clone() });
+                }
+            }
         }
         for c in commands {
             warn!(command = ?c, "worker deadline missed");

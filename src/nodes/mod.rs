@@ -18,6 +18,7 @@ pub enum NodeRole {
     Overlord,
     Coordinator,
     MiddleManager,
+    Historical,
 }
 
 /// One node's announcement, as stored.

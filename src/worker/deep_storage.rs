@@ -41,7 +41,7 @@ pub struct SegmentPlace<'a> {
 
 impl SegmentPlace<'_> {
     /// `dataSource/start_end/version/partitionNum`, with each part safe as a path component.
-    fn dir(&self) -> String {
+    pub fn dir(&self) -> String {
         format!(
             "{}/{}_{}/{}/{}",
             sanitize(self.datasource),

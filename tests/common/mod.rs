@@ -82,6 +82,7 @@ pub fn node_config(id: u64, dir: &Path, formation: ClusterFormation, snapshot_ev
         overlord: Default::default(),
         task_log_dir: dir.join("task-logs"),
         worker: None,
+        historical: None,
         auth: raftlord::config::AuthSettings::off(),
         tls: None,
     }

@@ -1,0 +1,166 @@
+//! The Coordinator's duties as a leader service, and the record of their runs.
+//!
+//! Historical management runs every `--coordinator-period`, and sooner when the state changes
+//! (a publish, a Historical's report, a rule), but never more often than twice the time its
+//! last run took, so a big cluster does not plan back to back. A run reads the state (a cheap
+//! copy of persistent maps), plans off the async threads ([`super::planner::plan`]) and
+//! proposes the plan: the segments to mark unused, then the loads and drops in commands of at
+//! most [`CHUNK`] requests. Everything it decided is in the replicated state once committed,
+//! so a new leader's first run starts from exactly where the old one left off.
+//!
+//! [`DutyLog`] keeps each duty's last run (start, duration, counts) for
+//! `GET /druid/coordinator/v1/duties`; it lives in the leader's memory only.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::planner::{plan, RunStats};
+use crate::clock::{iso, now_ms};
+use crate::segments::SegmentFilter;
+use crate::sm::Command;
+use crate::Raft;
+
+/// Most loads and drops (or segments marked unused) one command carries.
+pub const CHUNK: usize = 2_000;
+
+/// The shortest pause between two runs triggered by state changes.
+const MIN_GAP: Duration = Duration::from_millis(100);
+
+/// The last run of one duty.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DutyRun {
+    pub duty: String,
+    pub group: String,
+    /// The leader's clock when the run started.
+    pub started: String,
+    pub duration_ms: u64,
+    pub runs: u64,
+    pub stats: RunStats,
+    /// Commands the run proposed that did not commit (this node lost leadership, or no quorum).
+    pub failed_proposals: u64,
+}
+
+/// Every duty's last run, by duty name.
+#[derive(Debug, Clone, Default)]
+pub struct DutyLog(Arc<Mutex<BTreeMap<String, DutyRun>>>);
+
+impl DutyLog {
+    pub fn all(&self) -> Vec<DutyRun> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    fn record(&self, mut run: DutyRun) {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        run.runs = g.get(&run.duty).map_or(0, |r| r.runs) + 1;
+        g.insert(run.duty.clone(), run);
+    }
+}
+
+/// The historical-management duty (Druid's `HistoricalManagementDuties`: rules, load, drop,
+/// balance, mark overshadowed and eternity tombstones unused).
+pub async fn run(raft: Arc<Raft>, period: Duration, log: DutyLog, cancel: CancellationToken) {
+    let mut applied = raft.shared.subscribe();
+    let mut last_took = Duration::ZERO;
+    loop {
+        // Changes from here on (this run's own commands included) wake the next run.
+        applied.borrow_and_update();
+        let started = Instant::now();
+        let started_ms = now_ms();
+        let (segments, coordinator) = {
+            let g = raft.shared.read().await;
+            (g.state.segments.clone(), g.state.coordinator.clone())
+        };
+        let paused = coordinator.dynamic_config.pause_coordination;
+        let planned = if paused {
+            None
+        } else {
+            tokio::task::spawn_blocking(move || plan(&segments, &coordinator, &coordinator.load, started_ms as i64))
+                .await
+                .ok()
+        };
+        let mut failed = 0u64;
+        if let Some(p) = planned {
+            for (datasource, keys) in &p.unused {
+                for chunk in keys.chunks(CHUNK) {
+                    let c = Command::MarkSegments {
+                        datasource: datasource.clone(),
+                        filter: SegmentFilter::Keys { keys: chunk.to_vec() },
+                        used: false,
+                    };
+                    if let Err(e) = raft.proposer.propose(c).await {
+                        debug!(error = %e, "marking segments unused was not committed");
+                        failed += 1;
+                    }
+                }
+            }
+            let mut loads = p.loads.chunks(CHUNK);
+            let mut drops = p.drops.chunks(CHUNK);
+            loop {
+                let (l, d) = (loads.next().unwrap_or(&[]), drops.next().unwrap_or(&[]));
+                if l.is_empty() && d.is_empty() {
+                    break;
+                }
+                let c = Command::PlanReplicas {
+                    loads: l.to_vec(),
+                    drops: d.to_vec(),
+                };
+                if let Err(e) = raft.proposer.propose(c).await {
+                    debug!(error = %e, "loads and drops were not committed");
+                    failed += 1;
+                }
+            }
+            if p.stats.unmatched > 0 {
+                warn!(
+                    segments = p.stats.unmatched,
+                    "no rule matched some used segments; they are left as they are"
+                );
+            }
+            if !p.stats.unknown_tiers.is_empty() {
+                warn!(tiers = ?p.stats.unknown_tiers, "rules name tiers no Historical serves");
+            }
+            last_took = started.elapsed();
+            if p.stats.assigned + p.stats.dropped + p.stats.moved > 0 {
+                info!(
+                    assigned = p.stats.assigned,
+                    dropped = p.stats.dropped,
+                    moved = p.stats.moved,
+                    took_ms = last_took.as_millis() as u64,
+                    "historical management planned loads and drops"
+                );
+            }
+            log.record(DutyRun {
+                duty: "historicalManagement".into(),
+                group: "HistoricalManagementDuties".into(),
+                started: iso(started_ms),
+                duration_ms: last_took.as_millis() as u64,
+                runs: 0,
+                stats: p.stats,
+                failed_proposals: failed,
+            });
+        }
+        // Wait for the period, or for a change once the minimum gap has passed.
+        let gap = (last_took * 2).max(MIN_GAP);
+        let next = started + period;
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep_until(next.into()) => continue,
+            _ = tokio::time::sleep(gap) => {}
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep_until(next.into()) => {}
+            changed = applied.changed() => if changed.is_err() { return },
+        }
+    }
+}
