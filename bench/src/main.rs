@@ -15,12 +15,16 @@
 //! - `ingest`: rows/s of one ingestion (gzipped JSON lines and CSV to rolled-up Parquet) on
 //!   one core, against DuckDB doing the same work on one thread;
 //! - `segments`: a million segments published through task actions: publish rate, memory,
-//!   query latency, snapshot size, restart and snapshot catch-up times, overshadow pass.
+//!   query latency, snapshot size, restart and snapshot catch-up times, overshadow pass;
+//! - `coordinator`: the Coordinator's historical-management run on a million segments and ten
+//!   Historicals, in process: run time, memory of the replica view, re-replication after a
+//!   Historical's loss.
 //!
 //! Every cluster lives in a temp dir and on loopback ports, and is stopped at the end.
 
 mod chaos;
 mod cluster;
+mod coordinator;
 mod ingest;
 mod load;
 mod parallel;
@@ -178,6 +182,15 @@ enum Cmd {
         #[arg(long, default_value_t = 60_000)]
         retention_ms: u64,
     },
+    /// One historical-management run on N segments and H Historicals, in process.
+    Coordinator {
+        #[arg(long, default_value_t = 1_000_000)]
+        segments: usize,
+        #[arg(long, default_value_t = 10)]
+        historicals: usize,
+        #[arg(long, default_value_t = 100)]
+        datasources: usize,
+    },
     /// Publish N segments across datasources through task actions; memory, query p99,
     /// snapshot, restart and catch-up times, overshadow pass.
     Segments {
@@ -291,6 +304,11 @@ async fn main() -> anyhow::Result<()> {
             clients,
             retention_ms,
         } => soak::run(&bin, seconds, clients, retention_ms).await,
+        Cmd::Coordinator {
+            segments,
+            historicals,
+            datasources,
+        } => coordinator::run(segments, historicals, datasources),
         Cmd::Segments {
             segments,
             datasources,

@@ -11,7 +11,9 @@
 //! - matched by a load rule: each tier gets the rule's replica count, on the least utilised
 //!   Historicals of the tier that have room, never two on one Historical; replicas beyond the
 //!   first count against `replicationThrottleLimit`; a Historical's loads in flight are capped
-//!   by `maxSegmentsInNodeLoadingQueue` (0: no cap); surplus replicas are dropped, loading ones
+//!   by `maxSegmentsInNodeLoadingQueue` (0: no cap); with `smartSegmentLoading` (the default),
+//!   as in Druid, the throttle is 5% of the used segments (at least 100) and queues are not
+//!   capped; surplus replicas are dropped, loading ones
 //!   first, then those on decommissioning and the most utilised Historicals; replicas on tiers
 //!   the rule does not name are dropped once the named tiers hold theirs;
 //! - matched by a broadcast rule: one replica on every Historical;
@@ -28,6 +30,7 @@
 //! Here what is loaded is replicated state, so a new leader knows at once and needs no wait.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::iter::Peekable;
 
 use serde::Serialize;
@@ -37,6 +40,10 @@ use super::rules::{first_match, Action};
 use super::{CoordinatorState, DEFAULT_RULES};
 use crate::segments::segment::ShardKind;
 use crate::segments::{Datasource, SegmentKey, SegmentTable, StoredSegment};
+
+/// How many segments' worth of bytes a Historical may hold beyond the least utilised one of
+/// its tier and still be chosen for a new replica (see `Planner::pick`).
+const SPREAD_SEGMENTS: u64 = 64;
 
 /// How long a Historical that failed to load a segment is not asked to load it again.
 pub const FAILED_RETRY_MS: i64 = 60_000;
@@ -127,10 +134,15 @@ pub fn plan(segments: &SegmentTable, coordinator: &CoordinatorState, servers: &L
             .collect(),
         tiers: BTreeMap::new(),
         queue_cap: match config.max_segments_in_node_loading_queue {
+            _ if config.smart_segment_loading => u64::MAX,
             0 => u64::MAX,
             n => u64::from(n),
         },
-        throttle: u64::from(config.replication_throttle_limit),
+        throttle: if config.smart_segment_loading {
+            smart_throttle(segments)
+        } else {
+            u64::from(config.replication_throttle_limit)
+        },
         replicated: HashMap::new(),
         now: now_ms,
         plan: Plan::default(),
@@ -246,6 +258,13 @@ pub fn plan(segments: &SegmentTable, coordinator: &CoordinatorState, servers: &L
     p.plan
 }
 
+/// Druid's smart segment loading: replicas beyond the first are throttled at 5% of the used
+/// segments (at least 100) per run, and load queues are not capped.
+fn smart_throttle(segments: &SegmentTable) -> u64 {
+    let used: u64 = segments.datasources().map(|(_, d)| d.used_count()).sum();
+    (used / 20).max(100)
+}
+
 /// Whether moving `size` bytes from `s` to `d` narrows the gap between their utilisations.
 fn narrows(s: &Server<'_>, d: &Server<'_>, size: u64) -> bool {
     let ratio = |bytes: u64, srv: &Server<'_>| bytes as f64 / srv.rec.server.max_size.max(1) as f64;
@@ -356,6 +375,9 @@ impl<'a> Planner<'a> {
         seg: &StoredSegment,
         tiers: &BTreeMap<String, u32>,
     ) {
+        if self.settled(reps, tiers) {
+            return;
+        }
         let mut satisfied = true;
         let mut wanted_tiers: HashSet<&str> = HashSet::new();
         for (tier, &target) in tiers {
@@ -380,6 +402,29 @@ impl<'a> Planner<'a> {
                 }
             }
         }
+    }
+
+    /// Whether a segment holds exactly what its load rule asks, all loaded, nothing moving and
+    /// nothing on a decommissioning Historical: the common case, decided without allocating.
+    fn settled(&self, reps: &[(usize, &Replica)], tiers: &BTreeMap<String, u32>) -> bool {
+        let plain = |(i, r): &(usize, &Replica)| {
+            matches!(r, Replica::Loaded { moved_from: None, .. }) && !self.servers[*i].decommissioning
+        };
+        if !reps.iter().all(plain) {
+            return false;
+        }
+        let mut counted = 0;
+        for (tier, &target) in tiers {
+            let n = reps
+                .iter()
+                .filter(|(i, _)| self.servers[*i].rec.server.tier == *tier)
+                .count();
+            if n != target as usize || (target > 0 && !self.tiers.contains_key(tier.as_str())) {
+                return false;
+            }
+            counted += n;
+        }
+        counted == reps.len()
     }
 
     /// Plans one tier of a load rule; returns whether the tier holds its target loaded.
@@ -451,7 +496,7 @@ impl<'a> Planner<'a> {
                     self.plan.stats.throttled += 1;
                     continue;
                 }
-                let candidate = self.tiers[tier]
+                let candidates: Vec<usize> = self.tiers[tier]
                     .iter()
                     .copied()
                     .filter(|i| !chosen.contains(i))
@@ -459,11 +504,8 @@ impl<'a> Planner<'a> {
                         let rep = in_tier.iter().find(|(j, _)| j == i).map(|(_, r)| *r);
                         self.can_load(*i, rep, seg.size)
                     })
-                    .min_by(|a, b| {
-                        self.servers[*a]
-                            .utilisation()
-                            .total_cmp(&self.servers[*b].utilisation())
-                    });
+                    .collect();
+                let candidate = self.pick(&candidates, segment, seg.size);
                 match candidate {
                     Some(i) => {
                         let rep = in_tier.iter().find(|(j, _)| *j == i).map(|(_, r)| *r);
@@ -514,6 +556,32 @@ impl<'a> Planner<'a> {
             }
         }
         useful_loaded >= target
+    }
+
+    /// Where a new replica goes: among the candidates within [`SPREAD_SEGMENTS`] segments of
+    /// the least utilised one, the one a hash of the segment and the Historical ranks first
+    /// (rendezvous hashing). Plain least-utilised placement would give every segment of one
+    /// Historical its other replica on one same partner, so that losing those two loses them
+    /// all, and the survivors' partner alone could not take any of them back.
+    fn pick(&self, candidates: &[usize], segment: &dyn Fn() -> SegmentRef, size: u64) -> Option<usize> {
+        let least = candidates
+            .iter()
+            .map(|i| self.servers[*i].utilisation())
+            .min_by(f64::total_cmp)?;
+        let seg = segment();
+        candidates
+            .iter()
+            .copied()
+            .filter(|i| {
+                let s = &self.servers[*i];
+                let slack = (size.max(1) * SPREAD_SEGMENTS) as f64 / s.rec.server.max_size.max(1) as f64;
+                s.utilisation() <= least + slack
+            })
+            .max_by_key(|i| {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                (&seg, &self.servers[*i].rec.server.host).hash(&mut h);
+                h.finish()
+            })
     }
 
     /// Order of preference for dropping: decommissioning first, then by utilisation.

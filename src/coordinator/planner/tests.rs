@@ -205,6 +205,7 @@ fn build(case: &Case) -> Cluster {
     c.coordinator.apply_set_rules(0, "a", rules, AuditInfo::default());
     c.coordinator.dynamic_config.replication_throttle_limit = 10_000;
     c.coordinator.dynamic_config.max_segments_in_node_loading_queue = 0;
+    c.coordinator.dynamic_config.smart_segment_loading = false;
     c
 }
 
@@ -318,6 +319,7 @@ fn replication_beyond_the_first_replica_is_throttled_per_tier() {
     c.segments
         .apply_insert(0, (0..10).map(|d| segment("a", d, "v1", 0, 1)).collect());
     c.coordinator.dynamic_config.replication_throttle_limit = 4;
+    c.coordinator.dynamic_config.smart_segment_loading = false;
     let p = c.plan();
     // Ten first replicas are never throttled; of the twenty others, four go.
     assert_eq!(p.stats.assigned, 14);
@@ -383,4 +385,52 @@ fn decommissioning_historicals_hand_their_segments_over_before_dropping_them() {
     c.converge(10);
     assert_eq!(c.coordinator.load.get("h0:8083").unwrap().replicas().len(), 0);
     assert_eq!(c.coordinator.load.get("h1:8083").unwrap().loaded(), 5);
+}
+
+#[test]
+fn smart_segment_loading_throttles_replicas_at_five_percent_of_used_segments_but_at_least_a_hundred() {
+    let mut c = Cluster::default();
+    for i in 0..3 {
+        c.coordinator.load.apply_register(0, server(i, "_default_tier", 1 << 40));
+    }
+    c.coordinator.apply_set_rules(0, "a", vec![load_rule(&[("_default_tier", 3)])], AuditInfo::default());
+    c.segments
+        .apply_insert(0, (0..3000).map(|d| segment("a", d, "v1", 0, 1)).collect());
+    assert!(c.coordinator.dynamic_config.smart_segment_loading, "Druid's default");
+    let p = c.plan();
+    // 3,000 first replicas, and 5% of 3,000 = 150 of the 6,000 others.
+    assert_eq!(p.stats.assigned, 3_150);
+    assert_eq!(p.stats.throttled, 5_850);
+}
+
+/// Found by the benchmark: least-utilised placement gave every segment of one Historical its
+/// other replica on one same partner, so that partner could take none of them back when the
+/// Historical was lost, and losing both lost every one of those segments.
+#[test]
+fn replicas_of_one_historical_have_their_partners_spread_over_the_others() {
+    let mut c = Cluster::default();
+    for i in 0..10 {
+        c.coordinator.load.apply_register(0, server(i, "_default_tier", 1 << 30));
+    }
+    c.segments
+        .apply_insert(0, (0..500).map(|d| segment("a", d, "v1", 0, 1)).collect());
+    c.converge(10);
+    let on_h0: Vec<SegmentRef> = c.coordinator.load.get("h0:8083").unwrap().replicas().keys().cloned().collect();
+    let partners: HashSet<String> = on_h0
+        .iter()
+        .flat_map(|seg| {
+            c.coordinator
+                .load
+                .serving()
+                .filter(|s| s.server.host != "h0:8083" && s.replica(seg).is_some())
+                .map(|s| s.server.host.clone())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(partners.len(), 9, "h0's segments have their other replicas on {partners:?}");
+    c.coordinator.load.apply_lost("h0:8083");
+    let p = c.plan();
+    let targets: HashSet<&str> = p.loads.iter().map(|l| l.host.as_str()).collect();
+    assert_eq!(p.loads.len(), on_h0.len());
+    assert!(targets.len() >= 8, "re-replication goes to {targets:?} only");
 }
