@@ -391,9 +391,12 @@ fn decommissioning_historicals_hand_their_segments_over_before_dropping_them() {
 fn smart_segment_loading_throttles_replicas_at_five_percent_of_used_segments_but_at_least_a_hundred() {
     let mut c = Cluster::default();
     for i in 0..3 {
-        c.coordinator.load.apply_register(0, server(i, "_default_tier", 1 << 40));
+        c.coordinator
+            .load
+            .apply_register(0, server(i, "_default_tier", 1 << 40));
     }
-    c.coordinator.apply_set_rules(0, "a", vec![load_rule(&[("_default_tier", 3)])], AuditInfo::default());
+    c.coordinator
+        .apply_set_rules(0, "a", vec![load_rule(&[("_default_tier", 3)])], AuditInfo::default());
     c.segments
         .apply_insert(0, (0..3000).map(|d| segment("a", d, "v1", 0, 1)).collect());
     assert!(c.coordinator.dynamic_config.smart_segment_loading, "Druid's default");
@@ -410,12 +413,22 @@ fn smart_segment_loading_throttles_replicas_at_five_percent_of_used_segments_but
 fn replicas_of_one_historical_have_their_partners_spread_over_the_others() {
     let mut c = Cluster::default();
     for i in 0..10 {
-        c.coordinator.load.apply_register(0, server(i, "_default_tier", 1 << 30));
+        c.coordinator
+            .load
+            .apply_register(0, server(i, "_default_tier", 1 << 30));
     }
     c.segments
         .apply_insert(0, (0..500).map(|d| segment("a", d, "v1", 0, 1)).collect());
     c.converge(10);
-    let on_h0: Vec<SegmentRef> = c.coordinator.load.get("h0:8083").unwrap().replicas().keys().cloned().collect();
+    let on_h0: Vec<SegmentRef> = c
+        .coordinator
+        .load
+        .get("h0:8083")
+        .unwrap()
+        .replicas()
+        .keys()
+        .cloned()
+        .collect();
     let partners: HashSet<String> = on_h0
         .iter()
         .flat_map(|seg| {
@@ -427,7 +440,11 @@ fn replicas_of_one_historical_have_their_partners_spread_over_the_others() {
                 .collect::<Vec<_>>()
         })
         .collect();
-    assert_eq!(partners.len(), 9, "h0's segments have their other replicas on {partners:?}");
+    assert_eq!(
+        partners.len(),
+        9,
+        "h0's segments have their other replicas on {partners:?}"
+    );
     c.coordinator.load.apply_lost("h0:8083");
     let p = c.plan();
     let targets: HashSet<&str> = p.loads.iter().map(|l| l.host.as_str()).collect();

@@ -1,0 +1,310 @@
+//! Historicals end to end, on real processes with real ingested segments: a `raftlord dev` node
+//! serves what it ingests (the wait of Druid's `post-index-task` for `/loadstatus` completes),
+//! finds its cache again after a restart without downloading anything, and replaces a truncated
+//! or foreign file; on three nodes, retention rules decide which segments stay used and where
+//! they are cached, and a leader killed with -9 has its segments loaded on the others while
+//! the survivors download nothing they already had.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{free_port, http, spawn_dev, terminate, wait_for_blocking, ThreeNodes};
+use serde_json::{json, Value};
+
+const DAY_MS: i64 = 86_400_000;
+
+/// Days of input rows, each day `offset` days before today (UTC), one file per day.
+fn write_days(dir: &Path, days_ago: &[i64]) {
+    std::fs::create_dir_all(dir).unwrap();
+    let today = raftlord::clock::now_ms() as i64 / DAY_MS * DAY_MS;
+    for d in days_ago {
+        let start = today - d * DAY_MS;
+        let rows: Vec<String> = (0..24)
+            .map(|h| {
+                json!({"time": raftlord::interval::iso(start + h * 3_600_000), "page": format!("p{}", h % 3), "added": h})
+                    .to_string()
+            })
+            .collect();
+        std::fs::write(dir.join(format!("day-{d}.json")), rows.join("\n")).unwrap();
+    }
+}
+
+fn index_task(id: &str, input: &Path) -> Value {
+    json!({
+        "type": "index_parallel",
+        "id": id,
+        "spec": {
+            "dataSchema": {
+                "dataSource": "wiki",
+                "timestampSpec": {"column": "time", "format": "iso"},
+                "dimensionsSpec": {"dimensions": ["page"]},
+                "metricsSpec": [{"type": "count", "name": "count"}, {"type": "longSum", "name": "added", "fieldName": "added"}],
+                "granularitySpec": {"segmentGranularity": "DAY", "queryGranularity": "HOUR", "rollup": true}
+            },
+            "ioConfig": {
+                "type": "index_parallel",
+                "inputSource": {"type": "local", "baseDir": input, "filter": "*.json"},
+                "inputFormat": {"type": "json"}
+            }
+        }
+    })
+}
+
+fn get(urls: &[String], path: &str) -> Option<Value> {
+    urls.iter().find_map(|u| {
+        let r = http().get(format!("{u}{path}")).send().ok()?;
+        (r.status() == 200).then(|| r.json().ok()).flatten()
+    })
+}
+
+/// What Druid's `post-index-task` does: submit, wait for the task to succeed, then wait until
+/// `/druid/coordinator/v1/loadstatus` says the datasource is 100% loaded.
+fn post_index_task(urls: &[String], task: &Value) {
+    let id = task["id"].as_str().unwrap();
+    let submitted = wait_for_blocking("the task submitted", Duration::from_secs(30), || {
+        let r = http()
+            .post(format!("{}/druid/indexer/v1/task", urls[0]))
+            .json(task)
+            .send()
+            .ok()?;
+        (r.status() == 200).then(|| r.json::<Value>().ok()).flatten()
+    });
+    assert_eq!(submitted["task"], id);
+    let status = wait_for_blocking("the task to finish", Duration::from_secs(120), || {
+        let v = get(urls, &format!("/druid/indexer/v1/task/{id}/status"))?;
+        let code = v["status"]["status"].as_str()?.to_string();
+        (code != "RUNNING").then_some(code)
+    });
+    assert_eq!(status, "SUCCESS");
+    let ds = task["spec"]["dataSchema"]["dataSource"].as_str().unwrap();
+    wait_for_blocking("the datasource 100% loaded", Duration::from_secs(60), || {
+        let v = get(urls, "/druid/coordinator/v1/loadstatus")?;
+        (v[ds].as_f64()? >= 100.0).then_some(())
+    });
+}
+
+/// The cached segment files under `dir`, by segment directory, with their inodes.
+fn cached_files(dir: &Path) -> BTreeMap<PathBuf, u64> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|n| n == "index.parquet") {
+                out.insert(p.clone(), std::fs::metadata(&p).unwrap().ino());
+            }
+        }
+    }
+    out
+}
+
+/// Each node's served segment ids, from its `/druid/historical/v1/segments`.
+fn served(url: &str) -> BTreeSet<String> {
+    let v: Value = http()
+        .get(format!("{url}/druid/historical/v1/segments"))
+        .send()
+        .and_then(|r| r.json())
+        .unwrap_or(Value::Null);
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|s| s["state"] == "LOADED")
+                .filter_map(|s| s["id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn used_ids(urls: &[String]) -> BTreeSet<String> {
+    get(urls, "/druid/coordinator/v1/metadata/datasources/wiki/segments")
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn a_dev_node_serves_what_it_ingests_and_finds_its_cache_again_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input");
+    write_days(&input, &[1, 2, 3]);
+    let data = dir.path().join("data");
+    let port = free_port();
+    let flags = ["--coordinator-period", "PT1S"];
+    let mut dev = spawn_dev(&data, port, &flags);
+    let urls = vec![dev.url.clone()];
+    post_index_task(&urls, &index_task("ingest-1", &input));
+
+    // The Druid routes agree, and the Historical serves every segment from its cache.
+    let ds_status = get(
+        &urls,
+        "/druid/coordinator/v1/datasources/wiki/loadstatus?forceMetadataRefresh=true",
+    )
+    .unwrap();
+    assert_eq!(ds_status, json!({"wiki": 100.0}));
+    let r = http()
+        .get(format!("{}/druid/coordinator/v1/datasources/wiki/loadstatus", urls[0]))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400, "forceMetadataRefresh is required, as in Druid");
+    assert_eq!(
+        get(&urls, "/druid/historical/v1/loadstatus").unwrap(),
+        json!({"cacheInitialized": true})
+    );
+    let ids = used_ids(&urls);
+    assert_eq!(ids.len(), 3);
+    assert_eq!(served(&urls[0]), ids);
+    let cache = data.join("segment-cache");
+    let before = cached_files(&cache);
+    assert_eq!(before.len(), 3);
+    let queue = get(&urls, "/druid/coordinator/v1/loadqueue?simple").unwrap();
+    assert_eq!(queue.as_object().unwrap().len(), 1, "{queue}");
+
+    // Restarted: the cache is served again, nothing is downloaded anew.
+    assert!(terminate(&mut dev).success());
+    dev = spawn_dev(&data, port, &flags);
+    wait_for_blocking("the cache announced again", Duration::from_secs(60), || {
+        let v = get(&urls, "/druid/historical/v1/loadstatus")?;
+        (v["cacheInitialized"] == true).then_some(())
+    });
+    assert_eq!(served(&urls[0]), ids);
+    assert_eq!(
+        cached_files(&cache),
+        before,
+        "a restart must not download a cached segment again"
+    );
+
+    // A truncated file and a foreign one are replaced by the real segments.
+    assert!(terminate(&mut dev).success());
+    let files: Vec<&PathBuf> = before.keys().collect();
+    let truncated = files[0].clone();
+    let foreign = files[1].clone();
+    let size = std::fs::metadata(&truncated).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&truncated)
+        .unwrap()
+        .set_len(size / 2)
+        .unwrap();
+    std::fs::write(
+        &foreign,
+        vec![b'x'; std::fs::metadata(&foreign).unwrap().len() as usize],
+    )
+    .unwrap();
+    dev = spawn_dev(&data, port, &flags);
+    wait_for_blocking("both segments loaded again", Duration::from_secs(60), || {
+        (served(&urls[0]) == ids).then_some(())
+    });
+    for f in [&truncated, &foreign] {
+        let bytes = std::fs::read(f).unwrap();
+        assert!(
+            bytes.starts_with(b"PAR1") && bytes.ends_with(b"PAR1"),
+            "{} is not the segment",
+            f.display()
+        );
+    }
+    assert_eq!(
+        cached_files(&cache)[files[2]],
+        before[files[2]],
+        "the intact file stays as it was"
+    );
+    drop(dev);
+}
+
+#[test]
+fn rules_decide_what_is_cached_and_a_killed_leaders_segments_are_loaded_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input");
+    write_days(&input, &[1, 2, 3, 60, 61]);
+    let deep = dir.path().join("deep");
+    let deep_flag = deep.display().to_string();
+    let mut cluster = ThreeNodes::start(&[
+        "--worker-capacity",
+        "2",
+        "--deep-storage",
+        &deep_flag,
+        "--coordinator-period",
+        "PT1S",
+        "--worker-timeout-ms",
+        "3000",
+    ]);
+    let urls = cluster.urls();
+    wait_for_blocking("a leader", Duration::from_secs(30), || common::leader_of(&urls));
+    // Keep a month, drop the rest; the default rule keeps two replicas.
+    let rules = json!([{"type": "loadByPeriod", "period": "P30D"}, {"type": "dropForever"}]);
+    wait_for_blocking("the rules set", Duration::from_secs(30), || {
+        let r = http()
+            .post(format!("{}/druid/coordinator/v1/rules/wiki", urls[0]))
+            .header("X-Druid-Author", "test")
+            .json(&rules)
+            .send()
+            .ok()?;
+        (r.status() == 200).then_some(())
+    });
+    post_index_task(&urls, &index_task("ingest-1", &input));
+
+    // The two old days are matched by dropForever: marked unused, cached nowhere.
+    let recent = wait_for_blocking("the old days marked unused", Duration::from_secs(60), || {
+        let ids = used_ids(&urls);
+        (ids.len() == 3).then_some(ids)
+    });
+    let cached_twice = || {
+        let per_node: Vec<BTreeSet<String>> = urls.iter().map(|u| served(u)).collect();
+        let all_twice = recent
+            .iter()
+            .all(|id| per_node.iter().filter(|s| s.contains(id)).count() == 2);
+        let nothing_else = per_node.iter().all(|s| s.is_subset(&recent));
+        (all_twice && nothing_else).then_some(per_node)
+    };
+    wait_for_blocking(
+        "each recent segment cached on two nodes",
+        Duration::from_secs(60),
+        cached_twice,
+    );
+    let full = get(&urls, "/druid/coordinator/v1/loadstatus?full").unwrap();
+    assert_eq!(full, json!({"_default_tier": {"wiki": 0}}));
+
+    // kill -9 the leader: its replicas are loaded on the two others, which keep every file
+    // they had (no re-download).
+    let (leader, _) = common::leader_of(&urls).unwrap();
+    let survivors: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    let cache_of = |id: u64| cluster.dir.path().join(format!("n{id}")).join("segment-cache");
+    let before: BTreeMap<u64, BTreeMap<PathBuf, u64>> =
+        survivors.iter().map(|id| (*id, cached_files(&cache_of(*id)))).collect();
+    let mut killed = cluster.procs.remove(&leader).unwrap();
+    killed.child.kill().unwrap();
+    killed.child.wait().unwrap();
+    let surviving_urls: Vec<String> = survivors.iter().map(|id| cluster.procs[id].url.clone()).collect();
+    wait_for_blocking("a new leader", Duration::from_secs(30), || {
+        common::leader_of(&surviving_urls).filter(|(id, _)| *id != leader)
+    });
+    let duties = wait_for_blocking("the new leader's first duty run", Duration::from_secs(30), || {
+        let v = get(&surviving_urls, "/druid/coordinator/v1/duties")?;
+        (v[0]["runs"].as_u64()? >= 1).then_some(v)
+    });
+    assert_eq!(duties[0]["name"], "HistoricalManagementDuties");
+    wait_for_blocking(
+        "both survivors serve every recent segment",
+        Duration::from_secs(60),
+        || surviving_urls.iter().all(|u| served(u) == recent).then_some(()),
+    );
+    for (id, files) in &before {
+        let now = cached_files(&cache_of(*id));
+        for (path, inode) in files {
+            assert_eq!(
+                now.get(path),
+                Some(inode),
+                "node {id} downloaded {} again",
+                path.display()
+            );
+        }
+    }
+}
