@@ -160,17 +160,19 @@ impl NodeConfig {
     }
 }
 
-/// Everything a worker-only node needs: no Raft, no replicated state.
+/// Everything a node that is no Raft member needs (a worker, a Historical, or both): no Raft,
+/// no replicated state.
 #[derive(Debug, Clone)]
-pub struct WorkerNodeConfig {
+pub struct DataNodeConfig {
     pub listen: SocketAddr,
-    /// Base URL the cluster reaches this worker at; defaults to `http://<listen>`.
+    /// Base URL the cluster reaches this node at; defaults to `http://<listen>`.
     pub advertise: String,
     /// Nodes of the cluster to reach the leader through.
     pub seeds: Vec<String>,
     pub cluster_secret: String,
     pub task_log_dir: PathBuf,
-    pub worker: WorkerSettings,
+    pub worker: Option<WorkerSettings>,
+    pub historical: Option<HistoricalSettings>,
     pub tls: Option<TlsSettings>,
     /// The worker's read routes (task logs, reports, its task list) need no credentials:
     /// the cluster runs with auth off.

@@ -32,7 +32,7 @@ use tracing::{info, warn};
 
 use crate::api::{self, AppState};
 use crate::clock::now_ms;
-use crate::config::{NodeConfig, WorkerNodeConfig, WorkerSettings};
+use crate::config::{DataNodeConfig, NodeConfig, WorkerSettings};
 use crate::historical::HistoricalService;
 use crate::leader::{Heartbeats, LeaderServices};
 use crate::nodes::discovery::NodeDiscovery;
@@ -539,10 +539,13 @@ fn start_historical(
     ))
 }
 
-/// A worker-only node: runs peons for a cluster it reaches over HTTP; no Raft, no state.
-pub struct RunningWorkerNode {
+/// A node that is no Raft member: a worker (it runs peons), a Historical (it serves segments),
+/// or both, for a cluster it reaches over HTTP; no Raft, no state.
+pub struct RunningDataNode {
     pub url: String,
-    pub worker: WorkerService,
+    pub worker: Option<WorkerService>,
+    pub historical: Option<HistoricalService>,
+    client: LeaderClient,
     http_stop: CancellationToken,
     services_stop: CancellationToken,
     http: JoinHandle<()>,
@@ -551,9 +554,9 @@ pub struct RunningWorkerNode {
     fatal: mpsc::UnboundedReceiver<String>,
 }
 
-impl RunningWorkerNode {
-    /// Starts a worker-only node on `config.listen`.
-    pub async fn start(config: WorkerNodeConfig) -> Result<RunningWorkerNode, StartError> {
+impl RunningDataNode {
+    /// Starts the node on `config.listen`.
+    pub async fn start(config: DataNodeConfig) -> Result<RunningDataNode, StartError> {
         let (listener, local) = bind(config.listen).await?;
         let tls = tls_server(config.tls.as_ref())?;
         let url = if config.advertise.is_empty() {
@@ -561,46 +564,78 @@ impl RunningWorkerNode {
         } else {
             config.advertise.trim_end_matches('/').to_string()
         };
-        // storage (task directories) and the worker service
-        let worker = start_worker(
-            &config.worker,
-            &url,
-            &config.task_log_dir,
-            config.seeds.clone(),
-            &config.cluster_secret,
-        )?;
         let services_stop = CancellationToken::new();
         let (fatal_tx, fatal) = mpsc::unbounded_channel();
-        let mut background = vec![critical(
-            "the worker",
-            &fatal_tx,
-            worker.clone().run(services_stop.child_token()),
-        )];
+        let mut background = Vec::new();
+        let mut roles = Vec::new();
+        let mut app = OpenApiRouter::new();
+        // storage (task directories, segment cache) and the services
+        let worker = match &config.worker {
+            Some(settings) => {
+                let w = start_worker(
+                    settings,
+                    &url,
+                    &config.task_log_dir,
+                    config.seeds.clone(),
+                    &config.cluster_secret,
+                )?;
+                background.push(critical(
+                    "the worker",
+                    &fatal_tx,
+                    w.clone().run(services_stop.child_token()),
+                ));
+                app = app.merge(crate::worker::http::routes(
+                    w.clone(),
+                    &config.cluster_secret,
+                    config.open_reads,
+                ));
+                roles.push(NodeRole::MiddleManager);
+                Some(w)
+            }
+            None => None,
+        };
+        let historical = match &config.historical {
+            Some(settings) => {
+                let h = start_historical(settings, &url, config.seeds.clone(), &config.cluster_secret)?;
+                background.push(critical(
+                    "the historical",
+                    &fatal_tx,
+                    h.clone().run(services_stop.child_token()),
+                ));
+                app = app.merge(crate::historical::http::routes(h.clone()));
+                roles.push(NodeRole::Historical);
+                Some(h)
+            }
+            None => None,
+        };
         // http
         let http_stop = CancellationToken::new();
-        let (app, _) =
-            crate::worker::http::routes(worker.clone(), &config.cluster_secret, config.open_reads).split_for_parts();
+        let (app, _) = app.split_for_parts();
         let app = app.route("/status/health", axum::routing::get(|| async { axum::Json(true) }));
         let app = api::guard::guarded(app, crate::config::Limits::default().max_payload_bytes);
         let http = serve(listener, app, http_stop.clone(), tls);
-        info!(url = %url, "worker serving http");
+        info!(url = %url, "serving http");
         // announcement
-        let announcement_id = format!("worker-{}", worker.worker.host);
+        let host = url.split_once("://").map_or(url.as_str(), |(_, h)| h).to_string();
+        let announcement_id = match &worker {
+            Some(w) => format!("worker-{}", w.worker.host),
+            None => format!("historical-{host}"),
+        };
         let node = NodeAnnouncement {
             id: announcement_id.clone(),
             raft_id: None,
-            roles: vec![NodeRole::MiddleManager],
+            roles,
             url: url.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             announced_ms: 0,
         };
-        let w = worker.clone();
+        let client = LeaderClient::new(config.seeds.clone(), config.cluster_secret.clone());
+        let announcer = LeaderClient::new(config.seeds.clone(), config.cluster_secret.clone());
         let cancel = services_stop.child_token();
         background.push(tokio::spawn(async move {
             let body = serde_json::to_vec(&node).unwrap_or_default();
             loop {
-                let sent: Result<serde_json::Value, _> = w
-                    .client()
+                let sent: Result<serde_json::Value, _> = announcer
                     .call("/internal/nodes/announce", Some(&body), Duration::from_secs(5))
                     .await;
                 if sent.is_ok() {
@@ -613,9 +648,11 @@ impl RunningWorkerNode {
                 }
             }
         }));
-        Ok(RunningWorkerNode {
+        Ok(RunningDataNode {
             url,
             worker,
+            historical,
+            client,
             http_stop,
             services_stop,
             http,
@@ -625,7 +662,8 @@ impl RunningWorkerNode {
         })
     }
 
-    /// Resolves, with the reason, when the worker loop panicked; the caller should exit.
+    /// Resolves, with the reason, when the worker or Historical loop panicked; the caller
+    /// should exit.
     pub async fn failed(&mut self) -> String {
         match self.fatal.recv().await {
             Some(reason) => reason,
@@ -633,14 +671,14 @@ impl RunningWorkerNode {
         }
     }
 
-    /// Stops the node; its peons keep running and are adopted by the next start.
+    /// Stops the node; its peons keep running and are adopted by the next start, and its
+    /// segment cache is found again.
     pub async fn stop(self) {
         self.services_stop.cancel();
         let body = serde_json::to_vec(&serde_json::json!({ "id": self.announcement_id })).unwrap_or_default();
         let withdrawn: Result<Result<serde_json::Value, _>, _> = tokio::time::timeout(
             Duration::from_secs(1),
-            self.worker
-                .client()
+            self.client
                 .call("/internal/nodes/withdraw", Some(&body), Duration::from_secs(1)),
         )
         .await;
@@ -652,6 +690,6 @@ impl RunningWorkerNode {
         for task in self.background {
             task.abort();
         }
-        info!("worker stopped");
+        info!("node stopped");
     }
 }

@@ -238,6 +238,16 @@ fn rules_decide_what_is_cached_and_a_killed_leaders_segments_are_loaded_elsewher
     ]);
     let urls = cluster.urls();
     wait_for_blocking("a leader", Duration::from_secs(30), || common::leader_of(&urls));
+    // No balancing moves: a moved segment may come back to a node later, and this test counts
+    // downloads (balancing has its own tests).
+    wait_for_blocking("balancing turned off", Duration::from_secs(30), || {
+        let r = http()
+            .post(format!("{}/druid/coordinator/v1/config", urls[0]))
+            .json(&json!({"maxSegmentsToMove": 0}))
+            .send()
+            .ok()?;
+        (r.status() == 200).then_some(())
+    });
     // Keep a month, drop the rest; the default rule keeps two replicas.
     let rules = json!([{"type": "loadByPeriod", "period": "P30D"}, {"type": "dropForever"}]);
     wait_for_blocking("the rules set", Duration::from_secs(30), || {
@@ -307,4 +317,87 @@ fn rules_decide_what_is_cached_and_a_killed_leaders_segments_are_loaded_elsewher
             );
         }
     }
+}
+
+#[test]
+fn a_historical_only_node_joins_with_its_tier_and_serves_what_the_rules_give_that_tier() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input");
+    write_days(&input, &[1, 2]);
+    let data = dir.path().join("dev");
+    let dev = spawn_dev(
+        &data,
+        free_port(),
+        &["--coordinator-period", "PT1S", "--worker-timeout-ms", "3000"],
+    );
+    let urls = vec![dev.url.clone()];
+    let secret = wait_for_blocking("the cluster secret", Duration::from_secs(30), || {
+        std::fs::read_to_string(data.join("cluster-secret"))
+            .ok()
+            .filter(|s| !s.trim().is_empty())
+    });
+    let port = free_port();
+    let mut hot = std::process::Command::new(common::raftlord_bin())
+        .args(["server", "--roles", "historical", "--join", &urls[0]])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir.path().join("hot"))
+        .arg("--deep-storage")
+        .arg(data.join("deep-storage"))
+        .args(["--tier", "hot", "--max-segment-cache-size", "1GiB"])
+        .env("RAFTLORD_CLUSTER_SECRET", secret.trim())
+        .env("RAFTLORD_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let hot_url = format!("http://127.0.0.1:{port}");
+    let rules = json!([{"type": "loadForever", "tieredReplicants": {"_default_tier": 1, "hot": 1}}]);
+    wait_for_blocking("the rules set", Duration::from_secs(30), || {
+        let r = http()
+            .post(format!("{}/druid/coordinator/v1/rules/wiki", urls[0]))
+            .json(&rules)
+            .send()
+            .ok()?;
+        (r.status() == 200).then_some(())
+    });
+    post_index_task(&urls, &index_task("ingest-1", &input));
+    wait_for_blocking("one replica on each tier", Duration::from_secs(60), || {
+        let v = get(&urls, "/druid/coordinator/v1/loadstatus?full")?;
+        (v == json!({"_default_tier": {"wiki": 0}, "hot": {"wiki": 0}})).then_some(())
+    });
+    let ids = used_ids(&urls);
+    assert_eq!(ids.len(), 2);
+    assert_eq!(served(&hot_url), ids);
+    assert_eq!(served(&urls[0]), ids);
+    let tiers = get(&urls, "/druid/coordinator/v1/tiers").unwrap();
+    assert_eq!(tiers, json!(["_default_tier", "hot"]));
+    let servers = get(&urls, "/druid/coordinator/v1/servers?simple").unwrap();
+    let hot_row = servers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["tier"] == "hot")
+        .cloned()
+        .unwrap();
+    assert_eq!(hot_row["host"], format!("127.0.0.1:{port}"));
+    assert_eq!(hot_row["maxSize"], 1u64 << 30);
+    assert!(hot_row["currSize"].as_u64().unwrap() > 0);
+    // Killed, it is lost after the timeout: its tier's replicas are left to load.
+    hot.kill().unwrap();
+    hot.wait().unwrap();
+    wait_for_blocking(
+        "the hot tier's replicas counted as missing",
+        Duration::from_secs(30),
+        || {
+            let v = get(&urls, "/druid/coordinator/v1/loadstatus?full")?;
+            (v["hot"]["wiki"] == 2).then_some(())
+        },
+    );
+    // A rule naming a tier no Historical serves is reported in the duty's counts.
+    wait_for_blocking("the hot tier reported unknown", Duration::from_secs(30), || {
+        let v = get(&urls, "/druid/coordinator/v1/duties")?;
+        (v[0]["stats"]["unknownTiers"] == json!(["hot"])).then_some(())
+    });
+    drop(dev);
 }

@@ -32,7 +32,7 @@ pub enum Command {
     /// Run one node with every role, data in ./raftlord-data, HTTP on 127.0.0.1:8090.
     Dev(DevArgs),
     /// Run one node of a cluster: a Raft member (the same --peers list on every member, any
-    /// order), or a worker-only node (--roles worker --join URL).
+    /// order), or a worker or Historical that is no member (--roles worker,historical --join URL).
     Server(ServerArgs),
     /// Start a local cluster of N node processes, wait for a leader, print their URLs; Ctrl-C stops all.
     Bootstrap(BootstrapArgs),
@@ -433,8 +433,8 @@ pub enum Role {
 
 #[derive(Debug, Args)]
 pub struct ServerArgs {
-    /// Roles, comma separated. `worker` alone makes a worker-only node: no Raft, no state; it
-    /// needs `--join URL`.
+    /// Roles, comma separated. Without `overlord` or `coordinator` the node is no Raft member
+    /// (`worker`, `historical` or both): no Raft, no state; it needs `--join URL`.
     #[arg(
         long,
         env = "RAFTLORD_ROLES",
@@ -443,8 +443,8 @@ pub struct ServerArgs {
         default_value = "overlord,coordinator,worker,historical"
     )]
     pub roles: Vec<Role>,
-    /// This member's Raft id (a positive integer, unique in the cluster). Not needed for a
-    /// worker-only node.
+    /// This member's Raft id (a positive integer, unique in the cluster). Not needed for a node
+    /// that is no member.
     #[arg(long, env = "RAFTLORD_NODE_ID")]
     pub node_id: Option<u64>,
     /// Address to serve HTTP (API and Raft) on.
@@ -457,7 +457,8 @@ pub struct ServerArgs {
     #[arg(long, env = "RAFTLORD_PEERS", value_parser = parse_peers, conflicts_with = "join")]
     pub peers: Option<BTreeMap<u64, String>>,
     /// Join an existing cluster instead of forming one. A Raft member waits to be added with
-    /// `raftlord cluster add-node`; a worker-only node gives any cluster node's URL here.
+    /// `raftlord cluster add-node`; a worker or Historical that is no member gives any cluster
+    /// node's URL (or several, comma separated) here.
     #[arg(long, num_args = 0..=1, value_name = "URL")]
     pub join: Option<Option<String>>,
     /// Data directory.

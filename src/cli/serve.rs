@@ -7,9 +7,9 @@ use raftlord_raft::{ClusterFormation, RaftSettings};
 use rand::Rng;
 
 use super::{DevArgs, NodeArgs, Role, ServerArgs};
-use crate::config::{Limits, NodeConfig, WorkerNodeConfig, WorkerSettings};
+use crate::config::{DataNodeConfig, Limits, NodeConfig, WorkerSettings};
 use crate::leader::OverlordSettings;
-use crate::node::{RunningNode, RunningWorkerNode};
+use crate::node::{RunningDataNode, RunningNode};
 use crate::nodes::NodeRole;
 use crate::worker::WorkerTiming;
 
@@ -182,7 +182,7 @@ pub async fn server(mut args: ServerArgs) -> anyhow::Result<i32> {
         .iter()
         .any(|r| matches!(r, Role::Overlord | Role::Coordinator));
     if !controller {
-        return worker_only(args).await;
+        return data_node(args).await;
     }
     let auth = args.node.auth.settings(false)?;
     let node_id = match args.node_id {
@@ -238,16 +238,32 @@ pub async fn server(mut args: ServerArgs) -> anyhow::Result<i32> {
     run_until_signal(config).await
 }
 
-/// `server --roles worker --join URL`: a worker for an existing cluster.
-async fn worker_only(args: ServerArgs) -> anyhow::Result<i32> {
+/// `server --roles worker,historical --join URL` (either or both): a worker or a Historical for
+/// an existing cluster, not a Raft member.
+async fn data_node(args: ServerArgs) -> anyhow::Result<i32> {
     let Some(Some(seed)) = &args.join else {
-        anyhow::bail!("a worker-only node needs --join URL (any node of the cluster)");
+        anyhow::bail!(
+            "a worker or historical node that is no overlord or coordinator needs --join URL (any node of the cluster)"
+        );
     };
     if args.peers.is_some() {
-        anyhow::bail!("a worker-only node is not a Raft member: give --join URL, not --peers");
+        anyhow::bail!("a worker or historical node is not a Raft member: give --join URL, not --peers");
     }
-    let Some(worker) = worker_settings(&args.node, &args.data_dir) else {
-        anyhow::bail!("a worker-only node needs --worker-capacity of at least 1");
+    let worker = if args.roles.contains(&Role::Worker) {
+        let Some(w) = worker_settings(&args.node, &args.data_dir) else {
+            anyhow::bail!("a worker needs --worker-capacity of at least 1");
+        };
+        Some(w)
+    } else {
+        None
+    };
+    let historical = if args.roles.contains(&Role::Historical) {
+        let Some(h) = historical_settings(&args.node, &args.data_dir) else {
+            anyhow::bail!("a historical needs --max-segment-cache-size above 0");
+        };
+        Some(h)
+    } else {
+        None
     };
     let seeds: Vec<String> = seed
         .split(',')
@@ -259,7 +275,7 @@ async fn worker_only(args: ServerArgs) -> anyhow::Result<i32> {
     } else {
         "http"
     };
-    let config = WorkerNodeConfig {
+    let config = DataNodeConfig {
         listen: args.listen,
         advertise: args
             .advertise
@@ -269,19 +285,28 @@ async fn worker_only(args: ServerArgs) -> anyhow::Result<i32> {
         cluster_secret: args.cluster_secret.clone(),
         task_log_dir: task_log_dir(&args.node, &args.data_dir),
         worker,
+        historical,
         tls: args.node.tls.settings(),
         // Without `--auth none`, a worker-only node assumes the cluster checks users and
         // keeps task logs and reports behind the cluster secret.
         open_reads: args.node.auth.auth == Some(super::AuthMode::None),
     };
-    let node = match RunningWorkerNode::start(config).await {
+    let node = match RunningDataNode::start(config).await {
         Ok(node) => node,
         Err(e) => {
             eprintln!("raftlord: {e}");
             return Ok(1);
         }
     };
-    println!("raftlord worker {} serving on {}", node.worker.worker.host, node.url);
+    if let Some(w) = &node.worker {
+        println!("raftlord worker {} serving on {}", w.worker.host, node.url);
+    }
+    if let Some(h) = &node.historical {
+        println!(
+            "raftlord historical {} (tier {}) serving on {}",
+            h.server.host, h.server.tier, node.url
+        );
+    }
     let mut node = node;
     let failed = tokio::select! {
         _ = wait_for_stop_signal() => None,
