@@ -3,7 +3,8 @@
 //! finds its cache again after a restart without downloading anything, and replaces a truncated
 //! or foreign file; on three nodes, retention rules decide which segments stay used and where
 //! they are cached, and a leader killed with -9 has its segments loaded on the others while
-//! the survivors download nothing they already had.
+//! the survivors download nothing they already had; auto-kill deletes the unused segments past
+//! retention, records and files, and nothing else.
 
 mod common;
 
@@ -399,5 +400,109 @@ fn a_historical_only_node_joins_with_its_tier_and_serves_what_the_rules_give_tha
         let v = get(&urls, "/druid/coordinator/v1/duties")?;
         (v[0]["stats"]["unknownTiers"] == json!(["hot"])).then_some(())
     });
+    drop(dev);
+}
+
+fn mark_unused(url: &str, interval: &str) {
+    let r = http()
+        .post(format!("{url}/druid/coordinator/v1/datasources/wiki/markUnused"))
+        .json(&json!({"interval": interval}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+fn day_interval(days_ago: i64) -> String {
+    let today = raftlord::clock::now_ms() as i64 / DAY_MS * DAY_MS;
+    let start = today - days_ago * DAY_MS;
+    format!(
+        "{}/{}",
+        raftlord::interval::iso(start),
+        raftlord::interval::iso(start + DAY_MS)
+    )
+}
+
+#[test]
+fn auto_kill_deletes_only_unused_segments_past_retention_records_and_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input");
+    write_days(&input, &[1, 2, 60, 61]);
+    let data = dir.path().join("data");
+    let dev = spawn_dev(
+        &data,
+        free_port(),
+        &[
+            "--coordinator-period",
+            "PT1S",
+            "--kill-unused-segments",
+            "--kill-period",
+            "PT1S",
+            "--kill-duration-to-retain",
+            "P30D",
+            "--kill-buffer-period",
+            "PT0S",
+        ],
+    );
+    let urls = vec![dev.url.clone()];
+    post_index_task(&urls, &index_task("ingest-1", &input));
+    let deep = data.join("deep-storage").join("wiki");
+    let files_of = |days_ago: i64| {
+        let name = day_interval(days_ago).replace('/', "_");
+        cached_files(&deep.join(name)).len()
+    };
+    for d in [1, 2, 60, 61] {
+        assert_eq!(files_of(d), 1, "day {d} was pushed");
+    }
+    // Day 1 (inside the 30 days retained) and the two old days are marked unused.
+    for d in [1, 60, 61] {
+        mark_unused(&urls[0], &day_interval(d));
+    }
+    let unused = wait_for_blocking("the old days killed", Duration::from_secs(60), || {
+        let v = get(&urls, "/druid/coordinator/v1/metadata/datasources/wiki/unusedSegments")?;
+        let ids: Vec<String> = v
+            .as_array()?
+            .iter()
+            .filter_map(|s| s["dataSegment"]["identifier"].as_str().map(str::to_string))
+            .collect();
+        (ids.len() == 1).then_some(ids)
+    });
+    let day1 = day_interval(1).replace('/', "_");
+    assert!(unused[0].starts_with(&format!("wiki_{day1}")), "{unused:?}");
+    assert_eq!(
+        (files_of(60), files_of(61)),
+        (0, 0),
+        "the killed segments' files are deleted"
+    );
+    assert_eq!(
+        (files_of(1), files_of(2)),
+        (1, 1),
+        "an unused segment within retention and a used one stay"
+    );
+    assert_eq!(used_ids(&urls).len(), 1);
+    let complete = get(&urls, "/druid/indexer/v1/completeTasks").unwrap();
+    let kills: Vec<&Value> = complete
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| {
+            t["id"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("coordinator-issued_kill_wiki_")
+        })
+        .collect();
+    assert!(
+        !kills.is_empty() && kills.iter().all(|t| t["statusCode"] == "SUCCESS"),
+        "{complete}"
+    );
+    let duties = get(&urls, "/druid/coordinator/v1/duties").unwrap();
+    assert!(
+        duties
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["name"] == "IndexingServiceDuties"),
+        "{duties}"
+    );
     drop(dev);
 }

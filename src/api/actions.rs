@@ -120,6 +120,9 @@ struct UnusedAction {
     versions: Option<Vec<String>>,
     #[serde(default)]
     limit: Option<usize>,
+    /// Only segments marked unused at or before this instant (Druid's).
+    #[serde(default)]
+    max_used_status_last_updated_time: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -293,6 +296,14 @@ async fn action(State(state): State<AppState>, headers: HeaderMap, body: Body) -
         }
         "retrieveUnusedSegments" | "segmentListUnused" => {
             let a: UnusedAction = parse(&env.action, &kind.kind)?;
+            let max_updated = match &a.max_used_status_last_updated_time {
+                Some(t) => Some(crate::interval::parse_instant(t).map_err(|e| {
+                    ApiError::BadRequest(format!(
+                        "maxUsedStatusLastUpdatedTime: [{t}] is not an ISO-8601 instant: {e}"
+                    ))
+                })?),
+                None => None,
+            };
             let g = state.raft.shared.view().await;
             let list: Vec<Value> = g
                 .state
@@ -301,6 +312,7 @@ async fn action(State(state): State<AppState>, headers: HeaderMap, body: Body) -
                 .into_iter()
                 .flat_map(|d| d.overlapping(&a.interval).map(move |(k, s)| (d, k, s)))
                 .filter(|(_, k, s)| !s.used && a.interval.contains(&k.interval()))
+                .filter(|(_, _, s)| max_updated.is_none_or(|m| s.used_updated_ms as i64 <= m))
                 .filter(|(_, k, _)| a.versions.as_ref().is_none_or(|v| v.iter().any(|v| **v == *k.version)))
                 .take(a.limit.unwrap_or(usize::MAX))
                 .map(|(_, k, s)| json!(DataSegmentJson::new(&a.data_source, k, s)))

@@ -300,14 +300,18 @@ async fn tier(State(state): State<AppState>, Path(tier): Path<String>, Query(q):
     responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn duties(State(state): State<AppState>) -> Json<Value> {
-    let period_ms = state.config.overlord.coordinator_period.as_millis() as u64;
+    let settings = &state.config.overlord;
     let runs = state.duties.all();
     Json(json!(runs
         .into_iter()
         .map(|r| json!({
             "name": r.group,
             "dutyNames": [r.duty],
-            "periodMillis": period_ms,
+            "periodMillis": if r.group == "HistoricalManagementDuties" {
+                settings.coordinator_period.as_millis() as u64
+            } else {
+                settings.kill.period.as_millis() as u64
+            },
             "lastRunStart": r.started,
             "lastRuntimeMillis": r.duration_ms,
             "runs": r.runs,

@@ -109,16 +109,20 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
     n.checked_mul(factor).ok_or_else(|| format!("[{s}] is too large"))
 }
 
-/// A duration in milliseconds: a number of milliseconds, or an ISO-8601 duration of days,
-/// hours, minutes and seconds (PT60S, PT1M, PT0.5S).
+/// A positive duration in milliseconds (see [`parse_duration_ms`]).
 fn parse_period_ms(s: &str) -> Result<u64, String> {
+    match parse_duration_ms(s)? {
+        0 => Err("the period must be positive".into()),
+        ms => Ok(ms),
+    }
+}
+
+/// A duration in milliseconds: a number of milliseconds, or an ISO-8601 duration of days,
+/// hours, minutes and seconds (P90D, PT60S, PT1M, PT0S).
+fn parse_duration_ms(s: &str) -> Result<u64, String> {
     let s = s.trim();
     if let Ok(ms) = s.parse::<u64>() {
-        return if ms > 0 {
-            Ok(ms)
-        } else {
-            Err("the period must be positive".into())
-        };
+        return Ok(ms);
     }
     let bad = || format!("[{s}] is not a duration such as PT60S, PT1M or 5000 (milliseconds)");
     let d: iso8601::Duration = s.parse().map_err(|_| bad())?;
@@ -138,9 +142,6 @@ fn parse_period_ms(s: &str) -> Result<u64, String> {
         }
         _ => return Err(bad()),
     };
-    if ms == 0 {
-        return Err("the period must be positive".into());
-    }
     Ok(ms)
 }
 
@@ -241,6 +242,23 @@ pub struct NodeArgs {
     /// `druid.coordinator.period`), or milliseconds.
     #[arg(long, env = "RAFTLORD_COORDINATOR_PERIOD", default_value = "PT5S", value_parser = parse_period_ms)]
     pub coordinator_period: u64,
+    /// Auto-kill (Druid's `druid.coordinator.kill.on`): the leader submits `kill` tasks for
+    /// unused segments past the retention and buffer below, in the datasources of the dynamic
+    /// config's `killDataSourceWhitelist` (all when it is empty).
+    #[arg(long, env = "RAFTLORD_KILL_UNUSED_SEGMENTS")]
+    pub kill_unused_segments: bool,
+    /// How often auto-kill runs (ISO-8601 duration or milliseconds).
+    #[arg(long, env = "RAFTLORD_KILL_PERIOD", default_value = "P1D", value_parser = parse_period_ms)]
+    pub kill_period: u64,
+    /// Only segments whose interval ended at least this long ago are killed.
+    #[arg(long, env = "RAFTLORD_KILL_DURATION_TO_RETAIN", default_value = "P90D", value_parser = parse_duration_ms)]
+    pub kill_duration_to_retain: u64,
+    /// Only segments marked unused at least this long ago are killed.
+    #[arg(long, env = "RAFTLORD_KILL_BUFFER_PERIOD", default_value = "P30D", value_parser = parse_duration_ms)]
+    pub kill_buffer_period: u64,
+    /// Most segments one auto-kill task deletes.
+    #[arg(long, env = "RAFTLORD_KILL_MAX_SEGMENTS", default_value_t = 100)]
+    pub kill_max_segments: usize,
     #[command(flatten)]
     pub auth: AuthArgs,
     #[command(flatten)]
@@ -386,7 +404,14 @@ impl NodeArgs {
             format!("--max-segment-cache-size={}", self.max_segment_cache_size),
             format!("--tier={}", self.tier),
             format!("--coordinator-period={}", self.coordinator_period),
+            format!("--kill-period={}", self.kill_period),
+            format!("--kill-duration-to-retain={}", self.kill_duration_to_retain),
+            format!("--kill-buffer-period={}", self.kill_buffer_period),
+            format!("--kill-max-segments={}", self.kill_max_segments),
         ];
+        if self.kill_unused_segments {
+            flags.push("--kill-unused-segments".into());
+        }
         if let Some(m) = self.max_active_tasks {
             flags.push(format!("--max-active-tasks={m}"));
         }

@@ -41,6 +41,13 @@ fn overlord_settings(args: &NodeArgs) -> OverlordSettings {
             audit: Duration::from_millis(args.audit_retention_ms),
         },
         coordinator_period: Duration::from_millis(args.coordinator_period),
+        kill: crate::coordinator::kill::KillSettings {
+            enabled: args.kill_unused_segments,
+            period: Duration::from_millis(args.kill_period),
+            duration_to_retain_ms: args.kill_duration_to_retain,
+            buffer_period_ms: args.kill_buffer_period,
+            max_segments: args.kill_max_segments.max(1),
+        },
     }
 }
 

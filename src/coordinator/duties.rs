@@ -8,6 +8,8 @@
 //! most [`CHUNK`] requests. Everything it decided is in the replicated state once committed,
 //! so a new leader's first run starts from exactly where the old one left off.
 //!
+//! Auto-kill ([`run_kill`]) runs every `--kill-period` when `--kill-unused-segments` is on.
+//!
 //! [`DutyLog`] keeps each duty's last run (start, duration, counts) for
 //! `GET /druid/coordinator/v1/duties`; it lives in the leader's memory only.
 
@@ -19,7 +21,8 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::planner::{plan, RunStats};
+use super::kill::{plan_kills, KillSettings};
+use super::planner::plan;
 use crate::clock::{iso, now_ms};
 use crate::segments::SegmentFilter;
 use crate::sm::Command;
@@ -41,7 +44,7 @@ pub struct DutyRun {
     pub started: String,
     pub duration_ms: u64,
     pub runs: u64,
-    pub stats: RunStats,
+    pub stats: serde_json::Value,
     /// Commands the run proposed that did not commit (this node lost leadership, or no quorum).
     pub failed_proposals: u64,
 }
@@ -145,7 +148,7 @@ pub async fn run(raft: Arc<Raft>, period: Duration, log: DutyLog, cancel: Cancel
                 started: iso(started_ms),
                 duration_ms: last_took.as_millis() as u64,
                 runs: 0,
-                stats: p.stats,
+                stats: serde_json::to_value(&p.stats).unwrap_or_default(),
                 failed_proposals: failed,
             });
         }
@@ -161,6 +164,61 @@ pub async fn run(raft: Arc<Raft>, period: Duration, log: DutyLog, cancel: Cancel
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep_until(next.into()) => {}
             changed = applied.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// Auto-kill (Druid's `KillUnusedSegments` in the indexing-service duties): every
+/// `--kill-period`, submits the `kill` tasks [`plan_kills`] decides.
+pub async fn run_kill(raft: Arc<Raft>, settings: KillSettings, log: DutyLog, cancel: CancellationToken) {
+    loop {
+        let started = Instant::now();
+        let started_ms = now_ms();
+        let state = raft.shared.read().await.state.clone();
+        let s = settings.clone();
+        let planned = tokio::task::spawn_blocking(move || plan_kills(&state, &s, started_ms)).await;
+        if let Ok((tasks, stats)) = planned {
+            let mut failed = 0u64;
+            for t in &tasks {
+                let spec = t.spec(started_ms).to_string();
+                let parsed = crate::tasks::spec::parse_submission(spec.as_bytes(), started_ms, &mut rand::rng());
+                let task = match parsed {
+                    Ok(task) => task,
+                    Err(e) => {
+                        warn!(datasource = %t.datasource, error = %e, "auto-kill built a kill task that does not read");
+                        failed += 1;
+                        continue;
+                    }
+                };
+                let id = task.id.clone();
+                let command = Command::SubmitTask {
+                    task,
+                    max_active: None,
+                    idempotency_key: None,
+                };
+                match raft.proposer.propose(command).await {
+                    Ok(_) => {
+                        info!(task_id = %id, datasource = %t.datasource, interval = %t.interval, segments = t.segments, "auto-kill submitted a kill task")
+                    }
+                    Err(e) => {
+                        debug!(error = %e, "the kill task was not committed");
+                        failed += 1;
+                    }
+                }
+            }
+            log.record(DutyRun {
+                duty: "killUnusedSegments".into(),
+                group: "IndexingServiceDuties".into(),
+                started: iso(started_ms),
+                duration_ms: started.elapsed().as_millis() as u64,
+                runs: 0,
+                stats: serde_json::to_value(&stats).unwrap_or_default(),
+                failed_proposals: failed,
+            });
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep_until((started + settings.period).into()) => {}
         }
     }
 }

@@ -9,6 +9,7 @@
 pub mod compaction;
 pub mod config;
 pub mod duties;
+pub mod kill;
 pub mod load;
 pub mod planner;
 pub mod rules;

@@ -42,6 +42,8 @@ pub struct OverlordSettings {
     pub retention: retention::Retention,
     /// How often the Coordinator's historical-management duty runs at the least.
     pub coordinator_period: Duration,
+    /// Auto-kill of unused segments.
+    pub kill: crate::coordinator::kill::KillSettings,
 }
 
 impl Default for OverlordSettings {
@@ -51,6 +53,7 @@ impl Default for OverlordSettings {
             assign_timeout: Duration::from_secs(60),
             retention: retention::Retention::default(),
             coordinator_period: Duration::from_secs(5),
+            kill: crate::coordinator::kill::KillSettings::default(),
         }
     }
 }
@@ -129,6 +132,14 @@ impl LeaderServices {
                         self.duties.clone(),
                         token.clone(),
                     ));
+                    if self.settings.kill.enabled {
+                        services.spawn(crate::coordinator::duties::run_kill(
+                            self.raft.clone(),
+                            self.settings.kill.clone(),
+                            self.duties.clone(),
+                            token.clone(),
+                        ));
+                    }
                     services.spawn(retention::run(
                         self.raft.clone(),
                         self.settings.retention,

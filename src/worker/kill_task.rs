@@ -1,14 +1,15 @@
 //! The peon's `kill` task (Druid's `KillUnusedSegmentsTask`): deletes unused segments of an
 //! interval from the metadata and from deep storage.
 //!
-//! Spec: `dataSource`, `interval`, optionally `versions`, `batchSize` (default 100) and `limit`.
+//! Spec: `dataSource`, `interval`, optionally `versions`, `batchSize` (default 100), `limit` and
+//! `maxUsedStatusLastUpdatedTime` (only segments marked unused by then).
 //! The task locks the interval (EXCLUSIVE), then per batch: lists unused segments
 //! (`retrieveUnusedSegments`), keeps back any whose file a used segment still names, deletes the
 //! records (`segmentNuke`, one command per batch so other writes interleave), and only then the
 //! files, so that a crash leaves at worst a file no segment names, never a segment without its
 //! file. A file is only ever deleted inside deep storage ([`super::deep_storage`]).
 //!
-//! When the whole interval is killed (no `versions`, no `limit`), files of segment intervals
+//! When the whole interval is killed (no `versions`, `limit` or time bound), files of segment intervals
 //! inside it that no segment names any more are removed as well: files left by a peon
 //! killed between pushing and publishing. The interval's lock keeps any other task from pushing
 //! there meanwhile.
@@ -38,6 +39,9 @@ struct KillSpec {
     batch_size: Option<usize>,
     #[serde(default)]
     limit: Option<usize>,
+    /// Only segments marked unused at or before this instant (Druid's; auto-kill's buffer).
+    #[serde(default)]
+    max_used_status_last_updated_time: Option<String>,
 }
 
 /// What the task did: Druid's `killUnusedSegments` report.
@@ -84,6 +88,9 @@ pub async fn run(task: Value, report: &mut KillReport) -> Result<(), String> {
             "interval": spec.interval.to_string(), "limit": ask});
         if let Some(v) = &spec.versions {
             action["versions"] = json!(v);
+        }
+        if let Some(t) = &spec.max_used_status_last_updated_time {
+            action["maxUsedStatusLastUpdatedTime"] = json!(t);
         }
         let unused = actions.submit(action).await?;
         let batch: Vec<Value> = unused
@@ -143,7 +150,7 @@ pub async fn run(task: Value, report: &mut KillReport) -> Result<(), String> {
         .map_err(|e| format!("the delete thread failed: {e}"))?;
         log(&format!("batch {}: killed {} segment(s)", report.batches, kill.len()));
     }
-    if spec.versions.is_none() && spec.limit.is_none() {
+    if spec.versions.is_none() && spec.limit.is_none() && spec.max_used_status_last_updated_time.is_none() {
         let referenced = referenced_files(&actions, &deep, &spec).await?;
         let (d, ds, interval) = (deep.clone(), spec.data_source.clone(), spec.interval);
         let removed = tokio::task::spawn_blocking(move || d.remove_orphans(&ds, &interval, &referenced))
