@@ -506,3 +506,65 @@ fn auto_kill_deletes_only_unused_segments_past_retention_records_and_files() {
     );
     drop(dev);
 }
+
+#[test]
+fn auto_compaction_compacts_a_fragmented_datasource_until_nothing_awaits() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let dev = spawn_dev(
+        &data,
+        free_port(),
+        &["--coordinator-period", "PT1S", "--indexing-period", "PT1S"],
+    );
+    let urls = vec![dev.url.clone()];
+    // Three appends: each of the two days ends up in three partitions.
+    for i in 0..3 {
+        let input = dir.path().join(format!("input-{i}"));
+        write_days(&input, &[3, 4]);
+        let mut task = index_task(&format!("append-{i}"), &input);
+        task["spec"]["ioConfig"]["appendToExisting"] = json!(true);
+        post_index_task(&urls, &task);
+    }
+    assert_eq!(used_ids(&urls).len(), 6);
+    let config =
+        json!({"dataSource": "wiki", "skipOffsetFromLatest": "PT0S", "granularitySpec": {"segmentGranularity": "DAY"}});
+    let r = http()
+        .post(format!("{}/druid/coordinator/v1/config/compaction", urls[0]))
+        .json(&config)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let done = wait_for_blocking("compaction to finish", Duration::from_secs(120), || {
+        let v = get(&urls, "/druid/coordinator/v1/compaction/status?dataSource=wiki")?;
+        let s = v["latestStatus"][0].clone();
+        (s["bytesAwaitingCompaction"] == 0 && s["intervalCountCompacted"] == 2).then_some(s)
+    });
+    assert_eq!(done["scheduleStatus"], "RUNNING");
+    assert_eq!(done["segmentCountCompacted"], 2);
+    assert_eq!(
+        get(&urls, "/druid/coordinator/v1/compaction/progress?dataSource=wiki").unwrap(),
+        json!({"remainingSegmentSize": 0})
+    );
+    // One visible segment per day, and nothing more is submitted.
+    let visible = get(
+        &urls,
+        "/druid/coordinator/v1/metadata/segments?includeOvershadowedStatus&datasources=wiki",
+    )
+    .unwrap();
+    let live: Vec<&Value> = visible
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["overshadowed"] == false)
+        .collect();
+    assert_eq!(live.len(), 2, "{visible}");
+    let r = http()
+        .get(format!(
+            "{}/druid/coordinator/v1/compaction/progress?dataSource=nope",
+            urls[0]
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    drop(dev);
+}

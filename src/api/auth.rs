@@ -170,6 +170,7 @@ pub fn policy(method: &Method, template: &str) -> Need {
         (false, "/metadata/datasources" | "/metadata/segments" | "/datasources") => Need::Login,
         (false, "/rules" | "/rules/history") => STATE_READ,
         (false, "/loadstatus" | "/loadqueue" | "/servers" | "/tiers" | "/tiers/{tier}" | "/duties") => STATE_READ,
+        (false, "/compaction/status" | "/compaction/progress") => STATE_READ,
         (false, "/datasources/{ds}/loadstatus") => DS_READ,
         (false, p) if p == "/config" || p.starts_with("/config/") => {
             if read {

@@ -1,6 +1,7 @@
 //! The Coordinator's serving-view routes: load status (`/loadstatus`,
 //! `/datasources/{ds}/loadstatus`), the load queues (`/loadqueue`), the Historicals
-//! (`/servers`), their tiers (`/tiers`, `/tiers/{tier}`) and the duties' last runs (`/duties`),
+//! (`/servers`), their tiers (`/tiers`, `/tiers/{tier}`), the duties' last runs (`/duties`) and
+//! auto-compaction's progress (`/compaction/status`, `/compaction/progress`),
 //! in Druid's shapes. `?simple` and `?full` are flags, as in Druid.
 
 use std::collections::{BTreeMap, HashMap};
@@ -35,6 +36,62 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(tiers))
         .routes(routes!(tier))
         .routes(routes!(duties))
+        .routes(routes!(compaction_status))
+        .routes(routes!(compaction_progress))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CompactionQuery {
+    #[serde(default)]
+    data_source: Option<String>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/druid/coordinator/v1/compaction/status",
+    tag = "coordinator",
+    summary = "Auto-compaction's progress per datasource with a compaction config (Druid's AutoCompactionSnapshot)",
+    params(("dataSource" = Option<String>, Query)),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = 404, description = "no compaction config for the datasource"), crate::api::openapi::Refused)
+)]
+async fn compaction_status(
+    State(state): State<AppState>,
+    Query(q): Query<CompactionQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let g = state.raft.shared.read().await;
+    let snaps = crate::coordinator::autocompact::status(&g.state, q.data_source.as_deref());
+    if let (Some(ds), true) = (&q.data_source, snaps.is_empty()) {
+        return Err(ApiError::NotFound(format!(
+            "no compaction config for datasource [{ds}]"
+        )));
+    }
+    Ok(Json(json!({ "latestStatus": snaps })))
+}
+
+#[utoipa::path(
+    get,
+    path = "/druid/coordinator/v1/compaction/progress",
+    tag = "coordinator",
+    summary = "Bytes of a datasource still awaiting compaction",
+    params(("dataSource" = String, Query)),
+    responses((status = 200, description = "success", body = serde_json::Value), (status = 404, description = "no compaction config for the datasource"), crate::api::openapi::Refused)
+)]
+async fn compaction_progress(
+    State(state): State<AppState>,
+    Query(q): Query<CompactionQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let Some(ds) = q.data_source else {
+        return Err(ApiError::BadRequest("dataSource is required".into()));
+    };
+    let g = state.raft.shared.read().await;
+    let snaps = crate::coordinator::autocompact::status(&g.state, Some(&ds));
+    let Some(s) = snaps.first() else {
+        return Err(ApiError::NotFound(format!(
+            "no compaction config for datasource [{ds}]"
+        )));
+    };
+    Ok(Json(json!({ "remainingSegmentSize": s.bytes_awaiting_compaction })))
 }
 
 fn flag(q: &HashMap<String, String>, name: &str) -> bool {
@@ -307,10 +364,10 @@ async fn duties(State(state): State<AppState>) -> Json<Value> {
         .map(|r| json!({
             "name": r.group,
             "dutyNames": [r.duty],
-            "periodMillis": if r.group == "HistoricalManagementDuties" {
-                settings.coordinator_period.as_millis() as u64
-            } else {
-                settings.kill.period.as_millis() as u64
+            "periodMillis": match r.group.as_str() {
+                "HistoricalManagementDuties" => settings.coordinator_period.as_millis() as u64,
+                "CompactSegmentsDuty" => settings.indexing_period.as_millis() as u64,
+                _ => settings.kill.period.as_millis() as u64,
             },
             "lastRunStart": r.started,
             "lastRuntimeMillis": r.duration_ms,

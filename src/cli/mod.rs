@@ -256,6 +256,10 @@ pub struct NodeArgs {
     /// Only segments marked unused at least this long ago are killed.
     #[arg(long, env = "RAFTLORD_KILL_BUFFER_PERIOD", default_value = "P30D", value_parser = parse_duration_ms)]
     pub kill_buffer_period: u64,
+    /// How often auto-compaction looks for time chunks to compact (Druid's
+    /// `druid.coordinator.period.indexingPeriod`), for the datasources with a compaction config.
+    #[arg(long, env = "RAFTLORD_INDEXING_PERIOD", default_value = "PT1800S", value_parser = parse_period_ms)]
+    pub indexing_period: u64,
     /// Most segments one auto-kill task deletes.
     #[arg(long, env = "RAFTLORD_KILL_MAX_SEGMENTS", default_value_t = 100)]
     pub kill_max_segments: usize,
@@ -405,6 +409,7 @@ impl NodeArgs {
             format!("--tier={}", self.tier),
             format!("--coordinator-period={}", self.coordinator_period),
             format!("--kill-period={}", self.kill_period),
+            format!("--indexing-period={}", self.indexing_period),
             format!("--kill-duration-to-retain={}", self.kill_duration_to_retain),
             format!("--kill-buffer-period={}", self.kill_buffer_period),
             format!("--kill-max-segments={}", self.kill_max_segments),

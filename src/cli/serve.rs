@@ -48,6 +48,7 @@ fn overlord_settings(args: &NodeArgs) -> OverlordSettings {
             buffer_period_ms: args.kill_buffer_period,
             max_segments: args.kill_max_segments.max(1),
         },
+        indexing_period: Duration::from_millis(args.indexing_period),
     }
 }
 

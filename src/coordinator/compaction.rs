@@ -80,7 +80,7 @@ impl DatasourceCompactionConfig {
         if self.max_rows_per_segment == Some(0) {
             return Err("maxRowsPerSegment: must be positive".into());
         }
-        Period::parse(&self.skip_offset_from_latest).map_err(|e| format!("skipOffsetFromLatest: {e}"))?;
+        Period::parse_zero_ok(&self.skip_offset_from_latest).map_err(|e| format!("skipOffsetFromLatest: {e}"))?;
         if let Some(g) = &self.granularity_spec {
             if !g.is_object() {
                 return Err("granularitySpec: expected an object".into());

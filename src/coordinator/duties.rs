@@ -8,7 +8,9 @@
 //! most [`CHUNK`] requests. Everything it decided is in the replicated state once committed,
 //! so a new leader's first run starts from exactly where the old one left off.
 //!
-//! Auto-kill ([`run_kill`]) runs every `--kill-period` when `--kill-unused-segments` is on.
+//! Auto-kill ([`run_kill`]) runs every `--kill-period` when `--kill-unused-segments` is on;
+//! auto-compaction ([`run_compaction`]) every `--indexing-period`, for the datasources with a
+//! compaction config.
 //!
 //! [`DutyLog`] keeps each duty's last run (start, duration, counts) for
 //! `GET /druid/coordinator/v1/duties`; it lives in the leader's memory only.
@@ -219,6 +221,64 @@ pub async fn run_kill(raft: Arc<Raft>, settings: KillSettings, log: DutyLog, can
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep_until((started + settings.period).into()) => {}
+        }
+    }
+}
+
+/// Auto-compaction (Druid's `CompactSegments`): every `--indexing-period`, submits the
+/// `compact` tasks [`super::autocompact::plan_compactions`] decides.
+pub async fn run_compaction(raft: Arc<Raft>, period: Duration, log: DutyLog, cancel: CancellationToken) {
+    loop {
+        let started = Instant::now();
+        let started_ms = now_ms();
+        let state = raft.shared.read().await.state.clone();
+        let planned = tokio::task::spawn_blocking(move || {
+            let tasks = super::autocompact::plan_compactions(&state, started_ms);
+            (tasks, super::autocompact::status(&state, None))
+        })
+        .await;
+        if let Ok((tasks, status)) = planned {
+            let mut failed = 0u64;
+            for t in &tasks {
+                let spec = t.spec.to_string();
+                let task = match crate::tasks::spec::parse_submission(spec.as_bytes(), started_ms, &mut rand::rng()) {
+                    Ok(task) => task,
+                    Err(e) => {
+                        warn!(datasource = %t.datasource, error = %e, "auto-compaction built a compact task that does not read");
+                        failed += 1;
+                        continue;
+                    }
+                };
+                let id = task.id.clone();
+                let command = Command::SubmitTask {
+                    task,
+                    max_active: None,
+                    idempotency_key: None,
+                };
+                match raft.proposer.propose(command).await {
+                    Ok(_) => {
+                        info!(task_id = %id, datasource = %t.datasource, interval = %t.interval, "auto-compaction submitted a compact task")
+                    }
+                    Err(e) => {
+                        debug!(error = %e, "the compact task was not committed");
+                        failed += 1;
+                    }
+                }
+            }
+            let awaiting: u64 = status.iter().map(|s| s.interval_count_awaiting_compaction).sum();
+            log.record(DutyRun {
+                duty: "compactSegments".into(),
+                group: "CompactSegmentsDuty".into(),
+                started: iso(started_ms),
+                duration_ms: started.elapsed().as_millis() as u64,
+                runs: 0,
+                stats: serde_json::json!({"submittedTasks": tasks.len(), "intervalsAwaitingCompaction": awaiting}),
+                failed_proposals: failed,
+            });
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep_until((started + period).into()) => {}
         }
     }
 }

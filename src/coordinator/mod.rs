@@ -6,6 +6,7 @@
 //! Coordinator's part of the replicated state: the rules of each datasource and of the cluster
 //! (`_default`), both configurations, and the audited history of their changes.
 
+pub mod autocompact;
 pub mod compaction;
 pub mod config;
 pub mod duties;

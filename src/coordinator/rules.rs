@@ -112,7 +112,17 @@ pub struct Period {
 }
 
 impl Period {
+    /// A period that is not empty (a rule's).
     pub fn parse(s: &str) -> Result<Period, String> {
+        let p = Period::parse_zero_ok(s)?;
+        if p == Period::default() {
+            return Err(format!("[{s}] is an empty period"));
+        }
+        Ok(p)
+    }
+
+    /// A period, empty ones (`PT0S`) included.
+    pub fn parse_zero_ok(s: &str) -> Result<Period, String> {
         let not_a_period = || format!("[{s}] is not an ISO-8601 period such as P1M or PT6H");
         // The parser stops at the end of a period and ignores what follows (`P1D/P2D`): the
         // whole text must have the form of one.
@@ -147,9 +157,6 @@ impl Period {
                     + u64::from(millisecond),
             },
         };
-        if p == Period::default() {
-            return Err(format!("[{s}] is an empty period"));
-        }
         Ok(p)
     }
 

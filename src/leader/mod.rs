@@ -44,6 +44,8 @@ pub struct OverlordSettings {
     pub coordinator_period: Duration,
     /// Auto-kill of unused segments.
     pub kill: crate::coordinator::kill::KillSettings,
+    /// How often auto-compaction runs (Druid's `druid.coordinator.period.indexingPeriod`).
+    pub indexing_period: Duration,
 }
 
 impl Default for OverlordSettings {
@@ -54,6 +56,7 @@ impl Default for OverlordSettings {
             retention: retention::Retention::default(),
             coordinator_period: Duration::from_secs(5),
             kill: crate::coordinator::kill::KillSettings::default(),
+            indexing_period: Duration::from_secs(1800),
         }
     }
 }
@@ -140,6 +143,12 @@ impl LeaderServices {
                             token.clone(),
                         ));
                     }
+                    services.spawn(crate::coordinator::duties::run_compaction(
+                        self.raft.clone(),
+                        self.settings.indexing_period,
+                        self.duties.clone(),
+                        token.clone(),
+                    ));
                     services.spawn(retention::run(
                         self.raft.clone(),
                         self.settings.retention,
