@@ -210,3 +210,256 @@ pub fn run(n: usize, historicals: usize, datasources: usize) -> anyhow::Result<(
     anyhow::ensure!(under == 0, "{under} segments are still under-replicated");
     Ok(())
 }
+
+/// The inodes of the cached segment files under `dir`.
+fn cached(dir: &std::path::Path) -> std::collections::BTreeMap<std::path::PathBuf, u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|n| n == "index.parquet") {
+                if let Ok(m) = std::fs::metadata(&p) {
+                    out.insert(p, m.ino());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Replicas still to load, summed over tiers and datasources, as `/loadstatus?full` says.
+async fn left_to_load(client: &reqwest::Client, url: &str) -> Option<u64> {
+    let v: serde_json::Value = client
+        .get(format!("{url}/druid/coordinator/v1/loadstatus?full"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    Some(
+        v.as_object()?
+            .values()
+            .filter_map(|t| t.as_object())
+            .flat_map(|t| t.values())
+            .filter_map(|n| n.as_u64())
+            .sum(),
+    )
+}
+
+/// `coordinator --cluster`: three real nodes, each a Historical, serving `n` small segment
+/// files from local deep storage twice over; then the leader is killed with -9. Reports the
+/// time from the kill to the new leader's first historical-management run, the segments the
+/// survivors downloaded again, and the time until every segment has its two replicas again.
+pub async fn failover(bin: &std::path::Path, n: usize) -> anyhow::Result<()> {
+    use serde_json::json;
+    let dir = tempfile::tempdir()?;
+    let deep = dir.path().join("deep");
+    let deep_flag = deep.display().to_string();
+    let mut rl = crate::cluster::Raftlord::start_with(
+        bin,
+        dir.path(),
+        3,
+        &[
+            "--worker-capacity",
+            "0",
+            "--deep-storage",
+            &deep_flag,
+            "--coordinator-period",
+            "PT5S",
+            "--worker-timeout-ms",
+            "5000",
+        ],
+    )
+    .await?;
+    let leader = rl.wait_leader(Duration::from_secs(30)).await?;
+    let url = rl.urls[&leader].clone();
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
+    // One task holding a lock, publishing n segments whose files are small Parquet-framed files.
+    let r = client
+        .post(format!("{url}/druid/indexer/v1/task"))
+        .json(&raftlord_harness::index_task("load", "bench"))
+        .send()
+        .await?;
+    anyhow::ensure!(r.status() == 200, "submit: {}", r.text().await?);
+    let days = n as i64;
+    let lock = json!({"task": {"id": "load"}, "action": {"type": "lockTryAcquire",
+        "interval": format!("{}/{}", raftlord::interval::iso(START), raftlord::interval::iso(START + days * 24 * HOUR))}});
+    let v: serde_json::Value = client
+        .post(format!("{url}/druid/indexer/v1/action"))
+        .bearer_auth(crate::cluster::SECRET)
+        .json(&lock)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let version = v["result"]["version"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("no lock: {v}"))?
+        .to_string();
+    let mut body = vec![0u8; 4096];
+    body[..4].copy_from_slice(b"PAR1");
+    body[4092..].copy_from_slice(b"PAR1");
+    let t = Instant::now();
+    for first in (0..n).step_by(500) {
+        let mut segments = Vec::new();
+        for i in first..(first + 500).min(n) {
+            let start = START + i as i64 * 24 * HOUR;
+            let file = deep.join(format!("bench/{i}/index.parquet"));
+            std::fs::create_dir_all(file.parent().unwrap())?;
+            std::fs::write(&file, &body)?;
+            segments.push(json!({
+                "dataSource": "bench",
+                "interval": format!("{}/{}", raftlord::interval::iso(start), raftlord::interval::iso(start + 24 * HOUR)),
+                "version": version,
+                "loadSpec": {"type": "local", "path": file},
+                "shardSpec": {"type": "numbered", "partitionNum": 0, "partitions": 1},
+                "size": body.len(),
+            }));
+        }
+        let v: serde_json::Value = client
+            .post(format!("{url}/druid/indexer/v1/action"))
+            .bearer_auth(crate::cluster::SECRET)
+            .json(&json!({"task": {"id": "load"}, "action": {"type": "segmentTransactionalInsert", "segments": segments}}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        anyhow::ensure!(v["result"]["success"] == true, "publish failed: {v:.300}");
+    }
+    loop {
+        if left_to_load(&client, &url).await == Some(0) {
+            break;
+        }
+        anyhow::ensure!(t.elapsed() < Duration::from_secs(600), "not loaded within 10 minutes");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "{n} segments published and loaded twice on 3 Historicals in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    // Balancing settles: a run that planned nothing, after which nothing is loading or dropping.
+    loop {
+        let duties: serde_json::Value = client
+            .get(format!("{url}/druid/coordinator/v1/duties"))
+            .send()
+            .await?
+            .json()
+            .await
+            .unwrap_or_default();
+        let queue: serde_json::Value = client
+            .get(format!("{url}/druid/coordinator/v1/loadqueue?simple"))
+            .send()
+            .await?
+            .json()
+            .await
+            .unwrap_or_default();
+        let quiet_run = duties.as_array().is_some_and(|a| {
+            a.iter().any(|d| {
+                d["name"] == "HistoricalManagementDuties"
+                    && ["assigned", "dropped", "moved"].iter().all(|k| d["stats"][k] == 0)
+            })
+        });
+        let empty = queue
+            .as_object()
+            .is_some_and(|q| q.values().all(|s| s["segmentsToLoad"] == 0 && s["segmentsToDrop"] == 0));
+        if quiet_run && empty {
+            break;
+        }
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(900),
+            "balancing did not settle within 15 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "balancing settled {:.1} s after the first publish",
+        t.elapsed().as_secs_f64()
+    );
+    let survivors: Vec<u64> = rl.urls.keys().copied().filter(|id| *id != leader).collect();
+    let cache = |id: u64| dir.path().join(format!("node-{id}")).join("segment-cache");
+    let before: Vec<_> = survivors.iter().map(|id| cached(&cache(*id))).collect();
+    let killed_at = raftlord::clock::now_ms();
+    let t = Instant::now();
+    rl.kill9_and_wait(leader).await?;
+    let new_url = loop {
+        let new = rl.wait_leader(Duration::from_secs(30)).await?;
+        let u = rl.urls[&new].clone();
+        let v: serde_json::Value = client
+            .get(format!("{u}/druid/coordinator/v1/duties"))
+            .send()
+            .await?
+            .json()
+            .await
+            .unwrap_or_default();
+        if let Some(first) = v
+            .as_array()
+            .and_then(|a| a.iter().find(|d| d["name"] == "HistoricalManagementDuties"))
+            .and_then(|d| d["firstRunStart"].as_str())
+        {
+            let first_ms = raftlord::interval::parse_instant(first).unwrap_or(0) as u64;
+            println!(
+                "leader kill -9 -> the new leader's first historical-management run: {} ms",
+                first_ms.saturating_sub(killed_at)
+            );
+            break u;
+        }
+        anyhow::ensure!(t.elapsed() < Duration::from_secs(30), "no duty run on the new leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // The dead node's Historical is declared lost after the timeout; then its replicas are
+    // loaded on the survivors.
+    let lost = loop {
+        let v: serde_json::Value = client
+            .get(format!("{new_url}/druid/coordinator/v1/servers"))
+            .send()
+            .await?
+            .json()
+            .await
+            .unwrap_or_default();
+        if v.as_array().is_some_and(|a| a.len() == 2) {
+            break t.elapsed();
+        }
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(60),
+            "the Historical was never declared lost"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    loop {
+        if left_to_load(&client, &new_url).await == Some(0) {
+            break;
+        }
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(600),
+            "not re-replicated within 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "leader (and its Historical) kill -9 -> declared lost: {:.1} s (--worker-timeout-ms 5000); -> every segment on two Historicals again: {:.1} s",
+        lost.as_secs_f64(),
+        t.elapsed().as_secs_f64()
+    );
+    let (mut again, mut kept, mut gone) = (0, 0, 0);
+    for (id, files) in survivors.iter().zip(&before) {
+        let now = cached(&cache(*id));
+        for (path, inode) in files {
+            match now.get(path) {
+                Some(i) if i == inode => kept += 1,
+                Some(_) => again += 1,
+                None => gone += 1,
+            }
+        }
+    }
+    println!(
+        "files the survivors held before the kill: {kept} kept, {again} downloaded again, {gone} dropped (balancing moves finishing)"
+    );
+    rl.stop_all().await;
+    Ok(())
+}

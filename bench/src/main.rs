@@ -190,6 +190,9 @@ enum Cmd {
         historicals: usize,
         #[arg(long, default_value_t = 100)]
         datasources: usize,
+        /// Instead: three real nodes serving this many small segment files, and a leader kill -9.
+        #[arg(long)]
+        cluster: Option<usize>,
     },
     /// Publish N segments across datasources through task actions; memory, query p99,
     /// snapshot, restart and catch-up times, overshadow pass.
@@ -308,6 +311,16 @@ async fn main() -> anyhow::Result<()> {
             segments,
             historicals,
             datasources,
+            cluster: Some(n),
+        } => {
+            let _ = (segments, historicals, datasources);
+            coordinator::failover(&bin, n).await
+        }
+        Cmd::Coordinator {
+            segments,
+            historicals,
+            datasources,
+            cluster: None,
         } => coordinator::run(segments, historicals, datasources),
         Cmd::Segments {
             segments,

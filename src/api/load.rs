@@ -370,6 +370,7 @@ async fn duties(State(state): State<AppState>) -> Json<Value> {
                 _ => settings.kill.period.as_millis() as u64,
             },
             "lastRunStart": r.started,
+            "firstRunStart": r.first_started,
             "lastRuntimeMillis": r.duration_ms,
             "runs": r.runs,
             "failedProposals": r.failed_proposals,

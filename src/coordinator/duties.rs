@@ -44,6 +44,9 @@ pub struct DutyRun {
     pub group: String,
     /// The leader's clock when the run started.
     pub started: String,
+    /// When this node's first run of the duty started (since it started or last led).
+    #[serde(default)]
+    pub first_started: String,
     pub duration_ms: u64,
     pub runs: u64,
     pub stats: serde_json::Value,
@@ -56,6 +59,11 @@ pub struct DutyRun {
 pub struct DutyLog(Arc<Mutex<BTreeMap<String, DutyRun>>>);
 
 impl DutyLog {
+    /// Forgets every run: a node that gains leadership starts its record afresh.
+    pub fn clear(&self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     pub fn all(&self) -> Vec<DutyRun> {
         self.0
             .lock()
@@ -68,6 +76,9 @@ impl DutyLog {
     fn record(&self, mut run: DutyRun) {
         let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
         run.runs = g.get(&run.duty).map_or(0, |r| r.runs) + 1;
+        run.first_started = g
+            .get(&run.duty)
+            .map_or_else(|| run.started.clone(), |r| r.first_started.clone());
         g.insert(run.duty.clone(), run);
     }
 }
@@ -149,6 +160,7 @@ pub async fn run(raft: Arc<Raft>, period: Duration, log: DutyLog, cancel: Cancel
                 group: "HistoricalManagementDuties".into(),
                 started: iso(started_ms),
                 duration_ms: last_took.as_millis() as u64,
+                first_started: String::new(),
                 runs: 0,
                 stats: serde_json::to_value(&p.stats).unwrap_or_default(),
                 failed_proposals: failed,
@@ -213,6 +225,7 @@ pub async fn run_kill(raft: Arc<Raft>, settings: KillSettings, log: DutyLog, can
                 group: "IndexingServiceDuties".into(),
                 started: iso(started_ms),
                 duration_ms: started.elapsed().as_millis() as u64,
+                first_started: String::new(),
                 runs: 0,
                 stats: serde_json::to_value(&stats).unwrap_or_default(),
                 failed_proposals: failed,
@@ -271,6 +284,7 @@ pub async fn run_compaction(raft: Arc<Raft>, period: Duration, log: DutyLog, can
                 group: "CompactSegmentsDuty".into(),
                 started: iso(started_ms),
                 duration_ms: started.elapsed().as_millis() as u64,
+                first_started: String::new(),
                 runs: 0,
                 stats: serde_json::json!({"submittedTasks": tasks.len(), "intervalsAwaitingCompaction": awaiting}),
                 failed_proposals: failed,

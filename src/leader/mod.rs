@@ -120,6 +120,7 @@ impl LeaderServices {
             match (&term, ready) {
                 (None, true) => {
                     info!(node_id = self.raft.id, "became leader: starting leader services");
+                    self.duties.clear();
                     let token = cancel.child_token();
                     services.spawn(reconcile_membership(self.raft.clone(), token.clone()));
                     services.spawn(assigner::run(self.raft.clone(), token.clone()));
