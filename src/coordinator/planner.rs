@@ -36,7 +36,7 @@ use std::iter::Peekable;
 use serde::Serialize;
 
 use super::load::{DropRequest, HistoricalRecord, LoadRequest, LoadTable, Replica, SegmentRef};
-use super::rules::{first_match, Action};
+use super::rules::Action;
 use super::{CoordinatorState, DEFAULT_RULES};
 use crate::segments::segment::ShardKind;
 use crate::segments::{Datasource, SegmentKey, SegmentTable, StoredSegment};
@@ -155,6 +155,8 @@ pub fn plan(segments: &SegmentTable, coordinator: &CoordinatorState, servers: &L
     let mut reps: Vec<(usize, &Replica)> = Vec::new();
     for (name, ds) in segments.datasources() {
         let own = coordinator.rules_of(name);
+        // Each rule's action, worked out once per datasource rather than once per segment.
+        let actions: Vec<Action> = own.iter().chain(defaults.iter()).map(|r| r.action()).collect();
         let overshadowed = ds.overshadowed();
         let mut available: HashMap<&SegmentKey, bool> = HashMap::new();
         let mut shadowed: Vec<(&SegmentKey, Vec<(usize, &Replica)>)> = Vec::new();
@@ -199,30 +201,36 @@ pub fn plan(segments: &SegmentTable, coordinator: &CoordinatorState, servers: &L
                 }
                 continue;
             }
-            let rule = first_match(&own, &defaults, &key.interval(), now_ms);
-            let Some(rule) = rule else {
+            let interval = key.interval();
+            let matched = own
+                .iter()
+                .chain(defaults.iter())
+                .zip(&actions)
+                .find(|(r, _)| r.applies_to(&interval, now_ms));
+            let Some((_, action)) = matched else {
                 p.plan.stats.unmatched += 1;
                 continue;
             };
-            match rule.action() {
+            let served = || reps.iter().any(|(_, r)| matches!(r, Replica::Loaded { .. }));
+            let is_available = match action {
                 Action::Drop => {
                     p.drop_all(&reps, &segment());
                     p.plan.stats.marked_unused_by_rule += 1;
                     p.plan.unused.entry(name.clone()).or_default().push(key.clone());
-                    available.insert(key, true);
+                    true
                 }
                 Action::Broadcast => {
                     p.broadcast(&reps, &segment, seg);
-                    available.insert(key, reps.iter().any(|(_, r)| matches!(r, Replica::Loaded { .. })));
+                    served()
                 }
                 Action::Load(tiers) => {
-                    let wants: u32 = tiers.values().sum();
-                    p.load(&reps, &segment, seg, &tiers);
-                    available.insert(
-                        key,
-                        wants == 0 || reps.iter().any(|(_, r)| matches!(r, Replica::Loaded { .. })),
-                    );
+                    p.load(&reps, &segment, seg, tiers);
+                    tiers.values().sum::<u32>() == 0 || served()
                 }
+            };
+            // Only needed to decide whether an overshadowed segment may go.
+            if !overshadowed.is_empty() {
+                available.insert(key, is_available);
             }
         }
         // An overshadowed segment is marked unused, and dropped, once what overshadows it is

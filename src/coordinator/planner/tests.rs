@@ -4,7 +4,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::coordinator::load::{Historical, Outcome, ReplicaReport};
-use crate::coordinator::rules::Rule;
+use crate::coordinator::rules::{first_match, Rule};
 use crate::segments::{DataSegment, SegmentFilter};
 use crate::workers::AuditInfo;
 
