@@ -269,6 +269,40 @@ impl RunningNode {
             }));
         }
 
+        // Task logs and reports of tasks whose records were pruned go too (each node's own
+        // task log directory).
+        {
+            let raft = raft.clone();
+            let dir = config.task_log_dir.clone();
+            let retention = config.overlord.retention;
+            let cancel = services_stop.child_token();
+            background.push(tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(retention.period()) => {}
+                    }
+                    let before = std::time::SystemTime::now() - retention.completed_tasks;
+                    let g = raft.shared.read().await;
+                    let ids: std::collections::HashSet<String> =
+                        g.state.tasks.all().map(|t| t.spec.id.clone()).collect();
+                    drop(g);
+                    let d = dir.clone();
+                    let removed = tokio::task::spawn_blocking(move || {
+                        crate::worker::runner::prune_task_logs(&d, |id| ids.contains(id), before)
+                    })
+                    .await
+                    .unwrap_or(0);
+                    if removed > 0 {
+                        info!(
+                            files = removed,
+                            "deleted the logs and reports of tasks past their retention"
+                        );
+                    }
+                }
+            }));
+        }
+
         // 5. announcement
         let announcement = announcement(&config, &url);
         background.push(tokio::spawn(announce(

@@ -1,7 +1,9 @@
-//! Keeps the replicated state bounded over a long run: complete task records, audit records and
-//! the worker config's history are forgotten once older than their retention, by
-//! `PruneHistory` commands the leader proposes (so every replica forgets the same things at the
-//! same log position).
+//! Keeps the replicated state bounded over a long run (Druid's metadata-store management
+//! duties): complete task records, audit records, and the history of the worker config, the
+//! rules, the Coordinator's config and the compaction configs are forgotten once older than their
+//! retention, by `PruneHistory` commands the leader proposes (so every replica forgets the same
+//! things at the same log position); pending segments whose task is no longer active and
+//! datasources left with no segment (their commit metadata with them) go by `CleanMetadata`.
 //!
 //! Defaults follow Druid: task records as long as task logs (`druid.indexer.logs.kill.
 //! durationToRetain`, 90 days), audit records as the Coordinator's audit kill duty keeps them
@@ -46,6 +48,19 @@ impl Retention {
 pub async fn run(raft: Arc<Raft>, retention: Retention, cancel: CancellationToken) {
     loop {
         prune_once(&raft, retention).await;
+        match raft.proposer.propose(Command::CleanMetadata {}).await {
+            Ok(Reply::MetadataCleaned {
+                pending_segments,
+                datasource_metadata,
+            }) if pending_segments + datasource_metadata > 0 => {
+                info!(
+                    pending_segments,
+                    datasource_metadata, "forgot stale pending segments and unused datasource metadata"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => debug!(error = %e, "metadata cleanup did not complete; trying again later"),
+        }
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(retention.period()) => {}

@@ -449,6 +449,29 @@ impl SegmentTable {
         before - d.pending.len()
     }
 
+    /// Deletes pending segments whose allocating task is not active (`active`), and
+    /// datasources with no segment, no pending segment and no active task (`busy`), their
+    /// commit metadata with them. Returns how many pending segments, and how many datasources
+    /// that had commit metadata, went.
+    pub fn apply_clean(&mut self, active: impl Fn(&str) -> bool, busy: impl Fn(&str) -> bool) -> (usize, usize) {
+        let names: Vec<String> = self.datasources.keys().cloned().collect();
+        let mut pending = 0;
+        let mut metadata = 0;
+        for name in names {
+            pending += self.delete_pending_where(&name, |p| !active(&p.task_allocator_id));
+            let empty = self
+                .datasources
+                .get(&name)
+                .is_some_and(|d| d.segments.is_empty() && d.pending.is_empty() && d.upgrades.is_empty());
+            if empty && !busy(&name) {
+                if let Some(d) = self.datasources.remove(&name) {
+                    metadata += usize::from(d.metadata.is_some());
+                }
+            }
+        }
+        (pending, metadata)
+    }
+
     /// Resolves a segment id of `ds` to the stored key it names.
     pub fn find_id(&self, ds: &str, id: &str) -> Option<(SegmentKey, &StoredSegment)> {
         let d = self.datasources.get(ds)?;

@@ -306,6 +306,7 @@ fn command() -> impl Strategy<Value = Command> {
             audit_before_ms
         }),
         security_command().prop_map(Command::Security),
+        Just(Command::CleanMetadata {}),
         (
             prop_oneof![Just("wiki".to_string()), text()],
             prop_oneof![Just("wiki".to_string()), text()],

@@ -199,6 +199,10 @@ pub enum Command {
     },
     /// Change users, roles or permissions.
     Security(crate::security::SecurityCommand),
+    /// Forget what no one can use any more: pending segments whose allocating task is not
+    /// active, and datasources with no segment, no pending segment and no active task (their
+    /// commit metadata with them).
+    CleanMetadata {},
 }
 
 /// Most complete tasks one [`Command::PruneHistory`] removes, so that one entry's apply stays
@@ -295,6 +299,11 @@ pub enum Reply {
         worker_config_history: usize,
         #[serde(default)]
         coordinator_history: usize,
+    },
+    #[serde(rename_all = "camelCase")]
+    MetadataCleaned {
+        pending_segments: usize,
+        datasource_metadata: usize,
     },
     /// `error` says why a security command changed nothing.
     Security {
@@ -491,6 +500,19 @@ impl State {
             Command::SetDatasourceMetadata { datasource, metadata } => Reply::MetadataSet {
                 changed: self.set_metadata(ctx, &datasource, metadata),
             },
+            Command::CleanMetadata {} => {
+                let tasks = &self.tasks;
+                let active_ds: std::collections::HashSet<&str> =
+                    tasks.active().map(|t| t.spec.datasource.as_str()).collect();
+                let (pending_segments, datasource_metadata) = self.segments.apply_clean(
+                    |task| tasks.get(task).is_some_and(|t| t.is_active()),
+                    |ds| active_ds.contains(ds),
+                );
+                Reply::MetadataCleaned {
+                    pending_segments,
+                    datasource_metadata,
+                }
+            }
             Command::PruneHistory {
                 completed_tasks_before_ms,
                 audit_before_ms,

@@ -740,3 +740,64 @@ fn a_task_its_worker_did_not_start_in_time_fails_and_never_runs_twice() {
     );
     assert!(matches!(again, Reply::Assigned { refused } if refused.len() == 1));
 }
+
+#[test]
+fn metadata_cleanup_forgets_stale_pending_segments_and_the_metadata_of_emptied_datasources() {
+    use crate::segments::{PendingSegment, SegmentKey};
+    let mut s = State::default();
+    let pending = |task: &str, day: i64| PendingSegment {
+        key: SegmentKey {
+            start: day * 86_400_000,
+            end: (day + 1) * 86_400_000,
+            version: "v1".into(),
+            partition: 0,
+        },
+        core_partitions: 0,
+        sequence_name: "seq".into(),
+        previous_segment_id: None,
+        task_allocator_id: task.into(),
+        created_ms: 1,
+    };
+    // An active task's pending segment stays; one of a task that is gone is stale.
+    s.apply(
+        ctx(1, 1),
+        Command::SubmitTask {
+            task: new_task(),
+            max_active: None,
+            idempotency_key: None,
+        },
+    );
+    let live = new_task().id;
+    s.segments.apply_add_pending("wiki", pending(&live, 0));
+    s.segments.apply_add_pending("gone", pending("finished-long-ago", 0));
+    // A datasource with no segments keeps only its commit metadata.
+    s.apply(
+        ctx(2, 2),
+        Command::SetDatasourceMetadata {
+            datasource: "empty".into(),
+            metadata: Some(json!({"type": "kafka"})),
+        },
+    );
+    let reply = s.apply(ctx(3, 3), Command::CleanMetadata {});
+    assert_eq!(
+        reply,
+        Reply::MetadataCleaned {
+            pending_segments: 1,
+            datasource_metadata: 1
+        }
+    );
+    assert!(s.segments.datasource("empty").is_none());
+    assert!(
+        s.segments.datasource("gone").is_none(),
+        "left with nothing, it goes too"
+    );
+    assert_eq!(s.segments.datasource("wiki").map(|d| d.pending().count()), Some(1));
+    // Nothing more to clean.
+    assert_eq!(
+        s.apply(ctx(4, 4), Command::CleanMetadata {}),
+        Reply::MetadataCleaned {
+            pending_segments: 0,
+            datasource_metadata: 0
+        }
+    );
+}

@@ -98,7 +98,8 @@ pub fn validate(command: &Command) -> Result<(), String> {
         | Command::ReportTasks { .. }
         | Command::SetWorkerConfig { .. }
         | Command::SetDatasourceMetadata { .. }
-        | Command::PruneHistory { .. } => Ok(()),
+        | Command::PruneHistory { .. }
+        | Command::CleanMetadata {} => Ok(()),
     }
 }
 
@@ -142,6 +143,7 @@ pub fn kind(command: &Command) -> &'static str {
         Command::DeleteSegments { .. } => "deleteSegments",
         Command::SetDatasourceMetadata { .. } => "setDatasourceMetadata",
         Command::PruneHistory { .. } => "pruneHistory",
+        Command::CleanMetadata {} => "cleanMetadata",
         Command::Security(_) => "security",
     }
 }

@@ -534,6 +534,26 @@ pub fn report_file(log_dir: &Path, id: &str) -> Result<PathBuf, BadTaskDir> {
     Ok(log_dir.join(format!("{id}.report.json")))
 }
 
+/// Deletes the logs and reports in `log_dir` of tasks `known` does not know (their records
+/// were pruned) that were last written before `before`. Returns how many files went.
+pub fn prune_task_logs(log_dir: &Path, known: impl Fn(&str) -> bool, before: std::time::SystemTime) -> usize {
+    let Ok(entries) = std::fs::read_dir(log_dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(id) = name.strip_suffix(".report.json").or_else(|| name.strip_suffix(".log")) else {
+            continue;
+        };
+        let old = e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < before);
+        if old && !known(id) && std::fs::remove_file(e.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 fn push_logs(dir: &Path, log_dir: &Path, id: &str) -> std::io::Result<()> {
     let to_io = |e: BadTaskDir| std::io::Error::other(e.to_string());
     let log = dir.join("log");
@@ -625,6 +645,27 @@ pub fn write_private(dir: &Path, name: &str, contents: &str) -> std::io::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logs_of_pruned_tasks_go_once_old_and_others_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["gone.log", "gone.report.json", "kept.log", "notes.txt"] {
+            std::fs::write(dir.path().join(f), "x").unwrap();
+        }
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+        // Too recent: nothing goes.
+        assert_eq!(
+            prune_task_logs(dir.path(), |id| id == "kept", std::time::SystemTime::UNIX_EPOCH),
+            0
+        );
+        assert_eq!(prune_task_logs(dir.path(), |id| id == "kept", later), 2);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, vec!["kept.log", "notes.txt"]);
+    }
 
     #[test]
     fn task_dirs_never_leave_the_base_directory() {
