@@ -225,6 +225,35 @@ impl HistoricalRecord {
         }
     }
 
+    /// The segment with the text it shares made shared: its datasource name with this
+    /// Historical's other replicas of the datasource, its version with the segment table's key.
+    /// One copy of each instead of one per replica (the planner then also compares names by
+    /// pointer).
+    fn canonical(&self, segment: SegmentRef, segments: &SegmentTable) -> SegmentRef {
+        let lo = SegmentRef {
+            datasource: segment.datasource.clone(),
+            key: SegmentKey {
+                start: i64::MIN,
+                end: i64::MIN,
+                version: "".into(),
+                partition: 0,
+            },
+        };
+        let datasource = self
+            .replicas
+            .range(lo..)
+            .next()
+            .map(|(r, _)| r.datasource.clone())
+            .filter(|d| *d == segment.datasource)
+            .unwrap_or(segment.datasource);
+        let key = segments
+            .datasource(&datasource)
+            .and_then(|d| d.get_key_value(&segment.key))
+            .map(|(k, _)| k.clone())
+            .unwrap_or(segment.key);
+        SegmentRef { datasource, key }
+    }
+
     /// Sets (or with `None`, removes) a replica, keeping the byte and state counts.
     fn set(&mut self, segment: SegmentRef, replica: Option<Replica>) {
         let old = match replica {
@@ -420,8 +449,9 @@ impl LoadTable {
                 continue;
             }
             let moved_from = l.moved_from.clone().filter(|m| *m != l.host);
+            let segment = rec.canonical(l.segment.clone(), segments);
             rec.set(
-                l.segment.clone(),
+                segment,
                 Some(Replica::Load {
                     since_ms: time_ms,
                     size,
@@ -514,7 +544,8 @@ impl LoadTable {
                 }),
                 _ => continue,
             };
-            rec.set(r.segment.clone(), now);
+            let segment = rec.canonical(r.segment.clone(), segments);
+            rec.set(segment, now);
             changed += 1;
         }
         if full {

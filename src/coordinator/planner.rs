@@ -32,6 +32,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::iter::Peekable;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -154,6 +155,7 @@ pub fn plan(segments: &SegmentTable, coordinator: &CoordinatorState, servers: &L
     let defaults = coordinator.rules_of(DEFAULT_RULES);
     let mut reps: Vec<(usize, &Replica)> = Vec::new();
     for (name, ds) in segments.datasources() {
+        let mut same_name: Vec<*const u8> = vec![std::ptr::null(); cursors.len()];
         let own = coordinator.rules_of(name);
         // Each rule's action, worked out once per datasource rather than once per segment.
         let actions: Vec<Action> = own.iter().chain(defaults.iter()).map(|r| r.action()).collect();
@@ -164,7 +166,19 @@ pub fn plan(segments: &SegmentTable, coordinator: &CoordinatorState, servers: &L
             reps.clear();
             for (i, c) in cursors.iter_mut().enumerate() {
                 while let Some((r, rep)) = c.peek() {
-                    match (&*r.datasource, &r.key).cmp(&(name.as_str(), key)) {
+                    // A Historical's replicas of one datasource share its name (see
+                    // `HistoricalRecord::canonical`): compared once, then by pointer.
+                    let ptr = Arc::as_ptr(&r.datasource) as *const u8;
+                    let by_name = if same_name[i] == ptr {
+                        std::cmp::Ordering::Equal
+                    } else {
+                        let o = (*r.datasource).cmp(name.as_str());
+                        if o == std::cmp::Ordering::Equal {
+                            same_name[i] = ptr;
+                        }
+                        o
+                    };
+                    match by_name.then_with(|| r.key.cmp(key)) {
                         std::cmp::Ordering::Less => {
                             p.drop_stale(i, r, rep);
                             c.next();

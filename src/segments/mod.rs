@@ -117,6 +117,12 @@ impl Datasource {
         self.segments.get(key).map(|s| &**s)
     }
 
+    /// The stored key equal to `key`, and its segment: a copy of it shares the stored version
+    /// text instead of holding its own.
+    pub fn get_key_value(&self, key: &SegmentKey) -> Option<(&SegmentKey, &StoredSegment)> {
+        self.segments.get_key_value(key).map(|(k, s)| (k, &**s))
+    }
+
     /// Every segment in key order.
     pub fn all(&self) -> impl Iterator<Item = (&SegmentKey, &StoredSegment)> {
         self.segments.iter().map(|(k, s)| (k, &**s))
