@@ -1,10 +1,19 @@
 //! The Coordinator: what decides which segments are kept and where they are served.
 //!
-//! [`rules`] holds Druid's retention rules and their first-match evaluation, as pure functions
-//! of a segment's interval and the time of the run; [`config`] the Coordinator's dynamic
-//! configuration; [`compaction`] auto-compaction's configuration. [`CoordinatorState`] is the
-//! Coordinator's part of the replicated state: the rules of each datasource and of the cluster
-//! (`_default`), both configurations, and the audited history of their changes.
+//! Pure parts:
+//! - [`rules`]: Druid's retention rules and their first-match evaluation, as functions of a
+//!   segment's interval and the time of the run;
+//! - [`config`]: the Coordinator's dynamic configuration; [`compaction`]: auto-compaction's;
+//! - [`load`]: the Historicals and the replica each holds of each segment (loading, loaded,
+//!   failed, dropping), changed only by commands;
+//! - [`planner`]: one historical-management run (rules, load, drop, balance, overshadowed);
+//! - [`kill`]: auto-kill's choice of kill tasks; [`autocompact`]: auto-compaction's choice of
+//!   compact tasks and its progress; [`status`]: load status per datasource and tier.
+//!
+//! [`duties`] runs them on the leader and proposes what they decide. [`CoordinatorState`] is
+//! the Coordinator's part of the replicated state: the rules of each datasource and of the
+//! cluster (`_default`), both configurations and the audited history of their changes, and the
+//! Historicals' replicas.
 
 pub mod autocompact;
 pub mod compaction;
