@@ -96,7 +96,8 @@ fn cached_files(dir: &Path) -> BTreeMap<PathBuf, u64> {
         let Ok(entries) = std::fs::read_dir(&d) else { continue };
         for e in entries.flatten() {
             let p = e.path();
-            if p.is_dir() {
+            // Downloads in progress are not the cache yet.
+            if p.is_dir() && e.file_name() != ".tmp" {
                 stack.push(p);
             } else if p.file_name().is_some_and(|n| n == "index.parquet") {
                 out.insert(p.clone(), std::fs::metadata(&p).unwrap().ino());

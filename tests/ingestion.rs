@@ -1068,6 +1068,20 @@ print(json.dumps(rows))
     let expect = expected_rollup(&rows);
     let got = read_back(&segments);
     assert_eq!(got.len(), expect.len());
+    // The Historicals download them from S3: two replicas of each, on two of the three nodes.
+    wait_for_blocking("the segments served from S3", Duration::from_secs(60), || {
+        let v = get(&urls, "/druid/coordinator/v1/loadstatus?full")?;
+        (v == json!({"_default_tier": {"wiki": 0}})).then_some(())
+    });
+    let served: usize = urls
+        .iter()
+        .filter_map(|u| get(std::slice::from_ref(u), "/druid/historical/v1/segments"))
+        .map(|v| {
+            v.as_array()
+                .map_or(0, |a| a.iter().filter(|s| s["state"] == "LOADED").count())
+        })
+        .sum();
+    assert_eq!(served, 6, "three segments, twice each");
     let check = |got: &[Value], copies: i64| {
         for r in got {
             let key = (

@@ -220,7 +220,8 @@ fn cached(dir: &std::path::Path) -> std::collections::BTreeMap<std::path::PathBu
         let Ok(entries) = std::fs::read_dir(&d) else { continue };
         for e in entries.flatten() {
             let p = e.path();
-            if p.is_dir() {
+            // Downloads in progress are not the cache yet.
+            if p.is_dir() && e.file_name() != ".tmp" {
                 stack.push(p);
             } else if p.file_name().is_some_and(|n| n == "index.parquet") {
                 if let Ok(m) = std::fs::metadata(&p) {
@@ -256,7 +257,7 @@ async fn left_to_load(client: &reqwest::Client, url: &str) -> Option<u64> {
 /// files from local deep storage twice over; then the leader is killed with -9. Reports the
 /// time from the kill to the new leader's first historical-management run, the segments the
 /// survivors downloaded again, and the time until every segment has its two replicas again.
-pub async fn failover(bin: &std::path::Path, n: usize) -> anyhow::Result<()> {
+pub async fn failover(bin: &std::path::Path, n: usize, mid_load: bool) -> anyhow::Result<()> {
     use serde_json::json;
     let dir = tempfile::tempdir()?;
     let deep = dir.path().join("deep");
@@ -332,6 +333,20 @@ pub async fn failover(bin: &std::path::Path, n: usize) -> anyhow::Result<()> {
             .await?;
         anyhow::ensure!(v["result"]["success"] == true, "publish failed: {v:.300}");
     }
+    if mid_load {
+        // Kill once a quarter to three quarters of the replicas are loaded.
+        loop {
+            let left = left_to_load(&client, &url).await.unwrap_or(u64::MAX);
+            if left <= (2 * n as u64) * 3 / 4 && left >= (2 * n as u64) / 4 {
+                println!("{left} of {} replicas left to load: killing the leader mid-load", 2 * n);
+                break;
+            }
+            anyhow::ensure!(left > 0, "loaded before the kill; use more segments");
+            anyhow::ensure!(t.elapsed() < Duration::from_secs(600), "not loading within 10 minutes");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        return kill_leader_and_measure(&mut rl, &client, leader, dir.path()).await;
+    }
     loop {
         if left_to_load(&client, &url).await == Some(0) {
             break;
@@ -381,8 +396,19 @@ pub async fn failover(bin: &std::path::Path, n: usize) -> anyhow::Result<()> {
         "balancing settled {:.1} s after the first publish",
         t.elapsed().as_secs_f64()
     );
+    kill_leader_and_measure(&mut rl, &client, leader, dir.path()).await
+}
+
+/// Kills the leader with -9 and reports: the time to the new leader's first duty run, to the
+/// lost Historical's segments loaded elsewhere, and the files the survivors downloaded again.
+async fn kill_leader_and_measure(
+    rl: &mut crate::cluster::Raftlord,
+    client: &reqwest::Client,
+    leader: u64,
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
     let survivors: Vec<u64> = rl.urls.keys().copied().filter(|id| *id != leader).collect();
-    let cache = |id: u64| dir.path().join(format!("node-{id}")).join("segment-cache");
+    let cache = |id: u64| dir.join(format!("node-{id}")).join("segment-cache");
     let before: Vec<_> = survivors.iter().map(|id| cached(&cache(*id))).collect();
     let killed_at = raftlord::clock::now_ms();
     let t = Instant::now();
@@ -432,7 +458,7 @@ pub async fn failover(bin: &std::path::Path, n: usize) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     loop {
-        if left_to_load(&client, &new_url).await == Some(0) {
+        if left_to_load(client, &new_url).await == Some(0) {
             break;
         }
         anyhow::ensure!(
@@ -457,9 +483,7 @@ pub async fn failover(bin: &std::path::Path, n: usize) -> anyhow::Result<()> {
             }
         }
     }
-    println!(
-        "files the survivors held before the kill: {kept} kept, {again} downloaded again, {gone} dropped (balancing moves finishing)"
-    );
+    println!("files the survivors held before the kill: {kept} kept, {again} downloaded again, {gone} dropped since");
     rl.stop_all().await;
     Ok(())
 }

@@ -193,6 +193,9 @@ enum Cmd {
         /// Instead: three real nodes serving this many small segment files, and a leader kill -9.
         #[arg(long)]
         cluster: Option<usize>,
+        /// With --cluster: kill the leader while the segments are still loading.
+        #[arg(long)]
+        mid_load: bool,
     },
     /// Publish N segments across datasources through task actions; memory, query p99,
     /// snapshot, restart and catch-up times, overshadow pass.
@@ -312,15 +315,17 @@ async fn main() -> anyhow::Result<()> {
             historicals,
             datasources,
             cluster: Some(n),
+            mid_load,
         } => {
             let _ = (segments, historicals, datasources);
-            coordinator::failover(&bin, n).await
+            coordinator::failover(&bin, n, mid_load).await
         }
         Cmd::Coordinator {
             segments,
             historicals,
             datasources,
             cluster: None,
+            ..
         } => coordinator::run(segments, historicals, datasources),
         Cmd::Segments {
             segments,

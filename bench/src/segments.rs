@@ -145,7 +145,8 @@ pub async fn run(
     node_flags: &[String],
 ) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut flags = vec!["--worker-capacity", "0"];
+    // Segment metadata only: no worker, and no Historical (the load specs name no real files).
+    let mut flags = vec!["--worker-capacity", "0", "--max-segment-cache-size", "0"];
     flags.extend(node_flags.iter().map(String::as_str));
     let mut rl = Raftlord::start_with(bin, dir.path(), 3, &flags).await?;
     let leader = rl.wait_leader(Duration::from_secs(30)).await?;

@@ -39,6 +39,7 @@ use serde::Serialize;
 use super::load::{DropRequest, HistoricalRecord, LoadRequest, LoadTable, Replica, SegmentRef};
 use super::rules::Action;
 use super::{CoordinatorState, DEFAULT_RULES};
+use crate::interval::{MAX_INSTANT, MIN_INSTANT};
 use crate::segments::segment::ShardKind;
 use crate::segments::{Datasource, SegmentKey, SegmentTable, StoredSegment};
 
@@ -209,7 +210,7 @@ pub fn plan(segments: &SegmentTable, coordinator: &CoordinatorState, servers: &L
             }
             if tombstone {
                 p.drop_all(&reps, &segment());
-                if (key.start == i64::MIN || key.end == i64::MAX) && !covers_data(ds, key) {
+                if (key.start == MIN_INSTANT || key.end == MAX_INSTANT) && !covers_data(ds, key) {
                     p.plan.stats.marked_unused_tombstones += 1;
                     p.plan.unused.entry(name.clone()).or_default().push(key.clone());
                 }

@@ -451,3 +451,45 @@ fn replicas_of_one_historical_have_their_partners_spread_over_the_others() {
     assert_eq!(p.loads.len(), on_h0.len());
     assert!(targets.len() >= 8, "re-replication goes to {targets:?} only");
 }
+
+/// Found writing this test: eternity's bounds are Joda's (`Long.MIN_VALUE / 2`,
+/// `Long.MAX_VALUE / 2`), not the extremes of an i64, so no tombstone was ever recognised.
+#[test]
+fn an_eternity_tombstone_that_hides_no_data_is_marked_unused_and_one_that_does_stays() {
+    let tombstone = |interval: &str, version: &str| {
+        DataSegment::parse(
+            &serde_json::json!({
+                "dataSource": "a", "interval": interval, "version": version,
+                "shardSpec": {"type": "tombstone", "partitionNum": 0, "partitions": 1},
+                "loadSpec": {"type": "tombstone"}, "size": 1,
+            })
+            .to_string(),
+        )
+        .unwrap()
+    };
+    let eternity_end = crate::interval::iso(crate::interval::MAX_INSTANT);
+    let mut c = Cluster::default();
+    c.coordinator
+        .load
+        .apply_register(0, server(0, "_default_tier", 1 << 30));
+    // From 2030 to the end of time: nothing under it.
+    c.segments.apply_insert(
+        0,
+        vec![tombstone(&format!("2030-01-01T00:00:00.000Z/{eternity_end}"), "v9")],
+    );
+    let p = c.plan();
+    assert_eq!(p.stats.marked_unused_tombstones, 1);
+    assert!(p.loads.is_empty(), "a tombstone is never loaded");
+    // One that hides a segment with data stays used.
+    let mut c = Cluster::default();
+    c.segments.apply_insert(0, vec![segment("a", 1, "v1", 0, 10)]);
+    c.segments.apply_insert(
+        0,
+        vec![tombstone(
+            &format!("{}/{eternity_end}", crate::interval::iso(NOW - 2 * DAY)),
+            "v9",
+        )],
+    );
+    let p = c.plan();
+    assert_eq!(p.stats.marked_unused_tombstones, 0);
+}
