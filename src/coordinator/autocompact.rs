@@ -278,15 +278,6 @@ pub fn plan_compactions(state: &State, now_ms: u64) -> Vec<CompactTask> {
 /// Druid's `compact` task for one chunk, from the datasource's config.
 fn task_spec(name: &str, config: &DatasourceCompactionConfig, interval: &Interval, now_ms: u64) -> Value {
     let suffix = format!("_{}_{now_ms}", iso(interval.start).replace(':', ""));
-    let room = 255usize.saturating_sub(TASK_PREFIX.len() + suffix.len());
-    let mut ds = name;
-    while ds.len() > room {
-        let mut cut = room.min(ds.len() - 1);
-        while !ds.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        ds = &ds[..cut];
-    }
     let mut tuning = config.tuning_config.clone().unwrap_or_else(|| json!({}));
     if tuning.get("partitionsSpec").is_none() {
         let max_rows = config.max_rows_per_segment.unwrap_or(DEFAULT_MAX_ROWS);
@@ -297,7 +288,7 @@ fn task_spec(name: &str, config: &DatasourceCompactionConfig, interval: &Interva
     context["priority"] = json!(config.task_priority);
     let mut spec = json!({
         "type": "compact",
-        "id": format!("{TASK_PREFIX}{ds}{suffix}"),
+        "id": super::duties::task_id(TASK_PREFIX, name, &suffix),
         "dataSource": name,
         "ioConfig": {"type": "compact", "inputSpec": {"type": "interval", "interval": interval.to_string()}},
         "tuningConfig": tuning,

@@ -296,3 +296,26 @@ pub async fn run_compaction(raft: Arc<Raft>, period: Duration, log: DutyLog, can
         }
     }
 }
+
+/// The id of a task a duty submits: `prefix`, the datasource's name, `suffix`, the name cut
+/// short (on a character boundary) where the id would pass Druid's 255 bytes.
+pub fn task_id(prefix: &str, datasource: &str, suffix: &str) -> String {
+    let room = 255usize.saturating_sub(prefix.len() + suffix.len());
+    let mut cut = room.min(datasource.len());
+    while !datasource.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{prefix}{}{suffix}", &datasource[..cut])
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_duty_task_id_stays_within_255_bytes_whatever_the_datasource_name() {
+        let long = "é".repeat(200);
+        let id = super::task_id("coordinator-issued_kill_", &long, "_1700000000000");
+        assert!(id.len() <= 255, "{}", id.len());
+        assert!(id.starts_with("coordinator-issued_kill_é") && id.ends_with("_1700000000000"));
+        assert_eq!(super::task_id("p_", "wiki", "_1"), "p_wiki_1");
+    }
+}

@@ -79,19 +79,9 @@ impl KillTask {
     /// Druid's `kill` task spec, with an id that says who submitted it and when (the
     /// datasource's name shortened where the id would pass 255 bytes).
     pub fn spec(&self, now_ms: u64) -> Value {
-        let suffix = format!("_{now_ms}");
-        let room = 255 - TASK_PREFIX.len() - suffix.len();
-        let mut ds = self.datasource.as_str();
-        while ds.len() > room {
-            let mut cut = room.min(ds.len() - 1);
-            while !ds.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            ds = &ds[..cut];
-        }
         json!({
             "type": "kill",
-            "id": format!("{TASK_PREFIX}{ds}{suffix}"),
+            "id": super::duties::task_id(TASK_PREFIX, &self.datasource, &format!("_{now_ms}")),
             "dataSource": self.datasource,
             "interval": self.interval.to_string(),
             "maxUsedStatusLastUpdatedTime": iso(self.max_used_updated_ms as i64),
