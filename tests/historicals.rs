@@ -477,11 +477,10 @@ fn auto_kill_deletes_only_unused_segments_past_retention_records_and_files() {
     });
     let day1 = day_interval(1).replace('/', "_");
     assert!(unused[0].starts_with(&format!("wiki_{day1}")), "{unused:?}");
-    assert_eq!(
-        (files_of(60), files_of(61)),
-        (0, 0),
-        "the killed segments' files are deleted"
-    );
+    // A kill task deletes the records first, then the files.
+    wait_for_blocking("the killed segments' files deleted", Duration::from_secs(60), || {
+        (files_of(60) == 0 && files_of(61) == 0).then_some(())
+    });
     assert_eq!(
         (files_of(1), files_of(2)),
         (1, 1),
