@@ -244,19 +244,7 @@ pub fn plan_compactions(state: &State, now_ms: u64) -> Vec<CompactTask> {
             break;
         }
         let (_, awaiting) = assess(state, name, config);
-        let busy: Vec<Interval> = state
-            .tasks
-            .active()
-            .filter(|t| t.spec.datasource == *name)
-            .flat_map(|t| {
-                t.spec
-                    .locks
-                    .iter()
-                    .map(|l| l.interval)
-                    .chain(state.locks.locks_of(&t.spec.id).into_iter().map(|l| l.interval))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let busy = super::busy_intervals(state, name);
         for interval in awaiting {
             if free == 0 {
                 break;

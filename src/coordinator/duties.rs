@@ -192,34 +192,8 @@ pub async fn run_kill(raft: Arc<Raft>, settings: KillSettings, log: DutyLog, can
         let s = settings.clone();
         let planned = tokio::task::spawn_blocking(move || plan_kills(&state, &s, started_ms)).await;
         if let Ok((tasks, stats)) = planned {
-            let mut failed = 0u64;
-            for t in &tasks {
-                let spec = t.spec(started_ms).to_string();
-                let parsed = crate::tasks::spec::parse_submission(spec.as_bytes(), started_ms, &mut rand::rng());
-                let task = match parsed {
-                    Ok(task) => task,
-                    Err(e) => {
-                        warn!(datasource = %t.datasource, error = %e, "auto-kill built a kill task that does not read");
-                        failed += 1;
-                        continue;
-                    }
-                };
-                let id = task.id.clone();
-                let command = Command::SubmitTask {
-                    task,
-                    max_active: None,
-                    idempotency_key: None,
-                };
-                match raft.proposer.propose(command).await {
-                    Ok(_) => {
-                        info!(task_id = %id, datasource = %t.datasource, interval = %t.interval, segments = t.segments, "auto-kill submitted a kill task")
-                    }
-                    Err(e) => {
-                        debug!(error = %e, "the kill task was not committed");
-                        failed += 1;
-                    }
-                }
-            }
+            let specs = tasks.iter().map(|t| (t.datasource.as_str(), t.spec(started_ms)));
+            let failed = submit(&raft, specs, started_ms, "auto-kill").await;
             log.record(DutyRun {
                 duty: "killUnusedSegments".into(),
                 group: "IndexingServiceDuties".into(),
@@ -251,33 +225,8 @@ pub async fn run_compaction(raft: Arc<Raft>, period: Duration, log: DutyLog, can
         })
         .await;
         if let Ok((tasks, status)) = planned {
-            let mut failed = 0u64;
-            for t in &tasks {
-                let spec = t.spec.to_string();
-                let task = match crate::tasks::spec::parse_submission(spec.as_bytes(), started_ms, &mut rand::rng()) {
-                    Ok(task) => task,
-                    Err(e) => {
-                        warn!(datasource = %t.datasource, error = %e, "auto-compaction built a compact task that does not read");
-                        failed += 1;
-                        continue;
-                    }
-                };
-                let id = task.id.clone();
-                let command = Command::SubmitTask {
-                    task,
-                    max_active: None,
-                    idempotency_key: None,
-                };
-                match raft.proposer.propose(command).await {
-                    Ok(_) => {
-                        info!(task_id = %id, datasource = %t.datasource, interval = %t.interval, "auto-compaction submitted a compact task")
-                    }
-                    Err(e) => {
-                        debug!(error = %e, "the compact task was not committed");
-                        failed += 1;
-                    }
-                }
-            }
+            let specs = tasks.iter().map(|t| (t.datasource.as_str(), t.spec.clone()));
+            let failed = submit(&raft, specs, started_ms, "auto-compaction").await;
             let awaiting: u64 = status.iter().map(|s| s.interval_count_awaiting_compaction).sum();
             log.record(DutyRun {
                 duty: "compactSegments".into(),
@@ -295,6 +244,42 @@ pub async fn run_compaction(raft: Arc<Raft>, period: Duration, log: DutyLog, can
             _ = tokio::time::sleep_until((started + period).into()) => {}
         }
     }
+}
+
+/// Submits the tasks a duty decided on (`(datasource, spec)`), as a client's submission would
+/// be read; returns how many did not commit (or did not read: a bug, logged).
+async fn submit<'a>(
+    raft: &Raft,
+    specs: impl Iterator<Item = (&'a str, serde_json::Value)>,
+    now_ms: u64,
+    duty: &str,
+) -> u64 {
+    let mut failed = 0;
+    for (datasource, spec) in specs {
+        let text = spec.to_string();
+        let task = match crate::tasks::spec::parse_submission(text.as_bytes(), now_ms, &mut rand::rng()) {
+            Ok(task) => task,
+            Err(e) => {
+                warn!(%datasource, error = %e, %duty, "a duty built a task that does not read");
+                failed += 1;
+                continue;
+            }
+        };
+        let (id, kind) = (task.id.clone(), task.task_type.clone());
+        let command = Command::SubmitTask {
+            task,
+            max_active: None,
+            idempotency_key: None,
+        };
+        match raft.proposer.propose(command).await {
+            Ok(_) => info!(task_id = %id, %datasource, %duty, "{duty} submitted a {kind} task"),
+            Err(e) => {
+                debug!(error = %e, %duty, "the task was not committed");
+                failed += 1;
+            }
+        }
+    }
+    failed
 }
 
 /// The id of a task a duty submits: `prefix`, the datasource's name, `suffix`, the name cut

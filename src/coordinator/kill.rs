@@ -133,19 +133,7 @@ pub fn plan_kills(state: &State, settings: &KillSettings, now_ms: u64) -> (Vec<K
         if tasks.len() as u64 >= stats.slots {
             continue;
         }
-        let busy: Vec<Interval> = state
-            .tasks
-            .active()
-            .filter(|t| t.spec.datasource == *name)
-            .flat_map(|t| {
-                t.spec
-                    .locks
-                    .iter()
-                    .map(|l| l.interval)
-                    .chain(state.locks.locks_of(&t.spec.id).into_iter().map(|l| l.interval))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let busy = super::busy_intervals(state, name);
         let mut umbrella: Option<Interval> = None;
         let mut count = 0;
         for iv in &eligible {

@@ -32,6 +32,25 @@ use serde::{Deserialize, Serialize};
 use crate::workers::{prune_before, AuditEntry, AuditInfo};
 use rules::Rule;
 
+/// The intervals of `datasource` that an active task holds a lock on or waits to lock: what a
+/// task a duty submits must stay clear of, so that it neither waits behind nor collides with
+/// another task.
+pub fn busy_intervals(state: &crate::sm::State, datasource: &str) -> Vec<crate::interval::Interval> {
+    state
+        .tasks
+        .active()
+        .filter(|t| t.spec.datasource == datasource)
+        .flat_map(|t| {
+            t.spec
+                .locks
+                .iter()
+                .map(|l| l.interval)
+                .chain(state.locks.locks_of(&t.spec.id).into_iter().map(|l| l.interval))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// The name under which the cluster's default rules are kept (Druid's
 /// `druid.manager.rules.defaultRule`).
 pub const DEFAULT_RULES: &str = "_default";
