@@ -166,6 +166,25 @@ fn a_dev_node_serves_what_it_ingests_and_finds_its_cache_again_after_a_restart()
         .send()
         .unwrap();
     assert_eq!(r.status(), 400, "forceMetadataRefresh is required, as in Druid");
+    let bad = http()
+        .get(format!(
+            "{}/druid/coordinator/v1/datasources/wiki/loadstatus?forceMetadataRefresh=true&interval=lastweek",
+            urls[0]
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let message = bad.json::<Value>().unwrap()["error"].as_str().unwrap_or("").to_string();
+    assert!(message.contains("interval"), "{message}");
+    // No used segment in the interval: 204, as in Druid.
+    let empty = http()
+        .get(format!(
+            "{}/druid/coordinator/v1/datasources/wiki/loadstatus?forceMetadataRefresh=false&interval=2000-01-01/2000-01-02",
+            urls[0]
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(empty.status(), 204);
     assert_eq!(
         get(&urls, "/druid/historical/v1/loadstatus").unwrap(),
         json!({"cacheInitialized": true})
@@ -574,5 +593,19 @@ fn auto_compaction_compacts_a_fragmented_datasource_until_nothing_awaits() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 404);
+    let r = http()
+        .get(format!("{}/druid/coordinator/v1/compaction/progress", urls[0]))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400, "dataSource is required");
+    // A malformed compaction config is refused, naming the field, and changes nothing.
+    let r = http()
+        .post(format!("{}/druid/coordinator/v1/config/compaction", urls[0]))
+        .json(&json!({"dataSource": "wiki", "skipOffsetFromLatest": "one day"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let stored = get(&urls, "/druid/coordinator/v1/config/compaction/wiki").unwrap();
+    assert_eq!(stored["skipOffsetFromLatest"], "PT0S");
     drop(dev);
 }
