@@ -80,6 +80,42 @@ impl AppState {
     }
 }
 
+/// Longest a long poll (a worker's or a Historical's sync) may wait.
+const MAX_POLL_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Answers a long poll on the leader: `poll` is asked now and after every applied change, with
+/// whether the deadline (`timeout_ms`, at most 30 s) has passed, until it gives an answer (it
+/// must at the deadline). Refused when the timeout is not positive; 503 once this node no
+/// longer leads.
+pub(crate) async fn long_poll<T, F, Fut>(state: &AppState, timeout_ms: i64, mut poll: F) -> Result<T, ApiError>
+where
+    F: FnMut(bool) -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    if timeout_ms <= 0 {
+        return Err(ApiError::BadRequest(
+            "timeout must be a positive number of milliseconds".into(),
+        ));
+    }
+    let wait = std::time::Duration::from_millis(timeout_ms as u64).min(MAX_POLL_WAIT);
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut applied = state.raft.shared.subscribe();
+    loop {
+        // Changes from here on wake the next round, even those applied while `poll` reads.
+        applied.borrow_and_update();
+        if let Some(answer) = poll(tokio::time::Instant::now() >= deadline).await {
+            return Ok(answer);
+        }
+        tokio::select! {
+            _ = applied.changed() => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+        if !state.raft.is_leader() {
+            return Err(ApiError::NoLeader);
+        }
+    }
+}
+
 /// Who made a change and why, from Druid's `X-Druid-Author` and `X-Druid-Comment` headers (and
 /// the client's address as a proxy forwarded it).
 pub(crate) fn audit_info(headers: &axum::http::HeaderMap) -> crate::workers::AuditInfo {

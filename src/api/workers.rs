@@ -3,7 +3,7 @@
 //! [`crate::worker::protocol`]).
 
 use std::hash::{Hash, Hasher};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -23,9 +23,6 @@ use crate::worker::http::{no_log, no_report, serve_log, serve_report, Offset};
 use crate::worker::protocol::{AssignedTask, Report, ReportResponse, SyncResponse};
 use crate::worker::runner::{log_file, report_file};
 use crate::workers::{Classified, UpdatesApplied, WorkerBehaviorConfig};
-
-/// Longest a sync may wait.
-const MAX_SYNC_WAIT: Duration = Duration::from_secs(30);
 
 /// Overlord routes served by the leader.
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -336,31 +333,20 @@ async fn view(state: &AppState, host: &str, term: u64) -> SyncResponse {
     responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn sync(State(state): State<AppState>, Query(q): Query<SyncQuery>) -> Result<Response, ApiError> {
-    if q.timeout <= 0 {
-        return Err(ApiError::BadRequest(
-            "timeout must be a positive number of milliseconds".into(),
-        ));
-    }
-    let wait = Duration::from_millis(q.timeout as u64).min(MAX_SYNC_WAIT);
-    let deadline = Instant::now() + wait;
-    let mut applied = state.raft.shared.subscribe();
-    loop {
-        state.heartbeats.beat(&q.host);
-        let term = current_term(&state);
-        let mut v = view(&state, &q.host, term).await;
-        let changed_leader = q.term != term;
-        if v.hash != q.hash || changed_leader || Instant::now() >= deadline {
-            v.reset_counter = changed_leader && q.term != 0;
-            return Ok(Json(v).into_response());
+    super::long_poll(&state, q.timeout, |expired| {
+        let (state, q) = (&state, &q);
+        async move {
+            state.heartbeats.beat(&q.host);
+            let term = current_term(state);
+            let mut v = view(state, &q.host, term).await;
+            let changed_leader = q.term != term;
+            (v.hash != q.hash || changed_leader || expired).then(|| {
+                v.reset_counter = changed_leader && q.term != 0;
+                Json(v).into_response()
+            })
         }
-        tokio::select! {
-            _ = applied.changed() => {}
-            _ = tokio::time::sleep_until(deadline.into()) => {}
-        }
-        if !state.raft.is_leader() {
-            return Err(ApiError::NoLeader);
-        }
-    }
+    })
+    .await
 }
 
 #[utoipa::path(

@@ -170,12 +170,12 @@ impl HistoricalService {
                 urlencode(&self.server.host),
                 self.timing.sync_timeout.as_millis()
             );
-            let call = self
+            let Some(result) = self
                 .client
-                .call::<SyncView>(&path, None, self.timing.sync_timeout + Duration::from_secs(5));
-            let result = tokio::select! {
-                _ = cancel.cancelled() => return,
-                r = call => r,
+                .long_poll::<SyncView>(&path, self.timing.sync_timeout, &cancel)
+                .await
+            else {
+                return;
             };
             match result {
                 Ok(view) => {

@@ -18,7 +18,6 @@
 
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
-use std::time::{Duration, Instant};
 
 use axum::extract::{Query, State};
 use axum::Json;
@@ -32,9 +31,6 @@ use crate::coordinator::load::{Historical, Outcome, Replica, ReplicaReport, Segm
 use crate::leader::Heartbeats;
 use crate::sm::validate::MAX_REPLICA_REQUESTS;
 use crate::sm::Command;
-
-/// Longest a sync may wait.
-const MAX_SYNC_WAIT: Duration = Duration::from_secs(30);
 
 /// A segment to load.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -147,28 +143,15 @@ async fn view(state: &AppState, host: &str) -> SyncView {
     responses((status = 200, description = "success", body = serde_json::Value), crate::api::openapi::Refused)
 )]
 async fn sync(State(state): State<AppState>, Query(q): Query<SyncQuery>) -> Result<Json<SyncView>, ApiError> {
-    if q.timeout <= 0 {
-        return Err(ApiError::BadRequest(
-            "timeout must be a positive number of milliseconds".into(),
-        ));
-    }
-    let deadline = Instant::now() + Duration::from_millis(q.timeout as u64).min(MAX_SYNC_WAIT);
-    let mut applied = state.raft.shared.subscribe();
-    loop {
-        state.heartbeats.beat(&Heartbeats::historical_key(&q.host));
-        applied.borrow_and_update();
-        let v = view(&state, &q.host).await;
-        if v.hash != q.hash || Instant::now() >= deadline {
-            return Ok(Json(v));
+    crate::api::long_poll(&state, q.timeout, |expired| {
+        let (state, q) = (&state, &q);
+        async move {
+            state.heartbeats.beat(&Heartbeats::historical_key(&q.host));
+            let v = view(state, &q.host).await;
+            (v.hash != q.hash || expired).then_some(Json(v))
         }
-        tokio::select! {
-            _ = applied.changed() => {}
-            _ = tokio::time::sleep_until(deadline.into()) => {}
-        }
-        if !state.raft.is_leader() {
-            return Err(ApiError::NoLeader);
-        }
-    }
+    })
+    .await
 }
 
 #[utoipa::path(

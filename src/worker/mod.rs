@@ -110,12 +110,12 @@ impl WorkerService {
                 urlencode(&self.worker.host),
                 self.timing.sync_timeout.as_millis()
             );
-            let call = self
+            let Some(result) = self
                 .client
-                .call::<SyncResponse>(&path, None, self.timing.sync_timeout + Duration::from_secs(5));
-            let result = tokio::select! {
-                _ = cancel.cancelled() => return,
-                r = call => r,
+                .long_poll::<SyncResponse>(&path, self.timing.sync_timeout, &cancel)
+                .await
+            else {
+                return;
             };
             match result {
                 Ok(view) => {

@@ -137,6 +137,20 @@ impl LeaderClient {
         *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
+    /// A long poll (`GET path`, which asks the leader to wait up to `wait`), given up when
+    /// `cancel` fires: then `None`.
+    pub async fn long_poll<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        wait: Duration,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Option<Result<T, LeaderError>> {
+        tokio::select! {
+            _ = cancel.cancelled() => None,
+            r = self.call::<T>(path, None, wait + Duration::from_secs(5)) => Some(r),
+        }
+    }
+
     /// Sends a request to the leader (`body` for a POST, none for a GET), following at most a
     /// few redirects. `timeout` bounds the whole request.
     pub async fn call<T: DeserializeOwned>(
