@@ -18,6 +18,7 @@
 pub mod autocompact;
 pub mod compaction;
 pub mod config;
+pub mod cost;
 pub mod duties;
 pub mod kill;
 pub mod load;

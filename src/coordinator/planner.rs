@@ -8,22 +8,25 @@
 //! - unused, deleted, overshadowed-and-marked, a tombstone, or matched by a drop rule: its
 //!   replicas are dropped (a drop rule and a covered overshadowed segment are also marked
 //!   unused, as Druid's Coordinator does);
-//! - matched by a load rule: each tier gets the rule's replica count, on the least utilised
-//!   Historicals of the tier that have room, never two on one Historical; replicas beyond the
+//! - matched by a load rule: each tier gets the rule's replica count, each replica on the
+//!   Historical of the tier with room where Druid's `cost` is lowest (see [`super::cost`]:
+//!   away from segments close in time, twice as far from the same datasource's), never two on
+//!   one Historical; replicas beyond the
 //!   first count against `replicationThrottleLimit`; a Historical's loads in flight are capped
 //!   by `maxSegmentsInNodeLoadingQueue` (0: no cap); with `smartSegmentLoading` (the default),
 //!   as in Druid, the throttle is 5% of the used segments (at least 100) and queues are not
 //!   capped; surplus replicas are dropped, loading ones
-//!   first, then those on decommissioning and the most utilised Historicals; replicas on tiers
+//!   first, then those on decommissioning Historicals, then where they cost most; replicas on tiers
 //!   the rule does not name are dropped once the named tiers hold theirs;
 //! - matched by a broadcast rule: one replica on every Historical;
 //! - matched by no rule: left as it is, and counted.
 //!
-//! Then each tier whose Historicals have nothing loading or dropping is balanced by utilisation (Druid's
-//! `diskNormalized` idea: bytes held over cache size): up to `maxSegmentsToMove` loaded
-//! segments move from the most to the least utilised Historical while that narrows the gap.
-//! A move is a load that names the replica it replaces; that replica is dropped once the new
-//! one is loaded.
+//! Then each tier whose Historicals have nothing loading or dropping is balanced as Druid's
+//! `cost` strategy does: up to `maxSegmentsToMove` loaded replicas, sampled uniformly from the
+//! tier (reservoir sampling during the pass, seeded by the run's time), each move to the
+//! Historical where the segment costs least if that is cheaper than where it is. Every move
+//! lowers the tier's total cost, so balancing settles. A move is a load that names the replica
+//! it replaces; that replica is dropped once the new one is loaded.
 //!
 //! Druid waits `millisToWaitBeforeDeleting` after gaining leadership before it marks
 //! overshadowed segments unused, because a new Druid leader does not yet know what is loaded.
@@ -34,8 +37,11 @@ use std::hash::{Hash, Hasher};
 use std::iter::Peekable;
 use std::sync::Arc;
 
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
+use super::cost::{interval_cost, Profile};
 use super::load::{DropRequest, HistoricalRecord, LoadRequest, LoadTable, Replica, SegmentRef};
 use super::rules::Action;
 use super::{CoordinatorState, DEFAULT_RULES};
@@ -43,9 +49,9 @@ use crate::interval::{MAX_INSTANT, MIN_INSTANT};
 use crate::segments::segment::ShardKind;
 use crate::segments::{Datasource, SegmentKey, SegmentTable, StoredSegment};
 
-/// How many segments' worth of bytes a Historical may hold beyond the least utilised one of
-/// its tier and still be chosen for a new replica (see `Planner::pick`).
-const SPREAD_SEGMENTS: u64 = 64;
+/// How much costlier than the cheapest a Historical may be and still take a new replica; and
+/// how much cheaper a Historical must be for balancing to move a replica there.
+const COST_SLACK: f64 = 0.10;
 
 /// How long a Historical that failed to load a segment is not asked to load it again.
 pub const FAILED_RETRY_MS: i64 = 60_000;
@@ -88,8 +94,6 @@ struct Server<'a> {
     rec: &'a HistoricalRecord,
     /// Bytes the cache must find room for (drops in flight included).
     committed: u64,
-    /// Bytes it will serve (drops in flight excluded): what utilisation is measured by.
-    held: u64,
     queue: u64,
     decommissioning: bool,
     /// Has loads or drops in flight or planned: not balanced this run.
@@ -97,9 +101,6 @@ struct Server<'a> {
 }
 
 impl Server<'_> {
-    fn utilisation(&self) -> f64 {
-        self.held as f64 / self.rec.server.max_size.max(1) as f64
-    }
     fn free(&self) -> u64 {
         self.rec.server.max_size.saturating_sub(self.committed)
     }
@@ -107,10 +108,112 @@ impl Server<'_> {
 
 type Cursor<'a> = Peekable<imbl::ordmap::Iter<'a, SegmentRef, Replica, imbl::shared_ptr::DefaultSharedPtr>>;
 
+/// Druid's cost of a segment on each Historical, with the plan so far applied. Profiles are
+/// built when first asked for, from the Historical's wanted replicas and the changes planned
+/// before.
+struct Costs<'a> {
+    records: Vec<&'a HistoricalRecord>,
+    /// Per Historical: all its segments.
+    all: Vec<Option<Profile>>,
+    /// Per Historical and datasource: that datasource's segments (their cost counts twice).
+    by_ds: HashMap<(usize, Arc<str>), Profile>,
+    /// Replicas the plan adds (+1) or takes away (-1), per Historical and datasource.
+    changes: Vec<HashMap<Arc<str>, Vec<((i64, i64), i32)>>>,
+}
+
+impl Costs<'_> {
+    fn change(&mut self, i: usize, seg: &SegmentRef, delta: i32) {
+        let iv = (seg.key.start, seg.key.end);
+        if let Some(p) = &mut self.all[i] {
+            p.add(iv, delta);
+        }
+        if let Some(p) = self.by_ds.get_mut(&(i, seg.datasource.clone())) {
+            p.add(iv, delta);
+        }
+        self.changes[i]
+            .entry(seg.datasource.clone())
+            .or_default()
+            .push((iv, delta));
+    }
+
+    /// What `seg` costs on Historical `i`; `holds`: `i` holds it already (its cost with itself
+    /// is taken off, as Druid's).
+    fn cost(&mut self, i: usize, seg: &SegmentRef, holds: bool) -> f64 {
+        let Costs {
+            records,
+            all,
+            by_ds,
+            changes,
+        } = self;
+        let iv = (seg.key.start, seg.key.end);
+        let wanted = |(r, rep): (&SegmentRef, &Replica)| rep.wanted().then_some((r.key.start, r.key.end));
+        let all = all[i].get_or_insert_with(|| {
+            let mut p = Profile::build(records[i].replicas().iter().filter_map(wanted));
+            for (iv, d) in changes[i].values().flatten() {
+                p.add(*iv, *d);
+            }
+            p
+        });
+        let mut cost = all.cost(iv);
+        let same = by_ds.entry((i, seg.datasource.clone())).or_insert_with(|| {
+            let from = SegmentRef {
+                datasource: seg.datasource.clone(),
+                key: SegmentKey {
+                    start: i64::MIN,
+                    end: i64::MIN,
+                    version: "".into(),
+                    partition: 0,
+                },
+            };
+            let mut p = Profile::build(
+                records[i]
+                    .replicas()
+                    .range(from..)
+                    .take_while(|(r, _)| r.datasource == seg.datasource)
+                    .filter_map(wanted),
+            );
+            for (iv, d) in changes[i].get(&seg.datasource).into_iter().flatten() {
+                p.add(*iv, *d);
+            }
+            p
+        });
+        cost += same.cost(iv);
+        if holds {
+            cost -= 2.0 * interval_cost(iv, iv);
+        }
+        cost
+    }
+}
+
+/// Up to `k` items drawn uniformly from a stream (reservoir sampling).
+struct Reservoir<T> {
+    k: usize,
+    seen: usize,
+    items: Vec<T>,
+}
+
+impl<T> Reservoir<T> {
+    fn offer(&mut self, rng: &mut SmallRng, item: impl FnOnce() -> T) {
+        self.seen += 1;
+        if self.items.len() < self.k {
+            self.items.push(item());
+        } else {
+            let j = rng.random_range(0..self.seen);
+            if j < self.k {
+                self.items[j] = item();
+            }
+        }
+    }
+}
+
 /// The planner's working state.
 struct Planner<'a> {
     servers: Vec<Server<'a>>,
     tiers: BTreeMap<&'a str, Vec<usize>>,
+    costs: Costs<'a>,
+    /// Segments each two Historicals of one tier both hold (wanted), as far as the pass has
+    /// seen them and the plan has placed them.
+    pairs: Vec<Vec<u32>>,
     queue_cap: u64,
     throttle: u64,
     replicated: HashMap<String, u64>,
@@ -128,13 +231,19 @@ pub fn plan(segments: &SegmentTable, coordinator: &CoordinatorState, servers: &L
             .map(|r| Server {
                 rec: r,
                 committed: r.committed_bytes(),
-                held: r.held_bytes(),
                 queue: r.loading(),
                 decommissioning: config.decommissioning_nodes.contains(&r.server.host),
                 busy: r.loading() > 0 || r.dropping() > 0,
             })
             .collect(),
         tiers: BTreeMap::new(),
+        costs: Costs {
+            records: records.clone(),
+            all: vec![None; records.len()],
+            by_ds: HashMap::new(),
+            changes: vec![HashMap::new(); records.len()],
+        },
+        pairs: vec![vec![0; records.len()]; records.len()],
         queue_cap: match config.max_segments_in_node_loading_queue {
             _ if config.smart_segment_loading => u64::MAX,
             0 => u64::MAX,
@@ -152,6 +261,24 @@ pub fn plan(segments: &SegmentTable, coordinator: &CoordinatorState, servers: &L
     for (i, r) in records.iter().enumerate() {
         p.tiers.entry(r.server.tier.as_str()).or_default().push(i);
     }
+    // Loaded replicas that balancing may move, sampled per tier.
+    let tier_index: HashMap<&str, usize> = p.tiers.keys().enumerate().map(|(n, t)| (*t, n)).collect();
+    let tier_of: Vec<usize> = records.iter().map(|r| tier_index[r.server.tier.as_str()]).collect();
+    // Seeded by the time and what the Historicals hold: deterministic for one state, and a
+    // new sample once moves change it (or time passes).
+    let mut seed = std::collections::hash_map::DefaultHasher::new();
+    now_ms.hash(&mut seed);
+    for r in &records {
+        (&r.server.host, r.loaded(), r.committed_bytes()).hash(&mut seed);
+    }
+    let mut rng = SmallRng::seed_from_u64(seed.finish());
+    let mut samples: Vec<Reservoir<(SegmentRef, usize, u64)>> = (0..p.tiers.len())
+        .map(|_| Reservoir {
+            k: config.max_segments_to_move as usize,
+            seen: 0,
+            items: Vec::new(),
+        })
+        .collect();
     let mut cursors: Vec<Cursor<'_>> = records.iter().map(|r| r.replicas().iter().peekable()).collect();
     let defaults = coordinator.rules_of(DEFAULT_RULES);
     let mut reps: Vec<(usize, &Replica)> = Vec::new();
@@ -202,6 +329,20 @@ pub fn plan(segments: &SegmentTable, coordinator: &CoordinatorState, servers: &L
                 continue;
             }
             p.plan.stats.used_segments += 1;
+            for (n, (a, ra)) in reps.iter().enumerate() {
+                for (b, rb) in &reps[n + 1..] {
+                    if ra.wanted() && rb.wanted() && tier_of[*a] == tier_of[*b] {
+                        p.pair(*a, *b, 1);
+                    }
+                }
+            }
+            if config.max_segments_to_move > 0 {
+                for (i, rep) in &reps {
+                    if matches!(rep, Replica::Loaded { moved_from: None, .. }) && !p.servers[*i].decommissioning {
+                        samples[tier_of[*i]].offer(&mut rng, || (segment(), *i, seg.size));
+                    }
+                }
+            }
             let tombstone = seg.shard_spec.kind == ShardKind::Tombstone;
             if overshadowed.contains(key) {
                 p.plan.stats.overshadowed += 1;
@@ -273,7 +414,10 @@ pub fn plan(segments: &SegmentTable, coordinator: &CoordinatorState, servers: &L
             p.drop_stale(i, r, rep);
         }
     }
-    p.balance(config.max_segments_to_move);
+    p.balance(
+        config.max_segments_to_move,
+        samples.into_iter().map(|r| r.items).collect(),
+    );
     for v in p.plan.unused.values_mut() {
         v.sort();
         v.dedup();
@@ -288,14 +432,6 @@ fn smart_throttle(segments: &SegmentTable) -> u64 {
     (used / 20).max(100)
 }
 
-/// Whether moving `size` bytes from `s` to `d` narrows the gap between their utilisations.
-fn narrows(s: &Server<'_>, d: &Server<'_>, size: u64) -> bool {
-    let ratio = |bytes: u64, srv: &Server<'_>| bytes as f64 / srv.rec.server.max_size.max(1) as f64;
-    let before = ratio(s.held, s) - ratio(d.held, d);
-    let after = ratio(s.held.saturating_sub(size), s) - ratio(d.held + size, d);
-    after.abs() < before.abs() - 1e-12
-}
-
 /// Whether a tombstone hides any used segment with data.
 fn covers_data(ds: &Datasource, tombstone: &SegmentKey) -> bool {
     ds.overlapping(&tombstone.interval())
@@ -306,7 +442,7 @@ impl<'a> Planner<'a> {
     fn drop_request(&mut self, server: usize, segment: SegmentRef, rep: &Replica) {
         self.servers[server].busy = true;
         if rep.wanted() {
-            self.servers[server].held = self.servers[server].held.saturating_sub(rep.size());
+            self.costs.change(server, &segment, -1);
         }
         if matches!(rep, Replica::Load { .. }) {
             self.servers[server].queue = self.servers[server].queue.saturating_sub(1);
@@ -353,12 +489,14 @@ impl<'a> Planner<'a> {
         rep: Option<&Replica>,
         moved_from: Option<String>,
     ) {
+        if !rep.is_some_and(Replica::wanted) {
+            self.costs.change(i, &segment, 1);
+        }
         let s = &mut self.servers[i];
         // Taking back a drop in flight needs no new room.
         if !matches!(rep, Some(Replica::Drop { .. })) {
             s.committed += size;
         }
-        s.held += size;
         s.queue += 1;
         s.busy = true;
         if moved_from.is_some() {
@@ -528,11 +666,15 @@ impl<'a> Planner<'a> {
                         self.can_load(*i, rep, seg.size)
                     })
                     .collect();
-                let candidate = self.pick(&candidates, segment, seg.size);
+                let holders: Vec<usize> = loaded.iter().chain(&loading).chain(&chosen).copied().collect();
+                let candidate = self.pick(&self.spread(candidates, &holders, tier), &segment());
                 match candidate {
                     Some(i) => {
                         let rep = in_tier.iter().find(|(j, _)| *j == i).map(|(_, r)| *r);
                         self.request_load(i, segment(), seg.size, rep, None);
+                        for h in holders {
+                            self.pair(i, h, 1);
+                        }
                         chosen.push(i);
                         if beyond_first {
                             *self.replicated.entry(tier.to_string()).or_default() += 1;
@@ -551,8 +693,10 @@ impl<'a> Planner<'a> {
             drops.extend(loaded.iter().filter(|i| decom(i, self)));
         }
         let mut spare: Vec<usize> = loading.into_iter().filter(|i| !decom(i, self)).collect();
-        spare.sort_by(|a, b| self.rank(*b).total_cmp(&self.rank(*a)));
         let mut excess = (useful_loaded + spare.len()).saturating_sub(target);
+        if excess > 0 {
+            spare = self.costliest_first(spare, &segment());
+        }
         for i in spare {
             if excess == 0 {
                 break;
@@ -561,7 +705,9 @@ impl<'a> Planner<'a> {
             excess -= 1;
         }
         let mut held: Vec<usize> = loaded.into_iter().filter(|i| !decom(i, self)).collect();
-        held.sort_by(|a, b| self.rank(*b).total_cmp(&self.rank(*a)));
+        if excess > 0 && useful_loaded > target {
+            held = self.costliest_first(held, &segment());
+        }
         for i in held {
             if excess == 0 || useful_loaded <= target {
                 break;
@@ -581,48 +727,70 @@ impl<'a> Planner<'a> {
         useful_loaded >= target
     }
 
-    /// Where a new replica goes: among the candidates within [`SPREAD_SEGMENTS`] segments of
-    /// the least utilised one, the one a hash of the segment and the Historical ranks first
-    /// (rendezvous hashing). Plain least-utilised placement would give every segment of one
-    /// Historical its other replica on one same partner, so that losing those two loses them
-    /// all, and the survivors' partner alone could not take any of them back.
-    fn pick(&self, candidates: &[usize], segment: &dyn Fn() -> SegmentRef, size: u64) -> Option<usize> {
-        let least = candidates
+    /// Where a new replica goes: the candidate where it costs least (Druid's `cost`); among
+    /// equal costs (empty Historicals), the one a hash of the segment and the Historical ranks
+    /// first, so that ties do not all go to one.
+    fn pick(&mut self, candidates: &[usize], segment: &SegmentRef) -> Option<usize> {
+        let costs: Vec<(usize, f64)> = candidates
             .iter()
-            .map(|i| self.servers[*i].utilisation())
-            .min_by(f64::total_cmp)?;
-        let seg = segment();
-        candidates
-            .iter()
-            .copied()
-            .filter(|i| {
-                let s = &self.servers[*i];
-                let slack = (size.max(1) * SPREAD_SEGMENTS) as f64 / s.rec.server.max_size.max(1) as f64;
-                s.utilisation() <= least + slack
-            })
-            .max_by_key(|i| {
+            .map(|&i| (i, self.costs.cost(i, segment, false)))
+            .collect();
+        let least = costs.iter().map(|(_, c)| *c).min_by(f64::total_cmp)?;
+        costs
+            .into_iter()
+            .filter(|(_, c)| *c <= least * (1.0 + COST_SLACK))
+            .max_by_key(|(i, _)| {
                 let mut h = std::collections::hash_map::DefaultHasher::new();
-                (&seg, &self.servers[*i].rec.server.host).hash(&mut h);
+                (segment, &self.servers[*i].rec.server.host).hash(&mut h);
                 h.finish()
             })
+            .map(|(i, _)| i)
     }
 
-    /// Order of preference for dropping: decommissioning first, then by utilisation.
-    fn rank(&self, i: usize) -> f64 {
-        let s = &self.servers[i];
-        if s.decommissioning {
-            f64::MAX
-        } else {
-            s.utilisation()
+    fn pair(&mut self, a: usize, b: usize, delta: i32) {
+        for (x, y) in [(a, b), (b, a)] {
+            self.pairs[x][y] = self.pairs[x][y].saturating_add_signed(delta);
         }
     }
 
-    /// Moves loaded segments from the most to the least utilised Historical of each tier with
-    /// nothing loading, while that narrows the gap.
-    fn balance(&mut self, max_moves: u32) {
+    /// The candidates for another replica of a segment `holders` hold that would keep each
+    /// holder's partners even: none already sharing more segments with a holder than that
+    /// holder's fair share over the others of its tier (or all, if none qualifies). Druid's
+    /// cost alone pairs Historicals up on evenly spread data (a pair's members hold the same
+    /// segments, so both are cheapest for the next one): losing one, its segments could then
+    /// go back only to the few Historicals the cost favours, one after another.
+    fn spread(&self, candidates: Vec<usize>, holders: &[usize], tier: &str) -> Vec<usize> {
+        let others = self.tiers[tier].len().saturating_sub(1).max(1) as u32;
+        let fair = |h: usize| self.pairs[h].iter().sum::<u32>().div_ceil(others);
+        let even: Vec<usize> = candidates
+            .iter()
+            .copied()
+            .filter(|c| holders.iter().all(|&h| self.pairs[h][*c] <= fair(h)))
+            .collect();
+        if even.is_empty() {
+            candidates
+        } else {
+            even
+        }
+    }
+
+    /// Historicals holding `segment`, where it costs most first: the order replicas are dropped in.
+    fn costliest_first(&mut self, holders: Vec<usize>, segment: &SegmentRef) -> Vec<usize> {
+        let mut keyed: Vec<(f64, usize)> = holders
+            .into_iter()
+            .map(|i| (self.costs.cost(i, segment, true), i))
+            .collect();
+        keyed.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        keyed.into_iter().map(|(_, i)| i).collect()
+    }
+
+    /// Balances each tier with nothing loading or dropping: each sampled replica moves to the
+    /// Historical of its tier where it costs least, if that costs less than where it is.
+    fn balance(&mut self, max_moves: u32, samples: Vec<Vec<(SegmentRef, usize, u64)>>) {
         let mut moves = 0u32;
-        let tiers: Vec<Vec<usize>> = self.tiers.values().cloned().collect();
-        for members in tiers {
+        let tiers: Vec<(&str, Vec<usize>)> = self.tiers.iter().map(|(t, m)| (*t, m.clone())).collect();
+        let mut moved: HashSet<SegmentRef> = HashSet::new();
+        for ((tier, members), sample) in tiers.into_iter().zip(samples) {
             let members: Vec<usize> = members
                 .into_iter()
                 .filter(|i| !self.servers[*i].decommissioning)
@@ -630,30 +798,45 @@ impl<'a> Planner<'a> {
             if members.len() < 2 || members.iter().any(|i| self.servers[*i].busy) {
                 continue;
             }
-            let mut moved: HashSet<SegmentRef> = HashSet::new();
-            while moves < max_moves {
-                let by_use = |a: &&usize, b: &&usize| {
-                    self.servers[**a]
-                        .utilisation()
-                        .total_cmp(&self.servers[**b].utilisation())
+            for (seg, src, size) in sample {
+                if moves >= max_moves {
+                    return;
+                }
+                if moved.contains(&seg) {
+                    continue;
+                }
+                let here = self.costs.cost(src, &seg, true);
+                let others: Vec<usize> = members
+                    .iter()
+                    .copied()
+                    .filter(|&h| h != src && self.servers[h].rec.replica(&seg).is_some_and(Replica::wanted))
+                    .collect();
+                let open: Vec<usize> = members
+                    .iter()
+                    .copied()
+                    .filter(|&d| {
+                        let s = &self.servers[d];
+                        d != src && s.rec.replica(&seg).is_none() && size <= s.free() && s.queue < self.queue_cap
+                    })
+                    .collect();
+                let mut best: Option<(f64, usize)> = None;
+                for d in self.spread(open, &others, tier) {
+                    let cost = self.costs.cost(d, &seg, false);
+                    if best.is_none_or(|(c, _)| cost < c) {
+                        best = Some((cost, d));
+                    }
+                }
+                // A relative margin keeps rounding from moving a segment back and forth.
+                let Some((_, dst)) = best.filter(|(c, _)| *c < here * (1.0 - COST_SLACK)) else {
+                    continue;
                 };
-                let (Some(&src), Some(&dst)) = (members.iter().max_by(by_use), members.iter().min_by(by_use)) else {
-                    break;
-                };
-                let (s, d) = (&self.servers[src], &self.servers[dst]);
-                let pick = s.rec.replicas().iter().find(|(seg, r)| {
-                    let size = r.size();
-                    matches!(r, Replica::Loaded { moved_from: None, .. })
-                        && !moved.contains(*seg)
-                        && d.rec.replica(seg).is_none()
-                        && size <= d.free()
-                        && narrows(s, d, size)
-                });
-                let Some((seg, r)) = pick else { break };
-                let (seg, size) = (seg.clone(), r.size());
-                let from = s.rec.server.host.clone();
-                self.servers[src].held -= size;
+                let from = self.servers[src].rec.server.host.clone();
+                self.costs.change(src, &seg, -1);
                 self.request_load(dst, seg.clone(), size, None, Some(from));
+                for h in others {
+                    self.pair(src, h, -1);
+                    self.pair(dst, h, 1);
+                }
                 moved.insert(seg);
                 moves += 1;
             }
