@@ -17,12 +17,13 @@
 //! lies wholly after X costs, together, `(e^(x1-c) - e^(x0-c)) · Σ (e^-(y0-c) - e^-(y1-c))`,
 //! one product per day, anchored at the day's start `c` so that no term can overflow; wholly
 //! before X likewise, anchored at the day's latest end. A [`Profile`] keeps, per day, the
-//! distinct intervals starting that day with their counts, and these two sums (worked out when
-//! first needed after a change). A query sums about 90 days' products and adds exactly, interval
+//! distinct intervals starting that day with their counts, and these two sums (kept up to date
+//! as segments come and go). A query sums about 90 days' products and adds exactly, interval
 //! by interval, only the days X itself overlaps.
 
-use std::cell::Cell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
 
 use crate::interval::{MAX_INSTANT, MIN_INSTANT};
 
@@ -78,29 +79,35 @@ fn window(x: (i64, i64)) -> (i64, i64) {
     }
 }
 
-/// The distinct intervals starting on one day, and their sums (see the module docs).
+/// The distinct intervals starting on one day, their latest end, and their sums (see the
+/// module docs).
 #[derive(Debug, Clone, Default)]
 struct Day {
     intervals: Vec<(i64, i64, u32)>,
-    /// `(latest end, Σ after, Σ before)`, or `None` after a change.
-    sums: Cell<Option<(i64, f64, f64)>>,
+    end: i64,
+    /// `Σ e^-(s - start) - e^-(e - start)`, over the day's segments.
+    after: f64,
+    /// `Σ e^(e - end) - e^(s - end)`, over the day's segments.
+    before: f64,
 }
 
 impl Day {
-    fn sums(&self, start: i64) -> (i64, f64, f64) {
-        if let Some(s) = self.sums.get() {
-            return s;
-        }
-        let end = self.intervals.iter().map(|i| i.1).max().unwrap_or(start);
-        let (mut after, mut before) = (0.0, 0.0);
+    fn after_term(start: i64, (s, e): (i64, i64)) -> f64 {
+        (-units(s, start)).exp() - (-units(e, start)).exp()
+    }
+
+    fn before_term(end: i64, (s, e): (i64, i64)) -> f64 {
+        units(e, end).exp() - units(s, end).exp()
+    }
+
+    /// Works the sums out again from the intervals.
+    fn resum(&mut self, start: i64) {
+        self.end = self.intervals.iter().map(|i| i.1).max().unwrap_or(start);
+        (self.after, self.before) = (0.0, 0.0);
         for &(s, e, n) in &self.intervals {
-            let n = f64::from(n);
-            after += n * ((-units(s, start)).exp() - (-units(e, start)).exp());
-            before += n * (units(e, end).exp() - units(s, end).exp());
+            self.after += f64::from(n) * Self::after_term(start, (s, e));
+            self.before += f64::from(n) * Self::before_term(self.end, (s, e));
         }
-        let sums = (end, after, before);
-        self.sums.set(Some(sums));
-        sums
     }
 }
 
@@ -116,7 +123,7 @@ pub struct Profile {
 impl Profile {
     /// The profile of these intervals (one per segment).
     pub fn build(intervals: impl Iterator<Item = (i64, i64)>) -> Profile {
-        let mut distinct: HashMap<(i64, i64), u32> = HashMap::new();
+        let mut distinct: FxHashMap<(i64, i64), u32> = FxHashMap::default();
         for iv in intervals {
             *distinct.entry(iv).or_default() += 1;
         }
@@ -129,6 +136,9 @@ impl Profile {
                 .intervals
                 .push((s, e, n));
         }
+        for (key, day) in &mut p.days {
+            day.resum(key * DAY_MS);
+        }
         p
     }
 
@@ -136,22 +146,28 @@ impl Profile {
     pub fn add(&mut self, iv: (i64, i64), delta: i32) {
         self.max_span = self.max_span.max(iv.1.saturating_sub(iv.0));
         let key = iv.0.div_euclid(DAY_MS);
+        let start = key * DAY_MS;
         let day = self.days.entry(key).or_default();
-        day.sums.set(None);
-        match day.intervals.iter().position(|&(s, e, _)| (s, e) == iv) {
-            Some(i) => {
-                let n = i64::from(day.intervals[i].2) + i64::from(delta);
-                if n <= 0 {
-                    day.intervals.swap_remove(i);
-                } else {
-                    day.intervals[i].2 = n as u32;
-                }
+        let at = day.intervals.iter().position(|&(s, e, _)| (s, e) == iv);
+        let had = at.map_or(0, |i| i64::from(day.intervals[i].2));
+        let now = (had + i64::from(delta)).max(0);
+        match at {
+            Some(i) if now == 0 => {
+                day.intervals.swap_remove(i);
             }
-            None if delta > 0 => day.intervals.push((iv.0, iv.1, delta as u32)),
-            None => {}
+            Some(i) => day.intervals[i].2 = now as u32,
+            None if now > 0 => day.intervals.push((iv.0, iv.1, now as u32)),
+            None => return,
         }
         if day.intervals.is_empty() {
             self.days.remove(&key);
+        } else if day.intervals.len() == 1 || iv.1 > day.end || (now == 0 && iv.1 == day.end) {
+            // The latest end moved (or this is the day's first interval): sum again.
+            day.resum(start);
+        } else {
+            let n = (now - had) as f64;
+            day.after += n * Day::after_term(start, iv);
+            day.before += n * Day::before_term(day.end, iv);
         }
     }
 
@@ -166,13 +182,11 @@ impl Profile {
         for (&key, day) in self.days.range(first..=last) {
             let start = key * DAY_MS;
             if start >= x1 {
-                let (_, after, _) = day.sums(start);
-                total += (units(x1, start).exp() - units(x0, start).exp()) * after;
+                total += (units(x1, start).exp() - units(x0, start).exp()) * day.after;
                 continue;
             }
-            let (end, _, before) = day.sums(start);
-            if end <= x0 {
-                total += (units(end, x0).exp() - units(end, x1).exp()) * before;
+            if day.end <= x0 {
+                total += (units(day.end, x0).exp() - units(day.end, x1).exp()) * day.before;
                 continue;
             }
             for &(s, e, n) in &day.intervals {

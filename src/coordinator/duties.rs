@@ -3,8 +3,9 @@
 //! Historical management runs every `--coordinator-period`, and sooner when the state changes
 //! (a publish, a Historical's report, a rule), but never more often than twice the time its
 //! last run took, so a big cluster does not plan back to back. A run reads the state (a cheap
-//! copy of persistent maps), plans off the async threads ([`super::planner::plan`]) and
-//! proposes the plan: the segments to mark unused, then the loads and drops in commands of at
+//! copy of persistent maps), plans off the async threads ([`super::planner::plan_cached`],
+//! keeping the cost profiles of Historicals whose replicas did not change) and proposes the
+//! plan: the segments to mark unused, then the loads and drops in commands of at
 //! most [`CHUNK`] requests. Everything it decided is in the replicated state once committed,
 //! so a new leader's first run starts from exactly where the old one left off.
 //!
@@ -24,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::kill::{plan_kills, KillSettings};
-use super::planner::plan;
+use super::planner::{plan_cached, CostCache};
 use crate::clock::{iso, now_ms};
 use crate::segments::SegmentFilter;
 use crate::sm::Command;
@@ -88,6 +89,8 @@ impl DutyLog {
 pub async fn run(raft: Arc<Raft>, period: Duration, log: DutyLog, cancel: CancellationToken) {
     let mut applied = raft.shared.subscribe();
     let mut last_took = Duration::ZERO;
+    // Cost profiles of Historicals whose replicas did not change since the last run.
+    let mut cache = CostCache::default();
     loop {
         // Changes from here on (this run's own commands included) wake the next run.
         applied.borrow_and_update();
@@ -101,9 +104,15 @@ pub async fn run(raft: Arc<Raft>, period: Duration, log: DutyLog, cancel: Cancel
         let planned = if paused {
             None
         } else {
-            tokio::task::spawn_blocking(move || plan(&segments, &coordinator, &coordinator.load, started_ms as i64))
-                .await
-                .ok()
+            let mut kept = std::mem::take(&mut cache);
+            let run = move || {
+                let p = plan_cached(&segments, &coordinator, &coordinator.load, started_ms as i64, &mut kept);
+                (p, kept)
+            };
+            tokio::task::spawn_blocking(run).await.ok().map(|(p, kept)| {
+                cache = kept;
+                p
+            })
         };
         let mut failed = 0u64;
         if let Some(p) = planned {

@@ -108,15 +108,52 @@ impl Server<'_> {
 
 type Cursor<'a> = Peekable<imbl::ordmap::Iter<'a, SegmentRef, Replica, imbl::shared_ptr::DefaultSharedPtr>>;
 
+/// Cost profiles kept from one run to the next (by the leader's duty): a Historical whose
+/// replicas are unchanged since (the very same persistent map) reuses them instead of
+/// rebuilding them from its replicas.
+#[derive(Default)]
+pub struct CostCache {
+    servers: HashMap<String, CachedProfiles>,
+}
+
+struct CachedProfiles {
+    replicas: imbl::OrdMap<SegmentRef, Replica>,
+    all: Option<Arc<Profile>>,
+    by_ds: HashMap<Arc<str>, Arc<Profile>>,
+}
+
+impl CostCache {
+    /// Keeps only what is still true of `records`.
+    fn keep_current(&mut self, records: &[&HistoricalRecord]) {
+        let current: HashMap<&str, &HistoricalRecord> = records.iter().map(|r| (r.server.host.as_str(), *r)).collect();
+        self.servers.retain(|host, c| {
+            current
+                .get(host.as_str())
+                .is_some_and(|r| r.replicas().ptr_eq(&c.replicas))
+        });
+    }
+
+    fn entry(&mut self, rec: &HistoricalRecord) -> &mut CachedProfiles {
+        self.servers
+            .entry(rec.server.host.clone())
+            .or_insert_with(|| CachedProfiles {
+                replicas: rec.replicas().clone(),
+                all: None,
+                by_ds: HashMap::new(),
+            })
+    }
+}
+
 /// Druid's cost of a segment on each Historical, with the plan so far applied. Profiles are
-/// built when first asked for, from the Historical's wanted replicas and the changes planned
-/// before.
+/// built when first asked for (or taken from the cache), from the Historical's wanted replicas,
+/// then given the changes planned before.
 struct Costs<'a> {
     records: Vec<&'a HistoricalRecord>,
+    cache: CostCache,
     /// Per Historical: all its segments.
-    all: Vec<Option<Profile>>,
+    all: Vec<Option<Arc<Profile>>>,
     /// Per Historical and datasource: that datasource's segments (their cost counts twice).
-    by_ds: HashMap<(usize, Arc<str>), Profile>,
+    by_ds: HashMap<(usize, Arc<str>), Arc<Profile>>,
     /// Replicas the plan adds (+1) or takes away (-1), per Historical and datasource.
     changes: Vec<HashMap<Arc<str>, Vec<((i64, i64), i32)>>>,
 }
@@ -125,10 +162,10 @@ impl Costs<'_> {
     fn change(&mut self, i: usize, seg: &SegmentRef, delta: i32) {
         let iv = (seg.key.start, seg.key.end);
         if let Some(p) = &mut self.all[i] {
-            p.add(iv, delta);
+            Arc::make_mut(p).add(iv, delta);
         }
         if let Some(p) = self.by_ds.get_mut(&(i, seg.datasource.clone())) {
-            p.add(iv, delta);
+            Arc::make_mut(p).add(iv, delta);
         }
         self.changes[i]
             .entry(seg.datasource.clone())
@@ -141,6 +178,7 @@ impl Costs<'_> {
     fn cost(&mut self, i: usize, seg: &SegmentRef, holds: bool) -> f64 {
         let Costs {
             records,
+            cache,
             all,
             by_ds,
             changes,
@@ -148,14 +186,19 @@ impl Costs<'_> {
         let iv = (seg.key.start, seg.key.end);
         let wanted = |(r, rep): (&SegmentRef, &Replica)| rep.wanted().then_some((r.key.start, r.key.end));
         let all = all[i].get_or_insert_with(|| {
-            let mut p = Profile::build(records[i].replicas().iter().filter_map(wanted));
+            let cached = cache.entry(records[i]);
+            let mut p = cached
+                .all
+                .get_or_insert_with(|| Arc::new(Profile::build(records[i].replicas().iter().filter_map(wanted))))
+                .clone();
             for (iv, d) in changes[i].values().flatten() {
-                p.add(*iv, *d);
+                Arc::make_mut(&mut p).add(*iv, *d);
             }
             p
         });
         let mut cost = all.cost(iv);
         let same = by_ds.entry((i, seg.datasource.clone())).or_insert_with(|| {
+            let cached = cache.entry(records[i]);
             let from = SegmentRef {
                 datasource: seg.datasource.clone(),
                 key: SegmentKey {
@@ -165,15 +208,21 @@ impl Costs<'_> {
                     partition: 0,
                 },
             };
-            let mut p = Profile::build(
-                records[i]
-                    .replicas()
-                    .range(from..)
-                    .take_while(|(r, _)| r.datasource == seg.datasource)
-                    .filter_map(wanted),
-            );
+            let mut p = cached
+                .by_ds
+                .entry(seg.datasource.clone())
+                .or_insert_with(|| {
+                    Arc::new(Profile::build(
+                        records[i]
+                            .replicas()
+                            .range(from..)
+                            .take_while(|(r, _)| r.datasource == seg.datasource)
+                            .filter_map(wanted),
+                    ))
+                })
+                .clone();
             for (iv, d) in changes[i].get(&seg.datasource).into_iter().flatten() {
-                p.add(*iv, *d);
+                Arc::make_mut(&mut p).add(*iv, *d);
             }
             p
         });
@@ -223,8 +272,22 @@ struct Planner<'a> {
 
 /// Plans one historical-management run at leader time `now_ms`.
 pub fn plan(segments: &SegmentTable, coordinator: &CoordinatorState, servers: &LoadTable, now_ms: i64) -> Plan {
+    plan_cached(segments, coordinator, servers, now_ms, &mut CostCache::default())
+}
+
+/// [`plan`], reusing the cost profiles of Historicals unchanged since the run that filled
+/// `cache` (the plan is the same either way).
+pub fn plan_cached(
+    segments: &SegmentTable,
+    coordinator: &CoordinatorState,
+    servers: &LoadTable,
+    now_ms: i64,
+    cache: &mut CostCache,
+) -> Plan {
     let config = &coordinator.dynamic_config;
     let records: Vec<&HistoricalRecord> = servers.serving().collect();
+    let mut kept = std::mem::take(cache);
+    kept.keep_current(&records);
     let mut p = Planner {
         servers: records
             .iter()
@@ -239,6 +302,7 @@ pub fn plan(segments: &SegmentTable, coordinator: &CoordinatorState, servers: &L
         tiers: BTreeMap::new(),
         costs: Costs {
             records: records.clone(),
+            cache: kept,
             all: vec![None; records.len()],
             by_ds: HashMap::new(),
             changes: vec![HashMap::new(); records.len()],
@@ -422,6 +486,7 @@ pub fn plan(segments: &SegmentTable, coordinator: &CoordinatorState, servers: &L
         v.sort();
         v.dedup();
     }
+    *cache = std::mem::take(&mut p.costs.cache);
     p.plan
 }
 

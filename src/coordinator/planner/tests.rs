@@ -212,13 +212,19 @@ fn build(case: &Case) -> Cluster {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
-    /// Never over a cache's size, never two loads of one segment on one server, and applying a
-    /// plan then planning again proposes nothing new.
+    /// Never over a cache's size, never two loads of one segment on one server, applying a
+    /// plan then planning again proposes nothing new, and a plan with cost profiles kept from
+    /// earlier runs is the plan without.
     #[test]
     fn a_plan_stays_within_capacity_and_a_replan_after_applying_it_proposes_nothing(case in case(false)) {
         let mut c = build(&case);
+        let mut cache = CostCache::default();
         for _ in 0..4 {
             let p = c.plan();
+            // Cost profiles kept from the run before change nothing.
+            let cached = plan_cached(&c.segments, &c.coordinator, &c.coordinator.load, NOW, &mut cache);
+            prop_assert_eq!(&cached.loads, &p.loads);
+            prop_assert_eq!(&cached.drops, &p.drops);
             c.apply(&p);
             check_invariants(&c, &p)?;
             let again = c.plan();
@@ -312,6 +318,7 @@ fn balancing_moves_segments_to_a_new_historical_and_drops_them_where_they_were()
     let records: Vec<&HistoricalRecord> = c.coordinator.load.serving().collect();
     let mut costs = Costs {
         records: records.clone(),
+        cache: CostCache::default(),
         all: vec![None; 2],
         by_ds: HashMap::new(),
         changes: vec![HashMap::new(); 2],
