@@ -241,18 +241,24 @@ fn cached(dir: &std::path::Path) -> std::collections::BTreeMap<std::path::PathBu
     out
 }
 
-/// Replicas still to load, summed over tiers and datasources, as `/loadstatus?full` says.
+/// Replicas still to load, summed over tiers and datasources, as `/loadstatus?full` says
+/// (`None` when the node does not answer with a status per tier).
 async fn left_to_load(client: &reqwest::Client, url: &str) -> Option<u64> {
-    let v: serde_json::Value = client
+    let r = client
         .get(format!("{url}/druid/coordinator/v1/loadstatus?full"))
         .send()
         .await
-        .ok()?
-        .json()
-        .await
         .ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    let v: serde_json::Value = r.json().await.ok()?;
+    let tiers = v.as_object()?;
+    if tiers.is_empty() || !tiers.values().all(|t| t.is_object()) {
+        return None;
+    }
     Some(
-        v.as_object()?
+        tiers
             .values()
             .filter_map(|t| t.as_object())
             .flat_map(|t| t.values())
@@ -366,7 +372,17 @@ pub async fn failover(bin: &std::path::Path, n: usize, mid_load: bool) -> anyhow
         "{n} segments published and loaded twice on 3 Historicals in {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    // Balancing settles: a run that planned nothing, after which nothing is loading or dropping.
+    wait_settled(&client, &url, t, Duration::from_secs(900)).await?;
+    println!(
+        "balancing settled {:.1} s after the first publish",
+        t.elapsed().as_secs_f64()
+    );
+    kill_leader_and_measure(&mut rl, &client, leader, dir.path()).await
+}
+
+/// Waits for balancing to settle: a historical-management run that planned nothing, after
+/// which nothing is loading or dropping (until `limit` after `t`).
+async fn wait_settled(client: &reqwest::Client, url: &str, t: Instant, limit: Duration) -> anyhow::Result<()> {
     loop {
         let duties: serde_json::Value = client
             .get(format!("{url}/druid/coordinator/v1/duties"))
@@ -382,29 +398,323 @@ pub async fn failover(bin: &std::path::Path, n: usize, mid_load: bool) -> anyhow
             .json()
             .await
             .unwrap_or_default();
-        let quiet_run = duties.as_array().is_some_and(|a| {
-            a.iter().any(|d| {
-                d["name"] == "HistoricalManagementDuties"
-                    && ["assigned", "dropped", "moved"].iter().all(|k| d["stats"][k] == 0)
-            })
-        });
         let empty = queue
             .as_object()
             .is_some_and(|q| q.values().all(|s| s["segmentsToLoad"] == 0 && s["segmentsToDrop"] == 0));
-        if quiet_run && empty {
+        if quiet_run(&duties).is_some() && empty {
+            return Ok(());
+        }
+        anyhow::ensure!(t.elapsed() < limit, "balancing did not settle within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The last historical-management run, if it planned nothing: its run count and duration (ms).
+fn quiet_run(duties: &serde_json::Value) -> Option<(u64, u64)> {
+    let d = duties
+        .as_array()?
+        .iter()
+        .find(|d| d["name"] == "HistoricalManagementDuties")?;
+    ["assigned", "dropped", "moved"]
+        .iter()
+        .all(|k| d["stats"][k] == 0)
+        .then_some((d["runs"].as_u64()?, d["lastRuntimeMillis"].as_u64()?))
+}
+
+/// `coordinator --processes`: the figures of [`run`] on real processes. Three Raft members
+/// (no task slots, no segment cache) and `historicals` Historical processes that are no
+/// members; `n` used segments in `datasources` datasources, hourly with ten partitions per
+/// hour, published through task actions. Every load spec names one small shared file in local
+/// deep storage, so that the caches, not the deep storage, hold the `2n` files. Reports the
+/// load, the steady run's duration on the leader, the leader's memory, a Historical killed
+/// with -9 (its segments on two Historicals again), and the leader killed with -9 (its
+/// successor's first run, files downloaded again).
+pub async fn processes(bin: &std::path::Path, n: usize, historicals: usize, datasources: usize) -> anyhow::Result<()> {
+    use serde_json::json;
+    let dir = tempfile::tempdir()?;
+    let deep = dir.path().join("deep");
+    let shared = deep.join("shared/index.parquet");
+    std::fs::create_dir_all(shared.parent().unwrap())?;
+    std::fs::write(&shared, b"PAR1 segment PAR1")?;
+    let size = std::fs::metadata(&shared)?.len();
+    let deep_flag = deep.display().to_string();
+    let mut rl = crate::cluster::Raftlord::start_with(
+        bin,
+        dir.path(),
+        3,
+        &[
+            "--worker-capacity",
+            "0",
+            "--deep-storage",
+            &deep_flag,
+            "--coordinator-period",
+            "PT5S",
+            "--worker-timeout-ms",
+            "5000",
+            "--max-segment-cache-size",
+            "0",
+        ],
+    )
+    .await?;
+    let mut leader = rl.wait_leader(Duration::from_secs(30)).await?;
+    let mut url = rl.urls[&leader].clone();
+    let join = rl.urls.values().cloned().collect::<Vec<_>>().join(",");
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(120)).build()?;
+    let mut procs = Vec::new();
+    for h in 0..historicals {
+        let port = raftlord_harness::free_port();
+        let child = tokio::process::Command::new(bin)
+            .args(["server", "--roles", "historical", "--join", &join])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(dir.path().join(format!("historical-{h}")))
+            .arg("--deep-storage")
+            .arg(&deep)
+            .args(["--max-segment-cache-size", "1TiB"])
+            .env("RAFTLORD_CLUSTER_SECRET", crate::cluster::SECRET)
+            .env("RAFTLORD_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        procs.push((
+            format!("127.0.0.1:{port}"),
+            dir.path().join(format!("historical-{h}")),
+            child,
+        ));
+    }
+    crate::cluster::poll("the Historicals registered", Duration::from_secs(60), || async {
+        let v: serde_json::Value = client
+            .get(format!("{url}/druid/coordinator/v1/servers"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (v.as_array()?.len() == historicals).then_some(())
+    })
+    .await?;
+    let rss_before = rl.pid(leader).and_then(rss_mib).unwrap_or(0.0);
+    // Publishing first with coordination paused, so that the load is timed on its own.
+    let pause = |on: bool| {
+        client
+            .post(format!("{url}/druid/coordinator/v1/config"))
+            .json(&json!({"pauseCoordination": on}))
+            .send()
+    };
+    anyhow::ensure!(pause(true).await?.status() == 200, "pausing coordination");
+    // One task per datasource holds the lock its segments are published under; four
+    // datasources at a time.
+    let per = n.div_ceil(datasources);
+    let hours = per.div_ceil(10) as i64;
+    let t = Instant::now();
+    let publish_one = |d: usize| {
+        let (client, url, shared) = (client.clone(), url.clone(), shared.clone());
+        async move {
+            let ds = format!("ds{d:03}");
+            let task = format!("load-{ds}");
+            let r = client
+                .post(format!("{url}/druid/indexer/v1/task"))
+                .json(&raftlord_harness::index_task(&task, &ds))
+                .send()
+                .await?;
+            anyhow::ensure!(r.status() == 200, "submit: {}", r.text().await?);
+            let lock = json!({"task": {"id": task}, "action": {"type": "lockTryAcquire",
+                "interval": format!("{}/{}", raftlord::interval::iso(START), raftlord::interval::iso(START + hours * HOUR))}});
+            let v: serde_json::Value = client
+                .post(format!("{url}/druid/indexer/v1/action"))
+                .bearer_auth(crate::cluster::SECRET)
+                .json(&lock)
+                .send()
+                .await?
+                .json()
+                .await?;
+            let version = v["result"]["version"]
+                .as_str()
+                .ok_or_else(|| anyhow::anyhow!("no lock: {v}"))?
+                .to_string();
+            let count = per.min(n.saturating_sub(d * per));
+            for first in (0..count).step_by(1000) {
+                let segments: Vec<serde_json::Value> = (first..(first + 1000).min(count))
+                    .map(|i| {
+                        let start = START + (i / 10) as i64 * HOUR;
+                        json!({
+                            "dataSource": ds,
+                            "interval": format!("{}/{}", raftlord::interval::iso(start), raftlord::interval::iso(start + HOUR)),
+                            "version": version,
+                            "loadSpec": {"type": "local", "path": shared},
+                            "shardSpec": {"type": "numbered", "partitionNum": i % 10, "partitions": 10},
+                            "size": size,
+                        })
+                    })
+                    .collect();
+                let v: serde_json::Value = client
+                    .post(format!("{url}/druid/indexer/v1/action"))
+                    .bearer_auth(crate::cluster::SECRET)
+                    .json(&json!({"task": {"id": task}, "action": {"type": "segmentTransactionalInsert", "segments": segments}}))
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                anyhow::ensure!(v["result"]["success"] == true, "publish failed: {v:.300}");
+            }
+            anyhow::Ok(())
+        }
+    };
+    use futures::StreamExt;
+    let results: Vec<anyhow::Result<()>> = futures::stream::iter(0..datasources)
+        .map(publish_one)
+        .buffer_unordered(4)
+        .collect()
+        .await;
+    for r in results {
+        r?;
+    }
+    println!(
+        "{n} segments in {datasources} datasources published in {:.1} s (coordination paused)",
+        t.elapsed().as_secs_f64()
+    );
+    let t = Instant::now();
+    anyhow::ensure!(pause(false).await?.status() == 200, "resuming coordination");
+    loop {
+        if left_to_load(&client, &url).await == Some(0) {
+            break;
+        }
+        anyhow::ensure!(t.elapsed() < Duration::from_secs(3600), "not loaded within an hour");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!(
+        "every segment loaded twice on {historicals} Historical processes {:.1} s after coordination resumed",
+        t.elapsed().as_secs_f64()
+    );
+    wait_settled(&client, &url, t, Duration::from_secs(3600)).await?;
+    println!(
+        "balancing settled {:.1} s after coordination resumed",
+        t.elapsed().as_secs_f64()
+    );
+    // Leadership may have moved under the load (the measures below are the leader's).
+    let was = leader;
+    leader = rl.wait_leader(Duration::from_secs(30)).await?;
+    url = rl.urls[&leader].clone();
+    if leader != was {
+        println!("(leadership moved from node {was} to node {leader} during the load)");
+    }
+    // Five steady runs on the leader, as `/duties` reports them.
+    let mut times: Vec<u64> = Vec::new();
+    let mut last = 0;
+    let steady = Instant::now();
+    while times.len() < 5 {
+        let duties: serde_json::Value = client
+            .get(format!("{url}/druid/coordinator/v1/duties"))
+            .send()
+            .await?
+            .json()
+            .await
+            .unwrap_or_default();
+        if let Some((runs, ms)) = quiet_run(&duties) {
+            if runs != last {
+                last = runs;
+                times.push(ms);
+            }
+        }
+        anyhow::ensure!(
+            steady.elapsed() < Duration::from_secs(300),
+            "no five quiet runs in 5 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    times.sort();
+    let rss_after = rl.pid(leader).and_then(rss_mib).unwrap_or(0.0);
+    println!(
+        "steady historical-management run on the leader ({n} segments, {historicals} Historical processes): min {} ms, median {} ms, max {} ms; leader RSS {rss_before:.0} -> {rss_after:.0} MiB",
+        times[0],
+        times[2],
+        times[4]
+    );
+    // A Historical killed with -9.
+    let (lost_host, _, mut lost) = procs.remove(0);
+    let t = Instant::now();
+    lost.start_kill()?;
+    lost.wait().await?;
+    crate::cluster::poll("the Historical declared lost", Duration::from_secs(60), || async {
+        let v: serde_json::Value = client
+            .get(format!("{url}/druid/coordinator/v1/servers"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (v.as_array()?.len() == historicals - 1).then_some(())
+    })
+    .await?;
+    let declared = t.elapsed();
+    loop {
+        if left_to_load(&client, &url).await == Some(0) {
             break;
         }
         anyhow::ensure!(
-            t.elapsed() < Duration::from_secs(900),
-            "balancing did not settle within 15 minutes"
+            t.elapsed() < Duration::from_secs(3600),
+            "not re-replicated within an hour"
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     println!(
-        "balancing settled {:.1} s after the first publish",
+        "Historical {lost_host} kill -9 -> declared lost: {:.1} s (--worker-timeout-ms 5000); -> every segment on two Historicals again: {:.1} s",
+        declared.as_secs_f64(),
         t.elapsed().as_secs_f64()
     );
-    kill_leader_and_measure(&mut rl, &client, leader, dir.path()).await
+    wait_settled(&client, &url, t, Duration::from_secs(3600)).await?;
+    let leader = rl.wait_leader(Duration::from_secs(30)).await?;
+    // The leader killed with -9: the survivors' caches before and after.
+    let before: Vec<_> = procs.iter().map(|(_, d, _)| cached(&d.join("segment-cache"))).collect();
+    let files: usize = before.iter().map(|b| b.len()).sum();
+    let killed_at = raftlord::clock::now_ms();
+    let t = Instant::now();
+    rl.kill9_and_wait(leader).await?;
+    let new_url = loop {
+        let new = rl.wait_leader(Duration::from_secs(30)).await?;
+        let u = rl.urls[&new].clone();
+        let v: serde_json::Value = client
+            .get(format!("{u}/druid/coordinator/v1/duties"))
+            .send()
+            .await?
+            .json()
+            .await
+            .unwrap_or_default();
+        if let Some(first) = v
+            .as_array()
+            .and_then(|a| a.iter().find(|d| d["name"] == "HistoricalManagementDuties"))
+            .and_then(|d| d["firstRunStart"].as_str())
+        {
+            let first_ms = raftlord::interval::parse_instant(first).unwrap_or(0) as u64;
+            println!(
+                "leader kill -9 -> the new leader's first historical-management run: {} ms",
+                first_ms.saturating_sub(killed_at)
+            );
+            break u;
+        }
+        anyhow::ensure!(t.elapsed() < Duration::from_secs(60), "no duty run on the new leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    wait_settled(&client, &new_url, t, Duration::from_secs(600)).await?;
+    let mut again = 0;
+    let mut gone = 0;
+    for ((_, d, _), b) in procs.iter().zip(&before) {
+        let after = cached(&d.join("segment-cache"));
+        for (path, ino) in b {
+            match after.get(path) {
+                Some(i) if i == ino => {}
+                Some(_) => again += 1,
+                None => gone += 1,
+            }
+        }
+    }
+    println!(
+        "files the Historicals held before the leader kill: {files}; downloaded again: {again}; dropped since: {gone}"
+    );
+    rl.stop_all().await;
+    Ok(())
 }
 
 /// Kills the leader with -9 and reports: the time to the new leader's first duty run, to the

@@ -196,6 +196,10 @@ enum Cmd {
         /// With --cluster: kill the leader while the segments are still loading.
         #[arg(long)]
         mid_load: bool,
+        /// Instead: N segments (10 partitions per hour) on H Historical processes that are no
+        /// Raft members, beside three members; a Historical, then the leader, killed with -9.
+        #[arg(long)]
+        processes: bool,
     },
     /// Publish N segments across datasources through task actions; memory, query p99,
     /// snapshot, restart and catch-up times, overshadow pass.
@@ -314,8 +318,16 @@ async fn main() -> anyhow::Result<()> {
             segments,
             historicals,
             datasources,
+            processes: true,
+            ..
+        } => coordinator::processes(&bin, segments, historicals, datasources).await,
+        Cmd::Coordinator {
+            segments,
+            historicals,
+            datasources,
             cluster: Some(n),
             mid_load,
+            ..
         } => {
             let _ = (segments, historicals, datasources);
             coordinator::failover(&bin, n, mid_load).await
