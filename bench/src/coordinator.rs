@@ -429,7 +429,13 @@ fn quiet_run(duties: &serde_json::Value) -> Option<(u64, u64)> {
 /// load, the steady run's duration on the leader, the leader's memory, a Historical killed
 /// with -9 (its segments on two Historicals again), and the leader killed with -9 (its
 /// successor's first run, files downloaded again).
-pub async fn processes(bin: &std::path::Path, n: usize, historicals: usize, datasources: usize) -> anyhow::Result<()> {
+pub async fn processes(
+    bin: &std::path::Path,
+    n: usize,
+    historicals: usize,
+    datasources: usize,
+    election_timeout_ms: u64,
+) -> anyhow::Result<()> {
     use serde_json::json;
     let dir = tempfile::tempdir()?;
     let deep = dir.path().join("deep");
@@ -438,6 +444,10 @@ pub async fn processes(bin: &std::path::Path, n: usize, historicals: usize, data
     std::fs::write(&shared, b"PAR1 segment PAR1")?;
     let size = std::fs::metadata(&shared)?.len();
     let deep_flag = deep.display().to_string();
+    let (heartbeat, election) = (
+        (election_timeout_ms / 4).max(1).to_string(),
+        election_timeout_ms.to_string(),
+    );
     let mut rl = crate::cluster::Raftlord::start_with(
         bin,
         dir.path(),
@@ -453,6 +463,10 @@ pub async fn processes(bin: &std::path::Path, n: usize, historicals: usize, data
             "5000",
             "--max-segment-cache-size",
             "0",
+            "--heartbeat-ms",
+            &heartbeat,
+            "--election-timeout-ms",
+            &election,
         ],
     )
     .await?;
@@ -581,7 +595,8 @@ pub async fn processes(bin: &std::path::Path, n: usize, historicals: usize, data
             break;
         }
         anyhow::ensure!(t.elapsed() < Duration::from_secs(3600), "not loaded within an hour");
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // `/loadstatus` walks every segment: asked rarely, so as not to load the leader.
+        tokio::time::sleep(Duration::from_secs(5)).await;
     }
     println!(
         "every segment loaded twice on {historicals} Historical processes {:.1} s after coordination resumed",

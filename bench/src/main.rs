@@ -200,6 +200,9 @@ enum Cmd {
         /// Raft members, beside three members; a Historical, then the leader, killed with -9.
         #[arg(long)]
         processes: bool,
+        /// With --processes: the members' Raft election timeout (heartbeats at a quarter of it).
+        #[arg(long, default_value_t = 200)]
+        election_timeout_ms: u64,
     },
     /// Publish N segments across datasources through task actions; memory, query p99,
     /// snapshot, restart and catch-up times, overshadow pass.
@@ -319,8 +322,9 @@ async fn main() -> anyhow::Result<()> {
             historicals,
             datasources,
             processes: true,
+            election_timeout_ms,
             ..
-        } => coordinator::processes(&bin, segments, historicals, datasources).await,
+        } => coordinator::processes(&bin, segments, historicals, datasources, election_timeout_ms).await,
         Cmd::Coordinator {
             segments,
             historicals,

@@ -84,6 +84,23 @@ impl DutyLog {
     }
 }
 
+/// Runs `f` on a thread of its own at a lower CPU priority (nice 10): a long plan on a busy
+/// machine must not delay this node's Raft heartbeats and votes, or a leader planning a large
+/// cluster would lose its leadership to the very load its plan is. `None` if `f` panicked.
+async fn in_background<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("coordinator-plan".into())
+        .spawn(move || {
+            // SAFETY: setpriority only changes a scheduling attribute; on Linux, PRIO_PROCESS
+            // with 0 names the calling thread alone. Failing (not permitted) leaves it as is.
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+            let _ = tx.send(f());
+        })
+        .ok()?;
+    rx.await.ok()
+}
+
 /// The historical-management duty (Druid's `HistoricalManagementDuties`: rules, load, drop,
 /// balance, mark overshadowed and eternity tombstones unused).
 pub async fn run(raft: Arc<Raft>, period: Duration, log: DutyLog, cancel: CancellationToken) {
@@ -109,7 +126,7 @@ pub async fn run(raft: Arc<Raft>, period: Duration, log: DutyLog, cancel: Cancel
                 let p = plan_cached(&segments, &coordinator, &coordinator.load, started_ms as i64, &mut kept);
                 (p, kept)
             };
-            tokio::task::spawn_blocking(run).await.ok().map(|(p, kept)| {
+            in_background(run).await.map(|(p, kept)| {
                 cache = kept;
                 p
             })
