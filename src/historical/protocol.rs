@@ -168,7 +168,8 @@ async fn report(
 ) -> Result<Json<ReportAnswer>, ApiError> {
     r.server.check().map_err(ApiError::BadRequest)?;
     let host = r.server.host.clone();
-    state.heartbeats.beat(&Heartbeats::historical_key(&host));
+    // Alive until answered: the answer waits on commits, which a busy log can make slow.
+    let _alive = state.heartbeats.in_flight(&Heartbeats::historical_key(&host));
     let (known, mut needed) = {
         let g = state.raft.shared.read().await;
         let rec = g.state.coordinator.load.get(&host).filter(|rec| !rec.lost);

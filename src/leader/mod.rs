@@ -63,7 +63,31 @@ impl Default for OverlordSettings {
 
 /// Worker heartbeats, in the leader's memory only (never replicated).
 #[derive(Debug, Clone, Default)]
-pub struct Heartbeats(Arc<Mutex<HashMap<String, Instant>>>);
+pub struct Heartbeats(Arc<Mutex<HashMap<String, Beat>>>);
+
+#[derive(Debug, Clone, Copy)]
+struct Beat {
+    last: Instant,
+    /// Requests from the host this node is still answering.
+    in_flight: u32,
+}
+
+/// A request being answered: its host counts as alive until it is answered (see
+/// [`Heartbeats::in_flight`]).
+pub struct InFlight {
+    heartbeats: Heartbeats,
+    host: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut g = self.heartbeats.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = g.get_mut(&self.host) {
+            b.in_flight = b.in_flight.saturating_sub(1);
+            b.last = Instant::now();
+        }
+    }
+}
 
 impl Heartbeats {
     /// The key a Historical's heartbeats are kept under (a node may be a worker too, on the
@@ -74,12 +98,59 @@ impl Heartbeats {
 
     pub fn beat(&self, host: &str) {
         let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        g.insert(host.to_string(), Instant::now());
+        g.entry(host.to_string())
+            .and_modify(|b| b.last = Instant::now())
+            .or_insert(Beat {
+                last: Instant::now(),
+                in_flight: 0,
+            });
     }
 
-    /// The last heartbeat from `host`, if one reached this node.
+    /// A heartbeat that lasts until the returned guard is dropped: for a request whose answer
+    /// waits on a commit, so that a host is not declared lost while this node is slow to
+    /// answer it (a busy log), only when it stops asking.
+    pub fn in_flight(&self, host: &str) -> InFlight {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let b = g.entry(host.to_string()).or_insert(Beat {
+            last: Instant::now(),
+            in_flight: 0,
+        });
+        b.last = Instant::now();
+        b.in_flight += 1;
+        InFlight {
+            heartbeats: self.clone(),
+            host: host.to_string(),
+        }
+    }
+
+    /// The last heartbeat from `host`, if one reached this node (now, while one of its
+    /// requests is being answered).
     pub fn last(&self, host: &str) -> Option<Instant> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(host).copied()
+        let g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        g.get(host)
+            .map(|b| if b.in_flight > 0 { Instant::now() } else { b.last })
+    }
+}
+
+#[cfg(test)]
+mod heartbeat_tests {
+    use super::*;
+
+    #[test]
+    fn a_host_whose_request_is_still_being_answered_counts_as_alive() {
+        let h = Heartbeats::default();
+        assert!(h.last("a").is_none());
+        h.beat("a");
+        let first = h.last("a").unwrap();
+        let guard = h.in_flight("a");
+        let (during_1, during_2) = (h.last("a").unwrap(), h.last("a").unwrap());
+        assert!(
+            during_1 >= first && during_2 >= during_1,
+            "alive now, every time it is asked"
+        );
+        drop(guard);
+        let after = h.last("a").unwrap();
+        assert_eq!(h.last("a"), Some(after), "after the answer, the last beat stays put");
     }
 }
 
