@@ -155,8 +155,11 @@ struct Costs<'a> {
     /// Per Historical and datasource: that datasource's segments (their cost counts twice).
     by_ds: HashMap<(usize, Arc<str>), Arc<Profile>>,
     /// Replicas the plan adds (+1) or takes away (-1), per Historical and datasource.
-    changes: Vec<HashMap<Arc<str>, Vec<((i64, i64), i32)>>>,
+    changes: Vec<HashMap<Arc<str>, Vec<Change>>>,
 }
+
+/// One replica of an interval added (+1) or taken away (-1).
+type Change = ((i64, i64), i32);
 
 impl Costs<'_> {
     fn change(&mut self, i: usize, seg: &SegmentRef, delta: i32) {

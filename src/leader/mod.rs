@@ -132,28 +132,6 @@ impl Heartbeats {
     }
 }
 
-#[cfg(test)]
-mod heartbeat_tests {
-    use super::*;
-
-    #[test]
-    fn a_host_whose_request_is_still_being_answered_counts_as_alive() {
-        let h = Heartbeats::default();
-        assert!(h.last("a").is_none());
-        h.beat("a");
-        let first = h.last("a").unwrap();
-        let guard = h.in_flight("a");
-        let (during_1, during_2) = (h.last("a").unwrap(), h.last("a").unwrap());
-        assert!(
-            during_1 >= first && during_2 >= during_1,
-            "alive now, every time it is asked"
-        );
-        drop(guard);
-        let after = h.last("a").unwrap();
-        assert_eq!(h.last("a"), Some(after), "after the answer, the last beat stays put");
-    }
-}
-
 /// Starts and stops leader-only services with leadership.
 pub struct LeaderServices {
     raft: Arc<Raft>,
@@ -321,5 +299,27 @@ async fn reconcile_membership(raft: Arc<Raft>, cancel: CancellationToken) {
             _ = applied.changed() => {}
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod heartbeat_tests {
+    use super::*;
+
+    #[test]
+    fn a_host_whose_request_is_still_being_answered_counts_as_alive() {
+        let h = Heartbeats::default();
+        assert!(h.last("a").is_none());
+        h.beat("a");
+        let first = h.last("a").unwrap();
+        let guard = h.in_flight("a");
+        let (during_1, during_2) = (h.last("a").unwrap(), h.last("a").unwrap());
+        assert!(
+            during_1 >= first && during_2 >= during_1,
+            "alive now, every time it is asked"
+        );
+        drop(guard);
+        let after = h.last("a").unwrap();
+        assert_eq!(h.last("a"), Some(after), "after the answer, the last beat stays put");
     }
 }
