@@ -829,11 +829,14 @@ impl<'a> Planner<'a> {
     /// go back only to the few Historicals the cost favours, one after another.
     fn spread(&self, candidates: Vec<usize>, holders: &[usize], tier: &str) -> Vec<usize> {
         let others = self.tiers[tier].len().saturating_sub(1).max(1) as u32;
-        let fair = |h: usize| self.pairs[h].iter().sum::<u32>().div_ceil(others);
+        let fair: Vec<(usize, u32)> = holders
+            .iter()
+            .map(|&h| (h, self.pairs[h].iter().sum::<u32>().div_ceil(others)))
+            .collect();
         let even: Vec<usize> = candidates
             .iter()
             .copied()
-            .filter(|c| holders.iter().all(|&h| self.pairs[h][*c] <= fair(h)))
+            .filter(|c| fair.iter().all(|&(h, f)| self.pairs[h][*c] <= f))
             .collect();
         if even.is_empty() {
             candidates
