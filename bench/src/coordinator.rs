@@ -684,34 +684,7 @@ pub async fn processes(
     // The leader killed with -9: the survivors' caches before and after.
     let before: Vec<_> = procs.iter().map(|(_, d, _)| cached(&d.join("segment-cache"))).collect();
     let files: usize = before.iter().map(|b| b.len()).sum();
-    let killed_at = raftlord::clock::now_ms();
-    let t = Instant::now();
-    rl.kill9_and_wait(leader).await?;
-    let new_url = loop {
-        let new = rl.wait_leader(Duration::from_secs(30)).await?;
-        let u = rl.urls[&new].clone();
-        let v: serde_json::Value = client
-            .get(format!("{u}/druid/coordinator/v1/duties"))
-            .send()
-            .await?
-            .json()
-            .await
-            .unwrap_or_default();
-        if let Some(first) = v
-            .as_array()
-            .and_then(|a| a.iter().find(|d| d["name"] == "HistoricalManagementDuties"))
-            .and_then(|d| d["firstRunStart"].as_str())
-        {
-            let first_ms = raftlord::interval::parse_instant(first).unwrap_or(0) as u64;
-            println!(
-                "leader kill -9 -> the new leader's first historical-management run: {} ms",
-                first_ms.saturating_sub(killed_at)
-            );
-            break u;
-        }
-        anyhow::ensure!(t.elapsed() < Duration::from_secs(60), "no duty run on the new leader");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let (new_url, t) = kill_leader_until_first_run(&mut rl, &client, leader).await?;
     wait_settled(&client, &new_url, t, Duration::from_secs(600)).await?;
     let mut again = 0;
     let mut gone = 0;
@@ -732,21 +705,17 @@ pub async fn processes(
     Ok(())
 }
 
-/// Kills the leader with -9 and reports: the time to the new leader's first duty run, to the
-/// lost Historical's segments loaded elsewhere, and the files the survivors downloaded again.
-async fn kill_leader_and_measure(
+/// Kills `leader` with -9 and waits for its successor's first historical-management run;
+/// prints the time from the kill to that run. Returns the new leader's URL and the kill's time.
+async fn kill_leader_until_first_run(
     rl: &mut crate::cluster::Raftlord,
     client: &reqwest::Client,
     leader: u64,
-    dir: &std::path::Path,
-) -> anyhow::Result<()> {
-    let survivors: Vec<u64> = rl.urls.keys().copied().filter(|id| *id != leader).collect();
-    let cache = |id: u64| dir.join(format!("node-{id}")).join("segment-cache");
-    let before: Vec<_> = survivors.iter().map(|id| cached(&cache(*id))).collect();
+) -> anyhow::Result<(String, Instant)> {
     let killed_at = raftlord::clock::now_ms();
     let t = Instant::now();
     rl.kill9_and_wait(leader).await?;
-    let new_url = loop {
+    loop {
         let new = rl.wait_leader(Duration::from_secs(30)).await?;
         let u = rl.urls[&new].clone();
         let v: serde_json::Value = client
@@ -766,11 +735,25 @@ async fn kill_leader_and_measure(
                 "leader kill -9 -> the new leader's first historical-management run: {} ms",
                 first_ms.saturating_sub(killed_at)
             );
-            break u;
+            return Ok((u, t));
         }
-        anyhow::ensure!(t.elapsed() < Duration::from_secs(30), "no duty run on the new leader");
+        anyhow::ensure!(t.elapsed() < Duration::from_secs(60), "no duty run on the new leader");
         tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    }
+}
+
+/// Kills the leader with -9 and reports: the time to the new leader's first duty run, to the
+/// lost Historical's segments loaded elsewhere, and the files the survivors downloaded again.
+async fn kill_leader_and_measure(
+    rl: &mut crate::cluster::Raftlord,
+    client: &reqwest::Client,
+    leader: u64,
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    let survivors: Vec<u64> = rl.urls.keys().copied().filter(|id| *id != leader).collect();
+    let cache = |id: u64| dir.join(format!("node-{id}")).join("segment-cache");
+    let before: Vec<_> = survivors.iter().map(|id| cached(&cache(*id))).collect();
+    let (new_url, t) = kill_leader_until_first_run(rl, client, leader).await?;
     // The dead node's Historical is declared lost after the timeout; then its replicas are
     // loaded on the survivors.
     let lost = loop {
