@@ -303,20 +303,7 @@ pub async fn failover(bin: &std::path::Path, n: usize, mid_load: bool) -> anyhow
         .await?;
     anyhow::ensure!(r.status() == 200, "submit: {}", r.text().await?);
     let days = n as i64;
-    let lock = json!({"task": {"id": "load"}, "action": {"type": "lockTryAcquire",
-        "interval": format!("{}/{}", raftlord::interval::iso(START), raftlord::interval::iso(START + days * 24 * HOUR))}});
-    let v: serde_json::Value = client
-        .post(format!("{url}/druid/indexer/v1/action"))
-        .bearer_auth(crate::cluster::SECRET)
-        .json(&lock)
-        .send()
-        .await?
-        .json()
-        .await?;
-    let version = v["result"]["version"]
-        .as_str()
-        .ok_or_else(|| anyhow::anyhow!("no lock: {v}"))?
-        .to_string();
+    let version = lock_version(&client, &url, "load", START, START + days * 24 * HOUR).await?;
     let mut body = vec![0u8; 4096];
     body[..4].copy_from_slice(b"PAR1");
     body[4092..].copy_from_slice(b"PAR1");
@@ -337,15 +324,7 @@ pub async fn failover(bin: &std::path::Path, n: usize, mid_load: bool) -> anyhow
                 "size": body.len(),
             }));
         }
-        let v: serde_json::Value = client
-            .post(format!("{url}/druid/indexer/v1/action"))
-            .bearer_auth(crate::cluster::SECRET)
-            .json(&json!({"task": {"id": "load"}, "action": {"type": "segmentTransactionalInsert", "segments": segments}}))
-            .send()
-            .await?
-            .json()
-            .await?;
-        anyhow::ensure!(v["result"]["success"] == true, "publish failed: {v:.300}");
+        publish(&client, &url, "load", segments).await?;
     }
     if mid_load {
         // Kill once a quarter to three quarters of the replicas are loaded.
@@ -361,13 +340,7 @@ pub async fn failover(bin: &std::path::Path, n: usize, mid_load: bool) -> anyhow
         }
         return kill_leader_and_measure(&mut rl, &client, leader, dir.path()).await;
     }
-    loop {
-        if left_to_load(&client, &url).await == Some(0) {
-            break;
-        }
-        anyhow::ensure!(t.elapsed() < Duration::from_secs(600), "not loaded within 10 minutes");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_loaded(&client, &url, t, Duration::from_secs(600), Duration::from_millis(100)).await?;
     println!(
         "{n} segments published and loaded twice on 3 Historicals in {:.1} s",
         t.elapsed().as_secs_f64()
@@ -378,6 +351,74 @@ pub async fn failover(bin: &std::path::Path, n: usize, mid_load: bool) -> anyhow
         t.elapsed().as_secs_f64()
     );
     kill_leader_and_measure(&mut rl, &client, leader, dir.path()).await
+}
+
+/// Runs one task action for `task` on `url` and returns its result.
+async fn action(
+    client: &reqwest::Client,
+    url: &str,
+    task: &str,
+    action: serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    let v: serde_json::Value = client
+        .post(format!("{url}/druid/indexer/v1/action"))
+        .bearer_auth(crate::cluster::SECRET)
+        .json(&serde_json::json!({"task": {"id": task}, "action": action}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(v["result"].clone())
+}
+
+/// A time-chunk lock for `task` over `[start, end)`: its version.
+async fn lock_version(client: &reqwest::Client, url: &str, task: &str, start: i64, end: i64) -> anyhow::Result<String> {
+    let interval = format!("{}/{}", raftlord::interval::iso(start), raftlord::interval::iso(end));
+    let r = action(
+        client,
+        url,
+        task,
+        serde_json::json!({"type": "lockTryAcquire", "interval": interval}),
+    )
+    .await?;
+    r["version"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| anyhow::anyhow!("no lock: {r}"))
+}
+
+/// Publishes `segments` for `task` in one `segmentTransactionalInsert`.
+async fn publish(
+    client: &reqwest::Client,
+    url: &str,
+    task: &str,
+    segments: Vec<serde_json::Value>,
+) -> anyhow::Result<()> {
+    let r = action(
+        client,
+        url,
+        task,
+        serde_json::json!({"type": "segmentTransactionalInsert", "segments": segments}),
+    )
+    .await?;
+    anyhow::ensure!(r["success"] == true, "publish failed: {r:.300}");
+    Ok(())
+}
+
+/// Waits until `/loadstatus` says no replica is left to load, asking every `every`, until
+/// `limit` after `t`.
+async fn wait_loaded(
+    client: &reqwest::Client,
+    url: &str,
+    t: Instant,
+    limit: Duration,
+    every: Duration,
+) -> anyhow::Result<()> {
+    while left_to_load(client, url).await != Some(0) {
+        anyhow::ensure!(t.elapsed() < limit, "not loaded within {limit:?}");
+        tokio::time::sleep(every).await;
+    }
+    Ok(())
 }
 
 /// Waits for balancing to settle: a historical-management run that planned nothing, after
@@ -533,20 +574,7 @@ pub async fn processes(
                 .send()
                 .await?;
             anyhow::ensure!(r.status() == 200, "submit: {}", r.text().await?);
-            let lock = json!({"task": {"id": task}, "action": {"type": "lockTryAcquire",
-                "interval": format!("{}/{}", raftlord::interval::iso(START), raftlord::interval::iso(START + hours * HOUR))}});
-            let v: serde_json::Value = client
-                .post(format!("{url}/druid/indexer/v1/action"))
-                .bearer_auth(crate::cluster::SECRET)
-                .json(&lock)
-                .send()
-                .await?
-                .json()
-                .await?;
-            let version = v["result"]["version"]
-                .as_str()
-                .ok_or_else(|| anyhow::anyhow!("no lock: {v}"))?
-                .to_string();
+            let version = lock_version(&client, &url, &task, START, START + hours * HOUR).await?;
             let count = per.min(n.saturating_sub(d * per));
             for first in (0..count).step_by(1000) {
                 let segments: Vec<serde_json::Value> = (first..(first + 1000).min(count))
@@ -562,15 +590,7 @@ pub async fn processes(
                         })
                     })
                     .collect();
-                let v: serde_json::Value = client
-                    .post(format!("{url}/druid/indexer/v1/action"))
-                    .bearer_auth(crate::cluster::SECRET)
-                    .json(&json!({"task": {"id": task}, "action": {"type": "segmentTransactionalInsert", "segments": segments}}))
-                    .send()
-                    .await?
-                    .json()
-                    .await?;
-                anyhow::ensure!(v["result"]["success"] == true, "publish failed: {v:.300}");
+                publish(&client, &url, &task, segments).await?;
             }
             anyhow::Ok(())
         }
@@ -590,14 +610,8 @@ pub async fn processes(
     );
     let t = Instant::now();
     anyhow::ensure!(pause(false).await?.status() == 200, "resuming coordination");
-    loop {
-        if left_to_load(&client, &url).await == Some(0) {
-            break;
-        }
-        anyhow::ensure!(t.elapsed() < Duration::from_secs(3600), "not loaded within an hour");
-        // `/loadstatus` walks every segment: asked rarely, so as not to load the leader.
-        tokio::time::sleep(Duration::from_secs(5)).await;
-    }
+    // `/loadstatus` walks every segment: asked rarely, so as not to load the leader.
+    wait_loaded(&client, &url, t, Duration::from_secs(3600), Duration::from_secs(5)).await?;
     println!(
         "every segment loaded twice on {historicals} Historical processes {:.1} s after coordination resumed",
         t.elapsed().as_secs_f64()
@@ -664,16 +678,7 @@ pub async fn processes(
     })
     .await?;
     let declared = t.elapsed();
-    loop {
-        if left_to_load(&client, &url).await == Some(0) {
-            break;
-        }
-        anyhow::ensure!(
-            t.elapsed() < Duration::from_secs(3600),
-            "not re-replicated within an hour"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_loaded(&client, &url, t, Duration::from_secs(3600), Duration::from_millis(100)).await?;
     println!(
         "Historical {lost_host} kill -9 -> declared lost: {:.1} s (--worker-timeout-ms 5000); -> every segment on two Historicals again: {:.1} s",
         declared.as_secs_f64(),
@@ -773,16 +778,7 @@ async fn kill_leader_and_measure(
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    loop {
-        if left_to_load(client, &new_url).await == Some(0) {
-            break;
-        }
-        anyhow::ensure!(
-            t.elapsed() < Duration::from_secs(600),
-            "not re-replicated within 10 minutes"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_loaded(client, &new_url, t, Duration::from_secs(600), Duration::from_millis(20)).await?;
     println!(
         "leader (and its Historical) kill -9 -> declared lost: {:.1} s (--worker-timeout-ms 5000); -> every segment on two Historicals again: {:.1} s",
         lost.as_secs_f64(),
