@@ -99,7 +99,7 @@ fn cached_files(dir: &Path) -> BTreeMap<PathBuf, u64> {
             // Downloads in progress are not the cache yet.
             if p.is_dir() && e.file_name() != ".tmp" {
                 stack.push(p);
-            } else if p.file_name().is_some_and(|n| n == "index.parquet") {
+            } else if p.extension().is_some_and(|x| x == "parquet") {
                 out.insert(p.clone(), std::fs::metadata(&p).unwrap().ino());
             }
         }
