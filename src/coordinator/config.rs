@@ -42,6 +42,27 @@ pub struct DynamicConfig {
     #[serde(deserialize_with = "names")]
     pub turbo_loading_nodes: BTreeSet<String>,
     pub clone_servers: BTreeMap<String, String>,
+    /// How segments are placed and balanced (Druid's `druid.coordinator.balancer.strategy`,
+    /// a runtime property there; here replicated, so every leader uses the same one).
+    pub balancer_strategy: BalancerStrategy,
+}
+
+/// Druid's balancer strategies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum BalancerStrategy {
+    /// Druid's `cost`: a segment goes where it costs least (away from segments close in
+    /// time, twice as far from the same datasource's); balancing moves it where it costs less.
+    /// Druid's deprecated `cachingCost` computes the same and is read as `cost`.
+    #[default]
+    #[serde(alias = "cachingCost")]
+    Cost,
+    /// Druid's `diskNormalized`: the cost divided by the Historical's segment count and
+    /// multiplied by its disk use (used over `--max-segment-cache-size`), for tiers whose
+    /// Historicals have caches of different sizes.
+    DiskNormalized,
+    /// Druid's `random`: a Historical with room, at random; no balancing.
+    Random,
 }
 
 impl Default for DynamicConfig {
@@ -65,6 +86,7 @@ impl Default for DynamicConfig {
             debug_dimensions: None,
             turbo_loading_nodes: BTreeSet::new(),
             clone_servers: BTreeMap::new(),
+            balancer_strategy: BalancerStrategy::Cost,
         }
     }
 }
@@ -146,12 +168,18 @@ mod tests {
         let c = c.updated(&json!({"killDataSourceWhitelist": ["c"]})).unwrap();
         assert_eq!(c.kill_data_source_whitelist, BTreeSet::from(["c".into()]));
         assert_eq!(c.max_segments_to_move, 5);
+        assert_eq!(v["balancerStrategy"], "cost");
+        let c = c.updated(&json!({"balancerStrategy": "diskNormalized"})).unwrap();
+        assert_eq!(c.balancer_strategy, BalancerStrategy::DiskNormalized);
+        let c = c.updated(&json!({"balancerStrategy": "cachingCost"})).unwrap();
+        assert_eq!(c.balancer_strategy, BalancerStrategy::Cost);
         for (change, field) in [
             (json!({"maxSegmentsToMove": -1}), "maxSegmentsToMove"),
             (json!({"replicationThrottleLimit": "many"}), "replicationThrottleLimit"),
             (json!({"killTaskSlotRatio": 1.5}), "killTaskSlotRatio"),
             (json!({"balancerComputeThreads": 0}), "balancerComputeThreads"),
             (json!({"pauseCoordination": "yes"}), "pauseCoordination"),
+            (json!({"balancerStrategy": "roundRobin"}), "balancerStrategy"),
             (json!([1]), "expected a JSON object"),
         ] {
             let e = base.updated(&change).unwrap_err();

@@ -17,6 +17,7 @@
 //! `GET /druid/coordinator/v1/duties`; it lives in the leader's memory only.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::kill::{plan_kills, KillSettings};
-use super::planner::{plan_cached, CostCache};
+use super::planner::{plan_until, CostCache};
 use crate::clock::{iso, now_ms};
 use crate::segments::SegmentFilter;
 use crate::sm::Command;
@@ -122,14 +123,30 @@ pub async fn run(raft: Arc<Raft>, period: Duration, log: DutyLog, cancel: Cancel
             None
         } else {
             let mut kept = std::mem::take(&mut cache);
+            let stop = Arc::new(AtomicBool::new(false));
+            let stop_run = stop.clone();
             let run = move || {
-                let p = plan_cached(&segments, &coordinator, &coordinator.load, started_ms as i64, &mut kept);
-                (p, kept)
+                plan_until(
+                    &segments,
+                    &coordinator,
+                    &coordinator.load,
+                    started_ms as i64,
+                    &mut kept,
+                    &stop_run,
+                )
+                .map(|p| (p, kept))
             };
-            in_background(run).await.map(|(p, kept)| {
-                cache = kept;
-                p
-            })
+            tokio::select! {
+                planned = in_background(run) => planned.flatten().map(|(p, kept)| {
+                    cache = kept;
+                    p
+                }),
+                _ = cancel.cancelled() => {
+                    // Leadership lost: the plan is given up instead of running on unseen.
+                    stop.store(true, Ordering::Relaxed);
+                    return;
+                }
+            }
         };
         let mut failed = 0u64;
         if let Some(p) = planned {

@@ -21,6 +21,13 @@
 //! - matched by a broadcast rule: one replica on every Historical;
 //! - matched by no rule: left as it is, and counted.
 //!
+//! Placement, surplus drops and balancing follow the dynamic config's `balancerStrategy`:
+//! `cost` as described here; `diskNormalized`, Druid's, divides each cost by the Historical's
+//! replica count and multiplies it by the share of its cache in use, so that Historicals with
+//! caches of different sizes fill to the same share; `random`, Druid's, places on a Historical
+//! with room chosen by a hash of segment and Historical, drops in that hash's order and does not
+//! balance.
+//!
 //! Then each tier whose Historicals have nothing loading or dropping is balanced as Druid's
 //! `cost` strategy does: up to `maxSegmentsToMove` loaded replicas, sampled uniformly from the
 //! tier (reservoir sampling during the pass, seeded by the run's time), each move to the
@@ -35,12 +42,14 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::iter::Peekable;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
+use super::config::BalancerStrategy;
 use super::cost::{interval_cost, Profile};
 use super::load::{DropRequest, HistoricalRecord, LoadRequest, LoadTable, Replica, SegmentRef};
 use super::rules::Action;
@@ -98,6 +107,10 @@ struct Server<'a> {
     decommissioning: bool,
     /// Has loads or drops in flight or planned: not balanced this run.
     busy: bool,
+    /// Replicas loading or loaded once the plan so far is applied, and their bytes (what
+    /// `diskNormalized` divides and multiplies by).
+    held: u64,
+    held_bytes: u64,
 }
 
 impl Server<'_> {
@@ -269,6 +282,7 @@ struct Planner<'a> {
     queue_cap: u64,
     throttle: u64,
     replicated: HashMap<String, u64>,
+    strategy: BalancerStrategy,
     now: i64,
     plan: Plan,
 }
@@ -287,6 +301,22 @@ pub fn plan_cached(
     now_ms: i64,
     cache: &mut CostCache,
 ) -> Plan {
+    plan_until(segments, coordinator, servers, now_ms, cache, &AtomicBool::new(false)).unwrap_or_default()
+}
+
+/// Segments planned between two looks at the stop flag.
+const STOP_CHECK_EVERY: u64 = 4096;
+
+/// [`plan_cached`], given up (`None`) soon after `stop` is set: a leader that lost its
+/// leadership abandons its plan rather than finishing minutes of work no one will propose.
+pub fn plan_until(
+    segments: &SegmentTable,
+    coordinator: &CoordinatorState,
+    servers: &LoadTable,
+    now_ms: i64,
+    cache: &mut CostCache,
+    stop: &AtomicBool,
+) -> Option<Plan> {
     let config = &coordinator.dynamic_config;
     let records: Vec<&HistoricalRecord> = servers.serving().collect();
     let mut kept = std::mem::take(cache);
@@ -300,6 +330,8 @@ pub fn plan_cached(
                 queue: r.loading(),
                 decommissioning: config.decommissioning_nodes.contains(&r.server.host),
                 busy: r.loading() > 0 || r.dropping() > 0,
+                held: r.loading() + r.loaded(),
+                held_bytes: r.held_bytes(),
             })
             .collect(),
         tiers: BTreeMap::new(),
@@ -322,6 +354,7 @@ pub fn plan_cached(
             u64::from(config.replication_throttle_limit)
         },
         replicated: HashMap::new(),
+        strategy: config.balancer_strategy,
         now: now_ms,
         plan: Plan::default(),
     };
@@ -349,6 +382,7 @@ pub fn plan_cached(
     let mut cursors: Vec<Cursor<'_>> = records.iter().map(|r| r.replicas().iter().peekable()).collect();
     let defaults = coordinator.rules_of(DEFAULT_RULES);
     let mut reps: Vec<(usize, &Replica)> = Vec::new();
+    let mut walked = 0u64;
     for (name, ds) in segments.datasources() {
         let mut same_name: Vec<*const u8> = vec![std::ptr::null(); cursors.len()];
         let own = coordinator.rules_of(name);
@@ -358,6 +392,10 @@ pub fn plan_cached(
         let mut available: HashMap<&SegmentKey, bool> = HashMap::new();
         let mut shadowed: Vec<(&SegmentKey, Vec<(usize, &Replica)>)> = Vec::new();
         for (key, seg) in ds.all() {
+            walked += 1;
+            if walked % STOP_CHECK_EVERY == 0 && stop.load(Ordering::Relaxed) {
+                return None;
+            }
             reps.clear();
             for (i, c) in cursors.iter_mut().enumerate() {
                 while let Some((r, rep)) = c.peek() {
@@ -403,7 +441,7 @@ pub fn plan_cached(
                     }
                 }
             }
-            if config.max_segments_to_move > 0 {
+            if config.max_segments_to_move > 0 && config.balancer_strategy != BalancerStrategy::Random {
                 for (i, rep) in &reps {
                     if matches!(rep, Replica::Loaded { moved_from: None, .. }) && !p.servers[*i].decommissioning {
                         samples[tier_of[*i]].offer(&mut rng, || (segment(), *i, seg.size));
@@ -490,7 +528,7 @@ pub fn plan_cached(
         v.dedup();
     }
     *cache = std::mem::take(&mut p.costs.cache);
-    p.plan
+    Some(p.plan)
 }
 
 /// Druid's smart segment loading: replicas beyond the first are throttled at 5% of the used
@@ -510,7 +548,7 @@ impl<'a> Planner<'a> {
     fn drop_request(&mut self, server: usize, segment: SegmentRef, rep: &Replica) {
         self.servers[server].busy = true;
         if rep.wanted() {
-            self.costs.change(server, &segment, -1);
+            self.forget(server, &segment, rep.size());
         }
         if matches!(rep, Replica::Load { .. }) {
             self.servers[server].queue = self.servers[server].queue.saturating_sub(1);
@@ -557,7 +595,10 @@ impl<'a> Planner<'a> {
         rep: Option<&Replica>,
         moved_from: Option<String>,
     ) {
+        let s = &mut self.servers[i];
         if !rep.is_some_and(Replica::wanted) {
+            s.held += 1;
+            s.held_bytes += size;
             self.costs.change(i, &segment, 1);
         }
         let s = &mut self.servers[i];
@@ -735,7 +776,7 @@ impl<'a> Planner<'a> {
                     })
                     .collect();
                 let holders: Vec<usize> = loaded.iter().chain(&loading).chain(&chosen).copied().collect();
-                let candidate = self.pick(&self.spread(candidates, &holders, tier), &segment());
+                let candidate = self.pick(&self.spread(candidates, &holders, tier), &segment(), seg.size);
                 match candidate {
                     Some(i) => {
                         let rep = in_tier.iter().find(|(j, _)| *j == i).map(|(_, r)| *r);
@@ -795,23 +836,58 @@ impl<'a> Planner<'a> {
         useful_loaded >= target
     }
 
+    /// A replica the plan takes away (dropped, or moved elsewhere).
+    fn forget(&mut self, i: usize, segment: &SegmentRef, size: u64) {
+        let s = &mut self.servers[i];
+        s.held = s.held.saturating_sub(1);
+        s.held_bytes = s.held_bytes.saturating_sub(size);
+        self.costs.change(i, segment, -1);
+    }
+
+    /// What `segment` (of `size` bytes) costs on Historical `i` under the strategy (`holds`: `i`
+    /// holds it).
+    fn placement_cost(&mut self, i: usize, segment: &SegmentRef, size: u64, holds: bool) -> f64 {
+        let cost = self.costs.cost(i, segment, holds);
+        match self.strategy {
+            BalancerStrategy::DiskNormalized => {
+                // Counted as the Historical would be with the segment: Druid counts a holder
+                // with it and any other without, so two Historicals can each look cheaper
+                // than the other and balancing moves a segment back and forth forever.
+                let s = &self.servers[i];
+                let (held, bytes) = match holds {
+                    true => (s.held, s.held_bytes),
+                    false => (s.held + 1, s.held_bytes + size),
+                };
+                let usage = bytes as f64 / s.rec.server.max_size.max(1) as f64;
+                cost / held.max(1) as f64 * usage
+            }
+            BalancerStrategy::Cost | BalancerStrategy::Random => cost,
+        }
+    }
+
+    /// A hash of the segment and Historical `i`: the order among equals, and `random`'s order.
+    fn rank(&self, i: usize, segment: &SegmentRef) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (segment, &self.servers[i].rec.server.host).hash(&mut h);
+        h.finish()
+    }
+
     /// Where a new replica goes: the candidate where it costs least (Druid's `cost`); among
     /// equal costs (empty Historicals), the one a hash of the segment and the Historical ranks
-    /// first, so that ties do not all go to one.
-    fn pick(&mut self, candidates: &[usize], segment: &SegmentRef) -> Option<usize> {
+    /// first, so that ties do not all go to one. With `random`, that hash alone chooses.
+    fn pick(&mut self, candidates: &[usize], segment: &SegmentRef, size: u64) -> Option<usize> {
+        if self.strategy == BalancerStrategy::Random {
+            return candidates.iter().copied().max_by_key(|&i| self.rank(i, segment));
+        }
         let costs: Vec<(usize, f64)> = candidates
             .iter()
-            .map(|&i| (i, self.costs.cost(i, segment, false)))
+            .map(|&i| (i, self.placement_cost(i, segment, size, false)))
             .collect();
         let least = costs.iter().map(|(_, c)| *c).min_by(f64::total_cmp)?;
         costs
             .into_iter()
             .filter(|(_, c)| *c <= least * (1.0 + COST_SLACK))
-            .max_by_key(|(i, _)| {
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                (segment, &self.servers[*i].rec.server.host).hash(&mut h);
-                h.finish()
-            })
+            .max_by_key(|(i, _)| self.rank(*i, segment))
             .map(|(i, _)| i)
     }
 
@@ -845,19 +921,27 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// Historicals holding `segment`, where it costs most first: the order replicas are dropped in.
+    /// Historicals holding `segment`, where it costs most first: the order replicas are dropped
+    /// in (with `random`, the hash's order).
     fn costliest_first(&mut self, holders: Vec<usize>, segment: &SegmentRef) -> Vec<usize> {
         let mut keyed: Vec<(f64, usize)> = holders
             .into_iter()
-            .map(|i| (self.costs.cost(i, segment, true), i))
+            .map(|i| match self.strategy {
+                BalancerStrategy::Random => (self.rank(i, segment) as f64, i),
+                _ => (self.placement_cost(i, segment, 0, true), i),
+            })
             .collect();
         keyed.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         keyed.into_iter().map(|(_, i)| i).collect()
     }
 
     /// Balances each tier with nothing loading or dropping: each sampled replica moves to the
-    /// Historical of its tier where it costs least, if that costs less than where it is.
+    /// Historical of its tier where it costs least, if that costs less than where it is
+    /// (`random` does not balance, as in Druid).
     fn balance(&mut self, max_moves: u32, samples: Vec<Vec<(SegmentRef, usize, u64)>>) {
+        if self.strategy == BalancerStrategy::Random {
+            return;
+        }
         let mut moves = 0u32;
         let tiers: Vec<(&str, Vec<usize>)> = self.tiers.iter().map(|(t, m)| (*t, m.clone())).collect();
         let mut moved: HashSet<SegmentRef> = HashSet::new();
@@ -876,7 +960,7 @@ impl<'a> Planner<'a> {
                 if moved.contains(&seg) {
                     continue;
                 }
-                let here = self.costs.cost(src, &seg, true);
+                let here = self.placement_cost(src, &seg, size, true);
                 let others: Vec<usize> = members
                     .iter()
                     .copied()
@@ -892,7 +976,7 @@ impl<'a> Planner<'a> {
                     .collect();
                 let mut best: Option<(f64, usize)> = None;
                 for d in self.spread(open, &others, tier) {
-                    let cost = self.costs.cost(d, &seg, false);
+                    let cost = self.placement_cost(d, &seg, size, false);
                     if best.is_none_or(|(c, _)| cost < c) {
                         best = Some((cost, d));
                     }
@@ -902,7 +986,7 @@ impl<'a> Planner<'a> {
                     continue;
                 };
                 let from = self.servers[src].rec.server.host.clone();
-                self.costs.change(src, &seg, -1);
+                self.forget(src, &seg, size);
                 self.request_load(dst, seg.clone(), size, None, Some(from));
                 for h in others {
                     self.pair(src, h, -1);

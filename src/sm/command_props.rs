@@ -439,18 +439,24 @@ fn coordinator_config() -> impl Strategy<Value = crate::coordinator::config::Dyn
         prop_oneof![Just(0u32), Just(1), any::<u32>()],
         proptest::collection::btree_set(text(), 0..3),
         any::<bool>(),
+        prop_oneof![
+            Just(crate::coordinator::config::BalancerStrategy::Cost),
+            Just(crate::coordinator::config::BalancerStrategy::DiskNormalized),
+            Just(crate::coordinator::config::BalancerStrategy::Random),
+        ],
     )
-        .prop_map(
-            |(wait, moves, ratio, threads, whitelist, pause)| crate::coordinator::config::DynamicConfig {
+        .prop_map(|(wait, moves, ratio, threads, whitelist, pause, balancer_strategy)| {
+            crate::coordinator::config::DynamicConfig {
                 millis_to_wait_before_deleting: wait,
                 max_segments_to_move: moves,
                 kill_task_slot_ratio: ratio,
                 balancer_compute_threads: threads,
                 kill_data_source_whitelist: whitelist,
                 pause_coordination: pause,
+                balancer_strategy,
                 ..Default::default()
-            },
-        )
+            }
+        })
 }
 
 /// Rules with boundary values: periods and intervals that do and do not read, replica counts

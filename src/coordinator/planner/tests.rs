@@ -161,6 +161,7 @@ struct Case {
     hot: i64,
     default: i64,
     drop_before_day: Option<i64>,
+    strategy: BalancerStrategy,
 }
 
 fn case(ample: bool) -> impl Strategy<Value = Case> {
@@ -170,17 +171,25 @@ fn case(ample: bool) -> impl Strategy<Value = Case> {
         0i64..3,
         0i64..4,
         proptest::option::of(1i64..20),
+        prop_oneof![
+            Just(BalancerStrategy::Cost),
+            Just(BalancerStrategy::DiskNormalized),
+            Just(BalancerStrategy::Random)
+        ],
     )
-        .prop_map(move |(servers, segments, hot, default, drop_before_day)| Case {
-            servers: servers
-                .into_iter()
-                .map(|(t, size)| (t, if ample { 10_000 } else { size }))
-                .collect(),
-            segments,
-            hot,
-            default,
-            drop_before_day,
-        })
+        .prop_map(
+            move |(servers, segments, hot, default, drop_before_day, strategy)| Case {
+                servers: servers
+                    .into_iter()
+                    .map(|(t, size)| (t, if ample { 10_000 } else { size }))
+                    .collect(),
+                segments,
+                hot,
+                default,
+                drop_before_day,
+                strategy,
+            },
+        )
 }
 
 const TIERS: [&str; 2] = ["_default_tier", "hot"];
@@ -206,6 +215,7 @@ fn build(case: &Case) -> Cluster {
     c.coordinator.dynamic_config.replication_throttle_limit = 10_000;
     c.coordinator.dynamic_config.max_segments_in_node_loading_queue = 0;
     c.coordinator.dynamic_config.smart_segment_loading = false;
+    c.coordinator.dynamic_config.balancer_strategy = case.strategy;
     c
 }
 
@@ -576,4 +586,115 @@ fn a_new_segment_goes_where_its_datasource_is_not_as_druids_cost_counts_it_twice
         .map(|l| (&*l.segment.datasource, l.host.as_str()))
         .collect();
     assert_eq!(to, BTreeMap::from([("a", "h1:8083"), ("b", "h0:8083")]));
+}
+
+/// A tier of one Historical with `small` bytes of cache and one with `large`, `n` daily segments
+/// of 10 bytes, one replica each, planned with `strategy` until balancing settles: the segments
+/// on each.
+fn fill_unequal_caches(strategy: BalancerStrategy, small: u64, large: u64, n: i64) -> (u64, u64) {
+    let mut c = Cluster::default();
+    c.coordinator.load.apply_register(0, server(0, "_default_tier", small));
+    c.coordinator.load.apply_register(0, server(1, "_default_tier", large));
+    c.coordinator
+        .apply_set_rules(0, "a", vec![load_rule(&[("_default_tier", 1)])], AuditInfo::default());
+    c.coordinator.dynamic_config.balancer_strategy = strategy;
+    c.segments
+        .apply_insert(0, (0..n).map(|d| segment("a", d, "v1", 0, 10)).collect());
+    assert!(c.converge(60) < 60, "{strategy:?} settles");
+    let on = |h: &str| c.coordinator.load.get(h).unwrap().loaded();
+    (on("h0:8083"), on("h1:8083"))
+}
+
+#[test]
+fn disk_normalized_gives_a_larger_cache_more_segments_where_cost_fills_caches_evenly() {
+    // 100 segments of 10 bytes; caches of 2,000 and 8,000 bytes.
+    let (small, large) = fill_unequal_caches(BalancerStrategy::Cost, 2_000, 8_000, 100);
+    assert_eq!(small + large, 100);
+    assert!(small.abs_diff(large) <= 10, "cost: even counts, {small} vs {large}");
+    // Druid's formula scales each Historical's cost by its average segment size over its
+    // cache's size: the larger cache takes more, though not in proportion to its size.
+    let (small, large) = fill_unequal_caches(BalancerStrategy::DiskNormalized, 2_000, 8_000, 100);
+    assert_eq!(small + large, 100);
+    assert!(
+        large as f64 >= 1.5 * small as f64,
+        "diskNormalized: the larger cache takes more, {small} vs {large}"
+    );
+}
+
+#[test]
+fn disk_normalized_does_not_move_a_segment_back_and_forth_between_two_historicals() {
+    // Druid's diskNormalized counts a holder with the segment and a destination without it:
+    // Historical A holding a and b finds b cheaper on B (holding a), B then finds it cheaper
+    // on A, and so on. Counting the destination as it would be with the segment settles.
+    let mut c = Cluster::default();
+    for i in 0..3 {
+        c.coordinator.load.apply_register(0, server(i, "_default_tier", 10_000));
+    }
+    c.coordinator.apply_set_rules(
+        0,
+        DEFAULT_RULES,
+        vec![load_rule(&[("_default_tier", 2)])],
+        AuditInfo::default(),
+    );
+    c.coordinator.dynamic_config.balancer_strategy = BalancerStrategy::DiskNormalized;
+    c.segments
+        .apply_insert(0, vec![segment("a", 0, "v1", 0, 1), segment("b", 0, "v1", 0, 2)]);
+    assert!(c.converge(20) < 20, "balancing settles");
+}
+
+#[test]
+fn random_places_on_every_historical_and_never_balances() {
+    let mut c = Cluster::default();
+    for i in 0..3 {
+        c.coordinator.load.apply_register(0, server(i, "_default_tier", 10_000));
+    }
+    c.coordinator
+        .apply_set_rules(0, "a", vec![load_rule(&[("_default_tier", 2)])], AuditInfo::default());
+    c.coordinator.dynamic_config.balancer_strategy = BalancerStrategy::Random;
+    c.segments
+        .apply_insert(0, (0..60).map(|d| segment("a", d, "v1", 0, 10)).collect());
+    assert!(c.converge(10) < 10);
+    for h in ["h0:8083", "h1:8083", "h2:8083"] {
+        let n = c.coordinator.load.get(h).unwrap().loaded();
+        assert!((25..=55).contains(&n), "{h} holds {n} of 120 replicas");
+    }
+    // An empty Historical joins: cost would move segments to it, random moves none.
+    c.coordinator.load.apply_register(0, server(3, "_default_tier", 10_000));
+    let p = c.plan();
+    assert_eq!(p.stats.moved, 0);
+    assert!(p.loads.is_empty() && p.drops.is_empty(), "{:?} {:?}", p.loads, p.drops);
+    c.coordinator.dynamic_config.balancer_strategy = BalancerStrategy::Cost;
+    assert!(c.plan().stats.moved > 0, "the same state under cost does move segments");
+}
+
+#[test]
+fn a_plan_whose_stop_flag_is_set_is_given_up_so_a_deposed_leader_stops_planning() {
+    let mut c = Cluster::default();
+    c.coordinator
+        .load
+        .apply_register(0, server(0, "_default_tier", u64::MAX));
+    let n = 2 * STOP_CHECK_EVERY as u32;
+    c.segments
+        .apply_insert(0, (0..n).map(|p| segment("a", 1, "v1", p, 10)).collect());
+    let stop = AtomicBool::new(true);
+    let given_up = plan_until(
+        &c.segments,
+        &c.coordinator,
+        &c.coordinator.load,
+        NOW,
+        &mut CostCache::default(),
+        &stop,
+    );
+    assert!(given_up.is_none());
+    stop.store(false, Ordering::Relaxed);
+    let p = plan_until(
+        &c.segments,
+        &c.coordinator,
+        &c.coordinator.load,
+        NOW,
+        &mut CostCache::default(),
+        &stop,
+    )
+    .unwrap();
+    assert_eq!(p.loads.len(), n as usize);
 }
