@@ -231,7 +231,7 @@ fn cached(dir: &std::path::Path) -> std::collections::BTreeMap<std::path::PathBu
             // Downloads in progress are not the cache yet.
             if p.is_dir() && e.file_name() != ".tmp" {
                 stack.push(p);
-            } else if p.file_name().is_some_and(|n| n == "index.parquet") {
+            } else if p.extension().is_some_and(|x| x == "parquet") {
                 if let Ok(m) = std::fs::metadata(&p) {
                     out.insert(p, m.ino());
                 }
@@ -628,6 +628,11 @@ pub async fn processes(
     if leader != was {
         println!("(leadership moved from node {was} to node {leader} during the load)");
     }
+    let status: serde_json::Value = client.get(format!("{url}/status")).send().await?.json().await?;
+    println!(
+        "Raft term after the load: {} (1: no election since the cluster formed)",
+        status["term"]
+    );
     // Five steady runs on the leader, as `/duties` reports them.
     let mut times: Vec<u64> = Vec::new();
     let mut last = 0;

@@ -102,6 +102,16 @@ async fn in_background<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static
     rx.await.ok()
 }
 
+/// Sets its flag when dropped: the plan of a duty that is cancelled or aborted (its node lost
+/// leadership) is given up instead of running on unseen.
+struct GiveUpOnDrop(Arc<AtomicBool>);
+
+impl Drop for GiveUpOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// The historical-management duty (Druid's `HistoricalManagementDuties`: rules, load, drop,
 /// balance, mark overshadowed and eternity tombstones unused).
 pub async fn run(raft: Arc<Raft>, period: Duration, log: DutyLog, cancel: CancellationToken) {
@@ -125,6 +135,7 @@ pub async fn run(raft: Arc<Raft>, period: Duration, log: DutyLog, cancel: Cancel
             let mut kept = std::mem::take(&mut cache);
             let stop = Arc::new(AtomicBool::new(false));
             let stop_run = stop.clone();
+            let _give_up = GiveUpOnDrop(stop);
             let run = move || {
                 plan_until(
                     &segments,
@@ -141,11 +152,7 @@ pub async fn run(raft: Arc<Raft>, period: Duration, log: DutyLog, cancel: Cancel
                     cache = kept;
                     p
                 }),
-                _ = cancel.cancelled() => {
-                    // Leadership lost: the plan is given up instead of running on unseen.
-                    stop.store(true, Ordering::Relaxed);
-                    return;
-                }
+                _ = cancel.cancelled() => return,
             }
         };
         let mut failed = 0u64;
