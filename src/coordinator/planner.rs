@@ -595,11 +595,10 @@ impl<'a> Planner<'a> {
         rep: Option<&Replica>,
         moved_from: Option<String>,
     ) {
-        let s = &mut self.servers[i];
         if !rep.is_some_and(Replica::wanted) {
-            s.held += 1;
-            s.held_bytes += size;
             self.costs.change(i, &segment, 1);
+            self.servers[i].held += 1;
+            self.servers[i].held_bytes += size;
         }
         let s = &mut self.servers[i];
         // Taking back a drop in flight needs no new room.
