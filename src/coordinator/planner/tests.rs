@@ -44,6 +44,22 @@ fn load_rule(tiers: &[(&str, i64)]) -> Rule {
     }
 }
 
+/// Three Historicals of `_default_tier` with caches of 10,000 bytes, and `datasource` (or
+/// `_default`) loaded with `replicas` replicas there.
+fn three_historicals(datasource: &str, replicas: i64) -> Cluster {
+    let mut c = Cluster::default();
+    for i in 0..3 {
+        c.coordinator.load.apply_register(0, server(i, "_default_tier", 10_000));
+    }
+    c.coordinator.apply_set_rules(
+        0,
+        datasource,
+        vec![load_rule(&[("_default_tier", replicas)])],
+        AuditInfo::default(),
+    );
+    c
+}
+
 /// A cluster: segments, rules and Historicals.
 #[derive(Clone, Default)]
 struct Cluster {
@@ -362,12 +378,7 @@ fn balancing_moves_segments_to_a_new_historical_and_drops_them_where_they_were()
 
 #[test]
 fn replication_beyond_the_first_replica_is_throttled_per_tier() {
-    let mut c = Cluster::default();
-    for i in 0..3 {
-        c.coordinator.load.apply_register(0, server(i, "_default_tier", 10_000));
-    }
-    c.coordinator
-        .apply_set_rules(0, "a", vec![load_rule(&[("_default_tier", 3)])], AuditInfo::default());
+    let mut c = three_historicals("a", 3);
     c.segments
         .apply_insert(0, (0..10).map(|d| segment("a", d, "v1", 0, 1)).collect());
     c.coordinator.dynamic_config.replication_throttle_limit = 4;
@@ -626,16 +637,7 @@ fn disk_normalized_does_not_move_a_segment_back_and_forth_between_two_historical
     // Druid's diskNormalized counts a holder with the segment and a destination without it:
     // Historical A holding a and b finds b cheaper on B (holding a), B then finds it cheaper
     // on A, and so on. Counting the destination as it would be with the segment settles.
-    let mut c = Cluster::default();
-    for i in 0..3 {
-        c.coordinator.load.apply_register(0, server(i, "_default_tier", 10_000));
-    }
-    c.coordinator.apply_set_rules(
-        0,
-        DEFAULT_RULES,
-        vec![load_rule(&[("_default_tier", 2)])],
-        AuditInfo::default(),
-    );
+    let mut c = three_historicals(DEFAULT_RULES, 2);
     c.coordinator.dynamic_config.balancer_strategy = BalancerStrategy::DiskNormalized;
     c.segments
         .apply_insert(0, vec![segment("a", 0, "v1", 0, 1), segment("b", 0, "v1", 0, 2)]);
@@ -644,12 +646,7 @@ fn disk_normalized_does_not_move_a_segment_back_and_forth_between_two_historical
 
 #[test]
 fn random_places_on_every_historical_and_never_balances() {
-    let mut c = Cluster::default();
-    for i in 0..3 {
-        c.coordinator.load.apply_register(0, server(i, "_default_tier", 10_000));
-    }
-    c.coordinator
-        .apply_set_rules(0, "a", vec![load_rule(&[("_default_tier", 2)])], AuditInfo::default());
+    let mut c = three_historicals("a", 2);
     c.coordinator.dynamic_config.balancer_strategy = BalancerStrategy::Random;
     c.segments
         .apply_insert(0, (0..60).map(|d| segment("a", d, "v1", 0, 10)).collect());
