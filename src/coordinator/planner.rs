@@ -23,8 +23,8 @@
 //!
 //! Placement, surplus drops and balancing follow the dynamic config's `balancerStrategy`:
 //! `cost` as described here; `diskNormalized`, Druid's, divides each cost by the Historical's
-//! replica count and multiplies it by the share of its cache in use, so that Historicals with
-//! caches of different sizes fill to the same share; `random`, Druid's, places on a Historical
+//! replica count and multiplies it by the share of its cache in use (counting a destination as
+//! it would be with the segment), so that larger caches take more; `random`, Druid's, places on a Historical
 //! with room chosen by a hash of segment and Historical, drops in that hash's order and does not
 //! balance.
 //!

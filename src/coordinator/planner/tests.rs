@@ -683,24 +683,18 @@ fn a_plan_whose_stop_flag_is_set_is_given_up_so_a_deposed_leader_stops_planning(
     c.segments
         .apply_insert(0, (0..n).map(|p| segment("a", 1, "v1", p, 10)).collect());
     let stop = AtomicBool::new(true);
-    let given_up = plan_until(
-        &c.segments,
-        &c.coordinator,
-        &c.coordinator.load,
-        NOW,
-        &mut CostCache::default(),
-        &stop,
-    );
-    assert!(given_up.is_none());
+    let run = |stop: &AtomicBool| {
+        plan_until(
+            &c.segments,
+            &c.coordinator,
+            &c.coordinator.load,
+            NOW,
+            &mut CostCache::default(),
+            stop,
+        )
+    };
+    assert!(run(&stop).is_none());
     stop.store(false, Ordering::Relaxed);
-    let p = plan_until(
-        &c.segments,
-        &c.coordinator,
-        &c.coordinator.load,
-        NOW,
-        &mut CostCache::default(),
-        &stop,
-    )
-    .unwrap();
+    let p = run(&stop).unwrap();
     assert_eq!(p.loads.len(), n as usize);
 }
